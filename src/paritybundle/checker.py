@@ -1,0 +1,273 @@
+"""The serving-side parity check: verify -> construct -> run references -> verdict.
+
+Order matters: nothing in a bundle is used before its manifest validated and every
+file matched its hash, and the ONNX Runtime session is built only after that.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .errors import BundleInvalid, InputValidationError, UsageError
+from .manifest import Manifest, TensorSpec, Tolerance, TolerancePolicy
+from .parity import OutputComparison, compare_output
+from .references import load_arrays
+from .runtime import DEFAULT_BATCH_SIZE, Runner, SessionSettings, create_session, onnxruntime_version
+from .store import VerifiedBundle, open_bundle
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BundleIdentity(_Model):
+    path: str
+    name: str
+    version: str
+    files_verified: int
+
+
+class CheckSettings(_Model):
+    """Everything about the run that can move a verdict, recorded in the report."""
+
+    onnxruntime_version: str
+    providers: list[str]
+    graph_optimization_level: str
+    intra_op_num_threads: int
+    batch_size: int | None
+    samples: int
+    source: Literal["bundle", "url"] = "bundle"
+
+
+class CheckReport(_Model):
+    """The result of a parity check; truthy when parity holds.
+
+    Its JSON form (``--json``) is versioned by ``schema_version`` and documented
+    in the README.
+    """
+
+    schema_version: Literal[1] = REPORT_SCHEMA_VERSION
+    passed: bool
+    checked_at: datetime
+    duration_s: float
+    bundle: BundleIdentity
+    settings: CheckSettings
+    reference: dict[str, str]
+    tolerance_overrides: dict[str, Tolerance]
+    outputs: list[OutputComparison]
+    notices: list[str]
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def failed_outputs(self) -> list[str]:
+        return [o.name for o in self.outputs if not o.passed]
+
+
+@dataclass
+class ServingRuntime:
+    """A verified bundle with its pipeline loaded in ONNX Runtime.
+
+    Example:
+        >>> rt = paritybundle.load("artifacts/digits")  # doctest: +SKIP
+        >>> rt.predict(x)["logits"].shape  # doctest: +SKIP
+        (5, 10)
+    """
+
+    bundle: VerifiedBundle
+    settings: SessionSettings
+    runner: Runner
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    def predict(self, inputs: Mapping[str, Any] | np.ndarray, *, batch_size: int | None = DEFAULT_BATCH_SIZE) -> dict[str, np.ndarray]:
+        """Run raw inputs through the pipeline; returns output name -> array.
+
+        Raises:
+            InputValidationError: inputs that do not match the bundle's input specs.
+        """
+        return self.runner.run(self.runner.validate(inputs), batch_size)
+
+
+def load(path: str | os.PathLike[str], settings: SessionSettings | None = None) -> ServingRuntime:
+    """Verify a bundle and load its pipeline into ONNX Runtime.
+
+    Args:
+        path: the bundle directory.
+        settings: session settings; defaults to the ones the export was validated with.
+
+    Returns:
+        A :class:`ServingRuntime` with ``.predict(inputs)``.
+
+    Raises:
+        UsageError: the path does not exist.
+        BundleInvalid: the bundle fails integrity or cannot be loaded.
+    """
+    bundle = open_bundle(path)
+    settings = settings or settings_from_manifest(bundle.manifest)
+    return _construct(bundle, settings)
+
+
+def settings_from_manifest(manifest: Manifest) -> SessionSettings:
+    return SessionSettings(
+        providers=tuple(manifest.runtime.providers),
+        graph_optimization_level=manifest.runtime.graph_optimization_level,
+        intra_op_num_threads=manifest.runtime.intra_op_num_threads,
+    )
+
+
+def _construct(bundle: VerifiedBundle, settings: SessionSettings) -> ServingRuntime:
+    manifest = bundle.manifest
+    session = create_session(bundle.path(manifest.stages.pipeline), settings, label=manifest.stages.pipeline)
+    graph_inputs = [i.name for i in session.get_inputs()]
+    graph_outputs = [o.name for o in session.get_outputs()]
+    declared_in, declared_out = [s.name for s in manifest.inputs], [s.name for s in manifest.outputs]
+    if sorted(graph_inputs) != sorted(declared_in) or not set(declared_out) <= set(graph_outputs):
+        raise BundleInvalid(
+            f"{manifest.stages.pipeline} has inputs {graph_inputs} and outputs {graph_outputs}, but the manifest "
+            f"declares {declared_in} -> {declared_out}; re-export the bundle."
+        )
+    return ServingRuntime(bundle=bundle, settings=settings, runner=Runner(session, list(manifest.inputs), list(manifest.outputs)))
+
+
+def check(
+    path: str | os.PathLike[str],
+    *,
+    settings: SessionSettings | None = None,
+    tolerance: Tolerance | None = None,
+    per_output_tolerance: Mapping[str, Tolerance] | None = None,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+) -> CheckReport:
+    """Verify a bundle, run its reference inputs through ONNX Runtime, and judge parity.
+
+    Args:
+        path: the bundle directory.
+        settings: ONNX Runtime settings; defaults to those recorded at export.
+        tolerance: replaces the bundle's default tolerance (recorded in the report).
+        per_output_tolerance: replaces the tolerance of named outputs (recorded).
+        batch_size: reference samples per ONNX Runtime call (None: all at once).
+
+    Returns:
+        A :class:`CheckReport`, truthy when parity holds.
+
+    Raises:
+        UsageError: bad path or arguments.
+        BundleInvalid: integrity failure, unreadable model or reference arrays.
+
+    Example:
+        >>> report = paritybundle.check("artifacts/digits")  # doctest: +SKIP
+        >>> bool(report)  # doctest: +SKIP
+        True
+    """
+    started = time.perf_counter()
+    if batch_size is not None and batch_size < 1:
+        raise UsageError("batch size must be a positive number of samples.")
+    runtime = load(path, settings)
+    manifest = runtime.manifest
+    overrides = _overrides(manifest, tolerance, per_output_tolerance)
+
+    input_names = [s.name for s in manifest.inputs]
+    output_names = [s.name for s in manifest.outputs]
+    inputs = load_arrays(runtime.bundle.path(manifest.reference.inputs), input_names, label=manifest.reference.inputs)
+    research = load_arrays(runtime.bundle.path(manifest.reference.outputs), output_names, label=manifest.reference.outputs)
+    try:
+        validated = runtime.runner.validate(inputs)
+    except InputValidationError as exc:
+        raise BundleInvalid(f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}") from None
+    served = runtime.runner.run(validated, batch_size)
+    comparisons = compare_all(manifest, served, research, overrides)
+    notices = [
+        f"output {c.name!r}: serving error {c.stats.max_abs:.3g} is over {manifest.tolerance.baseline_factor:g}x "
+        f"the export-time error {c.baseline_max_abs:.3g}; within tolerance, but this environment differs "
+        "numerically from the one that validated the bundle."
+        for c in comparisons if c.passed and c.above_baseline and c.stats is not None and c.baseline_max_abs is not None
+    ]
+    samples = int(next(iter(validated.values())).shape[0])
+    return CheckReport(
+        passed=all(comparisons),
+        checked_at=datetime.now(timezone.utc),
+        duration_s=time.perf_counter() - started,
+        bundle=BundleIdentity(path=str(path), name=manifest.name, version=manifest.version,
+                              files_verified=len(manifest.files)),
+        settings=CheckSettings(
+            onnxruntime_version=onnxruntime_version(),
+            providers=list(runtime.settings.providers),
+            graph_optimization_level=runtime.settings.graph_optimization_level,
+            intra_op_num_threads=runtime.settings.intra_op_num_threads,
+            batch_size=batch_size,
+            samples=samples,
+        ),
+        reference={"device": manifest.reference.device, "precision": manifest.reference.precision},
+        tolerance_overrides=overrides,
+        outputs=comparisons,
+        notices=notices,
+    )
+
+
+def _overrides(manifest: Manifest, tolerance: Tolerance | None,
+               per_output: Mapping[str, Tolerance] | None) -> dict[str, Tolerance]:
+    names = [o.name for o in manifest.outputs]
+    overrides = {name: tolerance for name in names} if tolerance is not None else {}
+    for name, tol in (per_output or {}).items():
+        if name not in names:
+            raise UsageError(f"tolerance override names output {name!r}, but the bundle's outputs are {', '.join(names)}.")
+        overrides[name] = tol
+    return overrides
+
+
+def compare_all(manifest: Manifest, served: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray],
+                overrides: Mapping[str, Tolerance] | None = None) -> list[OutputComparison]:
+    """Compare every declared output under the manifest's policy (plus overrides)."""
+    baselines = {name: e.max_abs for name, e in manifest.export_errors.items()}
+    return compare_with_policy(manifest.outputs, manifest.tolerance, served, research, baselines, overrides)
+
+
+def compare_with_policy(
+    outputs: Sequence[TensorSpec],
+    policy: TolerancePolicy,
+    served: Mapping[str, np.ndarray],
+    research: Mapping[str, np.ndarray],
+    baselines: Mapping[str, float] | None = None,
+    overrides: Mapping[str, Tolerance] | None = None,
+) -> list[OutputComparison]:
+    """Compare each output in ``outputs`` under ``policy``; export and check share this."""
+    overrides = overrides or {}
+    baselines = baselines or {}
+    return [
+        compare_output(
+            spec.name, served[spec.name], research[spec.name],
+            overrides.get(spec.name, policy.for_output(spec.name)),
+            scores=spec.kind == "scores",
+            min_decision_agreement=policy.min_decision_agreement,
+            baseline_max_abs=baselines.get(spec.name),
+            baseline_factor=policy.baseline_factor,
+            tie_tolerance=policy.default,
+        )
+        for spec in outputs
+    ]
+
+
+def verify(path: str | os.PathLike[str]) -> VerifiedBundle:
+    """Integrity only: manifest and every file's hash, no inference.
+
+    Raises:
+        UsageError: the path does not exist.
+        BundleInvalid: naming the offending file.
+    """
+    return open_bundle(path)
+
+

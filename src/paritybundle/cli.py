@@ -1,0 +1,204 @@
+"""The ``bundle`` command: parse arguments, call the library, map errors to exit codes.
+
+Each command body is one library call plus formatting. Expected failures are
+:class:`~paritybundle.errors.ParityBundleError` subclasses: one sentence on
+stderr and their exit code. Anything else is a bug: traceback and exit 70.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_PARITY, ParityBundleError, UsageError
+
+app = typer.Typer(
+    name="bundle",
+    help="paritybundle: export a model with its reference outputs, and prove serving reproduces them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=False, width=160)
+err = Console(stderr=True, highlight=False)
+
+BundleArg = Annotated[Path, typer.Argument(help="The bundle directory.", show_default=False)]
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path} ({exc.strerror}); choose a writable path.") from None
+
+
+def _tolerance(atol: float | None, rtol: float | None):
+    from .manifest import Tolerance
+
+    if atol is None and rtol is None:
+        return None
+    if atol is None or rtol is None:
+        raise UsageError("--atol and --rtol go together; give both to override the bundle's tolerance.")
+    if atol < 0 or rtol < 0:
+        raise UsageError("--atol and --rtol must be >= 0.")
+    return Tolerance(atol=atol, rtol=rtol)
+
+
+def _output_tolerances(values: list[str]):
+    from .manifest import Tolerance
+
+    result = {}
+    for value in values:
+        try:
+            name, atol, rtol = value.rsplit(":", 2)
+            result[name] = Tolerance(atol=float(atol), rtol=float(rtol))
+        except ValueError:
+            raise UsageError(f"--output-tolerance {value!r} must look like NAME:ATOL:RTOL, e.g. logits:1e-4:1e-3.") from None
+    return result
+
+
+def command(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Register a command whose expected failures become one sentence and their exit code."""
+
+    def register(function: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                code = function(*args, **kwargs)
+            except ParityBundleError as exc:
+                # Text, not markup: messages quote lists and paths whose brackets are not rich markup.
+                err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
+                code = exc.exit_code
+            except (typer.Exit, typer.Abort, KeyboardInterrupt):
+                raise
+            except Exception:
+                traceback.print_exc()
+                err.print("internal error: this is a bug in paritybundle; please report it with the traceback above.")
+                code = EXIT_INTERNAL
+            if code:
+                raise typer.Exit(code)
+            return code
+
+        return app.command(name)(run)
+
+    return register
+
+
+@command("export")
+def export_command(
+    spec: Annotated[str, typer.Argument(help="path/to/file.py:name or module:name: an ExportSpec or a function returning one.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The bundle directory to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at the output path.")] = False,
+    max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Keep at most this many reference samples.")] = None,
+) -> int:
+    """Export a trained model, its reference set and environment as one bundle (atomically)."""
+    from .training import export_spec, load_spec
+
+    export_spec_obj = load_spec(spec)
+    if max_samples is not None:
+        if max_samples < 1:
+            raise UsageError("--max-samples must be at least 1.")
+        export_spec_obj.max_reference_samples = max_samples
+    result = export_spec(export_spec_obj, output, force=force)
+    m = result.manifest
+    errors = ", ".join(f"{name} {e.max_abs:.2g}" for name, e in m.export_errors.items())
+    out.print(f"exported {m.name} v{m.version} to {result.path}: {m.reference.samples} reference samples, "
+              f"{len(m.files)} files; torch vs ONNX Runtime max abs error: {errors}")
+    return EXIT_OK
+
+
+@command("check")
+def check_command(
+    bundle: BundleArg,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this file ('-' for stdout).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (0: automatic).")] = None,
+    optimization: Annotated[Optional[str], typer.Option("--optimization", help="Graph optimization level: disable, basic, extended, all.")] = None,
+    provider: Annotated[Optional[list[str]], typer.Option("--provider", help="Execution provider (repeatable, in priority order).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Reference samples per ONNX Runtime call.")] = 1024,
+    atol: Annotated[Optional[float], typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")] = None,
+    rtol: Annotated[Optional[float], typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")] = None,
+    output_tolerance: Annotated[Optional[list[str]], typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")] = None,
+) -> int:
+    """Verify integrity, run the reference inputs through ONNX Runtime, and judge parity (exit 1 if it fails)."""
+    from .checker import check, settings_from_manifest
+    from .report import render_check
+    from .runtime import SessionSettings
+    from .store import read_manifest
+
+    settings = None
+    if threads is not None or optimization is not None or provider:
+        recorded = settings_from_manifest(read_manifest(bundle))
+        settings = SessionSettings(
+            providers=tuple(provider) if provider else recorded.providers,
+            graph_optimization_level=optimization or recorded.graph_optimization_level,
+            intra_op_num_threads=recorded.intra_op_num_threads if threads is None else threads,
+        )
+    report = check(bundle, settings=settings, tolerance=_tolerance(atol, rtol),
+                   per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size)
+    if json_path is not None:
+        text = report.model_dump_json(indent=2) + "\n"
+        if str(json_path) == "-":
+            sys.stdout.write(text)
+        else:
+            _write_text(json_path, text)
+    if json_path is None or str(json_path) != "-":
+        render_check(report, out)
+    return EXIT_OK if report.passed else EXIT_PARITY
+
+
+@command("verify")
+def verify_command(bundle: BundleArg) -> int:
+    """Integrity only: the manifest and every file's sha256; no inference."""
+    from .checker import verify
+
+    verified = verify(bundle)
+    total = sum(d.bytes for d in verified.manifest.files.values())
+    out.print(f"{bundle}: {verified.manifest.name} v{verified.manifest.version}, "
+              f"{len(verified.manifest.files)} files ({total:,} bytes) match bundle.json")
+    return EXIT_OK
+
+
+@command("inspect")
+def inspect_command(
+    bundle: BundleArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> int:
+    """What is inside: specs, stages, tolerance, provenance, sizes (reads the manifest only)."""
+    from .report import render_manifest
+    from .store import read_manifest
+
+    manifest = read_manifest(bundle)
+    if as_json:
+        sys.stdout.write(manifest.to_json())
+    else:
+        render_manifest(manifest, out)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bundle``/``paritybundle``; exits with (or, given argv, returns) the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, prog_name="bundle")
+        code = EXIT_OK
+    except SystemExit as exc:  # typer's standalone mode ends every run with one
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""One error hierarchy, one exit-code table.
+
+Every expected failure is a :class:`ParityBundleError` whose message says what is
+wrong and what to do. The CLI catches this base class only and exits with the
+subclass's ``exit_code``; anything else is a bug in paritybundle and reaches the
+user as exit 70 with its traceback.
+
+::
+
+    ParityBundleError
+     ├── ParityFailure         exit 1  outputs differ beyond tolerance
+     │    └── ExportParityError        ...already at export time (no bundle written)
+     ├── UsageError            exit 2  bad arguments, missing path, wrong spec
+     │    ├── SpecError                the export spec cannot be loaded or is malformed
+     │    ├── ExportError              torch's exporter could not convert the model
+     │    ├── InputValidationError     inputs do not match the bundle's input specs
+     │    └── BundleExistsError        the export target exists and --force was not given
+     ├── BundleInvalid         exit 3  tampered, missing or extra file, bad manifest
+     └── EnvironmentRefused    exit 4  refused by the drift policy
+
+Internal errors deliberately do not subclass ParityBundleError, so bugs keep
+their traceback (exit 70).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_PARITY = 1
+EXIT_USAGE = 2
+EXIT_BUNDLE_INVALID = 3
+EXIT_ENVIRONMENT = 4
+EXIT_INTERNAL = 70
+
+
+class ParityBundleError(Exception):
+    """Base of every expected failure; the CLI maps it to ``exit_code``."""
+
+    exit_code: int = EXIT_INTERNAL
+
+
+class ParityFailure(ParityBundleError):
+    """Serving outputs differ from the research outputs beyond tolerance."""
+
+    exit_code = EXIT_PARITY
+
+
+class ExportParityError(ParityFailure):
+    """ONNX Runtime disagrees with torch already in the training environment.
+
+    Raised by export before anything is written: the bundle would never pass.
+    """
+
+
+class UsageError(ParityBundleError):
+    """The caller asked for something that cannot be done as asked."""
+
+    exit_code = EXIT_USAGE
+
+
+class SpecError(UsageError):
+    """An export spec (``file.py:name`` or ``module:name``) cannot be used."""
+
+
+class ExportError(UsageError):
+    """torch's ONNX exporter could not convert the model."""
+
+
+class InputValidationError(UsageError):
+    """Inputs do not match the bundle's input specs (name, dtype or shape)."""
+
+
+class BundleExistsError(UsageError):
+    """The export target exists and overwriting was not asked for."""
+
+
+class BundleInvalid(ParityBundleError):
+    """The bundle cannot be trusted: tampered, incomplete, extra files or bad manifest."""
+
+    exit_code = EXIT_BUNDLE_INVALID
+
+
+class EnvironmentRefused(ParityBundleError):
+    """The running environment drifted from the lock beyond what the policy allows."""
+
+    exit_code = EXIT_ENVIRONMENT

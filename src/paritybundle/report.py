@@ -1,0 +1,112 @@
+"""Renderings of a check report and a manifest: rich text for people, JSON for machines."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from .checker import CheckReport
+from .manifest import Manifest
+from .parity import OutputComparison, explain_failure
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _decision(comparison: OutputComparison) -> str:
+    d = comparison.decision
+    if d is None:
+        return "-"
+    text = f"{d.agreement:.2%} (min {d.min_agreement:.0%})"
+    return text + (f", {d.ties} ties" if d.ties else "")
+
+
+def check_table(report: CheckReport) -> Table:
+    table = Table(title=f"parity: {report.bundle.name} v{report.bundle.version} "
+                        f"({report.settings.samples} reference samples)", title_justify="left")
+    for column in ("output", "max abs", "mean abs", "p99 abs", "max rel", "p99 rel",
+                   "violations", "worst sample", "of tol", "argmax agree", "atol / rtol", "verdict"):
+        table.add_column(column, justify="left" if column in ("output", "verdict") else "right")
+    for c in report.outputs:
+        s = c.stats
+        verdict = Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red")
+        table.add_row(
+            c.name,
+            _num(s and s.max_abs), _num(s and s.mean_abs), _num(s and s.p99_abs),
+            _num(s and s.max_rel), _num(s and s.p99_rel),
+            f"{s.violations}/{s.elements}" if s else "-",
+            "-" if s is None or s.worst_sample is None else str(s.worst_sample),
+            "-" if s is None else f"{s.max_tolerance_ratio:.0%}",
+            _decision(c),
+            f"{c.tolerance.atol:g} / {c.tolerance.rtol:g}" + (" *" if c.name in report.tolerance_overrides else ""),
+            verdict,
+        )
+    return table
+
+
+def render_check(report: CheckReport, console: Console) -> None:
+    console.print(check_table(report))
+    for line in [explain_failure(c) for c in report.outputs if not c.passed]:
+        console.print(Text(line, style="red"))
+    for line in report.notices:
+        console.print(Text(f"notice: {line}", style="yellow"))
+    settings = report.settings
+    console.print(
+        f"onnxruntime {settings.onnxruntime_version}, {', '.join(settings.providers)}, "
+        f"optimization {settings.graph_optimization_level}, threads {settings.intra_op_num_threads or 'auto'}, "
+        f"batch {settings.batch_size or 'all'}; references made on {report.reference['device']} "
+        f"({report.reference['precision']}); {report.bundle.files_verified} files verified; {report.duration_s:.2f} s"
+    )
+    verdict = Text("PARITY HOLDS", style="bold green") if report.passed else Text(
+        f"PARITY FAILS: {', '.join(report.failed_outputs)}", style="bold red")
+    console.print(verdict)
+
+
+def _spec_table(title: str, specs) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("name", "dtype", "shape", "kind"):
+        table.add_column(column)
+    for s in specs:
+        # Text, so rich does not read "[batch, 64]" as markup.
+        table.add_row(s.name, s.dtype, Text("[" + ", ".join(map(str, s.shape)) + "]"), s.kind)
+    return table
+
+
+def render_manifest(manifest: Manifest, console: Console) -> None:
+    """`bundle inspect`: specs, stages, tolerance, provenance, sizes."""
+    m = manifest
+    console.print(Text(f"{m.name} v{m.version}", style="bold"),
+                  f"created {m.created_at.isoformat()} by paritybundle {m.producer.version}")
+    console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(m.producer.libraries.items())))
+    console.print(_spec_table("inputs", m.inputs))
+    console.print(_spec_table("outputs", m.outputs))
+    console.print(f"stages: pipeline {m.stages.pipeline}, model {m.stages.model}, preprocess "
+                  f"{m.stages.preprocess or '(none)'}; opset {m.stages.opset}; exporter {m.stages.exporter}")
+    tol = m.tolerance
+    lines = [f"tolerance: atol {tol.default.atol:g}, rtol {tol.default.rtol:g}, equal_nan {tol.default.equal_nan} "
+             f"(references made on {tol.reference_device}, {tol.reference_precision}); "
+             f"argmax agreement >= {tol.min_decision_agreement:.0%}; notice above {tol.baseline_factor:g}x export error"]
+    lines += [f"  {name}: atol {t.atol:g}, rtol {t.rtol:g}" for name, t in tol.per_output.items()]
+    console.print("\n".join(lines))
+    console.print(f"runtime validated with: onnxruntime {m.runtime.onnxruntime_version}, "
+                  f"{', '.join(m.runtime.providers)}, optimization {m.runtime.graph_optimization_level}")
+    errors = Table(title="export-time error, torch vs ONNX Runtime", title_justify="left")
+    for column in ("output", "max abs", "mean abs", "max rel"):
+        errors.add_column(column)
+    for name, e in m.export_errors.items():
+        errors.add_row(name, _num(e.max_abs), _num(e.mean_abs), _num(e.max_rel))
+    console.print(errors)
+    p = m.provenance
+    git = f"{p.git.commit[:12]}{' (dirty)' if p.git.dirty else ''}" if p.git else "(not in a git checkout)"
+    console.print(f"provenance: git {git}; params {p.params or '{}'}; metrics {p.metrics or '{}'}; "
+                  f"data {p.data_hashes or '{}'}")
+    console.print(f"reference set: {m.reference.samples} samples")
+    files = Table(title="files", title_justify="left")
+    files.add_column("path")
+    files.add_column("bytes", justify="right")
+    files.add_column("sha256")
+    for path, digest in sorted(m.files.items()):
+        files.add_row(path, f"{digest.bytes:,}", digest.sha256[:16] + "...")
+    console.print(Group(files))

@@ -1,0 +1,237 @@
+"""Reading, verifying and atomically writing bundles on disk.
+
+Reading is parse -> verify -> use: :func:`open_bundle` validates ``bundle.json``,
+then hashes every listed file (streamed, so memory stays flat however big the
+model), refuses missing or extra files and symlinks, and only then hands back a
+:class:`VerifiedBundle` whose paths the rest of paritybundle may open.
+
+Writing goes through :class:`BundleWriter`: files land in a temp directory beside
+the target, are flushed, and the directory is renamed into place at the end, so a
+reader sees either no bundle or a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BundleExistsError, BundleInvalid, UsageError
+from .manifest import MANIFEST_NAME, UNLISTED_FILES, FileDigest, Manifest, parse_manifest
+
+_CHUNK = 1024 * 1024
+
+
+def sha256_file(path: Path) -> FileDigest:
+    """Hash a file in 1 MiB chunks: memory stays flat for a file of any size.
+
+    Example:
+        >>> sha256_file(Path("bundle/model.onnx")).bytes  # doctest: +SKIP
+    """
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            n = handle.readinto(buffer)
+            if not n:
+                break
+            digest.update(view[:n])
+            size += n
+    return FileDigest(sha256=digest.hexdigest(), bytes=size)
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle whose manifest parsed and whose every file matched its hash."""
+
+    root: Path
+    manifest: Manifest
+
+    def path(self, relative: str) -> Path:
+        """The on-disk path of a file the manifest lists."""
+        if relative not in self.manifest.files:
+            raise KeyError(relative)  # a bug: callers only ask for listed files
+        return self.root / relative
+
+
+def _list_files(root: Path) -> tuple[set[str], list[str]]:
+    """Relative POSIX paths of regular files under root, and anything that is not one."""
+    files: set[str] = set()
+    odd: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            if full.is_symlink():
+                odd.append(f"{rel} (symlink)")
+            elif name in filenames:
+                if full.is_file():
+                    files.add(rel)
+                else:
+                    odd.append(f"{rel} (not a regular file)")
+    return files, odd
+
+
+def read_manifest(root: Path) -> Manifest:
+    """Parse ``bundle.json`` of the bundle directory ``root`` (no file hashing)."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"bundle path {root} does not exist; pass the directory that `bundle export` wrote.")
+    if not root.is_dir():
+        raise UsageError(f"bundle path {root} is not a directory; pass the directory that `bundle export` wrote.")
+    manifest_path = root / MANIFEST_NAME
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise BundleInvalid(f"{root} has no {MANIFEST_NAME}; it is not a paritybundle bundle or it is incomplete.")
+    return parse_manifest(manifest_path.read_bytes(), source=str(manifest_path))
+
+
+def verify_files(root: Path, manifest: Manifest) -> None:
+    """Check that the directory holds exactly the listed files with their hashes.
+
+    Raises:
+        BundleInvalid: naming the first missing, extra, altered or odd file.
+    """
+    present, odd = _list_files(root)
+    if odd:
+        raise BundleInvalid(f"{root} contains {odd[0]}, which a bundle never holds; re-export the bundle.")
+    listed = set(manifest.files)
+    missing = sorted(listed - present)
+    if missing:
+        raise BundleInvalid(f"{missing[0]} is listed in {MANIFEST_NAME} but missing from {root}; the bundle is incomplete.")
+    extra = sorted(present - listed - UNLISTED_FILES)
+    if extra:
+        raise BundleInvalid(
+            f"{extra[0]} is in {root} but not listed in {MANIFEST_NAME}; remove it or re-export the bundle."
+        )
+    for rel in sorted(listed):
+        expected = manifest.files[rel]
+        actual = sha256_file(root / rel)
+        if actual.bytes != expected.bytes:
+            raise BundleInvalid(
+                f"{rel} is {actual.bytes} bytes but the manifest says {expected.bytes}; "
+                "the file was truncated or altered, re-export the bundle."
+            )
+        if actual.sha256 != expected.sha256:
+            raise BundleInvalid(
+                f"{rel} does not match its sha256 in {MANIFEST_NAME} "
+                f"(expected {expected.sha256[:12]}..., got {actual.sha256[:12]}...); "
+                "the file was altered, re-export the bundle."
+            )
+
+
+def open_bundle(path: str | os.PathLike[str]) -> VerifiedBundle:
+    """Parse and verify a bundle directory before anything in it is used.
+
+    Args:
+        path: the bundle directory.
+
+    Returns:
+        A :class:`VerifiedBundle`.
+
+    Raises:
+        UsageError: the path does not exist or is not a directory.
+        BundleInvalid: bad manifest, missing, extra or altered file.
+
+    Example:
+        >>> open_bundle("artifacts/digits").manifest.name  # doctest: +SKIP
+        'digits'
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    verify_files(root, manifest)
+    return VerifiedBundle(root=root, manifest=manifest)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BundleWriter:
+    """Writes a bundle into a temp directory beside ``target``; :meth:`commit` renames it in.
+
+    Use as a context manager: leaving the block without :meth:`commit` (an
+    exception) removes the temp directory, so a failed export leaves nothing.
+    """
+
+    def __init__(self, target: str | os.PathLike[str], *, force: bool = False) -> None:
+        self.target = Path(target)
+        self.force = force
+        self._staging: Path | None = None
+
+    def __enter__(self) -> BundleWriter:
+        if self.target.exists() and not self.force:
+            raise BundleExistsError(
+                f"{self.target} already exists; pass --force (force=True) to replace it, or choose another path."
+            )
+        parent = self.target.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self._staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._staging is not None and self._staging.exists():
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+    @property
+    def staging(self) -> Path:
+        assert self._staging is not None, "BundleWriter used outside its with-block"
+        return self._staging
+
+    def path(self, relative: str) -> Path:
+        """Where to write ``relative`` inside the staging directory (parents created)."""
+        full = self.staging / relative
+        full.parent.mkdir(parents=True, exist_ok=True)
+        return full
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        with open(self.path(relative), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def digests(self) -> dict[str, FileDigest]:
+        """sha256 and size of every file staged so far."""
+        files, odd = _list_files(self.staging)
+        assert not odd, odd
+        return {rel: sha256_file(self.staging / rel) for rel in sorted(files - UNLISTED_FILES)}
+
+    def commit(self, manifest: Manifest) -> Path:
+        """Write ``bundle.json`` last, flush everything, then rename into place."""
+        for dirpath, _dirs, filenames in os.walk(self.staging):
+            for name in filenames:
+                with open(Path(dirpath) / name, "rb") as handle:
+                    os.fsync(handle.fileno())
+            _fsync_dir(Path(dirpath))
+        self.write_bytes(MANIFEST_NAME, manifest.to_json().encode())
+        _fsync_dir(self.staging)
+        replaced: Path | None = None
+        if self.target.exists():
+            if not self.force:
+                raise BundleExistsError(f"{self.target} appeared while exporting; another export won, nothing was replaced.")
+            # Move the old bundle aside first: rename cannot replace a non-empty directory.
+            replaced = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.replaced-", dir=self.target.parent))
+            os.rename(self.target, replaced / "old")
+        try:
+            os.rename(self.staging, self.target)
+        except OSError as exc:
+            if replaced is not None:
+                os.rename(replaced / "old", self.target)
+            raise BundleExistsError(
+                f"could not move the new bundle into {self.target} ({exc.strerror}); "
+                "another export may have written it at the same moment."
+            ) from None
+        finally:
+            if replaced is not None:
+                shutil.rmtree(replaced, ignore_errors=True)
+        _fsync_dir(self.target.parent)
+        self._staging = None
+        return self.target

@@ -1,0 +1,483 @@
+"""``bundle export``: torch model -> validated ONNX -> one bundle, written atomically.
+
+The pipeline: normalise the reference inputs, put the model in eval mode and make
+sure it is deterministic, compute the research outputs with torch, export with
+torch's ONNX exporter (dynamic batch), run the exported graph in ONNX Runtime on
+the same inputs and FAIL CLOSED if it disagrees, then write the bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import subprocess
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import environment
+from ..checker import compare_with_policy
+from ..errors import ExportError, ExportParityError, SpecError, UsageError
+from ..manifest import (
+    FORMAT_VERSION, GitInfo, Manifest, OutputError, Producer, Provenance, ReferenceSet,
+    RuntimeSettings, Stages, TensorSpec, Tolerance, validate_name,
+)
+from ..parity import explain_failure
+from ..references import load_arrays, save_arrays
+from ..runtime import Runner, SessionSettings, create_session, numpy_dtype_of_onnx, onnxruntime_version
+from ..store import BundleWriter
+from ..tolerance import default_policy
+from .spec import ExportSpec
+
+log = logging.getLogger("paritybundle.export")
+
+MODEL_FILE = "model.onnx"
+PIPELINE_FILE = "pipeline.onnx"
+INPUTS_FILE = "reference/inputs.npz"
+OUTPUTS_FILE = "reference/outputs.npz"
+LOCK_FILE = "environment.lock.json"
+REQUIREMENTS_FILE = "requirements-serve.txt"
+# Reference outputs are computed this many samples at a time to bound memory.
+_TORCH_BATCH = 256
+EXPORTERS = ("dynamo", "torchscript")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote."""
+
+    path: Path
+    manifest: Manifest
+    was_training: bool
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise UsageError(
+            "exporting needs torch, which is not installed here; install the training extra: "
+            "pip install 'paritybundle[train]'."
+        ) from None
+    return torch
+
+
+def export(model: Any, out: str | Path, *, reference_inputs: Any, name: str, version: str = "1",
+           force: bool = False, **options: Any) -> ExportResult:
+    """Export a trained torch model and its reference set as a bundle at ``out``.
+
+    Args:
+        model: the trained ``torch.nn.Module``.
+        out: the bundle directory to write (atomically).
+        reference_inputs: raw inputs (array/tensor, or mapping name -> array).
+        name: the bundle's name.
+        version: the bundle's version.
+        force: replace an existing bundle at ``out``.
+        **options: any other :class:`ExportSpec` field.
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        SpecError: bad reference inputs or options.
+        ExportError: torch's exporter could not convert the model (its reason included).
+        ExportParityError: ONNX Runtime disagrees with torch beyond tolerance; nothing written.
+        BundleExistsError: ``out`` exists and ``force`` is false.
+
+    Example:
+        >>> paritybundle.export(model, "artifacts/digits", reference_inputs=X_ref,
+        ...                     name="digits", version="1")  # doctest: +SKIP
+    """
+    try:
+        spec = ExportSpec(model=model, reference_inputs=reference_inputs, name=name, version=version, **options)
+    except TypeError as exc:
+        raise SpecError(f"unknown export option: {exc}.") from None
+    return export_spec(spec, out, force=force)
+
+
+def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> ExportResult:
+    """Export from an :class:`ExportSpec`; see :func:`export`."""
+    torch = _import_torch()
+    _validate_spec(spec, torch)
+    inputs = _reference_inputs(spec)
+    model = spec.model
+    device = _model_device(model, torch)
+    with _eval_mode(model) as was_training:
+        if was_training:
+            message = (f"model {type(model).__name__} was in training mode; it is exported in eval mode "
+                       "(dropout off, batch-norm running statistics), as serving will run it.")
+            # logging's last-resort handler prints warnings even where nothing configured logging.
+            log.warning(message)
+        research_first = _run_torch(model, inputs, torch, device)
+        output_names = _output_names(spec, len(research_first))
+        research = dict(zip(output_names, research_first))
+        _check_deterministic(model, inputs, research, torch, device)
+        reference_device = spec.reference_device or device.type
+        reference_precision = spec.reference_precision or _precision(model, torch, device)
+        policy = default_policy(
+            reference_device, reference_precision,
+            per_output=dict(spec.per_output_tolerance),
+        )
+        if spec.tolerance is not None:
+            policy = policy.model_copy(update={"default": spec.tolerance})
+        for unknown in set(spec.per_output_tolerance) - set(output_names):
+            raise SpecError(f"per_output_tolerance names {unknown!r}, but the outputs are {', '.join(output_names)}.")
+
+        with BundleWriter(out, force=force) as writer:
+            model_path = writer.path(MODEL_FILE)
+            _export_onnx(spec, model, inputs, output_names, model_path, torch, device)
+            shutil.copyfile(model_path, writer.path(PIPELINE_FILE))
+            input_specs, output_specs, opset = _graph_specs(model_path, list(inputs), output_names, spec, research)
+
+            settings = SessionSettings()
+            session = create_session(writer.path(PIPELINE_FILE), settings, label="the exported model")
+            runner = Runner(session, input_specs, output_specs)
+            served = runner.run(runner.validate(inputs))
+            comparisons = compare_with_policy(output_specs, policy, served, research)
+            failures = [explain_failure(c) for c in comparisons if not c.passed]
+            if failures:
+                raise ExportParityError(
+                    "ONNX Runtime disagrees with torch on the reference inputs in the training environment, "
+                    "so no bundle was written: " + " ".join(failures) +
+                    " Look for operators the exporter translates differently, or set a looser tolerance "
+                    "if this difference is legitimate."
+                )
+
+            save_arrays(writer.path(INPUTS_FILE), inputs)
+            save_arrays(writer.path(OUTPUTS_FILE), research)
+            # Read back what was written: a reference set that cannot round-trip must not ship.
+            load_arrays(writer.path(INPUTS_FILE), list(inputs), label=INPUTS_FILE)
+            writer.write_bytes(LOCK_FILE, environment.lock_json().encode())
+            writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text().encode())
+
+            manifest = Manifest(
+                format_version=FORMAT_VERSION,
+                name=spec.name,
+                version=spec.version,
+                created_at=datetime.now(timezone.utc),
+                producer=Producer(version=_version("paritybundle"), libraries=_library_versions()),
+                provenance=Provenance(
+                    git=_git_info(spec.source_path),
+                    params=dict(spec.params), metrics={k: float(v) for k, v in spec.metrics.items()},
+                    data_hashes=dict(spec.data_hashes),
+                ),
+                inputs=input_specs,
+                outputs=output_specs,
+                stages=Stages(pipeline=PIPELINE_FILE, model=MODEL_FILE, preprocess=None, opset=opset,
+                              exporter=f"torch.onnx ({spec.exporter})"),
+                tolerance=policy,
+                runtime=RuntimeSettings(
+                    onnxruntime_version=onnxruntime_version(), providers=list(settings.providers),
+                    graph_optimization_level=settings.graph_optimization_level,  # type: ignore[arg-type]
+                    intra_op_num_threads=settings.intra_op_num_threads,
+                ),
+                reference=ReferenceSet(inputs=INPUTS_FILE, outputs=OUTPUTS_FILE, features=None,
+                                       samples=_length(inputs), device=reference_device,
+                                       precision=reference_precision),
+                export_errors={
+                    c.name: OutputError(max_abs=c.stats.max_abs, mean_abs=c.stats.mean_abs, max_rel=c.stats.max_rel)
+                    for c in comparisons if c.stats is not None
+                },
+                environment_lock=LOCK_FILE,
+                serve_requirements=REQUIREMENTS_FILE,
+                files=writer.digests(),
+            )
+            path = writer.commit(manifest)
+    log.info("exported %s v%s to %s", spec.name, spec.version, path)
+    return ExportResult(path=path, manifest=manifest, was_training=was_training)
+
+
+def _validate_spec(spec: ExportSpec, torch: Any) -> None:
+    if not isinstance(spec.model, torch.nn.Module):
+        raise SpecError(f"the export spec's model is a {type(spec.model).__name__}, not a torch.nn.Module.")
+    try:
+        validate_name(spec.name)
+    except ValueError as exc:
+        raise SpecError(f"bundle name {spec.name!r} {exc}.") from None
+    if not isinstance(spec.version, str) or not spec.version or len(spec.version) > 128:
+        raise SpecError("bundle version must be a non-empty string of at most 128 characters.")
+    if spec.exporter not in EXPORTERS:
+        raise SpecError(f"exporter {spec.exporter!r} is not one of {', '.join(EXPORTERS)}.")
+    if spec.max_reference_samples is not None and spec.max_reference_samples < 1:
+        raise SpecError("max_reference_samples must be at least 1 (or None for all).")
+    for name, tol in spec.per_output_tolerance.items():
+        if not isinstance(tol, Tolerance):
+            raise SpecError(f"per_output_tolerance[{name!r}] must be a paritybundle.Tolerance.")
+    if spec.tolerance is not None and not isinstance(spec.tolerance, Tolerance):
+        raise SpecError("tolerance must be a paritybundle.Tolerance.")
+
+
+def _to_numpy(value: Any, name: str) -> np.ndarray:
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except Exception:
+        raise SpecError(f"reference input {name!r} cannot be converted to an array.") from None
+    if array.dtype.kind == "O":
+        raise SpecError(f"reference input {name!r} holds Python objects; pass a numeric array or tensor.")
+    if array.ndim == 0:
+        raise SpecError(f"reference input {name!r} is a scalar; it needs a leading batch dimension.")
+    return array
+
+
+def _reference_inputs(spec: ExportSpec) -> dict[str, np.ndarray]:
+    raw = spec.reference_inputs
+    if raw is None:
+        raise SpecError("reference_inputs is required: the raw inputs the research outputs are computed on.")
+    if isinstance(raw, Mapping):
+        if spec.input_names is not None and list(spec.input_names) != list(raw):
+            raise SpecError(f"input_names {list(spec.input_names)} differ from the reference input keys {list(raw)}.")
+        arrays = {str(k): _to_numpy(v, str(k)) for k, v in raw.items()}
+    else:
+        names = list(spec.input_names or ["input"])
+        if len(names) != 1:
+            raise SpecError(f"{len(names)} input names given but one reference array; pass a mapping name -> array.")
+        arrays = {names[0]: _to_numpy(raw, names[0])}
+    if not arrays:
+        raise SpecError("reference_inputs is empty; pass at least one input with at least one sample.")
+    lengths = {name: a.shape[0] for name, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise SpecError(f"reference inputs disagree on the number of samples: {lengths}.")
+    count = next(iter(lengths.values()))
+    if count < 1:
+        raise SpecError("reference_inputs has no samples; pass at least one.")
+    cap = spec.max_reference_samples
+    if cap is not None and count > cap:
+        log.info("keeping the first %d of %d reference samples", cap, count)
+        arrays = {name: a[:cap] for name, a in arrays.items()}
+    return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+
+
+def _length(inputs: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(inputs.values())).shape[0])
+
+
+def _model_device(model: Any, torch: Any) -> Any:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _precision(model: Any, torch: Any, device: Any) -> str:
+    dtypes = {p.dtype for p in model.parameters()}
+    if torch.bfloat16 in dtypes:
+        return "bf16"
+    if torch.float16 in dtypes:
+        return "fp16"
+    if device.type != "cpu" and (torch.get_float32_matmul_precision() != "highest"
+                                 or getattr(torch.backends.cuda.matmul, "allow_tf32", False)):
+        return "tf32"
+    return "fp32"
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[bool]:
+    """Eval mode for the export; the caller's model gets its mode back afterwards."""
+    was_training = bool(model.training)
+    model.eval()
+    try:
+        yield was_training
+    finally:
+        model.train(was_training)
+
+
+def _tensors(inputs: Mapping[str, np.ndarray], torch: Any, device: Any, start: int = 0, stop: int | None = None) -> list[Any]:
+    tensors = []
+    for name, array in inputs.items():
+        try:
+            tensors.append(torch.from_numpy(np.ascontiguousarray(array[start:stop])).to(device))
+        except TypeError as exc:
+            raise SpecError(f"reference input {name!r} of dtype {array.dtype} cannot become a tensor: {exc}.") from None
+    return tensors
+
+
+def _flatten_outputs(result: Any, torch: Any) -> list[Any]:
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, (tuple, list)) and result and all(isinstance(r, torch.Tensor) for r in result):
+        return list(result)
+    raise SpecError(
+        f"the model returned {type(result).__name__}; paritybundle exports models returning a tensor "
+        "or a tuple/list of tensors."
+    )
+
+
+def _run_torch(model: Any, inputs: Mapping[str, np.ndarray], torch: Any, device: Any) -> list[np.ndarray]:
+    total = _length(inputs)
+    parts: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for start in range(0, total, _TORCH_BATCH):
+            try:
+                result = model(*_tensors(inputs, torch, device, start, start + _TORCH_BATCH))
+            except SpecError:
+                raise
+            except Exception as exc:
+                raise SpecError(
+                    f"the model raised on the reference inputs ({type(exc).__name__}: {_first_paragraph(exc)}); "
+                    "check their shape and dtype match what forward() expects."
+                ) from None
+            outputs = [t.detach().float().cpu().numpy() if t.dtype in (torch.float16, torch.bfloat16)
+                       else t.detach().cpu().numpy() for t in _flatten_outputs(result, torch)]
+            if parts and len(outputs) != len(parts):
+                raise SpecError("the model returned a different number of outputs for different batches.")
+            if not parts:
+                parts = [[] for _ in outputs]
+            for bucket, value in zip(parts, outputs):
+                bucket.append(value)
+    return [np.concatenate(bucket, axis=0) for bucket in parts]
+
+
+def _check_deterministic(model: Any, inputs: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray],
+                         torch: Any, device: Any) -> None:
+    """Refuse a model whose eval-mode outputs change between two identical calls."""
+    probe = {name: a[:_TORCH_BATCH] for name, a in inputs.items()}
+    again = _run_torch(model, probe, torch, device)
+    for (name, first), second in zip(research.items(), again):
+        first = first[:_TORCH_BATCH]
+        if first.shape != second.shape or not np.allclose(first, second, rtol=1e-5, atol=1e-6, equal_nan=True):
+            raise ExportError(
+                f"output {name!r} changes between two identical calls in eval mode, so no reference can "
+                "hold; remove randomness from forward() (e.g. F.dropout(training=True), torch.rand) before exporting."
+            )
+
+
+def _output_names(spec: ExportSpec, count: int) -> list[str]:
+    if spec.output_names is not None:
+        names = list(spec.output_names)
+        if len(names) != count:
+            raise SpecError(f"{len(names)} output names given but the model returns {count} outputs.")
+        if len(set(names)) != len(names):
+            raise SpecError(f"output names must be distinct: {names}.")
+        return names
+    return ["output"] if count == 1 else [f"output_{k}" for k in range(count)]
+
+
+def _first_paragraph(exc: BaseException, limit: int = 800) -> str:
+    text = str(exc).strip()
+    paragraph = text.split("\n\n", 1)[0]
+    paragraph = " ".join(paragraph.split())
+    return paragraph if len(paragraph) <= limit else paragraph[:limit] + " ..."
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch's exporter logs progress and optional-dependency warnings; keep only errors."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export_onnx(spec: ExportSpec, model: Any, inputs: Mapping[str, np.ndarray], output_names: list[str],
+                 path: Path, torch: Any, device: Any) -> None:
+    # The batch dimension must be at least 2 in the example, or the exporter fixes it to 1.
+    example = {name: a[:4] if a.shape[0] >= 2 else np.concatenate([a, a], axis=0) for name, a in inputs.items()}
+    args = tuple(_tensors(example, torch, device))
+    names = list(inputs)
+    try:
+        with _quiet_exporter():
+            if spec.exporter == "dynamo":
+                batch = torch.export.Dim("batch")
+                program = torch.onnx.export(
+                    model, args, None, dynamo=True, input_names=names, output_names=output_names,
+                    dynamic_shapes=tuple({0: batch} for _ in args), opset_version=spec.opset, verbose=False,
+                )
+                program.save(str(path))
+            else:
+                torch.onnx.export(
+                    model, args, str(path), dynamo=False, input_names=names, output_names=output_names,
+                    dynamic_axes={n: {0: "batch"} for n in names + output_names},
+                    opset_version=spec.opset or 17,
+                )
+    except Exception as exc:
+        raise ExportError(
+            f"torch's ONNX exporter ({spec.exporter}) could not convert {type(model).__name__}: "
+            f"{type(exc).__name__}: {_first_paragraph(exc)}"
+        ) from None
+    extra = [p.name for p in path.parent.iterdir() if p.name not in (path.name, PIPELINE_FILE) and p.is_file()]
+    if extra:
+        raise ExportError(f"the exporter wrote external data files {extra}; models over 2 GB are not supported yet.")
+
+
+def _graph_specs(model_path: Path, input_names: list[str], output_names: list[str], spec: ExportSpec,
+                 research: Mapping[str, np.ndarray]) -> tuple[list[TensorSpec], list[TensorSpec], int]:
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    if [i.name for i in graph_inputs] != input_names:
+        raise ExportError(f"the exported graph's inputs {[i.name for i in graph_inputs]} differ from {input_names}.")
+    by_name = {o.name: o for o in model.graph.output}
+    missing = [n for n in output_names if n not in by_name]
+    if missing:
+        raise ExportError(f"the exported graph has no output {missing[0]!r} (it has {list(by_name)}).")
+
+    def tensor_spec(value: Any, kind: str = "values") -> TensorSpec:
+        tensor_type = value.type.tensor_type
+        shape: list[int | str] = []
+        for axis, dim in enumerate(tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                shape.append(int(dim.dim_value))
+            else:
+                shape.append(dim.dim_param or f"dim_{axis}")
+        return TensorSpec(name=value.name, dtype=numpy_dtype_of_onnx(tensor_type.elem_type), shape=shape, kind=kind)
+
+    inputs = [tensor_spec(i) for i in graph_inputs]
+    outputs = [tensor_spec(by_name[n]) for n in output_names]
+    if spec.score_outputs is not None:
+        unknown = set(spec.score_outputs) - set(output_names)
+        if unknown:
+            raise SpecError(f"score_outputs names {sorted(unknown)}, but the outputs are {', '.join(output_names)}.")
+        scores = set(spec.score_outputs)
+    else:
+        scores = {o.name for o in outputs if _looks_like_scores(o, research[o.name])}
+    outputs = [o.model_copy(update={"kind": "scores" if o.name in scores else "values"}) for o in outputs]
+    return inputs, outputs, int(opset)
+
+
+def _looks_like_scores(spec: TensorSpec, research: np.ndarray) -> bool:
+    """[batch, classes>=2] floats: logits or probabilities, checked for argmax agreement too."""
+    return (spec.dtype.startswith("float") and research.ndim == 2 and research.shape[1] >= 2)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _library_versions() -> dict[str, str]:
+    return {name: _version(name) for name in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "pydantic")}
+
+
+def _git_info(source_path: str | None) -> GitInfo | None:
+    """Commit and dirty flag of the git checkout holding the training code, if any."""
+    where = Path(source_path).resolve().parent if source_path else Path.cwd()
+    try:
+        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return GitInfo(commit=commit.stdout.strip(), dirty=bool(status.stdout.strip()))

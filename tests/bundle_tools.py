@@ -1,0 +1,46 @@
+"""Helpers for tests that tamper with bundles the way a defect (or an attacker) would."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from paritybundle.manifest import MANIFEST_NAME
+from paritybundle.store import read_manifest, sha256_file
+
+
+def copy_bundle(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def rehash(bundle: Path) -> None:
+    """Rewrite bundle.json so every listed file's hash matches again (what a careless fix-up would do)."""
+    manifest = read_manifest(bundle)
+    files = {rel: sha256_file(bundle / rel) for rel in manifest.files}
+    (bundle / MANIFEST_NAME).write_text(manifest.model_copy(update={"files": files}).to_json())
+
+
+def edit_initializers(bundle: Path, change) -> None:
+    """Apply ``change(name, array) -> array`` to every float initializer of both graphs, then rehash."""
+    for graph_file in ("pipeline.onnx", "model.onnx"):
+        model = onnx.load(str(bundle / graph_file))
+        for init in model.graph.initializer:
+            array = numpy_helper.to_array(init)
+            if array.dtype.kind == "f" and array.size > 1:
+                init.CopyFrom(numpy_helper.from_array(change(init.name, array).astype(array.dtype), init.name))
+        onnx.save(model, str(bundle / graph_file))
+    rehash(bundle)
+
+
+def perturb_weights(bundle: Path, relative_noise: float, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    edit_initializers(bundle, lambda _n, a: a + rng.normal(0, relative_noise * (a.std() or 1.0), a.shape))
+
+
+def round_weights_to_fp16(bundle: Path) -> None:
+    edit_initializers(bundle, lambda _n, a: a.astype(np.float16).astype(np.float32))

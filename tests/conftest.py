@@ -1,0 +1,45 @@
+"""Shared fixtures: one real digits bundle per session, exported through the public API."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("digits_example", ROOT / "examples" / "digits" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def digits_example():
+    return _load_example()
+
+
+@pytest.fixture(scope="session")
+def digits_spec(digits_example):
+    # Two epochs: accuracy does not matter here, a trained-looking model does.
+    return digits_example.make_spec(epochs=2)
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory, digits_spec) -> Path:
+    from paritybundle.training import export_spec
+
+    return export_spec(digits_spec, tmp_path_factory.mktemp("bundles") / "digits").path
+
+
+@pytest.fixture
+def bundle_copy(digits_bundle, tmp_path) -> Path:
+    """A private copy of the digits bundle that a test may tamper with."""
+    from bundle_tools import copy_bundle
+
+    return copy_bundle(digits_bundle, tmp_path / "digits")

@@ -115,3 +115,30 @@ def test_any_finite_array_matches_itself_and_a_shifted_copy_fails(array):
     assert compare_output("y", array.copy(), array, TIGHT)
     shifted = array.astype(np.float64) + 1.0 + 2e-3 * np.abs(array.astype(np.float64))
     assert not compare_output("y", shifted, array, TIGHT)
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 500), elements=st.floats(0, 1e3)))
+def test_percentile99_equals_numpy_percentile(values):
+    from paritybundle.parity import percentile99
+
+    assert percentile99(values) == pytest.approx(float(np.percentile(values, 99)), rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("kind", ["normal", "constant", "heavy_tail", "with_inf", "top_heavy"])
+def test_percentile99_is_exact_on_large_arrays(kind):
+    from paritybundle.parity import percentile99
+
+    rng = np.random.default_rng(3)
+    values = {
+        "normal": np.abs(rng.normal(size=100_003)),
+        "constant": np.full(50_000, 2.5),
+        "heavy_tail": rng.pareto(0.5, size=60_000),
+        "with_inf": np.concatenate([rng.random(20_000), np.full(500, np.inf)]),
+        # Many large values in the sample's blind spots: forces the full-partition fallback.
+        "top_heavy": np.where(np.arange(40_000) % 16 == 0, 0.0, rng.random(40_000)),
+    }[kind]
+    expected = float(np.percentile(values, 99))
+    if np.isnan(expected):  # numpy interpolates inf - inf to NaN; both neighbours are inf here
+        expected = float(np.percentile(values, 99, method="lower"))
+    assert percentile99(values) == (pytest.approx(expected, rel=1e-12) if np.isfinite(expected) else expected)

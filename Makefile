@@ -1,0 +1,35 @@
+# The two quick-start commands (README): `make demo` and `make test`.
+# Both create .venv and install what they need; torch is pinned by constraints.txt
+# to the CPU build (an unpinned torch would download a multi-GB CUDA build).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,examples,dev]'
+	touch $(STAMP)
+
+# Train the digits CNN, export the bundle, check it (exit 0); then prove a perturbed
+# copy is caught (check must exit 1, and says which output failed).
+demo: $(STAMP)
+	$(BIN)/bundle export examples/digits/train.py:make_spec -o artifacts/digits --force
+	$(BIN)/bundle inspect artifacts/digits
+	$(BIN)/bundle check artifacts/digits --json artifacts/digits-report.json
+	$(BIN)/python examples/digits/perturb.py artifacts/digits artifacts/digits-perturbed
+	$(BIN)/bundle check artifacts/digits-perturbed; code=$$?; \
+	  if [ $$code -eq 1 ]; then echo "perturbed bundle caught (exit 1), as it must be"; \
+	  else echo "perturbed bundle NOT caught (exit $$code)"; exit 1; fi
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) artifacts

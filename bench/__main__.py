@@ -1,0 +1,27 @@
+"""Run every benchmark (or those named): ``python -m bench [check_vs_ort] [hashing]``."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+from . import check_vs_ort, hashing
+
+BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main}
+
+
+def main(names: list[str]) -> None:
+    import os
+
+    import onnxruntime
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"onnxruntime {onnxruntime.__version__}")
+    for name in names or list(BENCHMARKS):
+        if name not in BENCHMARKS:
+            sys.exit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+        BENCHMARKS[name]()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,30 @@
+"""Timing helpers shared by the benchmarks: interleaved repetitions, medians, a table."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Run every candidate once per round, ``repeats`` rounds, so drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, run in candidates.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def print_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
+    print(f"\n## {title}\n")
+    print("| measure | paritybundle | baseline | ratio (target) |")
+    print("| --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")

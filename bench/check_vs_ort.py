@@ -1,0 +1,72 @@
+"""`check()` over 10,000 digits reference samples vs a bare ONNX Runtime loop (target <= 1.2x).
+
+Both start from the same files on disk and do the same inference work: read the
+reference inputs, build a session with the same settings, run the same batches.
+`check()` additionally verifies every file's sha256, validates the inputs, reads
+the research outputs and computes the verdict; that overhead is what the ratio shows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ._common import interleaved, median, print_table
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = 10_000
+BATCH = 1024
+
+
+def _digits_bundle(directory: Path, samples: int) -> Path:
+    spec_module = importlib.util.spec_from_file_location("digits_train", ROOT / "examples" / "digits" / "train.py")
+    train = importlib.util.module_from_spec(spec_module)
+    spec_module.loader.exec_module(train)
+    spec = train.make_spec(epochs=3)
+    pixels = spec.reference_inputs["pixels"]
+    rng = np.random.default_rng(0)
+    tiled = np.resize(pixels, (samples, pixels.shape[1]))
+    # Jitter so samples are distinct, staying in the 0..16 pixel range.
+    spec.reference_inputs = {"pixels": np.clip(tiled + rng.normal(0, 0.5, tiled.shape), 0, 16).astype(np.float32)}
+    spec.max_reference_samples = None
+    from paritybundle.training import export_spec
+
+    return export_spec(spec, directory / "digits10k").path
+
+
+def bare_ort_loop(bundle: Path) -> None:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(bundle / "pipeline.onnx"), options, providers=["CPUExecutionProvider"])
+    with np.load(bundle / "reference" / "inputs.npz") as archive:
+        pixels = archive["pixels"]
+    outputs = [session.run(None, {"pixels": pixels[i:i + BATCH]})[0] for i in range(0, len(pixels), BATCH)]
+    np.concatenate(outputs)
+
+
+def main(repeats: int = 7) -> list[tuple[str, str, str, str]]:
+    import paritybundle
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = _digits_bundle(Path(tmp), SAMPLES)
+        assert paritybundle.check(bundle, batch_size=BATCH), "the benchmark bundle must pass its own check"
+        times = interleaved({
+            "check": lambda: paritybundle.check(bundle, batch_size=BATCH),
+            "ort": lambda: bare_ort_loop(bundle),
+        }, repeats)
+    check_s, ort_s = median(times["check"]), median(times["ort"])
+    rows = [(f"check, {SAMPLES} samples, batch {BATCH} (median of {repeats})",
+             f"{check_s * 1000:.1f} ms", f"{ort_s * 1000:.1f} ms (bare ORT loop)",
+             f"{check_s / ort_s:.2f}x (<= 1.2x)")]
+    print_table("bundle check vs bare ONNX Runtime loop", rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 7)

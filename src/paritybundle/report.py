@@ -15,6 +15,11 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def _share(ratio: float) -> str:
+    """How much of its tolerance the worst element used: 3% when passing, 140x when far out."""
+    return f"{ratio:.0%}" if ratio < 10 else f"{ratio:,.0f}x"
+
+
 def _decision(comparison: OutputComparison) -> str:
     d = comparison.decision
     if d is None:
@@ -38,7 +43,7 @@ def check_table(report: CheckReport) -> Table:
             _num(s and s.max_rel), _num(s and s.p99_rel),
             f"{s.violations}/{s.elements}" if s else "-",
             "-" if s is None or s.worst_sample is None else str(s.worst_sample),
-            "-" if s is None else f"{s.max_tolerance_ratio:.0%}",
+            "-" if s is None else _share(s.max_tolerance_ratio),
             _decision(c),
             f"{c.tolerance.atol:g} / {c.tolerance.rtol:g}" + (" *" if c.name in report.tolerance_overrides else ""),
             verdict,

@@ -25,7 +25,8 @@ def _run_blocked(*args):
 
 
 def test_serving_import_does_not_load_torch():
-    probe = "import paritybundle, paritybundle.checker, paritybundle.report, paritybundle.cli, sys; " \
+    probe = "import paritybundle, paritybundle.checker, paritybundle.report, paritybundle.cli, " \
+            "paritybundle.environment, paritybundle.rehearsal, sys; " \
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxscript'))))"
     result = subprocess.run([sys.executable, "-c", "import json; " + probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -33,8 +34,8 @@ def test_serving_import_does_not_load_torch():
 
 
 def test_check_verify_inspect_work_with_torch_import_blocked(digits_bundle):
-    for command in ("check", "verify", "inspect"):
-        result = _run_blocked(command, digits_bundle)
+    for command in (["check"], ["verify"], ["inspect"], ["env"], ["env", "diff"]):
+        result = _run_blocked(*command, digits_bundle)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "LOADED=[]" in result.stdout
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from . import environment
+from .environment import DEFAULT_POLICY, DriftReport
 from .errors import BundleInvalid, InputValidationError, UsageError
 from .manifest import Manifest, TensorSpec, Tolerance, TolerancePolicy
 from .parity import OutputComparison, compare_output
@@ -65,6 +67,7 @@ class CheckReport(_Model):
     settings: CheckSettings
     reference: dict[str, str]
     tolerance_overrides: dict[str, Tolerance]
+    environment: DriftReport
     outputs: list[OutputComparison]
     notices: list[str]
 
@@ -89,6 +92,7 @@ class ServingRuntime:
     bundle: VerifiedBundle
     settings: SessionSettings
     runner: Runner
+    drift: DriftReport
 
     @property
     def manifest(self) -> Manifest:
@@ -103,12 +107,14 @@ class ServingRuntime:
         return self.runner.run(self.runner.validate(inputs), batch_size)
 
 
-def load(path: str | os.PathLike[str], settings: SessionSettings | None = None) -> ServingRuntime:
-    """Verify a bundle and load its pipeline into ONNX Runtime.
+def load(path: str | os.PathLike[str], settings: SessionSettings | None = None,
+         env_policy: str = DEFAULT_POLICY) -> ServingRuntime:
+    """Verify a bundle, apply the drift policy, and load its pipeline into ONNX Runtime.
 
     Args:
         path: the bundle directory.
         settings: session settings; defaults to the ones the export was validated with.
+        env_policy: ``strict`` (refuse critical drift), ``warn`` or ``ignore``.
 
     Returns:
         A :class:`ServingRuntime` with ``.predict(inputs)``.
@@ -116,10 +122,26 @@ def load(path: str | os.PathLike[str], settings: SessionSettings | None = None) 
     Raises:
         UsageError: the path does not exist.
         BundleInvalid: the bundle fails integrity or cannot be loaded.
+        EnvironmentRefused: critical drift under the strict policy.
     """
     bundle = open_bundle(path)
     settings = settings or settings_from_manifest(bundle.manifest)
-    return _construct(bundle, settings)
+    drift = environment_drift(bundle, env_policy, list(settings.providers))
+    return _construct(bundle, settings, drift)
+
+
+def read_lock(bundle: VerifiedBundle) -> environment.EnvironmentLock:
+    """The bundle's environment lock (verified bytes, strictly parsed)."""
+    relative = bundle.manifest.environment_lock
+    return environment.parse_lock(bundle.path(relative).read_bytes(), source=relative)
+
+
+def environment_drift(bundle: VerifiedBundle, policy: str, providers: list[str]) -> DriftReport:
+    """Compare this environment with the bundle's lock and judge it under ``policy``."""
+    if policy not in environment.POLICIES:  # before any work, so a typo is a usage error
+        raise UsageError(f"environment policy {policy!r} is not one of {', '.join(environment.POLICIES)}.")
+    items = environment.diff_environments(read_lock(bundle), environment.capture(with_closure=False), providers)
+    return environment.apply_policy(items, policy)
 
 
 def settings_from_manifest(manifest: Manifest) -> SessionSettings:
@@ -130,7 +152,7 @@ def settings_from_manifest(manifest: Manifest) -> SessionSettings:
     )
 
 
-def _construct(bundle: VerifiedBundle, settings: SessionSettings) -> ServingRuntime:
+def _construct(bundle: VerifiedBundle, settings: SessionSettings, drift: DriftReport) -> ServingRuntime:
     manifest = bundle.manifest
     session = create_session(bundle.path(manifest.stages.pipeline), settings, label=manifest.stages.pipeline)
     graph_inputs = [i.name for i in session.get_inputs()]
@@ -141,7 +163,8 @@ def _construct(bundle: VerifiedBundle, settings: SessionSettings) -> ServingRunt
             f"{manifest.stages.pipeline} has inputs {graph_inputs} and outputs {graph_outputs}, but the manifest "
             f"declares {declared_in} -> {declared_out}; re-export the bundle."
         )
-    return ServingRuntime(bundle=bundle, settings=settings, runner=Runner(session, list(manifest.inputs), list(manifest.outputs)))
+    return ServingRuntime(bundle=bundle, settings=settings, drift=drift,
+                          runner=Runner(session, list(manifest.inputs), list(manifest.outputs)))
 
 
 def check(
@@ -151,6 +174,7 @@ def check(
     tolerance: Tolerance | None = None,
     per_output_tolerance: Mapping[str, Tolerance] | None = None,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
+    env_policy: str = DEFAULT_POLICY,
 ) -> CheckReport:
     """Verify a bundle, run its reference inputs through ONNX Runtime, and judge parity.
 
@@ -160,6 +184,7 @@ def check(
         tolerance: replaces the bundle's default tolerance (recorded in the report).
         per_output_tolerance: replaces the tolerance of named outputs (recorded).
         batch_size: reference samples per ONNX Runtime call (None: all at once).
+        env_policy: drift policy: ``strict`` refuses critical drift before inference.
 
     Returns:
         A :class:`CheckReport`, truthy when parity holds.
@@ -167,6 +192,7 @@ def check(
     Raises:
         UsageError: bad path or arguments.
         BundleInvalid: integrity failure, unreadable model or reference arrays.
+        EnvironmentRefused: critical drift under the strict policy.
 
     Example:
         >>> report = paritybundle.check("artifacts/digits")  # doctest: +SKIP
@@ -176,7 +202,7 @@ def check(
     started = time.perf_counter()
     if batch_size is not None and batch_size < 1:
         raise UsageError("batch size must be a positive number of samples.")
-    runtime = load(path, settings)
+    runtime = load(path, settings, env_policy)
     manifest = runtime.manifest
     overrides = _overrides(manifest, tolerance, per_output_tolerance)
 
@@ -213,6 +239,7 @@ def check(
         ),
         reference={"device": manifest.reference.device, "precision": manifest.reference.precision},
         tolerance_overrides=overrides,
+        environment=runtime.drift,
         outputs=comparisons,
         notices=notices,
     )

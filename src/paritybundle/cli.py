@@ -34,6 +34,8 @@ out = Console(highlight=False, soft_wrap=False, width=160)
 err = Console(stderr=True, highlight=False)
 
 BundleArg = Annotated[Path, typer.Argument(help="The bundle directory.", show_default=False)]
+EnvPolicyOption = Annotated[str, typer.Option(
+    "--env-policy", help="Drift policy: strict refuses critical drift (exit 4) before inference; warn; ignore.")]
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -130,6 +132,7 @@ def check_command(
     atol: Annotated[Optional[float], typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")] = None,
     rtol: Annotated[Optional[float], typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")] = None,
     output_tolerance: Annotated[Optional[list[str]], typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")] = None,
+    env_policy: EnvPolicyOption = "strict",
 ) -> int:
     """Verify integrity, run the reference inputs through ONNX Runtime, and judge parity (exit 1 if it fails)."""
     from .checker import check, settings_from_manifest
@@ -146,7 +149,8 @@ def check_command(
             intra_op_num_threads=recorded.intra_op_num_threads if threads is None else threads,
         )
     report = check(bundle, settings=settings, tolerance=_tolerance(atol, rtol),
-                   per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size)
+                   per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
+                   env_policy=env_policy)
     if json_path is not None:
         text = report.model_dump_json(indent=2) + "\n"
         if str(json_path) == "-":
@@ -185,6 +189,62 @@ def inspect_command(
     else:
         render_manifest(manifest, out)
     return EXIT_OK
+
+
+@command("env")
+def env_command(
+    first: Annotated[str, typer.Argument(help="BUNDLE, or 'diff' followed by BUNDLE.", metavar="[diff] BUNDLE")],
+    second: Annotated[Optional[Path], typer.Argument(hidden=True)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    env_policy: EnvPolicyOption = "warn",
+) -> int:
+    """`bundle env BUNDLE`: the training environment's lock. `bundle env diff BUNDLE`: its drift from here."""
+    from .checker import environment_drift, read_lock, settings_from_manifest
+    from .report import render_drift, render_lock
+    from .store import open_bundle
+
+    diff = first == "diff" and second is not None
+    if not diff and second is not None:
+        raise UsageError(f"unexpected argument {str(second)!r}; use `bundle env BUNDLE` or `bundle env diff BUNDLE`.")
+    bundle = open_bundle(second if diff else Path(first))
+    if not diff:
+        lock = read_lock(bundle)
+        if as_json:
+            sys.stdout.write(lock.to_json())
+        else:
+            render_lock(lock, out)
+        return EXIT_OK
+    drift = environment_drift(bundle, env_policy, list(settings_from_manifest(bundle.manifest).providers))
+    if as_json:
+        sys.stdout.write(drift.model_dump_json(indent=2) + "\n")
+    else:
+        render_drift(drift, out)
+    return EXIT_OK
+
+
+@command("rehearse")
+def rehearse_command(
+    bundle: BundleArg,
+    package: Annotated[Optional[str], typer.Option("--package", help="paritybundle's wheel or source dir (default: where it was installed from).")] = None,
+    keep_venv: Annotated[Optional[Path], typer.Option("--keep-venv", help="Create the clean venv here and keep it.")] = None,
+    python: Annotated[str, typer.Option("--python", help="Interpreter that creates the venv.")] = sys.executable,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the rehearsal report as JSON.")] = None,
+) -> int:
+    """Build a clean venv from requirements-serve.txt alone and run `bundle check` inside it."""
+    from .rehearsal import rehearse
+    from .report import render_check
+
+    err.print(f"rehearsing {bundle}: clean venv, installing requirements-serve.txt ...")
+    report = rehearse(bundle, python=python, package=package, keep=keep_venv)
+    if json_path is not None:
+        _write_text(json_path, report.model_dump_json(indent=2) + "\n")
+    if report.check is not None:
+        render_check(report.check, out)
+    verdict = "PASSES" if report.passed else f"FAILS (exit {report.exit_code})"
+    out.print(f"rehearsal {verdict}: Python {report.python}, venv {report.venv_seconds:.1f} s, install "
+              f"{report.install_seconds:.1f} s, check {report.check_seconds:.1f} s"
+              + (f"; {report.message}" if report.message else ""))
+    return report.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .checker import CheckReport
+from .environment import DriftReport, EnvironmentLock
 from .manifest import Manifest
 from .parity import OutputComparison, explain_failure
 
@@ -51,8 +52,50 @@ def check_table(report: CheckReport) -> Table:
     return table
 
 
+_SEVERITY_STYLE = {"critical": "bold red", "notable": "yellow", "info": "dim"}
+
+
+def drift_table(drift: DriftReport) -> Table:
+    title = (f"environment vs lock (policy {drift.policy}): {drift.count('critical')} critical, "
+             f"{drift.count('notable')} notable, {drift.count('info')} info")
+    table = Table(title=title, title_justify="left")
+    for column in ("severity", "what", "locked", "here", "why it matters"):
+        table.add_column(column)
+    for item in drift.items:
+        table.add_row(Text(item.severity, style=_SEVERITY_STYLE[item.severity]), Text(item.what),
+                      Text(item.locked or "-"), Text(item.running or "-"), Text(item.reason))
+    return table
+
+
+def render_drift(drift: DriftReport, console: Console) -> None:
+    if drift.items:
+        console.print(drift_table(drift))
+    else:
+        console.print(f"environment vs lock (policy {drift.policy}): no drift")
+
+
+def render_lock(lock: EnvironmentLock, console: Console) -> None:
+    """`bundle env`: the lock, readably."""
+    console.print(f"python {lock.python.version} ({lock.python.implementation}) on {lock.platform.system} "
+                  f"{lock.platform.machine}, {lock.platform.libc or 'libc unknown'}, kernel {lock.platform.release}")
+    console.print(f"cpu: {lock.cpu.model or 'unknown'}; numeric features: {' '.join(lock.cpu.numeric_flags) or '-'}")
+    console.print(f"onnxruntime {lock.onnxruntime.version} (providers: {', '.join(lock.onnxruntime.providers)})")
+    if lock.torch:
+        console.print(f"torch {lock.torch.version}, CUDA {lock.torch.cuda or '-'}, cuDNN {lock.torch.cudnn or '-'}, "
+                      f"device {lock.torch.device_name or 'cpu'}")
+    console.print(f"threads: {' '.join(f'{k}={v}' for k, v in lock.threads.items()) or '(defaults)'}; "
+                  f"paritybundle {lock.paritybundle}")
+    table = Table(title=f"distributions ({len(lock.distributions)}; serving pins marked *)", title_justify="left")
+    table.add_column("name")
+    table.add_column("version")
+    for name, version in lock.distributions.items():
+        table.add_row(Text(name + (" *" if name in lock.serving else "")), Text(version))
+    console.print(table)
+
+
 def render_check(report: CheckReport, console: Console) -> None:
     console.print(check_table(report))
+    render_drift(report.environment, console)
     for line in [explain_failure(c) for c in report.outputs if not c.passed]:
         console.print(Text(line, style="red"))
     for line in report.notices:

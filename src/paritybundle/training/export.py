@@ -154,8 +154,9 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
             save_arrays(writer.path(OUTPUTS_FILE), research)
             # Read back what was written: a reference set that cannot round-trip must not ship.
             load_arrays(writer.path(INPUTS_FILE), list(inputs), label=INPUTS_FILE)
-            writer.write_bytes(LOCK_FILE, environment.lock_json().encode())
-            writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text().encode())
+            lock = environment.capture(_torch_info(torch, device))
+            writer.write_bytes(LOCK_FILE, lock.to_json().encode())
+            writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text(lock).encode())
 
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
@@ -455,6 +456,12 @@ def _graph_specs(model_path: Path, input_names: list[str], output_names: list[st
 def _looks_like_scores(spec: TensorSpec, research: np.ndarray) -> bool:
     """[batch, classes>=2] floats: logits or probabilities, checked for argmax agreement too."""
     return (spec.dtype.startswith("float") and research.ndim == 2 and research.shape[1] >= 2)
+
+
+def _torch_info(torch: Any, device: Any) -> environment.TorchInfo:
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return environment.TorchInfo(version=torch.__version__, cuda=torch.version.cuda, cudnn=cudnn, device_name=name)
 
 
 def _version(distribution: str) -> str:

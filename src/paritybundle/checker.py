@@ -43,13 +43,15 @@ class BundleIdentity(_Model):
 class CheckSettings(_Model):
     """Everything about the run that can move a verdict, recorded in the report."""
 
-    onnxruntime_version: str
+    onnxruntime_version: str | None
     providers: list[str]
-    graph_optimization_level: str
-    intra_op_num_threads: int
+    graph_optimization_level: str | None
+    intra_op_num_threads: int | None
     batch_size: int | None
     samples: int
     source: Literal["bundle", "url"] = "bundle"
+    url: str | None = None
+    model: str | None = None
 
 
 class CheckReport(_Model):
@@ -67,7 +69,8 @@ class CheckReport(_Model):
     settings: CheckSettings
     reference: dict[str, str]
     tolerance_overrides: dict[str, Tolerance]
-    environment: DriftReport
+    # None when the answers came from a live endpoint (its environment is not visible here).
+    environment: DriftReport | None
     outputs: list[OutputComparison]
     notices: list[str]
 
@@ -203,18 +206,57 @@ def check(
     if batch_size is not None and batch_size < 1:
         raise UsageError("batch size must be a positive number of samples.")
     runtime = load(path, settings, env_policy)
+    return check_runtime(runtime, tolerance=tolerance, per_output_tolerance=per_output_tolerance,
+                         batch_size=batch_size, started=started)
+
+
+def reference_arrays(bundle: VerifiedBundle) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The reference inputs and research outputs of a verified bundle."""
+    manifest = bundle.manifest
+    inputs = load_arrays(bundle.path(manifest.reference.inputs), [s.name for s in manifest.inputs],
+                         label=manifest.reference.inputs)
+    research = load_arrays(bundle.path(manifest.reference.outputs), [s.name for s in manifest.outputs],
+                           label=manifest.reference.outputs)
+    return inputs, research
+
+
+def check_runtime(
+    runtime: ServingRuntime,
+    *,
+    tolerance: Tolerance | None = None,
+    per_output_tolerance: Mapping[str, Tolerance] | None = None,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    started: float | None = None,
+) -> CheckReport:
+    """Run a loaded runtime's reference set and judge parity (the server checks the session it serves)."""
+    started = time.perf_counter() if started is None else started
     manifest = runtime.manifest
     overrides = _overrides(manifest, tolerance, per_output_tolerance)
-
-    input_names = [s.name for s in manifest.inputs]
-    output_names = [s.name for s in manifest.outputs]
-    inputs = load_arrays(runtime.bundle.path(manifest.reference.inputs), input_names, label=manifest.reference.inputs)
-    research = load_arrays(runtime.bundle.path(manifest.reference.outputs), output_names, label=manifest.reference.outputs)
+    inputs, research = reference_arrays(runtime.bundle)
     try:
         validated = runtime.runner.validate(inputs)
     except InputValidationError as exc:
         raise BundleInvalid(f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}") from None
     served = runtime.runner.run(validated, batch_size)
+    settings = CheckSettings(
+        onnxruntime_version=onnxruntime_version(),
+        providers=list(runtime.settings.providers),
+        graph_optimization_level=runtime.settings.graph_optimization_level,
+        intra_op_num_threads=runtime.settings.intra_op_num_threads,
+        batch_size=batch_size,
+        samples=_samples(validated),
+    )
+    return _report(runtime.bundle, served, research, overrides, settings, runtime.drift, started)
+
+
+def _samples(arrays: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(arrays.values())).shape[0])
+
+
+def _report(bundle: VerifiedBundle, served: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray],
+            overrides: dict[str, Tolerance], settings: CheckSettings, drift: DriftReport | None,
+            started: float) -> CheckReport:
+    manifest = bundle.manifest
     comparisons = compare_all(manifest, served, research, overrides)
     notices = [
         f"output {c.name!r}: serving error {c.stats.max_abs:.3g} is over {manifest.tolerance.baseline_factor:g}x "
@@ -222,27 +264,65 @@ def check(
         "numerically from the one that validated the bundle."
         for c in comparisons if c.passed and c.above_baseline and c.stats is not None and c.baseline_max_abs is not None
     ]
-    samples = int(next(iter(validated.values())).shape[0])
     return CheckReport(
         passed=all(comparisons),
         checked_at=datetime.now(timezone.utc),
         duration_s=time.perf_counter() - started,
-        bundle=BundleIdentity(path=str(path), name=manifest.name, version=manifest.version,
+        bundle=BundleIdentity(path=str(bundle.root), name=manifest.name, version=manifest.version,
                               files_verified=len(manifest.files)),
-        settings=CheckSettings(
-            onnxruntime_version=onnxruntime_version(),
-            providers=list(runtime.settings.providers),
-            graph_optimization_level=runtime.settings.graph_optimization_level,
-            intra_op_num_threads=runtime.settings.intra_op_num_threads,
-            batch_size=batch_size,
-            samples=samples,
-        ),
+        settings=settings,
         reference={"device": manifest.reference.device, "precision": manifest.reference.precision},
         tolerance_overrides=overrides,
-        environment=runtime.drift,
+        environment=drift,
         outputs=comparisons,
         notices=notices,
     )
+
+
+def check_url(
+    path: str | os.PathLike[str],
+    url: str,
+    *,
+    model: str | None = None,
+    tolerance: Tolerance | None = None,
+    per_output_tolerance: Mapping[str, Tolerance] | None = None,
+    request_batch: int = 64,
+    timeout_s: float = 30.0,
+) -> CheckReport:
+    """Send a bundle's reference inputs to a live V2 endpoint and judge its answers.
+
+    Works against any Open Inference Protocol (V2) REST server, so a deployment
+    pipeline can prove the deployed service, not just the file, matches research.
+
+    Args:
+        path: the bundle directory (verified first).
+        url: the server's base URL, e.g. ``http://127.0.0.1:8080``.
+        model: the model name on the server (default: the bundle's name).
+        tolerance / per_output_tolerance: as in :func:`check`.
+        request_batch: reference samples per request.
+        timeout_s: per-request timeout.
+
+    Raises:
+        BundleInvalid: the local bundle fails integrity.
+        EndpointError: unreachable, timed out, not a V2 server, or a model that does not match.
+    """
+    from .serving.client import V2Client
+
+    started = time.perf_counter()
+    if request_batch < 1:
+        raise UsageError("the request batch must be at least 1 sample.")
+    bundle = open_bundle(path)
+    manifest = bundle.manifest
+    overrides = _overrides(manifest, tolerance, per_output_tolerance)
+    inputs, research = reference_arrays(bundle)
+    client = V2Client(url, timeout_s=timeout_s)
+    name = model or manifest.name
+    client.check_model(name, manifest)
+    served = client.infer_all(name, manifest, inputs, request_batch)
+    settings = CheckSettings(onnxruntime_version=None, providers=[], graph_optimization_level=None,
+                             intra_op_num_threads=None, batch_size=request_batch, samples=_samples(inputs),
+                             source="url", url=url, model=name)
+    return _report(bundle, served, research, overrides, settings, None, started)
 
 
 def _overrides(manifest: Manifest, tolerance: Tolerance | None,

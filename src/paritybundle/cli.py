@@ -133,13 +133,26 @@ def check_command(
     rtol: Annotated[Optional[float], typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")] = None,
     output_tolerance: Annotated[Optional[list[str]], typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")] = None,
     env_policy: EnvPolicyOption = "strict",
+    url: Annotated[Optional[str], typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds to wait for each answer.")] = 30.0,
 ) -> int:
-    """Verify integrity, run the reference inputs through ONNX Runtime, and judge parity (exit 1 if it fails)."""
-    from .checker import check, settings_from_manifest
+    """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
+    from .checker import check, check_url, settings_from_manifest
     from .report import render_check
     from .runtime import SessionSettings
     from .store import read_manifest
 
+    if url is not None:
+        if threads is not None or optimization is not None or provider:
+            raise UsageError("--threads, --optimization and --provider set local ONNX Runtime; they do not apply with --url.")
+        report = check_url(bundle, url, model=model, tolerance=_tolerance(atol, rtol),
+                           per_output_tolerance=_output_tolerances(output_tolerance or []),
+                           request_batch=min(batch_size, 256), timeout_s=timeout)
+        _emit_report(report, json_path)
+        return EXIT_OK if report.passed else EXIT_PARITY
+    if model is not None:
+        raise UsageError("--model names the model on a live server; it goes with --url.")
     settings = None
     if threads is not None or optimization is not None or provider:
         recorded = settings_from_manifest(read_manifest(bundle))
@@ -151,6 +164,13 @@ def check_command(
     report = check(bundle, settings=settings, tolerance=_tolerance(atol, rtol),
                    per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
                    env_policy=env_policy)
+    _emit_report(report, json_path)
+    return EXIT_OK if report.passed else EXIT_PARITY
+
+
+def _emit_report(report, json_path: Path | None) -> None:
+    from .report import render_check
+
     if json_path is not None:
         text = report.model_dump_json(indent=2) + "\n"
         if str(json_path) == "-":
@@ -159,7 +179,6 @@ def check_command(
             _write_text(json_path, text)
     if json_path is None or str(json_path) != "-":
         render_check(report, out)
-    return EXIT_OK if report.passed else EXIT_PARITY
 
 
 @command("verify")
@@ -245,6 +264,31 @@ def rehearse_command(
               f"{report.install_seconds:.1f} s, check {report.check_seconds:.1f} s"
               + (f"; {report.message}" if report.message else ""))
     return report.exit_code
+
+
+@command("serve")
+def serve_command(
+    bundle: BundleArg,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes; each checks parity before it is ready.")] = 1,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Rows per ONNX Runtime call when requests are batched (1: off).")] = 64,
+    max_batch_delay_ms: Annotated[float, typer.Option("--max-batch-delay-ms", help="Wait this long for more rows before a partial batch.")] = 0.0,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body accepted (413 above).")] = 16 * 1024 * 1024,
+    max_request_batch: Annotated[int, typer.Option("--max-request-batch", help="Largest batch one request may send (413 above).")] = 1024,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")] = None,
+    env_policy: EnvPolicyOption = "strict",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
+) -> int:
+    """Serve the bundle over the Open Inference Protocol (V2); ready only after parity holds."""
+    from .serving.app import ServeOptions
+    from .serving.server import serve
+
+    serve(ServeOptions(bundle=str(bundle), env_policy=env_policy, max_batch_size=max_batch_size,
+                       max_batch_delay_ms=max_batch_delay_ms, max_body_bytes=max_body_bytes,
+                       max_request_batch=max_request_batch, intra_op_num_threads=threads),
+          host=host, port=port, workers=workers, log_level=log_level)
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ user as exit 70 with its traceback.
      │    ├── SpecError                the export spec cannot be loaded or is malformed
      │    ├── ExportError              torch's exporter could not convert the model
      │    ├── InputValidationError     inputs do not match the bundle's input specs
-     │    └── BundleExistsError        the export target exists and --force was not given
+     │    ├── BundleExistsError        the export target exists and --force was not given
+     │    └── EndpointError            a live endpoint is unreachable, times out, or is not V2
      ├── BundleInvalid         exit 3  tampered, missing or extra file, bad manifest
      └── EnvironmentRefused    exit 4  refused by the drift policy
 
@@ -71,6 +72,10 @@ class InputValidationError(UsageError):
 
 class BundleExistsError(UsageError):
     """The export target exists and overwriting was not asked for."""
+
+
+class EndpointError(UsageError):
+    """A live endpoint given with --url cannot be used: unreachable, timed out, not V2, wrong model."""
 
 
 class BundleInvalid(ParityBundleError):

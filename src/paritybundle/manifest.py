@@ -66,6 +66,8 @@ class TensorSpec(_Strict):
     shape: list[int | str]
     # "scores": values over classes, also checked for decision agreement (argmax).
     kind: Literal["values", "scores"] = "values"
+    # Inputs only: whether NaN/inf are legitimate values (e.g. missing tabular data).
+    allow_nonfinite: bool = False
 
     @field_validator("shape")
     @classmethod

@@ -95,18 +95,24 @@ def render_lock(lock: EnvironmentLock, console: Console) -> None:
 
 def render_check(report: CheckReport, console: Console) -> None:
     console.print(check_table(report))
-    render_drift(report.environment, console)
+    if report.environment is not None:
+        render_drift(report.environment, console)
     for line in [explain_failure(c) for c in report.outputs if not c.passed]:
         console.print(Text(line, style="red"))
     for line in report.notices:
         console.print(Text(f"notice: {line}", style="yellow"))
     settings = report.settings
-    console.print(
+    if settings.source == "url":
+        console.print(f"answers from {settings.url} (model {settings.model}), {settings.batch_size} samples per request; "
+                      f"references made on {report.reference['device']} ({report.reference['precision']}); "
+                      f"{report.bundle.files_verified} files verified; {report.duration_s:.2f} s")
+    else:
+        console.print(
         f"onnxruntime {settings.onnxruntime_version}, {', '.join(settings.providers)}, "
         f"optimization {settings.graph_optimization_level}, threads {settings.intra_op_num_threads or 'auto'}, "
         f"batch {settings.batch_size or 'all'}; references made on {report.reference['device']} "
         f"({report.reference['precision']}); {report.bundle.files_verified} files verified; {report.duration_s:.2f} s"
-    )
+        )
     verdict = Text("PARITY HOLDS", style="bold green") if report.passed else Text(
         f"PARITY FAILS: {', '.join(report.failed_outputs)}", style="bold red")
     console.print(verdict)

@@ -173,6 +173,8 @@ def _conform(spec: TensorSpec, value: Any, bound: dict[str, int]) -> np.ndarray:
                     f"input {spec.name!r} must be {spec.dtype}, got {array.dtype}; convert it before sending."
                 )
             array = array.astype(target)
+    if array.dtype.kind == "f" and not spec.allow_nonfinite and not np.isfinite(array).all():
+        raise InputValidationError(f"input {spec.name!r} contains NaN or infinity, which this model does not accept.")
     if array.ndim != len(spec.shape):
         raise InputValidationError(
             f"input {spec.name!r} must have {len(spec.shape)} dimensions {_shape_text(spec.shape)}, "

@@ -134,7 +134,7 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
             model_path = writer.path(MODEL_FILE)
             _export_onnx(spec, model, inputs, output_names, model_path, torch, device)
             shutil.copyfile(model_path, writer.path(PIPELINE_FILE))
-            input_specs, output_specs, opset = _graph_specs(model_path, list(inputs), output_names, spec, research)
+            input_specs, output_specs, opset = _graph_specs(model_path, inputs, output_names, spec, research)
 
             settings = SessionSettings()
             session = create_session(writer.path(PIPELINE_FILE), settings, label="the exported model")
@@ -415,7 +415,7 @@ def _export_onnx(spec: ExportSpec, model: Any, inputs: Mapping[str, np.ndarray],
         raise ExportError(f"the exporter wrote external data files {extra}; models over 2 GB are not supported yet.")
 
 
-def _graph_specs(model_path: Path, input_names: list[str], output_names: list[str], spec: ExportSpec,
+def _graph_specs(model_path: Path, spec_inputs: Mapping[str, np.ndarray], output_names: list[str], spec: ExportSpec,
                  research: Mapping[str, np.ndarray]) -> tuple[list[TensorSpec], list[TensorSpec], int]:
     import onnx
 
@@ -423,8 +423,8 @@ def _graph_specs(model_path: Path, input_names: list[str], output_names: list[st
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     initializers = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
-    if [i.name for i in graph_inputs] != input_names:
-        raise ExportError(f"the exported graph's inputs {[i.name for i in graph_inputs]} differ from {input_names}.")
+    if [i.name for i in graph_inputs] != list(spec_inputs):
+        raise ExportError(f"the exported graph's inputs {[i.name for i in graph_inputs]} differ from {list(spec_inputs)}.")
     by_name = {o.name: o for o in model.graph.output}
     missing = [n for n in output_names if n not in by_name]
     if missing:
@@ -441,6 +441,10 @@ def _graph_specs(model_path: Path, input_names: list[str], output_names: list[st
         return TensorSpec(name=value.name, dtype=numpy_dtype_of_onnx(tensor_type.elem_type), shape=shape, kind=kind)
 
     inputs = [tensor_spec(i) for i in graph_inputs]
+    # An input whose references hold NaN/inf takes them legitimately; others refuse them when serving.
+    inputs = [s.model_copy(update={"allow_nonfinite": bool(spec_inputs[s.name].dtype.kind == "f"
+                                                             and not np.isfinite(spec_inputs[s.name]).all())})
+              for s in inputs]
     outputs = [tensor_spec(by_name[n]) for n in output_names]
     if spec.score_outputs is not None:
         unknown = set(spec.score_outputs) - set(output_names)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import environment
 from ..checker import compare_with_policy
-from ..errors import ExportError, ExportParityError, SpecError, UsageError
+from ..errors import ExportError, ExportParityError, InputValidationError, SpecError, UsageError
 from ..manifest import (
     FORMAT_VERSION, GitInfo, Manifest, OutputError, Producer, Provenance, ReferenceSet,
     RuntimeSettings, Stages, TensorSpec, Tolerance, validate_name,
@@ -103,7 +103,14 @@ def export(model: Any, out: str | Path, *, reference_inputs: Any, name: str, ver
 
 
 def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> ExportResult:
-    """Export from an :class:`ExportSpec`; see :func:`export`."""
+    """Export from an :class:`ExportSpec`; see :func:`export`.
+
+    ``spec.model`` is a ``torch.nn.Module`` (research outputs computed with torch), or
+    a path to an ``.onnx`` file with ``spec.research_outputs`` supplied by the caller
+    (a model trained elsewhere, e.g. scikit-learn converted with skl2onnx).
+    """
+    if _is_onnx_model(spec.model):
+        return _export_existing_onnx(spec, out, force=force)
     torch = _import_torch()
     _validate_spec(spec, torch)
     inputs = _reference_inputs(spec)
@@ -121,83 +128,130 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
         _check_deterministic(model, inputs, research, torch, device)
         reference_device = spec.reference_device or device.type
         reference_precision = spec.reference_precision or _precision(model, torch, device)
-        policy = default_policy(
-            reference_device, reference_precision,
-            per_output=dict(spec.per_output_tolerance),
-        )
-        if spec.tolerance is not None:
-            policy = policy.model_copy(update={"default": spec.tolerance})
-        for unknown in set(spec.per_output_tolerance) - set(output_names):
-            raise SpecError(f"per_output_tolerance names {unknown!r}, but the outputs are {', '.join(output_names)}.")
-
         with BundleWriter(out, force=force) as writer:
             model_path = writer.path(MODEL_FILE)
             _export_onnx(spec, model, inputs, output_names, model_path, torch, device)
-            shutil.copyfile(model_path, writer.path(PIPELINE_FILE))
-            input_specs, output_specs, opset = _graph_specs(model_path, inputs, output_names, spec, research)
-
-            settings = SessionSettings()
-            session = create_session(writer.path(PIPELINE_FILE), settings, label="the exported model")
-            runner = Runner(session, input_specs, output_specs)
-            served = runner.run(runner.validate(inputs))
-            comparisons = compare_with_policy(output_specs, policy, served, research)
-            failures = [explain_failure(c) for c in comparisons if not c.passed]
-            if failures:
-                raise ExportParityError(
-                    "ONNX Runtime disagrees with torch on the reference inputs in the training environment, "
-                    "so no bundle was written: " + " ".join(failures) +
-                    " Look for operators the exporter translates differently, or set a looser tolerance "
-                    "if this difference is legitimate."
-                )
-
-            save_arrays(writer.path(INPUTS_FILE), inputs)
-            save_arrays(writer.path(OUTPUTS_FILE), research)
-            # Read back what was written: a reference set that cannot round-trip must not ship.
-            load_arrays(writer.path(INPUTS_FILE), list(inputs), label=INPUTS_FILE)
-            lock = environment.capture(_torch_info(torch, device))
-            writer.write_bytes(LOCK_FILE, lock.to_json().encode())
-            writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text(lock).encode())
-
-            manifest = Manifest(
-                format_version=FORMAT_VERSION,
-                name=spec.name,
-                version=spec.version,
-                created_at=datetime.now(timezone.utc),
-                producer=Producer(version=_version("paritybundle"), libraries=_library_versions()),
-                provenance=Provenance(
-                    git=_git_info(spec.source_path),
-                    params=dict(spec.params), metrics={k: float(v) for k, v in spec.metrics.items()},
-                    data_hashes=dict(spec.data_hashes),
-                ),
-                inputs=input_specs,
-                outputs=output_specs,
-                stages=Stages(pipeline=PIPELINE_FILE, model=MODEL_FILE, preprocess=None, opset=opset,
-                              exporter=f"torch.onnx ({spec.exporter})"),
-                tolerance=policy,
-                runtime=RuntimeSettings(
-                    onnxruntime_version=onnxruntime_version(), providers=list(settings.providers),
-                    graph_optimization_level=settings.graph_optimization_level,  # type: ignore[arg-type]
-                    intra_op_num_threads=settings.intra_op_num_threads,
-                ),
-                reference=ReferenceSet(inputs=INPUTS_FILE, outputs=OUTPUTS_FILE, features=None,
-                                       samples=_length(inputs), device=reference_device,
-                                       precision=reference_precision),
-                export_errors={
-                    c.name: OutputError(max_abs=c.stats.max_abs, mean_abs=c.stats.mean_abs, max_rel=c.stats.max_rel)
-                    for c in comparisons if c.stats is not None
-                },
-                environment_lock=LOCK_FILE,
-                serve_requirements=REQUIREMENTS_FILE,
-                files=writer.digests(),
-            )
+            manifest = _write_bundle(writer, spec, inputs, research, reference_device, reference_precision,
+                                     exporter=f"torch.onnx ({spec.exporter})", torch_info=_torch_info(torch, device),
+                                     research_label="torch")
             path = writer.commit(manifest)
     log.info("exported %s v%s to %s", spec.name, spec.version, path)
     return ExportResult(path=path, manifest=manifest, was_training=was_training)
 
 
+def _is_onnx_model(model: Any) -> bool:
+    return isinstance(model, (str, Path)) and str(model).endswith(".onnx")
+
+
+def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> ExportResult:
+    """Bundle an ONNX model made elsewhere, with the research outputs its framework computed."""
+    source = Path(spec.model)
+    if not source.is_file():
+        raise SpecError(f"ONNX model {source} does not exist.")
+    _validate_common(spec)
+    if spec.research_outputs is None:
+        raise SpecError("an ONNX model needs research_outputs: the outputs the research framework computed "
+                        "on reference_inputs (name -> array), which the bundle will be held to.")
+    inputs = _reference_inputs(spec, cap=False)
+    research = {str(k): _to_numpy(v, str(k)) for k, v in spec.research_outputs.items()}
+    counts = {name: a.shape[0] for name, a in research.items()}
+    if set(counts.values()) != {_length(inputs)}:
+        raise SpecError(f"research_outputs must have one row per reference sample ({_length(inputs)}), got {counts}.")
+    if spec.output_names is not None and list(spec.output_names) != list(research):
+        raise SpecError(f"output_names {list(spec.output_names)} differ from the research_outputs keys {list(research)}.")
+    cap = spec.max_reference_samples
+    if cap is not None and _length(inputs) > cap:
+        inputs = {k: v[:cap] for k, v in inputs.items()}
+        research = {k: v[:cap] for k, v in research.items()}
+    with BundleWriter(out, force=force) as writer:
+        shutil.copyfile(source, writer.path(MODEL_FILE))
+        manifest = _write_bundle(writer, spec, inputs, research, spec.reference_device or "cpu",
+                                 spec.reference_precision or "fp32", exporter=f"existing ONNX ({source.name})",
+                                 torch_info=None, research_label="the research outputs")
+        path = writer.commit(manifest)
+    log.info("exported %s v%s to %s", spec.name, spec.version, path)
+    return ExportResult(path=path, manifest=manifest, was_training=False)
+
+
+def _write_bundle(writer: BundleWriter, spec: ExportSpec, inputs: dict[str, np.ndarray],
+                  research: dict[str, np.ndarray], reference_device: str, reference_precision: str, *,
+                  exporter: str, torch_info: environment.TorchInfo | None, research_label: str) -> Manifest:
+    """Validate the staged model.onnx against the research outputs in ONNX Runtime (fail closed),
+    then stage everything else and return the manifest to commit."""
+    output_names = list(research)
+    for unknown in set(spec.per_output_tolerance) - set(output_names):
+        raise SpecError(f"per_output_tolerance names {unknown!r}, but the outputs are {', '.join(output_names)}.")
+    policy = default_policy(reference_device, reference_precision, per_output=dict(spec.per_output_tolerance))
+    if spec.tolerance is not None:
+        policy = policy.model_copy(update={"default": spec.tolerance})
+    model_path = writer.path(MODEL_FILE)
+    shutil.copyfile(model_path, writer.path(PIPELINE_FILE))
+    input_specs, output_specs, opset = _graph_specs(model_path, inputs, output_names, spec, research)
+
+    settings = SessionSettings()
+    session = create_session(writer.path(PIPELINE_FILE), settings, label="the exported model")
+    runner = Runner(session, input_specs, output_specs)
+    try:
+        served = runner.run(runner.validate(inputs))
+    except InputValidationError as exc:
+        raise SpecError(f"the reference inputs do not fit the ONNX model: {exc}") from None
+    comparisons = compare_with_policy(output_specs, policy, served, research)
+    failures = [explain_failure(c) for c in comparisons if not c.passed]
+    if failures:
+        raise ExportParityError(
+            f"ONNX Runtime disagrees with {research_label} on the reference inputs in the training environment, "
+            "so no bundle was written: " + " ".join(failures) +
+            " Look for operators the exporter translates differently, or set a looser tolerance "
+            "if this difference is legitimate."
+        )
+
+    save_arrays(writer.path(INPUTS_FILE), inputs)
+    save_arrays(writer.path(OUTPUTS_FILE), research)
+    # Read back what was written: a reference set that cannot round-trip must not ship.
+    load_arrays(writer.path(INPUTS_FILE), list(inputs), label=INPUTS_FILE)
+    lock = environment.capture(torch_info)
+    writer.write_bytes(LOCK_FILE, lock.to_json().encode())
+    writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text(lock).encode())
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        name=spec.name,
+        version=spec.version,
+        created_at=datetime.now(timezone.utc),
+        producer=Producer(version=_version("paritybundle"), libraries=_library_versions()),
+        provenance=Provenance(
+            git=_git_info(spec.source_path),
+            params=dict(spec.params), metrics={k: float(v) for k, v in spec.metrics.items()},
+            data_hashes=dict(spec.data_hashes),
+        ),
+        inputs=input_specs,
+        outputs=output_specs,
+        stages=Stages(pipeline=PIPELINE_FILE, model=MODEL_FILE, preprocess=None, opset=opset, exporter=exporter),
+        tolerance=policy,
+        runtime=RuntimeSettings(
+            onnxruntime_version=onnxruntime_version(), providers=list(settings.providers),
+            graph_optimization_level=settings.graph_optimization_level,  # type: ignore[arg-type]
+            intra_op_num_threads=settings.intra_op_num_threads,
+        ),
+        reference=ReferenceSet(inputs=INPUTS_FILE, outputs=OUTPUTS_FILE, features=None,
+                               samples=_length(inputs), device=reference_device, precision=reference_precision),
+        export_errors={
+            c.name: OutputError(max_abs=c.stats.max_abs, mean_abs=c.stats.mean_abs, max_rel=c.stats.max_rel)
+            for c in comparisons if c.stats is not None
+        },
+        environment_lock=LOCK_FILE,
+        serve_requirements=REQUIREMENTS_FILE,
+        files=writer.digests(),
+    )
+
+
 def _validate_spec(spec: ExportSpec, torch: Any) -> None:
     if not isinstance(spec.model, torch.nn.Module):
-        raise SpecError(f"the export spec's model is a {type(spec.model).__name__}, not a torch.nn.Module.")
+        raise SpecError(f"the export spec's model is a {type(spec.model).__name__}, not a torch.nn.Module "
+                        "(or a path to an .onnx file with research_outputs).")
+    _validate_common(spec)
+
+
+def _validate_common(spec: ExportSpec) -> None:
     try:
         validate_name(spec.name)
     except ValueError as exc:
@@ -229,7 +283,7 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
     return array
 
 
-def _reference_inputs(spec: ExportSpec) -> dict[str, np.ndarray]:
+def _reference_inputs(spec: ExportSpec, cap: bool = True) -> dict[str, np.ndarray]:
     raw = spec.reference_inputs
     if raw is None:
         raise SpecError("reference_inputs is required: the raw inputs the research outputs are computed on.")
@@ -250,10 +304,10 @@ def _reference_inputs(spec: ExportSpec) -> dict[str, np.ndarray]:
     count = next(iter(lengths.values()))
     if count < 1:
         raise SpecError("reference_inputs has no samples; pass at least one.")
-    cap = spec.max_reference_samples
-    if cap is not None and count > cap:
-        log.info("keeping the first %d of %d reference samples", cap, count)
-        arrays = {name: a[:cap] for name, a in arrays.items()}
+    limit = spec.max_reference_samples
+    if cap and limit is not None and count > limit:
+        log.info("keeping the first %d of %d reference samples", limit, count)
+        arrays = {name: a[:limit] for name, a in arrays.items()}
     return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
 
 

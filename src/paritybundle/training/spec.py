@@ -24,7 +24,8 @@ class ExportSpec:
     """Everything ``bundle export`` needs to write a bundle.
 
     Args:
-        model: a ``torch.nn.Module``; put into eval mode for export.
+        model: a ``torch.nn.Module`` (put into eval mode for export), or the path of
+            an ``.onnx`` model made elsewhere, with ``research_outputs``.
         reference_inputs: raw inputs as a caller would send them: one array/tensor
             for a single-input model, or a mapping of input name -> array in the
             order of ``forward``'s parameters.
@@ -43,6 +44,8 @@ class ExportSpec:
         exporter: ``"dynamo"`` (torch's default) or ``"torchscript"`` (legacy).
         opset: ONNX opset (None: the exporter's default).
         source_path: a file of the training code, for the git commit (default: cwd).
+        research_outputs: with an ``.onnx`` model: name -> the outputs the research
+            framework computed on ``reference_inputs`` (e.g. ``predict_proba``).
     """
 
     model: Any
@@ -63,6 +66,7 @@ class ExportSpec:
     exporter: str = "dynamo"
     opset: int | None = None
     source_path: str | None = None
+    research_outputs: Mapping[str, Any] | None = None
 
 
 def load_spec(reference: str) -> ExportSpec:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import check_vs_ort, hashing
+from . import check_vs_ort, hashing, serving
 
-BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main}
+BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main, "serving": serving.main}
 
 
 def main(names: list[str]) -> None:

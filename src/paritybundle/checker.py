@@ -268,7 +268,7 @@ def _report(bundle: VerifiedBundle, served: Mapping[str, np.ndarray], research: 
         passed=all(comparisons),
         checked_at=datetime.now(timezone.utc),
         duration_s=time.perf_counter() - started,
-        bundle=BundleIdentity(path=str(bundle.root), name=manifest.name, version=manifest.version,
+        bundle=BundleIdentity(path=str(bundle.source or bundle.root), name=manifest.name, version=manifest.version,
                               files_verified=len(manifest.files)),
         settings=settings,
         reference={"device": manifest.reference.device, "precision": manifest.reference.precision},

@@ -266,6 +266,20 @@ def rehearse_command(
     return report.exit_code
 
 
+@command("pack")
+def pack_command(
+    bundle: BundleArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="The archive to write (.tar.gz).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing archive.")] = False,
+) -> int:
+    """Write a verified bundle as one .tar.gz; every command accepts the archive in place of the directory."""
+    from .archive import pack
+
+    written = pack(bundle, output, force=force)
+    out.print(f"packed {bundle} into {written} ({written.stat().st_size:,} bytes)")
+    return EXIT_OK
+
+
 @command("serve")
 def serve_command(
     bundle: BundleArg,

@@ -33,7 +33,7 @@ from .errors import BundleInvalid, EnvironmentRefused, UsageError
 
 # The serving core: what `bundle check` and `bundle serve` import.
 SERVING_ROOTS = ("onnxruntime", "onnx", "numpy", "pydantic", "typer", "rich", "packaging",
-                 "starlette", "uvicorn", "prometheus-client", "uvloop", "httptools")
+                 "starlette", "uvicorn", "prometheus-client", "uvloop", "httptools", "orjson")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS",
                     "OPENBLAS_CORETYPE")
 # CPU features whose presence changes which kernels (and so which rounding) run.

@@ -42,6 +42,10 @@ class SessionSettings:
     graph_optimization_level: str = "all"
     # 0 lets ONNX Runtime choose (one thread per physical core).
     intra_op_num_threads: int = 0
+    # Idle intra-op threads spin for work by default. A server must not: spinning threads
+    # burn the cores its event loop needs (measured: 3.2k -> 7.9k req/s on 2 cores).
+    # Numerics do not depend on it.
+    allow_spinning: bool = True
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
@@ -83,6 +87,8 @@ def create_session(model_path: Path, settings: SessionSettings, *, label: str | 
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[settings.graph_optimization_level]
     options.intra_op_num_threads = settings.intra_op_num_threads
+    if not settings.allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
     try:
         return ort.InferenceSession(os.fspath(model_path), sess_options=options, providers=list(settings.providers))

@@ -47,10 +47,15 @@ def sha256_file(path: Path) -> FileDigest:
 
 @dataclass(frozen=True)
 class VerifiedBundle:
-    """A bundle whose manifest parsed and whose every file matched its hash."""
+    """A bundle whose manifest parsed and whose every file matched its hash.
+
+    ``root`` is the directory read (for an archive, the private directory it was
+    unpacked into); ``source`` is the path the caller gave.
+    """
 
     root: Path
     manifest: Manifest
+    source: Path | None = None
 
     def path(self, relative: str) -> Path:
         """The on-disk path of a file the manifest lists."""
@@ -77,13 +82,22 @@ def _list_files(root: Path) -> tuple[set[str], list[str]]:
     return files, odd
 
 
-def read_manifest(root: Path) -> Manifest:
-    """Parse ``bundle.json`` of the bundle directory ``root`` (no file hashing)."""
-    root = Path(root)
+def bundle_directory(path: str | os.PathLike[str]) -> Path:
+    """The directory to read: the path itself, or where its archive was safely unpacked."""
+    root = Path(path)
     if not root.exists():
-        raise UsageError(f"bundle path {root} does not exist; pass the directory that `bundle export` wrote.")
-    if not root.is_dir():
-        raise UsageError(f"bundle path {root} is not a directory; pass the directory that `bundle export` wrote.")
+        raise UsageError(f"bundle path {root} does not exist; pass the directory that `bundle export` wrote "
+                         "or an archive from `bundle pack`.")
+    if root.is_dir():
+        return root
+    from .archive import unpacked
+
+    return unpacked(root)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Parse ``bundle.json`` of a bundle directory or archive (no file hashing)."""
+    root = bundle_directory(path)
     manifest_path = root / MANIFEST_NAME
     if manifest_path.is_symlink() or not manifest_path.is_file():
         raise BundleInvalid(f"{root} has no {MANIFEST_NAME}; it is not a paritybundle bundle or it is incomplete.")
@@ -128,7 +142,7 @@ def open_bundle(path: str | os.PathLike[str]) -> VerifiedBundle:
     """Parse and verify a bundle directory before anything in it is used.
 
     Args:
-        path: the bundle directory.
+        path: the bundle directory, or a ``.tar.gz`` from ``bundle pack`` (unpacked safely first).
 
     Returns:
         A :class:`VerifiedBundle`.
@@ -141,10 +155,10 @@ def open_bundle(path: str | os.PathLike[str]) -> VerifiedBundle:
         >>> open_bundle("artifacts/digits").manifest.name  # doctest: +SKIP
         'digits'
     """
-    root = Path(path)
+    root = bundle_directory(path)
     manifest = read_manifest(root)
     verify_files(root, manifest)
-    return VerifiedBundle(root=root, manifest=manifest)
+    return VerifiedBundle(root=root, manifest=manifest, source=Path(path))
 
 
 def _fsync_dir(path: Path) -> None:

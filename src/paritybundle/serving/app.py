@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+
+import orjson
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,10 +34,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..checker import ServingRuntime, check_runtime, load
+from ..checker import ServingRuntime, check_runtime, load, settings_from_manifest
 from ..errors import InputValidationError, ParityBundleError
 from ..parity import explain_failure
-from ..runtime import SessionSettings
+from ..store import read_manifest
 from .batching import MicroBatcher
 from .protocol import BadRequest, input_array, output_json, parse_request, tensor_metadata
 
@@ -98,7 +101,20 @@ class ServerState:
 
 
 def _json(payload: Any, status: int = 200) -> Response:
-    return Response(json.dumps(payload, allow_nan=False), status_code=status, media_type="application/json")
+    # orjson: 5-10x faster than json.dumps on the hot path, and it writes NaN as null, never invalid JSON.
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _decode(body: bytes) -> Any:
+    """orjson for speed; the stdlib decoder as a fallback only for its NaN/Infinity tokens."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}).") from None
 
 
 def _error(message: str, status: int) -> Response:
@@ -109,10 +125,11 @@ async def _start(state: ServerState, started: float) -> None:
     """Verify, construct and check in a worker thread; become ready only if parity holds."""
     loop = asyncio.get_running_loop()
     options = state.options
-    settings = None
-    if options.intra_op_num_threads is not None:
-        settings = SessionSettings(intra_op_num_threads=options.intra_op_num_threads)
     try:
+        manifest = read_manifest(options.bundle)
+        recorded = settings_from_manifest(manifest)
+        threads = recorded.intra_op_num_threads if options.intra_op_num_threads is None else options.intra_op_num_threads
+        settings = dataclasses.replace(recorded, intra_op_num_threads=threads, allow_spinning=False)
         runtime = await loop.run_in_executor(None, lambda: load(options.bundle, settings, options.env_policy))
         state.name, state.version = runtime.manifest.name, runtime.manifest.version
         report = await loop.run_in_executor(None, check_runtime, runtime)
@@ -165,9 +182,20 @@ def create_app(options: ServeOptions) -> Starlette:
         if state.batcher is not None:
             await state.batcher.stop()
 
+    counters: dict[tuple[str, int], Any] = {}
+    histograms: dict[str, Any] = {}
+
     def observe(endpoint: str, response: Response, began: float) -> Response:
-        state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - began)
+        # labels() looks the child up under a lock each call; keep the children.
+        key = (endpoint, response.status_code)
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = state.metrics.requests.labels(endpoint, str(response.status_code))
+        histogram = histograms.get(endpoint)
+        if histogram is None:
+            histogram = histograms[endpoint] = state.metrics.latency.labels(endpoint)
+        counter.inc()
+        histogram.observe(time.perf_counter() - began)
         return response
 
     def unknown_model(name: str, version: str | None) -> Response | None:
@@ -200,8 +228,6 @@ def create_app(options: ServeOptions) -> Starlette:
             return observe("metadata", problem, began)
         manifest = state.runtime.manifest if state.runtime else None
         if manifest is None:
-            from ..store import read_manifest
-
             manifest = read_manifest(state.options.bundle)
         return observe("metadata", _json({
             "name": manifest.name,
@@ -249,11 +275,7 @@ def create_app(options: ServeOptions) -> Starlette:
             if not state.ready or state.runtime is None or state.batcher is None:
                 return observe("infer", _error(f"model {name!r} is not ready: {state.reason}", 503), began)
             body = await read_body(request)
-            try:
-                payload = json.loads(body)
-            except (ValueError, RecursionError) as exc:
-                raise BadRequest(f"the body is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}).") from None
-            inference = parse_request(payload)
+            inference = parse_request(_decode(body))
             manifest = state.runtime.manifest
             specs = {s.name: s for s in manifest.inputs}
             arrays = {}
@@ -266,7 +288,8 @@ def create_app(options: ServeOptions) -> Starlette:
             missing = [n for n in specs if n not in arrays]
             if missing:
                 raise BadRequest(f"input {missing[0]!r} is missing; {name} takes {', '.join(specs)}.")
-            arrays = state.runtime.runner.validate(arrays)  # cross-input checks (shared batch size)
+            if len(arrays) > 1:
+                arrays = state.runtime.runner.validate(arrays)  # cross-input checks (a shared batch size)
             output_specs = {s.name: s for s in manifest.outputs}
             wanted = list(output_specs)
             if inference.outputs:

@@ -152,11 +152,15 @@ def _to_dtype(raw: np.ndarray, spec: TensorSpec, name: str) -> np.ndarray:
         return raw.astype(target)
     if raw.dtype.kind == "b" and raw.size:
         raise BadRequest(f"input {name!r} must hold numbers, got true/false.")
-    with np.errstate(over="ignore"):
-        array = raw.astype(target)
-    if raw.dtype.kind == "f" and np.isfinite(raw).all() and not np.isfinite(array).all():
-        raise BadRequest(f"input {name!r} has values too large for {NUMPY_TO_V2[spec.dtype]}.")
-    return array
+    if raw.dtype == target:
+        return raw
+    if target.kind == "f" and raw.size:
+        # Refuse values the cast would turn into inf, before casting (no overflow warning to silence).
+        limit = np.finfo(target).max
+        finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
+        if finite.size and float(np.abs(finite).max()) > limit:
+            raise BadRequest(f"input {name!r} has values too large for {NUMPY_TO_V2[spec.dtype]}.")
+    return raw.astype(target)
 
 
 def output_json(name: str, array: np.ndarray, spec: TensorSpec) -> dict[str, Any]:

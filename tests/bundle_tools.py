@@ -12,6 +12,9 @@ from onnx import numpy_helper
 from paritybundle.manifest import MANIFEST_NAME
 from paritybundle.store import read_manifest, sha256_file
 
+# Cases run by the hostile-input and crash tests, printed at the end of the session (conftest).
+HOSTILE_COUNTS: dict[str, object] = {}
+
 
 def copy_bundle(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)

@@ -43,3 +43,12 @@ def bundle_copy(digits_bundle, tmp_path) -> Path:
     from bundle_tools import copy_bundle
 
     return copy_bundle(digits_bundle, tmp_path / "digits")
+
+
+def pytest_terminal_summary(terminalreporter):
+    from bundle_tools import HOSTILE_COUNTS
+
+    if HOSTILE_COUNTS:
+        terminalreporter.section("hostile-input and crash-safety cases run")
+        for name, count in sorted(HOSTILE_COUNTS.items()):
+            terminalreporter.write_line(f"{name}: {count}")

@@ -111,3 +111,15 @@ def test_predict_validates_inputs(digits_bundle):
         runtime.predict({"pixels": np.zeros((1, 64), np.float32), "pxls": np.zeros(1)})
     with pytest.raises(InputValidationError, match="input 'pixels' is missing"):
         runtime.predict({})
+
+
+def test_corrupt_npy_header_inside_a_rehashed_npz_is_bundle_invalid(bundle_copy):
+    """Found by the hostile-input suite: numpy's header parser raised SyntaxError, an exit-70 crash."""
+    path = bundle_copy / "reference" / "inputs.npz"
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"'fortran_order': False,") + len(b"'fortran_order': False")
+    raw[at] = ord("(")
+    path.write_bytes(bytes(raw))
+    rehash(bundle_copy)
+    with pytest.raises(BundleInvalid, match="reference/inputs.npz"):
+        paritybundle.check(bundle_copy)

@@ -21,6 +21,7 @@ from . import environment
 from .environment import DEFAULT_POLICY, DriftReport
 from .errors import BundleInvalid, InputValidationError, UsageError
 from .manifest import Manifest, TensorSpec, Tolerance, TolerancePolicy
+from .external_data import check_external_data
 from .parity import OutputComparison, compare_output
 from .references import load_arrays
 from .runtime import DEFAULT_BATCH_SIZE, Runner, SessionSettings, create_session, onnxruntime_version
@@ -111,13 +112,14 @@ class ServingRuntime:
 
 
 def load(path: str | os.PathLike[str], settings: SessionSettings | None = None,
-         env_policy: str = DEFAULT_POLICY) -> ServingRuntime:
+         env_policy: str = DEFAULT_POLICY, public_key: str | os.PathLike[str] | None = None) -> ServingRuntime:
     """Verify a bundle, apply the drift policy, and load its pipeline into ONNX Runtime.
 
     Args:
         path: the bundle directory.
         settings: session settings; defaults to the ones the export was validated with.
         env_policy: ``strict`` (refuse critical drift), ``warn`` or ``ignore``.
+        public_key: require ``bundle.sig`` to verify with this key.
 
     Returns:
         A :class:`ServingRuntime` with ``.predict(inputs)``.
@@ -127,7 +129,7 @@ def load(path: str | os.PathLike[str], settings: SessionSettings | None = None,
         BundleInvalid: the bundle fails integrity or cannot be loaded.
         EnvironmentRefused: critical drift under the strict policy.
     """
-    bundle = open_bundle(path)
+    bundle = open_bundle(path, public_key)
     settings = settings or settings_from_manifest(bundle.manifest)
     drift = environment_drift(bundle, env_policy, list(settings.providers))
     return _construct(bundle, settings, drift)
@@ -157,6 +159,8 @@ def settings_from_manifest(manifest: Manifest) -> SessionSettings:
 
 def _construct(bundle: VerifiedBundle, settings: SessionSettings, drift: DriftReport) -> ServingRuntime:
     manifest = bundle.manifest
+    # Before ONNX Runtime opens the model: its external data must be the bundle's own files.
+    check_external_data(manifest.stages.pipeline, bundle.root, set(manifest.files))
     session = create_session(bundle.path(manifest.stages.pipeline), settings, label=manifest.stages.pipeline)
     graph_inputs = [i.name for i in session.get_inputs()]
     graph_outputs = [o.name for o in session.get_outputs()]
@@ -178,6 +182,7 @@ def check(
     per_output_tolerance: Mapping[str, Tolerance] | None = None,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     env_policy: str = DEFAULT_POLICY,
+    public_key: str | os.PathLike[str] | None = None,
 ) -> CheckReport:
     """Verify a bundle, run its reference inputs through ONNX Runtime, and judge parity.
 
@@ -205,7 +210,7 @@ def check(
     started = time.perf_counter()
     if batch_size is not None and batch_size < 1:
         raise UsageError("batch size must be a positive number of samples.")
-    runtime = load(path, settings, env_policy)
+    runtime = load(path, settings, env_policy, public_key)
     return check_runtime(runtime, tolerance=tolerance, per_output_tolerance=per_output_tolerance,
                          batch_size=batch_size, started=started)
 
@@ -288,6 +293,7 @@ def check_url(
     per_output_tolerance: Mapping[str, Tolerance] | None = None,
     request_batch: int = 64,
     timeout_s: float = 30.0,
+    public_key: str | os.PathLike[str] | None = None,
 ) -> CheckReport:
     """Send a bundle's reference inputs to a live V2 endpoint and judge its answers.
 
@@ -311,7 +317,7 @@ def check_url(
     started = time.perf_counter()
     if request_batch < 1:
         raise UsageError("the request batch must be at least 1 sample.")
-    bundle = open_bundle(path)
+    bundle = open_bundle(path, public_key)
     manifest = bundle.manifest
     overrides = _overrides(manifest, tolerance, per_output_tolerance)
     inputs, research = reference_arrays(bundle)
@@ -368,13 +374,13 @@ def compare_with_policy(
     ]
 
 
-def verify(path: str | os.PathLike[str]) -> VerifiedBundle:
-    """Integrity only: manifest and every file's hash, no inference.
+def verify(path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None = None) -> VerifiedBundle:
+    """Integrity only: manifest, signature (with ``public_key``) and every file's hash; no inference.
 
     Raises:
         UsageError: the path does not exist.
-        BundleInvalid: naming the offending file.
+        BundleInvalid: naming the offending file, or a missing/wrong/stale signature.
     """
-    return open_bundle(path)
+    return open_bundle(path, public_key)
 
 

@@ -34,6 +34,10 @@ out = Console(highlight=False, soft_wrap=False, width=160)
 err = Console(stderr=True, highlight=False)
 
 BundleArg = Annotated[Path, typer.Argument(help="The bundle directory.", show_default=False)]
+KeyOption = Annotated[Optional[Path], typer.Option(
+    "--key", help="Public key: bundle.sig must verify with it (default: $PARITYBUNDLE_PUBLIC_KEY).")]
+RequireSignatureOption = Annotated[bool, typer.Option(
+    "--require-signature", help="Fail unless a public key is configured and the signature verifies.")]
 EnvPolicyOption = Annotated[str, typer.Option(
     "--env-policy", help="Drift policy: strict refuses critical drift (exit 4) before inference; warn; ignore.")]
 
@@ -136,19 +140,23 @@ def check_command(
     url: Annotated[Optional[str], typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds to wait for each answer.")] = 30.0,
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
 ) -> int:
     """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
     from .checker import check, check_url, settings_from_manifest
     from .report import render_check
     from .runtime import SessionSettings
+    from .signing import resolve_key
     from .store import read_manifest
 
+    public_key = resolve_key(key, require_signature)
     if url is not None:
         if threads is not None or optimization is not None or provider:
             raise UsageError("--threads, --optimization and --provider set local ONNX Runtime; they do not apply with --url.")
         report = check_url(bundle, url, model=model, tolerance=_tolerance(atol, rtol),
                            per_output_tolerance=_output_tolerances(output_tolerance or []),
-                           request_batch=min(batch_size, 256), timeout_s=timeout)
+                           request_batch=min(batch_size, 256), timeout_s=timeout, public_key=public_key)
         _emit_report(report, json_path)
         return EXIT_OK if report.passed else EXIT_PARITY
     if model is not None:
@@ -163,7 +171,7 @@ def check_command(
         )
     report = check(bundle, settings=settings, tolerance=_tolerance(atol, rtol),
                    per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
-                   env_policy=env_policy)
+                   env_policy=env_policy, public_key=public_key)
     _emit_report(report, json_path)
     return EXIT_OK if report.passed else EXIT_PARITY
 
@@ -182,14 +190,17 @@ def _emit_report(report, json_path: Path | None) -> None:
 
 
 @command("verify")
-def verify_command(bundle: BundleArg) -> int:
-    """Integrity only: the manifest and every file's sha256; no inference."""
+def verify_command(bundle: BundleArg, key: KeyOption = None, require_signature: RequireSignatureOption = False) -> int:
+    """Integrity only: the manifest, the signature (with --key) and every file's sha256; no inference."""
     from .checker import verify
+    from .signing import resolve_key
 
-    verified = verify(bundle)
+    public_key = resolve_key(key, require_signature)
+    verified = verify(bundle, public_key)
     total = sum(d.bytes for d in verified.manifest.files.values())
+    signed = f"; signature verified with {public_key}" if public_key else ""
     out.print(f"{bundle}: {verified.manifest.name} v{verified.manifest.version}, "
-              f"{len(verified.manifest.files)} files ({total:,} bytes) match bundle.json")
+              f"{len(verified.manifest.files)} files ({total:,} bytes) match bundle.json{signed}")
     return EXIT_OK
 
 
@@ -266,6 +277,19 @@ def rehearse_command(
     return report.exit_code
 
 
+@command("sign")
+def sign_command(
+    bundle: BundleArg,
+    key: Annotated[Path, typer.Option("--key", help="Elliptic-curve private key (PEM) to sign with.")],
+) -> int:
+    """Verify the bundle, then write bundle.sig over bundle.json (which hashes every file)."""
+    from .signing import sign
+
+    written = sign(bundle, key)
+    out.print(f"signed {bundle}: {written}")
+    return EXIT_OK
+
+
 @command("pack")
 def pack_command(
     bundle: BundleArg,
@@ -293,14 +317,18 @@ def serve_command(
     threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")] = None,
     env_policy: EnvPolicyOption = "strict",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
 ) -> int:
     """Serve the bundle over the Open Inference Protocol (V2); ready only after parity holds."""
     from .serving.app import ServeOptions
     from .serving.server import serve
+    from .signing import resolve_key
 
+    public_key = resolve_key(key, require_signature)
     serve(ServeOptions(bundle=str(bundle), env_policy=env_policy, max_batch_size=max_batch_size,
                        max_batch_delay_ms=max_batch_delay_ms, max_body_bytes=max_body_bytes,
-                       max_request_batch=max_request_batch, intra_op_num_threads=threads),
+                       max_request_batch=max_request_batch, intra_op_num_threads=threads, public_key=public_key),
           host=host, port=port, workers=workers, log_level=log_level)
     return EXIT_OK
 

@@ -55,3 +55,7 @@ def load_arrays(path: Path, expected: list[str], *, label: str) -> dict[str, np.
         raise BundleInvalid(f"{label} cannot be read as a numpy .npz ({exc}); re-export the bundle.") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise BundleInvalid(f"{label} is truncated or not a numpy .npz ({exc}); re-export the bundle.") from None
+    except Exception as exc:
+        # numpy parses each .npy header with ast.literal_eval: a corrupt header raises SyntaxError,
+        # tokenize.TokenError or MemoryError (found by tests/test_hostile.py). All mean the same here.
+        raise BundleInvalid(f"{label} has a corrupt array header ({type(exc).__name__}); re-export the bundle.") from None

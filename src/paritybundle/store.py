@@ -138,11 +138,13 @@ def verify_files(root: Path, manifest: Manifest) -> None:
             )
 
 
-def open_bundle(path: str | os.PathLike[str]) -> VerifiedBundle:
+def open_bundle(path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None = None) -> VerifiedBundle:
     """Parse and verify a bundle directory before anything in it is used.
 
     Args:
         path: the bundle directory, or a ``.tar.gz`` from ``bundle pack`` (unpacked safely first).
+        public_key: if given, ``bundle.sig`` must verify with it over ``bundle.json`` before
+            any other file is looked at.
 
     Returns:
         A :class:`VerifiedBundle`.
@@ -157,6 +159,10 @@ def open_bundle(path: str | os.PathLike[str]) -> VerifiedBundle:
     """
     root = bundle_directory(path)
     manifest = read_manifest(root)
+    if public_key is not None:
+        from .signing import verify_signature
+
+        verify_signature(root, public_key)
     verify_files(root, manifest)
     return VerifiedBundle(root=root, manifest=manifest, source=Path(path))
 

@@ -58,6 +58,7 @@ class ServeOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH
     intra_op_num_threads: int | None = None
+    public_key: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -130,7 +131,7 @@ async def _start(state: ServerState, started: float) -> None:
         recorded = settings_from_manifest(manifest)
         threads = recorded.intra_op_num_threads if options.intra_op_num_threads is None else options.intra_op_num_threads
         settings = dataclasses.replace(recorded, intra_op_num_threads=threads, allow_spinning=False)
-        runtime = await loop.run_in_executor(None, lambda: load(options.bundle, settings, options.env_policy))
+        runtime = await loop.run_in_executor(None, lambda: load(options.bundle, settings, options.env_policy, options.public_key))
         state.name, state.version = runtime.manifest.name, runtime.manifest.version
         report = await loop.run_in_executor(None, check_runtime, runtime)
     except ParityBundleError as exc:

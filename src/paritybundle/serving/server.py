@@ -19,7 +19,7 @@ def preflight(options: ServeOptions) -> None:
 
     Parity is checked by the server itself after it starts (it then stays not ready).
     """
-    bundle = open_bundle(options.bundle)
+    bundle = open_bundle(options.bundle, options.public_key)
     environment_drift(bundle, options.env_policy, list(settings_from_manifest(bundle.manifest).providers))
     if options.max_batch_size < 1 or options.max_request_batch < 1 or options.max_body_bytes < 1:
         raise UsageError("--max-batch-size, --max-request-batch and --max-body-bytes must be positive.")

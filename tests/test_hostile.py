@@ -1,0 +1,221 @@
+"""Hostile input: random and mutated manifests, archives, byte flips, V2 request bodies.
+
+Each must end in a documented error (a ParityBundleError, hence an exit code) or a 4xx
+with a message: zero tracebacks, zero 5xx, zero hangs (a deadline per case). The number
+of cases each test ran is printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import paritybundle
+from bundle_tools import HOSTILE_COUNTS, rehash
+from paritybundle.archive import pack
+from paritybundle.errors import BundleInvalid, ParityBundleError
+from paritybundle.manifest import parse_manifest
+
+EXAMPLES = int(os.environ.get("PARITYBUNDLE_HOSTILE_EXAMPLES", "150"))
+HOSTILE = settings(max_examples=EXAMPLES, deadline=5000, suppress_health_check=list(HealthCheck))
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=25,
+)
+
+
+def _count(name: str) -> None:
+    HOSTILE_COUNTS[name] = HOSTILE_COUNTS.get(name, 0) + 1
+
+
+def _paths(data, prefix=()):
+    """Every path to a value inside nested dicts/lists."""
+    yield prefix
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _paths(value, prefix + (key,))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _paths(value, prefix + (index,))
+
+
+@pytest.fixture(scope="module")
+def manifest_dict(digits_bundle):
+    return json.loads((digits_bundle / "bundle.json").read_text())
+
+
+@HOSTILE
+@given(st.data())
+def test_mutated_manifests_are_accepted_or_refused_cleanly(manifest_dict, data):
+    mutated = copy.deepcopy(manifest_dict)
+    paths = [p for p in _paths(mutated) if p]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent = mutated
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            if data.draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = data.draw(json_values)
+        except (KeyError, IndexError, TypeError):
+            continue
+    _count("mutated manifests")
+    try:
+        parse_manifest(json.dumps(mutated).encode())
+    except BundleInvalid:
+        pass
+
+
+@HOSTILE
+@given(st.one_of(json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=300)))
+def test_random_manifests_are_refused_cleanly(raw):
+    _count("random manifests")
+    with pytest.raises(BundleInvalid):
+        parse_manifest(raw)
+
+
+@pytest.fixture(scope="module")
+def archive_bytes(digits_bundle, tmp_path_factory):
+    return pack(digits_bundle, tmp_path_factory.mktemp("archive") / "digits.tar.gz").read_bytes()
+
+
+@HOSTILE
+@given(st.data())
+def test_mutated_and_random_archives_are_refused_cleanly(archive_bytes, data):
+    kind = data.draw(st.sampled_from(["flip", "truncate", "splice", "random"]))
+    blob = bytearray(archive_bytes)
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            blob[data.draw(st.integers(0, len(blob) - 1))] ^= data.draw(st.integers(1, 255))
+    elif kind == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    elif kind == "splice":
+        at = data.draw(st.integers(0, len(blob)))
+        blob[at:at] = data.draw(st.binary(min_size=1, max_size=64))
+    else:
+        blob = bytearray(data.draw(st.binary(max_size=2000)))
+    _count("mutated/random archives")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.tar.gz"
+        path.write_bytes(bytes(blob))
+        try:
+            paritybundle.verify(path)
+        except ParityBundleError:
+            pass
+
+
+def _files(bundle: Path) -> list[str]:
+    return sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def signed_bundle(digits_bundle, tmp_path_factory):
+    import subprocess
+
+    from paritybundle.signing import sign
+
+    directory = tmp_path_factory.mktemp("signed")
+    private, public = directory / "k.pem", directory / "k.pub"
+    subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)
+    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True, capture_output=True)
+    bundle = directory / "bundle"
+    shutil.copytree(digits_bundle, bundle)
+    sign(bundle, private)
+    return bundle, public
+
+
+@HOSTILE
+@given(st.data())
+def test_byte_flips_in_every_file_are_caught(signed_bundle, data):
+    source, public = signed_bundle
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "b"
+        shutil.copytree(source, bundle)
+        victim = data.draw(st.sampled_from(_files(bundle)))
+        raw = bytearray((bundle / victim).read_bytes())
+        raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+        (bundle / victim).write_bytes(bytes(raw))
+        _count("byte flips in a signed bundle (verify --key)")
+        # Signed: a flip anywhere, bundle.json and bundle.sig included, is refused.
+        with pytest.raises(BundleInvalid):
+            paritybundle.verify(bundle, public)
+        if victim not in ("bundle.json", "bundle.sig"):
+            # Unsigned: the hashes alone catch a flip in every listed file. (bundle.json itself is the
+            # root of trust: a flip that keeps it valid is only caught with a signature; SECURITY.md.)
+            _count("byte flips in a listed file (verify)")
+            with pytest.raises(BundleInvalid, match=re.escape(victim)):
+                paritybundle.verify(bundle)
+            if data.draw(st.booleans()):
+                # A careless "fix": the manifest re-hashed over the flipped byte. The check must then end
+                # in a verdict or a documented error, never a crash.
+                (bundle / "bundle.sig").unlink()
+                rehash(bundle)
+                _count("byte flips, re-hashed (check)")
+                try:
+                    paritybundle.check(bundle, env_policy="warn")
+                except ParityBundleError:
+                    pass
+
+
+@pytest.fixture(scope="module")
+def client(digits_bundle):
+    from starlette.testclient import TestClient
+
+    from paritybundle.serving.app import ServeOptions, create_app
+
+    with TestClient(create_app(ServeOptions(bundle=str(digits_bundle)))) as test_client:
+        assert test_client.get("/v2/health/ready").status_code == 200
+        yield test_client
+
+
+VALID = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+
+
+@HOSTILE
+@given(st.data())
+def test_random_v2_bodies_get_4xx_never_5xx(client, data):
+    kind = data.draw(st.sampled_from(["random json", "mutated valid", "bytes"]))
+    if kind == "random json":
+        body = json.dumps(data.draw(json_values)).encode()
+    elif kind == "bytes":
+        body = data.draw(st.binary(max_size=500))
+    else:
+        mutated = copy.deepcopy(VALID)
+        field = data.draw(st.sampled_from(["name", "shape", "datatype", "data", "extra", "inputs"]))
+        value = data.draw(json_values)
+        if field == "inputs":
+            mutated["inputs"] = value
+        else:
+            mutated["inputs"][0][field] = value
+        body = json.dumps(mutated).encode()
+    _count("random V2 request bodies")
+    response = client.post("/v2/models/digits/infer", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code < 500, response.text
+    if response.status_code != 200:
+        assert response.json()["error"]
+
+
+SERVING_MODULES = [p for p in Path(paritybundle.__file__).parent.rglob("*.py") if "training" not in p.parts]
+FORBIDDEN = re.compile(r"import pickle|from pickle|pickle\.loads?\(|cPickle|\bdill\b|joblib\.load|torch\.load|"
+                       r"allow_pickle\s*=\s*True|(?<![.\w])eval\(|(?<![.\w])exec\(|import torch|from torch")
+
+
+@pytest.mark.parametrize("module", SERVING_MODULES, ids=lambda p: p.name)
+def test_serving_modules_never_unpickle_or_eval(module):
+    hits = [line for line in module.read_text().splitlines() if FORBIDDEN.search(line)]
+    assert not hits, hits

@@ -1,0 +1,91 @@
+"""GPU-made references (measured on an H100, ../shared/data/gpu-references) checked on CPU ONNX Runtime.
+
+Each model is exported, bundled with the outputs its research run produced on the GPU
+under a given precision (the manifest records device and precision), and checked: the
+default policy for that precision must pass, and a real defect must still fail.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import paritybundle
+from bundle_tools import perturb_weights
+from paritybundle.training import ExportSpec, export_spec
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gpu-references"
+if not (DATA / "make_refs.py").exists():
+    pytest.skip(f"the measured GPU references are not at {DATA} (they ship in ../shared beside the checkout)",
+                allow_module_level=True)
+sys.path.insert(0, str(DATA))
+import make_refs  # noqa: E402  (the generator's own model definitions, so weights match)
+
+# How each measured setting is described to paritybundle, as a researcher would.
+SETTINGS = {
+    "cpu_torch": ("cpu", "fp32"),
+    "gpu_strict": ("cuda", "fp32"),
+    "gpu_default": ("cuda", "fp32"),
+    "gpu_tf32": ("cuda", "tf32"),
+    "gpu_bf16_autocast": ("cuda", "bf16"),
+}
+
+
+@pytest.fixture(scope="module", params=list(make_refs.MODELS))
+def exported(request, tmp_path_factory):
+    name = request.param
+    refs = np.load(DATA / f"{name}.npz", allow_pickle=False)
+    model, _ = make_refs.build(name)
+    model.load_state_dict({k[3:]: torch.from_numpy(refs[k]) for k in refs.files if k.startswith("w::")})
+    path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
+    torch.onnx.export(model.eval(), (torch.from_numpy(refs["input"]),), str(path), dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    return name, path, refs
+
+
+def _bundle(exported, tag, directory):
+    name, onnx_path, refs = exported
+    device, precision = SETTINGS[tag]
+    spec = ExportSpec(model=str(onnx_path), reference_inputs={"x": refs["input"]}, research_outputs={"y": refs[tag]},
+                      name=name, reference_device=device, reference_precision=precision, max_reference_samples=None)
+    return export_spec(spec, directory / f"{name}-{tag}").path
+
+
+@pytest.mark.parametrize("tag", list(SETTINGS))
+def test_gpu_references_pass_the_default_policy_for_their_precision(exported, tag, tmp_path):
+    bundle = _bundle(exported, tag, tmp_path)  # export itself validates ORT vs the GPU outputs (fail closed)
+    report = paritybundle.check(bundle)
+    manifest = paritybundle.load(bundle).manifest
+    assert (manifest.reference.device, manifest.reference.precision) == SETTINGS[tag]
+    assert report.passed, [o.stats for o in report.outputs]
+    # Headroom: legitimate GPU noise uses at most ~35% of the tolerance (measured 0.35 at worst).
+    assert report.outputs[0].stats.max_tolerance_ratio < 0.5
+
+
+@pytest.mark.parametrize("tag", list(SETTINGS))
+def test_real_defects_still_fail_against_gpu_references(exported, tag, tmp_path):
+    bundle = _bundle(exported, tag, tmp_path)
+    perturb_weights(bundle, relative_noise=0.05)  # 5% weight noise: caught under every precision
+    assert not paritybundle.check(bundle).passed
+
+
+@pytest.mark.parametrize("tag", ["cpu_torch", "gpu_default", "gpu_tf32"])
+def test_one_percent_weight_noise_fails_at_fp32_and_tf32(exported, tag, tmp_path):
+    bundle = _bundle(exported, tag, tmp_path)
+    perturb_weights(bundle, relative_noise=0.01)
+    assert not paritybundle.check(bundle).passed
+
+
+def test_cpu_tight_tolerance_would_false_alarm_on_tf32_references(exported, tmp_path):
+    """Why the policy must know the precision: the CPU default flags legitimate TF32 noise."""
+    name, _, _ = exported
+    bundle = _bundle(exported, "gpu_tf32", tmp_path)
+    report = paritybundle.check(bundle, tolerance=paritybundle.Tolerance(atol=1e-4, rtol=1e-3))
+    if name == "cnn":  # the cnn's TF32 error (9.9e-5) happens to fit the CPU tolerance
+        assert report.passed
+    else:
+        assert not report.passed

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,8 +23,8 @@ from .environment import DEFAULT_POLICY, DriftReport
 from .errors import BundleInvalid, InputValidationError, UsageError
 from .manifest import Manifest, TensorSpec, Tolerance, TolerancePolicy
 from .external_data import check_external_data
-from .parity import OutputComparison, compare_output
-from .references import load_arrays
+from .parity import OutputAccumulator, OutputComparison, compare_output
+from .references import ArrayStream
 from .runtime import DEFAULT_BATCH_SIZE, Runner, SessionSettings, create_session, onnxruntime_version
 from .store import VerifiedBundle, open_bundle
 
@@ -183,6 +184,7 @@ def check(
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     env_policy: str = DEFAULT_POLICY,
     public_key: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> CheckReport:
     """Verify a bundle, run its reference inputs through ONNX Runtime, and judge parity.
 
@@ -191,7 +193,8 @@ def check(
         settings: ONNX Runtime settings; defaults to those recorded at export.
         tolerance: replaces the bundle's default tolerance (recorded in the report).
         per_output_tolerance: replaces the tolerance of named outputs (recorded).
-        batch_size: reference samples per ONNX Runtime call (None: all at once).
+        batch_size: reference samples per ONNX Runtime call, and per streamed batch (None: all at once).
+        progress: show a progress bar on stderr.
         env_policy: drift policy: ``strict`` refuses critical drift before inference.
 
     Returns:
@@ -212,17 +215,7 @@ def check(
         raise UsageError("batch size must be a positive number of samples.")
     runtime = load(path, settings, env_policy, public_key)
     return check_runtime(runtime, tolerance=tolerance, per_output_tolerance=per_output_tolerance,
-                         batch_size=batch_size, started=started)
-
-
-def reference_arrays(bundle: VerifiedBundle) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The reference inputs and research outputs of a verified bundle."""
-    manifest = bundle.manifest
-    inputs = load_arrays(bundle.path(manifest.reference.inputs), [s.name for s in manifest.inputs],
-                         label=manifest.reference.inputs)
-    research = load_arrays(bundle.path(manifest.reference.outputs), [s.name for s in manifest.outputs],
-                           label=manifest.reference.outputs)
-    return inputs, research
+                         batch_size=batch_size, started=started, progress=progress)
 
 
 def check_runtime(
@@ -232,37 +225,100 @@ def check_runtime(
     per_output_tolerance: Mapping[str, Tolerance] | None = None,
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     started: float | None = None,
+    progress: bool = False,
 ) -> CheckReport:
-    """Run a loaded runtime's reference set and judge parity (the server checks the session it serves)."""
+    """Run a loaded runtime's reference set and judge parity (the server checks the session it serves).
+
+    The reference set is streamed in batches of ``batch_size`` samples, so memory stays
+    flat however large it is; ``progress`` shows a progress bar on stderr.
+    """
     started = time.perf_counter() if started is None else started
     manifest = runtime.manifest
     overrides = _overrides(manifest, tolerance, per_output_tolerance)
-    inputs, research = reference_arrays(runtime.bundle)
-    try:
-        validated = runtime.runner.validate(inputs)
-    except InputValidationError as exc:
-        raise BundleInvalid(f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}") from None
-    served = runtime.runner.run(validated, batch_size)
+    runner = runtime.runner
+
+    def serve(batch: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        try:
+            validated = runner.validate(batch)
+        except InputValidationError as exc:
+            raise BundleInvalid(f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}") from None
+        return runner.run(validated, batch_size)
+
+    comparisons, samples = stream_comparison(runtime.bundle, serve, batch_size, overrides, progress)
     settings = CheckSettings(
         onnxruntime_version=onnxruntime_version(),
         providers=list(runtime.settings.providers),
         graph_optimization_level=runtime.settings.graph_optimization_level,
         intra_op_num_threads=runtime.settings.intra_op_num_threads,
         batch_size=batch_size,
-        samples=_samples(validated),
+        samples=samples,
     )
-    return _report(runtime.bundle, served, research, overrides, settings, runtime.drift, started)
+    return _report(runtime.bundle, comparisons, overrides, settings, runtime.drift, started)
 
 
-def _samples(arrays: Mapping[str, np.ndarray]) -> int:
-    return int(next(iter(arrays.values())).shape[0])
+# Reference sets up to this size are read and compared in one pass (fewer, larger numpy
+# operations); larger ones stream in batches so memory stays flat.
+STREAM_ABOVE_BYTES = 256 * 1024 * 1024
 
 
-def _report(bundle: VerifiedBundle, served: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray],
-            overrides: dict[str, Tolerance], settings: CheckSettings, drift: DriftReport | None,
-            started: float) -> CheckReport:
+def stream_comparison(
+    bundle: VerifiedBundle,
+    serve: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    batch_size: int | None,
+    overrides: Mapping[str, Tolerance],
+    progress: bool = False,
+) -> tuple[list[OutputComparison], int]:
+    """Feed the reference set through ``serve`` and compare each output as it comes.
+
+    ``serve`` gets a dict of input rows and must itself split them into calls of
+    ``batch_size`` (it receives at most that many rows when the set streams).
+    """
     manifest = bundle.manifest
-    comparisons = compare_all(manifest, served, research, overrides)
+    policy = manifest.tolerance
+    inputs = ArrayStream(bundle.path(manifest.reference.inputs), [s.name for s in manifest.inputs],
+                         label=manifest.reference.inputs)
+    research = ArrayStream(bundle.path(manifest.reference.outputs), [s.name for s in manifest.outputs],
+                           label=manifest.reference.outputs)
+    if inputs.rows != research.rows:
+        raise BundleInvalid(f"the reference set has {inputs.rows} inputs but {research.rows} outputs; re-export the bundle.")
+    accumulators = {
+        spec.name: OutputAccumulator(
+            spec.name, overrides.get(spec.name, policy.for_output(spec.name)),
+            research.rows * research.elements_per_row(spec.name),
+            scores=spec.kind == "scores", min_decision_agreement=policy.min_decision_agreement,
+            baseline_max_abs=manifest.export_errors[spec.name].max_abs if spec.name in manifest.export_errors else None,
+            baseline_factor=policy.baseline_factor, tie_tolerance=policy.default)
+        for spec in manifest.outputs
+    }
+    size = sum(bundle.manifest.files[f].bytes for f in (manifest.reference.inputs, manifest.reference.outputs))
+    rows = max(inputs.rows, 1) if (batch_size is None or size <= STREAM_ABOVE_BYTES) else batch_size
+    with _progress(progress, inputs.rows) as advance:
+        for (first, batch), (_, expected) in zip(inputs.batches(rows), research.batches(rows)):
+            served = serve(batch)
+            for name, accumulator in accumulators.items():
+                accumulator.add(served[name], expected[name], first)
+            advance(len(next(iter(batch.values()))))
+    return [accumulator.finish() for accumulator in accumulators.values()], inputs.rows
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from rich.console import Console
+
+    with Progress("checking references", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("references", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _report(bundle: VerifiedBundle, comparisons: list[OutputComparison], overrides: dict[str, Tolerance],
+            settings: CheckSettings, drift: DriftReport | None, started: float) -> CheckReport:
+    manifest = bundle.manifest
     notices = [
         f"output {c.name!r}: serving error {c.stats.max_abs:.3g} is over {manifest.tolerance.baseline_factor:g}x "
         f"the export-time error {c.baseline_max_abs:.3g}; within tolerance, but this environment differs "
@@ -294,6 +350,7 @@ def check_url(
     request_batch: int = 64,
     timeout_s: float = 30.0,
     public_key: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> CheckReport:
     """Send a bundle's reference inputs to a live V2 endpoint and judge its answers.
 
@@ -320,15 +377,15 @@ def check_url(
     bundle = open_bundle(path, public_key)
     manifest = bundle.manifest
     overrides = _overrides(manifest, tolerance, per_output_tolerance)
-    inputs, research = reference_arrays(bundle)
     client = V2Client(url, timeout_s=timeout_s)
     name = model or manifest.name
     client.check_model(name, manifest)
-    served = client.infer_all(name, manifest, inputs, request_batch)
+    comparisons, samples = stream_comparison(bundle, lambda batch: client.infer_all(name, manifest, batch, request_batch),
+                                             request_batch, overrides, progress)
     settings = CheckSettings(onnxruntime_version=None, providers=[], graph_optimization_level=None,
-                             intra_op_num_threads=None, batch_size=request_batch, samples=_samples(inputs),
+                             intra_op_num_threads=None, batch_size=request_batch, samples=samples,
                              source="url", url=url, model=name)
-    return _report(bundle, served, research, overrides, settings, None, started)
+    return _report(bundle, comparisons, overrides, settings, None, started)
 
 
 def _overrides(manifest: Manifest, tolerance: Tolerance | None,
@@ -340,13 +397,6 @@ def _overrides(manifest: Manifest, tolerance: Tolerance | None,
             raise UsageError(f"tolerance override names output {name!r}, but the bundle's outputs are {', '.join(names)}.")
         overrides[name] = tol
     return overrides
-
-
-def compare_all(manifest: Manifest, served: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray],
-                overrides: Mapping[str, Tolerance] | None = None) -> list[OutputComparison]:
-    """Compare every declared output under the manifest's policy (plus overrides)."""
-    baselines = {name: e.max_abs for name, e in manifest.export_errors.items()}
-    return compare_with_policy(manifest.outputs, manifest.tolerance, served, research, baselines, overrides)
 
 
 def compare_with_policy(

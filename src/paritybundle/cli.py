@@ -156,7 +156,8 @@ def check_command(
             raise UsageError("--threads, --optimization and --provider set local ONNX Runtime; they do not apply with --url.")
         report = check_url(bundle, url, model=model, tolerance=_tolerance(atol, rtol),
                            per_output_tolerance=_output_tolerances(output_tolerance or []),
-                           request_batch=min(batch_size, 256), timeout_s=timeout, public_key=public_key)
+                           request_batch=min(batch_size, 256), timeout_s=timeout, public_key=public_key,
+                           progress=_show_progress(json_path))
         _emit_report(report, json_path)
         return EXIT_OK if report.passed else EXIT_PARITY
     if model is not None:
@@ -171,9 +172,16 @@ def check_command(
         )
     report = check(bundle, settings=settings, tolerance=_tolerance(atol, rtol),
                    per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
-                   env_policy=env_policy, public_key=public_key)
+                   env_policy=env_policy, public_key=public_key, progress=_show_progress(json_path))
     _emit_report(report, json_path)
     return EXIT_OK if report.passed else EXIT_PARITY
+
+
+def _show_progress(json_path: Path | None) -> bool:
+    """A progress bar for people at a terminal; never in CI or when JSON goes to stdout."""
+    import os
+
+    return sys.stderr.isatty() and not os.environ.get("CI") and str(json_path) != "-"
 
 
 def _emit_report(report, json_path: Path | None) -> None:

@@ -116,10 +116,24 @@ def installed_distributions() -> dict[str, str]:
         stem = location.name[: -len(".dist-info")] if location and location.name.endswith(".dist-info") else ""
         name, sep, version = stem.partition("-")
         if not (sep and name and version and "-" not in version):
-            name, version = dist.metadata["Name"], dist.version
+            name, version = _name_and_version(dist)
         if name:
             found.setdefault(canonical(name), version)
     return dict(sorted(found.items()))
+
+
+def _name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
+    """Name and Version from the metadata headers alone: the email parser would also read
+    the long description (a whole README) that follows them."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the headers end at the first blank line
+        key, _, value = line.partition(":")
+        if key in ("Name", "Version"):
+            found.setdefault(key, value.strip())
+    return found.get("Name"), found.get("Version")
 
 
 def _requirements_of(name: str) -> list[str]:
@@ -168,10 +182,9 @@ def serve_requirements_text(lock: EnvironmentLock) -> str:
 
 
 def _self_version() -> str:
-    try:
-        return metadata.version(SELF)
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    from . import __version__
+
+    return __version__
 
 
 def _cpu_info() -> CpuInfo:

@@ -161,89 +161,232 @@ def violation_mask(abs_error: np.ndarray, research: np.ndarray, tolerance: Toler
     return abs_error > tolerance.atol + tolerance.rtol * magnitude
 
 
-def percentile99(values: np.ndarray) -> float:
-    """Exactly ``np.percentile(values, 99)`` (linear interpolation), without sorting everything.
-
-    Only the top 1% matters, so a strided sample gives a threshold, the elements at or
-    above it are the candidates, and the two order statistics are selected among them.
-    When the sample's threshold is too high (too few candidates), the whole array is
-    partitioned instead. NaN-free input is assumed (errors map NaN mismatches to inf).
-    """
+def _largest(values: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest values (unordered). A strided sample picks a threshold first, so a
+    large array is filtered to a few candidates before the exact selection."""
     flat = values.reshape(-1)
-    n = flat.size
-    position = 0.99 * (n - 1)
-    low = int(math.floor(position))
-    high = min(low + 1, n - 1)
-    fraction = position - low
-    pool, offset = flat, 0
-    if n > 4096:
+    if k <= 0:
+        return flat[:0]
+    if flat.size <= k:
+        return flat
+    if flat.size > 4096:
         sample = flat[::16]
-        # Aim a little below the 99th percentile so that the candidates very likely cover it.
-        cut = int(0.985 * (sample.size - 1))
+        # Aim a little low, so that the candidates very likely include all k.
+        cut = int(max(0.0, 1.0 - 1.5 * k / flat.size) * (sample.size - 1))
         threshold = np.partition(sample, cut)[cut]
         candidates = flat[flat >= threshold]
-        if candidates.size >= n - low:  # every element below the threshold ranks below `low`
-            pool, offset = candidates, n - candidates.size
-    part = np.partition(pool, (low - offset, high - offset))
-    lo_value, hi_value = float(part[low - offset]), float(part[high - offset])
+        if candidates.size >= k:
+            flat = candidates
+    return np.partition(flat, flat.size - k)[flat.size - k:]
+
+
+def _p99_position(n: int) -> tuple[int, float]:
+    """``np.percentile``'s linear interpolation: the lower order statistic and the fraction."""
+    position = 0.99 * (n - 1)
+    low = int(math.floor(position))
+    return low, position - low
+
+
+def _p99_from_top(top: np.ndarray, n: int) -> float:
+    """p99 of ``n`` values given (at least) their ``n - low`` largest."""
+    low, fraction = _p99_position(n)
+    ordered = np.sort(top)[-(n - low):]
+    lo_value = float(ordered[0])
+    hi_value = float(ordered[1]) if ordered.size > 1 else lo_value
     return lo_value + (hi_value - lo_value) * fraction if fraction and hi_value != lo_value else lo_value
 
 
-def summarize(abs_error: np.ndarray, research: np.ndarray, tolerance: Tolerance, exact: bool = False,
-              magnitude: np.ndarray | None = None) -> ErrorStats:
-    """Statistics of one output's errors; the worst element is the largest absolute error.
+def percentile99(values: np.ndarray) -> float:
+    """Exactly ``np.percentile(values, 99)`` (linear interpolation), selecting only the top 1%.
 
-    One buffer holds the allowed error, then the tolerance ratio; another the
-    magnitude, then the relative error. This runs on every reference element of
-    every check, so each pass over the data counts next to inference.
+    NaN-free input is assumed (errors map NaN mismatches to inf).
     """
-    flat_abs = abs_error.reshape(-1)
-    if flat_abs.size == 0:
-        return ErrorStats(elements=0, max_abs=0, mean_abs=0, p99_abs=0, max_rel=0, mean_rel=0, p99_rel=0,
-                          violations=0, nonfinite_mismatches=0, worst_sample=None, worst_index=None,
-                          worst_serve=None, worst_research=None, required_atol=0, max_tolerance_ratio=0)
-    magnitude = (magnitude_of(research) if magnitude is None else magnitude.copy()).reshape(-1)
-    worst_flat = int(np.argmax(flat_abs))
-    worst_index = [int(i) for i in np.unravel_index(worst_flat, abs_error.shape)]
-    nonfinite = 0 if np.isfinite(flat_abs[worst_flat]) else int(np.isinf(flat_abs).sum())
+    n = values.size
+    low, _ = _p99_position(n)
+    return _p99_from_top(_largest(values, n - low), n)
 
-    if exact:
-        violations = int(np.count_nonzero(flat_abs))
-        max_ratio = math.inf if violations else 0.0
-        required: float | None = math.inf if violations else 0.0
-    else:
-        allowed = np.multiply(magnitude, tolerance.rtol)
-        allowed += tolerance.atol
-        violations = int(np.count_nonzero(flat_abs > allowed))
-        # Only a failure needs the smallest passing atol; skipping it spares two passes.
-        required = None
-        if violations:
-            required = math.inf if nonfinite else float(max(0.0, np.max(flat_abs - (allowed - tolerance.atol))))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratios = np.divide(flat_abs, allowed, out=allowed)
-        if tolerance.atol == 0:
-            ratios[flat_abs == 0] = 0.0  # 0/0 where research is 0: an exact match
-        max_ratio = float(np.max(ratios))
 
-    rel = np.maximum(magnitude, REL_EPSILON, out=magnitude)
-    rel = np.divide(flat_abs, rel, out=rel)
-    return ErrorStats(
-        elements=int(flat_abs.size),
-        max_abs=float(flat_abs[worst_flat]),
-        mean_abs=float(np.mean(flat_abs)),
-        p99_abs=percentile99(flat_abs),
-        max_rel=float(np.max(rel)),
-        mean_rel=float(np.mean(rel)),
-        p99_rel=percentile99(rel),
-        violations=violations,
-        nonfinite_mismatches=nonfinite,
-        worst_sample=worst_index[0] if abs_error.ndim else None,
-        worst_index=worst_index,
-        worst_serve=None,
-        worst_research=_as_float(np.asarray(research).reshape(-1)[worst_flat]),
-        required_atol=required,
-        max_tolerance_ratio=max_ratio,
-    )
+# Up to this many elements per output, every error is kept (16 MB of float64) and p99 is
+# taken once at the end; beyond it, only the running largest 1% is kept.
+KEEP_ALL_ELEMENTS = 2_000_000
+
+
+class OutputAccumulator:
+    """One output's comparison, fed batch by batch; :meth:`finish` gives the verdict.
+
+    Memory stays bounded however many samples are checked: sums, maxima and the worst
+    element stream exactly, and the exact p99 needs at most the largest 1% of values
+    (the total count is known up front), kept between batches.
+
+    Args:
+        name, tolerance, scores, min_decision_agreement, baseline_max_abs,
+        baseline_factor, tie_tolerance: as in :func:`compare_output`.
+        total_elements: how many elements all batches together will hold.
+    """
+
+    def __init__(self, name: str, tolerance: Tolerance, total_elements: int, *, scores: bool = False,
+                 min_decision_agreement: float = 1.0, baseline_max_abs: float | None = None,
+                 baseline_factor: float | None = None, tie_tolerance: Tolerance | None = None) -> None:
+        self.name, self.tolerance, self.total = name, tolerance, int(total_elements)
+        self.scores, self.min_decision_agreement = scores, min_decision_agreement
+        self.baseline_max_abs, self.baseline_factor = baseline_max_abs, baseline_factor
+        self.tie_tolerance = tie_tolerance or tolerance
+        self._keep = self.total - _p99_position(max(self.total, 1))[0]
+        # Once the buffers hold `_keep` values, nothing below the smallest of them can matter.
+        self._floors = {"abs": -math.inf, "rel": -math.inf}
+        self._keep_all = self.total <= KEEP_ALL_ELEMENTS
+        self.problem: str | None = None
+        self.elements = self.violations = self.nonfinite = 0
+        self.sum_abs = self.sum_rel = 0.0
+        self.max_abs = self.max_rel = self.max_ratio = 0.0
+        self.required: float | None = None
+        self.worst: tuple[list[int], float | None, float | None] | None = None
+        self.top_abs: list[np.ndarray] = []
+        self.top_rel: list[np.ndarray] = []
+        self.failing: list[tuple[float, int]] = []
+        self.failing_count = 0
+        self.samples = self.agreeing = self.ties = 0
+        self.disagreeing: list[int] = []
+        self.exact = False
+
+    def _keep_top(self, which: str, buffers: list[np.ndarray], values: np.ndarray) -> None:
+        if self._keep_all:
+            buffers.append(values)  # fresh arrays made by add(); selected once, at the end
+            return
+        floor = self._floors[which]
+        if floor > -math.inf:
+            values = values[values > floor]  # one cheap pass; usually almost nothing survives
+        buffers.append(_largest(values, self._keep))
+        if sum(b.size for b in buffers) > 4 * self._keep + 4096:
+            merged = _largest(np.concatenate(buffers), self._keep)
+            buffers[:] = [merged]
+            if merged.size == self._keep:
+                self._floors[which] = float(merged.min())
+
+    def add(self, serve: np.ndarray, research: np.ndarray, first_sample: int = 0) -> None:
+        """Compare one batch; ``first_sample`` is its first row's index in the whole set."""
+        serve, research = np.asarray(serve), np.asarray(research)
+        if self.problem is not None:
+            return
+        if serve.shape != research.shape:
+            self.problem = (f"shape {list(serve.shape)} differs from the research shape {list(research.shape)}"
+                            + (f" (batch from sample {first_sample})" if first_sample else ""))
+            return
+        exact = is_exact_dtype(research) or is_exact_dtype(serve)
+        if serve.dtype.kind in "USO" or research.dtype.kind in "USO":
+            abs_err = np.where(serve != research, np.inf, 0.0)
+            research = np.zeros(research.shape)
+            exact = True
+        else:
+            abs_err = absolute_error(serve, research, self.tolerance.equal_nan)
+        self.exact = self.exact or exact
+        flat_abs = abs_err.reshape(-1)
+        if flat_abs.size == 0:
+            return
+        magnitude = magnitude_of(research).reshape(-1)
+        tol = self.tolerance
+
+        worst = int(np.argmax(flat_abs))
+        if self.worst is None or flat_abs[worst] > self.max_abs:
+            index = [int(i) for i in np.unravel_index(worst, abs_err.shape)]
+            if index:
+                index[0] += first_sample
+            self.max_abs = float(flat_abs[worst])
+            self.worst = (index, _as_float(serve.reshape(-1)[worst]) if serve.dtype.kind not in "USO" else None,
+                          _as_float(research.reshape(-1)[worst]))
+        if not np.isfinite(flat_abs[worst]):
+            self.nonfinite += int(np.isinf(flat_abs).sum())
+
+        if exact:
+            bad = flat_abs != 0
+            batch_violations = int(np.count_nonzero(bad))
+            if batch_violations:
+                self.max_ratio = math.inf
+                self.required = math.inf
+        else:
+            allowed = np.multiply(magnitude, tol.rtol)
+            allowed += tol.atol
+            bad = flat_abs > allowed
+            batch_violations = int(np.count_nonzero(bad))
+            if batch_violations:
+                # Only violating elements can set the smallest passing atol (the rest are <= atol).
+                excess = float(np.max(flat_abs[bad] - (allowed[bad] - tol.atol)))
+                self.required = excess if self.required is None else max(self.required, excess)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios = np.divide(flat_abs, allowed, out=allowed)
+            if tol.atol == 0:
+                ratios[flat_abs == 0] = 0.0  # 0/0 where research is 0: an exact match
+            self.max_ratio = max(self.max_ratio, float(np.max(ratios)))
+        self.violations += batch_violations
+
+        rel = np.maximum(magnitude, REL_EPSILON, out=magnitude)
+        rel = np.divide(flat_abs, rel, out=rel)
+        self.sum_abs += float(np.sum(flat_abs))
+        self.sum_rel += float(np.sum(rel))
+        self.max_rel = max(self.max_rel, float(np.max(rel)))
+        self.elements += flat_abs.size
+        self._keep_top("abs", self.top_abs, flat_abs)
+        self._keep_top("rel", self.top_rel, rel)
+
+        if batch_violations and abs_err.ndim:
+            rows = abs_err.shape[0]
+            per_sample_bad = bad.reshape(rows, -1).any(axis=1)
+            self.failing_count += int(per_sample_bad.sum())
+            errors = abs_err.reshape(rows, -1).max(axis=1)
+            candidates = [(float(errors[i]), int(i) + first_sample) for i in np.flatnonzero(per_sample_bad)]
+            self.failing = sorted(self.failing + candidates, key=lambda c: -c[0])[:MAX_LISTED_SAMPLES]
+
+        if self.scores and not exact and research.ndim >= 1 and research.size:
+            decision = decision_agreement(serve, research, self.tie_tolerance, self.min_decision_agreement)
+            self.samples += decision.samples
+            self.agreeing += decision.agreeing
+            self.ties += decision.ties
+            room = MAX_LISTED_SAMPLES - len(self.disagreeing)
+            self.disagreeing += [i + first_sample for i in decision.disagreeing_samples[:room]]
+
+    def _p99(self, buffers: list[np.ndarray], n: int) -> float:
+        kept = buffers[0] if len(buffers) == 1 else np.concatenate(buffers)
+        return percentile99(kept) if self._keep_all else _p99_from_top(kept, n)
+
+    def finish(self) -> OutputComparison:
+        if self.problem is not None:
+            return OutputComparison(name=self.name, passed=False, tolerance=self.tolerance, stats=None,
+                                    problem=self.problem)
+        n = self.elements
+        if n == 0:
+            stats = ErrorStats(elements=0, max_abs=0, mean_abs=0, p99_abs=0, max_rel=0, mean_rel=0, p99_rel=0,
+                               violations=0, nonfinite_mismatches=0, worst_sample=None, worst_index=None,
+                               worst_serve=None, worst_research=None, required_atol=0, max_tolerance_ratio=0)
+        else:
+            if n != self.total:  # the p99 bookkeeping assumed `total`; recompute from what was kept
+                self._keep = n - _p99_position(n)[0]
+            index, worst_serve, worst_research = self.worst or (None, None, None)
+            stats = ErrorStats(
+                elements=n, max_abs=self.max_abs, mean_abs=self.sum_abs / n,
+                p99_abs=self._p99(self.top_abs, n),
+                max_rel=self.max_rel, mean_rel=self.sum_rel / n,
+                p99_rel=self._p99(self.top_rel, n),
+                violations=self.violations, nonfinite_mismatches=self.nonfinite,
+                worst_sample=index[0] if index else None, worst_index=index or None,
+                worst_serve=worst_serve, worst_research=worst_research,
+                required_atol=(math.inf if self.nonfinite else self.required) if self.violations else None,
+                max_tolerance_ratio=self.max_ratio,
+            )
+        decision = None
+        if self.scores and not self.exact and self.samples:
+            decision = DecisionStats(samples=self.samples, agreeing=self.agreeing, ties=self.ties,
+                                     agreement=self.agreeing / self.samples, min_agreement=self.min_decision_agreement,
+                                     disagreeing_samples=self.disagreeing)
+        passed = stats.violations == 0 and (decision is None or decision.passed)
+        above = False
+        if self.baseline_max_abs is not None and self.baseline_factor is not None:
+            # A floor of a few float32 ulps at 1.0 keeps a zero baseline from flagging noise.
+            above = stats.max_abs > self.baseline_factor * max(self.baseline_max_abs, 1e-6)
+        return OutputComparison(
+            name=self.name, passed=passed, tolerance=self.tolerance, stats=stats, decision=decision,
+            failing_samples=[i for _, i in self.failing], failing_sample_count=self.failing_count,
+            baseline_max_abs=self.baseline_max_abs, above_baseline=above,
+        )
 
 
 def _as_float(value: object) -> float | None:
@@ -319,49 +462,11 @@ def compare_output(
         True
     """
     serve, research = np.asarray(serve), np.asarray(research)
-    if serve.shape != research.shape:
-        return OutputComparison(
-            name=name, passed=False, tolerance=tolerance, stats=None,
-            problem=f"shape {list(serve.shape)} differs from the research shape {list(research.shape)}",
-        )
-    exact = is_exact_dtype(research) or is_exact_dtype(serve)
-    if serve.dtype.kind in "USO" or research.dtype.kind in "USO":
-        abs_err = (serve != research).astype(np.float64)
-        abs_err = np.where(abs_err > 0, np.inf, 0.0)
-        exact = True
-    else:
-        abs_err = absolute_error(serve, research, tolerance.equal_nan)
-    research_numeric = research if research.dtype.kind not in "USO" else np.zeros(research.shape)
-    stats = summarize(abs_err, research_numeric, tolerance, exact)
-    if stats.worst_index is not None and serve.dtype.kind not in "USO":
-        stats = stats.model_copy(update={"worst_serve": _as_float(serve[tuple(stats.worst_index)])})
-
-    failing_count, failing = 0, []
-    if stats.violations and abs_err.ndim:
-        # The failure path: recompute the mask to locate the failing samples.
-        violations = violation_mask(abs_err, research_numeric, tolerance, exact)
-        per_sample = violations.reshape(violations.shape[0], -1)
-        bad = per_sample.any(axis=1)
-        failing_count = int(bad.sum())
-        if failing_count:
-            excess = abs_err.reshape(violations.shape[0], -1).max(axis=1)
-            order = np.argsort(-excess[bad], kind="stable")
-            failing = [int(i) for i in np.flatnonzero(bad)[order][:MAX_LISTED_SAMPLES]]
-
-    decision = None
-    if scores and not exact and research.ndim >= 1 and research.size:
-        decision = decision_agreement(serve, research, tie_tolerance or tolerance, min_decision_agreement)
-
-    passed = stats.violations == 0 and (decision is None or decision.passed)
-    above = False
-    if baseline_max_abs is not None and baseline_factor is not None:
-        # A floor of a few float32 ulps at 1.0 keeps a zero baseline from flagging noise.
-        above = stats.max_abs > baseline_factor * max(baseline_max_abs, 1e-6)
-    return OutputComparison(
-        name=name, passed=passed, tolerance=tolerance, stats=stats, decision=decision,
-        failing_samples=failing, failing_sample_count=failing_count,
-        baseline_max_abs=baseline_max_abs, above_baseline=above,
-    )
+    accumulator = OutputAccumulator(
+        name, tolerance, research.size, scores=scores, min_decision_agreement=min_decision_agreement,
+        baseline_max_abs=baseline_max_abs, baseline_factor=baseline_factor, tie_tolerance=tie_tolerance)
+    accumulator.add(serve, research)
+    return accumulator.finish()
 
 
 def explain_failure(c: OutputComparison) -> str:

@@ -59,7 +59,8 @@ def test_sigkill_never_leaves_a_partial_bundle(tmp_path, force):
         process.stdin.write("go\n")
         process.stdin.flush()
         try:
-            process.wait(timeout=rng.uniform(0, duration * 1.1))
+            # Up to 1.5x the measured duration, so kills land before, during and after the commit.
+            process.wait(timeout=rng.uniform(0, duration * 1.5))
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
@@ -74,8 +75,8 @@ def test_sigkill_never_leaves_a_partial_bundle(tmp_path, force):
     HOSTILE_COUNTS[key] = f"{KILL_POINTS} tried: {outcomes['complete']} complete, {outcomes['absent']} absent, " \
                           f"{outcomes['partial']} partial; {mid_write} landed mid-write"
     assert outcomes["partial"] == 0, outcomes
-    # The kills landed on both sides of the commit.
-    assert outcomes["complete"] > 0 and mid_write > 0
+    # The test means something only if kills landed while the bundle was being written.
+    assert mid_write > 0, outcomes
 
 
 def test_concurrent_exports_to_one_target_one_wins_the_other_fails_cleanly(tmp_path):

@@ -147,3 +147,27 @@ def test_several_named_inputs_and_outputs(tmp_path):
     assert [s.name for s in result.manifest.inputs] == ["left", "right"]
     assert {s.name: s.kind for s in result.manifest.outputs} == {"probs": "scores", "total": "values"}
     assert paritybundle.check(tmp_path / "b")
+
+
+def test_external_data_export_shares_one_weights_file_between_both_graphs(tmp_path):
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Linear(4, 512), torch.nn.ReLU(), torch.nn.Linear(512, 3))  # 1 MB of weights
+    result = paritybundle.export(wide, tmp_path / "b", reference_inputs=X, name="tiny", external_data=True)
+    files = set(result.manifest.files)
+    data_files = files - {"pipeline.onnx", "model.onnx", "reference/inputs.npz", "reference/outputs.npz",
+                          "environment.lock.json", "requirements-serve.txt"}
+    assert len(data_files) == 1, files  # model.onnx and pipeline.onnx refer to the same side file
+    from paritybundle.external_data import external_locations
+
+    assert set(external_locations(tmp_path / "b" / "pipeline.onnx")) == data_files
+    assert (tmp_path / "b" / "model.onnx").stat().st_size < 20_000
+    assert (tmp_path / "b" / next(iter(data_files))).stat().st_size > 4 * 512 * 4
+    assert paritybundle.check(tmp_path / "b").passed
+
+
+def test_bundle_directory_is_readable_by_others(tmp_path):
+    import stat
+
+    paritybundle.export(TinyMLP(), tmp_path / "b", reference_inputs=X, name="tiny")
+    mode = stat.S_IMODE((tmp_path / "b").stat().st_mode)
+    assert mode & stat.S_IROTH and mode & stat.S_IXOTH, oct(mode)

@@ -195,6 +195,10 @@ class BundleWriter:
         parent = self.target.parent
         parent.mkdir(parents=True, exist_ok=True)
         self._staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
+        # mkdtemp makes it 0700; a bundle is an artifact others read (a container's non-root user).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._staging, 0o777 & ~umask)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

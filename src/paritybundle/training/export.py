@@ -452,7 +452,7 @@ def _export_onnx(spec: ExportSpec, model: Any, inputs: Mapping[str, np.ndarray],
                     model, args, None, dynamo=True, input_names=names, output_names=output_names,
                     dynamic_shapes=tuple({0: batch} for _ in args), opset_version=spec.opset, verbose=False,
                 )
-                program.save(str(path))
+                program.save(str(path), external_data=_use_external_data(spec, model))
             else:
                 torch.onnx.export(
                     model, args, str(path), dynamo=False, input_names=names, output_names=output_names,
@@ -464,9 +464,23 @@ def _export_onnx(spec: ExportSpec, model: Any, inputs: Mapping[str, np.ndarray],
             f"torch's ONNX exporter ({spec.exporter}) could not convert {type(model).__name__}: "
             f"{type(exc).__name__}: {_first_paragraph(exc)}"
         ) from None
-    extra = [p.name for p in path.parent.iterdir() if p.name not in (path.name, PIPELINE_FILE) and p.is_file()]
-    if extra:
-        raise ExportError(f"the exporter wrote external data files {extra}; models over 2 GB are not supported yet.")
+    # Weights the exporter kept in side files must be exactly the files model.onnx refers to.
+    from ..external_data import check_external_data
+
+    staged = {p.name for p in path.parent.iterdir() if p.is_file()}
+    check_external_data(path.name, path.parent, staged)
+
+
+# Models with at least this many bytes of parameters keep their weights in a side file
+# (model.onnx.data): protobuf cannot hold 2 GB, and a small model.onnx is cheap to parse.
+EXTERNAL_DATA_ABOVE_BYTES = 512 * 1024 ** 2
+
+
+def _use_external_data(spec: ExportSpec, model: Any) -> bool:
+    if spec.external_data is not None:
+        return spec.external_data
+    size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    return size >= EXTERNAL_DATA_ABOVE_BYTES
 
 
 def _graph_specs(model_path: Path, spec_inputs: Mapping[str, np.ndarray], output_names: list[str], spec: ExportSpec,

@@ -46,6 +46,8 @@ class ExportSpec:
         source_path: a file of the training code, for the git commit (default: cwd).
         research_outputs: with an ``.onnx`` model: name -> the outputs the research
             framework computed on ``reference_inputs`` (e.g. ``predict_proba``).
+        external_data: keep weights in ``model.onnx.data`` (None: when parameters
+            reach 512 MiB; the dynamo exporter only).
     """
 
     model: Any
@@ -67,6 +69,7 @@ class ExportSpec:
     opset: int | None = None
     source_path: str | None = None
     research_outputs: Mapping[str, Any] | None = None
+    external_data: bool | None = None
 
 
 def load_spec(reference: str) -> ExportSpec:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import check_vs_ort, hashing, scale, serving
+from . import check_vs_ort, hashing, scale, serving, startup
 
-BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main, "serving": serving.main, "scale": scale.main}
+BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main, "startup": startup.main, "serving": serving.main, "scale": scale.main}
 
 
 def main(names: list[str]) -> None:

@@ -28,6 +28,13 @@ def rehash(bundle: Path) -> None:
     (bundle / MANIFEST_NAME).write_text(manifest.model_copy(update={"files": files}).to_json())
 
 
+def truncate_and_rehash(bundle: Path, relative: str, keep: int) -> None:
+    """Cut a file to its first `keep` bytes and re-hash the manifest over it."""
+    path = bundle / relative
+    path.write_bytes(path.read_bytes()[:keep])
+    rehash(bundle)
+
+
 def edit_initializers(bundle: Path, change) -> None:
     """Apply ``change(name, array) -> array`` to every float initializer of both graphs, then rehash."""
     for graph_file in ("pipeline.onnx", "model.onnx"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import paritybundle
-from bundle_tools import perturb_weights, rehash, round_weights_to_fp16
+from bundle_tools import perturb_weights, rehash, round_weights_to_fp16, truncate_and_rehash
 from paritybundle.errors import BundleInvalid, InputValidationError, UsageError
 from paritybundle.manifest import Tolerance
 from paritybundle.runtime import SessionSettings
@@ -78,17 +78,13 @@ def test_override_for_unknown_output_is_a_usage_error(digits_bundle):
 
 
 def test_truncated_onnx_with_rehashed_manifest_is_bundle_invalid(bundle_copy):
-    path = bundle_copy / "pipeline.onnx"
-    path.write_bytes(path.read_bytes()[:2000])
-    rehash(bundle_copy)
+    truncate_and_rehash(bundle_copy, "pipeline.onnx", 2000)
     with pytest.raises(BundleInvalid, match="ONNX Runtime cannot load pipeline.onnx"):
         paritybundle.check(bundle_copy)
 
 
 def test_truncated_npz_with_rehashed_manifest_is_bundle_invalid(bundle_copy):
-    path = bundle_copy / "reference" / "outputs.npz"
-    path.write_bytes(path.read_bytes()[:500])
-    rehash(bundle_copy)
+    truncate_and_rehash(bundle_copy, "reference/outputs.npz", 500)
     with pytest.raises(BundleInvalid, match="reference/outputs.npz is truncated or not a numpy .npz"):
         paritybundle.check(bundle_copy)
 

@@ -8,7 +8,7 @@ import platform
 import pytest
 
 import paritybundle
-from bundle_tools import rehash
+from bundle_tools import rehash, truncate_and_rehash
 from paritybundle import environment
 from paritybundle.cli import main
 from paritybundle.errors import BundleInvalid, EnvironmentRefused, UsageError
@@ -108,9 +108,7 @@ def test_unknown_policy_is_a_usage_error(digits_bundle):
 
 
 def test_truncated_lock_is_a_bundle_error(bundle_copy):
-    path = bundle_copy / "environment.lock.json"
-    path.write_bytes(path.read_bytes()[:40])
-    rehash(bundle_copy)
+    truncate_and_rehash(bundle_copy, "environment.lock.json", 40)
     with pytest.raises(BundleInvalid, match="environment.lock.json is not a valid environment lock"):
         paritybundle.check(bundle_copy)
 

@@ -42,10 +42,12 @@ class SessionSettings:
     graph_optimization_level: str = "all"
     # 0 lets ONNX Runtime choose (one thread per physical core).
     intra_op_num_threads: int = 0
-    # Idle intra-op threads spin for work by default. A server must not: spinning threads
-    # burn the cores its event loop needs (measured: 3.2k -> 7.9k req/s on 2 cores).
-    # Numerics do not depend on it.
-    allow_spinning: bool = True
+    # ONNX Runtime's idle intra-op threads spin for work by default. paritybundle always has
+    # other work right after a run (comparing, answering HTTP), and spinning threads take
+    # the cores it needs: on 2 cores, serving went 3.2k -> 7.9k req/s with spinning off, and
+    # check under CPU contention 1.13-1.25x -> 0.98-1.01x of a bare loop (no change when the
+    # machine is quiet). Numerics do not depend on it.
+    allow_spinning: bool = False
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:

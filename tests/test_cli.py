@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from bundle_tools import perturb_weights
 from paritybundle.cli import main

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 import paritybundle
 from bundle_tools import rehash
@@ -31,7 +30,6 @@ def _externalize(bundle, location, write_file=True):
 
 
 def _list_file(bundle, relative):
-    from paritybundle.manifest import FileDigest
     from paritybundle.store import read_manifest, sha256_file
 
     manifest = read_manifest(bundle)

@@ -8,7 +8,6 @@ of cases each test ran is printed at the end of the session.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import os
 import re
@@ -16,7 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

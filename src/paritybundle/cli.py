@@ -145,7 +145,6 @@ def check_command(
 ) -> int:
     """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
     from .checker import check, check_url, settings_from_manifest
-    from .report import render_check
     from .runtime import SessionSettings
     from .signing import resolve_key
     from .store import read_manifest

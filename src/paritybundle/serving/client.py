@@ -35,7 +35,7 @@ class V2Client:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise EndpointError(f"{self.base}{path} did not answer within {self.timeout_s:g} s.") from None
         except urllib.error.URLError as exc:
             reason = exc.reason if not isinstance(exc.reason, socket.timeout) else f"no answer within {self.timeout_s:g} s"

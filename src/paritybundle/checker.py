@@ -22,7 +22,7 @@ from .environment import DEFAULT_POLICY, DriftReport
 from .errors import BundleInvalid, InputValidationError, UsageError
 from .manifest import Manifest, TensorSpec, Tolerance, TolerancePolicy
 from .external_data import check_external_data
-from .parity import OutputAccumulator, OutputComparison, compare_output
+from .parity import OutputAccumulator, OutputComparison
 from .references import ArrayStream
 from .runtime import DEFAULT_BATCH_SIZE, Runner, SessionSettings, create_session, onnxruntime_version
 from .store import VerifiedBundle, open_bundle
@@ -143,8 +143,6 @@ def read_lock(bundle: VerifiedBundle) -> environment.EnvironmentLock:
 
 def environment_drift(bundle: VerifiedBundle, policy: str, providers: list[str]) -> DriftReport:
     """Compare this environment with the bundle's lock and judge it under ``policy``."""
-    if policy not in environment.POLICIES:  # before any work, so a typo is a usage error
-        raise UsageError(f"environment policy {policy!r} is not one of {', '.join(environment.POLICIES)}.")
     items = environment.diff_environments(read_lock(bundle), environment.capture(with_closure=False), providers)
     return environment.apply_policy(items, policy)
 
@@ -274,20 +272,16 @@ def stream_comparison(
     ``batch_size`` (it receives at most that many rows when the set streams).
     """
     manifest = bundle.manifest
-    policy = manifest.tolerance
     inputs = ArrayStream(bundle.path(manifest.reference.inputs), [s.name for s in manifest.inputs],
                          label=manifest.reference.inputs)
     research = ArrayStream(bundle.path(manifest.reference.outputs), [s.name for s in manifest.outputs],
                            label=manifest.reference.outputs)
     if inputs.rows != research.rows:
         raise BundleInvalid(f"the reference set has {inputs.rows} inputs but {research.rows} outputs; re-export the bundle.")
+    baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
     accumulators = {
-        spec.name: OutputAccumulator(
-            spec.name, overrides.get(spec.name, policy.for_output(spec.name)),
-            research.rows * research.elements_per_row(spec.name),
-            scores=spec.kind == "scores", min_decision_agreement=policy.min_decision_agreement,
-            baseline_max_abs=manifest.export_errors[spec.name].max_abs if spec.name in manifest.export_errors else None,
-            baseline_factor=policy.baseline_factor, tie_tolerance=policy.default)
+        spec.name: output_accumulator(spec, manifest.tolerance, research.rows * research.elements_per_row(spec.name),
+                                      overrides, baselines)
         for spec in manifest.outputs
     }
     size = sum(bundle.manifest.files[f].bytes for f in (manifest.reference.inputs, manifest.reference.outputs))
@@ -399,6 +393,20 @@ def _overrides(manifest: Manifest, tolerance: Tolerance | None,
     return overrides
 
 
+def output_accumulator(spec: TensorSpec, policy: TolerancePolicy, total_elements: int,
+                       overrides: Mapping[str, Tolerance] | None = None,
+                       baselines: Mapping[str, float] | None = None) -> OutputAccumulator:
+    """How one output is judged under ``policy``: the one place that reads the policy for it."""
+    return OutputAccumulator(
+        spec.name, (overrides or {}).get(spec.name, policy.for_output(spec.name)), total_elements,
+        scores=spec.kind == "scores",
+        min_decision_agreement=policy.min_decision_agreement,
+        baseline_max_abs=(baselines or {}).get(spec.name),
+        baseline_factor=policy.baseline_factor,
+        tie_tolerance=policy.default,
+    )
+
+
 def compare_with_policy(
     outputs: Sequence[TensorSpec],
     policy: TolerancePolicy,
@@ -407,21 +415,14 @@ def compare_with_policy(
     baselines: Mapping[str, float] | None = None,
     overrides: Mapping[str, Tolerance] | None = None,
 ) -> list[OutputComparison]:
-    """Compare each output in ``outputs`` under ``policy``; export and check share this."""
-    overrides = overrides or {}
-    baselines = baselines or {}
-    return [
-        compare_output(
-            spec.name, served[spec.name], research[spec.name],
-            overrides.get(spec.name, policy.for_output(spec.name)),
-            scores=spec.kind == "scores",
-            min_decision_agreement=policy.min_decision_agreement,
-            baseline_max_abs=baselines.get(spec.name),
-            baseline_factor=policy.baseline_factor,
-            tie_tolerance=policy.default,
-        )
-        for spec in outputs
-    ]
+    """Compare whole in-memory outputs under ``policy`` (export's validation)."""
+    results = []
+    for spec in outputs:
+        expected = np.asarray(research[spec.name])
+        accumulator = output_accumulator(spec, policy, expected.size, overrides, baselines)
+        accumulator.add(served[spec.name], expected)
+        results.append(accumulator.finish())
+    return results
 
 
 def verify(path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None = None) -> VerifiedBundle:

@@ -132,33 +132,30 @@ def absolute_error(serve: np.ndarray, research: np.ndarray, equal_nan: bool = Tr
 
 def magnitude_of(research: np.ndarray) -> np.ndarray:
     """``|research|`` in float64, non-finite values counted as 0 (their bound is atol)."""
-    magnitude = np.abs(np.asarray(research), dtype=np.float64) if np.asarray(research).dtype.kind == "f" \
-        else np.abs(upcast(research)).astype(np.float64)
-    if not np.isfinite(magnitude).all():
+    research = np.asarray(research)
+    if research.dtype.kind == "f":
+        # Finiteness is checked on the source (float32 is half the bytes of the float64 result).
+        finite = bool(np.isfinite(research).all())
+        magnitude = np.abs(research, dtype=np.float64)
+    else:
+        finite, magnitude = True, np.abs(upcast(research)).astype(np.float64)
+    if not finite:
         magnitude[~np.isfinite(magnitude)] = 0.0
     return magnitude
 
 
+def _relative(abs_error: np.ndarray, magnitude: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    divisor = np.maximum(magnitude, REL_EPSILON, out=out)
+    return np.divide(abs_error, divisor, out=divisor)
+
+
 def relative_error(abs_error: np.ndarray, research: np.ndarray) -> np.ndarray:
-    """Absolute error over ``max(|research|, 1e-12)``; non-finite research counts as 1."""
-    magnitude = np.abs(upcast(research)).astype(np.float64)
-    magnitude = np.where(np.isfinite(magnitude), magnitude, 1.0)
-    return abs_error / np.maximum(magnitude, REL_EPSILON)
+    """Absolute error over ``max(|research|, 1e-12)``.
 
-
-def allowed_error(research: np.ndarray, tolerance: Tolerance) -> np.ndarray:
-    """The per-element bound ``atol + rtol * |research|`` (NaN/inf research: atol)."""
-    return tolerance.atol + tolerance.rtol * magnitude_of(research)
-
-
-def violation_mask(abs_error: np.ndarray, research: np.ndarray, tolerance: Tolerance, exact: bool,
-                   magnitude: np.ndarray | None = None) -> np.ndarray:
-    """True where an element is outside tolerance (any difference, for exact dtypes)."""
-    if exact:
-        return abs_error != 0
-    if magnitude is None:
-        magnitude = magnitude_of(research)
-    return abs_error > tolerance.atol + tolerance.rtol * magnitude
+    Where research is NaN or inf the error is 0 (matched) or inf (mismatched), so the
+    magnitude used there does not change the result.
+    """
+    return _relative(abs_error, magnitude_of(research))
 
 
 def _largest(values: np.ndarray, k: int) -> np.ndarray:
@@ -285,11 +282,7 @@ class OutputAccumulator:
             return
         worst = int(np.argmax(flat_abs))
         finite = bool(np.isfinite(flat_abs[worst]))  # inf marks every NaN/inf mismatch
-        # A finite difference means both sides were finite there; matched NaN/inf give 0, so
-        # research may still hold them and its magnitude then needs the slow path.
-        magnitude = (np.abs(research, dtype=np.float64).reshape(-1)
-                     if research.dtype.kind == "f" and np.isfinite(research).all() else
-                     magnitude_of(research).reshape(-1))
+        magnitude = magnitude_of(research).reshape(-1)
         tol = self.tolerance
 
         if self.worst is None or flat_abs[worst] > self.max_abs:
@@ -330,8 +323,7 @@ class OutputAccumulator:
                 self.required = excess if self.required is None else max(self.required, excess)
         self.violations += batch_violations
 
-        rel = np.maximum(magnitude, REL_EPSILON, out=magnitude)
-        rel = np.divide(flat_abs, rel, out=rel)
+        rel = _relative(flat_abs, magnitude, out=magnitude)  # the magnitude is not needed after this
         self.sum_abs += float(np.sum(flat_abs))
         self.sum_rel += float(np.sum(rel))
         self.max_rel = max(self.max_rel, float(np.max(rel)))

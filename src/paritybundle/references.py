@@ -27,38 +27,13 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     path.write_bytes(buffer.getvalue())
 
 
-def load_arrays(path: Path, expected: list[str], *, label: str) -> dict[str, np.ndarray]:
-    """Read named arrays from an ``.npz``; pickled content is refused.
-
-    Args:
-        path: the ``.npz`` file.
-        expected: the names that must be present (and no others).
-        label: the file's name in the bundle, for messages.
-
-    Raises:
-        BundleInvalid: unreadable, truncated, pickled, or names that differ from ``expected``.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            if sorted(names) != sorted(expected):
-                raise BundleInvalid(
-                    f"{label} holds arrays {sorted(names)} but the manifest declares {sorted(expected)}; "
-                    "re-export the bundle."
-                )
-            return {name: archive[name] for name in expected}
-    except BundleInvalid:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise BundleInvalid(f"{label} contains pickled objects, which paritybundle never loads; re-export the bundle.") from None
-        raise BundleInvalid(f"{label} cannot be read as a numpy .npz ({exc}); re-export the bundle.") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise BundleInvalid(f"{label} is truncated or not a numpy .npz ({exc}); re-export the bundle.") from None
-    except Exception as exc:
-        # numpy parses each .npy header with ast.literal_eval: a corrupt header raises SyntaxError,
-        # tokenize.TokenError or MemoryError (found by tests/test_hostile.py). All mean the same here.
-        raise BundleInvalid(f"{label} has a corrupt array header ({type(exc).__name__}); re-export the bundle.") from None
+def _read_header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of a ``.npy`` stream, with numpy's own reader; leaves
+    the stream at the first data byte."""
+    version = np.lib.format.read_magic(member)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = reader(member)
+    return tuple(shape), fortran_order, dtype
 
 
 class ArrayStream:
@@ -96,14 +71,12 @@ class ArrayStream:
         self.names = expected
 
     def _header(self, member, name: str) -> tuple[tuple[int, ...], np.dtype]:
-        version = np.lib.format.read_magic(member)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = reader(member)
+        shape, fortran_order, dtype = _read_header(member)
         if dtype.hasobject:
             raise BundleInvalid(f"{self.label} contains pickled objects, which paritybundle never loads; re-export the bundle.")
         if fortran_order and len(shape) > 1:
             raise BundleInvalid(f"{self.label}: array {name!r} is in Fortran order, which bundles never use; re-export.")
-        return tuple(shape), dtype
+        return shape, dtype
 
     def elements_per_row(self, name: str) -> int:
         shape, _ = self.headers[name]
@@ -115,9 +88,7 @@ class ArrayStream:
             members = {name: archive.open(f"{name}.npy") for name in self.names}
             try:
                 for member in members.values():
-                    version = np.lib.format.read_magic(member)
-                    (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                     else np.lib.format.read_array_header_2_0)(member)
+                    _read_header(member)  # validated in __init__; skip to the data
                 for first in range(0, self.rows, batch_rows):
                     count = min(batch_rows, self.rows - first)
                     yield first, {name: self._read(members[name], name, count) for name in self.names}
@@ -129,6 +100,12 @@ class ArrayStream:
             finally:
                 for member in members.values():
                     member.close()
+
+    def read_all(self) -> dict[str, np.ndarray]:
+        """Every row of every array, in one batch (a reference set always has at least one sample)."""
+        for _, arrays in self.batches(max(self.rows, 1)):
+            return arrays
+        raise BundleInvalid(f"{self.label} holds no samples; re-export the bundle.")
 
     def _read(self, member, name: str, rows: int) -> np.ndarray:
         shape, dtype = self.headers[name]

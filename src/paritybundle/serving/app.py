@@ -130,7 +130,7 @@ async def _start(state: ServerState, started: float) -> None:
         manifest = read_manifest(options.bundle)
         recorded = settings_from_manifest(manifest)
         threads = recorded.intra_op_num_threads if options.intra_op_num_threads is None else options.intra_op_num_threads
-        settings = dataclasses.replace(recorded, intra_op_num_threads=threads, allow_spinning=False)
+        settings = dataclasses.replace(recorded, intra_op_num_threads=threads)
         runtime = await loop.run_in_executor(None, lambda: load(options.bundle, settings, options.env_policy, options.public_key))
         state.name, state.version = runtime.manifest.name, runtime.manifest.version
         report = await loop.run_in_executor(None, check_runtime, runtime)

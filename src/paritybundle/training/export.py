@@ -30,7 +30,7 @@ from ..manifest import (
     RuntimeSettings, Stages, TensorSpec, Tolerance, validate_name,
 )
 from ..parity import explain_failure
-from ..references import load_arrays, save_arrays
+from ..references import ArrayStream, save_arrays
 from ..runtime import Runner, SessionSettings, create_session, numpy_dtype_of_onnx, onnxruntime_version
 from ..store import BundleWriter
 from ..tolerance import default_policy
@@ -208,7 +208,7 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, inputs: dict[str, np.n
     save_arrays(writer.path(INPUTS_FILE), inputs)
     save_arrays(writer.path(OUTPUTS_FILE), research)
     # Read back what was written: a reference set that cannot round-trip must not ship.
-    load_arrays(writer.path(INPUTS_FILE), list(inputs), label=INPUTS_FILE)
+    ArrayStream(writer.path(INPUTS_FILE), list(inputs), label=INPUTS_FILE).read_all()
     lock = environment.capture(torch_info)
     writer.write_bytes(LOCK_FILE, lock.to_json().encode())
     writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text(lock).encode())

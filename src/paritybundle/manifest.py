@@ -143,6 +143,41 @@ class ReferenceSet(_Strict):
     precision: str
 
 
+class PreprocessStep(_Strict):
+    """One fitted step of the frozen preprocessing, with its statistics (for reading, not running)."""
+
+    kind: str = Field(min_length=1, max_length=64)
+    # What the step does with a missing value (NaN): see paritybundle.preprocess.
+    nan: Literal["propagates", "replaced", "none"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreprocessColumn(_Strict):
+    """The steps one raw input goes through, and where its features land in the output."""
+
+    input: str
+    # [start, stop) along the features' last axis; None: the whole output.
+    features: list[int] | None = None
+    steps: list[PreprocessStep] = Field(default_factory=list)
+
+    @field_validator("features")
+    @classmethod
+    def _slice(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or not 0 <= value[0] < value[1]):
+            raise ValueError("must be [start, stop) with 0 <= start < stop")
+        return value
+
+
+class Preprocessing(_Strict):
+    """What ``preprocess.onnx`` does: raw inputs -> the model's inputs (the features)."""
+
+    source: Literal["paritybundle", "scikit-learn", "torch"]
+    description: str = Field(max_length=4096)
+    # The preprocessing outputs = model.onnx's inputs, stored in reference/features.npz.
+    features: list[TensorSpec] = Field(min_length=1)
+    columns: list[PreprocessColumn]
+
+
 class GitInfo(_Strict):
     commit: str
     dirty: bool
@@ -177,6 +212,8 @@ class Manifest(_Strict):
     runtime: RuntimeSettings
     reference: ReferenceSet
     export_errors: dict[str, OutputError]
+    # Present exactly when there is a preprocess stage (and reference features).
+    preprocessing: Preprocessing | None = None
     environment_lock: str
     serve_requirements: str
     files: dict[str, FileDigest]
@@ -206,6 +243,9 @@ class Manifest(_Strict):
         for path in referenced:
             if path not in self.files:
                 raise ValueError(f"{path} is referenced but not listed in files")
+        staged = (self.stages.preprocess is not None, self.reference.features is not None, self.preprocessing is not None)
+        if len(set(staged)) != 1:
+            raise ValueError("stages.preprocess, reference.features and preprocessing must be present together")
         output_names = {o.name for o in self.outputs}
         for name in self.tolerance.per_output:
             if name not in output_names:

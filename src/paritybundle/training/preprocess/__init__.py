@@ -1,0 +1,18 @@
+"""Preprocessing fitted in research and frozen into ``preprocess.onnx``.
+
+``Pipeline`` (one input) and ``Columns`` (named inputs of mixed types) hold the
+steps in :mod:`.steps`; see that module for what each step does with NaN, unseen
+categories and image layouts. A fitted scikit-learn transformer or a
+``torch.nn.Module`` is accepted by ``export(preprocess=...)`` as well.
+"""
+
+from .pipeline import Columns, Pipeline, Preprocessor
+from .steps import (
+    ChannelOrder, Clip, Impute, Index, Log1p, MinMaxScale, Normalize, OneHot, Resize, Scale, Standardize, Step,
+    ToFloatCHW, resize_weights,
+)
+
+__all__ = [
+    "ChannelOrder", "Clip", "Columns", "Impute", "Index", "Log1p", "MinMaxScale", "Normalize", "OneHot", "Pipeline",
+    "Preprocessor", "Resize", "Scale", "Standardize", "Step", "ToFloatCHW", "resize_weights",
+]

@@ -40,7 +40,9 @@ log = logging.getLogger("paritybundle.export")
 
 MODEL_FILE = "model.onnx"
 PIPELINE_FILE = "pipeline.onnx"
+PREPROCESS_FILE = "preprocess.onnx"
 INPUTS_FILE = "reference/inputs.npz"
+FEATURES_FILE = "reference/features.npz"
 OUTPUTS_FILE = "reference/outputs.npz"
 LOCK_FILE = "environment.lock.json"
 REQUIREMENTS_FILE = "requirements-serve.txt"
@@ -114,6 +116,11 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
     torch = _import_torch()
     _validate_spec(spec, torch)
     inputs = _reference_inputs(spec)
+    staged = _preprocessing(spec, inputs)
+    if staged is not None:
+        inputs = staged.raw
+    # What the model itself reads: the features when there is preprocessing, else the raw inputs.
+    model_inputs = staged.features if staged is not None else inputs
     model = spec.model
     device = _model_device(model, torch)
     with _eval_mode(model) as was_training:
@@ -122,18 +129,18 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
                        "(dropout off, batch-norm running statistics), as serving will run it.")
             # logging's last-resort handler prints warnings even where nothing configured logging.
             log.warning(message)
-        research_first = _run_torch(model, inputs, torch, device)
+        research_first = _run_torch(model, model_inputs, torch, device)
         output_names = _output_names(spec, len(research_first))
         research = dict(zip(output_names, research_first))
-        _check_deterministic(model, inputs, research, torch, device)
+        _check_deterministic(model, model_inputs, research, torch, device)
         reference_device = spec.reference_device or device.type
         reference_precision = spec.reference_precision or _precision(model, torch, device)
         with BundleWriter(out, force=force) as writer:
             model_path = writer.path(MODEL_FILE)
-            _export_onnx(spec, model, inputs, output_names, model_path, torch, device)
+            _export_onnx(spec, model, model_inputs, output_names, model_path, torch, device, preprocessing=staged is not None)
             manifest = _write_bundle(writer, spec, inputs, research, reference_device, reference_precision,
                                      exporter=f"torch.onnx ({spec.exporter})", torch_info=_torch_info(torch, device),
-                                     research_label="torch")
+                                     research_label="torch", staged=staged)
             path = writer.commit(manifest)
     log.info("exported %s v%s to %s", spec.name, spec.version, path)
     return ExportResult(path=path, manifest=manifest, was_training=was_training)
@@ -154,6 +161,9 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
                         "on reference_inputs (name -> array), which the bundle will be held to.")
     inputs = _reference_inputs(spec, cap=False)
     research = {str(k): _to_numpy(v, str(k)) for k, v in spec.research_outputs.items()}
+    if spec.preprocess is not None:
+        raise SpecError("preprocess is for torch models; an existing ONNX model takes the raw inputs its graph reads "
+                        "(convert preprocessing and model together, e.g. one scikit-learn Pipeline).")
     counts = {name: a.shape[0] for name, a in research.items()}
     if set(counts.values()) != {_length(inputs)}:
         raise SpecError(f"research_outputs must have one row per reference sample ({_length(inputs)}), got {counts}.")
@@ -175,9 +185,15 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
 
 def _write_bundle(writer: BundleWriter, spec: ExportSpec, inputs: dict[str, np.ndarray],
                   research: dict[str, np.ndarray], reference_device: str, reference_precision: str, *,
-                  exporter: str, torch_info: environment.TorchInfo | None, research_label: str) -> Manifest:
+                  exporter: str, torch_info: environment.TorchInfo | None, research_label: str,
+                  staged: StagedPreprocessing | None = None) -> Manifest:
     """Validate the staged model.onnx against the research outputs in ONNX Runtime (fail closed),
-    then stage everything else and return the manifest to commit."""
+    then stage everything else and return the manifest to commit.
+
+    With preprocessing, ``preprocess.onnx`` is frozen and validated against the research
+    path's features, merged with the model into ``pipeline.onnx``, and each of the
+    model and the pipeline is validated against the research outputs.
+    """
     output_names = list(research)
     for unknown in set(spec.per_output_tolerance) - set(output_names):
         raise SpecError(f"per_output_tolerance names {unknown!r}, but the outputs are {', '.join(output_names)}.")
@@ -185,27 +201,27 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, inputs: dict[str, np.n
     if spec.tolerance is not None:
         policy = policy.model_copy(update={"default": spec.tolerance})
     model_path = writer.path(MODEL_FILE)
-    shutil.copyfile(model_path, writer.path(PIPELINE_FILE))
-    input_specs, output_specs, opset = _graph_specs(model_path, inputs, output_names, spec, research)
-
     settings = SessionSettings()
-    session = create_session(writer.path(PIPELINE_FILE), settings, label="the exported model")
-    runner = Runner(session, input_specs, output_specs)
-    try:
-        served = runner.run(runner.validate(inputs))
-    except InputValidationError as exc:
-        raise SpecError(f"the reference inputs do not fit the ONNX model: {exc}") from None
-    comparisons = compare_with_policy(output_specs, policy, served, research)
-    failures = [explain_failure(c) for c in comparisons if not c.passed]
-    if failures:
-        raise ExportParityError(
-            f"ONNX Runtime disagrees with {research_label} on the reference inputs in the training environment, "
-            "so no bundle was written: " + " ".join(failures) +
-            " Look for operators the exporter translates differently, or set a looser tolerance "
-            "if this difference is legitimate."
-        )
+    preprocessing = None
+    if staged is None:
+        shutil.copyfile(model_path, writer.path(PIPELINE_FILE))
+        input_specs, output_specs, opset = _graph_specs(model_path, inputs, output_names, spec, research)
+    else:
+        feature_specs, output_specs, opset = _graph_specs(model_path, staged.features, output_names, spec, research)
+        _freeze_preprocessing(writer, staged, opset, policy.default, settings)
+        input_specs = _input_specs(writer.path(PREPROCESS_FILE), inputs, staged.preprocessor.replaces_nan)
+        preprocessing = staged.preprocessor.describe(feature_specs)
+        # The model alone, on the research features: a failure here is the model's, not the preprocessing's.
+        _validate_stage(writer.path(MODEL_FILE), feature_specs, output_specs, staged.features, research, policy,
+                        settings, f"the model ({MODEL_FILE}) on the research features", research_label)
+
+    comparisons = _validate_stage(writer.path(PIPELINE_FILE), input_specs, output_specs, inputs, research, policy,
+                                  settings, "the exported model" if staged is None else f"the merged {PIPELINE_FILE}",
+                                  research_label)
 
     save_arrays(writer.path(INPUTS_FILE), inputs)
+    if staged is not None:
+        save_arrays(writer.path(FEATURES_FILE), staged.features)
     save_arrays(writer.path(OUTPUTS_FILE), research)
     # Read back what was written: a reference set that cannot round-trip must not ship.
     ArrayStream(writer.path(INPUTS_FILE), list(inputs), label=INPUTS_FILE).read_all()
@@ -225,23 +241,150 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, inputs: dict[str, np.n
         ),
         inputs=input_specs,
         outputs=output_specs,
-        stages=Stages(pipeline=PIPELINE_FILE, model=MODEL_FILE, preprocess=None, opset=opset, exporter=exporter),
+        stages=Stages(pipeline=PIPELINE_FILE, model=MODEL_FILE, preprocess=PREPROCESS_FILE if staged else None,
+                      opset=opset, exporter=exporter),
         tolerance=policy,
         runtime=RuntimeSettings(
             onnxruntime_version=onnxruntime_version(), providers=list(settings.providers),
             graph_optimization_level=settings.graph_optimization_level,  # type: ignore[arg-type]
             intra_op_num_threads=settings.intra_op_num_threads,
         ),
-        reference=ReferenceSet(inputs=INPUTS_FILE, outputs=OUTPUTS_FILE, features=None,
+        reference=ReferenceSet(inputs=INPUTS_FILE, outputs=OUTPUTS_FILE, features=FEATURES_FILE if staged else None,
                                samples=_length(inputs), device=reference_device, precision=reference_precision),
         export_errors={
             c.name: OutputError(max_abs=c.stats.max_abs, mean_abs=c.stats.mean_abs, max_rel=c.stats.max_rel)
             for c in comparisons if c.stats is not None
         },
+        preprocessing=preprocessing,
         environment_lock=LOCK_FILE,
         serve_requirements=REQUIREMENTS_FILE,
         files=writer.digests(),
     )
+
+
+def _validate_stage(path: Path, input_specs: list[TensorSpec], output_specs: list[TensorSpec],
+                    inputs: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray], policy: Any,
+                    settings: SessionSettings, label: str, research_label: str) -> list[Any]:
+    """Run one staged graph in ONNX Runtime on ``inputs`` and fail closed if it misses ``research``."""
+    runner = Runner(create_session(path, settings, label=label), input_specs, output_specs)
+    try:
+        served = runner.run(runner.validate(inputs, check_finite=False))
+    except InputValidationError as exc:
+        raise SpecError(f"the reference inputs do not fit {label}: {exc}") from None
+    comparisons = compare_with_policy(output_specs, policy, served, research)
+    failures = [explain_failure(c) for c in comparisons if not c.passed]
+    if failures:
+        raise ExportParityError(
+            f"ONNX Runtime running {label} disagrees with {research_label} on the reference inputs in the training "
+            "environment, so no bundle was written: " + " ".join(failures) +
+            " Look for operators the exporter translates differently, or set a looser tolerance "
+            "if this difference is legitimate."
+        )
+    return comparisons
+
+
+@dataclass
+class StagedPreprocessing:
+    """Preprocessing ready to freeze: the raw reference inputs and the research features."""
+
+    preprocessor: Any
+    raw: dict[str, np.ndarray]
+    features: dict[str, np.ndarray]
+
+
+def _preprocessing(spec: ExportSpec, inputs: dict[str, np.ndarray]) -> StagedPreprocessing | None:
+    """Wrap ``spec.preprocess``, and run its research path on the raw reference inputs."""
+    if spec.preprocess is None:
+        return None
+    from .preprocess.adapt import as_preprocessor
+
+    preprocessor = as_preprocessor(spec.preprocess, list(inputs), spec)
+    raw = preprocessor.prepare_raw(inputs)
+    try:
+        features = preprocessor.research(raw)
+    except (SpecError, UsageError):
+        raise
+    except Exception as exc:
+        raise SpecError(f"the preprocessing raised on the reference inputs ({type(exc).__name__}: "
+                        f"{_first_paragraph(exc)}); check them against what it was fitted on.") from None
+    features = {name: np.ascontiguousarray(_to_numpy(value, name)) for name, value in features.items()}
+    clash = set(features) & set(raw)
+    if clash:
+        raise SpecError(f"the preprocessing output {sorted(clash)[0]!r} has the name of a raw input; rename one of them.")
+    if any(len(f) != _length(raw) for f in features.values()):
+        raise SpecError("the preprocessing returned a different number of rows than it was given.")
+    return StagedPreprocessing(preprocessor, raw, features)
+
+
+def _freeze_preprocessing(writer: BundleWriter, staged: StagedPreprocessing, opset: int, tolerance: Tolerance,
+                          settings: SessionSettings) -> None:
+    """Write preprocess.onnx, prove it reproduces the research features (per raw input), merge pipeline.onnx."""
+    import onnx
+
+    from ..manifest import TolerancePolicy
+    from ..stages import column_accumulators, describe_columns, failing_columns
+    from .compose import merge_files
+
+    graph = staged.preprocessor.to_onnx(staged.raw, opset)
+    onnx.save(graph, str(writer.path(PREPROCESS_FILE)))
+    feature_specs = _input_specs(writer.path(MODEL_FILE), staged.features)
+    pre_inputs = _input_specs(writer.path(PREPROCESS_FILE), staged.raw)
+    runner = Runner(create_session(writer.path(PREPROCESS_FILE), settings, label=PREPROCESS_FILE), pre_inputs, feature_specs)
+    try:
+        served = runner.run(runner.validate(staged.raw, check_finite=False))
+    except InputValidationError as exc:
+        raise SpecError(f"the raw reference inputs do not fit the frozen preprocessing: {exc}") from None
+    except KeyError as exc:
+        raise ExportError(f"the frozen preprocessing has no output {exc}; its outputs must be the model's inputs.") from None
+    described = staged.preprocessor.describe(feature_specs)
+    columns = column_accumulators(described, tolerance, _length(staged.raw))
+    for column in columns:
+        column.add(served[column.feature], staged.features[column.feature], 0)
+    failing = failing_columns([column.finish() for column in columns])
+    policy = TolerancePolicy(reference_device="cpu", reference_precision="fp32", default=tolerance,
+                             min_decision_agreement=1.0, baseline_factor=10.0)
+    whole = [explain_failure(c) for c in compare_with_policy(feature_specs, policy, served, staged.features) if not c.passed]
+    if failing or whole:
+        raise ExportParityError(
+            f"the frozen preprocessing ({PREPROCESS_FILE}) disagrees with its research path on the reference inputs, "
+            "so no bundle was written: " + (describe_columns(failing) if failing else " ".join(whole)) + ". "
+            "The graph and the numpy/torch steps must compute the same thing; report this if the steps are paritybundle's."
+        )
+    merge_files(writer.path(PREPROCESS_FILE), writer.path(MODEL_FILE), writer.path(PIPELINE_FILE))
+
+
+def _input_specs(model_path: Path, arrays: Mapping[str, np.ndarray],
+                 replaces_nan: Any = None) -> list[TensorSpec]:
+    """The graph inputs of ``model_path`` as specs, in the graph's order, named like ``arrays``.
+
+    An input whose arrays hold NaN/inf, or whose preprocessing replaces NaN, accepts them when serving.
+    """
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    if sorted(i.name for i in graph_inputs) != sorted(arrays):
+        raise ExportError(f"the graph {model_path.name} reads {[i.name for i in graph_inputs]}, not {list(arrays)}.")
+    specs = []
+    for value in graph_inputs:
+        spec = _tensor_spec(value)
+        array = arrays[spec.name]
+        nonfinite = array.dtype.kind == "f" and not np.isfinite(array).all()
+        handled = bool(replaces_nan and replaces_nan(spec.name))
+        specs.append(spec.model_copy(update={"allow_nonfinite": bool(nonfinite or handled)}))
+    return specs
+
+
+def _tensor_spec(value: Any, kind: str = "values") -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    shape: list[int | str] = []
+    for axis, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value"):
+            shape.append(int(dim.dim_value))
+        else:
+            shape.append(dim.dim_param or f"dim_{axis}")
+    return TensorSpec(name=value.name, dtype=numpy_dtype_of_onnx(tensor_type.elem_type), shape=shape, kind=kind)
 
 
 def _validate_spec(spec: ExportSpec, torch: Any) -> None:
@@ -277,7 +420,13 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
     except Exception:
         raise SpecError(f"reference input {name!r} cannot be converted to an array.") from None
     if array.dtype.kind == "O":
-        raise SpecError(f"reference input {name!r} holds Python objects; pass a numeric array or tensor.")
+        if array.size and all(isinstance(v, str) for v in array.ravel()):
+            array = array.astype(str)  # category strings (e.g. from pandas) as a unicode array
+        else:
+            raise SpecError(f"reference input {name!r} holds Python objects (not all strings); pass a numeric array, "
+                            "a tensor, or strings.")
+    if array.dtype.kind == "S":
+        array = array.astype(str)
     if array.ndim == 0:
         raise SpecError(f"reference input {name!r} is a scalar; it needs a leading batch dimension.")
     return array
@@ -287,6 +436,8 @@ def _reference_inputs(spec: ExportSpec, cap: bool = True) -> dict[str, np.ndarra
     raw = spec.reference_inputs
     if raw is None:
         raise SpecError("reference_inputs is required: the raw inputs the research outputs are computed on.")
+    if hasattr(raw, "columns") and hasattr(raw, "to_dict"):  # a pandas DataFrame: one input per column
+        raw = {str(c): raw[c].to_numpy() for c in raw.columns}
     if isinstance(raw, Mapping):
         if spec.input_names is not None and list(spec.input_names) != list(raw):
             raise SpecError(f"input_names {list(spec.input_names)} differ from the reference input keys {list(raw)}.")
@@ -439,7 +590,12 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _export_onnx(spec: ExportSpec, model: Any, inputs: Mapping[str, np.ndarray], output_names: list[str],
-                 path: Path, torch: Any, device: Any) -> None:
+                 path: Path, torch: Any, device: Any, *, preprocessing: bool = False) -> None:
+    from .preprocess.graph import MIN_OPSET
+
+    opset = spec.opset
+    if preprocessing and opset is not None and opset < MIN_OPSET:
+        raise SpecError(f"opset {opset} is too old for the preprocessing graph; use opset {MIN_OPSET} or newer.")
     # The batch dimension must be at least 2 in the example, or the exporter fixes it to 1.
     example = {name: a[:4] if a.shape[0] >= 2 else np.concatenate([a, a], axis=0) for name, a in inputs.items()}
     args = tuple(_tensors(example, torch, device))
@@ -450,14 +606,14 @@ def _export_onnx(spec: ExportSpec, model: Any, inputs: Mapping[str, np.ndarray],
                 batch = torch.export.Dim("batch")
                 program = torch.onnx.export(
                     model, args, None, dynamo=True, input_names=names, output_names=output_names,
-                    dynamic_shapes=tuple({0: batch} for _ in args), opset_version=spec.opset, verbose=False,
+                    dynamic_shapes=tuple({0: batch} for _ in args), opset_version=opset, verbose=False,
                 )
                 program.save(str(path), external_data=_use_external_data(spec, model))
             else:
                 torch.onnx.export(
                     model, args, str(path), dynamo=False, input_names=names, output_names=output_names,
                     dynamic_axes={n: {0: "batch"} for n in names + output_names},
-                    opset_version=spec.opset or 17,
+                    opset_version=opset or (MIN_OPSET if preprocessing else 17),
                 )
     except Exception as exc:
         raise ExportError(
@@ -490,30 +646,15 @@ def _graph_specs(model_path: Path, spec_inputs: Mapping[str, np.ndarray], output
     model = onnx.load(str(model_path), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     initializers = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
-    if [i.name for i in graph_inputs] != list(spec_inputs):
-        raise ExportError(f"the exported graph's inputs {[i.name for i in graph_inputs]} differ from {list(spec_inputs)}.")
+    graph_inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    if graph_inputs != list(spec_inputs):
+        raise ExportError(f"the exported graph's inputs {graph_inputs} differ from {list(spec_inputs)}.")
     by_name = {o.name: o for o in model.graph.output}
     missing = [n for n in output_names if n not in by_name]
     if missing:
         raise ExportError(f"the exported graph has no output {missing[0]!r} (it has {list(by_name)}).")
-
-    def tensor_spec(value: Any, kind: str = "values") -> TensorSpec:
-        tensor_type = value.type.tensor_type
-        shape: list[int | str] = []
-        for axis, dim in enumerate(tensor_type.shape.dim):
-            if dim.HasField("dim_value"):
-                shape.append(int(dim.dim_value))
-            else:
-                shape.append(dim.dim_param or f"dim_{axis}")
-        return TensorSpec(name=value.name, dtype=numpy_dtype_of_onnx(tensor_type.elem_type), shape=shape, kind=kind)
-
-    inputs = [tensor_spec(i) for i in graph_inputs]
-    # An input whose references hold NaN/inf takes them legitimately; others refuse them when serving.
-    inputs = [s.model_copy(update={"allow_nonfinite": bool(spec_inputs[s.name].dtype.kind == "f"
-                                                             and not np.isfinite(spec_inputs[s.name]).all())})
-              for s in inputs]
-    outputs = [tensor_spec(by_name[n]) for n in output_names]
+    inputs = _input_specs(model_path, spec_inputs)
+    outputs = [_tensor_spec(by_name[n]) for n in output_names]
     if spec.score_outputs is not None:
         unknown = set(spec.score_outputs) - set(output_names)
         if unknown:

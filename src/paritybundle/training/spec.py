@@ -48,6 +48,10 @@ class ExportSpec:
             framework computed on ``reference_inputs`` (e.g. ``predict_proba``).
         external_data: keep weights in ``model.onnx.data`` (None: when parameters
             reach 512 MiB; the dynamo exporter only).
+        preprocess: fitted preprocessing from raw inputs to the model's input: a
+            ``paritybundle.preprocess.Pipeline``/``Columns``, a fitted scikit-learn
+            transformer (needs the ``sklearn`` extra), or a ``torch.nn.Module``. Its
+            output name becomes the model's input name; ``reference_inputs`` are raw.
     """
 
     model: Any
@@ -70,6 +74,7 @@ class ExportSpec:
     source_path: str | None = None
     research_outputs: Mapping[str, Any] | None = None
     external_data: bool | None = None
+    preprocess: Any = None
 
 
 def load_spec(reference: str) -> ExportSpec:

@@ -25,6 +25,7 @@ from .external_data import check_external_data
 from .parity import OutputAccumulator, OutputComparison
 from .references import ArrayStream
 from .runtime import DEFAULT_BATCH_SIZE, Runner, SessionSettings, create_session, onnxruntime_version
+from .stages import StageResult, column_accumulators, diagnose
 from .store import VerifiedBundle, open_bundle
 
 REPORT_SCHEMA_VERSION = 1
@@ -74,6 +75,10 @@ class CheckReport(_Model):
     environment: DriftReport | None
     outputs: list[OutputComparison]
     notices: list[str]
+    # Bundles with preprocessing: each stage checked on its own (preprocess per raw input,
+    # model on the reference features, the merged pipeline), and where a failure arose.
+    stages: list[StageResult] = []
+    diagnosis: str | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -213,7 +218,7 @@ def check(
         raise UsageError("batch size must be a positive number of samples.")
     runtime = load(path, settings, env_policy, public_key)
     return check_runtime(runtime, tolerance=tolerance, per_output_tolerance=per_output_tolerance,
-                         batch_size=batch_size, started=started, progress=progress)
+                         batch_size=batch_size, started=started, progress=progress, stages=True)
 
 
 def check_runtime(
@@ -224,11 +229,14 @@ def check_runtime(
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     started: float | None = None,
     progress: bool = False,
+    stages: bool = True,
 ) -> CheckReport:
     """Run a loaded runtime's reference set and judge parity (the server checks the session it serves).
 
     The reference set is streamed in batches of ``batch_size`` samples, so memory stays
-    flat however large it is; ``progress`` shows a progress bar on stderr.
+    flat however large it is; ``progress`` shows a progress bar on stderr. With
+    ``stages`` and a bundle with preprocessing, ``preprocess.onnx`` and ``model.onnx``
+    are also checked on their own, which localizes a failure (see :mod:`.stages`).
     """
     started = time.perf_counter() if started is None else started
     manifest = runtime.manifest
@@ -251,7 +259,67 @@ def check_runtime(
         batch_size=batch_size,
         samples=samples,
     )
-    return _report(runtime.bundle, comparisons, overrides, settings, runtime.drift, started)
+    staged: list[StageResult] = []
+    if stages and manifest.preprocessing is not None:
+        staged = check_stages(runtime.bundle, runtime.settings, overrides, batch_size, comparisons, tolerance)
+    return _report(runtime.bundle, comparisons, overrides, settings, runtime.drift, started, staged)
+
+
+def check_stages(bundle: VerifiedBundle, settings: SessionSettings, overrides: Mapping[str, Tolerance],
+                 batch_size: int | None, pipeline: list[OutputComparison],
+                 tolerance: Tolerance | None = None) -> list[StageResult]:
+    """Check ``preprocess.onnx`` (per raw input) and ``model.onnx`` on their own; with the
+    pipeline's comparisons, the three stages of the report."""
+    manifest = bundle.manifest
+    pre_info, stages = manifest.preprocessing, manifest.stages
+    assert pre_info is not None and stages.preprocess is not None and manifest.reference.features is not None
+    features = list(pre_info.features)
+    feature_tolerance = tolerance or manifest.tolerance.default
+
+    def runner(file: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]:
+        check_external_data(file, bundle.root, set(manifest.files))
+        stage_runner = Runner(create_session(bundle.path(file), settings, label=file), inputs, outputs)
+
+        def serve(batch: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+            try:
+                validated = stage_runner.validate(batch, check_finite=False)
+            except InputValidationError as exc:
+                raise BundleInvalid(f"the reference set does not match {file}'s inputs: {exc}") from None
+            return stage_runner.run(validated, batch_size)
+        return serve
+
+    columns = []
+
+    def pre_sinks(expected: ArrayStream) -> dict[str, list[Any]]:
+        sinks: dict[str, list[Any]] = {s.name: [OutputAccumulator(s.name, feature_tolerance, expected.rows * expected.elements_per_row(s.name))]
+                                       for s in features}
+        for column in column_accumulators(pre_info, feature_tolerance, expected.rows):
+            columns.append(column)
+            sinks[column.feature].append(column)
+        return sinks
+
+    _, sinks = stream_pairs(bundle, manifest.reference.inputs, [s.name for s in manifest.inputs],
+                            manifest.reference.features, [s.name for s in features],
+                            runner(stages.preprocess, list(manifest.inputs), features), batch_size, pre_sinks)
+    pre_outputs = [per_output[0].finish() for per_output in sinks.values()]
+    column_results = [c.finish() for c in columns]
+    pre_passed = all(pre_outputs) and all(c.comparison.passed for c in column_results)
+
+    baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
+
+    def model_sinks(expected: ArrayStream) -> dict[str, list[Any]]:
+        return {s.name: [output_accumulator(s, manifest.tolerance, expected.rows * expected.elements_per_row(s.name),
+                                            overrides, baselines)] for s in manifest.outputs}
+
+    _, sinks = stream_pairs(bundle, manifest.reference.features, [s.name for s in features], manifest.reference.outputs,
+                            [s.name for s in manifest.outputs], runner(stages.model, features, list(manifest.outputs)),
+                            batch_size, model_sinks)
+    model_outputs = [per_output[0].finish() for per_output in sinks.values()]
+    return [
+        StageResult(stage="preprocess", file=stages.preprocess, passed=pre_passed, outputs=pre_outputs, columns=column_results),
+        StageResult(stage="model", file=stages.model, passed=all(model_outputs), outputs=model_outputs),
+        StageResult(stage="pipeline", file=stages.pipeline, passed=all(pipeline), outputs=pipeline),
+    ]
 
 
 # Reference sets up to this size are read and compared in one pass (fewer, larger numpy
@@ -266,33 +334,56 @@ def stream_comparison(
     overrides: Mapping[str, Tolerance],
     progress: bool = False,
 ) -> tuple[list[OutputComparison], int]:
-    """Feed the reference set through ``serve`` and compare each output as it comes.
+    """Feed the reference inputs through ``serve`` and compare each output with the research outputs.
 
     ``serve`` gets a dict of input rows and must itself split them into calls of
     ``batch_size`` (it receives at most that many rows when the set streams).
     """
     manifest = bundle.manifest
-    inputs = ArrayStream(bundle.path(manifest.reference.inputs), [s.name for s in manifest.inputs],
-                         label=manifest.reference.inputs)
-    research = ArrayStream(bundle.path(manifest.reference.outputs), [s.name for s in manifest.outputs],
-                           label=manifest.reference.outputs)
-    if inputs.rows != research.rows:
-        raise BundleInvalid(f"the reference set has {inputs.rows} inputs but {research.rows} outputs; re-export the bundle.")
     baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
-    accumulators = {
-        spec.name: output_accumulator(spec, manifest.tolerance, research.rows * research.elements_per_row(spec.name),
-                                      overrides, baselines)
-        for spec in manifest.outputs
-    }
-    size = sum(bundle.manifest.files[f].bytes for f in (manifest.reference.inputs, manifest.reference.outputs))
+
+    def sinks(expected: ArrayStream) -> dict[str, list[Any]]:
+        return {spec.name: [output_accumulator(spec, manifest.tolerance, expected.rows * expected.elements_per_row(spec.name),
+                                               overrides, baselines)] for spec in manifest.outputs}
+
+    samples, accumulators = stream_pairs(bundle, manifest.reference.inputs, [s.name for s in manifest.inputs],
+                                         manifest.reference.outputs, [s.name for s in manifest.outputs],
+                                         serve, batch_size, sinks, progress)
+    return [per_output[0].finish() for per_output in accumulators.values()], samples
+
+
+def stream_pairs(
+    bundle: VerifiedBundle,
+    source: str,
+    source_names: list[str],
+    target: str,
+    target_names: list[str],
+    serve: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    batch_size: int | None,
+    make_sinks: Callable[[ArrayStream], dict[str, list[Any]]],
+    progress: bool = False,
+) -> tuple[int, dict[str, list[Any]]]:
+    """Stream the arrays of ``source`` through ``serve`` and hand each result, with the matching
+    rows of ``target``, to the sinks (objects with ``add(served, expected, first_sample)``).
+
+    Returns the number of samples and the sinks (``make_sinks`` builds them, per target
+    array name, once the row counts are known).
+    """
+    inputs = ArrayStream(bundle.path(source), source_names, label=source)
+    expected = ArrayStream(bundle.path(target), target_names, label=target)
+    if inputs.rows != expected.rows:
+        raise BundleInvalid(f"{source} has {inputs.rows} samples but {target} has {expected.rows}; re-export the bundle.")
+    sinks = make_sinks(expected)
+    size = sum(bundle.manifest.files[f].bytes for f in (source, target))
     rows = max(inputs.rows, 1) if (batch_size is None or size <= STREAM_ABOVE_BYTES) else batch_size
     with _progress(progress, inputs.rows) as advance:
-        for (first, batch), (_, expected) in zip(inputs.batches(rows), research.batches(rows)):
+        for (first, batch), (_, wanted) in zip(inputs.batches(rows), expected.batches(rows)):
             served = serve(batch)
-            for name, accumulator in accumulators.items():
-                accumulator.add(served[name], expected[name], first)
+            for name, per_output in sinks.items():
+                for sink in per_output:
+                    sink.add(served[name], wanted[name], first)
             advance(len(next(iter(batch.values()))))
-    return [accumulator.finish() for accumulator in accumulators.values()], inputs.rows
+    return inputs.rows, sinks
 
 
 @contextlib.contextmanager
@@ -311,7 +402,8 @@ def _progress(enabled: bool, total: int):
 
 
 def _report(bundle: VerifiedBundle, comparisons: list[OutputComparison], overrides: dict[str, Tolerance],
-            settings: CheckSettings, drift: DriftReport | None, started: float) -> CheckReport:
+            settings: CheckSettings, drift: DriftReport | None, started: float,
+            stages: list[StageResult] | None = None) -> CheckReport:
     manifest = bundle.manifest
     notices = [
         f"output {c.name!r}: serving error {c.stats.max_abs:.3g} is over {manifest.tolerance.baseline_factor:g}x "
@@ -319,8 +411,9 @@ def _report(bundle: VerifiedBundle, comparisons: list[OutputComparison], overrid
         "numerically from the one that validated the bundle."
         for c in comparisons if c.passed and c.above_baseline and c.stats is not None and c.baseline_max_abs is not None
     ]
+    stages = stages or []
     return CheckReport(
-        passed=all(comparisons),
+        passed=all(comparisons) and all(stage.passed for stage in stages),
         checked_at=datetime.now(timezone.utc),
         duration_s=time.perf_counter() - started,
         bundle=BundleIdentity(path=str(bundle.source or bundle.root), name=manifest.name, version=manifest.version,
@@ -331,6 +424,8 @@ def _report(bundle: VerifiedBundle, comparisons: list[OutputComparison], overrid
         environment=drift,
         outputs=comparisons,
         notices=notices,
+        stages=stages,
+        diagnosis=diagnose(stages),
     )
 
 

@@ -93,12 +93,41 @@ def render_lock(lock: EnvironmentLock, console: Console) -> None:
     console.print(table)
 
 
+def stage_table(report: CheckReport) -> Table:
+    """Each stage on its own, and the preprocessing per raw input (column)."""
+    table = Table(title="stages (preprocessing per raw input, model on the reference features, merged pipeline)",
+                  title_justify="left")
+    for column in ("stage", "file", "compared", "max abs", "violations", "worst sample", "of tol", "verdict"):
+        table.add_column(column, justify="left" if column in ("stage", "file", "compared", "verdict") else "right")
+
+    def row(stage: str, file: str, what: str, c: OutputComparison) -> None:
+        s = c.stats
+        table.add_row(stage, file, Text(what), _num(s and s.max_abs), f"{s.violations}/{s.elements}" if s else "-",
+                      "-" if s is None or s.worst_sample is None else str(s.worst_sample),
+                      "-" if s is None else _share(s.max_tolerance_ratio),
+                      Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red"))
+
+    for stage in report.stages:
+        if stage.stage == "preprocess" and stage.columns:
+            for column in stage.columns:
+                where = f"[{column.features[0]}:{column.features[1]}]" if column.features else ""
+                row(stage.stage, stage.file, f"column {column.input} -> {column.feature}{where}", column.comparison)
+        else:
+            for c in stage.outputs:
+                row(stage.stage, stage.file, f"output {c.name}", c)
+    return table
+
+
 def render_check(report: CheckReport, console: Console) -> None:
     console.print(check_table(report))
+    if report.stages:
+        console.print(stage_table(report))
     if report.environment is not None:
         render_drift(report.environment, console)
     for line in [explain_failure(c) for c in report.outputs if not c.passed]:
         console.print(Text(line, style="red"))
+    if report.diagnosis:
+        console.print(Text(f"where: {report.diagnosis}", style="bold red"))
     for line in report.notices:
         console.print(Text(f"notice: {line}", style="yellow"))
     settings = report.settings
@@ -113,8 +142,9 @@ def render_check(report: CheckReport, console: Console) -> None:
         f"batch {settings.batch_size or 'all'}; references made on {report.reference['device']} "
         f"({report.reference['precision']}); {report.bundle.files_verified} files verified; {report.duration_s:.2f} s"
         )
+    failed = report.failed_outputs + [f"stage {s.stage}" for s in report.stages if not s.passed and s.stage != "pipeline"]
     verdict = Text("PARITY HOLDS", style="bold green") if report.passed else Text(
-        f"PARITY FAILS: {', '.join(report.failed_outputs)}", style="bold red")
+        f"PARITY FAILS: {', '.join(failed)}", style="bold red")
     console.print(verdict)
 
 
@@ -128,6 +158,44 @@ def _spec_table(title: str, specs) -> Table:
     return table
 
 
+def _summary(values: object) -> str:
+    """Fitted statistics, short: a number, a list (first values and its range), a vocabulary."""
+    if isinstance(values, list) and values and all(isinstance(v, (int, float)) for v in values):
+        if len(values) <= 4:
+            return ", ".join(f"{v:.4g}" for v in values)
+        shown = ", ".join(f"{v:.4g}" for v in values[:4])
+        return f"[{shown}{', ...' if len(values) > 4 else ''}] ({len(values)} values, {min(values):.4g}..{max(values):.4g})"
+    if isinstance(values, list):
+        shown = ", ".join(map(str, values[:5]))
+        return f"[{shown}{', ...' if len(values) > 5 else ''}] ({len(values)})"
+    return str(values)
+
+
+def preprocessing_table(manifest: Manifest) -> Table:
+    """`bundle inspect`: each raw input's steps with their fitted statistics."""
+    pre = manifest.preprocessing
+    assert pre is not None
+    features = ", ".join(f"{f.name} {f.dtype}[{', '.join(map(str, f.shape))}]" for f in pre.features)
+    table = Table(title=f"preprocessing ({pre.source}) -> {features}", title_justify="left")
+    for column in ("input", "features", "step", "NaN", "fitted state"):
+        table.add_column(column)
+    for column in pre.columns:
+        where = f"{column.features[0]}..{column.features[1] - 1}" if column.features else "all"
+        if not column.steps:
+            table.add_row(column.input, where, "(passthrough)", "propagates", "-")
+        for position, step in enumerate(column.steps):
+            params = step.params
+            if "vocabulary" in params:
+                state = (f"vocabulary {len(params['vocabulary'])} + OOV bucket at index {params.get('oov_index')}: "
+                         f"{_summary(params['vocabulary'])}")
+            else:
+                state = "; ".join(f"{key} {_summary(value)}" for key, value in params.items()
+                                  if key not in ("counts", "missing_share_in_training")) or "-"
+            table.add_row(column.input if position == 0 else "", where if position == 0 else "", step.kind, step.nan,
+                          Text(state))
+    return table
+
+
 def render_manifest(manifest: Manifest, console: Console) -> None:
     """`bundle inspect`: specs, stages, tolerance, provenance, sizes."""
     m = manifest
@@ -138,6 +206,8 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
     console.print(_spec_table("outputs", m.outputs))
     console.print(f"stages: pipeline {m.stages.pipeline}, model {m.stages.model}, preprocess "
                   f"{m.stages.preprocess or '(none)'}; opset {m.stages.opset}; exporter {m.stages.exporter}")
+    if m.preprocessing is not None:
+        console.print(preprocessing_table(m))
     tol = m.tolerance
     lines = [f"tolerance: atol {tol.default.atol:g}, rtol {tol.default.rtol:g}, equal_nan {tol.default.equal_nan} "
              f"(references made on {tol.reference_device}, {tol.reference_precision}); "

@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Train the digits CNN, export the bundle, check it (exit 0); then prove a perturbed
-# copy is caught (check must exit 1, and says which output failed).
+# copy is caught (check must exit 1, and says which output failed). Then the wine
+# example: raw tabular columns through frozen preprocessing, checked stage by stage.
 demo: $(STAMP)
 	$(BIN)/bundle export examples/digits/train.py:make_spec -o artifacts/digits --force
 	$(BIN)/bundle inspect artifacts/digits
@@ -24,6 +25,8 @@ demo: $(STAMP)
 	$(BIN)/bundle check artifacts/digits-perturbed; code=$$?; \
 	  if [ $$code -eq 1 ]; then echo "perturbed bundle caught (exit 1), as it must be"; \
 	  else echo "perturbed bundle NOT caught (exit $$code)"; exit 1; fi
+	$(BIN)/bundle export examples/wine/train.py:make_spec -o artifacts/wine --force
+	$(BIN)/bundle check artifacts/wine
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -54,3 +54,35 @@ def perturb_weights(bundle: Path, relative_noise: float, seed: int = 0) -> None:
 
 def round_weights_to_fp16(bundle: Path) -> None:
     edit_initializers(bundle, lambda _n, a: a.astype(np.float16).astype(np.float32))
+
+
+def edit_preprocess(bundle: Path, change, *, graph_file: str = "preprocess.onnx", remerge: bool = True) -> None:
+    """Apply ``change(model)`` to a graph of a bundle with preprocessing, rebuild pipeline.onnx from
+    the edited stages (as a re-implementation would ship it), and rehash the manifest."""
+    from paritybundle.training.compose import merge_files
+
+    model = onnx.load(str(bundle / graph_file))
+    change(model)
+    onnx.save(model, str(bundle / graph_file))
+    if remerge and graph_file != "pipeline.onnx":
+        merge_files(bundle / "preprocess.onnx", bundle / "model.onnx", bundle / "pipeline.onnx")
+    rehash(bundle)
+
+
+def initializer(model, suffix: str):
+    """The one initializer whose name ends with ``suffix`` (fitted constants are named column/step/what)."""
+    found = [i for i in model.graph.initializer if i.name.endswith(suffix)]
+    assert len(found) == 1, [i.name for i in model.graph.initializer]
+    return found[0]
+
+
+def replace_initializer(model, suffix: str, change) -> None:
+    init = initializer(model, suffix)
+    array = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array(np.asarray(change(array)).astype(array.dtype), init.name))
+
+
+def node(model, op_type: str):
+    found = [n for n in model.graph.node if n.op_type == op_type]
+    assert len(found) >= 1, op_type
+    return found[0]

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("digits_example", ROOT / "examples" / "digits" / "train.py")
+def _load_example(name: str = "digits"):
+    spec = importlib.util.spec_from_file_location(f"{name}_example", ROOT / "examples" / name / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -22,6 +22,23 @@ def _load_example():
 @pytest.fixture(scope="session")
 def digits_example():
     return _load_example()
+
+
+@pytest.fixture(scope="session")
+def wine_bundle(tmp_path_factory) -> Path:
+    """The tabular example (raw columns, NaN, a category) exported through its own spec."""
+    from paritybundle.training import export_spec
+
+    return export_spec(_load_example("wine").make_spec(), tmp_path_factory.mktemp("bundles") / "wine").path
+
+
+@pytest.fixture(scope="session")
+def image_bundle(tmp_path_factory) -> Path:
+    """The image example (uint8 RGB through the image steps), trained briefly."""
+    from paritybundle.training import export_spec
+
+    spec = _load_example("digit_images").make_spec(epochs=3)
+    return export_spec(spec, tmp_path_factory.mktemp("bundles") / "digit-images").path
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,13 @@ def test_check_verify_inspect_work_with_torch_import_blocked(digits_bundle):
         assert "LOADED=[]" in result.stdout
 
 
+def test_a_bundle_with_preprocessing_checks_by_stage_with_torch_import_blocked(wine_bundle):
+    """String categories, imputation and the stage-by-stage check need onnxruntime only."""
+    result = _run_blocked("check", wine_bundle)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "preprocess.onnx" in result.stdout and "LOADED=[]" in result.stdout
+
+
 def test_export_without_torch_says_how_to_install_it(tmp_path):
     script = tmp_path / "train.py"
     script.write_text("from paritybundle import ExportSpec\ndef make_spec():\n    return ExportSpec(model=None, reference_inputs=[[1.0]], name='x')\n")

@@ -250,7 +250,11 @@ def check_runtime(
             raise BundleInvalid(f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}") from None
         return runner.run(validated, batch_size)
 
-    comparisons, samples = stream_comparison(runtime.bundle, serve, batch_size, overrides, progress)
+    staged: list[StageResult] = []
+    if stages and manifest.preprocessing is not None:
+        comparisons, staged, samples = staged_comparison(runtime, serve, batch_size, overrides, tolerance, progress)
+    else:
+        comparisons, samples = stream_comparison(runtime.bundle, serve, batch_size, overrides, progress)
     settings = CheckSettings(
         onnxruntime_version=onnxruntime_version(),
         providers=list(runtime.settings.providers),
@@ -259,67 +263,108 @@ def check_runtime(
         batch_size=batch_size,
         samples=samples,
     )
-    staged: list[StageResult] = []
-    if stages and manifest.preprocessing is not None:
-        staged = check_stages(runtime.bundle, runtime.settings, overrides, batch_size, comparisons, tolerance)
     return _report(runtime.bundle, comparisons, overrides, settings, runtime.drift, started, staged)
 
 
-def check_stages(bundle: VerifiedBundle, settings: SessionSettings, overrides: Mapping[str, Tolerance],
-                 batch_size: int | None, pipeline: list[OutputComparison],
-                 tolerance: Tolerance | None = None) -> list[StageResult]:
-    """Check ``preprocess.onnx`` (per raw input) and ``model.onnx`` on their own; with the
-    pipeline's comparisons, the three stages of the report."""
+def staged_comparison(
+    runtime: ServingRuntime,
+    serve: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    batch_size: int | None,
+    overrides: Mapping[str, Tolerance],
+    tolerance: Tolerance | None = None,
+    progress: bool = False,
+) -> tuple[list[OutputComparison], list[StageResult], int]:
+    """One pass over the reference set of a bundle with preprocessing, checking four things per batch:
+
+    * ``pipeline``: the merged graph (what serving runs) on the raw inputs vs the research outputs;
+    * ``preprocess``: ``preprocess.onnx`` on the raw inputs vs the reference features, per raw input;
+    * ``model``: ``model.onnx`` on the reference features vs the research outputs;
+    * ``merge``: the merged graph vs ``model.onnx`` run on ``preprocess.onnx``'s outputs, i.e. the
+      proof that the merged graph computes what the two stages compute in sequence.
+
+    Returns the pipeline comparisons, the four stages, and the number of samples.
+    """
+    bundle, settings = runtime.bundle, runtime.settings
     manifest = bundle.manifest
-    pre_info, stages = manifest.preprocessing, manifest.stages
-    assert pre_info is not None and stages.preprocess is not None and manifest.reference.features is not None
+    pre_info, files = manifest.preprocessing, manifest.stages
+    assert pre_info is not None and files.preprocess is not None and manifest.reference.features is not None
     features = list(pre_info.features)
     feature_tolerance = tolerance or manifest.tolerance.default
+    pre_run = _stage_runner(bundle, files.preprocess, list(manifest.inputs), features, settings, batch_size)
+    model_run = _stage_runner(bundle, files.model, features, list(manifest.outputs), settings, batch_size)
 
-    def runner(file: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]:
-        check_external_data(file, bundle.root, set(manifest.files))
-        stage_runner = Runner(create_session(bundle.path(file), settings, label=file), inputs, outputs)
-
-        def serve(batch: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-            try:
-                validated = stage_runner.validate(batch, check_finite=False)
-            except InputValidationError as exc:
-                raise BundleInvalid(f"the reference set does not match {file}'s inputs: {exc}") from None
-            return stage_runner.run(validated, batch_size)
-        return serve
-
-    columns = []
-
-    def pre_sinks(expected: ArrayStream) -> dict[str, list[Any]]:
-        sinks: dict[str, list[Any]] = {s.name: [OutputAccumulator(s.name, feature_tolerance, expected.rows * expected.elements_per_row(s.name))]
-                                       for s in features}
-        for column in column_accumulators(pre_info, feature_tolerance, expected.rows):
-            columns.append(column)
-            sinks[column.feature].append(column)
-        return sinks
-
-    _, sinks = stream_pairs(bundle, manifest.reference.inputs, [s.name for s in manifest.inputs],
-                            manifest.reference.features, [s.name for s in features],
-                            runner(stages.preprocess, list(manifest.inputs), features), batch_size, pre_sinks)
-    pre_outputs = [per_output[0].finish() for per_output in sinks.values()]
-    column_results = [c.finish() for c in columns]
-    pre_passed = all(pre_outputs) and all(c.comparison.passed for c in column_results)
-
+    inputs = ArrayStream(bundle.path(manifest.reference.inputs), [s.name for s in manifest.inputs],
+                         label=manifest.reference.inputs)
+    reference_features = ArrayStream(bundle.path(manifest.reference.features), [s.name for s in features],
+                                     label=manifest.reference.features)
+    research = ArrayStream(bundle.path(manifest.reference.outputs), [s.name for s in manifest.outputs],
+                           label=manifest.reference.outputs)
+    if not inputs.rows == reference_features.rows == research.rows:
+        raise BundleInvalid(f"the reference set has {inputs.rows} inputs, {reference_features.rows} feature rows and "
+                            f"{research.rows} outputs; re-export the bundle.")
+    rows = inputs.rows
     baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
 
-    def model_sinks(expected: ArrayStream) -> dict[str, list[Any]]:
-        return {s.name: [output_accumulator(s, manifest.tolerance, expected.rows * expected.elements_per_row(s.name),
-                                            overrides, baselines)] for s in manifest.outputs}
+    def judged(spec: TensorSpec, stream: ArrayStream) -> OutputAccumulator:
+        return output_accumulator(spec, manifest.tolerance, rows * stream.elements_per_row(spec.name), overrides, baselines)
 
-    _, sinks = stream_pairs(bundle, manifest.reference.features, [s.name for s in features], manifest.reference.outputs,
-                            [s.name for s in manifest.outputs], runner(stages.model, features, list(manifest.outputs)),
-                            batch_size, model_sinks)
-    model_outputs = [per_output[0].finish() for per_output in sinks.values()]
-    return [
-        StageResult(stage="preprocess", file=stages.preprocess, passed=pre_passed, outputs=pre_outputs, columns=column_results),
-        StageResult(stage="model", file=stages.model, passed=all(model_outputs), outputs=model_outputs),
-        StageResult(stage="pipeline", file=stages.pipeline, passed=all(pipeline), outputs=pipeline),
+    pipeline = {s.name: judged(s, research) for s in manifest.outputs}
+    model = {s.name: judged(s, research) for s in manifest.outputs}
+    merge = {s.name: OutputAccumulator(s.name, manifest.tolerance.default, rows * research.elements_per_row(s.name))
+             for s in manifest.outputs}
+    pre = {s.name: OutputAccumulator(s.name, feature_tolerance, rows * reference_features.elements_per_row(s.name))
+           for s in features}
+    columns = column_accumulators(pre_info, feature_tolerance, rows)
+
+    size = sum(manifest.files[f].bytes for f in (manifest.reference.inputs, manifest.reference.features,
+                                                 manifest.reference.outputs))
+    step = max(rows, 1) if (batch_size is None or size <= STREAM_ABOVE_BYTES) else batch_size
+    with _progress(progress, rows) as advance:
+        for (first, raw), (_, wanted_features), (_, wanted) in zip(
+                inputs.batches(step), reference_features.batches(step), research.batches(step)):
+            served = serve(raw)
+            served_features = pre_run(raw)
+            in_sequence = model_run(dict(served_features))
+            on_reference_features = model_run(wanted_features)
+            for name in pipeline:
+                pipeline[name].add(served[name], wanted[name], first)
+                model[name].add(on_reference_features[name], wanted[name], first)
+                merge[name].add(served[name], in_sequence[name], first)
+            for name in pre:
+                pre[name].add(served_features[name], wanted_features[name], first)
+            for column in columns:
+                column.add(served_features[column.feature], wanted_features[column.feature], first)
+            advance(len(next(iter(raw.values()))))
+
+    pipeline_results = [a.finish() for a in pipeline.values()]
+    column_results = [c.finish() for c in columns]
+    pre_results = [a.finish() for a in pre.values()]
+    model_results = [a.finish() for a in model.values()]
+    merge_results = [a.finish() for a in merge.values()]
+    stages = [
+        StageResult(stage="preprocess", file=files.preprocess, outputs=pre_results, columns=column_results,
+                    passed=all(pre_results) and all(c.comparison.passed for c in column_results)),
+        StageResult(stage="model", file=files.model, passed=all(model_results), outputs=model_results),
+        StageResult(stage="pipeline", file=files.pipeline, passed=all(pipeline_results), outputs=pipeline_results),
+        StageResult(stage="merge", file=files.pipeline,
+                    passed=all(merge_results), outputs=merge_results),
     ]
+    return pipeline_results, stages, rows
+
+
+def _stage_runner(bundle: VerifiedBundle, file: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                  settings: SessionSettings, batch_size: int | None) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Run one stage's graph of a verified bundle (its external data confined to the bundle first)."""
+    check_external_data(file, bundle.root, set(bundle.manifest.files))
+    runner = Runner(create_session(bundle.path(file), settings, label=file), inputs, outputs)
+
+    def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            validated = runner.validate(batch, check_finite=False)
+        except InputValidationError as exc:
+            raise BundleInvalid(f"the reference set does not match {file}'s inputs: {exc}; re-export the bundle.") from None
+        return runner.run(validated, batch_size)
+    return run
 
 
 # Reference sets up to this size are read and compared in one pass (fewer, larger numpy
@@ -334,56 +379,33 @@ def stream_comparison(
     overrides: Mapping[str, Tolerance],
     progress: bool = False,
 ) -> tuple[list[OutputComparison], int]:
-    """Feed the reference inputs through ``serve`` and compare each output with the research outputs.
+    """Feed the reference set through ``serve`` and compare each output as it comes.
 
     ``serve`` gets a dict of input rows and must itself split them into calls of
     ``batch_size`` (it receives at most that many rows when the set streams).
     """
     manifest = bundle.manifest
+    inputs = ArrayStream(bundle.path(manifest.reference.inputs), [s.name for s in manifest.inputs],
+                         label=manifest.reference.inputs)
+    research = ArrayStream(bundle.path(manifest.reference.outputs), [s.name for s in manifest.outputs],
+                           label=manifest.reference.outputs)
+    if inputs.rows != research.rows:
+        raise BundleInvalid(f"the reference set has {inputs.rows} inputs but {research.rows} outputs; re-export the bundle.")
     baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
-
-    def sinks(expected: ArrayStream) -> dict[str, list[Any]]:
-        return {spec.name: [output_accumulator(spec, manifest.tolerance, expected.rows * expected.elements_per_row(spec.name),
-                                               overrides, baselines)] for spec in manifest.outputs}
-
-    samples, accumulators = stream_pairs(bundle, manifest.reference.inputs, [s.name for s in manifest.inputs],
-                                         manifest.reference.outputs, [s.name for s in manifest.outputs],
-                                         serve, batch_size, sinks, progress)
-    return [per_output[0].finish() for per_output in accumulators.values()], samples
-
-
-def stream_pairs(
-    bundle: VerifiedBundle,
-    source: str,
-    source_names: list[str],
-    target: str,
-    target_names: list[str],
-    serve: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
-    batch_size: int | None,
-    make_sinks: Callable[[ArrayStream], dict[str, list[Any]]],
-    progress: bool = False,
-) -> tuple[int, dict[str, list[Any]]]:
-    """Stream the arrays of ``source`` through ``serve`` and hand each result, with the matching
-    rows of ``target``, to the sinks (objects with ``add(served, expected, first_sample)``).
-
-    Returns the number of samples and the sinks (``make_sinks`` builds them, per target
-    array name, once the row counts are known).
-    """
-    inputs = ArrayStream(bundle.path(source), source_names, label=source)
-    expected = ArrayStream(bundle.path(target), target_names, label=target)
-    if inputs.rows != expected.rows:
-        raise BundleInvalid(f"{source} has {inputs.rows} samples but {target} has {expected.rows}; re-export the bundle.")
-    sinks = make_sinks(expected)
-    size = sum(bundle.manifest.files[f].bytes for f in (source, target))
+    accumulators = {
+        spec.name: output_accumulator(spec, manifest.tolerance, research.rows * research.elements_per_row(spec.name),
+                                      overrides, baselines)
+        for spec in manifest.outputs
+    }
+    size = sum(bundle.manifest.files[f].bytes for f in (manifest.reference.inputs, manifest.reference.outputs))
     rows = max(inputs.rows, 1) if (batch_size is None or size <= STREAM_ABOVE_BYTES) else batch_size
     with _progress(progress, inputs.rows) as advance:
-        for (first, batch), (_, wanted) in zip(inputs.batches(rows), expected.batches(rows)):
+        for (first, batch), (_, expected) in zip(inputs.batches(rows), research.batches(rows)):
             served = serve(batch)
-            for name, per_output in sinks.items():
-                for sink in per_output:
-                    sink.add(served[name], wanted[name], first)
+            for name, accumulator in accumulators.items():
+                accumulator.add(served[name], expected[name], first)
             advance(len(next(iter(batch.values()))))
-    return inputs.rows, sinks
+    return [accumulator.finish() for accumulator in accumulators.values()], inputs.rows
 
 
 @contextlib.contextmanager

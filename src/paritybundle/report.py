@@ -95,7 +95,8 @@ def render_lock(lock: EnvironmentLock, console: Console) -> None:
 
 def stage_table(report: CheckReport) -> Table:
     """Each stage on its own, and the preprocessing per raw input (column)."""
-    table = Table(title="stages (preprocessing per raw input, model on the reference features, merged pipeline)",
+    table = Table(title="stages: preprocessing per raw input vs the reference features; model on the reference "
+                        "features; merged pipeline; merge = pipeline vs the two stages run in sequence",
                   title_justify="left")
     for column in ("stage", "file", "compared", "max abs", "violations", "worst sample", "of tol", "verdict"):
         table.add_column(column, justify="left" if column in ("stage", "file", "compared", "verdict") else "right")
@@ -114,7 +115,8 @@ def stage_table(report: CheckReport) -> Table:
                 row(stage.stage, stage.file, f"column {column.input} -> {column.feature}{where}", column.comparison)
         else:
             for c in stage.outputs:
-                row(stage.stage, stage.file, f"output {c.name}", c)
+                what = f"output {c.name}" + (" vs preprocess -> model" if stage.stage == "merge" else "")
+                row(stage.stage, stage.file, what, c)
     return table
 
 

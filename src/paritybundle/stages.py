@@ -1,12 +1,13 @@
 """Stage localization: when parity fails, say where.
 
-A bundle with preprocessing has three things that can diverge: the preprocessing
+A bundle with preprocessing has three graphs that can diverge: the preprocessing
 (``preprocess.onnx`` on the raw reference inputs vs ``reference/features.npz``),
 the model (``model.onnx`` on the reference features vs the research outputs), and
 the merged ``pipeline.onnx`` that serving runs. Checking the first two on their
 own, and the first per raw input (column), turns "the outputs differ" into
 "column 'alcohol' of the preprocessing differs" or "the model differs on correct
-features" or "only the merged graph differs".
+features" or "only the merged graph differs". A fourth comparison, ``merge``, runs the
+two stages in sequence on the raw inputs and holds the merged graph to that.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from .manifest import Preprocessing, TensorSpec, Tolerance
 from .parity import OutputAccumulator, OutputComparison, explain_failure
 
-StageName = Literal["preprocess", "model", "pipeline"]
+StageName = Literal["preprocess", "model", "pipeline", "merge"]
 
 
 class _Model(BaseModel):
@@ -107,7 +108,7 @@ def diagnose(stages: Sequence[StageResult]) -> str | None:
     by_name = {s.stage: s for s in stages}
     if all(s.passed for s in stages):
         return None
-    pre, model, pipeline = by_name.get("preprocess"), by_name.get("model"), by_name.get("pipeline")
+    pre, model, pipeline, merge = (by_name.get(n) for n in ("preprocess", "model", "pipeline", "merge"))
     if pre is None or model is None:
         return None
     if not pre.passed:
@@ -119,7 +120,9 @@ def diagnose(stages: Sequence[StageResult]) -> str | None:
     if not model.passed:
         return (f"the model diverged on correct features: {pre.file} reproduces the reference features, but "
                 f"{model.file} on those features does not reproduce the research outputs.")
-    if pipeline is not None and not pipeline.passed:
+    if (pipeline is not None and not pipeline.passed) or (merge is not None and not merge.passed):
+        file = pipeline.file if pipeline is not None else "the merged pipeline"
         return (f"only the merged pipeline diverges: {pre.file} and {model.file} each reproduce research on their "
-                f"own, but {pipeline.file} does not; the merge (or an optimisation across the seam) is at fault.")
+                f"own, but {file} does not compute what they compute in sequence; the merge (or an optimisation "
+                "across the seam) is at fault.")
     return None

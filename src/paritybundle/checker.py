@@ -51,8 +51,10 @@ class CheckSettings(_Model):
     intra_op_num_threads: int | None
     batch_size: int | None
     samples: int
-    source: Literal["bundle", "url"] = "bundle"
+    # Where the reference set came from: the bundle, a live endpoint, or an ONNX test data directory.
+    source: Literal["bundle", "url", "testdata"] = "bundle"
     url: str | None = None
+    testdata: str | None = None
     model: str | None = None
 
 
@@ -497,6 +499,63 @@ def check_url(
                              intra_op_num_threads=None, batch_size=request_batch, samples=samples,
                              source="url", url=url, model=name)
     return _report(bundle, comparisons, overrides, settings, None, started)
+
+
+def check_testdata(
+    path: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    *,
+    settings: SessionSettings | None = None,
+    tolerance: Tolerance | None = None,
+    per_output_tolerance: Mapping[str, Tolerance] | None = None,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    env_policy: str = DEFAULT_POLICY,
+    public_key: str | os.PathLike[str] | None = None,
+) -> CheckReport:
+    """Check a bundle's pipeline against ONNX test data (``test_data_set_K/input_I.pb``, ``output_O.pb``)
+    instead of its own reference set: the bundle's tolerance, this directory's inputs and outputs.
+
+    Such a directory comes from ``bundle testdata`` (of this or another bundle) or from any tool
+    writing ONNX's test data layout. Each set is read whole (test data sets are small by design).
+
+    Raises:
+        UsageError: ``folder`` is not a test data directory.
+        BundleInvalid: the bundle fails integrity, or a set does not match its graph.
+    """
+    from .testdata import read_testdata
+
+    started = time.perf_counter()
+    runtime = load(path, settings, env_policy, public_key)
+    manifest = runtime.manifest
+    overrides = _overrides(manifest, tolerance, per_output_tolerance)
+    runner = runtime.runner
+    order = [i.name for i in runner.session.get_inputs()]
+    sets = list(read_testdata(folder, list(manifest.inputs), list(manifest.outputs), order))
+    baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
+    accumulators = {spec.name: output_accumulator(spec, manifest.tolerance, sum(int(np.asarray(e[spec.name]).size)
+                                                                               for _, _, e in sets), overrides, baselines)
+                    for spec in manifest.outputs}
+    first = 0
+    for name, given, expected in sets:
+        try:
+            validated = runner.validate(given)
+        except InputValidationError as exc:
+            raise BundleInvalid(f"{name} does not match the bundle's inputs: {exc}") from None
+        served = runner.run(validated, batch_size)
+        for output, accumulator in accumulators.items():
+            if served[output].shape != expected[output].shape:
+                raise BundleInvalid(f"{name}: output {output!r} has shape {list(expected[output].shape)} in the test data "
+                                    f"but the pipeline gives {list(served[output].shape)}.")
+            accumulator.add(served[output], expected[output], first)
+        first += len(next(iter(validated.values())))
+    report_settings = CheckSettings(
+        onnxruntime_version=onnxruntime_version(), providers=list(runtime.settings.providers),
+        graph_optimization_level=runtime.settings.graph_optimization_level,
+        intra_op_num_threads=runtime.settings.intra_op_num_threads, batch_size=batch_size, samples=first,
+        source="testdata", testdata=str(folder),
+    )
+    comparisons = [a.finish() for a in accumulators.values()]
+    return _report(runtime.bundle, comparisons, overrides, report_settings, runtime.drift, started)
 
 
 def _overrides(manifest: Manifest, tolerance: Tolerance | None,

@@ -140,16 +140,19 @@ def check_command(
     url: Annotated[Optional[str], typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds to wait for each answer.")] = 30.0,
+    references: Annotated[Optional[Path], typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`) as the reference set.")] = None,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
 ) -> int:
     """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
-    from .checker import check, check_url, settings_from_manifest
+    from .checker import check, check_testdata, check_url, settings_from_manifest
     from .runtime import SessionSettings
     from .signing import resolve_key
     from .store import read_manifest
 
     public_key = resolve_key(key, require_signature)
+    if url is not None and references is not None:
+        raise UsageError("--url and --references are two different reference sources; pass one.")
     if url is not None:
         if threads is not None or optimization is not None or provider:
             raise UsageError("--threads, --optimization and --provider set local ONNX Runtime; they do not apply with --url.")
@@ -169,9 +172,14 @@ def check_command(
             graph_optimization_level=optimization or recorded.graph_optimization_level,
             intra_op_num_threads=recorded.intra_op_num_threads if threads is None else threads,
         )
-    report = check(bundle, settings=settings, tolerance=_tolerance(atol, rtol),
-                   per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
-                   env_policy=env_policy, public_key=public_key, progress=_show_progress(json_path))
+    if references is not None:
+        report = check_testdata(bundle, references, settings=settings, tolerance=_tolerance(atol, rtol),
+                                per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
+                                env_policy=env_policy, public_key=public_key)
+    else:
+        report = check(bundle, settings=settings, tolerance=_tolerance(atol, rtol),
+                       per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
+                       env_policy=env_policy, public_key=public_key, progress=_show_progress(json_path))
     _emit_report(report, json_path)
     return EXIT_OK if report.passed else EXIT_PARITY
 
@@ -194,6 +202,26 @@ def _emit_report(report, json_path: Path | None) -> None:
             _write_text(json_path, text)
     if json_path is None or str(json_path) != "-":
         render_check(report, out)
+
+
+@command("testdata")
+def testdata_command(
+    bundle: BundleArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write (model.onnx, test_data_set_K/, Polygraphy JSON).")],
+    set_size: Annotated[Optional[int], typer.Option("--set-size", help="Samples per test_data_set_K (default: all in one set).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
+) -> int:
+    """Write the reference set as ONNX test data (and Polygraphy JSON) beside the pipeline graph."""
+    from .signing import resolve_key
+    from .testdata import write_testdata
+
+    result = write_testdata(bundle, output, set_size=set_size, force=force,
+                            public_key=resolve_key(key, require_signature))
+    out.print(f"wrote {result.path}: model.onnx, {result.sets} test data set(s) of {result.samples} samples, "
+              "polygraphy_inputs.json, polygraphy_outputs.json")
+    return EXIT_OK
 
 
 @command("verify")

@@ -133,7 +133,11 @@ def render_check(report: CheckReport, console: Console) -> None:
     for line in report.notices:
         console.print(Text(f"notice: {line}", style="yellow"))
     settings = report.settings
-    if settings.source == "url":
+    if settings.source == "testdata":
+        console.print(f"references from ONNX test data in {settings.testdata} ({settings.samples} samples); "
+                      f"onnxruntime {settings.onnxruntime_version}; {report.bundle.files_verified} files verified; "
+                      f"{report.duration_s:.2f} s")
+    elif settings.source == "url":
         console.print(f"answers from {settings.url} (model {settings.model}), {settings.batch_size} samples per request; "
                       f"references made on {report.reference['device']} ({report.reference['precision']}); "
                       f"{report.bundle.files_verified} files verified; {report.duration_s:.2f} s")

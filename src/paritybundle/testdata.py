@@ -1,0 +1,203 @@
+"""The reference set in formats other tools read: ONNX test data and Polygraphy JSON.
+
+``bundle testdata BUNDLE -o DIR`` writes::
+
+    DIR/model.onnx                     the bundle's pipeline graph (outputs: the declared ones, in order)
+    DIR/model.onnx.data                its external weights, when it has any
+    DIR/test_data_set_K/input_I.pb     TensorProto of graph input I (named), samples of set K
+    DIR/test_data_set_K/output_O.pb    TensorProto of the research output O
+    DIR/polygraphy_inputs.json         the inputs as Polygraphy's ``--load-inputs`` reads them
+    DIR/polygraphy_outputs.json        the research outputs as Polygraphy ``RunResults`` (``--load-outputs``)
+
+This is the layout onnx's backend test runner and ONNX Runtime's ``onnx_test_runner``
+read (inputs and outputs matched to the graph by position, and named). The Polygraphy
+files follow its JSON encoding (arrays as base64 ``.npy``), written without Polygraphy.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BundleExistsError, BundleInvalid, UsageError
+from .external_data import external_locations, mentions_external_data
+from .manifest import TensorSpec
+from .references import ArrayStream
+from .store import VerifiedBundle, open_bundle
+
+MODEL_NAME = "model.onnx"
+SET_PREFIX = "test_data_set_"
+POLYGRAPHY_INPUTS = "polygraphy_inputs.json"
+POLYGRAPHY_OUTPUTS = "polygraphy_outputs.json"
+# The runner name the research outputs carry in Polygraphy's RunResults.
+RESEARCH_RUNNER = "paritybundle-research"
+
+
+@dataclass(frozen=True)
+class TestdataResult:
+    path: Path
+    sets: int
+    samples: int
+
+
+def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str], *, set_size: int | None = None,
+                   force: bool = False, public_key: str | os.PathLike[str] | None = None) -> TestdataResult:
+    """Write a verified bundle's reference set as ONNX test data (and Polygraphy JSON) in ``out``.
+
+    Args:
+        set_size: samples per ``test_data_set_K`` (None: all in one set).
+        force: replace an existing ``out``.
+
+    Raises:
+        BundleInvalid: the bundle fails integrity.
+        BundleExistsError: ``out`` exists and ``force`` is false.
+        UsageError: a bad ``set_size``.
+    """
+    if set_size is not None and set_size < 1:
+        raise UsageError("the set size must be at least 1 sample.")
+    target = Path(out)
+    if target.exists() and not force:
+        raise BundleExistsError(f"{target} already exists; choose another directory or pass --force to replace it.")
+    bundle = open_bundle(bundle_path, public_key)
+    manifest = bundle.manifest
+    # Staged beside the target and renamed into place: a failed run leaves nothing half-written.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _write_model(bundle, staging)
+        inputs = ArrayStream(bundle.path(manifest.reference.inputs), [s.name for s in manifest.inputs],
+                             label=manifest.reference.inputs)
+        outputs = ArrayStream(bundle.path(manifest.reference.outputs), [s.name for s in manifest.outputs],
+                              label=manifest.reference.outputs)
+        order = _graph_input_order(bundle)
+        feeds, results, sets = [], [], 0
+        size = set_size or max(inputs.rows, 1)
+        for (_, batch), (_, expected) in zip(inputs.batches(size), outputs.batches(size)):
+            folder = staging / f"{SET_PREFIX}{sets}"
+            folder.mkdir()
+            for position, name in enumerate(order):
+                _save_tensor(folder / f"input_{position}.pb", batch[name], name)
+            for position, spec in enumerate(manifest.outputs):
+                _save_tensor(folder / f"output_{position}.pb", expected[spec.name], spec.name)
+            feeds.append({name: batch[name] for name in order})
+            results.append({spec.name: expected[spec.name] for spec in manifest.outputs})
+            sets += 1
+        (staging / POLYGRAPHY_INPUTS).write_text(json.dumps([{n: _polygraphy_array(a) for n, a in f.items()} for f in feeds]))
+        (staging / POLYGRAPHY_OUTPUTS).write_text(json.dumps(_polygraphy_run_results(results)))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return TestdataResult(path=target, sets=sets, samples=inputs.rows)
+
+
+def _graph_input_order(bundle: VerifiedBundle) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(bundle.path(bundle.manifest.stages.pipeline)), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
+
+
+def _write_model(bundle: VerifiedBundle, folder: Path) -> None:
+    """The pipeline graph as ``model.onnx``, its outputs exactly the declared ones in the declared
+    order (test runners match ``output_K.pb`` to graph outputs by position)."""
+    import onnx
+
+    manifest = bundle.manifest
+    source = bundle.path(manifest.stages.pipeline)
+    model = onnx.load(str(source), load_external_data=False)
+    by_name = {o.name: o for o in model.graph.output}
+    declared = [by_name[s.name] for s in manifest.outputs]
+    del model.graph.output[:]
+    model.graph.output.extend(declared)
+    onnx.save(model, str(folder / MODEL_NAME))
+    if mentions_external_data(source):
+        for location in sorted(set(external_locations(source))):
+            destination = folder / location
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source.parent / location, destination)
+
+
+def _save_tensor(path: Path, array: np.ndarray, name: str) -> None:
+    from onnx import numpy_helper
+
+    if array.dtype.kind in "US":
+        array = array.astype(object)  # TensorProto strings
+    path.write_bytes(numpy_helper.from_array(np.ascontiguousarray(array), name).SerializeToString())
+
+
+def _polygraphy_array(array: np.ndarray) -> dict[str, str]:
+    """Polygraphy's encoding of an ndarray: a base64 ``.npy`` (no pickle) and its class marker."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return {"array": base64.b64encode(buffer.getvalue()).decode(), "polygraphy_class": "ndarray"}
+
+
+def _polygraphy_run_results(results: list[dict[str, np.ndarray]]) -> dict[str, object]:
+    iterations = [{"outputs": {name: {"values": _polygraphy_array(a), "polygraphy_class": "LazyArray"}
+                               for name, a in outputs.items()},
+                   "runtime": None, "runner_name": RESEARCH_RUNNER, "polygraphy_class": "IterationResult"}
+                  for outputs in results]
+    return {"lst": [[RESEARCH_RUNNER, iterations]], "polygraphy_class": "RunResults"}
+
+
+# --- reading ONNX test data back (bundle check --references DIR) -------------------------------
+
+
+def read_testdata(folder: str | os.PathLike[str], inputs: list[TensorSpec], outputs: list[TensorSpec],
+                  input_order: list[str]) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Yield ``(set name, inputs, expected outputs)`` for each ``test_data_set_K`` in ``folder``.
+
+    Tensors are matched to ``input_order`` (the graph's input order) and to the declared
+    ``outputs`` by position, as the test runners do; a name stored in a tensor must agree.
+
+    Raises:
+        UsageError: not a test data directory.
+        BundleInvalid: a set whose files do not match the bundle's inputs/outputs.
+    """
+    root = Path(folder)
+    sets = sorted((p for p in root.glob(f"{SET_PREFIX}*") if p.is_dir()),
+                  key=lambda p: (len(p.name), p.name)) if root.is_dir() else []
+    if not sets:
+        raise UsageError(f"{root} holds no {SET_PREFIX}K directories; pass a directory written by `bundle testdata` "
+                         "or in ONNX's test data layout.")
+    for folder_path in sets:
+        given_inputs = _load_tensors(folder_path, "input", input_order)
+        given_outputs = _load_tensors(folder_path, "output", [s.name for s in outputs])
+        yield folder_path.name, given_inputs, given_outputs
+
+
+def _load_tensors(folder: Path, kind: str, names: list[str]) -> dict[str, np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    files = sorted(folder.glob(f"{kind}_*.pb"))
+    if len(files) != len(names):
+        raise BundleInvalid(f"{folder.name} has {len(files)} {kind} tensors, the bundle's graph has {len(names)} "
+                            f"({', '.join(names)}).")
+    arrays = {}
+    for position, name in enumerate(names):
+        path = folder / f"{kind}_{position}.pb"
+        tensor = onnx.TensorProto()
+        try:
+            tensor.ParseFromString(path.read_bytes())
+            array = numpy_helper.to_array(tensor)
+        except Exception as exc:  # protobuf DecodeError, onnx's own errors, a missing file
+            raise BundleInvalid(f"{folder.name}/{path.name} is not a readable TensorProto ({type(exc).__name__}).") from None
+        if tensor.name and tensor.name != name:
+            raise BundleInvalid(f"{folder.name}/{path.name} holds {tensor.name!r}, but position {position} of the "
+                                f"bundle's graph {kind}s is {name!r}.")
+        arrays[name] = array.astype(str) if array.dtype == object else array
+    return arrays

@@ -1,0 +1,118 @@
+"""`bundle testdata`: the reference set as ONNX test data and Polygraphy JSON, read back by
+those tools' own readers; and `bundle check --references DIR`."""
+
+from __future__ import annotations
+
+import unittest
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from paritybundle.cli import main
+from paritybundle.store import read_manifest
+from paritybundle.testdata import write_testdata
+
+
+def reference_arrays(bundle, which):
+    with np.load(bundle / f"reference/{which}.npz", allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def graph_inputs(path):
+    model = onnx.load(str(path))
+    initializers = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers], [o.name for o in model.graph.output]
+
+
+@pytest.mark.parametrize("bundle_fixture", ["wine_bundle", "digits_bundle"])
+def test_onnx_reads_back_identical_arrays_in_graph_order(bundle_fixture, request, tmp_path):
+    bundle = request.getfixturevalue(bundle_fixture)
+    result = write_testdata(bundle, tmp_path / "td")
+    assert result.sets == 1 and result.samples == read_manifest(bundle).reference.samples
+    inputs, outputs = reference_arrays(bundle, "inputs"), reference_arrays(bundle, "outputs")
+    input_names, output_names = graph_inputs(tmp_path / "td" / "model.onnx")
+    assert output_names == [o.name for o in read_manifest(bundle).outputs]
+    for kind, names, arrays in (("input", input_names, inputs), ("output", output_names, outputs)):
+        for position, name in enumerate(names):
+            tensor = onnx.load_tensor(str(tmp_path / "td" / "test_data_set_0" / f"{kind}_{position}.pb"))
+            assert tensor.name == name
+            read = numpy_helper.to_array(tensor)
+            expected = arrays[name]
+            if expected.dtype.kind == "U":
+                assert read.dtype == object and read.tolist() == expected.tolist()
+            else:
+                assert read.dtype == expected.dtype
+                np.testing.assert_array_equal(read, expected)  # identical, NaN where NaN
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the runner builds onnx's own node cases on import
+def test_onnx_backend_test_runner_passes_on_the_directory_with_onnxruntime(wine_bundle, tmp_path):
+    """onnx's own backend test runner, with ONNX Runtime as the backend, reads and passes the set."""
+    import onnx.backend.test.runner as runner_module
+    import onnxruntime.backend
+    from onnx.backend.test.case.test_case import TestCase
+
+    folder = write_testdata(wine_bundle, tmp_path / "td").path
+    tol = read_manifest(wine_bundle).tolerance.default
+    runner = runner_module.Runner(onnxruntime.backend, parent_module=__name__)
+    # The runner has no public entry for one directory; this is how its own model tests are registered.
+    runner._add_model_test(TestCase(name="test_paritybundle_wine", model_name="wine", url=None, model_dir=str(folder),
+                                    model=None, data_sets=None, kind="real", rtol=tol.rtol, atol=tol.atol), "Real")
+    suite = unittest.TestSuite(case(name) for case in runner.test_cases.values()
+                               for name in unittest.defaultTestLoader.getTestCaseNames(case)
+                               if name == "test_paritybundle_wine_cpu")
+    result = unittest.TextTestRunner(verbosity=0).run(suite)
+    assert result.testsRun == 1 and result.wasSuccessful(), result.failures + result.errors
+
+
+def test_polygraphy_loads_the_inputs_and_the_run_results(wine_bundle, tmp_path):
+    pytest.importorskip("polygraphy", reason="Polygraphy is the reader under test (a dev dependency)")
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import load_json
+
+    folder = write_testdata(wine_bundle, tmp_path / "td", set_size=20).path
+    inputs, outputs = reference_arrays(wine_bundle, "inputs"), reference_arrays(wine_bundle, "outputs")
+    feeds = load_json(str(folder / "polygraphy_inputs.json"))
+    assert len(feeds) == 3  # 54 samples in sets of 20
+    for name, array in inputs.items():
+        np.testing.assert_array_equal(np.concatenate([feed[name] for feed in feeds]), array)
+    results = RunResults.load(str(folder / "polygraphy_outputs.json"))
+    runner, iterations = results[0]
+    assert runner == "paritybundle-research" and len(iterations) == 3
+    for name, array in outputs.items():
+        np.testing.assert_array_equal(np.concatenate([np.asarray(it[name]) for it in iterations]), array)
+
+
+def test_check_accepts_a_test_data_directory_as_the_reference_source(wine_bundle, tmp_path, capsys):
+    folder = write_testdata(wine_bundle, tmp_path / "td", set_size=10).path
+    assert len(list(folder.glob("test_data_set_*"))) == 6
+    assert main(["check", str(wine_bundle), "--references", str(folder), "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "references from ONNX test data" in out and "54 samples" in out
+    # A research output changed in the test data: parity fails, exit 1.
+    path = folder / "test_data_set_2" / "output_0.pb"
+    tensor = onnx.load_tensor(str(path))
+    array = numpy_helper.to_array(tensor) + 0.01
+    path.write_bytes(numpy_helper.from_array(array, tensor.name).SerializeToString())
+    assert main(["check", str(wine_bundle), "--references", str(folder)]) == 1
+    assert "output 'scores' failed" in capsys.readouterr().out
+
+
+def test_test_data_of_another_model_or_no_test_data_is_a_clear_error(wine_bundle, digits_bundle, tmp_path, capsys):
+    folder = write_testdata(wine_bundle, tmp_path / "td").path
+    assert main(["check", str(digits_bundle), "--references", str(folder)]) == 3
+    assert "test_data_set_0 has 14 input tensors, the bundle's graph has 1 (pixels)" in capsys.readouterr().err
+    assert main(["check", str(digits_bundle), "--references", str(tmp_path)]) == 2
+    assert "holds no test_data_set_K directories" in capsys.readouterr().err
+    assert main(["check", str(digits_bundle), "--references", str(folder), "--url", "http://127.0.0.1:9"]) == 2
+
+
+def test_testdata_refuses_to_overwrite_without_force(digits_bundle, tmp_path, capsys):
+    (tmp_path / "td").mkdir()
+    assert main(["testdata", str(digits_bundle), "-o", str(tmp_path / "td")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["testdata", str(digits_bundle), "-o", str(tmp_path / "td"), "--force"]) == 0
+    assert (tmp_path / "td" / "test_data_set_0" / "input_0.pb").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".td.")]  # no staging left behind

@@ -224,6 +224,35 @@ def testdata_command(
     return EXIT_OK
 
 
+@command("diff")
+def diff_command(
+    bundle_a: Annotated[Path, typer.Argument(help="A: the bundle in service (its tolerance judges).", metavar="A")],
+    bundle_b: Annotated[Path, typer.Argument(help="B: the candidate that would replace it.", metavar="B")],
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the diff as JSON to this file ('-' for stdout).")] = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page.")] = None,
+    expect_change: Annotated[bool, typer.Option("--expect-change", help="B is meant to change outputs: report, exit 0 unless the specs are incompatible.")] = False,
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
+) -> int:
+    """Two bundles side by side (specs, preprocessing, graphs, tolerance, environment, provenance) and B on A's references."""
+    from .diff import as_json, diff
+    from .html_report import diff_page
+    from .report import render_diff
+    from .signing import resolve_key
+
+    report = diff(bundle_a, bundle_b, expect_change=expect_change, public_key=resolve_key(key, require_signature))
+    if json_path is not None:
+        if str(json_path) == "-":
+            sys.stdout.write(as_json(report))
+        else:
+            _write_text(json_path, as_json(report))
+    if html_path is not None:
+        _write_text(html_path, diff_page(report))
+    if json_path is None or str(json_path) != "-":
+        render_diff(report, out)
+    return EXIT_OK if report.passed else EXIT_PARITY
+
+
 @command("verify")
 def verify_command(bundle: BundleArg, key: KeyOption = None, require_signature: RequireSignatureOption = False) -> int:
     """Integrity only: the manifest, the signature (with --key) and every file's sha256; no inference."""

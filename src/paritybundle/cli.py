@@ -253,6 +253,44 @@ def diff_command(
     return EXIT_OK if report.passed else EXIT_PARITY
 
 
+def _print_build_line(line: str) -> None:
+    if line.strip():
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@command("build-image")
+def build_image_command(
+    bundle: BundleArg,
+    tag: Annotated[Optional[str], typer.Option("-t", "--tag", help="Image tag, e.g. digits:1.")] = None,
+    base_image: Annotated[str, typer.Option("--base-image", help="Base image with Python and venv (present locally or pullable).")] = "python:3.11-slim",
+    wheelhouse: Annotated[Optional[Path], typer.Option("--wheelhouse", help="Use these wheels instead of downloading them (offline builds).")] = None,
+    package: Annotated[Optional[str], typer.Option("--package", help="paritybundle's wheel or source directory (default: where it was installed from).")] = None,
+    context: Annotated[Optional[Path], typer.Option("--context", help="Only write the build context (Dockerfile, bundle/, wheelhouse/) to this new directory, for your own builder.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Do not stream the build's output.")] = False,
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
+) -> int:
+    """Build the serving image through the Docker SDK; the build runs `bundle check` and fails unless parity holds."""
+    from .container import build_context, build_image
+    from .signing import resolve_key
+    from .store import open_bundle
+
+    public_key = resolve_key(key, require_signature)
+    if context is not None:
+        if context.exists():
+            raise UsageError(f"{context} already exists; --context writes a new directory.")
+        build_context(open_bundle(bundle, public_key), context, wheelhouse=wheelhouse, package=package)
+        out.print(f"wrote the build context to {context}; build it with: docker build --build-arg BASE_IMAGE={base_image} "
+                  f"-t TAG {context}", soft_wrap=True)
+        return EXIT_OK
+    if not tag:
+        raise UsageError("build-image needs -t TAG (or --context DIR to only write the build context).")
+    result = build_image(bundle, tag, base_image=base_image, wheelhouse=wheelhouse, package=package,
+                         public_key=public_key, progress=None if quiet else _print_build_line)
+    out.print(f"built {result.tag} ({result.image_id[:19]}) from {result.base_image}; parity held inside the image")
+    return EXIT_OK
+
+
 @command("verify")
 def verify_command(bundle: BundleArg, key: KeyOption = None, require_signature: RequireSignatureOption = False) -> int:
     """Integrity only: the manifest, the signature (with --key) and every file's sha256; no inference."""

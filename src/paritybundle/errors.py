@@ -15,6 +15,7 @@ user as exit 70 with its traceback.
      │    ├── ExportError              torch's exporter could not convert the model
      │    ├── InputValidationError     inputs do not match the bundle's input specs
      │    ├── BundleExistsError        the export target exists and --force was not given
+     │    ├── ContainerError           no Docker daemon, base image missing, image build failed
      │    └── EndpointError            a live endpoint is unreachable, times out, or is not V2
      ├── BundleInvalid         exit 3  tampered, missing or extra file, bad manifest
      └── EnvironmentRefused    exit 4  refused by the drift policy
@@ -76,6 +77,10 @@ class BundleExistsError(UsageError):
 
 class EndpointError(UsageError):
     """A live endpoint given with --url cannot be used: unreachable, timed out, not V2, wrong model."""
+
+
+class ContainerError(UsageError):
+    """No Docker daemon, a missing base image, or an image build that failed (its own error included)."""
 
 
 class BundleInvalid(ParityBundleError):

@@ -1,0 +1,205 @@
+"""``bundle build-image``: the serving image of a bundle, built through the Docker SDK.
+
+The build context is assembled here: the verified bundle, a wheelhouse holding
+exactly the bundle's ``requirements-serve.txt`` (downloaded with pip for the
+lock's Python version and platform) plus this package's wheel, and
+``Dockerfile.serve``. The image's build then installs with ``--no-index`` (hermetic,
+matching the lock) and runs ``bundle check`` inside itself: an image whose parity
+fails is never tagged. The build uses the daemon's classic builder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .environment import EnvironmentLock
+from .manifest import MANIFEST_NAME, SIGNATURE_NAME
+from .errors import (
+    EXIT_BUNDLE_INVALID, EXIT_ENVIRONMENT, EXIT_PARITY, BundleInvalid, ContainerError, EnvironmentRefused, ParityFailure,
+    UsageError,
+)
+from .store import VerifiedBundle, open_bundle
+
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+DOCKERFILE = "Dockerfile.serve"
+# What the in-image check's exit code means, as the same errors the CLI maps to exit codes.
+_CHECK_FAILURES: dict[int, type[Exception]] = {
+    EXIT_PARITY: ParityFailure, EXIT_BUNDLE_INVALID: BundleInvalid, EXIT_ENVIRONMENT: EnvironmentRefused}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    tag: str
+    image_id: str
+    base_image: str
+
+
+def dockerfile_text() -> str:
+    """The ``Dockerfile.serve`` shipped with this package."""
+    return resources.files("paritybundle").joinpath(DOCKERFILE).read_text()
+
+
+def platform_tags(lock: EnvironmentLock) -> list[str]:
+    """pip ``--platform`` tags for the lock's machine and glibc (every manylinux the glibc can run)."""
+    machine = lock.platform.machine
+    match = re.match(r"glibc (\d+)\.(\d+)", lock.platform.libc or "")
+    minor = int(match.group(2)) if match and match.group(1) == "2" else 17
+    tags = [f"manylinux_2_{m}_{machine}" for m in range(minor, 4, -1)]
+    legacy = {"x86_64": ["manylinux2014", "manylinux2010", "manylinux1"], "aarch64": ["manylinux2014"]}
+    tags += [f"{name}_{machine}" for name in legacy.get(machine, [])]
+    return tags + [f"linux_{machine}"]
+
+
+def _pip(*args: str) -> str:
+    from .rehearsal import _pip_reason
+
+    result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ContainerError(f"pip could not prepare the wheelhouse: {_pip_reason(result.stdout + result.stderr)}")
+    return result.stdout
+
+
+def build_context(bundle: VerifiedBundle, folder: Path, *, wheelhouse: Path | None = None,
+                  package: str | None = None) -> Path:
+    """Write the build context into ``folder``: ``Dockerfile``, ``bundle/``, ``wheelhouse/``.
+
+    Args:
+        wheelhouse: a directory of wheels to use instead of downloading (offline builds).
+        package: paritybundle's wheel or source directory (default: where it was installed from).
+    """
+    from .checker import read_lock
+    from .rehearsal import package_source
+
+    manifest = bundle.manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Dockerfile").write_text(dockerfile_text())
+    target = folder / "bundle"
+    target.mkdir()
+    # The verified files and the two unlisted ones; the in-image check verifies them all again.
+    unlisted = [name for name in (MANIFEST_NAME, SIGNATURE_NAME) if (bundle.root / name).is_file()]
+    for relative in [*manifest.files, *unlisted]:
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle.root / relative, destination)
+    wheels = folder / "wheelhouse"
+    if wheelhouse is not None:
+        if not wheelhouse.is_dir():
+            raise UsageError(f"wheelhouse {wheelhouse} is not a directory of wheels.")
+        shutil.copytree(wheelhouse, wheels)
+    else:
+        lock = read_lock(bundle)
+        major, minor = lock.python.version.split(".")[:2]
+        platforms = [arg for tag in platform_tags(lock) for arg in ("--platform", tag)]
+        _pip("download", "--quiet", "--only-binary=:all:", "--python-version", f"{major}.{minor}",
+             "--implementation", "cp", "--abi", f"cp{major}{minor}", *platforms,
+             "-r", str(bundle.path(manifest.serve_requirements)), "-d", str(wheels))
+    if not any(wheels.glob("paritybundle-*.whl")):
+        source = package or package_source()
+        if source.endswith(".whl"):
+            shutil.copy(source, wheels)
+        else:
+            _pip("wheel", "--quiet", "--no-deps", "-w", str(wheels), source)
+    return folder
+
+
+def _client():
+    try:
+        import docker
+    except ImportError:
+        raise UsageError("building images needs the Docker SDK; pip install 'paritybundle[container]'.") from None
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # docker raises DockerException, requests' ConnectionError, FileNotFoundError...
+        reason = " ".join(str(exc).split())[:300]
+        raise ContainerError(f"no Docker daemon answers ({reason}); start Docker or set DOCKER_HOST.") from None
+    return client
+
+
+def _ensure_base_image(client, base_image: str) -> None:
+    import docker
+
+    try:
+        client.images.get(base_image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        client.images.pull(base_image)
+    except docker.errors.APIError as exc:
+        reason = " ".join(str(getattr(exc, "explanation", None) or exc).split())[:300]
+        raise ContainerError(f"base image {base_image!r} is not present locally and cannot be pulled ({reason}); "
+                             "pull or import it first, or pass --base-image.") from None
+
+
+def build_image(path: str | os.PathLike[str], tag: str, *, base_image: str = DEFAULT_BASE_IMAGE,
+                wheelhouse: Path | None = None, package: str | None = None,
+                public_key: str | os.PathLike[str] | None = None,
+                progress: Callable[[str], None] | None = None) -> ImageResult:
+    """Build and tag the serving image of the bundle at ``path``.
+
+    The bundle is verified first; the build runs ``bundle check`` inside the image and
+    fails, tagging nothing, unless parity holds there.
+
+    Raises:
+        BundleInvalid: the bundle fails integrity (before anything is built).
+        ContainerError: no daemon, a missing base image, or a build failure (the build's own error).
+        ParityFailure / BundleInvalid / EnvironmentRefused: the in-image check failed (exit 1 / 3 / 4).
+    """
+    if not tag or any(c.isspace() for c in tag):
+        raise UsageError(f"image tag {tag!r} is not valid; use NAME[:VERSION], e.g. digits:1.")
+    bundle = open_bundle(path, public_key)
+    client = _client()
+    _ensure_base_image(client, base_image)
+    with tempfile.TemporaryDirectory(prefix="paritybundle-image-") as folder:
+        context = build_context(bundle, Path(folder), wheelhouse=wheelhouse, package=package)
+        image_id = _run_build(client, context, tag, base_image, progress or (lambda line: None))
+    return ImageResult(tag=tag, image_id=image_id, base_image=base_image)
+
+
+def _run_build(client, context: Path, tag: str, base_image: str, progress: Callable[[str], None]) -> str:
+    step_output: list[str] = []
+    image_id = ""
+    try:
+        stream = client.api.build(path=str(context), tag=tag, buildargs={"BASE_IMAGE": base_image},
+                                  rm=True, forcerm=True, pull=False, decode=True)
+        for chunk in stream:
+            if "stream" in chunk:
+                for line in chunk["stream"].splitlines():
+                    progress(line)
+                    if line.startswith("Step "):
+                        step_output.clear()
+                    step_output.append(line)
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+            if "error" in chunk:
+                _raise_build_error(chunk["error"], step_output)
+    except (ContainerError, ParityFailure, BundleInvalid, EnvironmentRefused):
+        raise
+    except Exception as exc:  # the SDK's APIError/BuildError, or the daemon going away mid-build
+        raise ContainerError(f"the image build failed: {' '.join(str(exc).split())[:600]}") from None
+    return image_id
+
+
+def _raise_build_error(error: str, step_output: list[str]) -> None:
+    """The build's own error; an in-image ``bundle check`` failure keeps its exit code's meaning."""
+    message = " ".join(error.split())
+    code = re.search(r"returned a non-zero code: (\d+)", message)
+    if code and "bundle check" in message:
+        exit_code = int(code.group(1))
+        important = [line.strip() for line in step_output
+                     if any(key in line for key in ("failed", "FAILS", "where:", "error:", "refused", "critical"))]
+        detail = " ".join(important[-6:]) or " ".join(" ".join(step_output[-5:]).split())
+        text = (f"the in-image `bundle check` failed (exit {exit_code}), so no image was tagged: {detail[:1500]}")
+        raise _CHECK_FAILURES.get(exit_code, ContainerError)(text)
+    raise ContainerError(f"the image build failed: {message[:1500]}")

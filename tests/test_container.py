@@ -1,0 +1,207 @@
+"""Containers: Dockerfile.serve, `bundle build-image` through the Docker SDK, a real serving
+container checked with `bundle check --url`, and Dockerfile.train exporting into a volume.
+
+The tests that need a Docker engine skip, saying why, where none answers; `.ci/run` starts one
+(scripts/docker-ci.sh) with a local Debian base image, since image registries are unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bundle_tools import copy_bundle, perturb_weights
+from paritybundle.cli import main
+from paritybundle.container import dockerfile_text
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_IMAGE = os.environ.get("PARITYBUNDLE_TEST_BASE_IMAGE", "paritybundle-test-base:bookworm")
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    docker = pytest.importorskip("docker", reason="the Docker SDK is not installed (pip install 'paritybundle[container]')")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker engine answers ({type(exc).__name__}); scripts/docker-ci.sh start runs one, as .ci/run does")
+    return client
+
+
+@pytest.fixture(scope="module")
+def base_image(docker_client):
+    import docker
+
+    try:
+        docker_client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"base image {BASE_IMAGE} is not present; scripts/docker-ci.sh start builds it with debootstrap")
+    return BASE_IMAGE
+
+
+def remove_image(client, tag):
+    import docker
+
+    try:
+        client.images.remove(tag, force=True)
+    except docker.errors.ImageNotFound:
+        pass
+
+
+# --- no engine needed ------------------------------------------------------------------------
+
+
+def instructions(text):
+    """A Dockerfile's instructions, one string each, continuation lines joined, comments dropped."""
+    found, current = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        current = f"{current} {line}".strip()
+        if current.endswith("\\"):
+            current = current[:-1].strip()
+        else:
+            found.append(current)
+            current = ""
+    return found
+
+
+def test_dockerfile_serve_builds_classically_and_gates_on_parity():
+    text = dockerfile_text()
+    assert (ROOT / "Dockerfile.serve").read_text() == text  # the repository's file is the shipped one
+    lines = instructions(text)
+    assert not any(marker in text for marker in ("--mount", "<<", "# syntax=", "--chmod", "--link"))  # BuildKit only
+    assert lines[0] == "ARG BASE_IMAGE=python:3.11-slim" and lines[1] == "FROM ${BASE_IMAGE}"
+    assert "pip install --no-index --find-links /tmp/wheelhouse -r /tmp/requirements-serve.txt" in text
+    assert not any("torch" in line for line in lines)  # no instruction mentions torch
+    user = next(line for line in lines if line.startswith("USER "))
+    check = next(i for i, line in enumerate(lines) if line.startswith("RUN bundle check"))
+    assert user == "USER 10001:10001" and lines.index(user) < check  # the check runs as the serving user
+    assert "/v2/health/ready" in next(line for line in lines if line.startswith("HEALTHCHECK"))
+    assert lines[-1].startswith('CMD ["bundle", "serve"')
+
+
+def test_context_only_writes_bundle_wheelhouse_and_dockerfile(digits_bundle, tmp_path, capsys):
+    context = tmp_path / "context"
+    assert main(["build-image", str(digits_bundle), "--context", str(context)]) == 0
+    assert (context / "Dockerfile").read_text() == dockerfile_text()
+    assert sorted(p.name for p in (context / "bundle").iterdir()) == sorted(p.name for p in digits_bundle.iterdir())
+    wheels = {p.name.split("-")[0].lower().replace("_", "-") for p in (context / "wheelhouse").glob("*.whl")}
+    pins = {line.split("==")[0] for line in (digits_bundle / "requirements-serve.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+    assert pins <= wheels and "paritybundle" in wheels and "torch" not in wheels
+    assert "docker build --build-arg BASE_IMAGE=" in capsys.readouterr().out
+
+
+def test_no_engine_is_one_sentence_and_exit_2(digits_bundle, monkeypatch, capsys):
+    pytest.importorskip("docker", reason="the Docker SDK is not installed (pip install 'paritybundle[container]')")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    assert main(["build-image", str(digits_bundle), "-t", "x:1"]) == 2
+    err = capsys.readouterr().err
+    assert "no Docker daemon answers" in err and "start Docker or set DOCKER_HOST" in err and "Traceback" not in err
+
+
+def test_a_bundle_failing_integrity_is_refused_before_any_build(bundle_copy, capsys):
+    (bundle_copy / "model.onnx").write_bytes(b"tampered")
+    assert main(["build-image", str(bundle_copy), "-t", "x:1"]) == 3
+    assert "model.onnx" in capsys.readouterr().err
+
+
+# --- with an engine ------------------------------------------------------------------------------
+
+
+def test_a_missing_base_image_is_one_sentence_and_exit_2(docker_client, digits_bundle, capsys):
+    assert main(["build-image", str(digits_bundle), "-t", "x:1", "--base-image", "paritybundle-no-such-base:0"]) == 2
+    err = capsys.readouterr().err
+    assert "base image 'paritybundle-no-such-base:0' is not present locally and cannot be pulled" in err
+
+
+def wait_ready(url, timeout=90):
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} not ready after {timeout} s")
+
+
+def test_the_serving_image_builds_runs_and_reproduces_research_over_http(docker_client, base_image, wine_bundle, capsys):
+    from serving_tools import free_port
+
+    tag = "paritybundle-test-wine:1"
+    remove_image(docker_client, tag)
+    assert main(["build-image", str(wine_bundle), "-t", tag, "--base-image", base_image]) == 0, capsys.readouterr()
+    captured = capsys.readouterr()
+    assert "PARITY HOLDS" in captured.err  # the in-image check's own output, streamed
+    image = docker_client.images.get(tag)
+    config = image.attrs["Config"]
+    assert config["User"] == "10001:10001" and "/v2/health/ready" in " ".join(config["Healthcheck"]["Test"])
+    port = free_port()
+    container = docker_client.containers.run(tag, detach=True, ports={"8080/tcp": ("127.0.0.1", port)})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        assert main(["check", str(wine_bundle), "--url", url]) == 0
+        assert "PARITY HOLDS" in capsys.readouterr().out
+        assert container.exec_run(["python3", "-c", "import torch"]).exit_code != 0  # no torch in the image
+        assert container.exec_run(["id", "-u"]).output.decode().strip() == "10001"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            container.reload()
+            if container.attrs["State"].get("Health", {}).get("Status") == "healthy":
+                break
+            time.sleep(1)
+        assert container.attrs["State"]["Health"]["Status"] == "healthy"
+    finally:
+        container.remove(force=True)
+        remove_image(docker_client, tag)
+
+
+def test_an_image_whose_in_image_check_fails_is_never_tagged(docker_client, base_image, bundle_copy, capsys):
+    import docker
+
+    perturb_weights(bundle_copy, relative_noise=0.001)  # verifies (re-hashed), but parity fails
+    tag = "paritybundle-test-broken:1"
+    remove_image(docker_client, tag)
+    assert main(["build-image", str(bundle_copy), "-t", tag, "--base-image", base_image, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "the in-image `bundle check` failed (exit 1), so no image was tagged" in err
+    assert "output 'logits' failed" in err
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(tag)
+
+
+def test_the_training_image_exports_a_bundle_into_a_mounted_volume(docker_client, base_image, tmp_path):
+    """Dockerfile.train, built hermetically from a wheelhouse (pip cannot reach the index inside a build here)."""
+    wheelhouse = ROOT / "wheelhouse"
+    download = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "-c", str(ROOT / "constraints.txt"),
+                               "-d", str(wheelhouse), f"{ROOT}[train,examples]", "setuptools>=68"],
+                              capture_output=True, text=True)
+    assert download.returncode == 0, download.stderr[-2000:]
+    tag = "paritybundle-test-train:1"
+    try:
+        docker_client.images.build(path=str(ROOT), dockerfile="Dockerfile.train", tag=tag, rm=True, forcerm=True,
+                                   buildargs={"BASE_IMAGE": base_image})
+        out = tmp_path / "out"
+        out.mkdir()
+        logs = docker_client.containers.run(tag, ["examples/wine/train.py:make_spec", "-o", "/out/wine"], remove=True,
+                                            volumes={str(out): {"bind": "/out", "mode": "rw"}}, stderr=True)
+        assert re.search(rb"exported wine v1 to /out/wine", logs), logs[-2000:]
+        # The bundle made in the training image passes the strict check out here.
+        assert main(["check", str(out / "wine")]) == 0
+    finally:
+        remove_image(docker_client, tag)

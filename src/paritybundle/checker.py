@@ -189,6 +189,7 @@ def check(
     env_policy: str = DEFAULT_POLICY,
     public_key: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    histograms: bool = False,
 ) -> CheckReport:
     """Verify a bundle, run its reference inputs through ONNX Runtime, and judge parity.
 
@@ -220,7 +221,7 @@ def check(
         raise UsageError("batch size must be a positive number of samples.")
     runtime = load(path, settings, env_policy, public_key)
     return check_runtime(runtime, tolerance=tolerance, per_output_tolerance=per_output_tolerance,
-                         batch_size=batch_size, started=started, progress=progress, stages=True)
+                         batch_size=batch_size, started=started, progress=progress, stages=True, histograms=histograms)
 
 
 def check_runtime(
@@ -231,6 +232,7 @@ def check_runtime(
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     started: float | None = None,
     progress: bool = False,
+    histograms: bool = False,
     stages: bool = True,
 ) -> CheckReport:
     """Run a loaded runtime's reference set and judge parity (the server checks the session it serves).
@@ -254,9 +256,10 @@ def check_runtime(
 
     staged: list[StageResult] = []
     if stages and manifest.preprocessing is not None:
-        comparisons, staged, samples = staged_comparison(runtime, serve, batch_size, overrides, tolerance, progress)
+        comparisons, staged, samples = staged_comparison(runtime, serve, batch_size, overrides, tolerance, progress,
+                                                         histograms)
     else:
-        comparisons, samples = stream_comparison(runtime.bundle, serve, batch_size, overrides, progress)
+        comparisons, samples = stream_comparison(runtime.bundle, serve, batch_size, overrides, progress, histograms)
     settings = CheckSettings(
         onnxruntime_version=onnxruntime_version(),
         providers=list(runtime.settings.providers),
@@ -275,6 +278,7 @@ def staged_comparison(
     overrides: Mapping[str, Tolerance],
     tolerance: Tolerance | None = None,
     progress: bool = False,
+    histograms: bool = False,
 ) -> tuple[list[OutputComparison], list[StageResult], int]:
     """One pass over the reference set of a bundle with preprocessing, checking four things per batch:
 
@@ -308,7 +312,8 @@ def staged_comparison(
     baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
 
     def judged(spec: TensorSpec, stream: ArrayStream) -> OutputAccumulator:
-        return output_accumulator(spec, manifest.tolerance, rows * stream.elements_per_row(spec.name), overrides, baselines)
+        return output_accumulator(spec, manifest.tolerance, rows * stream.elements_per_row(spec.name), overrides, baselines,
+                                  histograms)
 
     pipeline = {s.name: judged(s, research) for s in manifest.outputs}
     model = {s.name: judged(s, research) for s in manifest.outputs}
@@ -380,6 +385,7 @@ def stream_comparison(
     batch_size: int | None,
     overrides: Mapping[str, Tolerance],
     progress: bool = False,
+    histograms: bool = False,
 ) -> tuple[list[OutputComparison], int]:
     """Feed the reference set through ``serve`` and compare each output as it comes.
 
@@ -396,7 +402,7 @@ def stream_comparison(
     baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
     accumulators = {
         spec.name: output_accumulator(spec, manifest.tolerance, research.rows * research.elements_per_row(spec.name),
-                                      overrides, baselines)
+                                      overrides, baselines, histograms)
         for spec in manifest.outputs
     }
     size = sum(bundle.manifest.files[f].bytes for f in (manifest.reference.inputs, manifest.reference.outputs))
@@ -464,6 +470,7 @@ def check_url(
     timeout_s: float = 30.0,
     public_key: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    histograms: bool = False,
 ) -> CheckReport:
     """Send a bundle's reference inputs to a live V2 endpoint and judge its answers.
 
@@ -494,7 +501,7 @@ def check_url(
     name = model or manifest.name
     client.check_model(name, manifest)
     comparisons, samples = stream_comparison(bundle, lambda batch: client.infer_all(name, manifest, batch, request_batch),
-                                             request_batch, overrides, progress)
+                                             request_batch, overrides, progress, histograms)
     settings = CheckSettings(onnxruntime_version=None, providers=[], graph_optimization_level=None,
                              intra_op_num_threads=None, batch_size=request_batch, samples=samples,
                              source="url", url=url, model=name)
@@ -511,6 +518,7 @@ def check_testdata(
     batch_size: int | None = DEFAULT_BATCH_SIZE,
     env_policy: str = DEFAULT_POLICY,
     public_key: str | os.PathLike[str] | None = None,
+    histograms: bool = False,
 ) -> CheckReport:
     """Check a bundle's pipeline against ONNX test data (``test_data_set_K/input_I.pb``, ``output_O.pb``)
     instead of its own reference set: the bundle's tolerance, this directory's inputs and outputs.
@@ -533,7 +541,8 @@ def check_testdata(
     sets = list(read_testdata(folder, list(manifest.inputs), list(manifest.outputs), order))
     baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
     accumulators = {spec.name: output_accumulator(spec, manifest.tolerance, sum(int(np.asarray(e[spec.name]).size)
-                                                                               for _, _, e in sets), overrides, baselines)
+                                                                               for _, _, e in sets), overrides, baselines,
+                                                    histograms)
                     for spec in manifest.outputs}
     first = 0
     for name, given, expected in sets:
@@ -571,7 +580,7 @@ def _overrides(manifest: Manifest, tolerance: Tolerance | None,
 
 def output_accumulator(spec: TensorSpec, policy: TolerancePolicy, total_elements: int,
                        overrides: Mapping[str, Tolerance] | None = None,
-                       baselines: Mapping[str, float] | None = None) -> OutputAccumulator:
+                       baselines: Mapping[str, float] | None = None, histogram: bool = False) -> OutputAccumulator:
     """How one output is judged under ``policy``: the one place that reads the policy for it."""
     return OutputAccumulator(
         spec.name, (overrides or {}).get(spec.name, policy.for_output(spec.name)), total_elements,
@@ -580,6 +589,7 @@ def output_accumulator(spec: TensorSpec, policy: TolerancePolicy, total_elements
         baseline_max_abs=(baselines or {}).get(spec.name),
         baseline_factor=policy.baseline_factor,
         tie_tolerance=policy.default,
+        histogram=histogram,
     )
 
 

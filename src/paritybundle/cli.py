@@ -141,10 +141,36 @@ def check_command(
     model: Annotated[Optional[str], typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds to wait for each answer.")] = 30.0,
     references: Annotated[Optional[Path], typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`) as the reference set.")] = None,
+    junit_path: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML report (one test case per check) to this file.")] = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file.")] = None,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
 ) -> int:
     """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
+    try:
+        report = _run_check(bundle, json_path, threads, optimization, provider, batch_size, atol, rtol, output_tolerance,
+                            env_policy, url, model, timeout, references, key, require_signature,
+                            histograms=html_path is not None)
+    except ParityBundleError as exc:
+        if junit_path is not None:  # CI systems still get a report saying why there is no verdict
+            from .junit import junit_error
+
+            _write_text(junit_path, junit_error("bundle check", str(exc), exc.exit_code))
+        raise
+    if junit_path is not None:
+        from .junit import junit_xml
+
+        _write_text(junit_path, junit_xml(report))
+    if html_path is not None:
+        from .html_report import check_page
+
+        _write_text(html_path, check_page(report))
+    _emit_report(report, json_path)
+    return EXIT_OK if report.passed else EXIT_PARITY
+
+
+def _run_check(bundle, json_path, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
+               url, model, timeout, references, key, require_signature, *, histograms: bool):
     from .checker import check, check_testdata, check_url, settings_from_manifest
     from .runtime import SessionSettings
     from .signing import resolve_key
@@ -156,12 +182,10 @@ def check_command(
     if url is not None:
         if threads is not None or optimization is not None or provider:
             raise UsageError("--threads, --optimization and --provider set local ONNX Runtime; they do not apply with --url.")
-        report = check_url(bundle, url, model=model, tolerance=_tolerance(atol, rtol),
-                           per_output_tolerance=_output_tolerances(output_tolerance or []),
-                           request_batch=min(batch_size, 256), timeout_s=timeout, public_key=public_key,
-                           progress=_show_progress(json_path))
-        _emit_report(report, json_path)
-        return EXIT_OK if report.passed else EXIT_PARITY
+        return check_url(bundle, url, model=model, tolerance=_tolerance(atol, rtol),
+                         per_output_tolerance=_output_tolerances(output_tolerance or []),
+                         request_batch=min(batch_size, 256), timeout_s=timeout, public_key=public_key,
+                         progress=_show_progress(json_path), histograms=histograms)
     if model is not None:
         raise UsageError("--model names the model on a live server; it goes with --url.")
     settings = None
@@ -173,15 +197,13 @@ def check_command(
             intra_op_num_threads=recorded.intra_op_num_threads if threads is None else threads,
         )
     if references is not None:
-        report = check_testdata(bundle, references, settings=settings, tolerance=_tolerance(atol, rtol),
-                                per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
-                                env_policy=env_policy, public_key=public_key)
-    else:
-        report = check(bundle, settings=settings, tolerance=_tolerance(atol, rtol),
-                       per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
-                       env_policy=env_policy, public_key=public_key, progress=_show_progress(json_path))
-    _emit_report(report, json_path)
-    return EXIT_OK if report.passed else EXIT_PARITY
+        return check_testdata(bundle, references, settings=settings, tolerance=_tolerance(atol, rtol),
+                              per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
+                              env_policy=env_policy, public_key=public_key, histograms=histograms)
+    return check(bundle, settings=settings, tolerance=_tolerance(atol, rtol),
+                 per_output_tolerance=_output_tolerances(output_tolerance or []), batch_size=batch_size,
+                 env_policy=env_policy, public_key=public_key, progress=_show_progress(json_path),
+                 histograms=histograms)
 
 
 def _show_progress(json_path: Path | None) -> bool:

@@ -75,6 +75,43 @@ class DecisionStats(_Result):
         return self.agreement >= self.min_agreement
 
 
+class ErrorHistogram(_Result):
+    """Counts of absolute and relative errors in log10 bins (for plots, e.g. ``check --html``).
+
+    Bin ``k`` holds values in ``[10**edges[k], 10**edges[k+1])``; values below the first edge
+    fall in bin 0, values at or above the last (and infinities) in the last bin; exact
+    matches (error 0) are counted apart.
+    """
+
+    log10_edges: list[float]
+    abs_counts: list[int]
+    abs_zero: int
+    rel_counts: list[int]
+    rel_zero: int
+
+
+HISTOGRAM_LOW, HISTOGRAM_HIGH, HISTOGRAM_STEP = -12.0, 4.0, 0.25
+
+
+class _Histogram:
+    """Streams values into the fixed log10 bins of :class:`ErrorHistogram`."""
+
+    bins = int((HISTOGRAM_HIGH - HISTOGRAM_LOW) / HISTOGRAM_STEP)
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.bins, dtype=np.int64)
+        self.zero = 0
+
+    def add(self, values: np.ndarray) -> None:
+        positive = values[values > 0]
+        self.zero += int(values.size - positive.size - np.isnan(values).sum())
+        if positive.size:
+            with np.errstate(divide="ignore"):
+                position = (np.log10(positive) - HISTOGRAM_LOW) / HISTOGRAM_STEP
+            index = np.clip(np.nan_to_num(position, posinf=self.bins - 1), 0, self.bins - 1).astype(np.int64)
+            self.counts += np.bincount(index, minlength=self.bins)
+
+
 class OutputComparison(_Result):
     """The verdict on one output; truthy when it passed."""
 
@@ -88,6 +125,8 @@ class OutputComparison(_Result):
     problem: str | None = None
     baseline_max_abs: float | None = None
     above_baseline: bool = False
+    # Only when asked for (check --html): the error distributions.
+    histogram: ErrorHistogram | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -223,8 +262,10 @@ class OutputAccumulator:
 
     def __init__(self, name: str, tolerance: Tolerance, total_elements: int, *, scores: bool = False,
                  min_decision_agreement: float = 1.0, baseline_max_abs: float | None = None,
-                 baseline_factor: float | None = None, tie_tolerance: Tolerance | None = None) -> None:
+                 baseline_factor: float | None = None, tie_tolerance: Tolerance | None = None,
+                 histogram: bool = False) -> None:
         self.name, self.tolerance, self.total = name, tolerance, int(total_elements)
+        self.histograms = (_Histogram(), _Histogram()) if histogram else None
         self.scores, self.min_decision_agreement = scores, min_decision_agreement
         self.baseline_max_abs, self.baseline_factor = baseline_max_abs, baseline_factor
         self.tie_tolerance = tie_tolerance or tolerance
@@ -324,6 +365,9 @@ class OutputAccumulator:
         self.violations += batch_violations
 
         rel = _relative(flat_abs, magnitude, out=magnitude)  # the magnitude is not needed after this
+        if self.histograms is not None:
+            self.histograms[0].add(flat_abs)
+            self.histograms[1].add(rel)
         self.sum_abs += float(np.sum(flat_abs))
         self.sum_rel += float(np.sum(rel))
         self.max_rel = max(self.max_rel, float(np.max(rel)))
@@ -388,8 +432,16 @@ class OutputAccumulator:
         return OutputComparison(
             name=self.name, passed=passed, tolerance=self.tolerance, stats=stats, decision=decision,
             failing_samples=[i for _, i in self.failing], failing_sample_count=self.failing_count,
-            baseline_max_abs=self.baseline_max_abs, above_baseline=above,
+            baseline_max_abs=self.baseline_max_abs, above_baseline=above, histogram=self._histogram(),
         )
+
+    def _histogram(self) -> ErrorHistogram | None:
+        if self.histograms is None:
+            return None
+        absolute, relative = self.histograms
+        edges = [HISTOGRAM_LOW + k * HISTOGRAM_STEP for k in range(_Histogram.bins + 1)]
+        return ErrorHistogram(log10_edges=edges, abs_counts=absolute.counts.tolist(), abs_zero=absolute.zero,
+                              rel_counts=relative.counts.tolist(), rel_zero=relative.zero)
 
 
 def _as_float(value: object) -> float | None:

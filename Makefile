@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench train-image clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# The training image (Dockerfile.train), built offline from a wheelhouse of everything it installs.
+train-image: $(STAMP)
+	$(BIN)/python -m pip download --quiet -c constraints.txt -d wheelhouse '.[train,examples]' 'setuptools>=68'
+	docker build -f Dockerfile.train -t paritybundle-train .
+
 clean:
-	rm -rf $(VENV) artifacts
+	rm -rf $(VENV) artifacts wheelhouse

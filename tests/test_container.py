@@ -151,7 +151,8 @@ def test_the_serving_image_builds_runs_and_reproduces_research_over_http(docker_
     config = image.attrs["Config"]
     assert config["User"] == "10001:10001" and "/v2/health/ready" in " ".join(config["Healthcheck"]["Test"])
     port = free_port()
-    container = docker_client.containers.run(tag, detach=True, ports={"8080/tcp": ("127.0.0.1", port)})
+    # Read-only root filesystem, as deploy/ runs it: the server must write nothing.
+    container = docker_client.containers.run(tag, detach=True, read_only=True, ports={"8080/tcp": ("127.0.0.1", port)})
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
@@ -159,6 +160,14 @@ def test_the_serving_image_builds_runs_and_reproduces_research_over_http(docker_
         assert "PARITY HOLDS" in capsys.readouterr().out
         assert container.exec_run(["python3", "-c", "import torch"]).exit_code != 0  # no torch in the image
         assert container.exec_run(["id", "-u"]).output.decode().strip() == "10001"
+        # deploy/kubernetes/parity-check-job.yaml's command, from a second container of the same image.
+        container.reload()
+        address = container.attrs["NetworkSettings"]["IPAddress"]
+        job = docker_client.containers.run(tag, ["bundle", "check", "/srv/bundle", "--url", f"http://{address}:8080"],
+                                           read_only=True, detach=True)
+        assert job.wait(timeout=120)["StatusCode"] == 0, job.logs()[-2000:]
+        assert b"PARITY HOLDS" in job.logs()
+        job.remove()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             container.reload()

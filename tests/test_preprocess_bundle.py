@@ -304,3 +304,14 @@ def test_a_torch_module_is_accepted_as_preprocessing(tmp_path):
     manifest = result.manifest
     assert manifest.preprocessing.source == "torch" and manifest.preprocessing.columns[0].steps[0].params["std"] == [1.0, 2.0, 3.0]
     assert paritybundle.check(result.path).passed
+
+
+def test_a_server_whose_preprocessing_diverges_stays_not_ready_and_says_where(image_bundle, tmp_path):
+    from serving_tools import running_server
+
+    bundle = copy_bundle(image_bundle, tmp_path / "b")
+    edit_preprocess(bundle, lambda m: replace_initializer(m, "channel_order/order", lambda a: a[::-1]))
+    with running_server(bundle, tmp_path, until="settled") as server:
+        status, body = server.get("/v2/health/ready")
+        assert status == 503 and body["status"] == "failed"
+        assert "preprocessing diverged in preprocess.onnx: column 'image'" in body["reason"]

@@ -149,7 +149,8 @@ async def _start(state: ServerState, started: float) -> None:
     if not report.passed:
         state.status = "failed"
         state.reason = "parity fails, so this server will not serve: " + " ".join(
-            explain_failure(o) for o in report.outputs if not o.passed)
+            [explain_failure(o) for o in report.outputs if not o.passed]
+            + ([f"Where: {report.diagnosis}"] if report.diagnosis else []))
         state.metrics.parity.set(0)
         log.error("not ready after %.2f s: %s", elapsed, state.reason)
         return

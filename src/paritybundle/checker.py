@@ -139,7 +139,7 @@ def load(path: str | os.PathLike[str], settings: SessionSettings | None = None,
     bundle = open_bundle(path, public_key)
     settings = settings or settings_from_manifest(bundle.manifest)
     drift = environment_drift(bundle, env_policy, list(settings.providers))
-    return _construct(bundle, settings, drift)
+    return construct(bundle, settings, drift)
 
 
 def read_lock(bundle: VerifiedBundle) -> environment.EnvironmentLock:
@@ -162,7 +162,8 @@ def settings_from_manifest(manifest: Manifest) -> SessionSettings:
     )
 
 
-def _construct(bundle: VerifiedBundle, settings: SessionSettings, drift: DriftReport) -> ServingRuntime:
+def construct(bundle: VerifiedBundle, settings: SessionSettings, drift: DriftReport) -> ServingRuntime:
+    """A runtime for an already verified bundle whose drift was already judged (see :func:`load`)."""
     manifest = bundle.manifest
     # Before ONNX Runtime opens the model: its external data must be the bundle's own files.
     check_external_data(manifest.stages.pipeline, bundle.root, set(manifest.files))

@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..checker import ServingRuntime, check_runtime, load, settings_from_manifest
+from ..checker import ServingRuntime, check_runtime, construct, load, settings_from_manifest
 from ..errors import InputValidationError, ParityBundleError
 from ..parity import explain_failure
 from ..store import read_manifest
@@ -122,16 +122,24 @@ def _error(message: str, status: int) -> Response:
     return _json({"error": message}, status)
 
 
-async def _start(state: ServerState, started: float) -> None:
-    """Verify, construct and check in a worker thread; become ready only if parity holds."""
+async def _start(state: ServerState, started: float, preflight: Preflight | None) -> None:
+    """Verify, construct and check in a worker thread; become ready only if parity holds.
+
+    ``preflight``: the bundle this process already verified (and its drift) before it bound
+    the port; a worker process of its own (``--workers N``) verifies again.
+    """
     loop = asyncio.get_running_loop()
     options = state.options
     try:
-        manifest = read_manifest(options.bundle)
+        manifest = preflight.bundle.manifest if preflight else read_manifest(options.bundle)
         recorded = settings_from_manifest(manifest)
         threads = recorded.intra_op_num_threads if options.intra_op_num_threads is None else options.intra_op_num_threads
         settings = dataclasses.replace(recorded, intra_op_num_threads=threads)
-        runtime = await loop.run_in_executor(None, lambda: load(options.bundle, settings, options.env_policy, options.public_key))
+        if preflight is not None:
+            runtime = await loop.run_in_executor(None, lambda: construct(preflight.bundle, settings, preflight.drift))
+        else:
+            runtime = await loop.run_in_executor(
+                None, lambda: load(options.bundle, settings, options.env_policy, options.public_key))
         state.name, state.version = runtime.manifest.name, runtime.manifest.version
         report = await loop.run_in_executor(None, check_runtime, runtime)
     except ParityBundleError as exc:
@@ -167,7 +175,15 @@ async def _start(state: ServerState, started: float) -> None:
              ", ".join(f"{o.name} max abs {o.stats.max_abs:.2g}" for o in report.outputs if o.stats))
 
 
-def create_app(options: ServeOptions) -> Starlette:
+@dataclass(frozen=True)
+class Preflight:
+    """What ``bundle serve`` verified before binding its port: reused by its one server process."""
+
+    bundle: Any  # VerifiedBundle
+    drift: Any  # DriftReport
+
+
+def create_app(options: ServeOptions, preflight: Preflight | None = None) -> Starlette:
     """The ASGI app serving one bundle; start-up checks run when the app starts.
 
     Example:
@@ -179,7 +195,7 @@ def create_app(options: ServeOptions) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        await _start(state, started)
+        await _start(state, started, preflight)
         yield
         if state.batcher is not None:
             await state.batcher.stop()

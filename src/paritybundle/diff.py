@@ -132,6 +132,7 @@ class DiffReport(_Model):
     preprocessing: PreprocessingDiff | None
     graphs: list[GraphDiff]
     tolerance: list[FieldChange]
+    # A's lock against B's, classified as by `bundle env diff` ("locked" is A, "running" is B).
     environment: list[DriftItem]
     provenance: list[FieldChange]
     behaviour: list[BehaviourRun]

@@ -102,7 +102,8 @@ def diff_page(report) -> str:
                          cell(f"FAIL: {run.problem}", "fail")])
         for c in run.outputs:
             s, d = c.stats, c.decision
-            flips = "-" if d is None else f"{d.samples - d.agreeing} (samples {d.disagreeing_samples[:20]})"
+            flips = "-" if d is None else str(d.samples - d.agreeing) + (
+                f" (samples {d.disagreeing_samples[:20]})" if d.disagreeing_samples else "")
             rows.append([cell(run.description), cell(run.samples), cell(c.name), cell(_num(s and s.max_abs)),
                          cell(f"{s.violations}/{s.elements}" if s else "-"), cell(flips), verdict_cell(c.passed)])
     sections.append(table(["run", "samples", "output", "max abs", "violations", "argmax flips", "verdict"], rows)

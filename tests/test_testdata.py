@@ -116,3 +116,26 @@ def test_testdata_refuses_to_overwrite_without_force(digits_bundle, tmp_path, ca
     assert main(["testdata", str(digits_bundle), "-o", str(tmp_path / "td"), "--force"]) == 0
     assert (tmp_path / "td" / "test_data_set_0" / "input_0.pb").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".td.")]  # no staging left behind
+
+
+def test_hostile_test_data_is_exit_3_with_the_file_named(digits_bundle, tmp_path, capsys):
+    """Corrupt, mistyped or misshapen tensors in a test data directory are the directory's fault, never a crash."""
+    import os
+
+    cases = {
+        "random bytes": lambda folder: (folder / "input_0.pb").write_bytes(os.urandom(64)),
+        "wrong dtype": lambda folder: (folder / "input_0.pb").write_bytes(
+            numpy_helper.from_array(np.full((100, 64), "x", dtype=object), "pixels").SerializeToString()),
+        "wrong name": lambda folder: (folder / "input_0.pb").write_bytes(
+            numpy_helper.from_array(np.zeros((3, 64), np.float32), "other").SerializeToString()),
+        "output shape": lambda folder: (folder / "output_0.pb").write_bytes(
+            numpy_helper.from_array(np.zeros((3, 7), np.float32), "logits").SerializeToString()),
+        "missing output": lambda folder: (folder / "output_0.pb").unlink(),
+    }
+    for label, corrupt in cases.items():
+        folder = write_testdata(digits_bundle, tmp_path / label.replace(" ", "-"), set_size=100).path
+        corrupt(folder / "test_data_set_1")
+        code = main(["check", str(digits_bundle), "--references", str(folder)])
+        err = capsys.readouterr().err
+        assert code == 3, (label, err)
+        assert "test_data_set_1" in err and "Traceback" not in err, (label, err)

@@ -124,6 +124,41 @@ def test_a_missing_base_image_is_one_sentence_and_exit_2(docker_client, digits_b
     assert "base image 'paritybundle-no-such-base:0' is not present locally and cannot be pulled" in err
 
 
+def test_a_base_image_with_another_python_is_refused_before_building(docker_client, base_image, digits_bundle, tmp_path,
+                                                                    capsys):
+    """The base image's Python is probed: the wheels are for it, and a minor version other than the lock's
+    (which the in-image check would refuse after minutes) is refused at once, exit 4."""
+    import io
+    import tarfile
+
+    shim = b"#!/bin/sh\necho '3.12.1|x86_64|glibc 2.36'\n"
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as archive:
+        for name, data in (("Dockerfile", f"FROM {base_image}\nCOPY python3 /usr/local/bin/python3\n".encode()),
+                           ("python3", shim)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            archive.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    tag = "paritybundle-test-python312:1"
+    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
+    bare = tmp_path / "bare.tar"  # a root filesystem holding one text file: no shell, no python3
+    (tmp_path / "README").write_text("no python here\n")
+    with tarfile.open(bare, "w") as archive:
+        archive.add(tmp_path / "README", arcname="README")
+    no_python = "paritybundle-test-no-python:1"
+    docker_client.api.import_image(src=str(bare), repository=no_python.split(":")[0], tag="1")
+    try:
+        assert main(["build-image", str(digits_bundle), "-t", "x:1", "--base-image", tag]) == 4
+        err = capsys.readouterr().err
+        assert f"base image '{tag}' has Python 3.12.1 on x86_64, but the bundle was validated with Python 3.11" in err
+        assert main(["build-image", str(digits_bundle), "-t", "x:1", "--base-image", no_python]) == 2
+        assert f"base image '{no_python}' has no usable python3" in capsys.readouterr().err
+    finally:
+        remove_image(docker_client, tag)
+        remove_image(docker_client, no_python)
+
+
 def wait_ready(url, timeout=90):
     import urllib.request
 

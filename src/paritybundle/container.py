@@ -48,10 +48,23 @@ def dockerfile_text() -> str:
     return resources.files("paritybundle").joinpath(DOCKERFILE).read_text()
 
 
-def platform_tags(lock: EnvironmentLock) -> list[str]:
-    """pip ``--platform`` tags for the lock's machine and glibc (every manylinux the glibc can run)."""
-    machine = lock.platform.machine
-    match = re.match(r"glibc (\d+)\.(\d+)", lock.platform.libc or "")
+@dataclass(frozen=True)
+class TargetPython:
+    """The Python the wheels are for: the base image's (probed), or the lock's without a daemon."""
+
+    version: str  # e.g. "3.11.2"
+    machine: str  # e.g. "x86_64"
+    libc: str | None  # e.g. "glibc 2.36"
+
+    @classmethod
+    def of_lock(cls, lock: EnvironmentLock) -> TargetPython:
+        return cls(lock.python.version, lock.platform.machine, lock.platform.libc)
+
+
+def platform_tags(target: TargetPython) -> list[str]:
+    """pip ``--platform`` tags for the target's machine and glibc (every manylinux the glibc can run)."""
+    machine = target.machine
+    match = re.match(r"glibc (\d+)\.(\d+)", target.libc or "")
     minor = int(match.group(2)) if match and match.group(1) == "2" else 17
     tags = [f"manylinux_2_{m}_{machine}" for m in range(minor, 4, -1)]
     legacy = {"x86_64": ["manylinux2014", "manylinux2010", "manylinux1"], "aarch64": ["manylinux2014"]}
@@ -70,12 +83,13 @@ def _pip(*args: str) -> str:
 
 
 def build_context(bundle: VerifiedBundle, folder: Path, *, wheelhouse: Path | None = None,
-                  package: str | None = None) -> Path:
+                  package: str | None = None, target: TargetPython | None = None) -> Path:
     """Write the build context into ``folder``: ``Dockerfile``, ``bundle/``, ``wheelhouse/``.
 
     Args:
         wheelhouse: a directory of wheels to use instead of downloading (offline builds).
         package: paritybundle's wheel or source directory (default: where it was installed from).
+        target: the Python the wheels are downloaded for (default: the lock's).
     """
     from .checker import read_lock
     from .rehearsal import package_source
@@ -83,12 +97,12 @@ def build_context(bundle: VerifiedBundle, folder: Path, *, wheelhouse: Path | No
     manifest = bundle.manifest
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "Dockerfile").write_text(dockerfile_text())
-    target = folder / "bundle"
-    target.mkdir()
+    bundle_copy = folder / "bundle"
+    bundle_copy.mkdir()
     # The verified files and the two unlisted ones; the in-image check verifies them all again.
     unlisted = [name for name in (MANIFEST_NAME, SIGNATURE_NAME) if (bundle.root / name).is_file()]
     for relative in [*manifest.files, *unlisted]:
-        destination = target / relative
+        destination = bundle_copy / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(bundle.root / relative, destination)
     wheels = folder / "wheelhouse"
@@ -97,9 +111,9 @@ def build_context(bundle: VerifiedBundle, folder: Path, *, wheelhouse: Path | No
             raise UsageError(f"wheelhouse {wheelhouse} is not a directory of wheels.")
         shutil.copytree(wheelhouse, wheels)
     else:
-        lock = read_lock(bundle)
-        major, minor = lock.python.version.split(".")[:2]
-        platforms = [arg for tag in platform_tags(lock) for arg in ("--platform", tag)]
+        target = target or TargetPython.of_lock(read_lock(bundle))
+        major, minor = target.version.split(".")[:2]
+        platforms = [arg for tag in platform_tags(target) for arg in ("--platform", tag)]
         _pip("download", "--quiet", "--only-binary=:all:", "--python-version", f"{major}.{minor}",
              "--implementation", "cp", "--abi", f"cp{major}{minor}", *platforms,
              "-r", str(bundle.path(manifest.serve_requirements)), "-d", str(wheels))
@@ -142,18 +156,49 @@ def _ensure_base_image(client, base_image: str) -> None:
                              "pull or import it first, or pass --base-image.") from None
 
 
+_PROBE = ("import platform, sys; print(platform.python_version(), platform.machine(), "
+          "' '.join(platform.libc_ver()).strip() or '-', sep='|')")
+
+
+def image_python(client, base_image: str) -> TargetPython:
+    """The Python inside ``base_image`` (one throwaway container), so the wheels fit it."""
+    try:
+        raw = client.containers.run(base_image, ["python3", "-c", _PROBE], remove=True, entrypoint=[], network_disabled=True)
+    except Exception as exc:  # ContainerError (no python3), ImageNotFound, APIError
+        reason = " ".join(str(exc).split())[:300]
+        raise ContainerError(f"base image {base_image!r} has no usable python3 ({reason}); choose an image with "
+                             "Python 3 and its venv module, e.g. python:3.11-slim.") from None
+    version, machine, libc = raw.decode().strip().splitlines()[-1].split("|")
+    return TargetPython(version, machine, None if libc == "-" else libc)
+
+
+def check_target(lock: EnvironmentLock, target: TargetPython, base_image: str) -> None:
+    """Refuse, before building, a base image whose Python minor version or architecture differ from the
+    lock's: the in-image check would refuse it anyway (critical drift), after minutes of building."""
+    locked = ".".join(lock.python.version.split(".")[:2])
+    found = ".".join(target.version.split(".")[:2])
+    if locked != found or lock.platform.machine != target.machine:
+        raise EnvironmentRefused(
+            f"base image {base_image!r} has Python {target.version} on {target.machine}, but the bundle was validated "
+            f"with Python {lock.python.version} on {lock.platform.machine}; choose a base image with Python {locked} "
+            f"(e.g. python:{locked}-slim).")
+
+
 def build_image(path: str | os.PathLike[str], tag: str, *, base_image: str = DEFAULT_BASE_IMAGE,
                 wheelhouse: Path | None = None, package: str | None = None,
                 public_key: str | os.PathLike[str] | None = None,
                 progress: Callable[[str], None] | None = None) -> ImageResult:
     """Build and tag the serving image of the bundle at ``path``.
 
-    The bundle is verified first; the build runs ``bundle check`` inside the image and
-    fails, tagging nothing, unless parity holds there.
+    The bundle is verified first and the base image's Python probed (the wheels are
+    downloaded for it; a Python minor version or architecture other than the lock's is
+    refused before building); the build runs ``bundle check`` inside the image and fails,
+    tagging nothing, unless parity holds there.
 
     Raises:
         BundleInvalid: the bundle fails integrity (before anything is built).
-        ContainerError: no daemon, a missing base image, or a build failure (the build's own error).
+        ContainerError: no daemon, a missing base image (or one without python3), or a build failure.
+        EnvironmentRefused: the base image's Python is not the lock's.
         ParityFailure / BundleInvalid / EnvironmentRefused: the in-image check failed (exit 1 / 3 / 4).
     """
     if not tag or any(c.isspace() for c in tag):
@@ -161,8 +206,12 @@ def build_image(path: str | os.PathLike[str], tag: str, *, base_image: str = DEF
     bundle = open_bundle(path, public_key)
     client = _client()
     _ensure_base_image(client, base_image)
+    from .checker import read_lock
+
+    target = image_python(client, base_image)
+    check_target(read_lock(bundle), target, base_image)
     with tempfile.TemporaryDirectory(prefix="paritybundle-image-") as folder:
-        context = build_context(bundle, Path(folder), wheelhouse=wheelhouse, package=package)
+        context = build_context(bundle, Path(folder), wheelhouse=wheelhouse, package=package, target=target)
         image_id = _run_build(client, context, tag, base_image, progress or (lambda line: None))
     return ImageResult(tag=tag, image_id=image_id, base_image=base_image)
 

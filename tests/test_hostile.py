@@ -217,3 +217,59 @@ FORBIDDEN = re.compile(r"import pickle|from pickle|pickle\.loads?\(|cPickle|\bdi
 def test_serving_modules_never_unpickle_or_eval(module):
     hits = [line for line in module.read_text().splitlines() if FORBIDDEN.search(line)]
     assert not hits, hits
+
+
+# --- bundles with preprocessing: their extra graph, features and manifest section ---------------
+
+
+PREPROCESS_EXAMPLES = max(EXAMPLES // 3, 10)
+
+
+def _check_and_diff(bundle: Path, reference: Path) -> None:
+    """A verdict or a documented error from check and from diff, never a crash."""
+    from paritybundle.diff import diff
+
+    for action in (lambda: paritybundle.check(bundle, env_policy="warn"), lambda: diff(reference, bundle)):
+        try:
+            action()
+        except ParityBundleError:
+            pass
+
+
+@settings(max_examples=PREPROCESS_EXAMPLES, deadline=20000, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_rehashed_byte_flips_in_a_bundle_with_preprocessing_end_cleanly(wine_bundle, data):
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "b"
+        shutil.copytree(wine_bundle, bundle)
+        victim = data.draw(st.sampled_from(["preprocess.onnx", "pipeline.onnx", "model.onnx", "reference/features.npz",
+                                            "reference/inputs.npz"]))
+        raw = bytearray((bundle / victim).read_bytes())
+        raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+        (bundle / victim).write_bytes(bytes(raw))
+        rehash(bundle)
+        _count("byte flips with preprocessing, re-hashed (check, diff)")
+        _check_and_diff(bundle, wine_bundle)
+
+
+@settings(max_examples=PREPROCESS_EXAMPLES, deadline=20000, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_mutated_preprocessing_manifest_sections_end_cleanly(wine_bundle, data):
+    manifest = json.loads((wine_bundle / "bundle.json").read_text())
+    section = manifest["preprocessing"]
+    paths = [p for p in _paths(section) if p]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent = section
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = data.draw(json_values | st.sampled_from(["features", "alcohol", "scores", [0, 99], [2, 1]]))
+        except (KeyError, IndexError, TypeError):
+            continue
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "b"
+        shutil.copytree(wine_bundle, bundle)
+        (bundle / "bundle.json").write_text(json.dumps(manifest))
+        _count("mutated preprocessing sections (check, diff)")
+        _check_and_diff(bundle, wine_bundle)

@@ -370,7 +370,8 @@ def _stage_runner(bundle: VerifiedBundle, file: str, inputs: list[TensorSpec], o
         try:
             validated = runner.validate(batch, check_finite=False)
         except InputValidationError as exc:
-            raise BundleInvalid(f"the reference set does not match {file}'s inputs: {exc}; re-export the bundle.") from None
+            raise BundleInvalid(f"the reference set does not match {file}'s inputs: {str(exc).rstrip('.')}; "
+                                "re-export the bundle.") from None
         return runner.run(validated, batch_size)
     return run
 

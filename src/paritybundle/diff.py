@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from . import environment
 from .checker import ServingRuntime, load, output_accumulator, read_lock
 from .environment import DriftItem
-from .errors import InputValidationError
+from .errors import BundleInvalid, InputValidationError
 from .external_data import external_locations, mentions_external_data
 from .manifest import Manifest, PreprocessColumn, Preprocessing, TensorSpec, TolerancePolicy
 from .parity import OutputComparison
@@ -362,7 +362,11 @@ def graph_summary(bundle: VerifiedBundle, file: str) -> GraphSummary:
     import onnx
 
     path = bundle.path(file)
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors alike
+        raise BundleInvalid(f"{file} of {bundle.manifest.name} is not a readable ONNX model ({type(exc).__name__}); "
+                            "re-export the bundle.") from None
     operators = Counter(f"{n.domain}:{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in model.graph.node)
     parameters = sum(math.prod(init.dims) for init in model.graph.initializer)
     size = bundle.manifest.files[file].bytes

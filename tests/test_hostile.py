@@ -50,6 +50,23 @@ def _paths(data, prefix=()):
             yield from _paths(value, prefix + (index,))
 
 
+def _mutate(document, data, values) -> None:
+    """One to three random edits inside a JSON document: a value replaced or a key dropped."""
+    paths = [p for p in _paths(document) if p]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent = document
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            if data.draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = data.draw(values)
+        except (KeyError, IndexError, TypeError):
+            continue
+
+
 @pytest.fixture(scope="module")
 def manifest_dict(digits_bundle):
     return json.loads((digits_bundle / "bundle.json").read_text())
@@ -59,19 +76,7 @@ def manifest_dict(digits_bundle):
 @given(st.data())
 def test_mutated_manifests_are_accepted_or_refused_cleanly(manifest_dict, data):
     mutated = copy.deepcopy(manifest_dict)
-    paths = [p for p in _paths(mutated) if p]
-    for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(paths))
-        parent = mutated
-        try:
-            for key in path[:-1]:
-                parent = parent[key]
-            if data.draw(st.booleans()) and isinstance(parent, dict):
-                parent.pop(path[-1], None)
-            else:
-                parent[path[-1]] = data.draw(json_values)
-        except (KeyError, IndexError, TypeError):
-            continue
+    _mutate(mutated, data, json_values)
     _count("mutated manifests")
     try:
         parse_manifest(json.dumps(mutated).encode())
@@ -256,17 +261,8 @@ def test_rehashed_byte_flips_in_a_bundle_with_preprocessing_end_cleanly(wine_bun
 @given(st.data())
 def test_mutated_preprocessing_manifest_sections_end_cleanly(wine_bundle, data):
     manifest = json.loads((wine_bundle / "bundle.json").read_text())
-    section = manifest["preprocessing"]
-    paths = [p for p in _paths(section) if p]
-    for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(paths))
-        parent = section
-        try:
-            for key in path[:-1]:
-                parent = parent[key]
-            parent[path[-1]] = data.draw(json_values | st.sampled_from(["features", "alcohol", "scores", [0, 99], [2, 1]]))
-        except (KeyError, IndexError, TypeError):
-            continue
+    _mutate(manifest["preprocessing"], data,
+            json_values | st.sampled_from(["features", "alcohol", "scores", [0, 99], [2, 1]]))
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "b"
         shutil.copytree(wine_bundle, bundle)

@@ -246,30 +246,60 @@ def check_runtime(
     started = time.perf_counter() if started is None else started
     manifest = runtime.manifest
     overrides = _overrides(manifest, tolerance, per_output_tolerance)
-    runner = runtime.runner
-
-    def serve(batch: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        try:
-            validated = runner.validate(batch, check_finite=False)
-        except InputValidationError as exc:
-            raise BundleInvalid(f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}") from None
-        return runner.run(validated, batch_size)
-
+    serve = _reference_runner(
+        runtime.runner, batch_size,
+        lambda exc: f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}")
     staged: list[StageResult] = []
     if stages and manifest.preprocessing is not None:
         comparisons, staged, samples = staged_comparison(runtime, serve, batch_size, overrides, tolerance, progress,
                                                          histograms)
     else:
         comparisons, samples = stream_comparison(runtime.bundle, serve, batch_size, overrides, progress, histograms)
-    settings = CheckSettings(
+    return _report(runtime.bundle, comparisons, overrides, _local_settings(runtime, batch_size, samples),
+                   runtime.drift, started, staged)
+
+
+def _local_settings(runtime: ServingRuntime, batch_size: int | None, samples: int, **source: Any) -> CheckSettings:
+    """What a check with this process's ONNX Runtime ran under (``source``: where references came from)."""
+    return CheckSettings(
         onnxruntime_version=onnxruntime_version(),
         providers=list(runtime.settings.providers),
         graph_optimization_level=runtime.settings.graph_optimization_level,
         intra_op_num_threads=runtime.settings.intra_op_num_threads,
         batch_size=batch_size,
         samples=samples,
+        **source,
     )
-    return _report(runtime.bundle, comparisons, overrides, settings, runtime.drift, started, staged)
+
+
+def _reference_runner(runner: Runner, batch_size: int | None, mismatch: Callable[[InputValidationError], str],
+                      ) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Run hash-verified reference rows through ``runner``: inputs that do not fit its specs are the
+    bundle's fault (exit 3, ``mismatch`` says how); NaN/inf are not rescanned (see ``Runner.validate``)."""
+
+    def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            validated = runner.validate(batch, check_finite=False)
+        except InputValidationError as exc:
+            raise BundleInvalid(mismatch(exc)) from None
+        return runner.run(validated, batch_size)
+    return run
+
+
+def _baselines(manifest: Manifest) -> dict[str, float]:
+    """Per output, the torch-vs-ORT error export measured: a serving error far above it is a notice."""
+    return {name: error.max_abs for name, error in manifest.export_errors.items()}
+
+
+# Reference sets up to this size are read and compared in one pass (fewer, larger numpy
+# operations); larger ones stream in batches so memory stays flat.
+STREAM_ABOVE_BYTES = 256 * 1024 * 1024
+
+
+def _rows_per_pass(manifest: Manifest, files: Sequence[str], batch_size: int | None, rows: int) -> int:
+    """All rows at once while the reference arrays are small, else ``batch_size`` rows per pass."""
+    size = sum(manifest.files[f].bytes for f in files)
+    return max(rows, 1) if (batch_size is None or size <= STREAM_ABOVE_BYTES) else batch_size
 
 
 def staged_comparison(
@@ -310,7 +340,7 @@ def staged_comparison(
         raise BundleInvalid(f"the reference set has {inputs.rows} inputs, {reference_features.rows} feature rows and "
                             f"{research.rows} outputs; re-export the bundle.")
     rows = inputs.rows
-    baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
+    baselines = _baselines(manifest)
 
     def judged(spec: TensorSpec, stream: ArrayStream) -> OutputAccumulator:
         return output_accumulator(spec, manifest.tolerance, rows * stream.elements_per_row(spec.name), overrides, baselines,
@@ -324,9 +354,8 @@ def staged_comparison(
            for s in features}
     columns = column_accumulators(pre_info, feature_tolerance, rows)
 
-    size = sum(manifest.files[f].bytes for f in (manifest.reference.inputs, manifest.reference.features,
-                                                 manifest.reference.outputs))
-    step = max(rows, 1) if (batch_size is None or size <= STREAM_ABOVE_BYTES) else batch_size
+    step = _rows_per_pass(manifest, (manifest.reference.inputs, manifest.reference.features, manifest.reference.outputs),
+                          batch_size, rows)
     with _progress(progress, rows) as advance:
         for (first, raw), (_, wanted_features), (_, wanted) in zip(
                 inputs.batches(step), reference_features.batches(step), research.batches(step)):
@@ -365,20 +394,9 @@ def _stage_runner(bundle: VerifiedBundle, file: str, inputs: list[TensorSpec], o
     """Run one stage's graph of a verified bundle (its external data confined to the bundle first)."""
     check_external_data(file, bundle.root, set(bundle.manifest.files))
     runner = Runner(create_session(bundle.path(file), settings, label=file), inputs, outputs)
-
-    def run(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            validated = runner.validate(batch, check_finite=False)
-        except InputValidationError as exc:
-            raise BundleInvalid(f"the reference set does not match {file}'s inputs: {str(exc).rstrip('.')}; "
-                                "re-export the bundle.") from None
-        return runner.run(validated, batch_size)
-    return run
-
-
-# Reference sets up to this size are read and compared in one pass (fewer, larger numpy
-# operations); larger ones stream in batches so memory stays flat.
-STREAM_ABOVE_BYTES = 256 * 1024 * 1024
+    return _reference_runner(
+        runner, batch_size,
+        lambda exc: f"the reference set does not match {file}'s inputs: {str(exc).rstrip('.')}; re-export the bundle.")
 
 
 def stream_comparison(
@@ -401,14 +419,13 @@ def stream_comparison(
                            label=manifest.reference.outputs)
     if inputs.rows != research.rows:
         raise BundleInvalid(f"the reference set has {inputs.rows} inputs but {research.rows} outputs; re-export the bundle.")
-    baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
+    baselines = _baselines(manifest)
     accumulators = {
         spec.name: output_accumulator(spec, manifest.tolerance, research.rows * research.elements_per_row(spec.name),
                                       overrides, baselines, histograms)
         for spec in manifest.outputs
     }
-    size = sum(bundle.manifest.files[f].bytes for f in (manifest.reference.inputs, manifest.reference.outputs))
-    rows = max(inputs.rows, 1) if (batch_size is None or size <= STREAM_ABOVE_BYTES) else batch_size
+    rows = _rows_per_pass(manifest, (manifest.reference.inputs, manifest.reference.outputs), batch_size, inputs.rows)
     with _progress(progress, inputs.rows) as advance:
         for (first, batch), (_, expected) in zip(inputs.batches(rows), research.batches(rows)):
             served = serve(batch)
@@ -541,7 +558,7 @@ def check_testdata(
     runner = runtime.runner
     order = [i.name for i in runner.session.get_inputs()]
     sets = list(read_testdata(folder, list(manifest.inputs), list(manifest.outputs), order))
-    baselines = {name: error.max_abs for name, error in manifest.export_errors.items()}
+    baselines = _baselines(manifest)
     accumulators = {spec.name: output_accumulator(spec, manifest.tolerance, sum(int(np.asarray(e[spec.name]).size)
                                                                                for _, _, e in sets), overrides, baselines,
                                                     histograms)
@@ -559,14 +576,10 @@ def check_testdata(
                                     f"but the pipeline gives {list(served[output].shape)}.")
             accumulator.add(served[output], expected[output], first)
         first += len(next(iter(validated.values())))
-    report_settings = CheckSettings(
-        onnxruntime_version=onnxruntime_version(), providers=list(runtime.settings.providers),
-        graph_optimization_level=runtime.settings.graph_optimization_level,
-        intra_op_num_threads=runtime.settings.intra_op_num_threads, batch_size=batch_size, samples=first,
-        source="testdata", testdata=str(folder),
-    )
     comparisons = [a.finish() for a in accumulators.values()]
-    return _report(runtime.bundle, comparisons, overrides, report_settings, runtime.drift, started)
+    return _report(runtime.bundle, comparisons, overrides,
+                   _local_settings(runtime, batch_size, first, source="testdata", testdata=str(folder)),
+                   runtime.drift, started)
 
 
 def _overrides(manifest: Manifest, tolerance: Tolerance | None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_tools import copy_bundle, perturb_weights
+from bundle_tools import perturb_weights
 from paritybundle.cli import main
 from paritybundle.container import dockerfile_text
 

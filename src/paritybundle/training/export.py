@@ -208,9 +208,7 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, inputs: dict[str, np.n
         input_specs, output_specs, opset = _graph_specs(model_path, inputs, output_names, spec, research)
     else:
         feature_specs, output_specs, opset = _graph_specs(model_path, staged.features, output_names, spec, research)
-        _freeze_preprocessing(writer, staged, opset, policy.default, settings)
-        input_specs = _input_specs(writer.path(PREPROCESS_FILE), inputs, staged.preprocessor.replaces_nan)
-        preprocessing = staged.preprocessor.describe(feature_specs)
+        input_specs, preprocessing = _freeze_preprocessing(writer, staged, opset, feature_specs, policy.default, settings)
         # The model alone, on the research features: a failure here is the model's, not the preprocessing's.
         _validate_stage(writer.path(MODEL_FILE), feature_specs, output_specs, staged.features, research, policy,
                         settings, f"the model ({MODEL_FILE}) on the research features", research_label)
@@ -316,9 +314,12 @@ def _preprocessing(spec: ExportSpec, inputs: dict[str, np.ndarray]) -> StagedPre
     return StagedPreprocessing(preprocessor, raw, features)
 
 
-def _freeze_preprocessing(writer: BundleWriter, staged: StagedPreprocessing, opset: int, tolerance: Tolerance,
-                          settings: SessionSettings) -> None:
-    """Write preprocess.onnx, prove it reproduces the research features (per raw input), merge pipeline.onnx."""
+def _freeze_preprocessing(writer: BundleWriter, staged: StagedPreprocessing, opset: int, feature_specs: list[TensorSpec],
+                          tolerance: Tolerance, settings: SessionSettings) -> tuple[list[TensorSpec], Any]:
+    """Write preprocess.onnx, prove it reproduces the research features (per raw input), merge pipeline.onnx.
+
+    Returns the raw input specs (read from the frozen graph) and the manifest's preprocessing section.
+    """
     import onnx
 
     from ..manifest import TolerancePolicy
@@ -327,8 +328,7 @@ def _freeze_preprocessing(writer: BundleWriter, staged: StagedPreprocessing, ops
 
     graph = staged.preprocessor.to_onnx(staged.raw, opset)
     onnx.save(graph, str(writer.path(PREPROCESS_FILE)))
-    feature_specs = _input_specs(writer.path(MODEL_FILE), staged.features)
-    pre_inputs = _input_specs(writer.path(PREPROCESS_FILE), staged.raw)
+    pre_inputs = _input_specs(graph, PREPROCESS_FILE, staged.raw, staged.preprocessor.replaces_nan)
     runner = Runner(create_session(writer.path(PREPROCESS_FILE), settings, label=PREPROCESS_FILE), pre_inputs, feature_specs)
     try:
         served = runner.run(runner.validate(staged.raw, check_finite=False))
@@ -351,21 +351,20 @@ def _freeze_preprocessing(writer: BundleWriter, staged: StagedPreprocessing, ops
             "The graph and the numpy/torch steps must compute the same thing; report this if the steps are paritybundle's."
         )
     merge_files(writer.path(PREPROCESS_FILE), writer.path(MODEL_FILE), writer.path(PIPELINE_FILE))
+    return pre_inputs, described
 
 
-def _input_specs(model_path: Path, arrays: Mapping[str, np.ndarray],
+def _input_specs(model: Any, label: str, arrays: Mapping[str, np.ndarray],
                  replaces_nan: Any = None) -> list[TensorSpec]:
-    """The graph inputs of ``model_path`` as specs, in the graph's order, named like ``arrays``.
+    """The graph inputs of ``model`` (a loaded ModelProto, called ``label``) as specs, in the graph's
+    order, named like ``arrays``.
 
     An input whose arrays hold NaN/inf, or whose preprocessing replaces NaN, accepts them when serving.
     """
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in initializers]
     if sorted(i.name for i in graph_inputs) != sorted(arrays):
-        raise ExportError(f"the graph {model_path.name} reads {[i.name for i in graph_inputs]}, not {list(arrays)}.")
+        raise ExportError(f"the graph {label} reads {[i.name for i in graph_inputs]}, not {list(arrays)}.")
     specs = []
     for value in graph_inputs:
         spec = _tensor_spec(value)
@@ -653,7 +652,7 @@ def _graph_specs(model_path: Path, spec_inputs: Mapping[str, np.ndarray], output
     missing = [n for n in output_names if n not in by_name]
     if missing:
         raise ExportError(f"the exported graph has no output {missing[0]!r} (it has {list(by_name)}).")
-    inputs = _input_specs(model_path, spec_inputs)
+    inputs = _input_specs(model, model_path.name, spec_inputs)
     outputs = [_tensor_spec(by_name[n]) for n in output_names]
     if spec.score_outputs is not None:
         unknown = set(spec.score_outputs) - set(output_names)

@@ -73,12 +73,11 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _write_model(bundle, staging)
+        order = _write_model(bundle, staging)
         inputs = ArrayStream(bundle.path(manifest.reference.inputs), [s.name for s in manifest.inputs],
                              label=manifest.reference.inputs)
         outputs = ArrayStream(bundle.path(manifest.reference.outputs), [s.name for s in manifest.outputs],
                               label=manifest.reference.outputs)
-        order = _graph_input_order(bundle)
         feeds, results, sets = [], [], 0
         size = set_size or max(inputs.rows, 1)
         for (_, batch), (_, expected) in zip(inputs.batches(size), outputs.batches(size)):
@@ -102,17 +101,12 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
     return TestdataResult(path=target, sets=sets, samples=inputs.rows)
 
 
-def _graph_input_order(bundle: VerifiedBundle) -> list[str]:
-    import onnx
-
-    model = onnx.load(str(bundle.path(bundle.manifest.stages.pipeline)), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in initializers]
-
-
-def _write_model(bundle: VerifiedBundle, folder: Path) -> None:
+def _write_model(bundle: VerifiedBundle, folder: Path) -> list[str]:
     """The pipeline graph as ``model.onnx``, its outputs exactly the declared ones in the declared
-    order (test runners match ``output_K.pb`` to graph outputs by position)."""
+    order (test runners match ``output_K.pb`` to graph outputs by position).
+
+    Returns the graph's input names in order: ``input_K.pb`` follow it.
+    """
     import onnx
 
     manifest = bundle.manifest
@@ -128,6 +122,8 @@ def _write_model(bundle: VerifiedBundle, folder: Path) -> None:
             destination = folder / location
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source.parent / location, destination)
+    initializers = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
 
 
 def _save_tensor(path: Path, array: np.ndarray, name: str) -> None:

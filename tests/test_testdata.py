@@ -139,3 +139,24 @@ def test_hostile_test_data_is_exit_3_with_the_file_named(digits_bundle, tmp_path
         err = capsys.readouterr().err
         assert code == 3, (label, err)
         assert "test_data_set_1" in err and "Traceback" not in err, (label, err)
+
+
+def test_a_pipeline_that_does_not_match_its_manifest_is_exit_3(digits_bundle, tmp_path, capsys):
+    """bundle testdata reads the graph itself (no session): a re-hashed corrupt or mismatched pipeline is refused."""
+    import json
+
+    from bundle_tools import copy_bundle, rehash
+
+    corrupt = copy_bundle(digits_bundle, tmp_path / "corrupt")
+    (corrupt / "pipeline.onnx").write_bytes(b"\x08\x07\x12\x00garbage")
+    rehash(corrupt)
+    renamed = copy_bundle(digits_bundle, tmp_path / "renamed")
+    manifest = json.loads((renamed / "bundle.json").read_text())
+    manifest["outputs"][0]["name"] = "probabilities"
+    manifest["export_errors"] = {"probabilities": manifest["export_errors"]["logits"]}
+    (renamed / "bundle.json").write_text(json.dumps(manifest))
+    for bundle, words in ((corrupt, "not a readable ONNX model"), (renamed, "but the manifest declares")):
+        assert main(["testdata", str(bundle), "-o", str(tmp_path / f"td-{bundle.name}")]) == 3
+        err = capsys.readouterr().err
+        assert "pipeline.onnx" in err and words in err and "Traceback" not in err
+        assert not (tmp_path / f"td-{bundle.name}").exists()

@@ -111,9 +111,19 @@ def _write_model(bundle: VerifiedBundle, folder: Path) -> list[str]:
 
     manifest = bundle.manifest
     source = bundle.path(manifest.stages.pipeline)
-    model = onnx.load(str(source), load_external_data=False)
+    try:
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors alike
+        raise BundleInvalid(f"{manifest.stages.pipeline} is not a readable ONNX model ({type(exc).__name__}); "
+                            "re-export the bundle.") from None
+    initializers = {i.name for i in model.graph.initializer}
+    order = [i.name for i in model.graph.input if i.name not in initializers]
     by_name = {o.name: o for o in model.graph.output}
-    declared = [by_name[s.name] for s in manifest.outputs]
+    declared_in, declared_out = [s.name for s in manifest.inputs], [s.name for s in manifest.outputs]
+    if sorted(order) != sorted(declared_in) or not set(declared_out) <= set(by_name):
+        raise BundleInvalid(f"{manifest.stages.pipeline} has inputs {order} and outputs {list(by_name)}, but the manifest "
+                            f"declares {declared_in} -> {declared_out}; re-export the bundle.")
+    declared = [by_name[name] for name in declared_out]
     del model.graph.output[:]
     model.graph.output.extend(declared)
     onnx.save(model, str(folder / MODEL_NAME))
@@ -122,8 +132,7 @@ def _write_model(bundle: VerifiedBundle, folder: Path) -> list[str]:
             destination = folder / location
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source.parent / location, destination)
-    initializers = {i.name for i in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in initializers]
+    return order
 
 
 def _save_tensor(path: Path, array: np.ndarray, name: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from html import escape
 
+from .report import number_text
+
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#1b1f23;max-width:1200px}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem}
@@ -44,10 +46,6 @@ def page(title: str, sections: Iterable[str]) -> str:
             f"<h1>{escape(title)}</h1>" + "".join(sections) + "</body></html>\n")
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
-
-
 def diff_page(report) -> str:
     """`bundle diff --html`: the same sections as the terminal rendering."""
     a, b = report.a, report.b
@@ -74,8 +72,8 @@ def diff_page(report) -> str:
     else:
         sections += [paragraph(line, "note") for line in pre.structure]
         sections.append(table(["input", "step", "what moved", "max abs change", "max rel change"],
-                              [[cell(s.input), cell(f"{s.step} {s.kind}"), cell(s.summary), cell(_num(s.max_abs_change)),
-                                cell(_num(s.max_rel_change))] for s in pre.statistics])
+                              [[cell(s.input), cell(f"{s.step} {s.kind}"), cell(s.summary), cell(number_text(s.max_abs_change)),
+                                cell(number_text(s.max_rel_change))] for s in pre.statistics])
                         if pre.statistics else paragraph("fitted statistics identical"))
     sections.append("<h2>Graphs</h2>")
 
@@ -104,7 +102,7 @@ def diff_page(report) -> str:
             s, d = c.stats, c.decision
             flips = "-" if d is None else str(d.samples - d.agreeing) + (
                 f" (samples {d.disagreeing_samples[:20]})" if d.disagreeing_samples else "")
-            rows.append([cell(run.description), cell(run.samples), cell(c.name), cell(_num(s and s.max_abs)),
+            rows.append([cell(run.description), cell(run.samples), cell(c.name), cell(number_text(s and s.max_abs)),
                          cell(f"{s.violations}/{s.elements}" if s else "-"), cell(flips), verdict_cell(c.passed)])
     sections.append(table(["run", "samples", "output", "max abs", "violations", "argmax flips", "verdict"], rows)
                     if rows else paragraph("not run: the specs are incompatible"))
@@ -162,8 +160,8 @@ def _output_section(c, overridden: bool) -> str:
     head = f'<h2>output {escape(c.name)}: <span class="{"pass" if c.passed else "fail"}">{"PASS" if c.passed else "FAIL"}</span></h2>'
     if s is None:
         return head + paragraph(c.problem or "no statistics", "fail")
-    rows = [[cell("max / mean / p99 absolute error"), cell(f"{_num(s.max_abs)} / {_num(s.mean_abs)} / {_num(s.p99_abs)}")],
-            [cell("max / mean / p99 relative error"), cell(f"{_num(s.max_rel)} / {_num(s.mean_rel)} / {_num(s.p99_rel)}")],
+    rows = [[cell("max / mean / p99 absolute error"), cell(f"{number_text(s.max_abs)} / {number_text(s.mean_abs)} / {number_text(s.p99_abs)}")],
+            [cell("max / mean / p99 relative error"), cell(f"{number_text(s.max_rel)} / {number_text(s.mean_rel)} / {number_text(s.p99_rel)}")],
             [cell("elements outside tolerance"), cell(f"{s.violations} of {s.elements}")],
             [cell("tolerance"), cell(f"atol {c.tolerance.atol:g} + rtol {c.tolerance.rtol:g} * |research|"
                                      + (" (overridden at check time)" if overridden else ""))],
@@ -178,7 +176,7 @@ def _output_section(c, overridden: bool) -> str:
     if c.failing_samples:
         rows.append([cell("failing samples, worst first"), cell(f"{c.failing_samples} ({c.failing_sample_count} in all)")])
     if c.baseline_max_abs is not None:
-        rows.append([cell("export-time error (torch vs ONNX Runtime)"), cell(_num(c.baseline_max_abs))])
+        rows.append([cell("export-time error (torch vs ONNX Runtime)"), cell(number_text(c.baseline_max_abs))])
     body = head + table(["statistic", "value"], rows)
     if c.histogram is not None:
         h = c.histogram
@@ -211,12 +209,12 @@ def check_page(report) -> str:
             for column in stage.columns:
                 c = column.comparison
                 rows.append([cell(stage.stage), cell(stage.file), cell(f"column {column.input}"),
-                             cell(_num(c.stats and c.stats.max_abs)), cell(c.stats and f"{c.stats.violations}/{c.stats.elements}"),
+                             cell(number_text(c.stats and c.stats.max_abs)), cell(c.stats and f"{c.stats.violations}/{c.stats.elements}"),
                              verdict_cell(c.passed)])
             if stage.stage != "preprocess" or not stage.columns:
                 for c in stage.outputs:
                     rows.append([cell(stage.stage), cell(stage.file), cell(f"output {c.name}"),
-                                 cell(_num(c.stats and c.stats.max_abs)),
+                                 cell(number_text(c.stats and c.stats.max_abs)),
                                  cell(c.stats and f"{c.stats.violations}/{c.stats.elements}"), verdict_cell(c.passed)])
         sections += ["<h2>Stages</h2>", table(["stage", "file", "compared", "max abs", "violations", "verdict"], rows)]
         if report.diagnosis:

@@ -12,7 +12,8 @@ from .manifest import Manifest
 from .parity import OutputComparison, explain_failure
 
 
-def _num(value: float | None) -> str:
+def number_text(value: float | None) -> str:
+    """A statistic for a table: three significant digits, "-" when there is none."""
     return "-" if value is None else f"{value:.3g}"
 
 
@@ -40,8 +41,8 @@ def check_table(report: CheckReport) -> Table:
         verdict = Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red")
         table.add_row(
             c.name,
-            _num(s and s.max_abs), _num(s and s.mean_abs), _num(s and s.p99_abs),
-            _num(s and s.max_rel), _num(s and s.p99_rel),
+            number_text(s and s.max_abs), number_text(s and s.mean_abs), number_text(s and s.p99_abs),
+            number_text(s and s.max_rel), number_text(s and s.p99_rel),
             f"{s.violations}/{s.elements}" if s else "-",
             "-" if s is None or s.worst_sample is None else str(s.worst_sample),
             "-" if s is None else _share(s.max_tolerance_ratio),
@@ -103,7 +104,7 @@ def stage_table(report: CheckReport) -> Table:
 
     def row(stage: str, file: str, what: str, c: OutputComparison) -> None:
         s = c.stats
-        table.add_row(stage, file, Text(what), _num(s and s.max_abs), f"{s.violations}/{s.elements}" if s else "-",
+        table.add_row(stage, file, Text(what), number_text(s and s.max_abs), f"{s.violations}/{s.elements}" if s else "-",
                       "-" if s is None or s.worst_sample is None else str(s.worst_sample),
                       "-" if s is None else _share(s.max_tolerance_ratio),
                       Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red"))
@@ -226,7 +227,7 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
     for column in ("output", "max abs", "mean abs", "max rel"):
         errors.add_column(column)
     for name, e in m.export_errors.items():
-        errors.add_row(name, _num(e.max_abs), _num(e.mean_abs), _num(e.max_rel))
+        errors.add_row(name, number_text(e.max_abs), number_text(e.mean_abs), number_text(e.max_rel))
     console.print(errors)
     p = m.provenance
     git = f"{p.git.commit[:12]}{' (dirty)' if p.git.dirty else ''}" if p.git else "(not in a git checkout)"
@@ -288,8 +289,8 @@ def render_diff(report, console: Console) -> None:
             for column in ("input", "step", "what moved", "max abs", "max rel"):
                 table.add_column(column)
             for s in pre.statistics:
-                table.add_row(Text(s.input), f"{s.step} {s.kind}", Text(s.summary), _num(s.max_abs_change),
-                              _num(s.max_rel_change))
+                table.add_row(Text(s.input), f"{s.step} {s.kind}", Text(s.summary), number_text(s.max_abs_change),
+                              number_text(s.max_rel_change))
             console.print(table)
     graphs = Table(title="graphs", title_justify="left")
     for column in ("stage", "A: nodes / parameters / opset / bytes", "B: nodes / parameters / opset / bytes",
@@ -328,7 +329,7 @@ def render_diff(report, console: Console) -> None:
                 flips = "-" if d is None else f"{d.samples - d.agreeing}" + (
                     f" (samples {', '.join(map(str, d.disagreeing_samples[:8]))}{', ...' if len(d.disagreeing_samples) > 8 else ''})"
                     if d.disagreeing_samples else "")
-                table.add_row(Text(run.description), str(run.samples), c.name, _num(s and s.max_abs),
+                table.add_row(Text(run.description), str(run.samples), c.name, number_text(s and s.max_abs),
                               f"{s.violations}/{s.elements}" if s else "-", "-" if s is None else _share(s.max_tolerance_ratio),
                               Text(flips), Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red"))
         console.print(table)

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict
 from . import environment
 from .checker import ServingRuntime, load, output_accumulator, read_lock
 from .environment import DriftItem
-from .errors import BundleInvalid, InputValidationError
-from .external_data import external_locations, mentions_external_data
+from .errors import InputValidationError
+from .external_data import external_locations, load_graph, mentions_external_data
 from .manifest import Manifest, PreprocessColumn, Preprocessing, TensorSpec, TolerancePolicy
 from .parity import OutputComparison
 from .references import ArrayStream
@@ -359,14 +359,9 @@ def preprocessing_diff(a: Preprocessing | None, b: Preprocessing | None) -> Prep
 
 def graph_summary(bundle: VerifiedBundle, file: str) -> GraphSummary:
     """Operator counts, parameter count, opset and size of one of the bundle's graphs (weights not loaded)."""
-    import onnx
 
     path = bundle.path(file)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and onnx's own errors alike
-        raise BundleInvalid(f"{file} of {bundle.manifest.name} is not a readable ONNX model ({type(exc).__name__}); "
-                            "re-export the bundle.") from None
+    model = load_graph(path, f"{file} of {bundle.manifest.name}")
     operators = Counter(f"{n.domain}:{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in model.graph.node)
     parameters = sum(math.prod(init.dims) for init in model.graph.initializer)
     size = bundle.manifest.files[file].bytes

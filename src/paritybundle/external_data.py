@@ -27,15 +27,25 @@ def mentions_external_data(path: Path) -> bool:
     return False
 
 
+def load_graph(path: Path, label: str):
+    """A bundle's ONNX graph without its external weights; unreadable is the bundle's fault (exit 3).
+
+    ``label`` names the graph in the message (e.g. ``pipeline.onnx``).
+    """
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own errors alike
+        raise BundleInvalid(f"{label} is not a readable ONNX model ({type(exc).__name__}); re-export the bundle.") from None
+
+
 def external_locations(path: Path) -> list[str]:
     """Every external-data ``location`` in the model (graph, subgraphs, functions), unresolved."""
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and onnx's own errors alike
-        raise BundleInvalid(f"{path.name} is not a readable ONNX model ({type(exc).__name__}); re-export the bundle.") from None
+    model = load_graph(path, path.name)
     locations = []
     for tensor in _get_all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:

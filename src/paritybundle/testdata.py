@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BundleExistsError, BundleInvalid, UsageError
-from .external_data import external_locations, mentions_external_data
+from .external_data import external_locations, load_graph, mentions_external_data
 from .manifest import TensorSpec
 from .references import ArrayStream
 from .store import VerifiedBundle, open_bundle
@@ -111,11 +111,7 @@ def _write_model(bundle: VerifiedBundle, folder: Path) -> list[str]:
 
     manifest = bundle.manifest
     source = bundle.path(manifest.stages.pipeline)
-    try:
-        model = onnx.load(str(source), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and onnx's own errors alike
-        raise BundleInvalid(f"{manifest.stages.pipeline} is not a readable ONNX model ({type(exc).__name__}); "
-                            "re-export the bundle.") from None
+    model = load_graph(source, manifest.stages.pipeline)
     initializers = {i.name for i in model.graph.initializer}
     order = [i.name for i in model.graph.input if i.name not in initializers]
     by_name = {o.name: o for o in model.graph.output}

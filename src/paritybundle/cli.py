@@ -213,7 +213,8 @@ def _show_progress(json_path: Path | None) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI") and str(json_path) != "-"
 
 
-def _emit_report(report, json_path: Path | None) -> None:
+def _emit_report(report, json_path: Path | None, render=None) -> None:
+    """The report as JSON (to a file, or alone on stdout with '-'), and rendered for people (default: a check)."""
     from .report import render_check
 
     if json_path is not None:
@@ -223,7 +224,7 @@ def _emit_report(report, json_path: Path | None) -> None:
         else:
             _write_text(json_path, text)
     if json_path is None or str(json_path) != "-":
-        render_check(report, out)
+        (render or render_check)(report, out)
 
 
 @command("testdata")
@@ -257,21 +258,15 @@ def diff_command(
     require_signature: RequireSignatureOption = False,
 ) -> int:
     """Two bundles side by side (specs, preprocessing, graphs, tolerance, environment, provenance) and B on A's references."""
-    from .diff import as_json, diff
+    from .diff import diff
     from .html_report import diff_page
     from .report import render_diff
     from .signing import resolve_key
 
     report = diff(bundle_a, bundle_b, expect_change=expect_change, public_key=resolve_key(key, require_signature))
-    if json_path is not None:
-        if str(json_path) == "-":
-            sys.stdout.write(as_json(report))
-        else:
-            _write_text(json_path, as_json(report))
     if html_path is not None:
         _write_text(html_path, diff_page(report))
-    if json_path is None or str(json_path) != "-":
-        render_diff(report, out)
+    _emit_report(report, json_path, render_diff)
     return EXIT_OK if report.passed else EXIT_PARITY
 
 

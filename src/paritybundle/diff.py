@@ -465,7 +465,3 @@ def run_on_references(runtime: ServingRuntime, references: VerifiedBundle, polic
     return BehaviourRun(direction=direction, description=description, samples=inputs.rows,
                         passed=bool(outputs) and all(outputs), outputs=outputs,
                         problem=None if outputs else "no output in common")
-
-
-def as_json(report: DiffReport) -> str:
-    return report.model_dump_json(indent=2) + "\n"

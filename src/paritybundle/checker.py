@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -350,9 +351,13 @@ def staged_comparison(
     model = {s.name: judged(s, research) for s in manifest.outputs}
     merge = {s.name: OutputAccumulator(s.name, manifest.tolerance.default, rows * research.elements_per_row(s.name))
              for s in manifest.outputs}
-    pre = {s.name: OutputAccumulator(s.name, feature_tolerance, rows * reference_features.elements_per_row(s.name))
-           for s in features}
     columns = column_accumulators(pre_info, feature_tolerance, rows)
+    # A raw input that alone makes a whole feature array (a Pipeline's image, say) already compares
+    # all of it: that feature's result is derived from its column instead of computed twice.
+    feeding = Counter(c.feature for c in columns)
+    spanning = {c.feature: c for c in columns if c.features is None and feeding[c.feature] == 1}
+    pre = {s.name: OutputAccumulator(s.name, feature_tolerance, rows * reference_features.elements_per_row(s.name))
+           for s in features if s.name not in spanning}
 
     step = _rows_per_pass(manifest, (manifest.reference.inputs, manifest.reference.features, manifest.reference.outputs),
                           batch_size, rows)
@@ -375,7 +380,9 @@ def staged_comparison(
 
     pipeline_results = [a.finish() for a in pipeline.values()]
     column_results = [c.finish() for c in columns]
-    pre_results = [a.finish() for a in pre.values()]
+    by_feature = {r.feature: r.comparison for c, r in zip(columns, column_results) if spanning.get(c.feature) is c}
+    pre_results = [pre[s.name].finish() if s.name in pre else by_feature[s.name].model_copy(update={"name": s.name})
+                   for s in features]
     model_results = [a.finish() for a in model.values()]
     merge_results = [a.finish() for a in merge.values()]
     stages = [

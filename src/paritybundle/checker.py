@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 import contextlib
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from .external_data import check_external_data
 from .parity import OutputAccumulator, OutputComparison
 from .references import ArrayStream
 from .runtime import DEFAULT_BATCH_SIZE, Runner, SessionSettings, create_session, onnxruntime_version
-from .stages import StageResult, column_accumulators, diagnose
+from .stages import StageResult, column_accumulators, diagnose, spanning_columns
 from .store import VerifiedBundle, open_bundle
 
 REPORT_SCHEMA_VERSION = 1
@@ -354,8 +353,7 @@ def staged_comparison(
     columns = column_accumulators(pre_info, feature_tolerance, rows)
     # A raw input that alone makes a whole feature array (a Pipeline's image, say) already compares
     # all of it: that feature's result is derived from its column instead of computed twice.
-    feeding = Counter(c.feature for c in columns)
-    spanning = {c.feature: c for c in columns if c.features is None and feeding[c.feature] == 1}
+    spanning = spanning_columns(columns)
     pre = {s.name: OutputAccumulator(s.name, feature_tolerance, rows * reference_features.elements_per_row(s.name))
            for s in features if s.name not in spanning}
 

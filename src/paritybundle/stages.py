@@ -12,6 +12,7 @@ two stages in sequence on the raw inputs and holds the merged graph to that.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
@@ -77,6 +78,13 @@ def column_accumulators(preprocessing: Preprocessing, tolerance: Tolerance, rows
             per_row = _elements_per_row(feature, column.features)
             accumulators.append(ColumnAccumulator(column.input, feature.name, column.features, tolerance, rows * per_row))
     return accumulators
+
+
+def spanning_columns(columns: Sequence[ColumnAccumulator]) -> dict[str, ColumnAccumulator]:
+    """Feature name -> the one column that alone makes the whole feature array (a Pipeline's input):
+    its comparison is that feature's, so the feature need not be compared again."""
+    feeding = Counter(c.feature for c in columns)
+    return {c.feature: c for c in columns if c.features is None and feeding[c.feature] == 1}
 
 
 def _elements_per_row(spec: TensorSpec, features: list[int] | None) -> int:

@@ -70,8 +70,7 @@ def junit_xml(report: CheckReport) -> str:
     suite.set("errors", "0")
     if report.diagnosis:
         ET.SubElement(suite, "system-out").text = report.diagnosis
-    ET.indent(suites)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return _document(suites)
 
 
 def junit_error(command: str, message: str, exit_code: int) -> str:
@@ -80,5 +79,9 @@ def junit_error(command: str, message: str, exit_code: int) -> str:
     suite = ET.SubElement(suites, "testsuite", name=SUITE, tests="1", failures="0", errors="1", skipped="0")
     case = ET.SubElement(suite, "testcase", classname=SUITE, name=command)
     ET.SubElement(case, "error", message=message[:1000], type=f"exit {exit_code}").text = message
+    return _document(suites)
+
+
+def _document(suites: ET.Element) -> str:
     ET.indent(suites)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

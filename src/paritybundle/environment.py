@@ -23,7 +23,6 @@ import functools
 import os
 import platform
 import re
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +109,8 @@ def installed_distributions() -> dict[str, str]:
     spec escapes ``-`` out of each part), so METADATA is parsed only for other
     layouts: parsing it for every distribution took ~20 ms, a check's whole budget.
     """
+    from importlib import metadata  # imported when an environment is read, not by every import of this module
+
     found: dict[str, str] = {}
     for dist in metadata.distributions():
         location = getattr(dist, "_path", None)
@@ -122,7 +123,7 @@ def installed_distributions() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def _name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
+def _name_and_version(dist: Any) -> tuple[str | None, str | None]:
     """Name and Version from the metadata headers alone: the email parser would also read
     the long description (a whole README) that follows them."""
     text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
@@ -138,6 +139,8 @@ def _name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | No
 
 def _requirements_of(name: str) -> list[str]:
     """Names of the installed requirements of ``name`` that apply here (no extras)."""
+    from importlib import metadata
+
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:

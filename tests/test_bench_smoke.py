@@ -1,0 +1,34 @@
+"""Smoke runs of the benchmarks' measuring scripts at tiny sizes: they must run and measure
+what they say. No timing is asserted here (benchmarks are ratios in `python -m bench`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import scale, startup  # noqa: E402
+
+
+def _resident_kib(script: str, bundle: Path, *modules: str) -> int:
+    probe = script + "".join(f"\nassert {m!r} in sys.modules, 'the script did not import {m}'" for m in modules)
+    done = subprocess.run([sys.executable, "-c", probe, str(bundle)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.strip())
+
+
+def test_floor_script_imports_the_serving_stack_and_holds_more_than_the_bare_session(digits_bundle):
+    stack = ("pydantic", "starlette.applications", "uvicorn", "uvloop", "httptools", "prometheus_client", "typer")
+    bare = _resident_kib(startup._BARE, digits_bundle)
+    floor = _resident_kib(startup._FLOOR, digits_bundle, *stack)
+    assert "paritybundle" not in startup._FLOOR  # the floor is the libraries alone
+    assert floor > bare > 0
+
+
+def test_scale_step_reports_the_resident_size_before_the_measured_call():
+    step = scale._step("before = resident()\nblock = bytearray(64 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])")
+    assert step["before"] > 0
+    assert step["peak"] >= step["before"] + 60 * 2**20  # the 64 MiB touched after `before` shows in the peak

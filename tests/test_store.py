@@ -97,3 +97,71 @@ def test_writer_leaves_nothing_when_the_block_fails(tmp_path):
             writer.write_bytes("model.onnx", b"half")
             raise RuntimeError("export failed midway")
     assert list(tmp_path.iterdir()) == []
+
+
+def _flip_middle_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_graph_altered_so_onnx_runtime_cannot_load_it_is_reported_by_its_hash(bundle_copy):
+    # The session is created while the files hash: the altered file must still be what the error names.
+    import paritybundle
+
+    (bundle_copy / "pipeline.onnx").write_bytes(b"\0" * (bundle_copy / "pipeline.onnx").stat().st_size)
+    with pytest.raises(BundleInvalid, match="pipeline.onnx does not match its sha256"):
+        paritybundle.load(bundle_copy)
+
+
+def test_nothing_loaded_is_handed_back_when_a_file_fails_its_hash(bundle_copy):
+    from paritybundle.store import open_bundle_loading
+
+    _flip_middle_byte(bundle_copy / "reference" / "outputs.npz")
+    loaded = []
+    with pytest.raises(BundleInvalid, match="reference/outputs.npz does not match its sha256"):
+        open_bundle_loading(bundle_copy, None, lambda bundle: loaded.append(bundle) or "session")
+    assert len(loaded) == 1  # it ran alongside the hashing, and its result was dropped
+
+
+def test_loading_runs_while_the_files_hash(bundle_copy, monkeypatch):
+    # Deterministic, not timed: hashing cannot finish until load has started, so a
+    # sequential implementation would fail here (after the wait) rather than pass slowly.
+    import threading
+
+    from paritybundle import store
+
+    load_started = threading.Event()
+    real_verify = store.verify_files
+
+    def verify_after_load_started(root, manifest):
+        if not load_started.wait(timeout=10):
+            raise AssertionError("the files were hashed before loading began, not alongside it")
+        real_verify(root, manifest)
+
+    monkeypatch.setattr(store, "verify_files", verify_after_load_started)
+    bundle, loaded = store.open_bundle_loading(bundle_copy, None, lambda b: load_started.set() or b.manifest.name)
+    assert loaded == bundle.manifest.name
+
+
+def test_a_signed_bundle_is_verified_before_onnx_runtime_opens_anything(bundle_copy, monkeypatch, tmp_path):
+    import subprocess
+
+    import paritybundle
+    from paritybundle import checker
+    from paritybundle.signing import sign
+
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub"
+    subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)
+    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True,
+                   capture_output=True)
+    sign(bundle_copy, private)
+    _flip_middle_byte(bundle_copy / "pipeline.onnx")
+    opened = []
+    monkeypatch.setattr(checker, "create_session", lambda *a, **k: opened.append(a))
+    with pytest.raises(BundleInvalid, match="pipeline.onnx does not match its sha256"):
+        paritybundle.load(bundle_copy, public_key=public)
+    assert opened == []
+    with pytest.raises(BundleInvalid, match="pipeline.onnx does not match its sha256"):
+        paritybundle.load(bundle_copy)  # unsigned path: opened alongside, then refused
+    assert len(opened) == 1

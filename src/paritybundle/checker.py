@@ -1,7 +1,9 @@
 """The serving-side parity check: verify -> construct -> run references -> verdict.
 
 Order matters: nothing in a bundle is used before its manifest validated and every
-file matched its hash, and the ONNX Runtime session is built only after that.
+file matched its hash. The pipeline's ONNX Runtime session is created while the files
+hash, and handed over only once they matched; a signed bundle's files are all verified
+before ONNX Runtime opens any of them (see :func:`~paritybundle.store.open_bundle_loading`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .parity import OutputAccumulator, OutputComparison
 from .references import ArrayStream
 from .runtime import DEFAULT_BATCH_SIZE, Runner, SessionSettings, create_session, onnxruntime_version
 from .stages import StageResult, column_accumulators, diagnose, spanning_columns
-from .store import VerifiedBundle, open_bundle
+from .store import VerifiedBundle, open_bundle, open_bundle_loading
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -136,10 +138,26 @@ def load(path: str | os.PathLike[str], settings: SessionSettings | None = None,
         BundleInvalid: the bundle fails integrity or cannot be loaded.
         EnvironmentRefused: critical drift under the strict policy.
     """
-    bundle = open_bundle(path, public_key)
-    settings = settings or settings_from_manifest(bundle.manifest)
-    drift = environment_drift(bundle, env_policy, list(settings.providers))
-    return construct(bundle, settings, drift)
+    return open_runtime(path, lambda manifest: settings or settings_from_manifest(manifest), env_policy, public_key)
+
+
+def open_runtime(path: str | os.PathLike[str], choose_settings: Callable[[Manifest], SessionSettings],
+                 env_policy: str, public_key: str | os.PathLike[str] | None) -> ServingRuntime:
+    """:func:`load`, with the session settings chosen from the manifest (the server's own choice).
+
+    The pipeline's session is created while the bundle's files hash (see
+    :func:`~paritybundle.store.open_bundle_loading`); the drift policy is applied once
+    they matched (the lock is one of them), before anything is run.
+    """
+
+    def open_pipeline(bundle: VerifiedBundle) -> tuple[SessionSettings, Runner, environment.EnvironmentLock]:
+        settings = choose_settings(bundle.manifest)
+        # Reading this environment needs nothing from the bundle: it too runs while the files hash.
+        return settings, _pipeline_runner(bundle, settings), environment.capture(with_closure=False)
+
+    bundle, (settings, runner, here) = open_bundle_loading(path, public_key, open_pipeline)
+    drift = environment_drift(bundle, env_policy, list(settings.providers), here)
+    return ServingRuntime(bundle=bundle, settings=settings, drift=drift, runner=runner)
 
 
 def read_lock(bundle: VerifiedBundle) -> environment.EnvironmentLock:
@@ -148,10 +166,12 @@ def read_lock(bundle: VerifiedBundle) -> environment.EnvironmentLock:
     return environment.parse_lock(bundle.path(relative).read_bytes(), source=relative)
 
 
-def environment_drift(bundle: VerifiedBundle, policy: str, providers: list[str]) -> DriftReport:
-    """Compare this environment with the bundle's lock and judge it under ``policy``."""
-    items = environment.diff_environments(read_lock(bundle), environment.capture(with_closure=False), providers)
-    return environment.apply_policy(items, policy)
+def environment_drift(bundle: VerifiedBundle, policy: str, providers: list[str],
+                      here: environment.EnvironmentLock | None = None) -> DriftReport:
+    """Compare this environment (``here``, captured now if not given) with the bundle's lock and
+    judge it under ``policy``."""
+    here = environment.capture(with_closure=False) if here is None else here
+    return environment.apply_policy(environment.diff_environments(read_lock(bundle), here, providers), policy)
 
 
 def settings_from_manifest(manifest: Manifest) -> SessionSettings:
@@ -162,8 +182,8 @@ def settings_from_manifest(manifest: Manifest) -> SessionSettings:
     )
 
 
-def construct(bundle: VerifiedBundle, settings: SessionSettings, drift: DriftReport) -> ServingRuntime:
-    """A runtime for an already verified bundle whose drift was already judged (see :func:`load`)."""
+def _pipeline_runner(bundle: VerifiedBundle, settings: SessionSettings) -> Runner:
+    """The bundle's pipeline in an ONNX Runtime session, its inputs and outputs as the manifest declares."""
     manifest = bundle.manifest
     # Before ONNX Runtime opens the model: its external data must be the bundle's own files.
     check_external_data(manifest.stages.pipeline, bundle.root, set(manifest.files))
@@ -176,8 +196,7 @@ def construct(bundle: VerifiedBundle, settings: SessionSettings, drift: DriftRep
             f"{manifest.stages.pipeline} has inputs {graph_inputs} and outputs {graph_outputs}, but the manifest "
             f"declares {declared_in} -> {declared_out}; re-export the bundle."
         )
-    return ServingRuntime(bundle=bundle, settings=settings, drift=drift,
-                          runner=Runner(session, list(manifest.inputs), list(manifest.outputs)))
+    return Runner(session, list(manifest.inputs), list(manifest.outputs))
 
 
 def check(

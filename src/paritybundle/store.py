@@ -4,6 +4,8 @@ Reading is parse -> verify -> use: :func:`open_bundle` validates ``bundle.json``
 then hashes every listed file (streamed, so memory stays flat however big the
 model), refuses missing or extra files and symlinks, and only then hands back a
 :class:`VerifiedBundle` whose paths the rest of paritybundle may open.
+:func:`open_bundle_loading` does the same while the caller loads the model: what
+it loaded is handed back only once every hash matched.
 
 Writing goes through :class:`BundleWriter`: files land in a temp directory beside
 the target, are flushed, and the directory is renamed into place at the end, so a
@@ -16,13 +18,16 @@ import hashlib
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from .errors import BundleExistsError, BundleInvalid, UsageError
 from .manifest import MANIFEST_NAME, UNLISTED_FILES, FileDigest, Manifest, parse_manifest
 
 _CHUNK = 1024 * 1024
+Loaded = TypeVar("Loaded")
 
 
 def sha256_file(path: Path) -> FileDigest:
@@ -159,12 +164,53 @@ def open_bundle(path: str | os.PathLike[str], public_key: str | os.PathLike[str]
     """
     root = bundle_directory(path)
     manifest = read_manifest(root)
+    _verify(root, manifest, public_key)
+    return VerifiedBundle(root=root, manifest=manifest, source=Path(path))
+
+
+def open_bundle_loading(path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None,
+                        load: Callable[[VerifiedBundle], Loaded]) -> tuple[VerifiedBundle, Loaded]:
+    """:func:`open_bundle`, with ``load(bundle)`` (creating ONNX Runtime sessions) run while the files hash.
+
+    For a large model, hashing and loading each take about a second per GiB, and both
+    hashlib and ONNX Runtime release the GIL: side by side, start-up costs the longer of
+    the two rather than their sum. Nothing ``load`` returns is handed back before every
+    hash matched, and an altered file is reported in preference to whatever ``load``
+    raised (it names the file; a failed load of an altered graph would not).
+
+    With ``public_key`` the bundle is verified in full first: a signed bundle's files are
+    never parsed before they are verified. Without a signature nothing is lost by
+    overlapping: whoever can alter the files can rewrite the manifest's hashes too, so
+    hashing first would protect nothing that hashing alongside does not.
+
+    Raises:
+        UsageError, BundleInvalid: as :func:`open_bundle`; anything ``load`` raises.
+    """
+    root = bundle_directory(path)
+    manifest = read_manifest(root)
+    bundle = VerifiedBundle(root=root, manifest=manifest, source=Path(path))
+    if public_key is not None:
+        _verify(root, manifest, public_key)
+        return bundle, load(bundle)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="paritybundle-verify") as pool:
+        hashing = pool.submit(verify_files, root, manifest)
+        try:
+            loaded = load(bundle)
+        except BaseException:
+            altered = hashing.exception()  # waits for the hashes
+            if altered is not None:
+                raise altered from None
+            raise
+        hashing.result()
+    return bundle, loaded
+
+
+def _verify(root: Path, manifest: Manifest, public_key: str | os.PathLike[str] | None) -> None:
     if public_key is not None:
         from .signing import verify_signature
 
         verify_signature(root, public_key)
     verify_files(root, manifest)
-    return VerifiedBundle(root=root, manifest=manifest, source=Path(path))
 
 
 def _fsync_dir(path: Path) -> None:

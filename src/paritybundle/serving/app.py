@@ -1,6 +1,7 @@
 """The V2 inference server: ready only after parity holds.
 
-Start-up order: parse -> verify -> environment policy -> construct -> check -> ready.
+Start-up order: parse -> verify (the pipeline's session is created while the files
+hash) -> environment policy -> check -> ready.
 The check runs in the app's start-up, before the process accepts a connection, so
 whenever it answers (``/v2/health/live``) it has a verdict: with several worker
 processes sharing a port, a probe that reaches any of them learns the truth about
@@ -34,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..checker import ServingRuntime, check_runtime, construct, load, settings_from_manifest
+from ..checker import ServingRuntime, check_runtime, open_runtime, settings_from_manifest
 from ..errors import InputValidationError, ParityBundleError
 from ..parity import explain_failure
 from ..store import read_manifest
@@ -82,7 +83,7 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
         self.parity = Gauge("paritybundle_parity_verdict",
                             "Start-up parity check: 1 holds, 0 fails, -1 not yet known.", registry=self.registry)
-        self.startup = Gauge("paritybundle_startup_seconds", "Seconds from process start to ready.",
+        self.startup = Gauge("paritybundle_startup_seconds", "Seconds from the start of serving (after imports) to ready.",
                              registry=self.registry)
         self.parity.set(-1)
 
@@ -122,24 +123,18 @@ def _error(message: str, status: int) -> Response:
     return _json({"error": message}, status)
 
 
-async def _start(state: ServerState, started: float, preflight: Preflight | None) -> None:
+async def _start(state: ServerState, started: float, runtime: ServingRuntime | None) -> None:
     """Verify, construct and check in a worker thread; become ready only if parity holds.
 
-    ``preflight``: the bundle this process already verified (and its drift) before it bound
-    the port; a worker process of its own (``--workers N``) verifies again.
+    ``runtime``: the bundle this process already opened, verified and judged for drift
+    before it bound the port (``bundle serve``); a worker process of its own
+    (``--workers N``) opens it here.
     """
     loop = asyncio.get_running_loop()
     options = state.options
     try:
-        manifest = preflight.bundle.manifest if preflight else read_manifest(options.bundle)
-        recorded = settings_from_manifest(manifest)
-        threads = recorded.intra_op_num_threads if options.intra_op_num_threads is None else options.intra_op_num_threads
-        settings = dataclasses.replace(recorded, intra_op_num_threads=threads)
-        if preflight is not None:
-            runtime = await loop.run_in_executor(None, lambda: construct(preflight.bundle, settings, preflight.drift))
-        else:
-            runtime = await loop.run_in_executor(
-                None, lambda: load(options.bundle, settings, options.env_policy, options.public_key))
+        if runtime is None:
+            runtime = await loop.run_in_executor(None, open_serving_runtime, options)
         state.name, state.version = runtime.manifest.name, runtime.manifest.version
         report = await loop.run_in_executor(None, check_runtime, runtime)
     except ParityBundleError as exc:
@@ -175,27 +170,34 @@ async def _start(state: ServerState, started: float, preflight: Preflight | None
              ", ".join(f"{o.name} max abs {o.stats.max_abs:.2g}" for o in report.outputs if o.stats))
 
 
-@dataclass(frozen=True)
-class Preflight:
-    """What ``bundle serve`` verified before binding its port: reused by its one server process."""
+def open_serving_runtime(options: ServeOptions) -> ServingRuntime:
+    """Verify the bundle, load its pipeline with the settings it was validated with (threads as
+    ``options`` say) and judge the environment's drift: raises with the documented exit code."""
 
-    bundle: Any  # VerifiedBundle
-    drift: Any  # DriftReport
+    def settings(manifest: Any):
+        recorded = settings_from_manifest(manifest)
+        threads = options.intra_op_num_threads
+        return recorded if threads is None else dataclasses.replace(recorded, intra_op_num_threads=threads)
+
+    return open_runtime(options.bundle, settings, options.env_policy, options.public_key)
 
 
-def create_app(options: ServeOptions, preflight: Preflight | None = None) -> Starlette:
+def create_app(options: ServeOptions, runtime: ServingRuntime | None = None, started: float | None = None) -> Starlette:
     """The ASGI app serving one bundle; start-up checks run when the app starts.
+
+    ``runtime``: the bundle already opened by :func:`open_serving_runtime` (``bundle serve``
+    does so before it binds its port), and ``started`` when that began.
 
     Example:
         >>> app = create_app(ServeOptions(bundle="artifacts/digits"))  # doctest: +SKIP
         >>> uvicorn.run(app, port=8080)  # doctest: +SKIP
     """
     state = ServerState(options)
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        await _start(state, started, preflight)
+        await _start(state, started, runtime)
         yield
         if state.batcher is not None:
             await state.batcher.stop()

@@ -17,7 +17,9 @@ def _resident_kib(script: str, bundle: Path, *modules: str) -> int:
     probe = script + "".join(f"\nassert {m!r} in sys.modules, 'the script did not import {m}'" for m in modules)
     done = subprocess.run([sys.executable, "-c", probe, str(bundle)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    return int(done.stdout.strip())
+    rss, after_imports = done.stdout.split()
+    assert 0 < float(after_imports) < 60
+    return int(rss)
 
 
 def test_floor_script_imports_the_serving_stack_and_holds_more_than_the_bare_session(digits_bundle):
@@ -26,6 +28,17 @@ def test_floor_script_imports_the_serving_stack_and_holds_more_than_the_bare_ses
     floor = _resident_kib(startup._FLOOR, digits_bundle, *stack)
     assert "paritybundle" not in startup._FLOOR  # the floor is the libraries alone
     assert floor > bare > 0
+
+
+def test_serve_rows_report_the_server_own_startup_gauge(digits_bundle):
+    elapsed, server, after_imports = startup._serve_to_ready(digits_bundle, 8391)
+    try:
+        assert 0 < after_imports < elapsed  # the gauge counts from after the imports, inside the whole start
+    finally:
+        server.terminate()
+        server.wait()
+    rows = startup.serve_rows("", [(elapsed, 1000, after_imports)], [(elapsed / 2, 800, after_imports / 2)])
+    assert [row[3].split("x")[0] for row in rows] == ["2.00", "2.00", "1.25"]
 
 
 def test_scale_step_reports_the_resident_size_before_the_measured_call():

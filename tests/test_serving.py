@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import paritybundle
-from bundle_tools import perturb_weights
+from bundle_tools import perturb_weights, rehash
 from paritybundle.cli import main
 from serving_tools import free_port, http, running_server
 
@@ -264,6 +264,17 @@ def test_serve_refuses_a_tampered_bundle_before_listening(bundle_copy, capsys):
     (bundle_copy / "model.onnx").write_bytes(b"tampered")
     assert main(["serve", str(bundle_copy), "--port", str(free_port())]) == 3
     assert "model.onnx is 8 bytes" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_pipeline_onnx_runtime_cannot_load_before_listening(bundle_copy, capsys):
+    # Consistently re-hashed, so only loading it finds the fault: the session is opened before the port is bound.
+    (bundle_copy / "pipeline.onnx").write_bytes(b"\x08\x07not a model")
+    rehash(bundle_copy)
+    port = free_port()
+    assert main(["serve", str(bundle_copy), "--port", str(port)]) == 3
+    assert "pipeline.onnx" in capsys.readouterr().err
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing ever listened
 
 
 def test_two_workers_each_check_and_serve(digits_bundle, tmp_path, pixels):

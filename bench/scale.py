@@ -44,16 +44,10 @@ def _baseline_python() -> int:
 def _serve_rows(bundle: Path, weights: int, repeats: int = 3) -> list[tuple[str, str, str, str]]:
     """`bundle serve` of the 1 GiB model vs a process holding only its ORT session, as in
     `startup` for the small model: there the serving stack's fixed cost dominates, here the model."""
-    from .startup import _BARE, _rss_kib, _serve_to_ready, run_bare, serve_rows
+    from .startup import measure_serving
 
-    ours, bare = [], []
-    for rep in range(repeats):
-        elapsed, server, after_imports = _serve_to_ready(bundle, 8490 + rep)
-        ours.append((elapsed, _rss_kib(server.pid), after_imports))
-        server.terminate()
-        server.wait()
-        bare.append(run_bare(_BARE, bundle))
-    return serve_rows(f" the 1 GiB model (weights {weights / 2**20:,.0f} MiB)", ours, bare)
+    return measure_serving(bundle, f" the 1 GiB model (weights {weights / 2**20:,.0f} MiB)", repeats, 8490,
+                           with_floor=False)
 
 
 def main() -> list[tuple[str, str, str, str]]:

@@ -124,18 +124,23 @@ def main(repeats: int = 5) -> list[tuple[str, str, str, str]]:
                      f"{median(times['bare']):.2f} s (torch.onnx.export, dynamo)",
                      f"{median(times['ours']) / median(times['bare']):.2f}x (<= 2x)"))
 
-        bundle = work / "digits"
-        ours, bare, floor = [], [], []  # (seconds from process start, resident KiB, seconds after imports)
-        for rep in range(repeats):
-            elapsed, server, after_imports = _serve_to_ready(bundle, 8400 + rep)
-            ours.append((elapsed, _rss_kib(server.pid), after_imports))
-            server.terminate()
-            server.wait()
-            bare.append(run_bare(_BARE, bundle))
-            floor.append(run_bare(_FLOOR, bundle))
-        rows.extend(serve_rows("", ours, bare, floor))
+        rows.extend(measure_serving(work / "digits", "", repeats, 8400, with_floor=True))
     print_table("export, start-up and memory vs bare ONNX baselines", rows)
     return rows
+
+
+def measure_serving(bundle: Path, what: str, repeats: int, port: int, *, with_floor: bool) -> list[tuple[str, str, str, str]]:
+    """`bundle serve` vs the bare process (and the floor), interleaved, each a cold process."""
+    ours, bare, floor = [], [], []  # (seconds from process start, resident KiB, seconds after imports)
+    for rep in range(repeats):
+        elapsed, server, after_imports = _serve_to_ready(bundle, port + rep)
+        ours.append((elapsed, _rss_kib(server.pid), after_imports))
+        server.terminate()
+        server.wait()
+        bare.append(run_bare(_BARE, bundle))
+        if with_floor:
+            floor.append(run_bare(_FLOOR, bundle))
+    return serve_rows(what, ours, bare, floor)
 
 
 def serve_rows(what: str, ours: list, bare: list, floor: list | None = None) -> list[tuple[str, str, str, str]]:

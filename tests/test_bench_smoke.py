@@ -41,6 +41,12 @@ def test_serve_rows_report_the_server_own_startup_gauge(digits_bundle):
     assert [row[3].split("x")[0] for row in rows] == ["2.00", "2.00", "1.25"]
 
 
+def test_measure_serving_runs_all_three_processes(digits_bundle):
+    rows = startup.measure_serving(digits_bundle, "", 1, 8392, with_floor=True)
+    assert [row[0].strip().split(":")[0] for row in rows] == ["serve", "serve", "floor", "serve", "floor"]
+    assert all(float(row[3].split("x")[0]) > 0 for row in rows)
+
+
 def test_scale_step_reports_the_resident_size_before_the_measured_call():
     step = scale._step("before = resident()\nblock = bytearray(64 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])")
     assert step["before"] > 0

@@ -58,8 +58,9 @@ def test_memory_stays_flat_while_checking_in_batches(wide_bundle):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     inputs_bytes = 20_000 * 512 * 4
-    # One batch of inputs (1 MiB) plus 1% of the outputs for the exact p99; not the 40 MB set.
-    assert peak < inputs_bytes / 8, f"peak {peak / 2**20:.1f} MiB"
+    # One batch of inputs (1 MiB), 1% of the outputs for the exact p99, and the hashing's 1 MiB
+    # read buffer, live while the session is created alongside it: ~5 MiB, not the 40 MB set.
+    assert peak < inputs_bytes / 6, f"peak {peak / 2**20:.1f} MiB"
 
 
 def test_running_top_one_percent_gives_the_exact_p99(monkeypatch):

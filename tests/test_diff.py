@@ -51,6 +51,26 @@ def test_a_bundle_against_itself_reproduces_and_shows_no_change(wine_pair, capsy
     assert "OK: B reproduces A" in capsys.readouterr().out
 
 
+def test_each_file_of_both_bundles_is_hashed_once(wine_pair, monkeypatch):
+    # A diff of two large bundles must not hash them twice (once to verify, once more to load).
+    from collections import Counter
+
+    from paritybundle import store
+
+    hashed = Counter()
+    real = store.sha256_file
+
+    def counting(path):
+        hashed[str(path)] += 1
+        return real(path)
+
+    monkeypatch.setattr(store, "sha256_file", counting)
+    a, b = wine_pair
+    assert diff(a, b).compatibility.compatible
+    listed = {str(root / rel) for root in (a, b) for rel in read_manifest(root).files}
+    assert set(hashed) == listed and set(hashed.values()) == {1}
+
+
 def test_a_moved_fitted_constant_is_shown_and_tied_to_the_changed_outputs(wine_pair, capsys):
     a, b = wine_pair
     report = diff(a, b)

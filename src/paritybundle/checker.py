@@ -160,6 +160,15 @@ def open_runtime(path: str | os.PathLike[str], choose_settings: Callable[[Manife
     return ServingRuntime(bundle=bundle, settings=settings, drift=drift, runner=runner)
 
 
+def load_verified(bundle: VerifiedBundle, settings: SessionSettings | None = None,
+                  env_policy: str = DEFAULT_POLICY) -> ServingRuntime:
+    """:func:`load` for a bundle already opened with :func:`~paritybundle.store.open_bundle`:
+    its files are not hashed a second time."""
+    settings = settings or settings_from_manifest(bundle.manifest)
+    drift = environment_drift(bundle, env_policy, list(settings.providers))
+    return ServingRuntime(bundle=bundle, settings=settings, drift=drift, runner=_pipeline_runner(bundle, settings))
+
+
 def read_lock(bundle: VerifiedBundle) -> environment.EnvironmentLock:
     """The bundle's environment lock (verified bytes, strictly parsed)."""
     relative = bundle.manifest.environment_lock

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from . import environment
-from .checker import ServingRuntime, load, output_accumulator, read_lock
+from .checker import ServingRuntime, load_verified, output_accumulator, read_lock
 from .environment import DriftItem
 from .errors import InputValidationError
 from .external_data import external_locations, load_graph, mentions_external_data
@@ -168,7 +168,7 @@ def diff(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str], *, expe
     compatibility = compatibility_of(specs, a, b)
     behaviour: list[BehaviourRun] = []
     if compatibility.compatible:
-        runtime_a, runtime_b = load(bundle_a.root, env_policy="ignore"), load(bundle_b.root, env_policy="ignore")
+        runtime_a, runtime_b = load_verified(bundle_a, env_policy="ignore"), load_verified(bundle_b, env_policy="ignore")
         behaviour = [
             run_on_references(runtime_b, bundle_a, a.tolerance, "b_on_a", batch_size,
                               f"B ({b.name} v{b.version}) on A's reference inputs vs A's research outputs"),

@@ -8,7 +8,9 @@
    processes: after their imports (the server's own ``paritybundle_startup_seconds``), and
    from process start (interpreter and imports included).
 3. Resident memory of the ready server vs a process holding only the ORT session after
-   one run (target < 1.3x), and proof that torch never loaded in the server.
+   one run (target < 1.3x). (That torch never loads in the server is proven by
+   ``tests/test_boundary.py``, not here.)
+Beside both, the floor: what the prescribed serving libraries cost by themselves.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def run_bare(script: str, bundle: Path) -> tuple[float, int, float]:
     elapsed = time.perf_counter() - started
     rss, after_imports = done.stdout.split()
     return elapsed, int(rss), float(after_imports)
+
 
 # The floor: the bare process plus only the libraries the project prescribes for serving
 # (pydantic with one model, Starlette, uvicorn with uvloop and httptools, prometheus-client,

@@ -107,6 +107,16 @@ def test_unknown_policy_is_a_usage_error(digits_bundle):
         paritybundle.check(digits_bundle, env_policy="lax")
 
 
+def test_unknown_policy_is_refused_before_the_bundle_is_opened(bundle_copy, monkeypatch):
+    # A typo costs no hashing and no session, and is reported as what it is even on a broken bundle.
+    from paritybundle import store
+
+    (bundle_copy / "model.onnx").write_bytes(b"tampered")
+    monkeypatch.setattr(store, "verify_files", lambda *a: pytest.fail("the bundle was hashed first"))
+    with pytest.raises(UsageError, match="environment policy 'lax' is not one of"):
+        paritybundle.load(bundle_copy, env_policy="lax")
+
+
 def test_truncated_lock_is_a_bundle_error(bundle_copy):
     truncate_and_rehash(bundle_copy, "environment.lock.json", 40)
     with pytest.raises(BundleInvalid, match="environment.lock.json is not a valid environment lock"):

@@ -155,6 +155,7 @@ def open_runtime(path: str | os.PathLike[str], choose_settings: Callable[[Manife
         # Reading this environment needs nothing from the bundle: it too runs while the files hash.
         return settings, _pipeline_runner(bundle, settings), environment.capture(with_closure=False)
 
+    environment.check_policy(env_policy)  # a typo costs no hashing and no session
     bundle, (settings, runner, here) = open_bundle_loading(path, public_key, open_pipeline)
     drift = environment_drift(bundle, env_policy, list(settings.providers), here)
     return ServingRuntime(bundle=bundle, settings=settings, drift=drift, runner=runner)

@@ -359,6 +359,12 @@ def _env_text(values: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(values.items())) or "(none)"
 
 
+def check_policy(policy: str) -> None:
+    """Refuse an unknown drift policy: a usage error, best raised before any work is done."""
+    if policy not in POLICIES:
+        raise UsageError(f"environment policy {policy!r} is not one of {', '.join(POLICIES)}.")
+
+
 def apply_policy(items: list[DriftItem], policy: str) -> DriftReport:
     """Judge drift under ``policy``.
 
@@ -366,8 +372,7 @@ def apply_policy(items: list[DriftItem], policy: str) -> DriftReport:
         UsageError: an unknown policy.
         EnvironmentRefused: ``strict`` and at least one critical difference.
     """
-    if policy not in POLICIES:
-        raise UsageError(f"environment policy {policy!r} is not one of {', '.join(POLICIES)}.")
+    check_policy(policy)
     critical = [item for item in items if item.severity == "critical"]
     if policy == "strict" and critical:
         listed = "; ".join(f"{i.what} {i.locked} -> {i.running} ({i.reason})" for i in critical)

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
+from .strict import StrictModel
 from . import environment
 from .environment import DEFAULT_POLICY, DriftReport
 from .errors import BundleInvalid, InputValidationError, UsageError
@@ -33,18 +33,14 @@ from .store import VerifiedBundle, open_bundle, open_bundle_loading
 REPORT_SCHEMA_VERSION = 1
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BundleIdentity(_Model):
+class BundleIdentity(StrictModel):
     path: str
     name: str
     version: str
     files_verified: int
 
 
-class CheckSettings(_Model):
+class CheckSettings(StrictModel):
     """Everything about the run that can move a verdict, recorded in the report."""
 
     onnxruntime_version: str | None
@@ -60,7 +56,7 @@ class CheckSettings(_Model):
     model: str | None = None
 
 
-class CheckReport(_Model):
+class CheckReport(StrictModel):
     """The result of a parity check; truthy when parity holds.
 
     Its JSON form (``--json``) is versioned by ``schema_version`` and documented

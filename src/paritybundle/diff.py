@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
+from .strict import StrictModel
 from . import environment
 from .checker import ServingRuntime, load_verified, output_accumulator, read_lock
 from .environment import DriftItem
@@ -32,18 +32,14 @@ from .store import VerifiedBundle, open_bundle
 DIFF_SCHEMA_VERSION = 1
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BundleSide(_Model):
+class BundleSide(StrictModel):
     path: str
     name: str
     version: str
     created_at: datetime
 
 
-class SpecDifference(_Model):
+class SpecDifference(StrictModel):
     """One input or output that differs between A and B."""
 
     kind: Literal["input", "output"]
@@ -55,7 +51,7 @@ class SpecDifference(_Model):
     detail: str
 
 
-class Compatibility(_Model):
+class Compatibility(StrictModel):
     """Can B replace A behind the same endpoint (same names, dtypes, compatible shapes)?"""
 
     compatible: bool
@@ -63,7 +59,7 @@ class Compatibility(_Model):
     notes: list[str]
 
 
-class StatisticChange(_Model):
+class StatisticChange(StrictModel):
     """One fitted statistic or setting of one preprocessing step that moved."""
 
     input: str
@@ -75,14 +71,14 @@ class StatisticChange(_Model):
     max_rel_change: float | None = None
 
 
-class PreprocessingDiff(_Model):
+class PreprocessingDiff(StrictModel):
     a_source: str | None
     b_source: str | None
     structure: list[str]
     statistics: list[StatisticChange]
 
 
-class GraphSummary(_Model):
+class GraphSummary(StrictModel):
     file: str
     bytes: int
     opset: int
@@ -92,7 +88,7 @@ class GraphSummary(_Model):
     operators: dict[str, int]
 
 
-class GraphDiff(_Model):
+class GraphDiff(StrictModel):
     stage: Literal["pipeline", "model", "preprocess"]
     a: GraphSummary | None
     b: GraphSummary | None
@@ -100,13 +96,13 @@ class GraphDiff(_Model):
     operator_changes: dict[str, list[int]]
 
 
-class FieldChange(_Model):
+class FieldChange(StrictModel):
     what: str
     a: str | None
     b: str | None
 
 
-class BehaviourRun(_Model):
+class BehaviourRun(StrictModel):
     """One bundle's pipeline on the other's reference inputs, judged by A's tolerance."""
 
     direction: Literal["b_on_a", "a_on_b"]
@@ -121,7 +117,7 @@ class BehaviourRun(_Model):
         return sum(c.decision.samples - c.decision.agreeing for c in self.outputs if c.decision is not None)
 
 
-class DiffReport(_Model):
+class DiffReport(StrictModel):
     """The result of ``bundle diff``; truthy when it exits 0 (see ``passed``)."""
 
     schema_version: Literal[1] = DIFF_SCHEMA_VERSION

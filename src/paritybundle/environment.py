@@ -26,8 +26,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
+from .strict import StrictModel
 from .errors import BundleInvalid, EnvironmentRefused, UsageError
 
 # The serving core: what `bundle check` and `bundle serve` import.
@@ -47,40 +48,36 @@ Severity = Literal["critical", "notable", "info"]
 DEFAULT_POLICY: Policy = "strict"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PythonInfo(_Strict):
+class PythonInfo(StrictModel):
     version: str
     implementation: str
 
 
-class PlatformInfo(_Strict):
+class PlatformInfo(StrictModel):
     system: str
     release: str
     machine: str
     libc: str
 
 
-class CpuInfo(_Strict):
+class CpuInfo(StrictModel):
     model: str | None
     numeric_flags: list[str]
 
 
-class RuntimeInfo(_Strict):
+class RuntimeInfo(StrictModel):
     version: str | None
     providers: list[str]
 
 
-class TorchInfo(_Strict):
+class TorchInfo(StrictModel):
     version: str
     cuda: str | None
     cudnn: int | None
     device_name: str | None
 
 
-class EnvironmentLock(_Strict):
+class EnvironmentLock(StrictModel):
     """``environment.lock.json``."""
 
     lock_version: Literal[1] = 1
@@ -255,7 +252,7 @@ def parse_lock(raw: bytes, *, source: str) -> EnvironmentLock:
                             "re-export the bundle.") from None
 
 
-class DriftItem(_Strict):
+class DriftItem(StrictModel):
     what: str
     locked: str | None
     running: str | None
@@ -263,7 +260,7 @@ class DriftItem(_Strict):
     reason: str
 
 
-class DriftReport(_Strict):
+class DriftReport(StrictModel):
     """The running environment against the bundle's lock, under a policy."""
 
     policy: Policy

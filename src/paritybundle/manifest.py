@@ -15,7 +15,9 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .strict import StrictModel
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "bundle.json"
@@ -42,11 +44,7 @@ def validate_name(value: str) -> str:
     return value
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FileDigest(_Strict):
+class FileDigest(StrictModel):
     sha256: str
     bytes: int = Field(ge=0)
 
@@ -58,7 +56,7 @@ class FileDigest(_Strict):
         return value
 
 
-class TensorSpec(_Strict):
+class TensorSpec(StrictModel):
     """One named input or output: dtype and shape, symbolic dims as strings."""
 
     name: str = Field(min_length=1, max_length=256)
@@ -78,7 +76,7 @@ class TensorSpec(_Strict):
         return shape
 
 
-class Tolerance(_Strict):
+class Tolerance(StrictModel):
     """Element-wise rule: ``|serve - research| <= atol + rtol * |research|``."""
 
     atol: float = Field(ge=0)
@@ -87,7 +85,7 @@ class Tolerance(_Strict):
     equal_nan: bool = True
 
 
-class TolerancePolicy(_Strict):
+class TolerancePolicy(StrictModel):
     """How close serving must come to research, and why these numbers.
 
     ``reference_device``/``reference_precision`` record what produced the
@@ -108,7 +106,7 @@ class TolerancePolicy(_Strict):
         return self.per_output.get(name, self.default)
 
 
-class RuntimeSettings(_Strict):
+class RuntimeSettings(StrictModel):
     """The ONNX Runtime settings the export was validated with."""
 
     onnxruntime_version: str
@@ -117,7 +115,7 @@ class RuntimeSettings(_Strict):
     intra_op_num_threads: int = Field(ge=0)
 
 
-class OutputError(_Strict):
+class OutputError(StrictModel):
     """Error measured between two computations of one output."""
 
     max_abs: float
@@ -125,7 +123,7 @@ class OutputError(_Strict):
     max_rel: float
 
 
-class Stages(_Strict):
+class Stages(StrictModel):
     pipeline: str
     model: str
     preprocess: str | None = None
@@ -133,7 +131,7 @@ class Stages(_Strict):
     exporter: str
 
 
-class ReferenceSet(_Strict):
+class ReferenceSet(StrictModel):
     inputs: str
     outputs: str
     features: str | None = None
@@ -143,7 +141,7 @@ class ReferenceSet(_Strict):
     precision: str
 
 
-class PreprocessStep(_Strict):
+class PreprocessStep(StrictModel):
     """One fitted step of the frozen preprocessing, with its statistics (for reading, not running)."""
 
     kind: str = Field(min_length=1, max_length=64)
@@ -152,7 +150,7 @@ class PreprocessStep(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class PreprocessColumn(_Strict):
+class PreprocessColumn(StrictModel):
     """The steps one raw input goes through, and where its features land in the output."""
 
     input: str
@@ -168,7 +166,7 @@ class PreprocessColumn(_Strict):
         return value
 
 
-class Preprocessing(_Strict):
+class Preprocessing(StrictModel):
     """What ``preprocess.onnx`` does: raw inputs -> the model's inputs (the features)."""
 
     source: Literal["paritybundle", "scikit-learn", "torch"]
@@ -178,25 +176,25 @@ class Preprocessing(_Strict):
     columns: list[PreprocessColumn]
 
 
-class GitInfo(_Strict):
+class GitInfo(StrictModel):
     commit: str
     dirty: bool
 
 
-class Provenance(_Strict):
+class Provenance(StrictModel):
     git: GitInfo | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     data_hashes: dict[str, str] = Field(default_factory=dict)
 
 
-class Producer(_Strict):
+class Producer(StrictModel):
     tool: Literal["paritybundle"] = "paritybundle"
     version: str
     libraries: dict[str, str]
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     """``bundle.json``: the only file of a bundle not listed in itself."""
 
     format_version: Literal[1]

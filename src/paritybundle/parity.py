@@ -24,20 +24,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from .manifest import Tolerance
+from .strict import StrictModel
 
 REL_EPSILON = 1e-12
 # How many offending samples a result lists (the rest are counted).
 MAX_LISTED_SAMPLES = 10
 
 
-class _Result(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ErrorStats(_Result):
+class ErrorStats(StrictModel):
     """Error statistics of one output over all its elements."""
 
     elements: int
@@ -60,7 +56,7 @@ class ErrorStats(_Result):
     max_tolerance_ratio: float
 
 
-class DecisionStats(_Result):
+class DecisionStats(StrictModel):
     """Argmax agreement over samples for an output of class scores."""
 
     samples: int
@@ -75,7 +71,7 @@ class DecisionStats(_Result):
         return self.agreement >= self.min_agreement
 
 
-class ErrorHistogram(_Result):
+class ErrorHistogram(StrictModel):
     """Counts of absolute and relative errors in log10 bins (for plots, e.g. ``check --html``).
 
     Bin ``k`` holds values in ``[10**edges[k], 10**edges[k+1])``; values below the first edge
@@ -112,7 +108,7 @@ class _Histogram:
             self.counts += np.bincount(index, minlength=self.bins)
 
 
-class OutputComparison(_Result):
+class OutputComparison(StrictModel):
     """The verdict on one output; truthy when it passed."""
 
     name: str

@@ -20,8 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
 
+from .strict import StrictModel
 from .checker import CheckReport
 from .errors import EnvironmentRefused, UsageError
 from .store import open_bundle
@@ -32,9 +32,7 @@ INSTALL_TIMEOUT_S = 1800
 CHECK_TIMEOUT_S = 900
 
 
-class RehearsalReport(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class RehearsalReport(StrictModel):
     schema_version: Literal[1] = 1
     bundle: str
     python: str

@@ -17,19 +17,15 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
+from .strict import StrictModel
 from .manifest import Preprocessing, TensorSpec, Tolerance
 from .parity import OutputAccumulator, OutputComparison, explain_failure
 
 StageName = Literal["preprocess", "model", "pipeline", "merge"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ColumnResult(_Model):
+class ColumnResult(StrictModel):
     """One raw input's share of the features, compared on its own."""
 
     input: str
@@ -39,7 +35,7 @@ class ColumnResult(_Model):
     comparison: OutputComparison
 
 
-class StageResult(_Model):
+class StageResult(StrictModel):
     stage: StageName
     file: str
     passed: bool

@@ -72,10 +72,6 @@ class SklearnPreprocess(Preprocessor):
         self.transformer, self._output = transformer, output
 
     @property
-    def output_name(self) -> str:
-        return self._output
-
-    @property
     def by_column(self) -> bool:
         return hasattr(self.transformer, "feature_names_in_")
 
@@ -178,10 +174,6 @@ class TorchPreprocess(Preprocessor):
 
     def __init__(self, module: Any, input_names: list[str], output: str = "features", *, spec: Any) -> None:
         self.module, self.input_names, self._output, self.spec = module, input_names, output, spec
-
-    @property
-    def output_name(self) -> str:
-        return self._output
 
     def research(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ..export import _eval_mode, _import_torch, _model_device, _run_torch

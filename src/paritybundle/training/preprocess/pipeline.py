@@ -29,10 +29,6 @@ class Preprocessor:
 
     source = "paritybundle"
 
-    @property
-    def output_name(self) -> str:
-        raise NotImplementedError
-
     def prepare_raw(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw reference inputs in the layout the frozen graph takes (default: as given)."""
         return dict(raw)
@@ -155,10 +151,6 @@ class Pipeline(Preprocessor):
         self.input, self._output = input, output
 
     @property
-    def output_name(self) -> str:
-        return self._output
-
-    @property
     def fitted(self) -> bool:
         return all(step.fitted for step in self.chain.steps)
 
@@ -213,10 +205,6 @@ class Columns(Preprocessor):
         self.chains = [_Chain(str(name), steps) for name, steps in columns.items()]
         self._output = output
         self._widths: list[int] | None = None
-
-    @property
-    def output_name(self) -> str:
-        return self._output
 
     @property
     def input_names(self) -> list[str]:

@@ -534,7 +534,3 @@ def resize_weights(size_in: int, size_out: int, interpolation: str, antialias: b
         # Borders replicate the edge pixel (ONNX Resize), so taps outside clamp to it.
         np.add.at(weights[out], np.clip(taps, 0, size_in - 1), w)
     return weights
-
-
-STEP_KINDS: dict[str, type[Step]] = {cls.kind: cls for cls in (
-    Standardize, MinMaxScale, Clip, Impute, Log1p, Index, OneHot, ToFloatCHW, Scale, ChannelOrder, Normalize, Resize)}

@@ -24,8 +24,8 @@ from pathlib import Path
 from .environment import EnvironmentLock
 from .manifest import MANIFEST_NAME, SIGNATURE_NAME
 from .errors import (
-    EXIT_BUNDLE_INVALID, EXIT_ENVIRONMENT, EXIT_PARITY, BundleInvalid, ContainerError, EnvironmentRefused, ParityFailure,
-    UsageError,
+    EXIT_BUNDLE_INVALID, EXIT_ENVIRONMENT, EXIT_PARITY, BundleInvalid, ContainerError, EnvironmentRefused, ParityBundleError,
+    ParityFailure, UsageError,
 )
 from .store import VerifiedBundle, open_bundle
 
@@ -233,7 +233,7 @@ def _run_build(client, context: Path, tag: str, base_image: str, progress: Calla
                 image_id = chunk["aux"]["ID"]
             if "error" in chunk:
                 _raise_build_error(chunk["error"], step_output)
-    except (ContainerError, ParityFailure, BundleInvalid, EnvironmentRefused):
+    except ParityBundleError:  # ours, already one sentence with its exit code (_CHECK_FAILURES)
         raise
     except Exception as exc:  # the SDK's APIError/BuildError, or the daemon going away mid-build
         raise ContainerError(f"the image build failed: {' '.join(str(exc).split())[:600]}") from None

@@ -21,7 +21,7 @@ SIZE = 1024 ** 3
 _CHILD = """
 import resource, sys
 from pathlib import Path
-from paritybundle.store import sha256_file
+from paritybundle.bundle.store import sha256_file
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 sha256_file(Path(sys.argv[1]))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -45,7 +45,7 @@ def main(repeats: int = 3) -> list[tuple[str, str, str, str]]:
         rows = [("peak RSS growth hashing 1 GiB", f"{(after_kib - before_kib) / 1024:.1f} MiB",
                  f"{SIZE / 1024 ** 2:.0f} MiB (file size)", f"{(after_kib - before_kib) * 1024 / SIZE:.4f}x (flat)")]
         if shutil.which("sha256sum"):
-            from paritybundle.store import sha256_file
+            from paritybundle.bundle.store import sha256_file
 
             times = interleaved({
                 "ours": lambda: sha256_file(path),

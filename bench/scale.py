@@ -38,7 +38,7 @@ def _step(code: str) -> dict:
 
 def _baseline_python() -> int:
     """Peak RSS of an interpreter that imported the same libraries and did nothing."""
-    return _step("import numpy, onnxruntime, paritybundle, paritybundle.checker")["peak"]
+    return _step("import numpy, onnxruntime, paritybundle, paritybundle.check.checks")["peak"]
 
 
 def _serve_rows(bundle: Path, weights: int, repeats: int = 3) -> list[tuple[str, str, str, str]]:

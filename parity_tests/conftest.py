@@ -25,7 +25,7 @@ def pytest_addoption(parser):
 
 
 def _manifest(config):
-    from paritybundle.store import read_manifest
+    from paritybundle.bundle.store import read_manifest
 
     path = config.getoption("--bundle")
     if not path:
@@ -59,7 +59,7 @@ def verified(options):
     """The bundle after integrity (and signature, with a key). The integrity and signature tests
     report a failure; everything else is skipped, since nothing in such a bundle may be used."""
     from paritybundle.errors import ParityBundleError
-    from paritybundle.store import open_bundle
+    from paritybundle.bundle.store import open_bundle
 
     try:
         return open_bundle(options.bundle, options.key)
@@ -70,7 +70,8 @@ def verified(options):
 @pytest.fixture(scope="session")
 def report(options, verified):
     """The parity check, run once: locally (ONNX Runtime) or against --url."""
-    from paritybundle.checker import check, check_url
+    from paritybundle.check.checks import check
+    from paritybundle.commands.endpoint import check_url
     from paritybundle.errors import ParityBundleError
 
     try:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from paritybundle.parity import explain_failure
+from paritybundle.parity.explain import explain_failure
 
 
 def _opens(bundle, key=None):
     from paritybundle.errors import ParityBundleError
-    from paritybundle.store import open_bundle
+    from paritybundle.bundle.store import open_bundle
 
     try:
         return open_bundle(bundle, key), None
@@ -37,9 +37,9 @@ def test_environment(options, verified):
     """This environment against the bundle's lock, under the drift policy."""
     if options.url:
         pytest.skip("checking a live endpoint: its environment is not visible from here")
-    from paritybundle.checker import environment_drift, settings_from_manifest
+    from paritybundle.runtime.load import bundle_drift
 
-    drift = environment_drift(verified, options.env_policy, list(settings_from_manifest(verified.manifest).providers))
+    drift = bundle_drift(verified, options.env_policy)
     critical = [f"{i.what}: {i.locked} -> {i.running} ({i.reason})" for i in drift.items if i.severity == "critical"]
     assert not drift.refused, f"refused by the {drift.policy} drift policy: " + "; ".join(critical)
 

@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from paritybundle.manifest import MANIFEST_NAME
-from paritybundle.store import read_manifest, sha256_file
+from paritybundle.bundle.manifest import MANIFEST_NAME
+from paritybundle.bundle.store import read_manifest, sha256_file
 
 # Cases run by the hostile-input and crash tests, printed at the end of the session (conftest).
 HOSTILE_COUNTS: dict[str, object] = {}

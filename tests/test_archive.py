@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 import paritybundle
-from paritybundle.archive import pack
+from paritybundle.commands.pack import pack
 from paritybundle.cli import main
 from paritybundle.errors import BundleExistsError, BundleInvalid
 
@@ -104,7 +104,7 @@ def test_bounds_on_size_and_member_count(archive, tmp_path, monkeypatch):
     with pytest.raises(BundleInvalid, match="unpacks to more than 1000 bytes"):
         paritybundle.verify(archive)
     monkeypatch.delenv("PARITYBUNDLE_MAX_UNPACKED_BYTES")
-    monkeypatch.setattr("paritybundle.archive.MAX_MEMBERS", 3)
+    monkeypatch.setattr("paritybundle.bundle.archive.MAX_MEMBERS", 3)
     with pytest.raises(BundleInvalid, match="more than 3 members"):
         paritybundle.verify(_rewrite(archive, tmp_path))
 

@@ -25,8 +25,8 @@ def _run_blocked(*args):
 
 
 def test_serving_import_does_not_load_torch():
-    probe = "import paritybundle, paritybundle.checker, paritybundle.report, paritybundle.cli, " \
-            "paritybundle.environment, paritybundle.rehearsal, sys; " \
+    probe = "import paritybundle, paritybundle.check.checks, paritybundle.reports.terminal, paritybundle.cli, " \
+            "paritybundle.runtime.drift, paritybundle.commands.rehearsal, paritybundle.serving.app, sys; " \
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxscript'))))"
     result = subprocess.run([sys.executable, "-c", "import json; " + probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

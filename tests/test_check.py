@@ -9,8 +9,8 @@ import torch
 import paritybundle
 from bundle_tools import perturb_weights, rehash, round_weights_to_fp16, truncate_and_rehash
 from paritybundle.errors import BundleInvalid, InputValidationError, UsageError
-from paritybundle.manifest import Tolerance
-from paritybundle.runtime import SessionSettings
+from paritybundle.bundle.manifest import Tolerance
+from paritybundle.runtime.session import SessionSettings
 
 
 def test_check_passes_on_a_fresh_export(digits_bundle):

@@ -119,6 +119,22 @@ def test_export_spec_by_module_name(tmp_path, capsys, monkeypatch):
     assert code == 0 and "2 reference samples" in out
 
 
+def test_a_model_the_exporter_cannot_convert_exits_5_with_the_exporters_reason(tmp_path, capsys):
+    """Not the caller's typo (2), not parity (1): the exporter failed, and its reason is the sentence."""
+    (tmp_path / "train.py").write_text(textwrap.dedent("""
+        import numpy as np, torch
+        from paritybundle import ExportSpec
+        class DataDependent(torch.nn.Module):
+            def forward(self, x):
+                return x * 2 if x.sum() > 0 else x
+        def make_spec():
+            return ExportSpec(model=DataDependent(), reference_inputs=np.ones((4, 3), np.float32), name="dd")
+    """))
+    code, _, err = run(["export", f"{tmp_path / 'train.py'}:make_spec", "-o", tmp_path / "b"], capsys)
+    assert code == 5 and "could not convert DataDependent" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
 def test_export_then_check_through_the_installed_command(tmp_path, digits_example):
     """The real console script, in a subprocess, as a user runs it (a CPU-cheap model)."""
     script = tmp_path / "train.py"

@@ -18,7 +18,7 @@ import pytest
 
 from bundle_tools import perturb_weights
 from paritybundle.cli import main
-from paritybundle.container import dockerfile_text
+from paritybundle.commands.container import dockerfile_text
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_IMAGE = os.environ.get("PARITYBUNDLE_TEST_BASE_IMAGE", "paritybundle-test-base:bookworm")
@@ -113,6 +113,22 @@ def test_a_bundle_failing_integrity_is_refused_before_any_build(bundle_copy, cap
     (bundle_copy / "model.onnx").write_bytes(b"tampered")
     assert main(["build-image", str(bundle_copy), "-t", "x:1"]) == 3
     assert "model.onnx" in capsys.readouterr().err
+
+
+def test_a_failed_build_is_exit_6_and_a_failed_in_image_check_keeps_its_own_code():
+    """The daemon's own build error is the image build's fault (exit 6), not a usage error; the
+    in-image `bundle check` failing keeps the check's meaning (parity 1, bundle 3, environment 4)."""
+    from paritybundle.commands.container import _raise_build_error
+    from paritybundle.errors import BundleInvalid, EnvironmentRefused, ImageBuildError, ParityFailure
+
+    with pytest.raises(ImageBuildError, match="the image build failed: failed to register layer") as caught:
+        _raise_build_error("failed to register layer: no space left on device", [])
+    assert caught.value.exit_code == 6
+    step = ["Step 9/12 : RUN bundle check /srv/bundle", "error: output 'logits' failed: 3 of 640 elements"]
+    for code, expected in ((1, ParityFailure), (3, BundleInvalid), (4, EnvironmentRefused), (70, ImageBuildError)):
+        message = f"The command '/bin/sh -c bundle check /srv/bundle' returned a non-zero code: {code}"
+        with pytest.raises(expected, match="the in-image `bundle check` failed"):
+            _raise_build_error(message, step)
 
 
 # --- with an engine ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 from bundle_tools import HOSTILE_COUNTS
 from paritybundle.errors import ParityBundleError
-from paritybundle.store import open_bundle
+from paritybundle.bundle.store import open_bundle
 
 CHILD = Path(__file__).with_name("crash_child.py")
 KILL_POINTS = int(os.environ.get("PARITYBUNDLE_KILL_POINTS", "30"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from paritybundle.container import dockerfile_text
+from paritybundle.commands.container import dockerfile_text
 
 yaml = pytest.importorskip("yaml", reason="PyYAML reads the manifests (installed with uvicorn[standard])")
 

@@ -12,10 +12,10 @@ import pytest
 
 from bundle_tools import copy_bundle, rehash
 from paritybundle.cli import main
-from paritybundle.diff import compatibility_of, diff, spec_differences
-from paritybundle.environment import parse_lock
-from paritybundle.manifest import TensorSpec
-from paritybundle.store import read_manifest
+from paritybundle.commands.diff import compatibility_of, diff, spec_differences
+from paritybundle.runtime.lock import parse_lock
+from paritybundle.bundle.manifest import TensorSpec
+from paritybundle.bundle.store import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def test_each_file_of_both_bundles_is_hashed_once(wine_pair, monkeypatch):
     # A diff of two large bundles must not hash them twice (once to verify, once more to load).
     from collections import Counter
 
-    from paritybundle import store
+    from paritybundle.bundle import store
 
     hashed = Counter()
     real = store.sha256_file

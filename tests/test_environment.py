@@ -9,7 +9,8 @@ import pytest
 
 import paritybundle
 from bundle_tools import rehash, truncate_and_rehash
-from paritybundle import environment
+from paritybundle.runtime import drift
+from paritybundle.runtime import lock as environment
 from paritybundle.cli import main
 from paritybundle.errors import BundleInvalid, EnvironmentRefused, UsageError
 
@@ -84,10 +85,11 @@ def test_drift_is_classified():
     locked = here.model_copy(update={
         "distributions": {**here.distributions, "numpy": "1.26.4", "pydantic": "0.1", "only-for-training": "1.0"},
         "serving": {"numpy": "1.26.4", "pydantic": "0.1", "onnxruntime": here.onnxruntime.version},
-        "cpu": here.cpu.model_copy(update={"numeric_flags": sorted(set(here.cpu.numeric_flags) | {"amx_bf16"})}),
+        # One numeric flag changed either way: the lock had one this CPU lacks, or lacks one it has.
+        "cpu": here.cpu.model_copy(update={"numeric_flags": sorted(set(here.cpu.numeric_flags) ^ {"amx_bf16"})}),
         "threads": {"OMP_NUM_THREADS": "64"},
     })
-    items = {item.what: item.severity for item in environment.diff_environments(locked, here, ["CPUExecutionProvider"])}
+    items = {item.what: item.severity for item in drift.diff_environments(locked, here, ["CPUExecutionProvider"])}
     numpy_major_differs = here.distributions["numpy"].split(".")[0] != "1"
     assert items["numpy"] == ("critical" if numpy_major_differs else "notable")
     assert items["pydantic"] == "notable"
@@ -98,7 +100,7 @@ def test_drift_is_classified():
 
 def test_missing_validated_provider_is_critical():
     here = environment.capture(with_closure=False)
-    items = environment.diff_environments(here, here, ["TensorrtExecutionProvider"])
+    items = drift.diff_environments(here, here, ["TensorrtExecutionProvider"])
     assert [(i.what, i.severity) for i in items] == [("execution provider TensorrtExecutionProvider", "critical")]
 
 
@@ -109,7 +111,7 @@ def test_unknown_policy_is_a_usage_error(digits_bundle):
 
 def test_unknown_policy_is_refused_before_the_bundle_is_opened(bundle_copy, monkeypatch):
     # A typo costs no hashing and no session, and is reported as what it is even on a broken bundle.
-    from paritybundle import store
+    from paritybundle.bundle import store
 
     (bundle_copy / "model.onnx").write_bytes(b"tampered")
     monkeypatch.setattr(store, "verify_files", lambda *a: pytest.fail("the bundle was hashed first"))

@@ -9,7 +9,7 @@ from onnx import TensorProto, numpy_helper
 import paritybundle
 from bundle_tools import rehash
 from paritybundle.errors import BundleInvalid
-from paritybundle.external_data import mentions_external_data
+from paritybundle.bundle.external_data import mentions_external_data
 
 
 def _externalize(bundle, location, write_file=True):
@@ -30,7 +30,7 @@ def _externalize(bundle, location, write_file=True):
 
 
 def _list_file(bundle, relative):
-    from paritybundle.store import read_manifest, sha256_file
+    from paritybundle.bundle.store import read_manifest, sha256_file
 
     manifest = read_manifest(bundle)
     files = {**manifest.files, relative: sha256_file(bundle / relative)}

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 import paritybundle
 from bundle_tools import HOSTILE_COUNTS, rehash
-from paritybundle.archive import pack
+from paritybundle.commands.pack import pack
 from paritybundle.errors import BundleInvalid, ParityBundleError
-from paritybundle.manifest import parse_manifest
+from paritybundle.bundle.manifest import parse_manifest
 
 EXAMPLES = int(os.environ.get("PARITYBUNDLE_HOSTILE_EXAMPLES", "150"))
 HOSTILE = settings(max_examples=EXAMPLES, deadline=5000, suppress_health_check=list(HealthCheck))
@@ -130,7 +130,7 @@ def _files(bundle: Path) -> list[str]:
 def signed_bundle(digits_bundle, tmp_path_factory):
     import subprocess
 
-    from paritybundle.signing import sign
+    from paritybundle.commands.sign import sign
 
     directory = tmp_path_factory.mktemp("signed")
     private, public = directory / "k.pem", directory / "k.pub"
@@ -179,7 +179,8 @@ def test_byte_flips_in_every_file_are_caught(signed_bundle, data):
 def client(digits_bundle):
     from starlette.testclient import TestClient
 
-    from paritybundle.serving.app import ServeOptions, create_app
+    from paritybundle.serving.app import create_app
+    from paritybundle.serving.state import ServeOptions
 
     with TestClient(create_app(ServeOptions(bundle=str(digits_bundle)))) as test_client:
         assert test_client.get("/v2/health/ready").status_code == 200
@@ -232,7 +233,7 @@ PREPROCESS_EXAMPLES = max(EXAMPLES // 3, 10)
 
 def _check_and_diff(bundle: Path, reference: Path) -> None:
     """A verdict or a documented error from check and from diff, never a crash."""
-    from paritybundle.diff import diff
+    from paritybundle.commands.diff import diff
 
     for action in (lambda: paritybundle.check(bundle, env_policy="warn"), lambda: diff(reference, bundle)):
         try:
@@ -255,6 +256,28 @@ def test_rehashed_byte_flips_in_a_bundle_with_preprocessing_end_cleanly(wine_bun
         rehash(bundle)
         _count("byte flips with preprocessing, re-hashed (check, diff)")
         _check_and_diff(bundle, wine_bundle)
+
+
+def test_a_graph_name_that_is_not_utf8_ends_cleanly_in_diff_and_testdata(wine_bundle, tmp_path):
+    """protobuf hands back bytes for a string field that is not UTF-8; diff sorted operator names
+    and crashed (TypeError, exit 70) when hypothesis flipped such a byte."""
+    from paritybundle.commands.diff import diff
+    from paritybundle.commands.testdata import write_testdata
+
+    bundle = tmp_path / "b"
+    shutil.copytree(wine_bundle, bundle)
+    # Only preprocess.onnx: the pipeline still loads, so diff gets as far as summarising the graphs.
+    raw = (bundle / "preprocess.onnx").read_bytes()
+    op_type = b'"\x03Sub'  # NodeProto field 4 (op_type), 3 bytes long
+    assert op_type in raw
+    (bundle / "preprocess.onnx").write_bytes(raw.replace(op_type, b'"\x03S\x96b', 1))
+    rehash(bundle)
+    report = diff(wine_bundle, bundle, expect_change=True)
+    assert any("S\\x96b" in op for g in report.graphs for side in (g.a, g.b) if side for op in side.operators)
+    try:
+        write_testdata(bundle, tmp_path / "td")
+    except ParityBundleError:
+        pass
 
 
 @settings(max_examples=PREPROCESS_EXAMPLES, deadline=20000, suppress_health_check=list(HealthCheck))

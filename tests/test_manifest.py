@@ -7,7 +7,7 @@ import json
 import pytest
 
 from paritybundle.errors import BundleInvalid
-from paritybundle.manifest import parse_manifest
+from paritybundle.bundle.manifest import parse_manifest
 
 
 @pytest.fixture

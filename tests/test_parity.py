@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from paritybundle.manifest import Tolerance
-from paritybundle.parity import absolute_error, compare_output, decision_agreement, relative_error
+from paritybundle.bundle.manifest import Tolerance
+from paritybundle.parity.accumulator import compare_output
+from paritybundle.parity.decision import decision_agreement
+from paritybundle.parity.elementwise import absolute_error, relative_error
 
 TIGHT = Tolerance(atol=1e-4, rtol=1e-3)
 
@@ -120,14 +122,14 @@ def test_any_finite_array_matches_itself_and_a_shifted_copy_fails(array):
 @settings(max_examples=100, deadline=None)
 @given(hnp.arrays(np.float64, st.integers(1, 500), elements=st.floats(0, 1e3)))
 def test_percentile99_equals_numpy_percentile(values):
-    from paritybundle.parity import percentile99
+    from paritybundle.parity.elementwise import percentile99
 
     assert percentile99(values) == pytest.approx(float(np.percentile(values, 99)), rel=1e-12, abs=1e-300)
 
 
 @pytest.mark.parametrize("kind", ["normal", "constant", "heavy_tail", "with_inf", "top_heavy"])
 def test_percentile99_is_exact_on_large_arrays(kind):
-    from paritybundle.parity import percentile99
+    from paritybundle.parity.elementwise import percentile99
 
     rng = np.random.default_rng(3)
     values = {

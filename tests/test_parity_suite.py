@@ -53,7 +53,7 @@ def test_a_tampered_bundle_fails_integrity_and_nothing_else_runs(bundle_copy, tm
 
 
 def test_signature_is_its_own_check(bundle_copy, tmp_path):
-    from paritybundle.signing import sign
+    from paritybundle.commands.sign import sign
 
     private, public = _keypair(tmp_path)
     sign(bundle_copy, private)

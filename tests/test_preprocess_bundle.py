@@ -14,8 +14,9 @@ from bundle_tools import copy_bundle, edit_preprocess, node, replace_initializer
 from paritybundle import SessionSettings
 from paritybundle import preprocess as pp
 from paritybundle.cli import main
+from paritybundle.commands.endpoint import check_url
 from paritybundle.errors import ExportParityError, InputValidationError, SpecError
-from paritybundle.store import read_manifest
+from paritybundle.bundle.store import read_manifest
 
 
 def check_cli(bundle, capsys, *extra):
@@ -244,7 +245,7 @@ def test_the_v2_server_takes_raw_columns_and_answers_4xx_naming_the_column(wine_
         status, answer = server.post("/v2/models/wine/infer", wrong)
         assert 400 <= status < 500 and "alcohol" in answer["error"]
         # The live endpoint reproduces research on the raw reference inputs (strings included).
-        assert paritybundle.checker.check_url(wine_bundle, server.url).passed
+        assert check_url(wine_bundle, server.url).passed
 
 
 # --- preprocessing made elsewhere --------------------------------------------------------------

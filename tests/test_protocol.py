@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paritybundle.manifest import TensorSpec
-from paritybundle.serving.protocol import BadRequest, RequestInput, input_array
+from paritybundle.bundle.manifest import TensorSpec
+from paritybundle.serving.decoding import input_array
+from paritybundle.serving.wire import BadRequest, RequestInput
 
 FP32 = TensorSpec(name="x", dtype="float32", shape=["batch", 3])
 INT64 = TensorSpec(name="n", dtype="int64", shape=["batch"])

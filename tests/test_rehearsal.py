@@ -6,7 +6,7 @@ import pytest
 
 from bundle_tools import rehash
 from paritybundle.errors import EnvironmentRefused
-from paritybundle.rehearsal import rehearse
+from paritybundle.commands.rehearsal import rehearse
 
 
 def test_rehearsal_installs_the_lock_and_passes(digits_bundle, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 import paritybundle
 from bundle_tools import perturb_weights, rehash
 from paritybundle.cli import main
+from paritybundle.commands.endpoint import check_url
 from serving_tools import free_port, http, running_server
 
 
@@ -47,6 +48,18 @@ def test_health_and_metadata(server):
     assert server.get("/v2/models/digits/ready") == (200, {"name": "digits", "ready": True})
     assert server.get("/v2/models/digits/versions/1/ready")[0] == 200
     assert server.get("/v2")[1]["name"] == "paritybundle"
+
+
+def test_answers_follow_the_wire_models(server, pixels):
+    """The server builds its answers as dicts for speed; they must still be what the V2 models say."""
+    from paritybundle.serving.wire import InferenceResponse, ModelMetadata
+
+    status, answer = server.post("/v2/models/digits/infer", {"id": "r", **body_for(pixels[:2])})
+    assert status == 200
+    parsed = InferenceResponse.model_validate(answer)
+    assert parsed.id == "r" and parsed.outputs[0].shape == [2, 10] and len(parsed.outputs[0].data) == 20
+    status, meta = server.get("/v2/models/digits")
+    assert status == 200 and ModelMetadata.model_validate(meta).inputs[0].shape == [-1, 64]
 
 
 def test_infer_matches_in_process_prediction_bit_for_bit(server, digits_bundle, pixels):
@@ -163,7 +176,7 @@ def test_metrics_count_requests_by_status(server):
 
 
 def test_check_url_passes_against_the_server(server, digits_bundle, capsys):
-    report = paritybundle.checker.check_url(digits_bundle, server.url, request_batch=50)
+    report = check_url(digits_bundle, server.url, request_batch=50)
     assert report.passed and report.settings.source == "url" and report.settings.samples == 450
     assert main(["check", str(digits_bundle), "--url", server.url]) == 0
     assert "PARITY HOLDS" in capsys.readouterr().out
@@ -188,7 +201,7 @@ def test_check_url_fails_against_a_server_running_another_model(digits_example, 
 
     other = export_spec(digits_example.make_spec(epochs=1), tmp_path / "other").path  # same name, specs: another model
     with running_server(other, tmp_path) as wrong:
-        report = paritybundle.checker.check_url(digits_bundle, wrong.url)
+        report = check_url(digits_bundle, wrong.url)
         assert not report.passed and report.failed_outputs == ["logits"]
         assert main(["check", str(digits_bundle), "--url", wrong.url]) == 1
         assert "output 'logits' failed" in capsys.readouterr().out

@@ -8,7 +8,8 @@ import tracemalloc
 import pytest
 
 from paritybundle.errors import BundleExistsError, BundleInvalid, UsageError
-from paritybundle.store import BundleWriter, open_bundle, sha256_file
+from paritybundle.bundle.store import open_bundle, sha256_file
+from paritybundle.bundle.writer import BundleWriter
 
 
 def test_verified_bundle_lists_every_file(digits_bundle):
@@ -115,7 +116,7 @@ def test_a_graph_altered_so_onnx_runtime_cannot_load_it_is_reported_by_its_hash(
 
 
 def test_nothing_loaded_is_handed_back_when_a_file_fails_its_hash(bundle_copy):
-    from paritybundle.store import open_bundle_loading
+    from paritybundle.bundle.store import open_bundle_loading
 
     _flip_middle_byte(bundle_copy / "reference" / "outputs.npz")
     loaded = []
@@ -129,7 +130,7 @@ def test_loading_runs_while_the_files_hash(bundle_copy, monkeypatch):
     # sequential implementation would fail here (after the wait) rather than pass slowly.
     import threading
 
-    from paritybundle import store
+    from paritybundle.bundle import store
 
     load_started = threading.Event()
     real_verify = store.verify_files
@@ -148,8 +149,8 @@ def test_a_signed_bundle_is_verified_before_onnx_runtime_opens_anything(bundle_c
     import subprocess
 
     import paritybundle
-    from paritybundle import checker
-    from paritybundle.signing import sign
+    from paritybundle.runtime import load as loading
+    from paritybundle.commands.sign import sign
 
     private, public = tmp_path / "k.pem", tmp_path / "k.pub"
     subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)
@@ -158,7 +159,7 @@ def test_a_signed_bundle_is_verified_before_onnx_runtime_opens_anything(bundle_c
     sign(bundle_copy, private)
     _flip_middle_byte(bundle_copy / "pipeline.onnx")
     opened = []
-    monkeypatch.setattr(checker, "create_session", lambda *a, **k: opened.append(a))
+    monkeypatch.setattr(loading, "create_session", lambda *a, **k: opened.append(a))
     with pytest.raises(BundleInvalid, match="pipeline.onnx does not match its sha256"):
         paritybundle.load(bundle_copy, public_key=public)
     assert opened == []

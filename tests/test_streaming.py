@@ -24,7 +24,9 @@ def wide_bundle(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def always_stream(monkeypatch):
     # The 40 MB set would be read whole (under 256 MiB); make it stream.
-    monkeypatch.setattr("paritybundle.checker.STREAM_ABOVE_BYTES", 1024 * 1024)
+    from paritybundle.check import sources
+
+    monkeypatch.setattr(sources, "STREAM_ABOVE_BYTES", 1024 * 1024)
 
 
 def test_streamed_statistics_equal_the_whole_array_ones(wide_bundle):
@@ -65,10 +67,11 @@ def test_memory_stays_flat_while_checking_in_batches(wide_bundle):
 
 def test_running_top_one_percent_gives_the_exact_p99(monkeypatch):
     """Past KEEP_ALL_ELEMENTS only the largest 1% is kept between batches; p99 stays exact."""
-    from paritybundle.manifest import Tolerance
-    from paritybundle.parity import OutputAccumulator
+    from paritybundle.bundle.manifest import Tolerance
+    from paritybundle.parity import accumulator as accumulator_module
+    from paritybundle.parity.accumulator import OutputAccumulator
 
-    monkeypatch.setattr("paritybundle.parity.KEEP_ALL_ELEMENTS", 1000)
+    monkeypatch.setattr(accumulator_module, "KEEP_ALL_ELEMENTS", 1000)
     rng = np.random.default_rng(5)
     research = rng.normal(size=(30_000, 7))
     serve = research + rng.normal(scale=1e-6, size=research.shape) * rng.pareto(1.5, size=research.shape)

@@ -11,8 +11,8 @@ import pytest
 from onnx import numpy_helper
 
 from paritybundle.cli import main
-from paritybundle.store import read_manifest
-from paritybundle.testdata import write_testdata
+from paritybundle.bundle.store import read_manifest
+from paritybundle.commands.testdata import write_testdata
 
 
 def reference_arrays(bundle, which):

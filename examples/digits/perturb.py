@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from paritybundle.manifest import MANIFEST_NAME
-from paritybundle.store import read_manifest, sha256_file
+from paritybundle.bundle.manifest import MANIFEST_NAME
+from paritybundle.bundle.store import read_manifest, sha256_file
 
 
 def perturb(source: Path, target: Path, relative_noise: float = 0.001, seed: int = 0) -> None:

@@ -1,16 +1,18 @@
 """paritybundle: what research trained is what production serves.
 
-The pipeline, in the order it runs:
+The pipeline, in the order it runs (the folders are the layers, each importing only
+those below it; ``docs/architecture.md`` draws them):
 
 1. Training side (``paritybundle.training``, the only code that imports torch):
    ``export(model, out, reference_inputs=...)`` puts the model in eval mode, computes
-   the research outputs, exports ONNX, proves ONNX Runtime reproduces torch (fail
-   closed), and writes the bundle atomically: ``pipeline.onnx``, ``model.onnx``, the
-   reference set, the environment lock, and ``bundle.json`` hashing every file.
-2. Serving side (this package; ONNX Runtime, never torch): ``verify(path)`` checks
-   the manifest and every hash; ``load(path)`` returns a runtime with ``predict``;
-   ``check(path)`` runs the reference inputs and returns a :class:`CheckReport`,
-   truthy when parity holds.
+   the research outputs, exports ONNX, proves ONNX Runtime reproduces torch through the
+   check engine (fail closed), and writes the bundle atomically: ``pipeline.onnx``,
+   ``model.onnx``, the reference set, the environment lock, and ``bundle.json``.
+2. Serving side: ``bundle`` (the format: ``verify(path)`` checks the manifest and every
+   hash), ``parity`` (the maths of a verdict), ``runtime`` (``load(path)`` returns a
+   runtime with ``predict``), ``check`` (``check(path)`` runs the reference set through
+   the one comparison loop and returns a :class:`CheckReport`, truthy when parity holds),
+   then ``reports``, ``serving`` (the V2 server) and ``commands`` above them.
 
 Importing ``paritybundle`` never imports torch: ``export`` and ``ExportSpec`` are
 resolved lazily from ``paritybundle.training`` on first use.
@@ -20,23 +22,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .checker import CheckReport, ServingRuntime, check, load, verify
+from .bundle.manifest import Manifest, Tolerance
+from .bundle.store import verify
+from .check.checks import check
+from .check.results import CheckReport
 from .errors import (
-    BundleInvalid, EnvironmentRefused, ExportError, ExportParityError, InputValidationError,
-    ParityBundleError, ParityFailure, SpecError, UsageError,
+    BundleInvalid, EnvironmentRefused, ExportError, ExportParityError, InputValidationError, ParityBundleError,
+    ParityFailure, SpecError, UsageError,
 )
-from .manifest import Manifest, Tolerance
-from .runtime import SessionSettings
+from .runtime.load import ServingRuntime, load
+from .runtime.session import SessionOverrides, SessionSettings
+from .version import __version__  # noqa: F401  (paritybundle.__version__)
 
 if TYPE_CHECKING:
     from .training import ExportResult, ExportSpec, export
 
-__version__ = "0.1.0"
 
 __all__ = [
     "BundleInvalid", "CheckReport", "EnvironmentRefused", "ExportError", "ExportParityError",
     "ExportResult", "ExportSpec", "InputValidationError", "Manifest", "ParityBundleError",
-    "ParityFailure", "ServingRuntime", "SessionSettings", "SpecError", "Tolerance", "UsageError",
+    "ParityFailure", "ServingRuntime", "SessionOverrides", "SessionSettings", "SpecError", "Tolerance", "UsageError",
     "check", "export", "load", "verify",
 ]
 

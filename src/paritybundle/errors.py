@@ -12,13 +12,15 @@ user as exit 70 with its traceback.
      │    └── ExportParityError        ...already at export time (no bundle written)
      ├── UsageError            exit 2  bad arguments, missing path, wrong spec
      │    ├── SpecError                the export spec cannot be loaded or is malformed
-     │    ├── ExportError              torch's exporter could not convert the model
      │    ├── InputValidationError     inputs do not match the bundle's input specs
      │    ├── BundleExistsError        the export target exists and --force was not given
-     │    ├── ContainerError           no Docker daemon, base image missing, image build failed
+     │    ├── ContainerError           no Docker daemon, base image missing or without python3
      │    └── EndpointError            a live endpoint is unreachable, times out, or is not V2
      ├── BundleInvalid         exit 3  tampered, missing or extra file, bad manifest
-     └── EnvironmentRefused    exit 4  refused by the drift policy
+     ├── EnvironmentRefused    exit 4  refused by the drift policy
+     ├── ExportError           exit 5  the model cannot be exported: torch's exporter failed on it
+     │                                 (its reason included), or it is not deterministic in eval mode
+     └── ImageBuildError       exit 6  the image build itself failed (the in-image check keeps 1/3/4)
 
 Internal errors deliberately do not subclass ParityBundleError, so bugs keep
 their traceback (exit 70).
@@ -31,6 +33,8 @@ EXIT_PARITY = 1
 EXIT_USAGE = 2
 EXIT_BUNDLE_INVALID = 3
 EXIT_ENVIRONMENT = 4
+EXIT_EXPORT = 5
+EXIT_IMAGE_BUILD = 6
 EXIT_INTERNAL = 70
 
 
@@ -63,10 +67,6 @@ class SpecError(UsageError):
     """An export spec (``file.py:name`` or ``module:name``) cannot be used."""
 
 
-class ExportError(UsageError):
-    """torch's ONNX exporter could not convert the model."""
-
-
 class InputValidationError(UsageError):
     """Inputs do not match the bundle's input specs (name, dtype or shape)."""
 
@@ -80,7 +80,7 @@ class EndpointError(UsageError):
 
 
 class ContainerError(UsageError):
-    """No Docker daemon, a missing base image, or an image build that failed (its own error included)."""
+    """No Docker daemon, a missing base image, or one without python3: the caller's setup to fix."""
 
 
 class BundleInvalid(ParityBundleError):
@@ -93,3 +93,24 @@ class EnvironmentRefused(ParityBundleError):
     """The running environment drifted from the lock beyond what the policy allows."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+class ExportError(ParityBundleError):
+    """The model cannot be exported: torch's exporter failed on it (its reason included), or its
+    eval-mode outputs change between identical calls. Not a typo of the caller's, hence its own code."""
+
+    exit_code = EXIT_EXPORT
+
+
+class ImageBuildError(ParityBundleError):
+    """``docker build`` of the serving image failed (its own error included), not the in-image check."""
+
+    exit_code = EXIT_IMAGE_BUILD
+
+
+def error_for_exit_code(code: int) -> type[ParityBundleError] | None:
+    """The error class that exits with ``code`` (for a child process's exit, e.g. the in-image check)."""
+    for cls in (ParityFailure, UsageError, BundleInvalid, EnvironmentRefused, ExportError, ImageBuildError):
+        if cls.exit_code == code:
+            return cls
+    return None

@@ -1,8 +1,8 @@
-"""``paritybundle.preprocess``: fit preprocessing in research, freeze it into the bundle.
+"""``paritybundle.preprocess``: the public name of the preprocessing steps users fit in research.
 
-The implementation lives on the training side (:mod:`paritybundle.training.preprocess`);
-nothing here imports torch.
+The implementation is training-side code (:mod:`paritybundle.training.preprocessing`: fitting and
+freezing into ONNX happen at export); importing it never loads torch.
 """
 
-from .training.preprocess import *  # noqa: F403
-from .training.preprocess import __all__  # noqa: F401
+from .training.preprocessing import *  # noqa: F403
+from .training.preprocessing import __all__  # noqa: F401

@@ -1,5 +1,7 @@
 """The serving side's HTTP layer: an Open Inference Protocol (V2) server and client.
 
-``app.create_app`` builds the ASGI app (ready only after parity holds), ``server.serve``
-runs it with uvicorn, ``client.V2Client`` is what ``bundle check --url`` uses.
+``wire`` (the V2 request and response models), ``decoding`` (request data into arrays),
+``handlers`` (the routes), ``state`` (one process's options, metrics and start-up check),
+``app.create_app`` (the ASGI app), ``batching`` (micro-batches), ``server.serve``
+(uvicorn), and ``client.V2Client``, which ``bundle check --url`` passes to the check.
 """

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle.manifest import Manifest, TensorSpec
 from ..errors import EndpointError
-from ..manifest import Manifest, TensorSpec
-from .protocol import V2_TO_NUMPY, v2_datatype
+from .wire import V2_TO_NUMPY, v2_datatype
 
 
 class V2Client:

@@ -6,10 +6,12 @@ import logging
 import os
 import time
 
-from ..checker import ServingRuntime, environment_drift, settings_from_manifest
+from ..bundle.store import open_bundle
 from ..errors import UsageError
-from ..store import open_bundle
-from .app import ENV_OPTIONS, ServeOptions, create_app, open_serving_runtime
+from ..runtime.load import ServingRuntime, environment_drift
+from ..runtime.session import session_settings
+from .app import ENV_OPTIONS, create_app
+from .state import ServeOptions, open_serving_runtime
 
 # In-flight requests get this long to finish after SIGTERM before connections are closed.
 GRACEFUL_SHUTDOWN_S = 30
@@ -30,7 +32,7 @@ def preflight(options: ServeOptions, *, load: bool) -> ServingRuntime | None:
     if load:
         return open_serving_runtime(options)
     bundle = open_bundle(options.bundle, options.public_key)
-    environment_drift(bundle, options.env_policy, list(settings_from_manifest(bundle.manifest).providers))
+    environment_drift(bundle, options.env_policy, list(session_settings(bundle.manifest, options.session).providers))
     return None
 
 

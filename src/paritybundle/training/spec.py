@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..manifest import Tolerance
+from ..bundle.manifest import Tolerance
 
 DEFAULT_MAX_REFERENCE_SAMPLES = 1000
 

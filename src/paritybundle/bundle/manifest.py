@@ -1,0 +1,294 @@
+"""The bundle format: ``bundle.json`` as strict pydantic models, nothing else.
+
+Every model forbids unknown keys and is frozen, so a manifest either parses
+into exactly this shape or is rejected. Every parameter that influences a
+verdict is recorded here: tolerances, the device and precision that produced
+the references, the ONNX Runtime settings the export was validated with, and
+the errors measured between torch and ONNX Runtime at export.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ..errors import BundleInvalid
+from .layout import MANIFEST_NAME, UNLISTED_FILES
+from .strict import StrictModel
+
+FORMAT_VERSION = 1
+# A manifest is small; anything bigger is not one of ours and is not parsed.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+# The dtypes a bundle's tensors may declare (numpy names).
+TensorDType = Literal[
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool", "string",
+]
+
+
+def validate_name(value: str) -> str:
+    """A bundle name: it becomes part of URLs (V2 model name) and file names."""
+    if not isinstance(value, str) or not _NAME_PATTERN.match(value):
+        raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+class FileDigest(StrictModel):
+    sha256: str
+    bytes: int = Field(ge=0)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not _SHA256_PATTERN.match(value):
+            raise ValueError("must be 64 lowercase hex characters")
+        return value
+
+
+class TensorSpec(StrictModel):
+    """One named input or output: dtype and shape, symbolic dims as strings."""
+
+    name: str = Field(min_length=1, max_length=256)
+    dtype: TensorDType
+    shape: list[int | str]
+    # "scores": values over classes, also checked for decision agreement (argmax).
+    kind: Literal["values", "scores"] = "values"
+    # Inputs only: whether NaN/inf are legitimate values (e.g. missing tabular data).
+    allow_nonfinite: bool = False
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int | str]) -> list[int | str]:
+        for dim in shape:
+            if isinstance(dim, int) and dim < 0:
+                raise ValueError("fixed dimensions must be >= 0; use a name for a variable one")
+        return shape
+
+
+class Tolerance(StrictModel):
+    """Element-wise rule: ``|serve - research| <= atol + rtol * |research|``."""
+
+    atol: float = Field(ge=0)
+    rtol: float = Field(ge=0)
+    # NaN matches NaN only when both sides are NaN and this is true.
+    equal_nan: bool = True
+
+
+class TolerancePolicy(StrictModel):
+    """How close serving must come to research, and why these numbers.
+
+    ``reference_device``/``reference_precision`` record what produced the
+    research outputs; the defaults are derived from them (see ``tolerance.py``).
+    """
+
+    reference_device: str
+    reference_precision: str
+    default: Tolerance
+    per_output: dict[str, Tolerance] = Field(default_factory=dict)
+    # Share of samples whose argmax must agree, for outputs of kind "scores".
+    min_decision_agreement: float = Field(ge=0, le=1)
+    # A serving error this many times above the export-time error is reported
+    # (as a notice, not a failure) even when it is inside tolerance.
+    baseline_factor: float = Field(gt=1)
+
+    def for_output(self, name: str) -> Tolerance:
+        return self.per_output.get(name, self.default)
+
+
+class RuntimeSettings(StrictModel):
+    """The ONNX Runtime settings the export was validated with."""
+
+    onnxruntime_version: str
+    providers: list[str]
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"]
+    intra_op_num_threads: int = Field(ge=0)
+
+
+class OutputError(StrictModel):
+    """Error measured between two computations of one output."""
+
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+
+
+class Stages(StrictModel):
+    pipeline: str
+    model: str
+    preprocess: str | None = None
+    opset: int
+    exporter: str
+
+
+class ReferenceSet(StrictModel):
+    inputs: str
+    outputs: str
+    features: str | None = None
+    samples: int = Field(ge=1)
+    # What produced the research outputs: e.g. ("cpu", "fp32") or ("cuda", "tf32").
+    device: str
+    precision: str
+
+
+class PreprocessStep(StrictModel):
+    """One fitted step of the frozen preprocessing, with its statistics (for reading, not running)."""
+
+    kind: str = Field(min_length=1, max_length=64)
+    # What the step does with a missing value (NaN): see paritybundle.preprocess.
+    nan: Literal["propagates", "replaced", "none"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreprocessColumn(StrictModel):
+    """The steps one raw input goes through, and where its features land in the output."""
+
+    input: str
+    # [start, stop) along the features' last axis; None: the whole output.
+    features: list[int] | None = None
+    steps: list[PreprocessStep] = Field(default_factory=list)
+
+    @field_validator("features")
+    @classmethod
+    def _slice(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or not 0 <= value[0] < value[1]):
+            raise ValueError("must be [start, stop) with 0 <= start < stop")
+        return value
+
+
+class Preprocessing(StrictModel):
+    """What ``preprocess.onnx`` does: raw inputs -> the model's inputs (the features)."""
+
+    source: Literal["paritybundle", "scikit-learn", "torch"]
+    description: str = Field(max_length=4096)
+    # The preprocessing outputs = model.onnx's inputs, stored in reference/features.npz.
+    features: list[TensorSpec] = Field(min_length=1)
+    columns: list[PreprocessColumn]
+
+
+class GitInfo(StrictModel):
+    commit: str
+    dirty: bool
+
+
+class Provenance(StrictModel):
+    git: GitInfo | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    data_hashes: dict[str, str] = Field(default_factory=dict)
+
+
+class Producer(StrictModel):
+    tool: Literal["paritybundle"] = "paritybundle"
+    version: str
+    libraries: dict[str, str]
+
+
+class Manifest(StrictModel):
+    """``bundle.json``: the only file of a bundle not listed in itself."""
+
+    format_version: Literal[1]
+    name: str
+    version: str = Field(min_length=1, max_length=128)
+    created_at: datetime
+    producer: Producer
+    provenance: Provenance
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    stages: Stages
+    tolerance: TolerancePolicy
+    runtime: RuntimeSettings
+    reference: ReferenceSet
+    export_errors: dict[str, OutputError]
+    # Present exactly when there is a preprocess stage (and reference features).
+    preprocessing: Preprocessing | None = None
+    environment_lock: str
+    serve_requirements: str
+    files: dict[str, FileDigest]
+
+    @field_validator("name")
+    @classmethod
+    def _bundle_name(cls, value: str) -> str:
+        return validate_name(value)
+
+    @field_validator("files")
+    @classmethod
+    def _relative_paths(cls, files: dict[str, FileDigest]) -> dict[str, FileDigest]:
+        for path in files:
+            parts = PurePosixPath(path).parts
+            if (not path or path.startswith("/") or "\\" in path or ".." in parts
+                    or "." in parts or path != str(PurePosixPath(path))):
+                raise ValueError(f"file path {path!r} must be a plain relative path inside the bundle")
+            if path in UNLISTED_FILES:
+                raise ValueError(f"{path} must not be listed in its own manifest")
+        return files
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        referenced = [self.stages.pipeline, self.stages.model, self.reference.inputs,
+                      self.reference.outputs, self.environment_lock, self.serve_requirements]
+        referenced += [p for p in (self.stages.preprocess, self.reference.features) if p]
+        for path in referenced:
+            if path not in self.files:
+                raise ValueError(f"{path} is referenced but not listed in files")
+        staged = (self.stages.preprocess is not None, self.reference.features is not None, self.preprocessing is not None)
+        if len(set(staged)) != 1:
+            raise ValueError("stages.preprocess, reference.features and preprocessing must be present together")
+        output_names = {o.name for o in self.outputs}
+        for name in self.tolerance.per_output:
+            if name not in output_names:
+                raise ValueError(f"tolerance override for unknown output {name!r}")
+        for names, what in ((self.inputs, "input"), (self.outputs, "output")):
+            seen = [t.name for t in names]
+            if len(seen) != len(set(seen)):
+                raise ValueError(f"duplicate {what} names: {seen}")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+def parse_manifest(raw: bytes, *, source: str = MANIFEST_NAME) -> Manifest:
+    """Parse and validate manifest bytes.
+
+    Args:
+        raw: the content of ``bundle.json``.
+        source: where it came from, for the error message.
+
+    Returns:
+        The validated :class:`Manifest`.
+
+    Raises:
+        BundleInvalid: not JSON, unknown or missing keys, wrong format version.
+
+    Example:
+        >>> parse_manifest(Path("b/bundle.json").read_bytes()).name  # doctest: +SKIP
+    """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleInvalid(f"{source} is {len(raw)} bytes, larger than any manifest; the bundle is not valid.")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleInvalid(f"{source} is not valid JSON ({exc}); re-export the bundle.") from None
+    if isinstance(data, dict) and data.get("format_version") not in (None, FORMAT_VERSION):
+        raise BundleInvalid(
+            f"{source} has format_version {data.get('format_version')!r}, this paritybundle reads "
+            f"format {FORMAT_VERSION}; use the paritybundle version that wrote it or re-export."
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        )
+        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+        raise BundleInvalid(f"{source} is not a valid manifest: {problems}{more}; re-export the bundle.") from None

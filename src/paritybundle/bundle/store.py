@@ -1,0 +1,219 @@
+"""Opening and verifying bundles on disk: parse -> verify -> use.
+
+:func:`open_bundle` validates ``bundle.json``, then hashes every listed file (streamed,
+so memory stays flat however big the model), refuses missing or extra files and
+symlinks, and only then hands back a :class:`VerifiedBundle` whose paths the rest of
+paritybundle may open. :func:`open_bundle_loading` does the same while the caller loads
+the model: what it loaded is handed back only once every hash matched.
+
+Writing is :mod:`.writer`'s job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from ..errors import BundleInvalid, UsageError
+from .layout import MANIFEST_NAME, UNLISTED_FILES
+from .manifest import FileDigest, Manifest, parse_manifest
+
+_CHUNK = 1024 * 1024
+Loaded = TypeVar("Loaded")
+
+
+def sha256_file(path: Path) -> FileDigest:
+    """Hash a file in 1 MiB chunks: memory stays flat for a file of any size.
+
+    Example:
+        >>> sha256_file(Path("bundle/model.onnx")).bytes  # doctest: +SKIP
+    """
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while True:
+            n = handle.readinto(buffer)
+            if not n:
+                break
+            digest.update(view[:n])
+            size += n
+    return FileDigest(sha256=digest.hexdigest(), bytes=size)
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle whose manifest parsed and whose every file matched its hash.
+
+    ``root`` is the directory read (for an archive, the private directory it was
+    unpacked into); ``source`` is the path the caller gave.
+    """
+
+    root: Path
+    manifest: Manifest
+    source: Path | None = None
+
+    def path(self, relative: str) -> Path:
+        """The on-disk path of a file the manifest lists."""
+        if relative not in self.manifest.files:
+            raise KeyError(relative)  # a bug: callers only ask for listed files
+        return self.root / relative
+
+
+def list_files(root: Path) -> tuple[set[str], list[str]]:
+    """Relative POSIX paths of regular files under root, and anything that is not one."""
+    files: set[str] = set()
+    odd: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            if full.is_symlink():
+                odd.append(f"{rel} (symlink)")
+            elif name in filenames:
+                if full.is_file():
+                    files.add(rel)
+                else:
+                    odd.append(f"{rel} (not a regular file)")
+    return files, odd
+
+
+def bundle_directory(path: str | os.PathLike[str]) -> Path:
+    """The directory to read: the path itself, or where its archive was safely unpacked."""
+    root = Path(path)
+    if not root.exists():
+        raise UsageError(f"bundle path {root} does not exist; pass the directory that `bundle export` wrote "
+                         "or an archive from `bundle pack`.")
+    if root.is_dir():
+        return root
+    from .archive import unpacked
+
+    return unpacked(root)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Parse ``bundle.json`` of a bundle directory or archive (no file hashing)."""
+    root = bundle_directory(path)
+    manifest_path = root / MANIFEST_NAME
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise BundleInvalid(f"{root} has no {MANIFEST_NAME}; it is not a paritybundle bundle or it is incomplete.")
+    return parse_manifest(manifest_path.read_bytes(), source=str(manifest_path))
+
+
+def verify_files(root: Path, manifest: Manifest) -> None:
+    """Check that the directory holds exactly the listed files with their hashes.
+
+    Raises:
+        BundleInvalid: naming the first missing, extra, altered or odd file.
+    """
+    present, odd = list_files(root)
+    if odd:
+        raise BundleInvalid(f"{root} contains {odd[0]}, which a bundle never holds; re-export the bundle.")
+    listed = set(manifest.files)
+    missing = sorted(listed - present)
+    if missing:
+        raise BundleInvalid(f"{missing[0]} is listed in {MANIFEST_NAME} but missing from {root}; the bundle is incomplete.")
+    extra = sorted(present - listed - UNLISTED_FILES)
+    if extra:
+        raise BundleInvalid(
+            f"{extra[0]} is in {root} but not listed in {MANIFEST_NAME}; remove it or re-export the bundle."
+        )
+    for rel in sorted(listed):
+        expected = manifest.files[rel]
+        actual = sha256_file(root / rel)
+        if actual.bytes != expected.bytes:
+            raise BundleInvalid(
+                f"{rel} is {actual.bytes} bytes but the manifest says {expected.bytes}; "
+                "the file was truncated or altered, re-export the bundle."
+            )
+        if actual.sha256 != expected.sha256:
+            raise BundleInvalid(
+                f"{rel} does not match its sha256 in {MANIFEST_NAME} "
+                f"(expected {expected.sha256[:12]}..., got {actual.sha256[:12]}...); "
+                "the file was altered, re-export the bundle."
+            )
+
+
+def open_bundle(path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None = None) -> VerifiedBundle:
+    """Parse and verify a bundle directory before anything in it is used.
+
+    Args:
+        path: the bundle directory, or a ``.tar.gz`` from ``bundle pack`` (unpacked safely first).
+        public_key: if given, ``bundle.sig`` must verify with it over ``bundle.json`` before
+            any other file is looked at.
+
+    Returns:
+        A :class:`VerifiedBundle`.
+
+    Raises:
+        UsageError: the path does not exist or is not a directory.
+        BundleInvalid: bad manifest, missing, extra or altered file.
+
+    Example:
+        >>> open_bundle("artifacts/digits").manifest.name  # doctest: +SKIP
+        'digits'
+    """
+    root = bundle_directory(path)
+    manifest = read_manifest(root)
+    _verify(root, manifest, public_key)
+    return VerifiedBundle(root=root, manifest=manifest, source=Path(path))
+
+
+def open_bundle_loading(path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None,
+                        load: Callable[[VerifiedBundle], Loaded]) -> tuple[VerifiedBundle, Loaded]:
+    """:func:`open_bundle`, with ``load(bundle)`` (creating ONNX Runtime sessions) run while the files hash.
+
+    For a large model, hashing and loading each take about a second per GiB, and both
+    hashlib and ONNX Runtime release the GIL: side by side, start-up costs the longer of
+    the two rather than their sum. Nothing ``load`` returns is handed back before every
+    hash matched, and an altered file is reported in preference to whatever ``load``
+    raised (it names the file; a failed load of an altered graph would not).
+
+    With ``public_key`` the bundle is verified in full first: a signed bundle's files are
+    never parsed before they are verified. Without a signature nothing is lost by
+    overlapping: whoever can alter the files can rewrite the manifest's hashes too, so
+    hashing first would protect nothing that hashing alongside does not.
+
+    Raises:
+        UsageError, BundleInvalid: as :func:`open_bundle`; anything ``load`` raises.
+    """
+    root = bundle_directory(path)
+    manifest = read_manifest(root)
+    bundle = VerifiedBundle(root=root, manifest=manifest, source=Path(path))
+    if public_key is not None:
+        _verify(root, manifest, public_key)
+        return bundle, load(bundle)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="paritybundle-verify") as pool:
+        hashing = pool.submit(verify_files, root, manifest)
+        try:
+            loaded = load(bundle)
+        except BaseException:
+            altered = hashing.exception()  # waits for the hashes
+            if altered is not None:
+                raise altered from None
+            raise
+        hashing.result()
+    return bundle, loaded
+
+
+def verify(path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None = None) -> VerifiedBundle:
+    """Integrity only: manifest, signature (with ``public_key``) and every file's hash; no inference.
+
+    Raises:
+        UsageError: the path does not exist.
+        BundleInvalid: naming the offending file, or a missing/wrong/stale signature.
+    """
+    return open_bundle(path, public_key)
+
+
+def _verify(root: Path, manifest: Manifest, public_key: str | os.PathLike[str] | None) -> None:
+    if public_key is not None:
+        from .signature import verify_signature
+
+        verify_signature(root, public_key)
+    verify_files(root, manifest)

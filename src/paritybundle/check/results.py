@@ -1,0 +1,100 @@
+"""What a check returns: :class:`CheckReport` and the models in it (the ``--json`` schema, version 1)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Literal
+
+from ..bundle.manifest import Tolerance
+from ..bundle.store import VerifiedBundle
+from ..bundle.strict import StrictModel
+from ..parity.localise import StageResult, diagnose
+from ..parity.results import OutputComparison
+from ..runtime.drift import DriftReport
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class BundleIdentity(StrictModel):
+    path: str
+    name: str
+    version: str
+    files_verified: int
+
+
+class CheckSettings(StrictModel):
+    """Everything about the run that can move a verdict, recorded in the report."""
+
+    onnxruntime_version: str | None
+    providers: list[str]
+    graph_optimization_level: str | None
+    intra_op_num_threads: int | None
+    batch_size: int | None
+    samples: int
+    # Where the reference set came from: the bundle, a live endpoint, or an ONNX test data directory.
+    source: Literal["bundle", "url", "testdata"] = "bundle"
+    url: str | None = None
+    testdata: str | None = None
+    model: str | None = None
+
+
+class CheckReport(StrictModel):
+    """The result of a parity check; truthy when parity holds.
+
+    Its JSON form (``--json``) is versioned by ``schema_version`` and documented
+    in the README.
+    """
+
+    schema_version: Literal[1] = REPORT_SCHEMA_VERSION
+    passed: bool
+    checked_at: datetime
+    duration_s: float
+    bundle: BundleIdentity
+    settings: CheckSettings
+    reference: dict[str, str]
+    tolerance_overrides: dict[str, Tolerance]
+    # None when the answers came from a live endpoint (its environment is not visible here).
+    environment: DriftReport | None
+    outputs: list[OutputComparison]
+    notices: list[str]
+    # Bundles with preprocessing: each stage checked on its own (preprocess per raw input,
+    # model on the reference features, the merged pipeline), and where a failure arose.
+    stages: list[StageResult] = []
+    diagnosis: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def failed_outputs(self) -> list[str]:
+        return [o.name for o in self.outputs if not o.passed]
+
+
+def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], overrides: dict[str, Tolerance],
+                settings: CheckSettings, drift: DriftReport | None, started: float,
+                stages: Sequence[StageResult] = ()) -> CheckReport:
+    """The report of a finished comparison: verdict, notices, and where a failure arose."""
+    manifest = bundle.manifest
+    notices = [
+        f"output {c.name!r}: serving error {c.stats.max_abs:.3g} is over {manifest.tolerance.baseline_factor:g}x "
+        f"the export-time error {c.baseline_max_abs:.3g}; within tolerance, but this environment differs "
+        "numerically from the one that validated the bundle."
+        for c in comparisons if c.passed and c.above_baseline and c.stats is not None and c.baseline_max_abs is not None
+    ]
+    return CheckReport(
+        passed=all(comparisons) and all(stage.passed for stage in stages),
+        checked_at=datetime.now(timezone.utc),
+        duration_s=time.perf_counter() - started,
+        bundle=BundleIdentity(path=str(bundle.source or bundle.root), name=manifest.name, version=manifest.version,
+                              files_verified=len(manifest.files)),
+        settings=settings,
+        reference={"device": manifest.reference.device, "precision": manifest.reference.precision},
+        tolerance_overrides=overrides,
+        environment=drift,
+        outputs=comparisons,
+        notices=notices,
+        stages=list(stages),
+        diagnosis=diagnose(stages),
+    )

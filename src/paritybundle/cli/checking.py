@@ -1,0 +1,147 @@
+"""``bundle check`` and ``bundle serve``: the two commands that run the references."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import EXIT_OK, EXIT_PARITY, ParityBundleError, UsageError
+from .app import BundleArg, EnvPolicyOption, JsonOption, KeyOption, RequireSignatureOption, command, emit_report
+from .app import public_key as resolve_public_key
+from .app import write_text
+
+
+def _tolerance(atol: float | None, rtol: float | None):
+    from ..bundle.manifest import Tolerance
+
+    if atol is None and rtol is None:
+        return None
+    if atol is None or rtol is None:
+        raise UsageError("--atol and --rtol go together; give both to override the bundle's tolerance.")
+    if atol < 0 or rtol < 0:
+        raise UsageError("--atol and --rtol must be >= 0.")
+    return Tolerance(atol=atol, rtol=rtol)
+
+
+def _output_tolerances(values: list[str]):
+    from ..bundle.manifest import Tolerance
+
+    result = {}
+    for value in values:
+        try:
+            name, atol, rtol = value.rsplit(":", 2)
+            result[name] = Tolerance(atol=float(atol), rtol=float(rtol))
+        except ValueError:
+            raise UsageError(f"--output-tolerance {value!r} must look like NAME:ATOL:RTOL, e.g. logits:1e-4:1e-3.") from None
+    return result
+
+
+def _show_progress(json_path: Path | None) -> bool:
+    """A progress bar for people at a terminal; never in CI or when JSON goes to stdout."""
+    return sys.stderr.isatty() and not os.environ.get("CI") and str(json_path) != "-"
+
+
+@command("check")
+def check_command(
+    bundle: BundleArg,
+    json_path: JsonOption = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (0: automatic).")] = None,
+    optimization: Annotated[Optional[str], typer.Option("--optimization", help="Graph optimization level: disable, basic, extended, all.")] = None,
+    provider: Annotated[Optional[list[str]], typer.Option("--provider", help="Execution provider (repeatable, in priority order).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Reference samples per ONNX Runtime call.")] = 1024,
+    atol: Annotated[Optional[float], typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")] = None,
+    rtol: Annotated[Optional[float], typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")] = None,
+    output_tolerance: Annotated[Optional[list[str]], typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")] = None,
+    env_policy: EnvPolicyOption = "strict",
+    url: Annotated[Optional[str], typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds to wait for each answer.")] = 30.0,
+    references: Annotated[Optional[Path], typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`) as the reference set.")] = None,
+    junit_path: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML report (one test case per check) to this file.")] = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file.")] = None,
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
+) -> int:
+    """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
+    from ..reports.terminal import render_check
+
+    try:
+        report = _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
+                            url, model, timeout, references, resolve_public_key(key, require_signature),
+                            progress=_show_progress(json_path), histograms=html_path is not None)
+    except ParityBundleError as exc:
+        if junit_path is not None:  # CI systems still get a report saying why there is no verdict
+            from ..reports.junit import junit_error
+
+            write_text(junit_path, junit_error("bundle check", str(exc), exc.exit_code))
+        raise
+    if junit_path is not None:
+        from ..reports.junit import junit_xml
+
+        write_text(junit_path, junit_xml(report))
+    if html_path is not None:
+        from ..reports.html_page import check_page
+
+        write_text(html_path, check_page(report))
+    emit_report(report, json_path, render_check)
+    return EXIT_OK if report.passed else EXIT_PARITY
+
+
+def _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
+               url, model, timeout, references, key, *, progress: bool, histograms: bool):
+    """One library call, chosen by where the references go: a live endpoint, test data, or the bundle's own."""
+    tolerances = dict(tolerance=_tolerance(atol, rtol), per_output_tolerance=_output_tolerances(output_tolerance or []),
+                      public_key=key, histograms=histograms)
+    if url is not None and references is not None:
+        raise UsageError("--url and --references are two different reference sources; pass one.")
+    if url is not None:
+        if threads is not None or optimization is not None or provider:
+            raise UsageError("--threads, --optimization and --provider set local ONNX Runtime; they do not apply with --url.")
+        from ..commands.endpoint import check_url
+
+        return check_url(bundle, url, model=model, request_batch=min(batch_size, 256), timeout_s=timeout,
+                         progress=progress, **tolerances)
+    if model is not None:
+        raise UsageError("--model names the model on a live server; it goes with --url.")
+    from ..check.checks import check, check_testdata
+    from ..runtime.session import SessionOverrides
+
+    settings = SessionOverrides(providers=tuple(provider) if provider else None, graph_optimization_level=optimization,
+                                intra_op_num_threads=threads)
+    if references is not None:
+        return check_testdata(bundle, references, settings=settings, batch_size=batch_size, env_policy=env_policy,
+                              **tolerances)
+    return check(bundle, settings=settings, batch_size=batch_size, env_policy=env_policy, progress=progress,
+                 **tolerances)
+
+
+@command("serve")
+def serve_command(
+    bundle: BundleArg,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes; each checks parity before it is ready.")] = 1,
+    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Rows per ONNX Runtime call when requests are batched (1: off).")] = 64,
+    max_batch_delay_ms: Annotated[float, typer.Option("--max-batch-delay-ms", help="Wait this long for more rows before a partial batch.")] = 0.0,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body accepted (413 above).")] = 16 * 1024 * 1024,
+    max_request_batch: Annotated[int, typer.Option("--max-request-batch", help="Largest batch one request may send (413 above).")] = 1024,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")] = None,
+    env_policy: EnvPolicyOption = "strict",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
+) -> int:
+    """Serve the bundle over the Open Inference Protocol (V2); ready only after parity holds."""
+    from ..serving.server import serve
+    from ..serving.state import ServeOptions
+
+    serve(ServeOptions(bundle=str(bundle), env_policy=env_policy, max_batch_size=max_batch_size,
+                       max_batch_delay_ms=max_batch_delay_ms, max_body_bytes=max_body_bytes,
+                       max_request_batch=max_request_batch, intra_op_num_threads=threads,
+                       public_key=resolve_public_key(key, require_signature)),
+          host=host, port=port, workers=workers, log_level=log_level)
+    return EXIT_OK

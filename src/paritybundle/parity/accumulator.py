@@ -1,0 +1,303 @@
+"""One output's comparison, fed batch by batch: the verdict of the rules below.
+
+Nothing here logs, reads config or touches a backend; it sees arrays and a
+:class:`~paritybundle.bundle.manifest.Tolerance` and returns result objects that are
+truthy when parity holds.
+
+Rules (each has its own test in ``tests/test_parity.py``):
+
+* Arrays are upcast to float64 before subtracting, so the comparison adds no error.
+* An element matches when ``|serve - research| <= atol + rtol * |research|``.
+* NaN matches only NaN, and only when the tolerance's ``equal_nan`` is true.
+* An infinity matches only the same infinity.
+* Relative error divides by ``max(|research|, 1e-12)`` so zeros do not divide by zero.
+* Integer, bool and string outputs must match exactly.
+* Decision agreement (outputs of kind ``scores``): argmax per sample. A flip between
+  two classes whose research scores are within twice the *tie tolerance* of each
+  other is a tie, not a disagreement, and is counted separately. The tie tolerance
+  is the bundle's noise-scale default, not a loosened per-output override, so
+  loosening an output's values never loosens its decisions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..bundle.manifest import Tolerance
+from .decision import decision_agreement
+from .elementwise import (
+    absolute_error, is_exact_dtype, largest, magnitude_of, p99_from_top, p99_position, percentile99, relative_to,
+)
+from .results import MAX_LISTED_SAMPLES, DecisionStats, ErrorHistogram, ErrorStats, OutputComparison
+
+HISTOGRAM_LOW, HISTOGRAM_HIGH, HISTOGRAM_STEP = -12.0, 4.0, 0.25
+
+
+class _Histogram:
+    """Streams values into the fixed log10 bins of :class:`ErrorHistogram`."""
+
+    bins = int((HISTOGRAM_HIGH - HISTOGRAM_LOW) / HISTOGRAM_STEP)
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.bins, dtype=np.int64)
+        self.zero = 0
+
+    def add(self, values: np.ndarray) -> None:
+        positive = values[values > 0]
+        self.zero += int(values.size - positive.size - np.isnan(values).sum())
+        if positive.size:
+            with np.errstate(divide="ignore"):
+                position = (np.log10(positive) - HISTOGRAM_LOW) / HISTOGRAM_STEP
+            index = np.clip(np.nan_to_num(position, posinf=self.bins - 1), 0, self.bins - 1).astype(np.int64)
+            self.counts += np.bincount(index, minlength=self.bins)
+
+
+# Up to this many elements per output, every error is kept (16 MB of float64) and p99 is
+# taken once at the end; beyond it, only the running largest 1% is kept.
+KEEP_ALL_ELEMENTS = 2_000_000
+
+
+class OutputAccumulator:
+    """One output's comparison, fed batch by batch; :meth:`finish` gives the verdict.
+
+    Memory stays bounded however many samples are checked: sums, maxima and the worst
+    element stream exactly, and the exact p99 needs at most the largest 1% of values
+    (the total count is known up front), kept between batches.
+
+    Args:
+        name, tolerance, scores, min_decision_agreement, baseline_max_abs,
+        baseline_factor, tie_tolerance: as in :func:`compare_output`.
+        total_elements: how many elements all batches together will hold.
+    """
+
+    def __init__(self, name: str, tolerance: Tolerance, total_elements: int, *, scores: bool = False,
+                 min_decision_agreement: float = 1.0, baseline_max_abs: float | None = None,
+                 baseline_factor: float | None = None, tie_tolerance: Tolerance | None = None,
+                 histogram: bool = False) -> None:
+        self.name, self.tolerance, self.total = name, tolerance, int(total_elements)
+        self.histograms = (_Histogram(), _Histogram()) if histogram else None
+        self.scores, self.min_decision_agreement = scores, min_decision_agreement
+        self.baseline_max_abs, self.baseline_factor = baseline_max_abs, baseline_factor
+        self.tie_tolerance = tie_tolerance or tolerance
+        self._keep = self.total - p99_position(max(self.total, 1))[0]
+        # Once the buffers hold `_keep` values, nothing below the smallest of them can matter.
+        self._floors = {"abs": -math.inf, "rel": -math.inf}
+        self._keep_all = self.total <= KEEP_ALL_ELEMENTS
+        self.problem: str | None = None
+        self.elements = self.violations = self.nonfinite = 0
+        self.sum_abs = self.sum_rel = 0.0
+        self.max_abs = self.max_rel = self.max_ratio = 0.0
+        self.required: float | None = None
+        self.worst: tuple[list[int], float | None, float | None] | None = None
+        self.top_abs: list[np.ndarray] = []
+        self.top_rel: list[np.ndarray] = []
+        self.failing: list[tuple[float, int]] = []
+        self.failing_count = 0
+        self.samples = self.agreeing = self.ties = 0
+        self.disagreeing: list[int] = []
+        self.exact = False
+
+    def _keep_top(self, which: str, buffers: list[np.ndarray], values: np.ndarray) -> None:
+        if self._keep_all:
+            buffers.append(values)  # fresh arrays made by add(); selected once, at the end
+            return
+        floor = self._floors[which]
+        if floor > -math.inf:
+            values = values[values > floor]  # one cheap pass; usually almost nothing survives
+        buffers.append(largest(values, self._keep))
+        if sum(b.size for b in buffers) > 4 * self._keep + 4096:
+            merged = largest(np.concatenate(buffers), self._keep)
+            buffers[:] = [merged]
+            if merged.size == self._keep:
+                self._floors[which] = float(merged.min())
+
+    def add(self, serve: np.ndarray, research: np.ndarray, first_sample: int = 0) -> None:
+        """Compare one batch; ``first_sample`` is its first row's index in the whole set."""
+        serve, research = np.asarray(serve), np.asarray(research)
+        if self.problem is not None:
+            return
+        if serve.shape != research.shape:
+            self.problem = (f"shape {list(serve.shape)} differs from the research shape {list(research.shape)}"
+                            + (f" (batch from sample {first_sample})" if first_sample else ""))
+            return
+        exact = is_exact_dtype(research) or is_exact_dtype(serve)
+        if serve.dtype.kind in "USO" or research.dtype.kind in "USO":
+            abs_err = np.where(serve != research, np.inf, 0.0)
+            research = np.zeros(research.shape)
+            exact = True
+        else:
+            abs_err = absolute_error(serve, research, self.tolerance.equal_nan)
+        self.exact = self.exact or exact
+        flat_abs = abs_err.reshape(-1)
+        if flat_abs.size == 0:
+            return
+        worst = int(np.argmax(flat_abs))
+        finite = bool(np.isfinite(flat_abs[worst]))  # inf marks every NaN/inf mismatch
+        magnitude = magnitude_of(research).reshape(-1)
+        tol = self.tolerance
+
+        if self.worst is None or flat_abs[worst] > self.max_abs:
+            index = [int(i) for i in np.unravel_index(worst, abs_err.shape)]
+            if index:
+                index[0] += first_sample
+            self.max_abs = float(flat_abs[worst])
+            self.worst = (index, _as_float(serve.reshape(-1)[worst]) if serve.dtype.kind not in "USO" else None,
+                          _as_float(research.reshape(-1)[worst]))
+        if not finite:
+            self.nonfinite += int(np.isinf(flat_abs).sum())
+
+        bad = None
+        if exact:
+            bad = flat_abs != 0
+            batch_violations = int(np.count_nonzero(bad))
+            if batch_violations:
+                self.max_ratio = math.inf
+                self.required = math.inf
+        else:
+            allowed = np.multiply(magnitude, tol.rtol)
+            allowed += tol.atol
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios = np.divide(flat_abs, allowed)
+            if tol.atol == 0:
+                ratios[flat_abs == 0] = 0.0  # 0/0 where research is 0: an exact match
+            batch_ratio = float(np.max(ratios))
+            self.max_ratio = max(self.max_ratio, batch_ratio)
+            batch_violations = 0
+            # abs > allowed implies abs/allowed >= 1 after rounding, so a ratio under 1 proves
+            # there is no violation without building the mask (the common, passing case).
+            if not batch_ratio < 1.0:
+                bad = flat_abs > allowed
+                batch_violations = int(np.count_nonzero(bad))
+            if batch_violations:
+                # Only violating elements can set the smallest passing atol (the rest are <= atol).
+                excess = float(np.max(flat_abs[bad] - (allowed[bad] - tol.atol)))
+                self.required = excess if self.required is None else max(self.required, excess)
+        self.violations += batch_violations
+
+        rel = relative_to(flat_abs, magnitude, out=magnitude)  # the magnitude is not needed after this
+        if self.histograms is not None:
+            self.histograms[0].add(flat_abs)
+            self.histograms[1].add(rel)
+        self.sum_abs += float(np.sum(flat_abs))
+        self.sum_rel += float(np.sum(rel))
+        self.max_rel = max(self.max_rel, float(np.max(rel)))
+        self.elements += flat_abs.size
+        self._keep_top("abs", self.top_abs, flat_abs)
+        self._keep_top("rel", self.top_rel, rel)
+
+        if batch_violations and abs_err.ndim:
+            rows = abs_err.shape[0]
+            per_sample_bad = bad.reshape(rows, -1).any(axis=1)
+            self.failing_count += int(per_sample_bad.sum())
+            errors = abs_err.reshape(rows, -1).max(axis=1)
+            candidates = [(float(errors[i]), int(i) + first_sample) for i in np.flatnonzero(per_sample_bad)]
+            self.failing = sorted(self.failing + candidates, key=lambda c: -c[0])[:MAX_LISTED_SAMPLES]
+
+        if self.scores and not exact and research.ndim >= 1 and research.size:
+            decision = decision_agreement(serve, research, self.tie_tolerance, self.min_decision_agreement)
+            self.samples += decision.samples
+            self.agreeing += decision.agreeing
+            self.ties += decision.ties
+            room = MAX_LISTED_SAMPLES - len(self.disagreeing)
+            self.disagreeing += [i + first_sample for i in decision.disagreeing_samples[:room]]
+
+    def _p99(self, buffers: list[np.ndarray], n: int) -> float:
+        kept = buffers[0] if len(buffers) == 1 else np.concatenate(buffers)
+        return percentile99(kept) if self._keep_all else p99_from_top(kept, n)
+
+    def finish(self) -> OutputComparison:
+        if self.problem is not None:
+            return OutputComparison(name=self.name, passed=False, tolerance=self.tolerance, stats=None,
+                                    problem=self.problem)
+        n = self.elements
+        if n == 0:
+            stats = ErrorStats(elements=0, max_abs=0, mean_abs=0, p99_abs=0, max_rel=0, mean_rel=0, p99_rel=0,
+                               violations=0, nonfinite_mismatches=0, worst_sample=None, worst_index=None,
+                               worst_serve=None, worst_research=None, required_atol=0, max_tolerance_ratio=0)
+        else:
+            if n != self.total:  # the p99 bookkeeping assumed `total`; recompute from what was kept
+                self._keep = n - p99_position(n)[0]
+            index, worst_serve, worst_research = self.worst or (None, None, None)
+            stats = ErrorStats(
+                elements=n, max_abs=self.max_abs, mean_abs=self.sum_abs / n,
+                p99_abs=self._p99(self.top_abs, n),
+                max_rel=self.max_rel, mean_rel=self.sum_rel / n,
+                p99_rel=self._p99(self.top_rel, n),
+                violations=self.violations, nonfinite_mismatches=self.nonfinite,
+                worst_sample=index[0] if index else None, worst_index=index or None,
+                worst_serve=worst_serve, worst_research=worst_research,
+                required_atol=(math.inf if self.nonfinite else self.required) if self.violations else None,
+                max_tolerance_ratio=self.max_ratio,
+            )
+        decision = None
+        if self.scores and not self.exact and self.samples:
+            decision = DecisionStats(samples=self.samples, agreeing=self.agreeing, ties=self.ties,
+                                     agreement=self.agreeing / self.samples, min_agreement=self.min_decision_agreement,
+                                     disagreeing_samples=self.disagreeing)
+        passed = stats.violations == 0 and (decision is None or decision.passed)
+        above = False
+        if self.baseline_max_abs is not None and self.baseline_factor is not None:
+            # A floor of a few float32 ulps at 1.0 keeps a zero baseline from flagging noise.
+            above = stats.max_abs > self.baseline_factor * max(self.baseline_max_abs, 1e-6)
+        return OutputComparison(
+            name=self.name, passed=passed, tolerance=self.tolerance, stats=stats, decision=decision,
+            failing_samples=[i for _, i in self.failing], failing_sample_count=self.failing_count,
+            baseline_max_abs=self.baseline_max_abs, above_baseline=above, histogram=self._histogram(),
+        )
+
+    def _histogram(self) -> ErrorHistogram | None:
+        if self.histograms is None:
+            return None
+        absolute, relative = self.histograms
+        edges = [HISTOGRAM_LOW + k * HISTOGRAM_STEP for k in range(_Histogram.bins + 1)]
+        return ErrorHistogram(log10_edges=edges, abs_counts=absolute.counts.tolist(), abs_zero=absolute.zero,
+                              rel_counts=relative.counts.tolist(), rel_zero=relative.zero)
+
+
+def _as_float(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def compare_output(
+    name: str,
+    serve: np.ndarray,
+    research: np.ndarray,
+    tolerance: Tolerance,
+    *,
+    scores: bool = False,
+    min_decision_agreement: float = 1.0,
+    baseline_max_abs: float | None = None,
+    baseline_factor: float | None = None,
+    tie_tolerance: Tolerance | None = None,
+) -> OutputComparison:
+    """Compare one output; the result is truthy when parity holds.
+
+    Args:
+        name: the output's name, carried into the result.
+        serve: what serving computed.
+        research: the research outputs.
+        tolerance: the element-wise rule.
+        scores: also check argmax agreement over the last axis.
+        min_decision_agreement: the least share of agreeing samples.
+        baseline_max_abs: the export-time torch-vs-ORT max error, if known.
+        baseline_factor: flag errors this many times above the baseline.
+        tie_tolerance: what makes two research scores a near-tie (default: ``tolerance``).
+
+    Returns:
+        An :class:`OutputComparison`.
+
+    Example:
+        >>> bool(compare_output("y", np.ones(3), np.ones(3), Tolerance(atol=0, rtol=0)))
+        True
+    """
+    serve, research = np.asarray(serve), np.asarray(research)
+    accumulator = OutputAccumulator(
+        name, tolerance, research.size, scores=scores, min_decision_agreement=min_decision_agreement,
+        baseline_max_abs=baseline_max_abs, baseline_factor=baseline_factor, tie_tolerance=tie_tolerance)
+    accumulator.add(serve, research)
+    return accumulator.finish()

@@ -1,0 +1,30 @@
+"""One sentence on a failing output: what failed, where, and what would have passed."""
+
+from __future__ import annotations
+
+from .results import OutputComparison
+
+
+def explain_failure(c: OutputComparison) -> str:
+    """One sentence on a failing output: what failed, where, and what would have passed."""
+    if c.problem:
+        return f"output {c.name!r} failed: {c.problem}."
+    s = c.stats
+    assert s is not None
+    parts = []
+    if s.violations:
+        parts.append(f"{s.violations} of {s.elements} elements outside atol {c.tolerance.atol:g} + "
+                     f"rtol {c.tolerance.rtol:g}*|research|")
+    if c.failing_sample_count:
+        parts.append(f"in {c.failing_sample_count} samples (worst first: {', '.join(map(str, c.failing_samples))})")
+    if s.worst_index is not None and s.max_abs > 0:
+        parts.append(f"largest error {s.max_abs:.3g} at index {s.worst_index} "
+                     f"(serving {s.worst_serve!r}, research {s.worst_research!r})")
+    if c.decision is not None and not c.decision.passed:
+        parts.append(f"argmax agrees on {c.decision.agreement:.2%} of samples, below {c.decision.min_agreement:.0%} "
+                     f"(disagreeing samples: {c.decision.disagreeing_samples})")
+    if s.nonfinite_mismatches:
+        parts.append(f"{s.nonfinite_mismatches} NaN/inf mismatches")
+    elif s.violations and s.required_atol is not None:
+        parts.append(f"an atol of {s.required_atol:.3g} would have passed")
+    return f"output {c.name!r} failed: " + "; ".join(parts) + "."

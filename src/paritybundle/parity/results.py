@@ -1,0 +1,85 @@
+"""What a comparison returns: per-output statistics and verdicts, truthy when parity holds.
+
+These models are part of every report's JSON (``--json``), so their fields are stable.
+"""
+
+from __future__ import annotations
+
+from ..bundle.manifest import Tolerance
+from ..bundle.strict import StrictModel
+
+# How many offending samples a result lists (the rest are counted).
+MAX_LISTED_SAMPLES = 10
+
+
+class ErrorStats(StrictModel):
+    """Error statistics of one output over all its elements."""
+
+    elements: int
+    max_abs: float
+    mean_abs: float
+    p99_abs: float
+    max_rel: float
+    mean_rel: float
+    p99_rel: float
+    violations: int
+    nonfinite_mismatches: int
+    worst_sample: int | None
+    worst_index: list[int] | None
+    worst_serve: float | None
+    worst_research: float | None
+    # The smallest atol that would have passed at the same rtol (inf: no atol would);
+    # computed for failing outputs only (None when the output passed).
+    required_atol: float | None
+    # The largest error as a share of its element's allowed error (> 1 fails): the headroom.
+    max_tolerance_ratio: float
+
+
+class DecisionStats(StrictModel):
+    """Argmax agreement over samples for an output of class scores."""
+
+    samples: int
+    agreeing: int
+    ties: int
+    agreement: float
+    min_agreement: float
+    disagreeing_samples: list[int]
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement >= self.min_agreement
+
+
+class ErrorHistogram(StrictModel):
+    """Counts of absolute and relative errors in log10 bins (for plots, e.g. ``check --html``).
+
+    Bin ``k`` holds values in ``[10**edges[k], 10**edges[k+1])``; values below the first edge
+    fall in bin 0, values at or above the last (and infinities) in the last bin; exact
+    matches (error 0) are counted apart.
+    """
+
+    log10_edges: list[float]
+    abs_counts: list[int]
+    abs_zero: int
+    rel_counts: list[int]
+    rel_zero: int
+
+
+class OutputComparison(StrictModel):
+    """The verdict on one output; truthy when it passed."""
+
+    name: str
+    passed: bool
+    tolerance: Tolerance
+    stats: ErrorStats | None
+    decision: DecisionStats | None = None
+    failing_samples: list[int] = []
+    failing_sample_count: int = 0
+    problem: str | None = None
+    baseline_max_abs: float | None = None
+    above_baseline: bool = False
+    # Only when asked for (check --html): the error distributions.
+    histogram: ErrorHistogram | None = None
+
+    def __bool__(self) -> bool:
+        return self.passed

@@ -1,0 +1,339 @@
+"""Terminal renderings (rich) of check, diff and drift results, a lock and a manifest."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from ..bundle.manifest import Manifest
+from ..check.results import CheckReport
+from ..parity.explain import explain_failure
+from ..parity.results import OutputComparison
+from ..runtime.drift import DriftReport
+from ..runtime.lock import EnvironmentLock
+
+
+def number_text(value: float | None) -> str:
+    """A statistic for a table: three significant digits, "-" when there is none."""
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _share(ratio: float) -> str:
+    """How much of its tolerance the worst element used: 3% when passing, 140x when far out."""
+    return f"{ratio:.0%}" if ratio < 10 else f"{ratio:,.0f}x"
+
+
+def _decision(comparison: OutputComparison) -> str:
+    d = comparison.decision
+    if d is None:
+        return "-"
+    text = f"{d.agreement:.2%} (min {d.min_agreement:.0%})"
+    return text + (f", {d.ties} ties" if d.ties else "")
+
+
+def check_table(report: CheckReport) -> Table:
+    table = Table(title=f"parity: {report.bundle.name} v{report.bundle.version} "
+                        f"({report.settings.samples} reference samples)", title_justify="left")
+    for column in ("output", "max abs", "mean abs", "p99 abs", "max rel", "p99 rel",
+                   "violations", "worst sample", "of tol", "argmax agree", "atol / rtol", "verdict"):
+        table.add_column(column, justify="left" if column in ("output", "verdict") else "right")
+    for c in report.outputs:
+        s = c.stats
+        verdict = Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red")
+        table.add_row(
+            c.name,
+            number_text(s and s.max_abs), number_text(s and s.mean_abs), number_text(s and s.p99_abs),
+            number_text(s and s.max_rel), number_text(s and s.p99_rel),
+            f"{s.violations}/{s.elements}" if s else "-",
+            "-" if s is None or s.worst_sample is None else str(s.worst_sample),
+            "-" if s is None else _share(s.max_tolerance_ratio),
+            _decision(c),
+            f"{c.tolerance.atol:g} / {c.tolerance.rtol:g}" + (" *" if c.name in report.tolerance_overrides else ""),
+            verdict,
+        )
+    return table
+
+
+_SEVERITY_STYLE = {"critical": "bold red", "notable": "yellow", "info": "dim"}
+
+
+def drift_table(drift: DriftReport) -> Table:
+    title = (f"environment vs lock (policy {drift.policy}): {drift.count('critical')} critical, "
+             f"{drift.count('notable')} notable, {drift.count('info')} info")
+    table = Table(title=title, title_justify="left")
+    for column in ("severity", "what", "locked", "here", "why it matters"):
+        table.add_column(column)
+    for item in drift.items:
+        table.add_row(Text(item.severity, style=_SEVERITY_STYLE[item.severity]), Text(item.what),
+                      Text(item.locked or "-"), Text(item.running or "-"), Text(item.reason))
+    return table
+
+
+def render_drift(drift: DriftReport, console: Console) -> None:
+    if drift.items:
+        console.print(drift_table(drift))
+    else:
+        console.print(f"environment vs lock (policy {drift.policy}): no drift")
+
+
+def render_lock(lock: EnvironmentLock, console: Console) -> None:
+    """`bundle env`: the lock, readably."""
+    console.print(f"python {lock.python.version} ({lock.python.implementation}) on {lock.platform.system} "
+                  f"{lock.platform.machine}, {lock.platform.libc or 'libc unknown'}, kernel {lock.platform.release}")
+    console.print(f"cpu: {lock.cpu.model or 'unknown'}; numeric features: {' '.join(lock.cpu.numeric_flags) or '-'}")
+    console.print(f"onnxruntime {lock.onnxruntime.version} (providers: {', '.join(lock.onnxruntime.providers)})")
+    if lock.torch:
+        console.print(f"torch {lock.torch.version}, CUDA {lock.torch.cuda or '-'}, cuDNN {lock.torch.cudnn or '-'}, "
+                      f"device {lock.torch.device_name or 'cpu'}")
+    console.print(f"threads: {' '.join(f'{k}={v}' for k, v in lock.threads.items()) or '(defaults)'}; "
+                  f"paritybundle {lock.paritybundle}")
+    table = Table(title=f"distributions ({len(lock.distributions)}; serving pins marked *)", title_justify="left")
+    table.add_column("name")
+    table.add_column("version")
+    for name, version in lock.distributions.items():
+        table.add_row(Text(name + (" *" if name in lock.serving else "")), Text(version))
+    console.print(table)
+
+
+def stage_table(report: CheckReport) -> Table:
+    """Each stage on its own, and the preprocessing per raw input (column)."""
+    table = Table(title="stages: preprocessing per raw input vs the reference features; model on the reference "
+                        "features; merged pipeline; merge = pipeline vs the two stages run in sequence",
+                  title_justify="left")
+    for column in ("stage", "file", "compared", "max abs", "violations", "worst sample", "of tol", "verdict"):
+        table.add_column(column, justify="left" if column in ("stage", "file", "compared", "verdict") else "right")
+
+    def row(stage: str, file: str, what: str, c: OutputComparison) -> None:
+        s = c.stats
+        table.add_row(stage, file, Text(what), number_text(s and s.max_abs), f"{s.violations}/{s.elements}" if s else "-",
+                      "-" if s is None or s.worst_sample is None else str(s.worst_sample),
+                      "-" if s is None else _share(s.max_tolerance_ratio),
+                      Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red"))
+
+    for stage in report.stages:
+        if stage.stage == "preprocess" and stage.columns:
+            for column in stage.columns:
+                where = f"[{column.features[0]}:{column.features[1]}]" if column.features else ""
+                row(stage.stage, stage.file, f"column {column.input} -> {column.feature}{where}", column.comparison)
+        else:
+            for c in stage.outputs:
+                what = f"output {c.name}" + (" vs preprocess -> model" if stage.stage == "merge" else "")
+                row(stage.stage, stage.file, what, c)
+    return table
+
+
+def render_check(report: CheckReport, console: Console) -> None:
+    console.print(check_table(report))
+    if report.stages:
+        console.print(stage_table(report))
+    if report.environment is not None:
+        render_drift(report.environment, console)
+    for line in [explain_failure(c) for c in report.outputs if not c.passed]:
+        console.print(Text(line, style="red"))
+    if report.diagnosis:
+        console.print(Text(f"where: {report.diagnosis}", style="bold red"))
+    for line in report.notices:
+        console.print(Text(f"notice: {line}", style="yellow"))
+    settings = report.settings
+    if settings.source == "testdata":
+        console.print(f"references from ONNX test data in {settings.testdata} ({settings.samples} samples); "
+                      f"onnxruntime {settings.onnxruntime_version}; {report.bundle.files_verified} files verified; "
+                      f"{report.duration_s:.2f} s")
+    elif settings.source == "url":
+        console.print(f"answers from {settings.url} (model {settings.model}), {settings.batch_size} samples per request; "
+                      f"references made on {report.reference['device']} ({report.reference['precision']}); "
+                      f"{report.bundle.files_verified} files verified; {report.duration_s:.2f} s")
+    else:
+        console.print(
+        f"onnxruntime {settings.onnxruntime_version}, {', '.join(settings.providers)}, "
+        f"optimization {settings.graph_optimization_level}, threads {settings.intra_op_num_threads or 'auto'}, "
+        f"batch {settings.batch_size or 'all'}; references made on {report.reference['device']} "
+        f"({report.reference['precision']}); {report.bundle.files_verified} files verified; {report.duration_s:.2f} s"
+        )
+    failed = report.failed_outputs + [f"stage {s.stage}" for s in report.stages if not s.passed and s.stage != "pipeline"]
+    verdict = Text("PARITY HOLDS", style="bold green") if report.passed else Text(
+        f"PARITY FAILS: {', '.join(failed)}", style="bold red")
+    console.print(verdict)
+
+
+def _spec_table(title: str, specs) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("name", "dtype", "shape", "kind"):
+        table.add_column(column)
+    for s in specs:
+        # Text, so rich does not read "[batch, 64]" as markup.
+        table.add_row(s.name, s.dtype, Text("[" + ", ".join(map(str, s.shape)) + "]"), s.kind)
+    return table
+
+
+def _summary(values: object) -> str:
+    """Fitted statistics, short: a number, a list (first values and its range), a vocabulary."""
+    if isinstance(values, list) and values and all(isinstance(v, (int, float)) for v in values):
+        if len(values) <= 4:
+            return ", ".join(f"{v:.4g}" for v in values)
+        shown = ", ".join(f"{v:.4g}" for v in values[:4])
+        return f"[{shown}{', ...' if len(values) > 4 else ''}] ({len(values)} values, {min(values):.4g}..{max(values):.4g})"
+    if isinstance(values, list):
+        shown = ", ".join(map(str, values[:5]))
+        return f"[{shown}{', ...' if len(values) > 5 else ''}] ({len(values)})"
+    return str(values)
+
+
+def preprocessing_table(manifest: Manifest) -> Table:
+    """`bundle inspect`: each raw input's steps with their fitted statistics."""
+    pre = manifest.preprocessing
+    assert pre is not None
+    features = ", ".join(f"{f.name} {f.dtype}[{', '.join(map(str, f.shape))}]" for f in pre.features)
+    table = Table(title=f"preprocessing ({pre.source}) -> {features}", title_justify="left")
+    for column in ("input", "features", "step", "NaN", "fitted state"):
+        table.add_column(column)
+    for column in pre.columns:
+        where = f"{column.features[0]}..{column.features[1] - 1}" if column.features else "all"
+        if not column.steps:
+            table.add_row(column.input, where, "(passthrough)", "propagates", "-")
+        for position, step in enumerate(column.steps):
+            params = step.params
+            if "vocabulary" in params:
+                state = (f"vocabulary {len(params['vocabulary'])} + OOV bucket at index {params.get('oov_index')}: "
+                         f"{_summary(params['vocabulary'])}")
+            else:
+                state = "; ".join(f"{key} {_summary(value)}" for key, value in params.items()
+                                  if key not in ("counts", "missing_share_in_training")) or "-"
+            table.add_row(column.input if position == 0 else "", where if position == 0 else "", step.kind, step.nan,
+                          Text(state))
+    return table
+
+
+def render_manifest(manifest: Manifest, console: Console) -> None:
+    """`bundle inspect`: specs, stages, tolerance, provenance, sizes."""
+    m = manifest
+    console.print(Text(f"{m.name} v{m.version}", style="bold"),
+                  f"created {m.created_at.isoformat()} by paritybundle {m.producer.version}")
+    console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(m.producer.libraries.items())))
+    console.print(_spec_table("inputs", m.inputs))
+    console.print(_spec_table("outputs", m.outputs))
+    console.print(f"stages: pipeline {m.stages.pipeline}, model {m.stages.model}, preprocess "
+                  f"{m.stages.preprocess or '(none)'}; opset {m.stages.opset}; exporter {m.stages.exporter}")
+    if m.preprocessing is not None:
+        console.print(preprocessing_table(m))
+    tol = m.tolerance
+    lines = [f"tolerance: atol {tol.default.atol:g}, rtol {tol.default.rtol:g}, equal_nan {tol.default.equal_nan} "
+             f"(references made on {tol.reference_device}, {tol.reference_precision}); "
+             f"argmax agreement >= {tol.min_decision_agreement:.0%}; notice above {tol.baseline_factor:g}x export error"]
+    lines += [f"  {name}: atol {t.atol:g}, rtol {t.rtol:g}" for name, t in tol.per_output.items()]
+    console.print("\n".join(lines))
+    console.print(f"runtime validated with: onnxruntime {m.runtime.onnxruntime_version}, "
+                  f"{', '.join(m.runtime.providers)}, optimization {m.runtime.graph_optimization_level}")
+    errors = Table(title="export-time error, torch vs ONNX Runtime", title_justify="left")
+    for column in ("output", "max abs", "mean abs", "max rel"):
+        errors.add_column(column)
+    for name, e in m.export_errors.items():
+        errors.add_row(name, number_text(e.max_abs), number_text(e.mean_abs), number_text(e.max_rel))
+    console.print(errors)
+    p = m.provenance
+    git = f"{p.git.commit[:12]}{' (dirty)' if p.git.dirty else ''}" if p.git else "(not in a git checkout)"
+    console.print(f"provenance: git {git}; params {p.params or '{}'}; metrics {p.metrics or '{}'}; "
+                  f"data {p.data_hashes or '{}'}")
+    console.print(f"reference set: {m.reference.samples} samples")
+    files = Table(title="files", title_justify="left")
+    files.add_column("path")
+    files.add_column("bytes", justify="right")
+    files.add_column("sha256")
+    for path, digest in sorted(m.files.items()):
+        files.add_row(path, f"{digest.bytes:,}", digest.sha256[:16] + "...")
+    console.print(Group(files))
+
+
+def _field_table(title: str, changes, a_label: str = "A", b_label: str = "B") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("what", a_label, b_label):
+        table.add_column(column)
+    for change in changes:
+        table.add_row(Text(change.what), Text(change.a if change.a is not None else "-"),
+                      Text(change.b if change.b is not None else "-"))
+    return table
+
+
+def render_diff(report, console: Console) -> None:
+    """`bundle diff A B`: compatibility first, then what changed, then what it did to outputs."""
+    a, b = report.a, report.b
+    console.print(Text(f"diff: A = {a.name} v{a.version} ({a.path})  ->  B = {b.name} v{b.version} ({b.path})", style="bold"))
+    compat = report.compatibility
+    if compat.compatible:
+        console.print(Text("compatible: B can replace A behind the same endpoint", style="green"))
+    else:
+        console.print(Text("INCOMPATIBLE: B cannot replace A behind the same endpoint", style="bold red"))
+        for problem in compat.problems:
+            console.print(Text(f"  {problem}", style="red"))
+    for note in compat.notes:
+        console.print(Text(f"  note: {note}", style="yellow"))
+    if report.specs:
+        table = Table(title="input/output specs that differ", title_justify="left")
+        for column in ("kind", "name", "A", "B", "breaks A's clients", "detail"):
+            table.add_column(column)
+        for d in report.specs:
+            def text(spec) -> Text:
+                return Text("-" if spec is None else f"{spec.dtype}[{', '.join(map(str, spec.shape))}]")
+            table.add_row(d.kind, Text(d.name), text(d.a), text(d.b),
+                          Text("yes", style="red") if d.breaking else "no", Text(d.detail))
+        console.print(table)
+    else:
+        console.print("input/output specs: identical")
+    pre = report.preprocessing
+    if pre is not None:
+        if not pre.structure and not pre.statistics:
+            console.print("preprocessing: identical steps and fitted statistics")
+        for line in pre.structure:
+            console.print(Text(f"preprocessing: {line}", style="yellow"))
+        if pre.statistics:
+            table = Table(title="preprocessing statistics that moved", title_justify="left")
+            for column in ("input", "step", "what moved", "max abs", "max rel"):
+                table.add_column(column)
+            for s in pre.statistics:
+                table.add_row(Text(s.input), f"{s.step} {s.kind}", Text(s.summary), number_text(s.max_abs_change),
+                              number_text(s.max_rel_change))
+            console.print(table)
+    graphs = Table(title="graphs", title_justify="left")
+    for column in ("stage", "A: nodes / parameters / opset / bytes", "B: nodes / parameters / opset / bytes",
+                   "operator counts that changed (A -> B)"):
+        graphs.add_column(column)
+    for g in report.graphs:
+        def summary(s) -> str:
+            return "-" if s is None else f"{s.nodes} / {s.parameters:,} / {s.opset} / {s.bytes:,}"
+        changes = ", ".join(f"{op} {n[0]}->{n[1]}" for op, n in g.operator_changes.items()) or "none"
+        graphs.add_row(g.stage, summary(g.a), summary(g.b), Text(changes))
+    console.print(graphs)
+    console.print(_field_table("tolerance policy changes", report.tolerance) if report.tolerance
+                  else "tolerance policy: identical")
+    if report.environment:
+        table = Table(title="environment lock differences (A -> B)", title_justify="left")
+        for column in ("severity", "what", "A", "B", "why it matters"):
+            table.add_column(column)
+        for item in report.environment:
+            table.add_row(Text(item.severity, style=_SEVERITY_STYLE[item.severity]), Text(item.what),
+                          Text(item.locked or "-"), Text(item.running or "-"), Text(item.reason))
+        console.print(table)
+    else:
+        console.print("environment locks: identical")
+    if report.provenance:
+        console.print(_field_table("provenance", report.provenance))
+    if report.behaviour:
+        table = Table(title="behaviour, judged by A's tolerance", title_justify="left")
+        for column in ("run", "samples", "output", "max abs", "violations", "of tol", "argmax flips", "verdict"):
+            table.add_column(column)
+        for run in report.behaviour:
+            if run.problem:
+                table.add_row(Text(run.description), str(run.samples), "-", "-", "-", "-", "-",
+                              Text(f"FAIL: {run.problem}", style="bold red"))
+            for c in run.outputs:
+                s, d = c.stats, c.decision
+                flips = "-" if d is None else f"{d.samples - d.agreeing}" + (
+                    f" (samples {', '.join(map(str, d.disagreeing_samples[:8]))}{', ...' if len(d.disagreeing_samples) > 8 else ''})"
+                    if d.disagreeing_samples else "")
+                table.add_row(Text(run.description), str(run.samples), c.name, number_text(s and s.max_abs),
+                              f"{s.violations}/{s.elements}" if s else "-", "-" if s is None else _share(s.max_tolerance_ratio),
+                              Text(flips), Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red"))
+        console.print(table)
+    style = "bold green" if report.passed else "bold red"
+    console.print(Text(("OK: " if report.passed else "DIFFERS: ") + report.verdict, style=style))

@@ -1,0 +1,139 @@
+"""ONNX Runtime sessions, and the one place their settings are decided.
+
+A session's settings come from the manifest (what the export was validated with), and a
+caller may override some of them (``--threads``, ``--optimization``, ``--provider``):
+:func:`session_settings` merges the two, for check, serve and every later command.
+Building a session (:func:`create_session`) is separate from running it
+(:class:`~paritybundle.runtime.runner.Runner`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..bundle.manifest import Manifest
+from ..errors import BundleInvalid, UsageError
+
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+_ONNX_ELEM_TO_NUMPY = {
+    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
+    8: "string", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
+}
+
+
+def numpy_dtype_of_onnx(elem_type: int) -> str:
+    """The numpy dtype name of an ONNX TensorProto element type."""
+    try:
+        return _ONNX_ELEM_TO_NUMPY[elem_type]
+    except KeyError:
+        raise UsageError(f"ONNX element type {elem_type} is not supported by paritybundle bundles.") from None
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How an ONNX Runtime session is built; every field is recorded in reports."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    graph_optimization_level: str = "all"
+    # 0 lets ONNX Runtime choose (one thread per physical core).
+    intra_op_num_threads: int = 0
+    # ONNX Runtime's idle intra-op threads spin for work by default. paritybundle always has
+    # other work right after a run (comparing, answering HTTP), and spinning threads take
+    # the cores it needs: on 2 cores, serving went 3.2k -> 7.9k req/s with spinning off, and
+    # check under CPU contention 1.13-1.25x -> 0.98-1.01x of a bare loop (no change when the
+    # machine is quiet). Numerics do not depend on it.
+    allow_spinning: bool = False
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
+            raise UsageError(
+                f"graph optimization level {self.graph_optimization_level!r} is not one of "
+                f"{', '.join(GRAPH_OPTIMIZATION_LEVELS)}."
+            )
+        if self.intra_op_num_threads < 0:
+            raise UsageError("the intra-op thread count must be 0 (automatic) or positive.")
+
+
+@dataclass(frozen=True)
+class SessionOverrides:
+    """Settings a caller changes for one run; ``None`` keeps what the bundle was validated with."""
+
+    providers: tuple[str, ...] | None = None
+    graph_optimization_level: str | None = None
+    intra_op_num_threads: int | None = None
+
+    def apply(self, recorded: SessionSettings) -> SessionSettings:
+        """``recorded`` with these overrides applied (validated as any SessionSettings)."""
+        changes = {name: value for name, value in (
+            ("providers", tuple(self.providers) if self.providers else None),
+            ("graph_optimization_level", self.graph_optimization_level),
+            ("intra_op_num_threads", self.intra_op_num_threads)) if value is not None}
+        return replace(recorded, **changes)
+
+
+def recorded_settings(manifest: Manifest) -> SessionSettings:
+    """The settings the export was validated with, as the manifest records them."""
+    return SessionSettings(
+        providers=tuple(manifest.runtime.providers),
+        graph_optimization_level=manifest.runtime.graph_optimization_level,
+        intra_op_num_threads=manifest.runtime.intra_op_num_threads,
+    )
+
+
+def session_settings(manifest: Manifest, chosen: SessionSettings | SessionOverrides | None = None) -> SessionSettings:
+    """The settings to run a bundle with: ``chosen`` in full, or the recorded ones with ``chosen``'s overrides.
+
+    Example:
+        >>> session_settings(manifest, SessionOverrides(intra_op_num_threads=1))  # doctest: +SKIP
+        SessionSettings(providers=('CPUExecutionProvider',), graph_optimization_level='all', intra_op_num_threads=1, ...)
+    """
+    if isinstance(chosen, SessionSettings):
+        return chosen
+    recorded = recorded_settings(manifest)
+    return recorded if chosen is None else chosen.apply(recorded)
+
+
+def onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def create_session(model_path: Path, settings: SessionSettings, *, label: str | None = None) -> Any:
+    """Build an ONNX Runtime session for a verified model file.
+
+    Raises:
+        UsageError: an execution provider that this onnxruntime does not have.
+        BundleInvalid: ONNX Runtime cannot load the model (its reason included).
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    for provider in settings.providers:
+        if provider not in available:
+            raise UsageError(
+                f"execution provider {provider} is not available in this onnxruntime "
+                f"(available: {', '.join(available)}); install the matching onnxruntime build or choose another."
+            )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[settings.graph_optimization_level]
+    options.intra_op_num_threads = settings.intra_op_num_threads
+    if not settings.allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
+    try:
+        return ort.InferenceSession(os.fspath(model_path), sess_options=options, providers=list(settings.providers))
+    except Exception as exc:  # ORT raises its own pybind classes; all mean "cannot load this model"
+        reason = " ".join(str(exc).split())[:600]
+        raise BundleInvalid(
+            f"ONNX Runtime cannot load {label or model_path.name}: {reason}; re-export the bundle."
+        ) from None

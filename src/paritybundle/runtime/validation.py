@@ -1,0 +1,93 @@
+"""Input validation against a bundle's tensor specs: the one place these rules live.
+
+``predict``, the reference checks and the V2 server (after decoding the wire format)
+all hand their arrays here: names, dtypes, ranks, fixed dimensions, symbolic
+dimensions shared between inputs, and NaN/infinity where a spec refuses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..bundle.manifest import TensorSpec
+from ..errors import InputValidationError
+
+
+def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.ndarray, *,
+                    check_finite: bool = True, model: str = "this model") -> dict[str, np.ndarray]:
+    """Check names, dtypes and shapes against ``specs``; return arrays in spec dtypes, in spec order.
+
+    A single array is accepted for a single-input model. Values of the same kind are
+    converted (float64 -> float32); a different kind is refused. ``check_finite=False``
+    skips the NaN/inf scan (for hash-verified references, whose ``allow_nonfinite`` flags
+    were derived from those very arrays). ``model`` names the model in messages.
+
+    Raises:
+        InputValidationError: naming the input and what is wrong.
+
+    Example:
+        >>> validate_inputs([TensorSpec(name="x", dtype="float32", shape=["batch", 2])], np.zeros((3, 2)))  # doctest: +SKIP
+        {'x': array(..., dtype=float32)}
+    """
+    if not isinstance(inputs, Mapping):
+        if len(specs) != 1:
+            names = ", ".join(s.name for s in specs)
+            raise InputValidationError(f"{model} takes {len(specs)} inputs ({names}); pass a mapping of name to array.")
+        inputs = {specs[0].name: inputs}
+    expected = [s.name for s in specs]
+    missing = [n for n in expected if n not in inputs]
+    if missing:
+        raise InputValidationError(f"input {missing[0]!r} is missing; {model} takes {', '.join(expected)}.")
+    unknown = [n for n in inputs if n not in expected]
+    if unknown:
+        raise InputValidationError(f"input {unknown[0]!r} is not an input of {model}; it takes {', '.join(expected)}.")
+    bound: dict[str, int] = {}
+    return {spec.name: conform(spec, inputs[spec.name], bound, check_finite) for spec in specs}
+
+
+def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, check_finite: bool = True) -> np.ndarray:
+    """One input against its spec (``bound``: symbolic dimension sizes seen so far, shared across inputs)."""
+    bound = {} if bound is None else bound
+    try:
+        array = np.asarray(value)
+    except Exception:
+        raise InputValidationError(f"input {spec.name!r} cannot be read as an array.") from None
+    if spec.dtype == "string":
+        if array.dtype.kind not in "USO":
+            raise InputValidationError(f"input {spec.name!r} must hold strings, got {array.dtype}.")
+        array = array.astype(object)
+    else:
+        target = np.dtype(spec.dtype)
+        if array.dtype != target:
+            if array.dtype.kind in "USO" or not np.can_cast(array.dtype, target, casting="same_kind"):
+                raise InputValidationError(
+                    f"input {spec.name!r} must be {spec.dtype}, got {array.dtype}; convert it before sending."
+                )
+            array = array.astype(target)
+    if check_finite and array.dtype.kind == "f" and not spec.allow_nonfinite and not np.isfinite(array).all():
+        raise InputValidationError(f"input {spec.name!r} contains NaN or infinity, which this model does not accept.")
+    if array.ndim != len(spec.shape):
+        raise InputValidationError(
+            f"input {spec.name!r} must have {len(spec.shape)} dimensions {shape_text(spec.shape)}, "
+            f"got shape {list(array.shape)}."
+        )
+    for axis, (dim, size) in enumerate(zip(spec.shape, array.shape)):
+        if isinstance(dim, int):
+            if dim != size:
+                raise InputValidationError(
+                    f"input {spec.name!r} must have shape {shape_text(spec.shape)}, got {list(array.shape)} "
+                    f"(dimension {axis} is {size}, expected {dim})."
+                )
+        elif bound.setdefault(dim, size) != size:
+            raise InputValidationError(
+                f"input {spec.name!r} has {size} along {dim!r}, but another input has {bound[dim]}; "
+                "all inputs must agree on it."
+            )
+    return np.ascontiguousarray(array)
+
+
+def shape_text(shape: list[int | str]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

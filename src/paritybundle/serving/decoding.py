@@ -1,0 +1,114 @@
+"""Decoding V2 request data into arrays of the declared dtype.
+
+Conversion is exact: a float32 sent as JSON arrives bit-identical (JSON numbers are
+parsed as doubles and rounded once to the declared dtype; a float32's double value
+or its shortest repr both round back to the same float32). Decoding checks only what
+the wire can get wrong (the datatype, the element count, values that do not fit the
+dtype); every rule of the bundle's specs (names, ranks, fixed dimensions, NaN) is
+:mod:`paritybundle.runtime.validation`'s, applied to the decoded arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..bundle.manifest import TensorSpec
+from ..errors import InputValidationError
+from ..runtime.validation import conform, validate_inputs
+from .wire import NUMPY_TO_V2, BadRequest, RequestInput, v2_datatype
+
+
+def decode_inputs(items: Sequence[RequestInput], specs: Sequence[TensorSpec], *, model: str,
+                  max_batch: int) -> dict[str, np.ndarray]:
+    """A request's inputs as validated arrays; every mismatch is a ``BadRequest`` naming the input."""
+    by_name = {s.name: s for s in specs}
+    arrays: dict[str, np.ndarray] = {}
+    for item in items:
+        if item.name not in by_name:
+            raise BadRequest(f"input {item.name!r} is not an input of {model}; it takes {', '.join(by_name)}.")
+        if item.name in arrays:
+            raise BadRequest(f"input {item.name!r} is given twice.")
+        arrays[item.name] = decode(item, by_name[item.name], max_batch=max_batch)
+    try:
+        return validate_inputs(specs, arrays, model=model)
+    except InputValidationError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def input_array(item: RequestInput, spec: TensorSpec, *, max_batch: int) -> np.ndarray:
+    """One request input decoded and held to its spec (for a single input; see :func:`decode_inputs`)."""
+    try:
+        return conform(spec, decode(item, spec, max_batch=max_batch))
+    except InputValidationError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def decode(item: RequestInput, spec: TensorSpec, *, max_batch: int) -> np.ndarray:
+    """One request input as an array of the spec's dtype, shaped as sent; a wire problem is a ``BadRequest``."""
+    name = item.name
+    expected = v2_datatype(spec)
+    if item.datatype != expected:
+        raise BadRequest(f"input {name!r} has datatype {item.datatype}, but the model expects {expected}.")
+    if any(d < 0 for d in item.shape):
+        raise BadRequest(f"input {name!r} has a negative dimension in shape {item.shape}.")
+    if item.shape and item.shape[0] > max_batch:
+        raise BadRequest(f"input {name!r} has a batch of {item.shape[0]}, over this server's limit of {max_batch}; "
+                         "split the request.", status=413)
+    count = math.prod(item.shape)
+    try:
+        if spec.dtype == "string":
+            array = np.asarray(item.data, dtype=object).reshape(-1)
+            if not all(isinstance(v, str) for v in array):
+                raise BadRequest(f"input {name!r} is BYTES and must hold strings.")
+        else:
+            raw = np.asarray(item.data)
+            if raw.dtype.kind == "O" and raw.size and all(isinstance(v, int) for v in raw.reshape(-1)):
+                # numpy keeps integers beyond 64 bits as Python objects.
+                raise BadRequest(f"input {name!r} has values outside the range of {expected}.")
+            if raw.dtype.kind not in "biuf" and raw.size:
+                raise BadRequest(f"input {name!r} must hold numbers for {expected}, got {_kind(raw)}.")
+            array = _to_dtype(raw.reshape(-1), spec, name)
+    except ValueError:
+        raise BadRequest(f"input {name!r} has ragged or non-numeric data; send {count} {expected} values "
+                         "in row-major order.") from None
+    if array.size != count:
+        raise BadRequest(f"input {name!r} has {array.size} values, but shape {item.shape} needs {count}.")
+    return array.reshape(item.shape)
+
+
+def _kind(array: np.ndarray) -> str:
+    return {"U": "strings", "S": "bytes", "O": "mixed values"}.get(array.dtype.kind, str(array.dtype))
+
+
+def _to_dtype(raw: np.ndarray, spec: TensorSpec, name: str) -> np.ndarray:
+    target = np.dtype(spec.dtype)
+    if target.kind == "b":
+        if raw.dtype.kind != "b" and raw.size:
+            raise BadRequest(f"input {name!r} is BOOL and must hold true/false.")
+        return raw.astype(bool)
+    if target.kind in "iu":
+        if raw.dtype.kind == "b" and raw.size:
+            raise BadRequest(f"input {name!r} must hold integers, got true/false.")
+        if raw.dtype.kind == "f":
+            if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
+                raise BadRequest(f"input {name!r} must hold integers for {NUMPY_TO_V2[spec.dtype]}.")
+        info = np.iinfo(target)
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            raise BadRequest(f"input {name!r} has values outside the range of {NUMPY_TO_V2[spec.dtype]}.")
+        return raw.astype(target)
+    if raw.dtype.kind == "b" and raw.size:
+        raise BadRequest(f"input {name!r} must hold numbers, got true/false.")
+    if raw.dtype == target:
+        return raw
+    if target.kind == "f" and raw.size:
+        # Refuse values the cast would turn into inf, before casting (no overflow warning to silence).
+        limit = np.finfo(target).max
+        finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
+        if finite.size and float(np.abs(finite).max()) > limit:
+            raise BadRequest(f"input {name!r} has values too large for {NUMPY_TO_V2[spec.dtype]}.")
+    return raw.astype(target)
+
+

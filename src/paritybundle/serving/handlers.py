@@ -1,0 +1,170 @@
+"""The V2 routes: each handler reads the process's :class:`~.state.ServerState` from the app.
+
+A client's mistake is a 4xx with ``{"error": sentence}``; only a bug in paritybundle
+answers 500 (and is logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from ..version import __version__
+from ..errors import InputValidationError
+from .decoding import decode_inputs
+from .state import ServerState
+from .wire import BadRequest, output_json, parse_request, tensor_metadata
+
+log = logging.getLogger("paritybundle.serve")
+
+
+def _state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    # orjson: 5-10x faster than json.dumps on the hot path, and it writes NaN as null, never invalid JSON.
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def error_response(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)
+
+
+def decode_json(body: bytes) -> Any:
+    """orjson for speed; the stdlib decoder as a fallback only for its NaN/Infinity tokens."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}).") from None
+
+
+def _unknown_model(state: ServerState, name: str, version: str | None) -> Response | None:
+    """A 404/503 answer when ``name``/``version`` is not what this server serves (or serves nothing yet)."""
+    if state.name is None:
+        if state.status == "failed":
+            return error_response(f"no model is served: {state.reason}", 503)
+        return error_response("the server is still starting; retry when /v2/health/ready answers 200.", 503)
+    if name != state.name:
+        return error_response(f"model {name!r} is not served here; this server serves {state.name!r}.", 404)
+    if version is not None and version != state.version:
+        return error_response(f"model {name!r} has no version {version!r}; this server serves version {state.version!r}.", 404)
+    return None
+
+
+async def live(request: Request) -> Response:
+    return json_response({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    state = _state(request)
+    if state.ready:
+        return json_response({"ready": True})
+    return json_response({"ready": False, "status": state.status, "reason": state.reason}, 503)
+
+
+async def server_metadata(request: Request) -> Response:
+    return json_response({"name": "paritybundle", "version": __version__, "extensions": []})
+
+
+async def model_metadata(request: Request) -> Response:
+    """The model's tensors, and whether (and why not) it is ready; answered even when parity failed."""
+    began, state = time.perf_counter(), _state(request)
+    problem = _unknown_model(state, request.path_params["name"], request.path_params.get("version"))
+    if problem is not None:
+        return state.metrics.observe("metadata", problem, began)
+    manifest = state.manifest
+    assert manifest is not None  # _unknown_model answered otherwise
+    return state.metrics.observe("metadata", json_response({
+        "name": manifest.name,
+        "versions": [manifest.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [tensor_metadata(s) for s in manifest.inputs],
+        "outputs": [tensor_metadata(s) for s in manifest.outputs],
+        "parameters": {"ready": state.ready, "status": state.status, "reason": state.reason,
+                       "parity": state.parity_summary},
+    }), began)
+
+
+async def model_ready(request: Request) -> Response:
+    state = _state(request)
+    name = request.path_params["name"]
+    problem = _unknown_model(state, name, request.path_params.get("version"))
+    if problem is not None and problem.status_code == 404:
+        return problem
+    if state.ready:
+        return json_response({"name": name, "ready": True})
+    return json_response({"name": name, "ready": False, "status": state.status, "reason": state.reason}, 503)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it (or its declared length) passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BadRequest(f"the body is {declared} bytes, over this server's limit of {limit}.", 413)
+        except ValueError:
+            raise BadRequest("the Content-Length header is not a number.") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the body is over this server's limit of {limit} bytes.", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def infer(request: Request) -> Response:
+    """Decode -> validate (the bundle's specs) -> batch -> answer; ready servers only."""
+    began, state = time.perf_counter(), _state(request)
+    name = request.path_params["name"]
+    observe = state.metrics.observe
+    try:
+        problem = _unknown_model(state, name, request.path_params.get("version"))
+        if problem is not None:
+            return observe("infer", problem, began)
+        if not state.ready or state.runtime is None or state.batcher is None:
+            return observe("infer", error_response(f"model {name!r} is not ready: {state.reason}", 503), began)
+        options, manifest = state.options, state.runtime.manifest
+        inference = parse_request(decode_json(await read_body(request, options.max_body_bytes)))
+        arrays = decode_inputs(inference.inputs, manifest.inputs, model=name, max_batch=options.max_request_batch)
+        output_specs = {s.name: s for s in manifest.outputs}
+        wanted = list(output_specs)
+        if inference.outputs:
+            wanted = [o.name for o in inference.outputs]
+            unknown = [n for n in wanted if n not in output_specs]
+            if unknown:
+                raise BadRequest(f"output {unknown[0]!r} is not an output of {name}; it has {', '.join(output_specs)}.")
+        outputs = await state.batcher.submit(arrays)
+        answer = {"model_name": manifest.name, "model_version": manifest.version,
+                  "outputs": [output_json(n, outputs[n], output_specs[n]) for n in wanted]}
+        if inference.id is not None:
+            answer["id"] = inference.id
+        return observe("infer", json_response(answer), began)
+    except BadRequest as exc:
+        return observe("infer", error_response(exc.message, exc.status), began)
+    except InputValidationError as exc:
+        return observe("infer", error_response(str(exc), 400), began)
+    except ClientDisconnect:
+        return observe("infer", error_response("the client disconnected.", 400), began)
+    except Exception:
+        log.exception("internal error while answering an inference request")
+        return observe("infer", error_response("internal error in paritybundle; the server log has the traceback.", 500),
+                       began)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,109 @@
+"""Writing what export validated, and the manifest that lists it: reference arrays, the
+environment lock and serving pins, provenance (git, library versions), ``bundle.json``."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bundle.layout import (
+    FEATURES_FILE, INPUTS_FILE, LOCK_FILE, MODEL_FILE, OUTPUTS_FILE, PIPELINE_FILE, PREPROCESS_FILE, REQUIREMENTS_FILE,
+)
+from ..bundle.manifest import (
+    FORMAT_VERSION, GitInfo, Manifest, OutputError, Preprocessing, Producer, Provenance, ReferenceSet, RuntimeSettings,
+    Stages, TensorSpec, TolerancePolicy,
+)
+from ..bundle.references import ArrayStream, save_arrays
+from ..bundle.writer import BundleWriter
+from ..parity.results import OutputComparison
+from ..runtime import lock as environment
+from ..runtime.session import SessionSettings, onnxruntime_version
+
+
+def write_reference_set(writer: BundleWriter, inputs: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray],
+                        features: Mapping[str, np.ndarray] | None) -> None:
+    """The reference arrays, read back: a reference set that cannot round-trip must not ship."""
+    save_arrays(writer.path(INPUTS_FILE), inputs)
+    if features is not None:
+        save_arrays(writer.path(FEATURES_FILE), features)
+    save_arrays(writer.path(OUTPUTS_FILE), research)
+    ArrayStream(writer.path(INPUTS_FILE), list(inputs), label=INPUTS_FILE).read_all()
+
+
+def write_environment(writer: BundleWriter, torch_info: environment.TorchInfo | None) -> None:
+    """The environment lock of this (training) process, and the serving pins derived from it."""
+    lock = environment.capture(torch_info)
+    writer.write_bytes(LOCK_FILE, lock.to_json().encode())
+    writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text(lock).encode())
+
+
+def assemble_manifest(writer: BundleWriter, spec: Any, *, input_specs: list[TensorSpec], output_specs: list[TensorSpec],
+                      opset: int, exporter: str, policy: TolerancePolicy, settings: SessionSettings, samples: int,
+                      reference_device: str, reference_precision: str, comparisons: list[OutputComparison],
+                      preprocessing: Preprocessing | None) -> Manifest:
+    """``bundle.json`` for everything staged in ``writer`` (hashed now, so call it last)."""
+    staged = preprocessing is not None
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        name=spec.name,
+        version=spec.version,
+        created_at=datetime.now(timezone.utc),
+        producer=Producer(version=_version("paritybundle"), libraries=_library_versions()),
+        provenance=Provenance(
+            git=_git_info(spec.source_path),
+            params=dict(spec.params), metrics={k: float(v) for k, v in spec.metrics.items()},
+            data_hashes=dict(spec.data_hashes),
+        ),
+        inputs=input_specs,
+        outputs=output_specs,
+        stages=Stages(pipeline=PIPELINE_FILE, model=MODEL_FILE, preprocess=PREPROCESS_FILE if staged else None,
+                      opset=opset, exporter=exporter),
+        tolerance=policy,
+        runtime=RuntimeSettings(
+            onnxruntime_version=onnxruntime_version(), providers=list(settings.providers),
+            graph_optimization_level=settings.graph_optimization_level,  # type: ignore[arg-type]
+            intra_op_num_threads=settings.intra_op_num_threads,
+        ),
+        reference=ReferenceSet(inputs=INPUTS_FILE, outputs=OUTPUTS_FILE, features=FEATURES_FILE if staged else None,
+                               samples=samples, device=reference_device, precision=reference_precision),
+        export_errors={
+            c.name: OutputError(max_abs=c.stats.max_abs, mean_abs=c.stats.mean_abs, max_rel=c.stats.max_rel)
+            for c in comparisons if c.stats is not None
+        },
+        preprocessing=preprocessing,
+        environment_lock=LOCK_FILE,
+        serve_requirements=REQUIREMENTS_FILE,
+        files=writer.digests(),
+    )
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _library_versions() -> dict[str, str]:
+    return {name: _version(name) for name in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "pydantic")}
+
+
+def _git_info(source_path: str | None) -> GitInfo | None:
+    """Commit and dirty flag of the git checkout holding the training code, if any."""
+    where = Path(source_path).resolve().parent if source_path else Path.cwd()
+    try:
+        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return GitInfo(commit=commit.stdout.strip(), dirty=bool(status.stdout.strip()))

@@ -1,0 +1,90 @@
+"""The folders are the layers, and every check runs through one comparison loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paritybundle
+from paritybundle.check import engine
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(paritybundle.__file__).parent
+# "One concept, one module, none much over 400 lines" (DESIGN.md).
+MAX_MODULE_LINES = 420
+
+
+def test_import_linter_contracts_hold():
+    """Layers (bundle < parity < runtime < check < reports|serving|training < commands < cli), only
+    training._torch imports torch, and no cycles: the contracts in pyproject.toml."""
+    # In a subprocess: import-linter configures logging with disable_existing_loggers, which would
+    # silence paritybundle's loggers for every later test in this process.
+    script = f"import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(config_filename={str(ROOT / 'pyproject.toml')!r}))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_no_module_is_much_over_400_lines():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+@pytest.fixture
+def loop_calls(monkeypatch):
+    """Every call of the one comparison loop, by the source and targets it joined."""
+    calls = []
+    real = engine.run
+
+    def counting(source, comparisons, **options):
+        calls.append((type(source).__name__, [type(getattr(c.actual, "target", None)).__name__ for c in comparisons]))
+        return real(source, comparisons, **options)
+
+    monkeypatch.setattr(engine, "run", counting)
+    return calls
+
+
+def test_check_and_its_stages_run_through_the_one_loop(digits_bundle, wine_bundle, loop_calls):
+    assert paritybundle.check(digits_bundle)
+    assert paritybundle.check(wine_bundle)
+    assert loop_calls[0] == ("BundleReferences", ["RunnerTarget"])
+    # Four comparisons of a bundle with preprocessing, in the same single pass.
+    assert loop_calls[1] == ("BundleReferences", ["RunnerTarget"] * 4)
+
+
+def test_testdata_diff_and_export_run_through_the_one_loop(digits_bundle, tmp_path, loop_calls):
+    from paritybundle.check.checks import check_testdata
+    from paritybundle.commands.diff import diff
+    from paritybundle.commands.testdata import write_testdata
+
+    write_testdata(digits_bundle, tmp_path / "td")
+    assert check_testdata(digits_bundle, tmp_path / "td")
+    assert diff(digits_bundle, digits_bundle)
+    assert [source for source, _ in loop_calls] == ["TestdataReferences", "BundleReferences", "BundleReferences"]
+    loop_calls.clear()
+    import torch
+
+    paritybundle.export(torch.nn.Linear(4, 2), tmp_path / "b", reference_inputs=np.ones((3, 4), np.float32), name="t")
+    assert loop_calls == [("InMemoryReferences", ["RunnerTarget"])]
+
+
+def test_a_live_endpoint_is_a_target_whose_client_is_passed_in(digits_bundle, loop_calls):
+    """The check layer imports no HTTP client: any object with check_model/infer_all is an endpoint."""
+    from paritybundle.check.checks import check_endpoint
+
+    runtime = paritybundle.load(digits_bundle)
+
+    class InProcess:
+        def check_model(self, name, manifest):
+            self.checked = name
+
+        def infer_all(self, name, manifest, inputs, batch):
+            return runtime.predict(inputs)
+
+    client = InProcess()
+    report = check_endpoint(digits_bundle, client, url="in-process://digits", request_batch=7)
+    assert report and client.checked == "digits" and report.settings.url == "in-process://digits"
+    assert loop_calls == [("BundleReferences", ["EndpointTarget"])]

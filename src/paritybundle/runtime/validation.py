@@ -7,6 +7,7 @@ dimensions shared between inputs, and NaN/infinity where a spec refuses them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,12 +38,12 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.
             names = ", ".join(s.name for s in specs)
             raise InputValidationError(f"{model} takes {len(specs)} inputs ({names}); pass a mapping of name to array.")
         inputs = {specs[0].name: inputs}
-    expected = [s.name for s in specs]
-    missing = [n for n in expected if n not in inputs]
-    if missing:
-        raise InputValidationError(f"input {missing[0]!r} is missing; {model} takes {', '.join(expected)}.")
-    unknown = [n for n in inputs if n not in expected]
-    if unknown:
+    if len(inputs) != len(specs) or any(s.name not in inputs for s in specs):
+        expected = [s.name for s in specs]
+        missing = [n for n in expected if n not in inputs]
+        if missing:
+            raise InputValidationError(f"input {missing[0]!r} is missing; {model} takes {', '.join(expected)}.")
+        unknown = [n for n in inputs if n not in expected]
         raise InputValidationError(f"input {unknown[0]!r} is not an input of {model}; it takes {', '.join(expected)}.")
     bound: dict[str, int] = {}
     return {spec.name: conform(spec, inputs[spec.name], bound, check_finite) for spec in specs}
@@ -52,7 +53,7 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
     """One input against its spec (``bound``: symbolic dimension sizes seen so far, shared across inputs)."""
     bound = {} if bound is None else bound
     try:
-        array = np.asarray(value)
+        array = value if type(value) is np.ndarray else np.asarray(value)
     except Exception:
         raise InputValidationError(f"input {spec.name!r} cannot be read as an array.") from None
     if spec.dtype == "string":
@@ -60,7 +61,7 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
             raise InputValidationError(f"input {spec.name!r} must hold strings, got {array.dtype}.")
         array = array.astype(object)
     else:
-        target = np.dtype(spec.dtype)
+        target = _numpy_dtype(spec.dtype)
         if array.dtype != target:
             if array.dtype.kind in "USO" or not np.can_cast(array.dtype, target, casting="same_kind"):
                 raise InputValidationError(
@@ -86,7 +87,13 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
                 f"input {spec.name!r} has {size} along {dim!r}, but another input has {bound[dim]}; "
                 "all inputs must agree on it."
             )
-    return np.ascontiguousarray(array)
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_dtype(name: str) -> np.dtype:
+    # Building a dtype from its name costs about as much as the rest of a small request's checks.
+    return np.dtype(name)
 
 
 def shape_text(shape: list[int | str]) -> str:

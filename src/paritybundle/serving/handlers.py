@@ -19,7 +19,6 @@ from starlette.responses import Response
 
 from ..version import __version__
 from ..errors import InputValidationError
-from .decoding import decode_inputs
 from .state import ServerState
 from .wire import BadRequest, output_json, parse_request, tensor_metadata
 
@@ -136,11 +135,11 @@ async def infer(request: Request) -> Response:
         problem = _unknown_model(state, name, request.path_params.get("version"))
         if problem is not None:
             return observe("infer", problem, began)
-        if not state.ready or state.runtime is None or state.batcher is None:
+        if not state.ready or state.runtime is None or state.batcher is None or state.decode is None:
             return observe("infer", error_response(f"model {name!r} is not ready: {state.reason}", 503), began)
         options, manifest = state.options, state.runtime.manifest
         inference = parse_request(decode_json(await read_body(request, options.max_body_bytes)))
-        arrays = decode_inputs(inference.inputs, manifest.inputs, model=name, max_batch=options.max_request_batch)
+        arrays = state.decode(inference.inputs)
         output_specs = {s.name: s for s in manifest.outputs}
         wanted = list(output_specs)
         if inference.outputs:

@@ -26,6 +26,7 @@ from ..parity.explain import explain_failure
 from ..runtime.load import ServingRuntime, load
 from ..runtime.session import SessionOverrides
 from .batching import MicroBatcher
+from .decoding import InputDecoder
 
 log = logging.getLogger("paritybundle.serve")
 
@@ -112,6 +113,8 @@ class ServerState:
     # Set once the bundle verified, whether or not parity then held.
     manifest: Manifest | None = None
     parity_summary: dict[str, Any] | None = None
+    # Request inputs -> validated arrays, made once parity holds.
+    decode: InputDecoder | None = None
 
     @property
     def name(self) -> str | None:
@@ -155,6 +158,8 @@ class ServerState:
         self.batcher = MicroBatcher(lambda inputs: runtime.runner.run(inputs, None), options.max_batch_size,
                                     options.max_batch_delay_ms, on_batch=metrics.batch_rows.observe)
         self.batcher.start()
+        self.decode = InputDecoder(runtime.manifest.inputs, model=runtime.manifest.name,
+                                   max_batch=options.max_request_batch)
         self.runtime = runtime
         self.ready, self.status, self.reason = True, "ready", None
         metrics.parity.set(1)

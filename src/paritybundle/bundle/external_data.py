@@ -60,6 +60,31 @@ def external_locations(path: Path) -> list[str]:
     return locations
 
 
+def bundle_graph(bundle, file: str):
+    """One of a verified bundle's graphs without its weights, and the bundle files holding them.
+
+    Every command that loads or copies a graph goes through here: the external data is
+    confined to files the manifest lists (:func:`check_external_data`) before anything else.
+
+    Returns:
+        ``(model, files)``: the ``ModelProto``, and for each external-data ``location`` (relative
+        to the graph) the listed path of that file in the bundle.
+
+    Raises:
+        BundleInvalid: external data outside the bundle or unlisted, or an unreadable graph.
+    """
+    listed = set(bundle.manifest.files)
+    check_external_data(file, bundle.root, listed)
+    path = bundle.path(file)
+    base = PurePosixPath(file).parent
+    locations = set(external_locations(path)) if mentions_external_data(path) else set()
+    return load_graph(path, file), {location: _within(base, location) for location in sorted(locations)}
+
+
+def _within(base: PurePosixPath, location: str) -> str:
+    return str(PurePosixPath(*[p for p in (base / PurePosixPath(location)).parts if p != "."]))
+
+
 def check_external_data(model_file: str, root: Path, listed: set[str]) -> None:
     """Refuse a model whose external data is not a listed file inside the bundle.
 
@@ -77,7 +102,7 @@ def check_external_data(model_file: str, root: Path, listed: set[str]) -> None:
         if not location or location.startswith("/") or "\\" in location or pure.is_absolute() or ".." in pure.parts:
             raise BundleInvalid(f"{model_file} keeps weights at {location!r}, outside the bundle; "
                                 "external data must be files inside it. The bundle is refused.")
-        relative = str(PurePosixPath(*[p for p in (base / pure).parts if p != "."]))
+        relative = _within(base, location)
         if relative not in listed:
             raise BundleInvalid(f"{model_file} keeps weights in {location!r}, which the manifest does not list; "
                                 "the bundle is refused.")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.external_data import external_locations, load_graph, mentions_external_data, proto_text
+from ..bundle.external_data import bundle_graph, proto_text
 from ..bundle.references import open_reference_set
 from ..bundle.store import VerifiedBundle, open_bundle
 from ..check.sources import SET_PREFIX
@@ -107,8 +107,8 @@ def _write_model(bundle: VerifiedBundle, folder: Path) -> list[str]:
     import onnx
 
     manifest = bundle.manifest
-    source = bundle.path(manifest.stages.pipeline)
-    model = load_graph(source, manifest.stages.pipeline)
+    # External data confined to the bundle's own listed files before the graph is read or copied.
+    model, external = bundle_graph(bundle, manifest.stages.pipeline)
     initializers = {proto_text(i.name) for i in model.graph.initializer}
     order = [proto_text(i.name) for i in model.graph.input if proto_text(i.name) not in initializers]
     by_name = {proto_text(o.name): o for o in model.graph.output}
@@ -120,11 +120,10 @@ def _write_model(bundle: VerifiedBundle, folder: Path) -> list[str]:
     del model.graph.output[:]
     model.graph.output.extend(declared)
     onnx.save(model, str(folder / MODEL_NAME))
-    if mentions_external_data(source):
-        for location in sorted(set(external_locations(source))):
-            destination = folder / location
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source.parent / location, destination)
+    for location, listed in external.items():  # checked: plain relative paths of listed files
+        destination = folder / location
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle.path(listed), destination)
     return order
 
 

@@ -13,6 +13,7 @@ user as exit 70 with its traceback.
      ├── UsageError            exit 2  bad arguments, missing path, wrong spec
      │    ├── SpecError                the export spec cannot be loaded or is malformed
      │    ├── InputValidationError     inputs do not match the bundle's input specs
+     │    │    └── ModelRunError       ONNX Runtime could not run the model on these inputs
      │    ├── BundleExistsError        the export target exists and --force was not given
      │    ├── ContainerError           no Docker daemon, base image missing or without python3
      │    └── EndpointError            a live endpoint is unreachable, times out, or is not V2
@@ -69,6 +70,15 @@ class SpecError(UsageError):
 
 class InputValidationError(UsageError):
     """Inputs do not match the bundle's input specs (name, dtype or shape)."""
+
+
+class ModelRunError(InputValidationError):
+    """ONNX Runtime failed running the model on these inputs (its reason included).
+
+    The inputs passed every spec rule, yet the graph refused them at run time (an index beyond a
+    table the graph does not declare, say). A check running the bundle's own references turns
+    this into :class:`BundleInvalid`: the bundle cannot run what it ships.
+    """
 
 
 class BundleExistsError(UsageError):

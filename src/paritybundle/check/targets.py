@@ -26,8 +26,9 @@ class RunnerTarget:
     Args:
         runner: the session and its specs.
         batch_size: samples per ONNX Runtime call (None: all at once).
-        refuse: turns an :class:`InputValidationError` into the error this caller raises
-            (the bundle's fault when the rows are its own verified references: exit 3).
+        refuse: turns an :class:`InputValidationError` (a spec rule, or ONNX Runtime failing on the
+            rows) into the error this caller raises (the bundle's fault when the rows are its own
+            verified references: exit 3).
         check_finite: scan for NaN/inf; off for hash-verified references, whose
             ``allow_nonfinite`` flags were derived from those very arrays.
     """
@@ -39,12 +40,11 @@ class RunnerTarget:
 
     def __call__(self, inputs: Arrays) -> dict[str, np.ndarray]:
         try:
-            validated = self.runner.validate(inputs, check_finite=self.check_finite)
-        except InputValidationError as exc:
+            return self.runner.run(self.runner.validate(inputs, check_finite=self.check_finite), self.batch_size)
+        except InputValidationError as exc:  # a spec rule, or ONNX Runtime refusing the rows (ModelRunError)
             if self.refuse is None:
                 raise
             raise self.refuse(exc) from None
-        return self.runner.run(validated, self.batch_size)
 
 
 class InferenceClient(Protocol):

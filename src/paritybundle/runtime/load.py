@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle.external_data import check_external_data
+from ..bundle.external_data import check_external_data, load_graph
 from ..bundle.manifest import Manifest
 from ..bundle.store import VerifiedBundle, open_bundle_loading
 from ..errors import BundleInvalid
 from . import drift as _drift
 from . import lock as _lock
 from .drift import DEFAULT_POLICY, DriftReport
+from .index_bounds import index_bounds
 from .runner import DEFAULT_BATCH_SIZE, Runner
 from .session import SessionOverrides, SessionSettings, create_session, session_settings
 
@@ -133,6 +134,10 @@ def pipeline_runner(bundle: VerifiedBundle, settings: SessionSettings) -> Runner
             f"{manifest.stages.pipeline} has inputs {graph_inputs} and outputs {graph_outputs}, but the manifest "
             f"declares {declared_in} -> {declared_out}; re-export the bundle."
         )
+    integer_inputs = [s.name for s in manifest.inputs if s.dtype.startswith(("int", "uint"))]
+    if integer_inputs:  # only then is the graph read a second time (weights not loaded)
+        graph = load_graph(bundle.path(manifest.stages.pipeline), manifest.stages.pipeline)
+        runner.bounds = index_bounds(graph, integer_inputs)
     return runner
 
 

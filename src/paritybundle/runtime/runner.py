@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle.manifest import TensorSpec
+from ..errors import ModelRunError
 from .validation import validate_inputs
 
 DEFAULT_BATCH_SIZE = 1024
@@ -21,6 +22,8 @@ class Runner:
     session: Any
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # Inclusive value ranges of integer inputs that index a table (runtime/index_bounds.py).
+    bounds: dict[str, tuple[int, int]] = field(default_factory=dict)
     _output_names: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -32,18 +35,29 @@ class Runner:
         Raises:
             InputValidationError: naming the input and what is wrong.
         """
-        return validate_inputs(self.inputs, inputs, check_finite=check_finite)
+        return validate_inputs(self.inputs, inputs, check_finite=check_finite, bounds=self.bounds)
 
     def run(self, inputs: Mapping[str, np.ndarray], batch_size: int | None = DEFAULT_BATCH_SIZE) -> dict[str, np.ndarray]:
-        """Run validated inputs through the session, ``batch_size`` samples at a time."""
+        """Run validated inputs through the session, ``batch_size`` samples at a time.
+
+        Raises:
+            ModelRunError: ONNX Runtime refused these inputs at run time (its reason included).
+        """
         total = _batch_length(inputs)
         if not batch_size or total <= batch_size:
-            return dict(zip(self._output_names, self.session.run(self._output_names, dict(inputs))))
+            return dict(zip(self._output_names, self._run(dict(inputs))))
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self._output_names}
         for batch in iter_batches(inputs, batch_size):
-            for name, value in zip(self._output_names, self.session.run(self._output_names, batch)):
+            for name, value in zip(self._output_names, self._run(batch)):
                 parts[name].append(value)
         return {name: np.concatenate(chunks, axis=0) for name, chunks in parts.items()}
+
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(self._output_names, feed)
+        except Exception as exc:  # ORT's own pybind classes (Fail, InvalidArgument, RuntimeException, ...)
+            reason = " ".join(str(exc).split())[:500]
+            raise ModelRunError(f"ONNX Runtime could not run the model on these inputs: {reason}") from None
 
 
 def _batch_length(inputs: Mapping[str, np.ndarray]) -> int:

@@ -18,13 +18,15 @@ from ..errors import InputValidationError
 
 
 def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.ndarray, *,
-                    check_finite: bool = True, model: str = "this model") -> dict[str, np.ndarray]:
+                    check_finite: bool = True, model: str = "this model",
+                    bounds: Mapping[str, tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
     """Check names, dtypes and shapes against ``specs``; return arrays in spec dtypes, in spec order.
 
     A single array is accepted for a single-input model. Values of the same kind are
     converted (float64 -> float32); a different kind is refused. ``check_finite=False``
     skips the NaN/inf scan (for hash-verified references, whose ``allow_nonfinite`` flags
-    were derived from those very arrays). ``model`` names the model in messages.
+    were derived from those very arrays). ``model`` names the model in messages. ``bounds``:
+    inclusive value ranges of integer inputs that index a table (see :mod:`.index_bounds`).
 
     Raises:
         InputValidationError: naming the input and what is wrong.
@@ -46,11 +48,14 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.
         unknown = [n for n in inputs if n not in expected]
         raise InputValidationError(f"input {unknown[0]!r} is not an input of {model}; it takes {', '.join(expected)}.")
     bound: dict[str, int] = {}
-    return {spec.name: conform(spec, inputs[spec.name], bound, check_finite) for spec in specs}
+    bounds = bounds or {}
+    return {spec.name: conform(spec, inputs[spec.name], bound, check_finite, bounds.get(spec.name)) for spec in specs}
 
 
-def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, check_finite: bool = True) -> np.ndarray:
-    """One input against its spec (``bound``: symbolic dimension sizes seen so far, shared across inputs)."""
+def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, check_finite: bool = True,
+            limits: tuple[int, int] | None = None) -> np.ndarray:
+    """One input against its spec (``bound``: symbolic dimension sizes seen so far, shared across inputs;
+    ``limits``: the inclusive range of an integer input that indexes a table)."""
     bound = {} if bound is None else bound
     try:
         array = value if type(value) is np.ndarray else np.asarray(value)
@@ -60,6 +65,7 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
         if array.dtype.kind not in "USO":
             raise InputValidationError(f"input {spec.name!r} must hold strings, got {array.dtype}.")
         array = array.astype(object)
+        _require_utf8(spec.name, array)
     else:
         target = _numpy_dtype(spec.dtype)
         if array.dtype != target:
@@ -68,6 +74,12 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
                     f"input {spec.name!r} must be {spec.dtype}, got {array.dtype}; convert it before sending."
                 )
             array = array.astype(target)
+    if limits is not None and array.size and array.dtype.kind in "iu":
+        low, high = limits
+        if array.min() < low or array.max() > high:
+            raise InputValidationError(
+                f"input {spec.name!r} has values outside {low}..{high}, the rows of the table the model looks "
+                f"them up in (got {array.min()}..{array.max()}).")
     if check_finite and array.dtype.kind == "f" and not spec.allow_nonfinite and not np.isfinite(array).all():
         raise InputValidationError(f"input {spec.name!r} contains NaN or infinity, which this model does not accept.")
     if array.ndim != len(spec.shape):
@@ -88,6 +100,19 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
                 "all inputs must agree on it."
             )
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _require_utf8(name: str, strings: np.ndarray) -> None:
+    """ONNX Runtime encodes strings as UTF-8; a lone surrogate (valid in JSON, not in UTF-8) would fail
+    the whole call, and with it every request batched alongside."""
+    for value in strings.reshape(-1):
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputValidationError(
+                    f"input {name!r} holds a string that is not valid Unicode ({value!r}: a lone surrogate); "
+                    "send text that encodes as UTF-8.") from None
 
 
 @functools.lru_cache(maxsize=None)

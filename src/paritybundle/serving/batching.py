@@ -16,7 +16,10 @@ and is timed; a moving average decides after that.
 Only requests whose non-batch dimensions agree are concatenated; a request is never
 split. Rows are independent in the graphs paritybundle exports (the batch dimension is
 the exported dynamic axis), so a request's result depends on its batch-mates only
-through float32 noise, which the test suite bounds by the parity tolerance.
+through float32 noise, which the test suite bounds by the parity tolerance. What can be
+checked before batching is (the specs, strings, table indices); should a shared call
+still fail, each of its requests runs alone, and only the one the model cannot run on
+gets the error.
 """
 
 from __future__ import annotations
@@ -114,7 +117,6 @@ class MicroBatcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
             batch = [p for p in batch if not p.future.cancelled()]  # clients that hung up
@@ -127,22 +129,46 @@ class MicroBatcher:
             else:
                 merged = {name: np.concatenate([p.inputs[name] for p in batch], axis=0) for name in batch[0].inputs}
             try:
-                started = time.perf_counter()
-                if self._average_run_s is not None and self._average_run_s < self.inline_below_s:
-                    outputs = self._run(merged)
+                outputs = await self._execute(merged)
+            except Exception as exc:
+                if len(batch) == 1:
+                    _deliver(batch[0], exception=exc)
                 else:
-                    outputs = await loop.run_in_executor(self._executor, self._run, merged)
-                elapsed = time.perf_counter() - started
-                self._average_run_s = elapsed if self._average_run_s is None else 0.9 * self._average_run_s + 0.1 * elapsed
-            except Exception as exc:  # delivered to each waiting request, which answers 500
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                    await self._isolate(batch)
                 continue
             start = 0
             for pending in batch:
                 stop = start + pending.rows
-                if not pending.future.done():
-                    pending.future.set_result({name: value[start:stop] for name, value in outputs.items()}
-                                              if len(batch) > 1 else outputs)
+                _deliver(pending, {name: value[start:stop] for name, value in outputs.items()} if len(batch) > 1 else outputs)
                 start = stop
+
+    async def _execute(self, inputs: Arrays) -> Arrays:
+        """One ONNX Runtime call: inline when calls are measured to be short, else on the worker thread."""
+        started = time.perf_counter()
+        if self._average_run_s is not None and self._average_run_s < self.inline_below_s:
+            outputs = self._run(inputs)
+        else:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, inputs)
+        elapsed = time.perf_counter() - started
+        self._average_run_s = elapsed if self._average_run_s is None else 0.9 * self._average_run_s + 0.1 * elapsed
+        return outputs
+
+    async def _isolate(self, batch: list[_Pending]) -> None:
+        """A shared call failed: run each request alone, so that only the one the model cannot run on
+        gets the error, and its batch-mates their answers (as if they had never met it)."""
+        for pending in batch:
+            if pending.future.done():
+                continue
+            try:
+                _deliver(pending, await self._execute(pending.inputs))
+            except Exception as exc:
+                _deliver(pending, exception=exc)
+
+
+def _deliver(pending: _Pending, result: Arrays | None = None, *, exception: BaseException | None = None) -> None:
+    if pending.future.done():  # the client hung up meanwhile
+        return
+    if exception is not None:
+        pending.future.set_exception(exception)
+    else:
+        pending.future.set_result(result)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -30,9 +30,11 @@ warnings.filterwarnings("ignore", message="overflow encountered in cast", catego
 class InputDecoder:
     """A model's request inputs -> validated arrays; made once per server (its specs never change)."""
 
-    def __init__(self, specs: Sequence[TensorSpec], *, model: str, max_batch: int) -> None:
+    def __init__(self, specs: Sequence[TensorSpec], *, model: str, max_batch: int,
+                 bounds: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.specs, self.model, self.max_batch = list(specs), model, max_batch
         self.by_name = {s.name: s for s in self.specs}
+        self.bounds = dict(bounds or {})
 
     def __call__(self, items: Sequence[RequestInput]) -> dict[str, np.ndarray]:
         """Every mismatch is a ``BadRequest`` naming the input."""
@@ -50,7 +52,8 @@ class InputDecoder:
             raise BadRequest(f"input {missing!r} is missing; {self.model} takes {', '.join(by_name)}.")
         bound: dict[str, int] = {}  # symbolic dimensions shared between inputs
         try:
-            return {spec.name: conform(spec, arrays[spec.name], bound) for spec in self.specs}
+            return {spec.name: conform(spec, arrays[spec.name], bound, limits=self.bounds.get(spec.name))
+                    for spec in self.specs}
         except InputValidationError as exc:
             raise BadRequest(str(exc)) from None
 

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ..version import __version__
-from ..errors import InputValidationError
+from ..errors import InputValidationError, ModelRunError
 from .state import ServerState
 from .wire import BadRequest, output_json, parse_request, tensor_metadata
 
@@ -155,6 +155,9 @@ async def infer(request: Request) -> Response:
         return observe("infer", json_response(answer), began)
     except BadRequest as exc:
         return observe("infer", error_response(exc.message, exc.status), began)
+    except ModelRunError as exc:  # passed every check, yet ONNX Runtime refused it: worth one line in the log
+        log.warning("answered 400, the model cannot run on a request's inputs: %s", exc)
+        return observe("infer", error_response(str(exc), 400), began)
     except InputValidationError as exc:
         return observe("infer", error_response(str(exc), 400), began)
     except ClientDisconnect:

@@ -159,7 +159,7 @@ class ServerState:
                                     options.max_batch_delay_ms, on_batch=metrics.batch_rows.observe)
         self.batcher.start()
         self.decode = InputDecoder(runtime.manifest.inputs, model=runtime.manifest.name,
-                                   max_batch=options.max_request_batch)
+                                   max_batch=options.max_request_batch, bounds=runtime.runner.bounds)
         self.runtime = runtime
         self.ready, self.status, self.reason = True, "ready", None
         metrics.parity.set(1)

@@ -3,7 +3,10 @@ the fix; each now ends in one sentence with the documented exit code, and nothin
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import threading
 from pathlib import Path
 
 import onnx
@@ -50,3 +53,118 @@ def test_every_command_reading_a_graph_refuses_external_data_outside_the_bundle(
         assert main(command) == 3, command
         assert "outside the bundle" in capsys.readouterr().err, command
     shutil.rmtree(bundle)
+
+
+# --- signed bundles: each file read once, verified, and only then used (item 3); keys (item 9) -----
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keys")
+    run = lambda *args: subprocess.run(args, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(folder / "ec.pem"))
+    run("openssl", "ec", "-in", str(folder / "ec.pem"), "-pubout", "-out", str(folder / "ec.pub"))
+    run("openssl", "genrsa", "-out", str(folder / "rsa.pem"), "2048")
+    run("openssl", "rsa", "-in", str(folder / "rsa.pem"), "-pubout", "-out", str(folder / "rsa.pub"))
+    return folder
+
+
+def _signed_copy(digits_bundle: Path, target: Path, keys: Path) -> Path:
+    from paritybundle.commands.sign import sign
+
+    bundle = copy_bundle(digits_bundle, target)
+    sign(bundle, keys / "ec.pem")
+    return bundle
+
+
+class _Swapper(threading.Thread):
+    """Keeps replacing ``path`` (atomically, by rename) with each of ``versions`` in turn."""
+
+    def __init__(self, path: Path, versions: list[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.path, self.versions, self.stop = path, versions, threading.Event()
+
+    def run(self) -> None:
+        # Staged beside the bundle (same file system, so the rename is atomic), not in it: an
+        # extra file in the bundle would be refused on its own.
+        staging = self.path.parent.parent / f".swap-{self.path.name}"
+        staging.mkdir(exist_ok=True)
+        turn = 0
+        while not self.stop.is_set():
+            candidate = staging / f"{turn}"
+            candidate.write_bytes(self.versions[turn % len(self.versions)])
+            os.replace(candidate, self.path)
+            turn += 1
+
+    def __enter__(self) -> _Swapper:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.join()
+
+
+def test_a_manifest_swapped_while_a_signed_bundle_opens_is_never_accepted(digits_bundle, tmp_path, keys):
+    """Was: the manifest was parsed from one read and its signature checked on another, so an
+    unsigned manifest swapped in between was accepted ('signature verified') in 5 of 20 runs."""
+    import json
+
+    from paritybundle.bundle.store import open_bundle
+    from paritybundle.errors import BundleInvalid
+
+    bundle = _signed_copy(digits_bundle, tmp_path / "b", keys)
+    signed = (bundle / "bundle.json").read_bytes()
+    forged = json.loads(signed)
+    forged["version"] = "forged"
+    accepted = refused = 0
+    with _Swapper(bundle / "bundle.json", [signed, json.dumps(forged).encode()]):
+        for _ in range(120):
+            try:
+                version = open_bundle(bundle, keys / "ec.pub").manifest.version
+            except BundleInvalid:
+                refused += 1
+                continue
+            assert version == "1", "a manifest whose signature was never checked was accepted"
+            accepted += 1
+    assert accepted and refused  # both versions were really seen
+
+
+def test_a_graph_swapped_while_a_signed_bundle_loads_never_runs(digits_bundle, tmp_path, keys):
+    """Was: the graph was hashed, then ONNX Runtime opened it again by path: an unverified graph
+    ran in 4 of 20 runs."""
+    import numpy as np
+
+    import paritybundle
+    from bundle_tools import perturb_weights
+    from paritybundle.errors import BundleInvalid
+
+    bundle = _signed_copy(digits_bundle, tmp_path / "b", keys)
+    other = copy_bundle(digits_bundle, tmp_path / "other")
+    perturb_weights(other, 0.5)
+    rows = np.load(bundle / "reference" / "inputs.npz")["pixels"][:4]
+    expected = paritybundle.load(bundle).predict(rows)["logits"]
+    loaded = refused = 0
+    with _Swapper(bundle / "pipeline.onnx", [(bundle / "pipeline.onnx").read_bytes(), (other / "pipeline.onnx").read_bytes()]):
+        for _ in range(40):
+            try:
+                runtime = paritybundle.load(bundle, public_key=keys / "ec.pub")
+            except BundleInvalid:
+                refused += 1
+                continue
+            np.testing.assert_array_equal(runtime.predict(rows)["logits"], expected, "an unverified graph ran")
+            loaded += 1
+    assert loaded and refused
+
+
+@pytest.mark.parametrize("key, says", [("rsa.pub", "elliptic-curve keys"), ("ec.pem", "is a private key"),
+                                       ("rsa.pem", "is a private key"), ("garbage", "not a public key in PEM")])
+def test_a_key_in_the_wrong_format_is_a_usage_error_not_a_tampered_bundle(digits_bundle, tmp_path, keys, key, says,
+                                                                          capsys):
+    """Was: exit 3, 'the bundle was changed after signing ... do not deploy it'."""
+    bundle = _signed_copy(digits_bundle, tmp_path / "b", keys)
+    (keys / "garbage").write_text("not a key\n")
+    for command in ("verify", "check"):
+        assert main([command, str(bundle), "--key", str(keys / key)]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "changed after signing" not in err

@@ -12,35 +12,23 @@ verified like any bundle directory, and only then used.
 
 from __future__ import annotations
 
-import atexit
 import gzip
 import os
 import shutil
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from ..errors import BundleInvalid, UsageError
 from .layout import MANIFEST_NAME, UNLISTED_FILES
 from .manifest import parse_manifest
+from .private import private_directory
 
 MAX_MEMBERS = 10_000
 # Unpacked bytes allowed per archive; PARITYBUNDLE_MAX_UNPACKED_BYTES overrides (models can be big).
 DEFAULT_MAX_UNPACKED_BYTES = 64 * 1024 ** 3
 _COPY_CHUNK = 1024 * 1024
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
-
-_extracted: list[Path] = []
-
-
-def _cleanup() -> None:
-    for directory in _extracted:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-atexit.register(_cleanup)
-
 
 def max_unpacked_bytes() -> int:
     raw = os.environ.get("PARITYBUNDLE_MAX_UNPACKED_BYTES")
@@ -88,8 +76,7 @@ def extract(archive: Path) -> Path:
         BundleInvalid: an unsafe or unlisted member, a bound passed, or a corrupt archive.
     """
     limit_bytes = max_unpacked_bytes()
-    target = Path(tempfile.mkdtemp(prefix="paritybundle-archive-"))  # 0700 by construction
-    _extracted.append(target)
+    target = private_directory("paritybundle-archive-")
     try:
         _extract_into(archive, target, limit_bytes)
     except BundleInvalid:

@@ -48,7 +48,7 @@ def verify_signature(root: Path, public_key: str | os.PathLike[str]) -> None:
     Raises:
         BundleInvalid: no signature, or it does not verify with ``public_key`` over this ``bundle.json``.
     """
-    key = key_file(public_key, "public")
+    key = elliptic_public_key(public_key)
     signature = root / SIGNATURE_NAME
     if not signature.is_file() or signature.is_symlink():
         raise BundleInvalid(f"the bundle has no {SIGNATURE_NAME}, but a signature is required; "
@@ -62,6 +62,35 @@ def verify_signature(root: Path, public_key: str | os.PathLike[str]) -> None:
             f"{SIGNATURE_NAME} does not verify with {key} ({type(exc).__name__}: {reason}); the bundle was "
             "changed after signing, or signed with another key. Do not deploy it."
         ) from None
+
+
+def elliptic_public_key(path: str | os.PathLike[str]) -> Path:
+    """``path``, once it is known to hold an elliptic-curve public key in PEM.
+
+    A key in another format is the caller's mistake (exit 2), not a sign that the bundle
+    changed after signing (exit 3), which is what verifying with it would otherwise report.
+
+    Raises:
+        UsageError: no such file, not PEM, a private key, or not an elliptic-curve key.
+    """
+    key = key_file(path, "public")
+    model_signing()  # its dependencies (cryptography) come with it; say how to install it if missing
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    data = key.read_bytes()[:65536]
+    try:
+        loaded = serialization.load_pem_public_key(data)
+    except Exception:  # ValueError, UnsupportedAlgorithm: anything that is not a PEM public key
+        if b"PRIVATE KEY" in data:
+            raise UsageError(f"{key} is a private key; --key takes the public one "
+                             "(openssl ec -in PRIVATE.pem -pubout -out key.pub).") from None
+        raise UsageError(f"{key} is not a public key in PEM; pass the elliptic-curve public key the bundle "
+                         "was signed for.") from None
+    if not isinstance(loaded, ec.EllipticCurvePublicKey):
+        raise UsageError(f"{key} is a {type(loaded).__name__.replace('_', '')} key; bundle signatures use "
+                         "elliptic-curve keys (P-256/384/521).")
+    return key
 
 
 def resolve_key(public_key: str | os.PathLike[str] | None, require: bool) -> str | None:

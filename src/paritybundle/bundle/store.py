@@ -13,21 +13,28 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from ..errors import BundleInvalid, UsageError
-from .layout import MANIFEST_NAME, UNLISTED_FILES
-from .manifest import FileDigest, Manifest, parse_manifest
+from .layout import MANIFEST_NAME, SIGNATURE_NAME, UNLISTED_FILES
+from .manifest import MAX_MANIFEST_BYTES, FileDigest, Manifest, parse_manifest
+from .private import is_private, private_directory
+
+# A sigstore bundle of one signature is a few KiB.
+MAX_SIGNATURE_BYTES = 1024 * 1024
 
 _CHUNK = 1024 * 1024
 Loaded = TypeVar("Loaded")
 
 
-def sha256_file(path: Path) -> FileDigest:
+def sha256_file(path: Path, copy_to: Path | None = None) -> FileDigest:
     """Hash a file in 1 MiB chunks: memory stays flat for a file of any size.
+
+    ``copy_to``: also write every chunk hashed there (a new file), in the same single read.
 
     Example:
         >>> sha256_file(Path("bundle/model.onnx")).bytes  # doctest: +SKIP
@@ -36,13 +43,23 @@ def sha256_file(path: Path) -> FileDigest:
     size = 0
     buffer = bytearray(_CHUNK)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            n = handle.readinto(buffer)
-            if not n:
-                break
-            digest.update(view[:n])
-            size += n
+    sink = None
+    if copy_to is not None:
+        copy_to.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sink = open(copy_to, "xb")
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            while True:
+                n = handle.readinto(buffer)
+                if not n:
+                    break
+                digest.update(view[:n])
+                if sink is not None:
+                    sink.write(view[:n])
+                size += n
+    finally:
+        if sink is not None:
+            sink.close()
     return FileDigest(sha256=digest.hexdigest(), bytes=size)
 
 
@@ -99,14 +116,43 @@ def bundle_directory(path: str | os.PathLike[str]) -> Path:
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Parse ``bundle.json`` of a bundle directory or archive (no file hashing)."""
     root = bundle_directory(path)
-    manifest_path = root / MANIFEST_NAME
-    if manifest_path.is_symlink() or not manifest_path.is_file():
-        raise BundleInvalid(f"{root} has no {MANIFEST_NAME}; it is not a paritybundle bundle or it is incomplete.")
-    return parse_manifest(manifest_path.read_bytes(), source=str(manifest_path))
+    return parse_manifest(manifest_bytes(root), source=str(root / MANIFEST_NAME))
 
 
-def verify_files(root: Path, manifest: Manifest) -> None:
+def manifest_bytes(root: Path) -> bytes:
+    """The bytes of ``root/bundle.json``, read once and never more than a manifest can hold.
+
+    Raises:
+        BundleInvalid: no manifest, not a regular file, or larger than any manifest.
+    """
+    return read_small_file(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, missing=(
+        f"{root} has no {MANIFEST_NAME}; it is not a paritybundle bundle or it is incomplete."))
+
+
+def read_small_file(path: Path, limit: int, *, missing: str) -> bytes:
+    """A regular file's bytes, refused (not read) when larger than ``limit``: judged by ``fstat`` of the
+    opened file and by what is actually read, so a sparse or growing file cannot pass."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        raise BundleInvalid(missing) from None
+    with os.fdopen(fd, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise BundleInvalid(f"{path.name} is not a regular file; the bundle is refused.")
+        if status.st_size > limit:
+            raise BundleInvalid(f"{path.name} is {status.st_size} bytes, larger than any the bundle format writes "
+                                f"({limit}); the bundle is refused.")
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        raise BundleInvalid(f"{path.name} holds more than {limit} bytes; the bundle is refused.")
+    return raw
+
+
+def verify_files(root: Path, manifest: Manifest, copy_to: Path | None = None) -> None:
     """Check that the directory holds exactly the listed files with their hashes.
+
+    ``copy_to``: also copy each file there as it is read, so the copy is exactly the bytes hashed.
 
     Raises:
         BundleInvalid: naming the first missing, extra, altered or odd file.
@@ -125,7 +171,7 @@ def verify_files(root: Path, manifest: Manifest) -> None:
         )
     for rel in sorted(listed):
         expected = manifest.files[rel]
-        actual = sha256_file(root / rel)
+        actual = sha256_file(root / rel, copy_to=None if copy_to is None else copy_to / rel)
         if actual.bytes != expected.bytes:
             raise BundleInvalid(
                 f"{rel} is {actual.bytes} bytes but the manifest says {expected.bytes}; "
@@ -159,9 +205,35 @@ def open_bundle(path: str | os.PathLike[str], public_key: str | os.PathLike[str]
         'digits'
     """
     root = bundle_directory(path)
-    manifest = read_manifest(root)
+    if public_key is not None and not is_private(root):
+        return _verified_snapshot(root, public_key, Path(path))
+    manifest = parse_manifest(manifest_bytes(root), source=str(root / MANIFEST_NAME))
     _verify(root, manifest, public_key)
     return VerifiedBundle(root=root, manifest=manifest, source=Path(path))
+
+
+def _verified_snapshot(root: Path, public_key: str | os.PathLike[str], source: Path) -> VerifiedBundle:
+    """A signed bundle directory, each file read exactly once into a private directory (0700) as it is
+    verified; everything afterwards (the signature check, parsing, ONNX Runtime) reads those bytes.
+
+    Reading the manifest to parse it and again to check its signature, or hashing a graph and
+    then letting ONNX Runtime open it by path, leaves a window in which a writer of the bundle
+    directory can swap in a file nobody verified; a private copy of the verified bytes closes it.
+    The copy lives until the process exits.
+    """
+    from .signature import verify_signature
+
+    snapshot = private_directory("paritybundle-verified-")
+    raw = manifest_bytes(root)
+    (snapshot / MANIFEST_NAME).write_bytes(raw)
+    signature = read_small_file(root / SIGNATURE_NAME, MAX_SIGNATURE_BYTES, missing=(
+        f"the bundle has no {SIGNATURE_NAME}, but a signature is required; sign it with `bundle sign BUNDLE "
+        "--key PRIVATE_KEY`."))
+    (snapshot / SIGNATURE_NAME).write_bytes(signature)
+    verify_signature(snapshot, public_key)
+    manifest = parse_manifest(raw, source=str(root / MANIFEST_NAME))
+    verify_files(root, manifest, copy_to=snapshot)
+    return VerifiedBundle(root=snapshot, manifest=manifest, source=source)
 
 
 def open_bundle_loading(path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None,
@@ -174,20 +246,21 @@ def open_bundle_loading(path: str | os.PathLike[str], public_key: str | os.PathL
     hash matched, and an altered file is reported in preference to whatever ``load``
     raised (it names the file; a failed load of an altered graph would not).
 
-    With ``public_key`` the bundle is verified in full first: a signed bundle's files are
-    never parsed before they are verified. Without a signature nothing is lost by
+    With ``public_key`` the bundle is verified in full first (into a private snapshot, see
+    :func:`_verified_snapshot`): a signed bundle's files are never parsed before they are
+    verified, and ``load`` reads the verified bytes. Without a signature nothing is lost by
     overlapping: whoever can alter the files can rewrite the manifest's hashes too, so
     hashing first would protect nothing that hashing alongside does not.
 
     Raises:
         UsageError, BundleInvalid: as :func:`open_bundle`; anything ``load`` raises.
     """
-    root = bundle_directory(path)
-    manifest = read_manifest(root)
-    bundle = VerifiedBundle(root=root, manifest=manifest, source=Path(path))
     if public_key is not None:
-        _verify(root, manifest, public_key)
+        bundle = open_bundle(path, public_key)
         return bundle, load(bundle)
+    root = bundle_directory(path)
+    manifest = parse_manifest(manifest_bytes(root), source=str(root / MANIFEST_NAME))
+    bundle = VerifiedBundle(root=root, manifest=manifest, source=Path(path))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="paritybundle-verify") as pool:
         hashing = pool.submit(verify_files, root, manifest)
         try:

@@ -3,9 +3,13 @@ the fix; each now ends in one sentence with the documented exit code, and nothin
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import shutil
 import subprocess
+import sys
+import tarfile
 import threading
 from pathlib import Path
 
@@ -168,3 +172,84 @@ def test_a_key_in_the_wrong_format_is_a_usage_error_not_a_tampered_bundle(digits
         assert main([command, str(bundle), "--key", str(keys / key)]) == 2
         err = capsys.readouterr().err
         assert says in err and "changed after signing" not in err
+
+
+# --- archives: judged by what they declare, before they cost anything (item 4) --------------------
+
+
+def _archive(path: Path, members: list[tuple[tarfile.TarInfo, object]], fmt=tarfile.PAX_FORMAT) -> Path:
+    with gzip.open(path, "wb", compresslevel=1) as raw, tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
+        for info, data in members:
+            tar.addfile(info, data)
+    return path
+
+
+def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, io.BytesIO(data)
+
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, produced as read (a bomb's payload without holding it)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_a_member_declaring_more_than_the_manifest_is_refused_before_it_is_unpacked(digits_bundle, tmp_path):
+    """Was: a 3.1 MB archive whose model.onnx declared 3 GiB wrote 3 GiB to /tmp before exit 3."""
+    from paritybundle.bundle.archive import extract
+    from paritybundle.errors import BundleInvalid
+
+    bomb = tmp_path / "bomb.tar.gz"
+    info = tarfile.TarInfo("model.onnx")
+    info.size = 256 * 1024 ** 2
+    _archive(bomb, [_member("bundle.json", (digits_bundle / "bundle.json").read_bytes()), (info, _Zeros(info.size))])
+    assert bomb.stat().st_size < 2 * 1024 ** 2
+    with pytest.raises(BundleInvalid, match=r"'model.onnx' declares 268435456 bytes but bundle.json says \d+"):
+        extract(bomb)
+
+
+def test_a_member_before_the_manifest_is_refused(digits_bundle, tmp_path, capsys):
+    """Was: an unlisted member placed before bundle.json was unpacked (whatever its size) before the
+    manifest could say it is not one of the bundle's files."""
+    payload = tarfile.TarInfo("payload.bin")
+    payload.size = 64 * 1024 ** 2
+    evil = _archive(tmp_path / "evil.tar.gz", [(payload, _Zeros(payload.size)),
+                                               _member("bundle.json", (digits_bundle / "bundle.json").read_bytes())])
+    assert main(["verify", str(evil)]) == 3
+    assert "'payload.bin' comes before bundle.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["pax header", "GNU long name", "pax digits (CVE-2024-6232)"])
+def test_an_oversized_extended_header_is_refused_before_tarfile_reads_it(tmp_path, kind, capsys):
+    """Was: a 1 MB archive with a 1 GiB pax header or GNU long name took 1.09 GiB of memory, and a
+    pax header of 160k digits 41 s of CPU (quadratic parsing on this Python)."""
+    info = tarfile.TarInfo("bundle.json")
+    info.size = 2
+    if kind == "GNU long name":
+        info.name = "a" * (32 * 1024 ** 2)
+        path = _archive(tmp_path / "evil.tar.gz", [(info, io.BytesIO(b"{}"))], tarfile.GNU_FORMAT)
+    else:
+        value = "1" * 160_000 if kind.startswith("pax digits") else "x" * (32 * 1024 ** 2)
+        info.pax_headers = {"comment": value}
+        path = _archive(tmp_path / "evil.tar.gz", [(info, io.BytesIO(b"{}"))])
+    assert main(["verify", str(path)]) == 3
+    assert "extended header of" in capsys.readouterr().err
+
+
+def test_a_bundle_path_that_is_not_a_file_or_directory_is_refused_at_once(tmp_path):
+    """Was: `bundle verify /dev/zero` never returned."""
+    done = subprocess.run([sys.executable, "-m", "paritybundle.cli", "verify", "/dev/zero"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "neither a bundle directory nor an archive file" in done.stderr

@@ -4,10 +4,11 @@ An archive is untrusted input. It is unpacked member by member into a private
 temporary directory (mode 0700), never with ``tarfile.extract``, and refused whole
 on the first member that is: an absolute path, a ``..`` component, a backslash or
 NUL in its name, anything but a regular file or directory (symlinks, hard links,
-devices, FIFOs), a duplicate, a file not listed in ``bundle.json`` (checked as soon
-as the manifest has been read; ``bundle pack`` puts it first), or past the bounds
-on member count and unpacked size (a gzip bomb). Only then is the directory
-verified like any bundle directory, and only then used.
+devices, FIFOs), a duplicate, a member before ``bundle.json`` (``bundle pack`` puts it
+first), a file not listed there or declaring another size than listed (judged before a
+byte of it is written), or past the bounds on member count, extended-header size,
+unpacked size (a gzip bomb) and time. Only then is the directory verified like any bundle
+directory, and only then used.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import gzip
 import os
 import shutil
 import tarfile
+import time
 import zlib
 from pathlib import Path, PurePosixPath
 
 from ..errors import BundleInvalid, UsageError
-from .layout import MANIFEST_NAME, UNLISTED_FILES
-from .manifest import parse_manifest
+from .layout import MANIFEST_NAME, SIGNATURE_NAME
+from .manifest import MAX_MANIFEST_BYTES, parse_manifest
 from .private import private_directory
 
 MAX_MEMBERS = 10_000
@@ -89,11 +91,61 @@ def extract(archive: Path) -> Path:
     return target
 
 
+# Extended headers (pax records, GNU long names) are read whole into memory and parsed with a
+# regular expression that is quadratic on crafted input on this Python (CVE-2024-6232: a 160 KB
+# pax header took 41 s). A bundle's member names are short: 8 KiB is ample and bounds both.
+MAX_EXTENDED_HEADER_BYTES = 8 * 1024
+# Wall-clock bound on unpacking one archive; PARITYBUNDLE_MAX_UNPACK_SECONDS overrides.
+DEFAULT_MAX_UNPACK_SECONDS = 600.0
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's member parser, refusing an extended header too large to be one of ours before
+    tarfile reads it, and GNU sparse members (never written by ``bundle pack``)."""
+
+    def _proc_pax(self, tarfile_):  # noqa: ANN001 (tarfile's own hook)
+        _refuse_large_header(self)
+        return super()._proc_pax(tarfile_)
+
+    def _proc_gnulong(self, tarfile_):  # noqa: ANN001
+        _refuse_large_header(self)
+        return super()._proc_gnulong(tarfile_)
+
+    def _proc_sparse(self, tarfile_):  # noqa: ANN001
+        raise BundleInvalid("the archive holds a GNU sparse member, which `bundle pack` never writes; "
+                            "the archive is refused.")
+
+
+def _refuse_large_header(info: tarfile.TarInfo) -> None:
+    if info.size > MAX_EXTENDED_HEADER_BYTES:
+        raise BundleInvalid(f"the archive has an extended header of {info.size} bytes (a bundle's are under "
+                            f"{MAX_EXTENDED_HEADER_BYTES}); the archive is refused.")
+
+
+def max_unpack_seconds() -> float:
+    raw = os.environ.get("PARITYBUNDLE_MAX_UNPACK_SECONDS")
+    try:
+        return DEFAULT_MAX_UNPACK_SECONDS if raw is None else float(raw)
+    except ValueError:
+        raise UsageError(f"PARITYBUNDLE_MAX_UNPACK_SECONDS={raw!r} is not a number of seconds.") from None
+
+
 def _extract_into(archive: Path, target: Path, limit_bytes: int) -> None:
+    """Member by member, each judged before a byte of it is written:
+
+    * the first file must be ``bundle.json`` (``bundle pack`` writes it first), no larger than any
+      manifest; every later member must be listed there (or be ``bundle.sig``, bounded too) and
+      declare exactly the size the manifest records, so a member claiming 3 GiB is refused
+      before anything is unpacked;
+    * names, types, duplicates, member count, total size and time are bounded.
+    """
+    from .store import MAX_SIGNATURE_BYTES
+
+    deadline = time.monotonic() + max_unpack_seconds()
     seen: set[str] = set()
-    listed: set[str] | None = None
+    manifest = None
     total = 0
-    with tarfile.open(archive, mode="r:*") as tar:
+    with tarfile.open(archive, mode="r:*", tarinfo=_BoundedTarInfo) as tar:
         for count, member in enumerate(tar, start=1):
             if count > MAX_MEMBERS:
                 raise BundleInvalid(f"{archive} has more than {MAX_MEMBERS} members; the archive is refused.")
@@ -112,30 +164,47 @@ def _extract_into(archive: Path, target: Path, limit_bytes: int) -> None:
                 kind = ("symlink" if member.issym() else "hard link" if member.islnk() else
                         "FIFO" if member.isfifo() else "device" if member.isdev() else "special file")
                 raise BundleInvalid(f"archive member {relative!r} is a {kind}; bundles hold regular files only.")
-            if listed is not None and relative not in listed and relative not in UNLISTED_FILES:
+            if manifest is None:
+                if relative != MANIFEST_NAME:
+                    raise BundleInvalid(f"archive member {relative!r} comes before {MANIFEST_NAME}; a bundle archive "
+                                        "starts with its manifest (recreate it with `bundle pack`).")
+                declared = MAX_MANIFEST_BYTES
+            elif relative == SIGNATURE_NAME:
+                declared = MAX_SIGNATURE_BYTES
+            elif relative not in manifest.files:
                 raise BundleInvalid(f"archive member {relative!r} is not listed in {MANIFEST_NAME}; the archive is refused.")
+            else:
+                declared = manifest.files[relative].bytes
+                if member.size != declared:
+                    raise BundleInvalid(f"archive member {relative!r} declares {member.size} bytes but {MANIFEST_NAME} "
+                                        f"says {declared}; the archive is refused before unpacking it.")
+            if member.size > declared:
+                raise BundleInvalid(f"archive member {relative!r} declares {member.size} bytes, more than a "
+                                    f"{relative} can hold; the archive is refused.")
             total += member.size
             if total > limit_bytes:
                 raise BundleInvalid(f"{archive} unpacks to more than {limit_bytes} bytes; the archive is refused "
                                     "(set PARITYBUNDLE_MAX_UNPACKED_BYTES to allow more).")
             destination = target / relative
             destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            source = tar.extractfile(member)
-            assert source is not None  # a regular file always has data
-            written = 0
-            with source, open(destination, "xb") as sink:  # "x": never through an existing path
-                while chunk := source.read(_COPY_CHUNK):
-                    written += len(chunk)
-                    if written > member.size:
-                        raise BundleInvalid(f"archive member {relative!r} holds more data than it declares.")
-                    sink.write(chunk)
-            if relative == MANIFEST_NAME and listed is None:
-                listed = set(parse_manifest(destination.read_bytes(), source=f"{archive}:{MANIFEST_NAME}").files)
-                unlisted = sorted(seen - listed - UNLISTED_FILES - _directories(listed) - {MANIFEST_NAME})
-                if unlisted:
-                    raise BundleInvalid(f"archive member {unlisted[0]!r} is not listed in {MANIFEST_NAME}; "
-                                        "the archive is refused.")
+            _copy_member(tar, member, destination, relative, deadline)
+            if manifest is None:
+                manifest = parse_manifest(destination.read_bytes(), source=f"{archive}:{MANIFEST_NAME}")
+            if time.monotonic() > deadline:
+                raise BundleInvalid(f"unpacking {archive} took over {max_unpack_seconds():g} s; the archive is refused "
+                                    "(set PARITYBUNDLE_MAX_UNPACK_SECONDS to allow more).")
 
 
-def _directories(files: set[str]) -> set[str]:
-    return {str(parent) for f in files for parent in PurePosixPath(f).parents if str(parent) != "."}
+def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, destination: Path, relative: str, deadline: float) -> None:
+    source = tar.extractfile(member)
+    assert source is not None  # a regular file always has data
+    written = 0
+    with source, open(destination, "xb") as sink:  # "x": never through an existing path
+        while chunk := source.read(_COPY_CHUNK):
+            written += len(chunk)
+            if written > member.size:
+                raise BundleInvalid(f"archive member {relative!r} holds more data than it declares.")
+            if time.monotonic() > deadline:
+                raise BundleInvalid(f"unpacking {relative!r} took too long; the archive is refused "
+                                    "(set PARITYBUNDLE_MAX_UNPACK_SECONDS to allow more).")
+            sink.write(chunk)

@@ -108,6 +108,9 @@ def bundle_directory(path: str | os.PathLike[str]) -> Path:
                          "or an archive from `bundle pack`.")
     if root.is_dir():
         return root
+    if not root.is_file():  # a device, FIFO or socket would be read forever (`bundle verify /dev/zero`)
+        raise UsageError(f"{root} is neither a bundle directory nor an archive file; pass the directory that "
+                         "`bundle export` wrote or an archive from `bundle pack`.")
     from .archive import unpacked
 
     return unpacked(root)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import zipfile
 from pathlib import Path
 
 import onnx
@@ -253,3 +254,82 @@ def test_a_bundle_path_that_is_not_a_file_or_directory_is_refused_at_once(tmp_pa
     done = subprocess.run([sys.executable, "-m", "paritybundle.cli", "verify", "/dev/zero"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "neither a bundle directory nor an archive file" in done.stderr
+
+
+# --- memory judged by what is declared, not by the size on disk (item 5) --------------------------
+
+
+def _npz_declaring(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """An .npz whose arrays declare ``shape`` (zeros, deflated: megabytes on disk for gigabytes declared)."""
+    import numpy as np
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, (shape, dtype) in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_1_0(member, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                              "shape": shape})
+                chunk = bytes(1024 * 1024)
+                left = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                while left > 0:
+                    member.write(chunk[:min(left, len(chunk))])
+                    left -= len(chunk)
+
+
+def test_reference_arrays_declaring_more_samples_than_the_manifest_are_refused_unread(digits_bundle, tmp_path, capsys):
+    """Was: a 1.2 MB .npz declaring 1 GiB of rows took 3.86 GiB of memory (--batch-size did not help)."""
+    bundle = copy_bundle(digits_bundle, tmp_path / "b")
+    _npz_declaring(bundle / "reference" / "inputs.npz", {"pixels": ((4_000_000, 64), "<f4")})
+    assert (bundle / "reference" / "inputs.npz").stat().st_size < 4_000_000 * 64 * 4 / 100  # megabytes for a gigabyte
+    rehash(bundle)
+    assert main(["check", str(bundle), "--batch-size", "64"]) == 3
+    assert "holds 4000000 samples, but the manifest declares" in capsys.readouterr().err
+
+
+def test_a_large_declared_reference_set_streams_within_the_budget(digits_bundle, tmp_path):
+    """When the manifest agrees (re-hashed), the rows per pass follow the declared bytes, never the file size."""
+    import json
+
+    from paritybundle.bundle.store import open_bundle
+    from paritybundle.check.sources import STREAM_ABOVE_BYTES, BundleReferences
+
+    bundle = copy_bundle(digits_bundle, tmp_path / "b")
+    rows = 2_000_000
+    _npz_declaring(bundle / "reference" / "inputs.npz", {"pixels": ((rows, 64), "<f4")})
+    _npz_declaring(bundle / "reference" / "outputs.npz", {"logits": ((rows, 10), "<f4")})
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["reference"]["samples"] = rows
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    rehash(bundle)
+    source = BundleReferences(open_bundle(bundle))
+    row_bytes = (64 + 10) * 4
+    assert source.rows_per_pass(None) * row_bytes <= STREAM_ABOVE_BYTES
+    assert source.rows_per_pass(64) == 64
+
+
+@pytest.mark.parametrize("problem, array", [
+    ("a datetime", ("<M8[s]", (64, 64))), ("big-endian", (">f4", (64, 64))), ("a structured dtype", ([("a", "<f4")], (64, 64))),
+    ("complex", ("<c8", (64, 64))), ("0-d", ("<f4", ())), ("another width", ("<f4", (64, 63))),
+])
+def test_reference_arrays_must_be_what_the_manifest_declares(digits_bundle, tmp_path, problem, array, capsys):
+    """Was: testdata crashed (exit 70) on datetime, structured and big-endian arrays, and passed
+    complex, string and 0-d ones silently; check compared whatever was there."""
+    import numpy as np
+
+    dtype, shape = array
+    bundle = copy_bundle(digits_bundle, tmp_path / "b")
+    np.savez(bundle / "reference" / "inputs.npz", pixels=np.zeros(shape, dtype=dtype))
+    rehash(bundle)
+    for command in (["testdata", str(bundle), "-o", str(tmp_path / "td")], ["check", str(bundle)]):
+        assert main(command) == 3, (problem, command)
+        assert "reference/inputs.npz" in capsys.readouterr().err
+
+
+def test_a_sparse_manifest_is_refused_by_its_size_before_it_is_read(digits_bundle, tmp_path):
+    """Was: a sparse 4 GiB bundle.json was read whole (4.1 GiB of memory) before the 16 MiB limit applied."""
+    bundle = copy_bundle(digits_bundle, tmp_path / "b")
+    with open(bundle / "bundle.json", "r+b") as handle:
+        handle.truncate(4 * 1024 ** 3)
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 1024 ** 3, 3 * 1024 ** 3)); "
+    done = subprocess.run([sys.executable, "-c", limit + "from paritybundle.cli import main; main()", "verify", str(bundle)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and "larger than any the bundle format writes" in done.stderr, done.stderr[-500:]

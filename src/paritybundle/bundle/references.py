@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import BundleInvalid
 
 if TYPE_CHECKING:
+    from .manifest import TensorSpec
     from .store import VerifiedBundle
 
 
@@ -91,6 +92,32 @@ class ArrayStream:
         shape, _ = self.headers[name]
         return int(np.prod(shape[1:], dtype=np.int64)) if shape else 1
 
+    def row_bytes(self) -> int:
+        """Bytes one row of all the arrays takes in memory, as the headers declare (not the file's size:
+        a deflated ``.npz`` of 1 MB can declare a gigabyte)."""
+        return sum(self.elements_per_row(name) * dtype.itemsize for name, (_, dtype) in self.headers.items())
+
+    def check_specs(self, specs: Sequence[TensorSpec]) -> None:
+        """Each array as its spec declares: dtype (native byte order), rank and fixed dimensions.
+
+        Raises:
+            BundleInvalid: naming the array and the difference.
+        """
+        for spec in specs:
+            shape, dtype = self.headers[spec.name]
+            wanted = "a unicode string" if spec.dtype == "string" else spec.dtype
+            matches = dtype.kind == "U" if spec.dtype == "string" else dtype == np.dtype(spec.dtype)
+            if not matches or not dtype.isnative:
+                raise BundleInvalid(f"{self.label}: array {spec.name!r} is {dtype.str}, but the manifest declares "
+                                    f"{wanted}; re-export the bundle.")
+            if len(shape) != len(spec.shape) or not shape:
+                raise BundleInvalid(f"{self.label}: array {spec.name!r} has shape {list(shape)}, but the manifest "
+                                    f"declares {spec.shape}; re-export the bundle.")
+            for axis, (dim, size) in enumerate(zip(spec.shape, shape)):
+                if isinstance(dim, int) and dim != size:
+                    raise BundleInvalid(f"{self.label}: array {spec.name!r} has {size} along axis {axis}, but the "
+                                        f"manifest declares {dim}; re-export the bundle.")
+
     def batches(self, batch_rows: int):
         """Yield ``(first_row, {name: rows})`` for consecutive batches of ``batch_rows`` rows."""
         with zipfile.ZipFile(self.path) as archive:
@@ -162,15 +189,19 @@ def open_reference_set(bundle: VerifiedBundle, parts: Sequence[ReferencePart] = 
     """
     manifest = bundle.manifest
     declared = {
-        "inputs": (manifest.reference.inputs, [s.name for s in manifest.inputs]),
-        "outputs": (manifest.reference.outputs, [s.name for s in manifest.outputs]),
-        "features": (manifest.reference.features,
-                     [s.name for s in manifest.preprocessing.features] if manifest.preprocessing else []),
+        "inputs": (manifest.reference.inputs, list(manifest.inputs)),
+        "outputs": (manifest.reference.outputs, list(manifest.outputs)),
+        "features": (manifest.reference.features, list(manifest.preprocessing.features) if manifest.preprocessing else []),
     }
     streams = {}
     for part in parts:
-        file, names = declared[part]
+        file, specs = declared[part]
         if file is None:
             raise BundleInvalid(f"the bundle has no reference {part}; re-export the bundle.")
-        streams[part] = ArrayStream(bundle.path(file), names, label=file)
+        stream = ArrayStream(bundle.path(file), [s.name for s in specs], label=file)
+        stream.check_specs(specs)
+        if stream.rows != manifest.reference.samples:
+            raise BundleInvalid(f"{file} holds {stream.rows} samples, but the manifest declares "
+                                f"{manifest.reference.samples}; re-export the bundle.")
+        streams[part] = stream
     return ReferenceSet(streams)

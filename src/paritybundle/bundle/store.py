@@ -146,9 +146,10 @@ def read_small_file(path: Path, limit: int, *, missing: str) -> bytes:
         if status.st_size > limit:
             raise BundleInvalid(f"{path.name} is {status.st_size} bytes, larger than any the bundle format writes "
                                 f"({limit}); the bundle is refused.")
-        raw = handle.read(limit + 1)
-    if len(raw) > limit:
-        raise BundleInvalid(f"{path.name} holds more than {limit} bytes; the bundle is refused.")
+        # read(n) allocates n bytes up front: ask for what fstat says is there, and one more to see growth.
+        raw = handle.read(status.st_size + 1)
+    if len(raw) > status.st_size:
+        raise BundleInvalid(f"{path.name} grew while it was being read; the bundle is refused.")
     return raw
 
 

@@ -20,8 +20,8 @@ from ..errors import BundleInvalid, InputValidationError, UsageError
 from ..runtime.validation import validate_inputs
 from .engine import Batch
 
-# Reference sets up to this size are read and compared in one pass (fewer, larger numpy
-# operations); larger ones stream in batches so memory stays flat.
+# Reference sets up to this size in memory (as their headers declare) are read and compared in
+# one pass (fewer, larger numpy operations); larger ones stream in batches so memory stays flat.
 STREAM_ABOVE_BYTES = 256 * 1024 * 1024
 
 
@@ -32,14 +32,18 @@ class BundleReferences:
         self.bundle = bundle
         self.references: ReferenceSet = open_reference_set(bundle, parts)
         self.rows = self.references.rows
-        self._bytes = sum(bundle.manifest.files[stream.label].bytes for stream in self.references.streams.values())
+        self._row_bytes = sum(stream.row_bytes() for stream in self.references.streams.values())
 
     def total_elements(self, part: str, name: str) -> int:
         return self.rows * self.references[part].elements_per_row(name)
 
     def rows_per_pass(self, batch_size: int | None) -> int:
-        """All rows at once while the reference arrays are small, else ``batch_size`` rows per pass."""
-        return max(self.rows, 1) if (batch_size is None or self._bytes <= STREAM_ABOVE_BYTES) else batch_size
+        """All rows at once while the reference arrays are small in memory, else at most ``batch_size`` rows
+        per pass, and fewer when that many rows would not fit the streaming budget."""
+        if self.rows * self._row_bytes <= STREAM_ABOVE_BYTES:
+            return max(self.rows, 1)
+        fitting = max(1, STREAM_ABOVE_BYTES // max(self._row_bytes, 1))
+        return min(batch_size or fitting, fitting)
 
     def batches(self, rows_per_pass: int) -> Iterator[Batch]:
         for first, parts in self.references.batches(rows_per_pass):

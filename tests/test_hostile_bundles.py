@@ -10,12 +10,15 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
 
 import onnx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bundle_tools import copy_bundle, rehash
 from paritybundle.cli import main
@@ -333,3 +336,80 @@ def test_a_sparse_manifest_is_refused_by_its_size_before_it_is_read(digits_bundl
     done = subprocess.run([sys.executable, "-c", limit + "from paritybundle.cli import main; main()", "verify", str(bundle)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 3 and "larger than any the bundle format writes" in done.stderr, done.stderr[-500:]
+
+
+# --- the manifest: strict, and every number it gives bounded (items 6, 11, 8) ---------------------
+
+
+def _with_manifest(digits_bundle: Path, target: Path, text: str) -> Path:
+    bundle = copy_bundle(digits_bundle, target)
+    (bundle / "bundle.json").write_text(text)
+    return bundle
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda t: t.replace('"name": "digits"', '"name": "digits", "name": "evil"', 1), "appears twice"),
+    (lambda t: t.replace('"format_version": 1', '"format_version": 1, "format_version": 1', 1), "appears twice"),
+    (lambda t: re_sub(r'"bytes": (\d+)', r'"bytes": "\1"', t, 1), "valid integer"),
+    (lambda t: re_sub(r'"samples": (\d+)', r'"samples": \1.0', t, 1), "valid integer"),
+    (lambda t: t.replace('"intra_op_num_threads": 0', '"intra_op_num_threads": 100000', 1), "less than or equal to 1024"),
+    (lambda t: re_sub(r'"atol": [^,]+', '"atol": NaN', t, 1), "finite number"),
+    (lambda t: t.replace('"params": {', '"params": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ", 1), "nested too deeply"),
+    (lambda t: t.replace('"params": {', '"params": {"huge": ' + "9" * 5000 + ", ", 1), "digits"),
+])
+def test_a_manifest_that_is_not_strictly_valid_is_refused_in_one_sentence(digits_bundle, tmp_path, edit, says, capsys):
+    """Was: duplicate keys accepted (last wins), "168609" coerced to a number, 100000 threads handed
+    to ONNX Runtime (the check hung, 2.1 GiB in 30 s), a 5000-digit integer or deep nesting exit 70."""
+    original = (digits_bundle / "bundle.json").read_text()
+    bundle = _with_manifest(digits_bundle, tmp_path / "b", edit(original))
+    for command in ("verify", "inspect", "check"):
+        assert main([command, str(bundle)]) == 3, command
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+
+
+def re_sub(pattern: str, replacement: str, text: str, count: int) -> str:
+    import re
+
+    return re.sub(pattern, replacement, text, count=count)
+
+
+extreme_numbers = st.one_of(
+    st.integers(min_value=-(2 ** 70), max_value=2 ** 70), st.sampled_from([0, -1, 2 ** 31, 2 ** 63, 10 ** 30]),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["1", "1e3", "NaN", True, None]))
+
+
+@settings(max_examples=150, deadline=20000, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_any_number_in_a_manifest_ends_in_a_verdict_or_a_documented_error(digits_bundle, data):
+    """Hypothesis over every number of a real manifest (threads, bytes, samples, dims, tolerances,
+    feature slices): a verdict or one documented error from verify, inspect and check; never exit 70
+    or a hang (each example has a deadline)."""
+    import json
+
+    document = json.loads((digits_bundle / "bundle.json").read_text())
+    numeric = [path for path, value in _number_paths(document)]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(numeric))
+        parent = document
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = data.draw(extreme_numbers)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = copy_bundle(digits_bundle, Path(tmp) / "b")
+        (bundle / "bundle.json").write_text(json.dumps(document))
+        for command in ("verify", "inspect", "check"):
+            assert main([command, str(bundle)]) in (0, 1, 3, 4), command
+
+
+def _number_paths(document, prefix=()):
+    if isinstance(document, bool):
+        return
+    if isinstance(document, (int, float)):
+        yield prefix, document
+    elif isinstance(document, dict):
+        for key, value in document.items():
+            yield from _number_paths(value, prefix + (key,))
+    elif isinstance(document, list):
+        for index, value in enumerate(document):
+            yield from _number_paths(value, prefix + (index,))

@@ -15,13 +15,19 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import BundleInvalid
 from .layout import MANIFEST_NAME, UNLISTED_FILES
 from .strict import StrictModel
 
 FORMAT_VERSION = 1
+# Bounds on the numbers a manifest gives: each is far beyond any real bundle, and each keeps a
+# hostile value from reaching a loop or the runtime (100000 intra-op threads hung the check).
+MAX_FILE_BYTES = 2 ** 50
+MAX_DIMENSION = 2 ** 40
+MAX_SAMPLES = 2 ** 40
+MAX_THREADS = 1024
 # A manifest is small; anything bigger is not one of ours and is not parsed.
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
@@ -35,6 +41,12 @@ TensorDType = Literal[
 ]
 
 
+class _ManifestModel(StrictModel):
+    """A part of ``bundle.json``: strict like every document, and no NaN or infinity in any number."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
 def validate_name(value: str) -> str:
     """A bundle name: it becomes part of URLs (V2 model name) and file names."""
     if not isinstance(value, str) or not _NAME_PATTERN.match(value):
@@ -42,9 +54,9 @@ def validate_name(value: str) -> str:
     return value
 
 
-class FileDigest(StrictModel):
+class FileDigest(_ManifestModel):
     sha256: str
-    bytes: int = Field(ge=0)
+    bytes: int = Field(ge=0, le=MAX_FILE_BYTES)
 
     @field_validator("sha256")
     @classmethod
@@ -54,7 +66,7 @@ class FileDigest(StrictModel):
         return value
 
 
-class TensorSpec(StrictModel):
+class TensorSpec(_ManifestModel):
     """One named input or output: dtype and shape, symbolic dims as strings."""
 
     name: str = Field(min_length=1, max_length=256)
@@ -69,12 +81,14 @@ class TensorSpec(StrictModel):
     @classmethod
     def _dims(cls, shape: list[int | str]) -> list[int | str]:
         for dim in shape:
-            if isinstance(dim, int) and dim < 0:
-                raise ValueError("fixed dimensions must be >= 0; use a name for a variable one")
+            if isinstance(dim, int) and not 0 <= dim <= MAX_DIMENSION:
+                raise ValueError(f"fixed dimensions must be between 0 and {MAX_DIMENSION}; use a name for a variable one")
+            if isinstance(dim, str) and not 0 < len(dim) <= 128:
+                raise ValueError("a symbolic dimension is a name of 1-128 characters")
         return shape
 
 
-class Tolerance(StrictModel):
+class Tolerance(_ManifestModel):
     """Element-wise rule: ``|serve - research| <= atol + rtol * |research|``."""
 
     atol: float = Field(ge=0)
@@ -83,7 +97,7 @@ class Tolerance(StrictModel):
     equal_nan: bool = True
 
 
-class TolerancePolicy(StrictModel):
+class TolerancePolicy(_ManifestModel):
     """How close serving must come to research, and why these numbers.
 
     ``reference_device``/``reference_precision`` record what produced the
@@ -104,16 +118,16 @@ class TolerancePolicy(StrictModel):
         return self.per_output.get(name, self.default)
 
 
-class RuntimeSettings(StrictModel):
+class RuntimeSettings(_ManifestModel):
     """The ONNX Runtime settings the export was validated with."""
 
     onnxruntime_version: str
     providers: list[str]
     graph_optimization_level: Literal["disable", "basic", "extended", "all"]
-    intra_op_num_threads: int = Field(ge=0)
+    intra_op_num_threads: int = Field(ge=0, le=MAX_THREADS)
 
 
-class OutputError(StrictModel):
+class OutputError(_ManifestModel):
     """Error measured between two computations of one output."""
 
     max_abs: float
@@ -121,7 +135,7 @@ class OutputError(StrictModel):
     max_rel: float
 
 
-class Stages(StrictModel):
+class Stages(_ManifestModel):
     pipeline: str
     model: str
     preprocess: str | None = None
@@ -129,17 +143,17 @@ class Stages(StrictModel):
     exporter: str
 
 
-class ReferenceSet(StrictModel):
+class ReferenceSet(_ManifestModel):
     inputs: str
     outputs: str
     features: str | None = None
-    samples: int = Field(ge=1)
+    samples: int = Field(ge=1, le=MAX_SAMPLES)
     # What produced the research outputs: e.g. ("cpu", "fp32") or ("cuda", "tf32").
     device: str
     precision: str
 
 
-class PreprocessStep(StrictModel):
+class PreprocessStep(_ManifestModel):
     """One fitted step of the frozen preprocessing, with its statistics (for reading, not running)."""
 
     kind: str = Field(min_length=1, max_length=64)
@@ -148,7 +162,7 @@ class PreprocessStep(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class PreprocessColumn(StrictModel):
+class PreprocessColumn(_ManifestModel):
     """The steps one raw input goes through, and where its features land in the output."""
 
     input: str
@@ -159,12 +173,12 @@ class PreprocessColumn(StrictModel):
     @field_validator("features")
     @classmethod
     def _slice(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (len(value) != 2 or not 0 <= value[0] < value[1]):
-            raise ValueError("must be [start, stop) with 0 <= start < stop")
+        if value is not None and (len(value) != 2 or not 0 <= value[0] < value[1] <= MAX_DIMENSION):
+            raise ValueError(f"must be [start, stop) with 0 <= start < stop <= {MAX_DIMENSION}")
         return value
 
 
-class Preprocessing(StrictModel):
+class Preprocessing(_ManifestModel):
     """What ``preprocess.onnx`` does: raw inputs -> the model's inputs (the features)."""
 
     source: Literal["paritybundle", "scikit-learn", "torch"]
@@ -174,25 +188,25 @@ class Preprocessing(StrictModel):
     columns: list[PreprocessColumn]
 
 
-class GitInfo(StrictModel):
+class GitInfo(_ManifestModel):
     commit: str
     dirty: bool
 
 
-class Provenance(StrictModel):
+class Provenance(_ManifestModel):
     git: GitInfo | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     data_hashes: dict[str, str] = Field(default_factory=dict)
 
 
-class Producer(StrictModel):
+class Producer(_ManifestModel):
     tool: Literal["paritybundle"] = "paritybundle"
     version: str
     libraries: dict[str, str]
 
 
-class Manifest(StrictModel):
+class Manifest(_ManifestModel):
     """``bundle.json``: the only file of a bundle not listed in itself."""
 
     format_version: Literal[1]
@@ -274,21 +288,49 @@ def parse_manifest(raw: bytes, *, source: str = MANIFEST_NAME) -> Manifest:
     """
     if len(raw) > MAX_MANIFEST_BYTES:
         raise BundleInvalid(f"{source} is {len(raw)} bytes, larger than any manifest; the bundle is not valid.")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleInvalid(f"{source} is not valid JSON ({exc}); re-export the bundle.") from None
+    data = load_json_document(raw, source, "manifest")
     if isinstance(data, dict) and data.get("format_version") not in (None, FORMAT_VERSION):
         raise BundleInvalid(
-            f"{source} has format_version {data.get('format_version')!r}, this paritybundle reads "
+            f"{source} has format_version {data.get('format_version')!r:.40}, this paritybundle reads "
             f"format {FORMAT_VERSION}; use the paritybundle version that wrote it or re-export."
         )
     try:
-        return Manifest.model_validate(data)
+        # Strict: "bytes": "168609" is not a number, 3.0 is not an integer; JSON's strings stay
+        # acceptable where the format says so (created_at).
+        return Manifest.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()[:5]
-        )
-        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
-        raise BundleInvalid(f"{source} is not a valid manifest: {problems}{more}; re-export the bundle.") from None
+        raise BundleInvalid(f"{source} is not a valid manifest: {validation_summary(exc)}; re-export the bundle.") from None
+
+
+def load_json_document(raw: bytes, source: str, kind: str) -> Any:
+    """JSON as a bundle document must be: UTF-8, no duplicate keys (json.loads keeps the last, so a second
+    "files" would silently win), no integer beyond Python's digit limit, no nesting beyond its recursion.
+
+    Raises:
+        BundleInvalid: saying which of these it is.
+    """
+    try:
+        return json.loads(raw, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleInvalid(f"{source} is not a valid {kind}: not valid JSON ({exc}); re-export the bundle.") from None
+    except ValueError as exc:  # a duplicate key, or an integer past the 4300-digit conversion limit
+        raise BundleInvalid(f"{source} is not a valid {kind} ({str(exc)[:200]}); re-export the bundle.") from None
+    except RecursionError:
+        raise BundleInvalid(f"{source} is not a valid {kind}: nested too deeply; re-export the bundle.") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key[:80]!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """The first few problems of a pydantic error, ``where: what`` each, for one sentence."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])[:120] or '(top level)'}: {err['msg'][:200]}" for err in exc.errors()[:5])
+    more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+    return problems + more

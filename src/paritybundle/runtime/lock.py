@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from ..bundle.manifest import load_json_document, validation_summary
 from ..bundle.strict import StrictModel
 from ..errors import BundleInvalid
 
@@ -228,10 +229,9 @@ def capture(torch_info: TorchInfo | None = None, *, with_closure: bool = True) -
 
 def parse_lock(raw: bytes, *, source: str) -> EnvironmentLock:
     """Parse a lockfile; anything malformed is a bundle error (exit 3)."""
+    load_json_document(raw, source, "environment lock")  # duplicate keys, huge integers, deep nesting: refused with one sentence
     try:
-        return EnvironmentLock.model_validate_json(raw)
+        return EnvironmentLock.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise BundleInvalid(f"{source} is not a valid environment lock ({where}: {first['msg']}); "
+        raise BundleInvalid(f"{source} is not a valid environment lock ({validation_summary(exc)}); "
                             "re-export the bundle.") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..bundle.manifest import Manifest
+from ..bundle.manifest import MAX_THREADS, Manifest
 from ..errors import BundleInvalid, UsageError
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -54,8 +54,8 @@ class SessionSettings:
                 f"graph optimization level {self.graph_optimization_level!r} is not one of "
                 f"{', '.join(GRAPH_OPTIMIZATION_LEVELS)}."
             )
-        if self.intra_op_num_threads < 0:
-            raise UsageError("the intra-op thread count must be 0 (automatic) or positive.")
+        if not 0 <= self.intra_op_num_threads <= MAX_THREADS:
+            raise UsageError(f"the intra-op thread count must be 0 (automatic) to {MAX_THREADS}.")
 
 
 @dataclass(frozen=True)

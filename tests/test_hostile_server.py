@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+import time
 import json
 
 import numpy as np
@@ -110,3 +113,113 @@ def test_an_out_of_range_token_id_fails_its_own_request_only(embedding_bundle, t
         for status, answer in answers[:10]:
             np.testing.assert_allclose(np.asarray(answer["outputs"][0]["data"]).reshape(1, 3), expected, atol=1e-6)
         assert "Traceback" not in server.log.read_text()
+
+
+# --- check --url against an endpoint that misbehaves (item 7) -------------------------------------
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    """Answers V2 metadata and readiness properly unless ``mode`` says otherwise."""
+
+    mode = "ok"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _json(self, payload: bytes, length: int | None = None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload) if length is None else length))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        mode = type(self).mode
+        if mode == "drip":
+            for byte in b"HTTP/1.1 200 OK\r\n":
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.5)
+            return
+        if self.path.endswith("/ready"):
+            return self._json(b'{"ready": true}')
+        if mode == "inputs-is-a-number":
+            return self._json(b'{"name": "digits", "platform": "x", "inputs": 5, "outputs": []}')
+        if mode == "nested":
+            return self._json(b'{"name": "digits", "inputs": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+        self._json(json.dumps({"name": "digits", "platform": "x",
+                               "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
+                               "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]}).encode())
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        mode = type(self).mode
+        if mode == "huge-declared":
+            self._json(b"", length=3 * 1024 ** 3)
+        elif mode == "huge-streamed":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()  # no length: read until closed
+            try:
+                self.wfile.write(b'{"outputs": [' + b" " * (100 * 1024 ** 2))
+            except OSError:
+                pass  # the client stopped reading, as it should
+        else:
+            self._json(b'{"model_name": "digits", "outputs": [{"name": "logits", "shape": [1, 10], "datatype": "FP32", '
+                       b'"data": "not a list"}]}')
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # the check hanging up on a drip or a flood is the point, not an error
+
+
+@pytest.fixture
+def hostile_endpoint():
+    server = _QuietServer(("127.0.0.1", 0), _Hostile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("mode, says", [
+    ("inputs-is-a-number", "without V2 model metadata"), ("nested", "is not JSON"),
+    ("huge-declared", "refused unread"), ("huge-streamed", "stopped reading"),
+    ("bad-response", "not a V2 inference response"),
+])
+def test_an_endpoint_answering_badly_is_one_sentence_and_exit_2(digits_bundle, hostile_endpoint, mode, says, capsys):
+    """Was: a 3 GiB answer took 6.2 GiB of memory (no cap); nested or "inputs": 5 metadata was exit 70."""
+    from paritybundle.cli import main
+
+    _Hostile.mode = mode
+    url = f"http://127.0.0.1:{hostile_endpoint.server_address[1]}"
+    assert main(["check", str(digits_bundle), "--url", url, "--timeout", "20"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+
+
+def test_the_timeout_is_for_the_whole_answer_not_for_each_read(digits_bundle, hostile_endpoint, capsys):
+    """Was: an endpoint sending one byte a second hung the check forever despite --timeout 5."""
+    from paritybundle.cli import main
+
+    _Hostile.mode = "drip"
+    url = f"http://127.0.0.1:{hostile_endpoint.server_address[1]}"
+    started = time.monotonic()
+    assert main(["check", str(digits_bundle), "--url", url, "--timeout", "2"]) == 2
+    assert time.monotonic() - started < 15  # 2 s and the check's own start, not the drip's 8.5 s and beyond
+    assert "did not answer within 2 s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--url", "http://[::1"], "not a valid URL"), (["--url", "http://127.0.0.1:99999"], "not a valid URL"),
+    (["--url", "http://127.0.0.1:9", "--timeout", "-1"], "positive number of seconds"),
+    (["--url", "http://127.0.0.1:9", "--timeout", "nan"], "positive number of seconds"),
+])
+def test_bad_url_options_are_usage_errors(digits_bundle, args, says, capsys):
+    from paritybundle.cli import main
+
+    assert main(["check", str(digits_bundle), *args]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err

@@ -1,59 +1,117 @@
 """A small Open Inference Protocol (V2) REST client: what `bundle check --url` sends.
 
-Standard library only (urllib): the check side gains no dependency, and a few
-hundred requests do not need a connection pool.
+Standard library only (http.client): the check side gains no dependency, and a few
+hundred requests do not need a connection pool. An endpoint is untrusted like a bundle:
+every call has a total deadline (not a per-read timeout, which a server sending one byte
+a second never trips), every answer a size cap, and every answer is validated with the V2
+response models before it is used.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import math
 import socket
-import urllib.error
-import urllib.request
+import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
+from pydantic import ValidationError
 
 from ..bundle.manifest import Manifest, TensorSpec
-from ..errors import EndpointError
-from .wire import V2_TO_NUMPY, v2_datatype
+from ..errors import EndpointError, UsageError
+from .wire import V2_TO_NUMPY, InferenceResponse, ModelMetadata, v2_datatype
+
+# No answer of a V2 server to check --url's requests (at most 256 reference rows) comes near this.
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
+_CHUNK = 64 * 1024
 
 
 class V2Client:
-    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 30.0, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES) -> None:
+        if not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) or timeout_s <= 0:
+            raise UsageError(f"the timeout must be a positive number of seconds, not {timeout_s!r}.")
         if not url.startswith(("http://", "https://")):
             raise EndpointError(f"--url {url!r} must start with http:// or https://.")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise EndpointError(f"--url {url!r} is not a valid URL ({exc}).") from None
+        if not parts.hostname:
+            raise EndpointError(f"--url {url!r} names no host.")
         self.base = url.rstrip("/")
-        self.timeout_s = timeout_s
+        self._https, self._host, self._port = parts.scheme == "https", parts.hostname, port
+        self._prefix = parts.path.rstrip("/")
+        self.timeout_s, self.max_answer_bytes = float(timeout_s), max_answer_bytes
 
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One request, all of it (connect, send, headers, body) within ``timeout_s``."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+        connection_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        connection = connection_class(self._host, self._port, timeout=self.timeout_s)
+        expired = threading.Event()
+
+        def expire() -> None:  # unblocks whatever read or write is waiting on the socket
+            expired.set()
+            sock = connection.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(self.timeout_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        except TimeoutError:
-            raise EndpointError(f"{self.base}{path} did not answer within {self.timeout_s:g} s.") from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason if not isinstance(exc.reason, socket.timeout) else f"no answer within {self.timeout_s:g} s"
-            raise EndpointError(f"cannot reach {self.base} ({reason}); check the URL and that the server is up.") from None
-        except (ConnectionError, OSError) as exc:
+            connection.request(method, self._prefix + path, body=data,
+                               headers={"Content-Type": "application/json", "Accept": "application/json"})
+            response = connection.getresponse()
+            raw = self._read_body(response, path)
+            status = response.status
+        except EndpointError:
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            if expired.is_set() or isinstance(exc, TimeoutError):
+                raise EndpointError(f"{self.base}{path} did not answer within {self.timeout_s:g} s.") from None
             raise EndpointError(f"cannot reach {self.base} ({exc}); check the URL and that the server is up.") from None
+        finally:
+            watchdog.cancel()
+            connection.close()
+        if expired.is_set():
+            raise EndpointError(f"{self.base}{path} did not answer within {self.timeout_s:g} s.")
         try:
             return status, json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):
             snippet = raw[:120].decode("utf-8", "replace")
-            raise EndpointError(f"{self.base}{path} answered HTTP {status} with non-JSON ({snippet!r}); "
-                                "is this a V2 inference server?") from None
+            raise EndpointError(f"{self.base}{path} answered HTTP {status} with something that is not JSON "
+                                f"({snippet!r}); is this a V2 inference server?") from None
+
+    def _read_body(self, response: http.client.HTTPResponse, path: str) -> bytes:
+        declared = response.getheader("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_answer_bytes:
+            raise EndpointError(f"{self.base}{path} announced an answer of {declared} bytes, more than "
+                                f"{self.max_answer_bytes} any answer to these requests needs; refused unread.")
+        chunks, size = [], 0
+        while chunk := response.read(_CHUNK):
+            size += len(chunk)
+            if size > self.max_answer_bytes:
+                raise EndpointError(f"{self.base}{path} answered more than {self.max_answer_bytes} bytes, more "
+                                    "than any answer to these requests needs; the check stopped reading.")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     @staticmethod
     def _error_text(payload: Any) -> str:
         if isinstance(payload, dict) and "error" in payload:
-            return str(payload["error"])
-        return json.dumps(payload)[:300]
+            return str(payload["error"])[:300]
+        try:
+            return json.dumps(payload)[:300]
+        except (ValueError, RecursionError):
+            return "an answer too deep to show"
 
     def check_model(self, name: str, manifest: Manifest) -> None:
         """The server knows the model, is ready, and its inputs and outputs match the bundle's."""
@@ -61,11 +119,16 @@ class V2Client:
         if status == 404:
             raise EndpointError(f"{self.base} does not serve a model named {name!r} ({self._error_text(meta)}); "
                                 "pass --model with the name it serves.")
-        if status != 200 or not isinstance(meta, dict) or "inputs" not in meta or "outputs" not in meta:
+        try:
+            if status != 200:
+                raise ValueError(f"HTTP {status}")
+            metadata = ModelMetadata.model_validate(meta)
+        except (ValueError, ValidationError) as exc:
+            reason = _validation_text(exc) if isinstance(exc, ValidationError) else self._error_text(meta)
             raise EndpointError(f"{self.base}/v2/models/{name} answered HTTP {status} without V2 model metadata "
-                                f"({self._error_text(meta)}); is this a V2 inference server?")
-        served_inputs = {i.get("name") for i in meta["inputs"] if isinstance(i, dict)}
-        served_outputs = {o.get("name") for o in meta["outputs"] if isinstance(o, dict)}
+                                f"({reason}); is this a V2 inference server?") from None
+        served_inputs = {i.name for i in metadata.inputs}
+        served_outputs = {o.name for o in metadata.outputs}
         missing = [s.name for s in manifest.inputs if s.name not in served_inputs]
         missing += [s.name for s in manifest.outputs if s.name not in served_outputs]
         if missing:
@@ -82,11 +145,15 @@ class V2Client:
         if status != 200:
             raise EndpointError(f"inference at {self.base} answered HTTP {status}: {self._error_text(answer)}.")
         try:
-            by_name = {o["name"]: o for o in answer["outputs"]}
+            response = InferenceResponse.model_validate(answer)
+            by_name = {o.name: o for o in response.outputs}
             return {spec.name: _response_array(by_name[spec.name], spec) for spec in manifest.outputs}
-        except (KeyError, TypeError, ValueError) as exc:
+        except ValidationError as exc:
             raise EndpointError(f"inference at {self.base} answered something that is not a V2 inference response "
-                                f"for this model ({type(exc).__name__}: {exc}).") from None
+                                f"({_validation_text(exc)}).") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise EndpointError(f"inference at {self.base} answered something that is not a V2 inference response "
+                                f"for this model ({type(exc).__name__}: {str(exc)[:200]}).") from None
 
     def infer_all(self, name: str, manifest: Manifest, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
         total = int(next(iter(inputs.values())).shape[0])
@@ -104,11 +171,18 @@ def _request_input(spec: TensorSpec, array: np.ndarray) -> dict[str, Any]:
             "data": [str(v) for v in data] if spec.dtype == "string" else data.tolist()}
 
 
-def _response_array(output: dict[str, Any], spec: TensorSpec) -> np.ndarray:
-    datatype = output.get("datatype")
-    dtype = V2_TO_NUMPY.get(datatype, spec.dtype)
+def _response_array(output: Any, spec: TensorSpec) -> np.ndarray:
+    """One validated response output as an array of the declared shape (a mismatch is a ValueError)."""
+    dtype = V2_TO_NUMPY.get(output.datatype, spec.dtype)
     if dtype == "string":
-        array = np.asarray(output["data"], dtype=object)
+        array = np.asarray(output.data, dtype=object)
     else:
-        array = np.asarray(output["data"], dtype=np.dtype(dtype))
-    return array.reshape(output["shape"])
+        array = np.asarray(output.data, dtype=np.dtype(dtype))
+    if any(d < 0 for d in output.shape) or math.prod(output.shape) != array.size:
+        raise ValueError(f"output {output.name!r} has {array.size} values for shape {output.shape}")
+    return array.reshape(output.shape)
+
+
+def _validation_text(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])[:100] or 'the answer'}: {first['msg'][:200]}"

@@ -223,3 +223,55 @@ def test_bad_url_options_are_usage_errors(digits_bundle, args, says, capsys):
     assert main(["check", str(digits_bundle), *args]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err, err
+
+
+# --- what a server holds for its clients is bounded (item 12) -------------------------------------
+
+
+def _peak_rss_kib(pid: int) -> int:
+    status = open(f"/proc/{pid}/status").read()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+
+
+def test_half_open_connections_are_closed_after_the_header_timeout(digits_bundle, tmp_path):
+    """Was: 1,200 connections that sent a request line and then nothing were held indefinitely."""
+    import socket
+
+    with running_server(digits_bundle, tmp_path, "--header-timeout", "1") as server:
+        stalled = []
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: app")
+            stalled.append(sock)
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)  # sends nothing at all
+        stalled.append(idle)
+        time.sleep(2.5)
+        closed = 0
+        for sock in stalled:
+            try:
+                closed += sock.recv(1) == b""  # orderly close by the server
+            except ConnectionResetError:
+                closed += 1
+            finally:
+                sock.close()
+        assert closed == len(stalled)
+        assert server.get("/v2/health/ready")[0] == 200
+
+
+def test_concurrent_large_bodies_are_bounded_by_the_in_flight_budget(digits_bundle, tmp_path):
+    """Was: 64 concurrent 15 MB bodies peaked at 1.1 GiB. Past the budget a request is answered 503
+    with Retry-After before its body is read; every request is answered, none with a 500."""
+    rows = np.ones((1, 64), np.float32).tolist()[0]
+    # ~15 MB of JSON: rows of a valid request padded with whitespace, which JSON allows.
+    body = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": rows}]})
+    body = (body[:-1] + " " * (15 * 1024 ** 2) + "}").encode()
+    with running_server(digits_bundle, tmp_path, "--max-inflight-bytes", str(32 * 1024 ** 2)) as server:
+        before = _peak_rss_kib(server.process.pid)
+        answers = _concurrently(server.url + "/v2/models/digits/infer", [body] * 64)
+        statuses = sorted(status for status, _ in answers)
+        assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+        busy = next(answer for status, answer in answers if status == 503)
+        assert "retry shortly" in busy["error"]
+        grown_mib = (_peak_rss_kib(server.process.pid) - before) / 1024
+        assert grown_mib < 300, f"peak grew by {grown_mib:.0f} MiB with a 32 MiB budget"
+        assert server.get("/v2/health/ready")[0] == 200

@@ -11,3 +11,10 @@ from pydantic import BaseModel, ConfigDict
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``), for logs and terminals: a
+    bundle's strings are data, and an escape sequence in a manifest must not reach a terminal."""
+    return "".join(ch if ch.isprintable() or ch in " \n\t" else ch.encode("unicode_escape").decode("ascii")
+                   for ch in str(text))

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import BundleExistsError
+from ..errors import BundleExistsError, UsageError
 from .layout import MANIFEST_NAME, UNLISTED_FILES
 from .manifest import FileDigest, Manifest
 from .store import list_files, sha256_file
@@ -42,9 +42,15 @@ class BundleWriter:
             raise BundleExistsError(
                 f"{self.target} already exists; pass --force (force=True) to replace it, or choose another path."
             )
+        if self.target.exists() and (self.target.is_symlink() or not self.target.is_dir()):
+            raise UsageError(f"{self.target} exists and is not a bundle directory; --force replaces a bundle, "
+                             "choose another path.")
         parent = self.target.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self._staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
+        except OSError as exc:
+            raise UsageError(f"cannot write {self.target} ({exc.strerror}); choose a writable path.") from None
         # mkdtemp makes it 0700; a bundle is an artifact others read (a container's non-root user).
         umask = os.umask(0)
         os.umask(umask)

@@ -38,14 +38,17 @@ class _LazyConsole:
 
     def __getattr__(self, name: str) -> Any:
         if self._console is None:
-            from rich.console import Console
+            from ..reports.terminal import SafeConsole
 
-            self._console = Console(**self._options)
+            self._console = SafeConsole(**self._options)
         return getattr(self._console, name)
 
 
-out = _LazyConsole(highlight=False, soft_wrap=False, width=160)
-err = _LazyConsole(stderr=True, highlight=False)
+# markup=False: every string printed is literal. Paths, manifest fields and messages quoting them
+# may hold "[...]" (a directory named "[/oops]", a version "[/x]"), which rich would read as markup
+# (a MarkupError, or text silently eaten); control characters are stripped by rich itself.
+out = _LazyConsole(highlight=False, soft_wrap=False, width=160, markup=False)
+err = _LazyConsole(stderr=True, highlight=False, markup=False)
 
 BundleArg = Annotated[Path, typer.Argument(help="The bundle directory.", show_default=False)]
 KeyOption = Annotated[Optional[Path], typer.Option(
@@ -97,8 +100,10 @@ def command(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
             except ParityBundleError as exc:
                 from rich.text import Text
 
+                from ..bundle.strict import printable
+
                 # Text, not markup: messages quote lists and paths whose brackets are not rich markup.
-                err.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
+                err.print(Text("error: ", style="bold red") + Text(printable(exc)), soft_wrap=True)
                 code = exc.exit_code
             except (typer.Exit, typer.Abort, KeyboardInterrupt):
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -22,8 +23,8 @@ def _tolerance(atol: float | None, rtol: float | None):
         return None
     if atol is None or rtol is None:
         raise UsageError("--atol and --rtol go together; give both to override the bundle's tolerance.")
-    if atol < 0 or rtol < 0:
-        raise UsageError("--atol and --rtol must be >= 0.")
+    if not (math.isfinite(atol) and math.isfinite(rtol)) or atol < 0 or rtol < 0:
+        raise UsageError("--atol and --rtol must be finite numbers >= 0.")
     return Tolerance(atol=atol, rtol=rtol)
 
 
@@ -34,9 +35,13 @@ def _output_tolerances(values: list[str]):
     for value in values:
         try:
             name, atol, rtol = value.rsplit(":", 2)
-            result[name] = Tolerance(atol=float(atol), rtol=float(rtol))
+            atol_value, rtol_value = float(atol), float(rtol)
+            if not (math.isfinite(atol_value) and math.isfinite(rtol_value)) or atol_value < 0 or rtol_value < 0:
+                raise ValueError
+            result[name] = Tolerance(atol=atol_value, rtol=rtol_value)
         except ValueError:
-            raise UsageError(f"--output-tolerance {value!r} must look like NAME:ATOL:RTOL, e.g. logits:1e-4:1e-3.") from None
+            raise UsageError(f"--output-tolerance {value!r} must look like NAME:ATOL:RTOL with finite numbers >= 0, "
+                             "e.g. logits:1e-4:1e-3.") from None
     return result
 
 
@@ -129,6 +134,9 @@ def serve_command(
     max_batch_delay_ms: Annotated[float, typer.Option("--max-batch-delay-ms", help="Wait this long for more rows before a partial batch.")] = 0.0,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body accepted (413 above).")] = 16 * 1024 * 1024,
     max_request_batch: Annotated[int, typer.Option("--max-request-batch", help="Largest batch one request may send (413 above).")] = 1024,
+    max_inflight_bytes: Annotated[int, typer.Option("--max-inflight-bytes", help="Request bytes read and decoded at once across connections (503 above).")] = 64 * 1024 * 1024,
+    max_connections: Annotated[int, typer.Option("--max-connections", help="Connections or requests at once (503 above).")] = 1000,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds for a request's headers to arrive; slower connections are closed.")] = 10.0,
     threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")] = None,
     env_policy: EnvPolicyOption = "strict",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
@@ -142,6 +150,7 @@ def serve_command(
     serve(ServeOptions(bundle=str(bundle), env_policy=env_policy, max_batch_size=max_batch_size,
                        max_batch_delay_ms=max_batch_delay_ms, max_body_bytes=max_body_bytes,
                        max_request_batch=max_request_batch, intra_op_num_threads=threads,
-                       public_key=resolve_public_key(key, require_signature)),
-          host=host, port=port, workers=workers, log_level=log_level)
+                       public_key=resolve_public_key(key, require_signature), max_inflight_bytes=max_inflight_bytes),
+          host=host, port=port, workers=workers, log_level=log_level, max_connections=max_connections,
+          header_timeout_s=header_timeout)
     return EXIT_OK

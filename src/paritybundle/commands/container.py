@@ -129,7 +129,12 @@ def write_context(path: str | os.PathLike[str], folder: Path, *, wheelhouse: Pat
     """
     if folder.exists():
         raise UsageError(f"{folder} already exists; --context writes a new directory.")
-    return build_context(open_bundle(path, public_key), folder, wheelhouse=wheelhouse, package=package)
+    bundle = open_bundle(path, public_key)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write {folder} ({exc.strerror}); choose a writable path.") from None
+    return build_context(bundle, folder, wheelhouse=wheelhouse, package=package)
 
 
 def _client():

@@ -30,11 +30,18 @@ def pack(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *, force: 
         raise BundleExistsError(f"{out} already exists; pass --force to replace it.")
     if not out.name.endswith(ARCHIVE_SUFFIXES):
         raise UsageError(f"{out} must end in .tar.gz or .tgz.")
-    mtime = int(verified.manifest.created_at.timestamp())
+    # gzip and tar store an unsigned 32-bit mtime (1970-2106): a created_at outside it is clamped,
+    # not refused (the manifest, which keeps the real time, is inside the archive).
+    mtime = min(max(int(verified.manifest.created_at.timestamp()), 0), 2 ** 32 - 1)
     names = [MANIFEST_NAME] + ([n for n in (SIGNATURE_NAME,) if (verified.root / n).is_file()])
     names += sorted(verified.manifest.files)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+    if out.exists() and not out.is_file():
+        raise UsageError(f"{out} exists and is not a file; choose another path for the archive.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out} ({exc.strerror}); choose a writable path.") from None
     try:
         with os.fdopen(handle, "wb") as raw:
             with gzip.GzipFile(fileobj=raw, mode="wb", mtime=mtime) as compressed:

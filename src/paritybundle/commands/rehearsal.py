@@ -87,7 +87,10 @@ def rehearse(path: str | os.PathLike[str], *, python: str = sys.executable, pack
     env = _env()
     try:
         started = time.perf_counter()
-        made = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True, env=env)
+        try:
+            made = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True, env=env)
+        except OSError as exc:
+            raise UsageError(f"cannot run --python {python} ({exc.strerror}); pass an interpreter that exists.") from None
         if made.returncode != 0:
             raise EnvironmentRefused(f"creating a virtual environment with {python} failed: {pip_reason(made.stderr)}")
         venv_python = str(venv / "bin" / "python")

@@ -66,11 +66,17 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
     target = Path(out)
     if target.exists() and not force:
         raise BundleExistsError(f"{target} already exists; choose another directory or pass --force to replace it.")
+    if target.exists() and (target.is_symlink() or not target.is_dir()):
+        raise UsageError(f"{target} exists and is not a directory; --force replaces a directory written by "
+                         "`bundle testdata`, choose another path.")
     bundle = open_bundle(bundle_path, public_key)
     manifest = bundle.manifest
     # Staged beside the target and renamed into place: a failed run leaves nothing half-written.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise UsageError(f"cannot write {target} ({exc.strerror}); choose a writable path.") from None
     try:
         order = _write_model(bundle, staging)
         references = open_reference_set(bundle)

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from ..bundle.manifest import Manifest
+from ..bundle.strict import printable
 from ..check.results import CheckReport
 from ..parity.explain import explain_failure
 from ..parity.results import OutputComparison
 from ..runtime.drift import DriftReport
 from ..runtime.lock import EnvironmentLock
+
+
+class SafeConsole(Console):
+    """A rich Console that prints every string as data: control characters escaped (an escape
+    sequence in a manifest must not drive the terminal; rich strips BEL but keeps ESC). Every str
+    renderable, table cells and titles included, passes through ``render_str``; rich's own styling
+    codes are added after it, so they are untouched."""
+
+    def render_str(self, text: str, **options: Any) -> Text:  # type: ignore[override]
+        return super().render_str(printable(text), **options)
+
+
+def _text(value: object, style: str | None = None) -> Text:
+    """A ``Text`` of anything from a bundle or report: control characters escaped (Text bypasses ``render_str``)."""
+    return Text(printable(value), style=style or "")
 
 
 def number_text(value: float | None) -> str:
@@ -40,7 +58,7 @@ def check_table(report: CheckReport) -> Table:
         table.add_column(column, justify="left" if column in ("output", "verdict") else "right")
     for c in report.outputs:
         s = c.stats
-        verdict = Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red")
+        verdict = _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red")
         table.add_row(
             c.name,
             number_text(s and s.max_abs), number_text(s and s.mean_abs), number_text(s and s.p99_abs),
@@ -65,8 +83,8 @@ def drift_table(drift: DriftReport) -> Table:
     for column in ("severity", "what", "locked", "here", "why it matters"):
         table.add_column(column)
     for item in drift.items:
-        table.add_row(Text(item.severity, style=_SEVERITY_STYLE[item.severity]), Text(item.what),
-                      Text(item.locked or "-"), Text(item.running or "-"), Text(item.reason))
+        table.add_row(_text(item.severity, style=_SEVERITY_STYLE[item.severity]), _text(item.what),
+                      _text(item.locked or "-"), _text(item.running or "-"), _text(item.reason))
     return table
 
 
@@ -92,7 +110,7 @@ def render_lock(lock: EnvironmentLock, console: Console) -> None:
     table.add_column("name")
     table.add_column("version")
     for name, version in lock.distributions.items():
-        table.add_row(Text(name + (" *" if name in lock.serving else "")), Text(version))
+        table.add_row(_text(name + (" *" if name in lock.serving else "")), _text(version))
     console.print(table)
 
 
@@ -106,10 +124,10 @@ def stage_table(report: CheckReport) -> Table:
 
     def row(stage: str, file: str, what: str, c: OutputComparison) -> None:
         s = c.stats
-        table.add_row(stage, file, Text(what), number_text(s and s.max_abs), f"{s.violations}/{s.elements}" if s else "-",
+        table.add_row(stage, file, _text(what), number_text(s and s.max_abs), f"{s.violations}/{s.elements}" if s else "-",
                       "-" if s is None or s.worst_sample is None else str(s.worst_sample),
                       "-" if s is None else _share(s.max_tolerance_ratio),
-                      Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red"))
+                      _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red"))
 
     for stage in report.stages:
         if stage.stage == "preprocess" and stage.columns:
@@ -130,11 +148,11 @@ def render_check(report: CheckReport, console: Console) -> None:
     if report.environment is not None:
         render_drift(report.environment, console)
     for line in [explain_failure(c) for c in report.outputs if not c.passed]:
-        console.print(Text(line, style="red"))
+        console.print(_text(line, style="red"))
     if report.diagnosis:
-        console.print(Text(f"where: {report.diagnosis}", style="bold red"))
+        console.print(_text(f"where: {report.diagnosis}", style="bold red"))
     for line in report.notices:
-        console.print(Text(f"notice: {line}", style="yellow"))
+        console.print(_text(f"notice: {line}", style="yellow"))
     settings = report.settings
     if settings.source == "testdata":
         console.print(f"references from ONNX test data in {settings.testdata} ({settings.samples} samples); "
@@ -152,7 +170,7 @@ def render_check(report: CheckReport, console: Console) -> None:
         f"({report.reference['precision']}); {report.bundle.files_verified} files verified; {report.duration_s:.2f} s"
         )
     failed = report.failed_outputs + [f"stage {s.stage}" for s in report.stages if not s.passed and s.stage != "pipeline"]
-    verdict = Text("PARITY HOLDS", style="bold green") if report.passed else Text(
+    verdict = _text("PARITY HOLDS", style="bold green") if report.passed else _text(
         f"PARITY FAILS: {', '.join(failed)}", style="bold red")
     console.print(verdict)
 
@@ -163,7 +181,7 @@ def _spec_table(title: str, specs) -> Table:
         table.add_column(column)
     for s in specs:
         # Text, so rich does not read "[batch, 64]" as markup.
-        table.add_row(s.name, s.dtype, Text("[" + ", ".join(map(str, s.shape)) + "]"), s.kind)
+        table.add_row(s.name, s.dtype, _text("[" + ", ".join(map(str, s.shape)) + "]"), s.kind)
     return table
 
 
@@ -201,14 +219,14 @@ def preprocessing_table(manifest: Manifest) -> Table:
                 state = "; ".join(f"{key} {_summary(value)}" for key, value in params.items()
                                   if key not in ("counts", "missing_share_in_training")) or "-"
             table.add_row(column.input if position == 0 else "", where if position == 0 else "", step.kind, step.nan,
-                          Text(state))
+                          _text(state))
     return table
 
 
 def render_manifest(manifest: Manifest, console: Console) -> None:
     """`bundle inspect`: specs, stages, tolerance, provenance, sizes."""
     m = manifest
-    console.print(Text(f"{m.name} v{m.version}", style="bold"),
+    console.print(_text(f"{m.name} v{m.version}", style="bold"),
                   f"created {m.created_at.isoformat()} by paritybundle {m.producer.version}")
     console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(m.producer.libraries.items())))
     console.print(_spec_table("inputs", m.inputs))
@@ -250,33 +268,33 @@ def _field_table(title: str, changes, a_label: str = "A", b_label: str = "B") ->
     for column in ("what", a_label, b_label):
         table.add_column(column)
     for change in changes:
-        table.add_row(Text(change.what), Text(change.a if change.a is not None else "-"),
-                      Text(change.b if change.b is not None else "-"))
+        table.add_row(_text(change.what), _text(change.a if change.a is not None else "-"),
+                      _text(change.b if change.b is not None else "-"))
     return table
 
 
 def render_diff(report, console: Console) -> None:
     """`bundle diff A B`: compatibility first, then what changed, then what it did to outputs."""
     a, b = report.a, report.b
-    console.print(Text(f"diff: A = {a.name} v{a.version} ({a.path})  ->  B = {b.name} v{b.version} ({b.path})", style="bold"))
+    console.print(_text(f"diff: A = {a.name} v{a.version} ({a.path})  ->  B = {b.name} v{b.version} ({b.path})", style="bold"))
     compat = report.compatibility
     if compat.compatible:
-        console.print(Text("compatible: B can replace A behind the same endpoint", style="green"))
+        console.print(_text("compatible: B can replace A behind the same endpoint", style="green"))
     else:
-        console.print(Text("INCOMPATIBLE: B cannot replace A behind the same endpoint", style="bold red"))
+        console.print(_text("INCOMPATIBLE: B cannot replace A behind the same endpoint", style="bold red"))
         for problem in compat.problems:
-            console.print(Text(f"  {problem}", style="red"))
+            console.print(_text(f"  {problem}", style="red"))
     for note in compat.notes:
-        console.print(Text(f"  note: {note}", style="yellow"))
+        console.print(_text(f"  note: {note}", style="yellow"))
     if report.specs:
         table = Table(title="input/output specs that differ", title_justify="left")
         for column in ("kind", "name", "A", "B", "breaks A's clients", "detail"):
             table.add_column(column)
         for d in report.specs:
             def text(spec) -> Text:
-                return Text("-" if spec is None else f"{spec.dtype}[{', '.join(map(str, spec.shape))}]")
-            table.add_row(d.kind, Text(d.name), text(d.a), text(d.b),
-                          Text("yes", style="red") if d.breaking else "no", Text(d.detail))
+                return _text("-" if spec is None else f"{spec.dtype}[{', '.join(map(str, spec.shape))}]")
+            table.add_row(d.kind, _text(d.name), text(d.a), text(d.b),
+                          _text("yes", style="red") if d.breaking else "no", _text(d.detail))
         console.print(table)
     else:
         console.print("input/output specs: identical")
@@ -285,13 +303,13 @@ def render_diff(report, console: Console) -> None:
         if not pre.structure and not pre.statistics:
             console.print("preprocessing: identical steps and fitted statistics")
         for line in pre.structure:
-            console.print(Text(f"preprocessing: {line}", style="yellow"))
+            console.print(_text(f"preprocessing: {line}", style="yellow"))
         if pre.statistics:
             table = Table(title="preprocessing statistics that moved", title_justify="left")
             for column in ("input", "step", "what moved", "max abs", "max rel"):
                 table.add_column(column)
             for s in pre.statistics:
-                table.add_row(Text(s.input), f"{s.step} {s.kind}", Text(s.summary), number_text(s.max_abs_change),
+                table.add_row(_text(s.input), f"{s.step} {s.kind}", _text(s.summary), number_text(s.max_abs_change),
                               number_text(s.max_rel_change))
             console.print(table)
     graphs = Table(title="graphs", title_justify="left")
@@ -302,7 +320,7 @@ def render_diff(report, console: Console) -> None:
         def summary(s) -> str:
             return "-" if s is None else f"{s.nodes} / {s.parameters:,} / {s.opset} / {s.bytes:,}"
         changes = ", ".join(f"{op} {n[0]}->{n[1]}" for op, n in g.operator_changes.items()) or "none"
-        graphs.add_row(g.stage, summary(g.a), summary(g.b), Text(changes))
+        graphs.add_row(g.stage, summary(g.a), summary(g.b), _text(changes))
     console.print(graphs)
     console.print(_field_table("tolerance policy changes", report.tolerance) if report.tolerance
                   else "tolerance policy: identical")
@@ -311,8 +329,8 @@ def render_diff(report, console: Console) -> None:
         for column in ("severity", "what", "A", "B", "why it matters"):
             table.add_column(column)
         for item in report.environment:
-            table.add_row(Text(item.severity, style=_SEVERITY_STYLE[item.severity]), Text(item.what),
-                          Text(item.locked or "-"), Text(item.running or "-"), Text(item.reason))
+            table.add_row(_text(item.severity, style=_SEVERITY_STYLE[item.severity]), _text(item.what),
+                          _text(item.locked or "-"), _text(item.running or "-"), _text(item.reason))
         console.print(table)
     else:
         console.print("environment locks: identical")
@@ -324,16 +342,16 @@ def render_diff(report, console: Console) -> None:
             table.add_column(column)
         for run in report.behaviour:
             if run.problem:
-                table.add_row(Text(run.description), str(run.samples), "-", "-", "-", "-", "-",
-                              Text(f"FAIL: {run.problem}", style="bold red"))
+                table.add_row(_text(run.description), str(run.samples), "-", "-", "-", "-", "-",
+                              _text(f"FAIL: {run.problem}", style="bold red"))
             for c in run.outputs:
                 s, d = c.stats, c.decision
                 flips = "-" if d is None else f"{d.samples - d.agreeing}" + (
                     f" (samples {', '.join(map(str, d.disagreeing_samples[:8]))}{', ...' if len(d.disagreeing_samples) > 8 else ''})"
                     if d.disagreeing_samples else "")
-                table.add_row(Text(run.description), str(run.samples), c.name, number_text(s and s.max_abs),
+                table.add_row(_text(run.description), str(run.samples), c.name, number_text(s and s.max_abs),
                               f"{s.violations}/{s.elements}" if s else "-", "-" if s is None else _share(s.max_tolerance_ratio),
-                              Text(flips), Text("PASS", style="bold green") if c.passed else Text("FAIL", style="bold red"))
+                              _text(flips), _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red"))
         console.print(table)
     style = "bold green" if report.passed else "bold red"
-    console.print(Text(("OK: " if report.passed else "DIFFERS: ") + report.verdict, style=style))
+    console.print(_text(("OK: " if report.passed else "DIFFERS: ") + report.verdict, style=style))

@@ -6,6 +6,7 @@ answers 500 (and is logged with its traceback).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,7 +19,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ..version import __version__
+from ..bundle.strict import printable
 from ..errors import InputValidationError, ModelRunError
+from .limits import BodyBudget
 from .state import ServerState
 from .wire import BadRequest, output_json, parse_request, tensor_metadata
 
@@ -108,21 +111,56 @@ async def model_ready(request: Request) -> Response:
     return json_response({"name": name, "ready": False, "status": state.status, "reason": state.reason}, 503)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its declared length) passes ``limit``."""
+# A body must arrive within this, however it trickles (the headers have their own deadline).
+BODY_TIMEOUT_S = 60.0
+
+
+class _Busy(Exception):
+    """The bytes in flight would pass the budget: 503 with Retry-After, the body drained, never kept."""
+
+
+async def _drain(request: Request) -> None:
+    """Read and discard the rest of a body we will not use, so the client (still sending) reads our
+    answer instead of a connection reset; bounded in time, and no chunk is kept."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            async for _ in request.stream():
+                pass
+    except (TimeoutError, ClientDisconnect):
+        pass
+
+
+async def read_body(request: Request, limit: int, budget: BodyBudget, held: list[int]) -> bytes:
+    """The body, refused with 413 as soon as it (or its declared length) passes ``limit``, and reserved
+    against ``budget`` (what was reserved is added to ``held``, for the caller to give back)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise BadRequest(f"the body is {declared} bytes, over this server's limit of {limit}.", 413)
+            size = int(declared)
         except ValueError:
             raise BadRequest("the Content-Length header is not a number.") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
         if size > limit:
-            raise BadRequest(f"the body is over this server's limit of {limit} bytes.", 413)
-        chunks.append(chunk)
+            raise BadRequest(f"the body is {declared} bytes, over this server's limit of {limit}.", 413)
+        if not budget.take(size):
+            await _drain(request)
+            raise _Busy()
+        held.append(size)
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BadRequest(f"the body is over this server's limit of {limit} bytes.", 413)
+                if declared is None:  # chunked: reserved as it comes
+                    if not budget.take(len(chunk)):
+                        chunks.clear()
+                        await _drain(request)
+                        raise _Busy()
+                    held.append(len(chunk))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BadRequest(f"the body did not arrive within {BODY_TIMEOUT_S:g} s.", 408) from None
     return b"".join(chunks)
 
 
@@ -131,6 +169,7 @@ async def infer(request: Request) -> Response:
     began, state = time.perf_counter(), _state(request)
     name = request.path_params["name"]
     observe = state.metrics.observe
+    held: list[int] = []  # body bytes reserved in the budget, given back when the answer is made
     try:
         problem = _unknown_model(state, name, request.path_params.get("version"))
         if problem is not None:
@@ -138,7 +177,8 @@ async def infer(request: Request) -> Response:
         if not state.ready or state.runtime is None or state.batcher is None or state.decode is None:
             return observe("infer", error_response(f"model {name!r} is not ready: {state.reason}", 503), began)
         options, manifest = state.options, state.runtime.manifest
-        inference = parse_request(decode_json(await read_body(request, options.max_body_bytes)))
+        assert state.bodies is not None
+        inference = parse_request(decode_json(await read_body(request, options.max_body_bytes, state.bodies, held)))
         arrays = state.decode(inference.inputs)
         output_specs = {s.name: s for s in manifest.outputs}
         wanted = list(output_specs)
@@ -156,16 +196,24 @@ async def infer(request: Request) -> Response:
     except BadRequest as exc:
         return observe("infer", error_response(exc.message, exc.status), began)
     except ModelRunError as exc:  # passed every check, yet ONNX Runtime refused it: worth one line in the log
-        log.warning("answered 400, the model cannot run on a request's inputs: %s", exc)
+        log.warning("answered 400, the model cannot run on a request's inputs: %s", printable(exc))
         return observe("infer", error_response(str(exc), 400), began)
     except InputValidationError as exc:
         return observe("infer", error_response(str(exc), 400), began)
+    except _Busy:
+        busy = error_response(f"this server is reading {state.options.max_inflight_bytes} bytes of requests already; "
+                              "retry shortly.", 503)
+        busy.headers["Retry-After"] = "1"
+        return observe("infer", busy, began)
     except ClientDisconnect:
         return observe("infer", error_response("the client disconnected.", 400), began)
     except Exception:
         log.exception("internal error while answering an inference request")
         return observe("infer", error_response("internal error in paritybundle; the server log has the traceback.", 500),
                        began)
+    finally:
+        if held and state.bodies is not None:
+            state.bodies.give_back(sum(held))
 
 
 async def metrics(request: Request) -> Response:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
 import time
 
 from ..bundle.store import open_bundle
@@ -11,6 +13,7 @@ from ..errors import UsageError
 from ..runtime.load import ServingRuntime, environment_drift
 from ..runtime.session import session_settings
 from .app import ENV_OPTIONS, create_app
+from .limits import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, ENV_HEADER_TIMEOUT, HeaderDeadlineProtocol
 from .state import ServeOptions, open_serving_runtime
 
 # In-flight requests get this long to finish after SIGTERM before connections are closed.
@@ -27,6 +30,9 @@ def preflight(options: ServeOptions, *, load: bool) -> ServingRuntime | None:
     """
     if options.max_batch_size < 1 or options.max_request_batch < 1 or options.max_body_bytes < 1:
         raise UsageError("--max-batch-size, --max-request-batch and --max-body-bytes must be positive.")
+    if options.max_inflight_bytes < options.max_body_bytes:
+        raise UsageError("--max-inflight-bytes must be at least --max-body-bytes, or no request of the largest "
+                         "size could ever be read.")
     if options.max_batch_delay_ms < 0:
         raise UsageError("--max-batch-delay-ms must be >= 0.")
     if load:
@@ -36,33 +42,88 @@ def preflight(options: ServeOptions, *, load: bool) -> ServingRuntime | None:
     return None
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
 def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
-          log_level: str = "info") -> None:
+          log_level: str = "info", max_connections: int = DEFAULT_MAX_CONNECTIONS,
+          header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> None:
     """Serve a bundle until SIGINT/SIGTERM.
 
     Args:
-        options: what to serve and how.
-        host / port: where to listen.
+        options: what to serve and how (bodies in flight: ``options.max_inflight_bytes``).
+        host / port: where to listen (bound after the bundle verified, before the check).
         workers: server processes (each verifies and checks the bundle on its own).
         log_level: uvicorn's and paritybundle's log level.
+        max_connections: connections or requests at once; past it, 503.
+        header_timeout_s: a connection's request headers must be complete within this.
+
+    Raises:
+        UsageError: a bad option, or an address that cannot be listened on (exit 2).
+        BundleInvalid / EnvironmentRefused: the bundle, before anything listens (exit 3 / 4).
     """
     import onnxruntime  # noqa: F401  (imported lazily elsewhere; here, so start-up time counts work, not imports)
     import uvicorn
 
-    if workers < 1:
-        raise UsageError("--workers must be at least 1.")
+    _check_options(host, port, workers, log_level, max_connections, header_timeout_s)
     started = time.perf_counter()  # paritybundle_startup_seconds counts from here: after the imports
     logging.getLogger("paritybundle").setLevel(log_level.upper())
+    os.environ[ENV_HEADER_TIMEOUT] = repr(float(header_timeout_s))  # worker processes read it too
     # ws="none": the V2 protocol has no websockets, and uvicorn's "auto" imports a websockets
     # implementation into every server (~9 ms of start-up) to serve none.
-    common = dict(host=host, port=port, log_level=log_level, access_log=False, ws="none",
-                  timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    common = dict(log_level=log_level, access_log=False, ws="none", http=HeaderDeadlineProtocol,
+                  limit_concurrency=max_connections, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     if workers == 1:
         # The session opened (while the files hashed) before the port is bound is the one served.
         runtime = preflight(options, load=True)
-        uvicorn.Server(uvicorn.Config(create_app(options, runtime, started), **common)).run()
+        sock = _listen(host, port)
+        uvicorn.Server(uvicorn.Config(create_app(options, runtime, started), **common)).run(sockets=[sock])
     else:
         preflight(options, load=False)
+        _listen(host, port).close()  # a clear error now; uvicorn's own bind would exit 3, "bundle invalid"
         # Worker processes import the app by name; they read their options from the environment.
         os.environ[ENV_OPTIONS] = options.to_json()
-        uvicorn.run("paritybundle.serving.app:app_from_environment", factory=True, workers=workers, **common)
+        try:
+            uvicorn.run("paritybundle.serving.app:app_from_environment", factory=True, workers=workers,
+                        host=host, port=port, **common)
+        except SystemExit as exc:
+            if exc.code == 3:  # uvicorn's STARTUP_FAILURE: the address was taken in between
+                raise UsageError(f"cannot listen on {host}:{port}; choose another --host or --port.") from None
+            raise
+
+
+def _check_options(host: str, port: int, workers: int, log_level: str, max_connections: int,
+                   header_timeout_s: float) -> None:
+    if workers < 1:
+        raise UsageError("--workers must be at least 1.")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port} is not a port; use 1-65535 (0: any free port).")
+    if log_level.lower() not in LOG_LEVELS:
+        raise UsageError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}.")
+    if max_connections < 1:
+        raise UsageError("--max-connections must be at least 1.")
+    if not math.isfinite(header_timeout_s) or header_timeout_s <= 0:
+        raise UsageError("--header-timeout must be a positive number of seconds.")
+    if not host:
+        raise UsageError("--host must name an address to listen on.")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (what uvicorn would bind), or a usage error saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc}); "
+                         "check --host.") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop what "
+                         "listens there.") from None
+    sock.set_inheritable(True)
+    return sock

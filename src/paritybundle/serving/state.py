@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.responses import Response
 
 from ..bundle.manifest import Manifest
+from ..bundle.strict import printable
 from ..check.checks import check_runtime
 from ..errors import ParityBundleError
 from ..parity.explain import explain_failure
@@ -27,6 +28,7 @@ from ..runtime.load import ServingRuntime, load
 from ..runtime.session import SessionOverrides
 from .batching import MicroBatcher
 from .decoding import InputDecoder
+from .limits import DEFAULT_MAX_INFLIGHT_BYTES, BodyBudget
 
 log = logging.getLogger("paritybundle.serve")
 
@@ -46,6 +48,8 @@ class ServeOptions:
     max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH
     intra_op_num_threads: int | None = None
     public_key: str | None = None
+    # Request bytes being read and decoded at once (serving/limits.py); past it, 503 and Retry-After.
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -115,6 +119,10 @@ class ServerState:
     parity_summary: dict[str, Any] | None = None
     # Request inputs -> validated arrays, made once parity holds.
     decode: InputDecoder | None = None
+    bodies: BodyBudget | None = None
+
+    def __post_init__(self) -> None:
+        self.bodies = BodyBudget(self.options.max_inflight_bytes)
 
     @property
     def name(self) -> str | None:
@@ -139,7 +147,7 @@ class ServerState:
             report = await loop.run_in_executor(None, check_runtime, runtime)
         except ParityBundleError as exc:
             self._fail(str(exc))
-            log.error("not ready: %s", exc)
+            log.error("not ready: %s", printable(exc))
             return
         self.parity_summary = {
             "passed": report.passed,
@@ -152,7 +160,7 @@ class ServerState:
             self._fail("parity fails, so this server will not serve: " + " ".join(
                 [explain_failure(o) for o in report.outputs if not o.passed]
                 + ([f"Where: {report.diagnosis}"] if report.diagnosis else [])))
-            log.error("not ready after %.2f s: %s", elapsed, self.reason)
+            log.error("not ready after %.2f s: %s", elapsed, printable(self.reason))
             return
         options, metrics = self.options, self.metrics
         self.batcher = MicroBatcher(lambda inputs: runtime.runner.run(inputs, None), options.max_batch_size,
@@ -165,8 +173,8 @@ class ServerState:
         metrics.parity.set(1)
         metrics.startup.set(elapsed)
         log.info("ready in %.2f s: %s v%s, parity holds on %d reference samples (%s)", elapsed, self.name,
-                 self.version, report.settings.samples,
-                 ", ".join(f"{o.name} max abs {o.stats.max_abs:.2g}" for o in report.outputs if o.stats))
+                 printable(self.version), report.settings.samples,
+                 printable(", ".join(f"{o.name} max abs {o.stats.max_abs:.2g}" for o in report.outputs if o.stats)))
 
     def _fail(self, reason: str) -> None:
         self.status, self.reason = "failed", reason

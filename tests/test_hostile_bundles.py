@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import threading
 import zipfile
 from pathlib import Path
@@ -413,3 +414,68 @@ def _number_paths(document, prefix=()):
     elif isinstance(document, list):
         for index, value in enumerate(document):
             yield from _number_paths(value, prefix + (index,))
+
+
+# --- replacing a bundle: never a moment without one; killed runs cleaned up (item 10) -------------
+
+
+def test_a_forced_replace_never_leaves_the_target_missing(digits_bundle, tmp_path, monkeypatch):
+    """Was: --force moved the old bundle aside, then the new one in: between the two renames there
+    was no bundle at the target (a server restarting then would not find it)."""
+    import paritybundle.bundle.writer as writer
+    from paritybundle.bundle.writer import BundleWriter
+
+    target = copy_bundle(digits_bundle, tmp_path / "b")
+    seen: list[bool] = []
+    real_rename, real_rmtree = os.rename, shutil.rmtree
+
+    def watching_rename(*args, **kwargs):
+        real_rename(*args, **kwargs)
+        seen.append((target / "bundle.json").is_file())
+
+    def watching_rmtree(*args, **kwargs):
+        seen.append((target / "bundle.json").is_file())
+        real_rmtree(*args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", watching_rename)
+    monkeypatch.setattr(writer.shutil, "rmtree", watching_rmtree)
+    manifest = copy_bundle(digits_bundle, tmp_path / "source") / "bundle.json"
+    from paritybundle.bundle.manifest import parse_manifest
+
+    with BundleWriter(target, force=True) as staged:
+        for rel in parse_manifest(manifest.read_bytes()).files:
+            staged.write_bytes(rel, (digits_bundle / rel).read_bytes())
+        staged.commit(parse_manifest(manifest.read_bytes()))
+    assert seen and all(seen), seen
+    assert not list(tmp_path.glob(".b.*"))
+
+
+def test_staging_of_a_killed_run_is_removed_and_a_live_ones_is_kept(digits_bundle, tmp_path):
+    """Was: killed runs left .partial directories behind for good."""
+    from paritybundle.commands.pack import pack
+    from paritybundle.commands.testdata import write_testdata
+
+    parent = tmp_path / "out"
+    parent.mkdir()
+    holder = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); " \
+             "print('locked', flush=True); time.sleep(600)"
+    for name in ("td", "b.tar.gz"):
+        dead, live = parent / f".{name}.partial-dead", parent / f".{name}.partial-live"
+        dead.mkdir()
+        (dead / "junk").write_bytes(bytes(1024))
+        live.mkdir()
+        hour_ago = time.time() - 3600
+        for path in (dead, live):
+            os.utime(path, (hour_ago, hour_ago))
+        writer = subprocess.Popen([sys.executable, "-c", holder, str(live)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout.readline().strip() == "locked"
+            if name == "td":
+                write_testdata(digits_bundle, parent / "td")
+            else:
+                pack(digits_bundle, parent / "b.tar.gz")
+            assert not dead.exists(), "the staging of a dead run was left behind"
+            assert live.exists(), "the staging of a live writer was removed"
+        finally:
+            writer.kill()
+            writer.wait()

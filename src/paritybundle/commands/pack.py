@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import tarfile
@@ -11,6 +12,7 @@ from pathlib import Path
 from ..bundle.archive import ARCHIVE_SUFFIXES
 from ..bundle.layout import MANIFEST_NAME, SIGNATURE_NAME
 from ..bundle.store import open_bundle
+from ..bundle.writer import remove_stale_staging
 from ..errors import BundleExistsError, UsageError
 
 
@@ -39,7 +41,9 @@ def pack(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *, force: 
         raise UsageError(f"{out} exists and is not a file; choose another path for the archive.")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(out.parent, out.name)
         handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a later run sees this writer alive
     except OSError as exc:
         raise UsageError(f"cannot write {out} ({exc.strerror}); choose a writable path.") from None
     try:

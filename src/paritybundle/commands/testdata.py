@@ -22,7 +22,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 from ..bundle.external_data import bundle_graph, proto_text
 from ..bundle.references import open_reference_set
 from ..bundle.store import VerifiedBundle, open_bundle
+from ..bundle.writer import make_staging, publish
 from ..check.sources import SET_PREFIX
 from ..errors import BundleExistsError, BundleInvalid, UsageError
 
@@ -72,11 +72,7 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
     bundle = open_bundle(bundle_path, public_key)
     manifest = bundle.manifest
     # Staged beside the target and renamed into place: a failed run leaves nothing half-written.
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    except OSError as exc:
-        raise UsageError(f"cannot write {target} ({exc.strerror}); choose a writable path.") from None
+    staging, lock = make_staging(target)
     try:
         order = _write_model(bundle, staging)
         references = open_reference_set(bundle)
@@ -95,12 +91,12 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
             sets += 1
         (staging / POLYGRAPHY_INPUTS).write_text(json.dumps([{n: _polygraphy_array(a) for n, a in f.items()} for f in feeds]))
         (staging / POLYGRAPHY_OUTPUTS).write_text(json.dumps(_polygraphy_run_results(results)))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        publish(staging, target, force=force)  # exchanged with an old one: never a moment without a target
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     return TestdataResult(path=target, sets=sets, samples=references.rows)
 
 

@@ -292,3 +292,106 @@ def test_mutated_preprocessing_manifest_sections_end_cleanly(wine_bundle, data):
         (bundle / "bundle.json").write_text(json.dumps(manifest))
         _count("mutated preprocessing sections (check, diff)")
         _check_and_diff(bundle, wine_bundle)
+
+
+# --- issue 17: hypothesis over archive headers, and over a batch with one hostile request ----------
+
+
+@pytest.fixture(scope="module")
+def packed_tar(digits_bundle, tmp_path_factory):
+    import gzip
+
+    archive = pack(digits_bundle, tmp_path_factory.mktemp("packed") / "digits.tar.gz")
+    return gzip.decompress(archive.read_bytes())
+
+
+@settings(max_examples=EXAMPLES, deadline=10000, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_mutated_archive_headers_end_in_a_verdict_or_bundle_invalid(packed_tar, data):
+    """Byte edits inside the tar headers (names, modes, sizes, type flags, checksums of the first
+    members, extended headers): the archive is accepted whole or refused with exit 3."""
+    import gzip
+
+    raw = bytearray(packed_tar)
+    headers = [offset for offset in range(0, min(len(raw), 4096), 512)]
+    for _ in range(data.draw(st.integers(1, 4))):
+        block = data.draw(st.sampled_from(headers))
+        position = block + data.draw(st.integers(0, 511))
+        raw[position] = data.draw(st.integers(0, 255))
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "a.tar.gz"
+        archive.write_bytes(gzip.compress(bytes(raw), compresslevel=1))
+        _count("mutated archive headers")
+        try:
+            paritybundle.verify(archive)
+        except BundleInvalid:
+            pass
+
+
+@pytest.fixture(scope="module")
+def wine_row(wine_bundle):
+    import numpy as np
+
+    raw = np.load(wine_bundle / "reference" / "inputs.npz")
+    return {name: raw[name][:1] for name in raw.files}
+
+
+def _wine_body(row, replace: dict | None = None) -> bytes:
+    inputs = []
+    for name, values in row.items():
+        datatype = "BYTES" if values.dtype.kind == "U" else "FP32"
+        data = [str(v) for v in values.reshape(-1)] if datatype == "BYTES" else values.reshape(-1).tolist()
+        inputs.append({"name": name, "shape": list(values.shape), "datatype": datatype, "data": data})
+    body = json.dumps({"inputs": inputs})
+    for old, new in (replace or {}).items():
+        body = body.replace(old, new, 1)
+    return body.encode()
+
+
+hostile_requests = st.one_of(
+    st.just({'"data": ["': '"data": ["\\ud83d'}),                      # a lone surrogate in a category
+    st.just({'"data": ["': '"data": [5, "'}),                          # a number among strings
+    st.just({'"shape": [1]': '"shape": [2]'}),                         # a shape that does not match the data
+    st.just({'"datatype": "FP32"': '"datatype": "INT64"'}),            # a datatype the model does not take
+    st.just({'"inputs": [': '"inputs": [{"name": "extra", "shape": [1], "datatype": "FP32", "data": [1]}, '}),
+    st.text(max_size=8).map(lambda t: {'"name": "': '"name": "' + t}),  # a renamed input
+    st.floats(allow_nan=False).map(lambda f: {'"data": [': f'"data": [{json.dumps(f * 1e300)}, '}),
+)
+
+
+@settings(max_examples=max(EXAMPLES // 5, 15), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_one_hostile_request_among_good_ones_never_costs_them_their_answer(wine_bundle, wine_row, data):
+    """Requests are batched together; whatever one of them holds, every good one still gets 200
+    with its own answer, and the hostile one gets a 4xx (or 200 if it was valid after all)."""
+    import asyncio
+
+    import httpx
+
+    from paritybundle.serving.app import create_app
+    from paritybundle.serving.state import ServeOptions
+
+    hostile = _wine_body(wine_row, data.draw(hostile_requests))
+    position = data.draw(st.integers(0, 12))
+    bodies = [_wine_body(wine_row)] * 12
+    bodies.insert(position, hostile)
+    app = create_app(ServeOptions(bundle=str(wine_bundle), max_batch_delay_ms=20))
+
+    async def send_all() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http_client:
+                return await asyncio.gather(*(http_client.post("/v2/models/wine/infer", content=body,
+                                                               headers={"Content-Type": "application/json"})
+                                              for body in bodies))
+
+    answers = asyncio.run(send_all())
+    _count("batches with one hostile request")
+    good = [a for k, a in enumerate(answers) if k != position]
+    assert [a.status_code for a in good] == [200] * len(good), [a.text for a in good if a.status_code != 200][:1]
+    # The same row gets the same answer, up to the float noise of the batch it shared (the tolerance bounds it).
+    import numpy as np
+
+    scores = np.array([a.json()["outputs"][0]["data"] for a in good])
+    np.testing.assert_allclose(scores, np.broadcast_to(scores[0], scores.shape), atol=1e-4, rtol=1e-3)
+    assert answers[position].status_code < 500, answers[position].text

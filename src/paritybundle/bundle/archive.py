@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..errors import BundleInvalid, UsageError
-from .layout import MANIFEST_NAME, SIGNATURE_NAME
+from .layout import MANIFEST_NAME, MAX_SIGNATURE_BYTES, SIGNATURE_NAME
 from .manifest import MAX_MANIFEST_BYTES, parse_manifest
 from .private import private_directory
 
@@ -139,8 +139,6 @@ def _extract_into(archive: Path, target: Path, limit_bytes: int) -> None:
       before anything is unpacked;
     * names, types, duplicates, member count, total size and time are bounded.
     """
-    from .store import MAX_SIGNATURE_BYTES
-
     deadline = time.monotonic() + max_unpack_seconds()
     seen: set[str] = set()
     manifest = None

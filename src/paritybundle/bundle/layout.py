@@ -10,6 +10,8 @@ MANIFEST_NAME = "bundle.json"
 SIGNATURE_NAME = "bundle.sig"
 # Files that are never listed in the manifest's `files` map.
 UNLISTED_FILES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
+# A sigstore bundle of one signature is a few KiB.
+MAX_SIGNATURE_BYTES = 1024 * 1024
 
 PIPELINE_FILE = "pipeline.onnx"        # preprocess -> model, one graph: what serving runs
 MODEL_FILE = "model.onnx"              # the model alone (input: features)

@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from ..errors import BundleInvalid, UsageError
-from .layout import MANIFEST_NAME, SIGNATURE_NAME, UNLISTED_FILES
+from .layout import MANIFEST_NAME, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, UNLISTED_FILES
 from .manifest import MAX_MANIFEST_BYTES, FileDigest, Manifest, parse_manifest
 from .private import is_private, private_directory
 
-# A sigstore bundle of one signature is a few KiB.
-MAX_SIGNATURE_BYTES = 1024 * 1024
 
 _CHUNK = 1024 * 1024
 Loaded = TypeVar("Loaded")

@@ -275,3 +275,20 @@ def test_concurrent_large_bodies_are_bounded_by_the_in_flight_budget(digits_bund
         grown_mib = (_peak_rss_kib(server.process.pid) - before) / 1024
         assert grown_mib < 300, f"peak grew by {grown_mib:.0f} MiB with a 32 MiB budget"
         assert server.get("/v2/health/ready")[0] == 200
+
+
+def test_a_body_that_trickles_is_cut_off_and_the_server_stays_ready(digits_bundle, tmp_path):
+    import socket
+
+    with running_server(digits_bundle, tmp_path, "--body-timeout", "1") as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"inputs\"")
+        time.sleep(2.5)
+        try:
+            answer = sock.recv(65536)
+        except ConnectionResetError:
+            answer = b""
+        sock.close()
+        assert answer == b"" or b"HTTP/1.1 4" in answer  # closed, or told why: never held, never a 5xx
+        assert server.get("/v2/health/ready")[0] == 200

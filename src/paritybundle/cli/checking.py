@@ -137,6 +137,7 @@ def serve_command(
     max_inflight_bytes: Annotated[int, typer.Option("--max-inflight-bytes", help="Request bytes read and decoded at once across connections (503 above).")] = 64 * 1024 * 1024,
     max_connections: Annotated[int, typer.Option("--max-connections", help="Connections or requests at once (503 above).")] = 1000,
     header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds for a request's headers to arrive; slower connections are closed.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option("--body-timeout", help="Seconds for a request's body to arrive after its headers; slower connections are closed.")] = 60.0,
     threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")] = None,
     env_policy: EnvPolicyOption = "strict",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
@@ -152,5 +153,5 @@ def serve_command(
                        max_request_batch=max_request_batch, intra_op_num_threads=threads,
                        public_key=resolve_public_key(key, require_signature), max_inflight_bytes=max_inflight_bytes),
           host=host, port=port, workers=workers, log_level=log_level, max_connections=max_connections,
-          header_timeout_s=header_timeout)
+          header_timeout_s=header_timeout, body_timeout_s=body_timeout)
     return EXIT_OK

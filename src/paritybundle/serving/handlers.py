@@ -6,7 +6,6 @@ answers 500 (and is logged with its traceback).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -111,22 +110,17 @@ async def model_ready(request: Request) -> Response:
     return json_response({"name": name, "ready": False, "status": state.status, "reason": state.reason}, 503)
 
 
-# A body must arrive within this, however it trickles (the headers have their own deadline).
-BODY_TIMEOUT_S = 60.0
-
-
 class _Busy(Exception):
     """The bytes in flight would pass the budget: 503 with Retry-After, the body drained, never kept."""
 
 
 async def _drain(request: Request) -> None:
     """Read and discard the rest of a body we will not use, so the client (still sending) reads our
-    answer instead of a connection reset; bounded in time, and no chunk is kept."""
+    answer instead of a connection reset; no chunk is kept (the protocol bounds the time)."""
     try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            async for _ in request.stream():
-                pass
-    except (TimeoutError, ClientDisconnect):
+        async for _ in request.stream():
+            pass
+    except ClientDisconnect:
         pass
 
 
@@ -146,21 +140,18 @@ async def read_body(request: Request, limit: int, budget: BodyBudget, held: list
             raise _Busy()
         held.append(size)
     chunks, size = [], 0
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise BadRequest(f"the body is over this server's limit of {limit} bytes.", 413)
-                if declared is None:  # chunked: reserved as it comes
-                    if not budget.take(len(chunk)):
-                        chunks.clear()
-                        await _drain(request)
-                        raise _Busy()
-                    held.append(len(chunk))
-                chunks.append(chunk)
-    except TimeoutError:
-        raise BadRequest(f"the body did not arrive within {BODY_TIMEOUT_S:g} s.", 408) from None
+    # A body that trickles is cut off by the server's protocol (serving/limits.py): a ClientDisconnect here.
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the body is over this server's limit of {limit} bytes.", 413)
+        if declared is None:  # chunked: reserved as it comes
+            if not budget.take(len(chunk)):
+                chunks.clear()
+                await _drain(request)
+                raise _Busy()
+            held.append(len(chunk))
+        chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -13,7 +13,10 @@ from ..errors import UsageError
 from ..runtime.load import ServingRuntime, environment_drift
 from ..runtime.session import session_settings
 from .app import ENV_OPTIONS, create_app
-from .limits import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, ENV_HEADER_TIMEOUT, HeaderDeadlineProtocol
+from .limits import (
+    DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, ENV_BODY_TIMEOUT, ENV_HEADER_TIMEOUT,
+    HeaderDeadlineProtocol,
+)
 from .state import ServeOptions, open_serving_runtime
 
 # In-flight requests get this long to finish after SIGTERM before connections are closed.
@@ -47,7 +50,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
           log_level: str = "info", max_connections: int = DEFAULT_MAX_CONNECTIONS,
-          header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> None:
+          header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
     """Serve a bundle until SIGINT/SIGTERM.
 
     Args:
@@ -57,6 +60,7 @@ def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, w
         log_level: uvicorn's and paritybundle's log level.
         max_connections: connections or requests at once; past it, 503.
         header_timeout_s: a connection's request headers must be complete within this.
+        body_timeout_s: and each request's body within this of its headers.
 
     Raises:
         UsageError: a bad option, or an address that cannot be listened on (exit 2).
@@ -65,10 +69,11 @@ def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, w
     import onnxruntime  # noqa: F401  (imported lazily elsewhere; here, so start-up time counts work, not imports)
     import uvicorn
 
-    _check_options(host, port, workers, log_level, max_connections, header_timeout_s)
+    _check_options(host, port, workers, log_level, max_connections, header_timeout_s, body_timeout_s)
     started = time.perf_counter()  # paritybundle_startup_seconds counts from here: after the imports
     logging.getLogger("paritybundle").setLevel(log_level.upper())
-    os.environ[ENV_HEADER_TIMEOUT] = repr(float(header_timeout_s))  # worker processes read it too
+    os.environ[ENV_HEADER_TIMEOUT] = repr(float(header_timeout_s))  # worker processes read these too
+    os.environ[ENV_BODY_TIMEOUT] = repr(float(body_timeout_s))
     # ws="none": the V2 protocol has no websockets, and uvicorn's "auto" imports a websockets
     # implementation into every server (~9 ms of start-up) to serve none.
     common = dict(log_level=log_level, access_log=False, ws="none", http=HeaderDeadlineProtocol,
@@ -93,7 +98,7 @@ def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, w
 
 
 def _check_options(host: str, port: int, workers: int, log_level: str, max_connections: int,
-                   header_timeout_s: float) -> None:
+                   header_timeout_s: float, body_timeout_s: float) -> None:
     if workers < 1:
         raise UsageError("--workers must be at least 1.")
     if not 0 <= port <= 65535:
@@ -102,8 +107,9 @@ def _check_options(host: str, port: int, workers: int, log_level: str, max_conne
         raise UsageError(f"--log-level {log_level!r} is not one of {', '.join(LOG_LEVELS)}.")
     if max_connections < 1:
         raise UsageError("--max-connections must be at least 1.")
-    if not math.isfinite(header_timeout_s) or header_timeout_s <= 0:
-        raise UsageError("--header-timeout must be a positive number of seconds.")
+    for option, value in (("--header-timeout", header_timeout_s), ("--body-timeout", body_timeout_s)):
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError(f"{option} must be a positive number of seconds.")
     if not host:
         raise UsageError("--host must name an address to listen on.")
 

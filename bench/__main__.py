@@ -5,9 +5,10 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import check_vs_ort, hashing, scale, serving, startup
+from . import check_vs_ort, hashing, scale, serving, startup, verdict
 
-BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main, "startup": startup.main, "serving": serving.main, "scale": scale.main}
+BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main, "startup": startup.main, "serving": serving.main, "scale": scale.main,
+              "verdict": verdict.main}
 
 
 def main(names: list[str]) -> None:

@@ -22,9 +22,10 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def print_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
+def print_table(title: str, rows: list[tuple[str, ...]],
+                header: tuple[str, ...] = ("measure", "paritybundle", "baseline", "ratio (target)")) -> None:
     print(f"\n## {title}\n")
-    print("| measure | paritybundle | baseline | ratio (target) |")
-    print("| --- | --- | --- | --- |")
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -67,8 +67,10 @@ def test_testdata_diff_and_export_run_through_the_one_loop(digits_bundle, tmp_pa
     loop_calls.clear()
     import torch
 
-    paritybundle.export(torch.nn.Linear(4, 2), tmp_path / "b", reference_inputs=np.ones((3, 4), np.float32), name="t")
-    assert loop_calls == [("InMemoryReferences", ["RunnerTarget"])]
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    paritybundle.export(torch.nn.Linear(4, 2), tmp_path / "b", reference_inputs=x, name="t")
+    # The fail-closed validation, then the power measurement (its perturbed graph, same loop).
+    assert loop_calls[:2] == [("InMemoryReferences", ["RunnerTarget"])] * 2
 
 
 def test_a_live_endpoint_is_a_target_whose_client_is_passed_in(digits_bundle, loop_calls):

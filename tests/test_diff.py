@@ -171,6 +171,7 @@ def test_json_and_html_reports(wine_pair, tmp_path, capsys):
     page = Collect()
     page.feed((tmp_path / "d.html").read_text())
     assert page.headings == ["Compatibility", "Input and output specs", "Preprocessing", "Graphs", "Tolerance policy",
-                             "Provenance", "Environment locks", "Behaviour (judged by A's tolerance)"]
+                             "Provenance", "How strong each verdict is", "Environment locks",
+                             "Behaviour (judged by A's tolerance)"]
     assert "script" not in page.tags and any("mean moved by up to 0.3" in t for t in page.text)
     capsys.readouterr()

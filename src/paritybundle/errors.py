@@ -15,6 +15,7 @@ user as exit 70 with its traceback.
      │    ├── InputValidationError     inputs do not match the bundle's input specs
      │    │    └── ModelRunError       ONNX Runtime could not run the model on these inputs
      │    ├── BundleExistsError        the export target exists and --force was not given
+     │    ├── WeakReferencesError      --require-power, and the reference set detects no 1% weight change
      │    ├── ContainerError           no Docker daemon, base image missing or without python3
      │    └── EndpointError            a live endpoint is unreachable, times out, or is not V2
      ├── BundleInvalid         exit 3  tampered, missing or extra file, bad manifest
@@ -83,6 +84,10 @@ class ModelRunError(InputValidationError):
 
 class BundleExistsError(UsageError):
     """The export target exists and overwriting was not asked for."""
+
+
+class WeakReferencesError(UsageError):
+    """Export with ``require_power``: the reference set does not detect even a 1% weight perturbation."""
 
 
 class EndpointError(UsageError):

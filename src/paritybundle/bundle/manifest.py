@@ -97,6 +97,20 @@ class Tolerance(_ManifestModel):
     equal_nan: bool = True
 
 
+class OutputScale(_ManifestModel):
+    """What an output's research values look like, and which bound set its absolute tolerance.
+
+    ``rule``: ``spread`` (a share of the output's own spread), ``noise`` (the measured
+    torch-vs-ONNX Runtime error, or float32 resolution at the output's magnitude, was larger),
+    ``preset`` (the preset for the references' device and precision was smaller), or ``caller``
+    (the export spec set this output's tolerance).
+    """
+
+    spread: float = Field(ge=0)
+    max_abs: float = Field(ge=0)
+    rule: Literal["spread", "noise", "preset", "caller"]
+
+
 class TolerancePolicy(_ManifestModel):
     """How close serving must come to research, and why these numbers.
 
@@ -113,6 +127,11 @@ class TolerancePolicy(_ManifestModel):
     # A serving error this many times above the export-time error is reported
     # (as a notice, not a failure) even when it is inside tolerance.
     baseline_factor: float = Field(gt=1)
+    # Per output: the research values' spread and magnitude the tolerance was derived from.
+    scales: dict[str, OutputScale] = Field(default_factory=dict)
+    # At most this share of samples may be decided by the near-tie rule (else the output fails:
+    # its scores are too flat to tell classes apart). Bundles before this field: no bound.
+    max_tie_share: float = Field(default=1.0, ge=0, le=1)
 
     def for_output(self, name: str) -> Tolerance:
         return self.per_output.get(name, self.default)
@@ -188,6 +207,61 @@ class Preprocessing(_ManifestModel):
     columns: list[PreprocessColumn]
 
 
+class Power(_ManifestModel):
+    """What the reference set detects, measured at export: weight noise of each of ``levels`` (a share
+    of each weight tensor's spread), the smallest that failed (None: neither), and why not."""
+
+    levels: list[float]
+    detected: float | None
+    # False when it could not be measured (weights in external data, no weights): see reasons.
+    measured: bool
+    # Per level tried, the worst element's share of its tolerance under that noise.
+    worst_ratios: dict[str, float] = Field(default_factory=dict)
+    reasons: list[str] = Field(default_factory=list)
+
+    def sentence(self) -> str:
+        if self.detected is not None:
+            return f"this reference set detects a {self.detected:.1%} weight perturbation"
+        tried = ", ".join(f"{level:.1%}" for level in self.levels)
+        return f"this reference set detects none of {tried} weight perturbations: " + "; ".join(self.reasons)
+
+
+class CategoryCoverage(_ManifestModel):
+    """One fitted vocabulary: its size, how many of its categories the reference rows show, and the
+    categories probe rows were added for."""
+
+    vocabulary: int = Field(ge=0)
+    seen: int = Field(ge=0)
+    probed: list[str] = Field(default_factory=list)
+
+
+class RangeCoverage(_ManifestModel):
+    """One numeric column's fitted range against the range of its reference values."""
+
+    fitted: list[float]
+    reference: list[float] | None
+    share: float = Field(ge=0, le=1)
+    probed: bool = False
+
+
+class Coverage(_ManifestModel):
+    """What the reference set covers. ``selected`` rows come from the ``candidates`` the caller
+    offered (``all`` of them, or ``covering`` ones: every class, category, NaN and extreme first);
+    ``probes`` generated rows follow them in the reference arrays, one reason each."""
+
+    candidates: int = Field(ge=0)
+    selected: int = Field(ge=0)
+    probes: int = Field(ge=0)
+    selection: Literal["all", "covering"]
+    # Per score output: the classes the reference set's research outputs predict.
+    classes: dict[str, list[int]] = Field(default_factory=dict)
+    categories: dict[str, CategoryCoverage] = Field(default_factory=dict)
+    # Per input: how many reference rows hold NaN.
+    nan_rows: dict[str, int] = Field(default_factory=dict)
+    ranges: dict[str, RangeCoverage] = Field(default_factory=dict)
+    probe_reasons: list[str] = Field(default_factory=list)
+
+
 class GitInfo(_ManifestModel):
     commit: str
     dirty: bool
@@ -224,6 +298,10 @@ class Manifest(_ManifestModel):
     export_errors: dict[str, OutputError]
     # Present exactly when there is a preprocess stage (and reference features).
     preprocessing: Preprocessing | None = None
+    # Detection power of the reference set, measured at export (bundles before it: None).
+    power: Power | None = None
+    # What the reference set covers (bundles before it: None).
+    coverage: Coverage | None = None
     environment_lock: str
     serve_requirements: str
     files: dict[str, FileDigest]
@@ -257,9 +335,9 @@ class Manifest(_ManifestModel):
         if len(set(staged)) != 1:
             raise ValueError("stages.preprocess, reference.features and preprocessing must be present together")
         output_names = {o.name for o in self.outputs}
-        for name in self.tolerance.per_output:
+        for name in [*self.tolerance.per_output, *self.tolerance.scales]:
             if name not in output_names:
-                raise ValueError(f"tolerance override for unknown output {name!r}")
+                raise ValueError(f"tolerance for unknown output {name!r}")
         for names, what in ((self.inputs, "input"), (self.outputs, "output")):
             seen = [t.name for t in names]
             if len(seen) != len(set(seen)):

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Literal
 
-from ..bundle.manifest import Tolerance
+from ..bundle.manifest import Coverage, Power, Tolerance
 from ..bundle.store import VerifiedBundle
 from ..bundle.strict import StrictModel
 from ..parity.localise import StageResult, diagnose
 from ..parity.results import OutputComparison
+from ..parity.tolerance import tolerance_exceeds_outputs
 from ..runtime.drift import DriftReport
 
 REPORT_SCHEMA_VERSION = 1
@@ -63,6 +64,9 @@ class CheckReport(StrictModel):
     # model on the reference features, the merged pipeline), and where a failure arose.
     stages: list[StageResult] = []
     diagnosis: str | None = None
+    # How strong the verdict is (recorded at export; None for bundles from before it was).
+    power: Power | None = None
+    coverage: Coverage | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -83,6 +87,9 @@ def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], ove
         "numerically from the one that validated the bundle."
         for c in comparisons if c.passed and c.above_baseline and c.stats is not None and c.baseline_max_abs is not None
     ]
+    notices += [f"output {name!r}: the tolerance is larger than the outputs (its atol reaches the spread of the "
+                "research values): this check cannot tell models apart on it."
+                for name in tolerance_exceeds_outputs(manifest.tolerance, overrides)]
     return CheckReport(
         passed=all(comparisons) and all(stage.passed for stage in stages),
         checked_at=datetime.now(timezone.utc),
@@ -97,4 +104,6 @@ def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], ove
         notices=notices,
         stages=list(stages),
         diagnosis=diagnose(stages),
+        power=manifest.power,
+        coverage=manifest.coverage,
     )

@@ -62,7 +62,7 @@ class StagedCheck:
                                       baselines=baselines, histogram=histograms) for s in manifest.outputs}
 
         self.pipeline, self.model = judged(), judged()
-        self.merge = {s.name: OutputAccumulator(s.name, policy.default, source.total_elements("outputs", s.name))
+        self.merge = {s.name: OutputAccumulator(s.name, policy.for_output(s.name), source.total_elements("outputs", s.name))
                       for s in manifest.outputs}
         self.columns = column_accumulators(pre_info, feature_tolerance, source.rows)
         # A raw input that alone makes a whole feature array (a Pipeline's image, say) already compares

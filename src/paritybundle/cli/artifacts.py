@@ -18,6 +18,7 @@ def export_command(
     output: Annotated[Path, typer.Option("-o", "--output", help="The bundle directory to write.")],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at the output path.")] = False,
     max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Keep at most this many reference samples.")] = None,
+    require_power: Annotated[bool, typer.Option("--require-power", help="Refuse (exit 2) unless the reference set detects a 1% weight perturbation.")] = False,
 ) -> int:
     """Export a trained model, its reference set and environment as one bundle (atomically)."""
     from ..training import export_spec, load_spec
@@ -27,11 +28,15 @@ def export_command(
         if max_samples < 1:
             raise UsageError("--max-samples must be at least 1.")
         export_spec_obj.max_reference_samples = max_samples
+    if require_power:
+        export_spec_obj.require_power = True
     result = export_spec(export_spec_obj, output, force=force)
     m = result.manifest
     errors = ", ".join(f"{name} {e.max_abs:.2g}" for name, e in m.export_errors.items())
     out.print(f"exported {m.name} v{m.version} to {result.path}: {m.reference.samples} reference samples, "
               f"{len(m.files)} files; torch vs ONNX Runtime max abs error: {errors}")
+    if m.power is not None:
+        out.print(m.power.sentence())
     return EXIT_OK
 
 

@@ -25,7 +25,8 @@ from ..runtime.drift import diff_environments
 from ..runtime.load import ServingRuntime, load_verified, read_lock
 from .diff_models import BehaviourRun, BundleSide, Compatibility, DiffReport
 from .diff_static import (
-    compatibility_of, graph_diff, preprocessing_diff, provenance_changes, spec_differences, tolerance_changes,
+    compatibility_of, graph_diff, preprocessing_diff, provenance_changes, spec_differences, strength_changes,
+    tolerance_changes,
 )
 
 
@@ -64,6 +65,7 @@ def diff(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str], *, expe
         preprocessing=preprocessing_diff(a.preprocessing, b.preprocessing),
         graphs=[g for g in (graph_diff(bundle_a, bundle_b, stage) for stage in ("pipeline", "model", "preprocess")) if g],
         tolerance=tolerance_changes(a.tolerance, b.tolerance),
+        strength=strength_changes(a, b),
         environment=diff_environments(read_lock(bundle_a), read_lock(bundle_b), list(b.runtime.providers)),
         provenance=provenance_changes(a, b),
         behaviour=behaviour, reproduces=reproduces, expect_change=expect_change, passed=passed,

@@ -109,6 +109,8 @@ class DiffReport(StrictModel):
     preprocessing: PreprocessingDiff | None
     graphs: list[GraphDiff]
     tolerance: list[FieldChange]
+    # How strong each bundle's own verdict is: detection power and coverage, A beside B (all shown).
+    strength: list[FieldChange] = []
     # A's lock against B's, classified as by `bundle env diff` ("locked" is A, "running" is B).
     environment: list[DriftItem]
     provenance: list[FieldChange]

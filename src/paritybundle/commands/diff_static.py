@@ -216,6 +216,7 @@ def tolerance_changes(a: TolerancePolicy, b: TolerancePolicy) -> list[FieldChang
         ("default atol", a.default.atol, b.default.atol), ("default rtol", a.default.rtol, b.default.rtol),
         ("default equal_nan", a.default.equal_nan, b.default.equal_nan),
         ("min decision agreement", a.min_decision_agreement, b.min_decision_agreement),
+        ("max share of near ties", a.max_tie_share, b.max_tie_share),
         ("baseline factor", a.baseline_factor, b.baseline_factor),
     ]
     for name in sorted(set(a.per_output) | set(b.per_output)):
@@ -223,6 +224,27 @@ def tolerance_changes(a: TolerancePolicy, b: TolerancePolicy) -> list[FieldChang
         pairs.append((f"output {name!r} tolerance", ta and f"atol {ta.atol:g}, rtol {ta.rtol:g}",
                       tb and f"atol {tb.atol:g}, rtol {tb.rtol:g}"))
     return _changes(pairs)
+
+
+def strength_changes(a: Manifest, b: Manifest) -> list[FieldChange]:
+    """Each bundle's detection power and coverage, side by side (shown whether or not they differ)."""
+
+    def rows(m: Manifest) -> str | None:
+        c = m.coverage
+        return None if c is None else f"{c.selected} of {c.candidates} offered" + (f" + {c.probes} probes" if c.probes else "")
+
+    pairs: list[tuple[str, Any, Any]] = [
+        ("detection power", a.power and a.power.sentence(), b.power and b.power.sentence()),
+        ("reference rows", rows(a), rows(b)),
+    ]
+    for name in sorted(set(a.coverage.classes if a.coverage else {}) | set(b.coverage.classes if b.coverage else {})):
+        pairs.append((f"classes predicted ({name})", a.coverage and len(a.coverage.classes.get(name, [])),
+                      b.coverage and len(b.coverage.classes.get(name, []))))
+    for name in sorted(set(a.coverage.categories if a.coverage else {}) | set(b.coverage.categories if b.coverage else {})):
+        seen = [m.coverage and m.coverage.categories.get(name) for m in (a, b)]
+        pairs.append((f"categories of {name} in the rows", *[v and f"{v.seen} of {v.vocabulary}" for v in seen]))
+    return [FieldChange(what=what, a=None if va is None else str(va), b=None if vb is None else str(vb))
+            for what, va, vb in pairs]
 
 
 def provenance_changes(a: Manifest, b: Manifest) -> list[FieldChange]:

@@ -15,8 +15,10 @@ Rules (each has its own test in ``tests/test_parity.py``):
 * Decision agreement (outputs of kind ``scores``): argmax per sample. A flip between
   two classes whose research scores are within twice the *tie tolerance* of each
   other is a tie, not a disagreement, and is counted separately. The tie tolerance
-  is the bundle's noise-scale default, not a loosened per-output override, so
-  loosening an output's values never loosens its decisions.
+  is the output's own tolerance in the bundle (scaled to the output), not a loosened
+  check-time override, so loosening an output's values never loosens its decisions;
+  and when more than ``max_tie_share`` of the samples are decided as ties, the output
+  fails: its scores are too flat for the check to tell classes apart.
 """
 
 from __future__ import annotations
@@ -75,12 +77,13 @@ class OutputAccumulator:
     def __init__(self, name: str, tolerance: Tolerance, total_elements: int, *, scores: bool = False,
                  min_decision_agreement: float = 1.0, baseline_max_abs: float | None = None,
                  baseline_factor: float | None = None, tie_tolerance: Tolerance | None = None,
-                 histogram: bool = False) -> None:
+                 histogram: bool = False, max_tie_share: float = 1.0) -> None:
         self.name, self.tolerance, self.total = name, tolerance, int(total_elements)
         self.histograms = (_Histogram(), _Histogram()) if histogram else None
         self.scores, self.min_decision_agreement = scores, min_decision_agreement
         self.baseline_max_abs, self.baseline_factor = baseline_max_abs, baseline_factor
         self.tie_tolerance = tie_tolerance or tolerance
+        self.max_tie_share = max_tie_share
         self._keep = self.total - p99_position(max(self.total, 1))[0]
         # Once the buffers hold `_keep` values, nothing below the smallest of them can matter.
         self._floors = {"abs": -math.inf, "rel": -math.inf}
@@ -235,7 +238,7 @@ class OutputAccumulator:
         if self.scores and not self.exact and self.samples:
             decision = DecisionStats(samples=self.samples, agreeing=self.agreeing, ties=self.ties,
                                      agreement=self.agreeing / self.samples, min_agreement=self.min_decision_agreement,
-                                     disagreeing_samples=self.disagreeing)
+                                     disagreeing_samples=self.disagreeing, max_tie_share=self.max_tie_share)
         passed = stats.violations == 0 and (decision is None or decision.passed)
         above = False
         if self.baseline_max_abs is not None and self.baseline_factor is not None:

@@ -19,8 +19,8 @@ def judge_for(spec: TensorSpec, policy: TolerancePolicy, total_elements: int, *,
               histogram: bool = False) -> OutputAccumulator:
     """An accumulator judging output ``spec`` under ``policy`` (an override replaces its tolerance).
 
-    The tie tolerance of a decision stays the policy's noise-scale default: loosening an
-    output's values never loosens its decisions.
+    The tie tolerance of a decision is the output's tolerance in the bundle (its scale-aware one),
+    whatever the check-time override: loosening an output's values never loosens its decisions.
     """
     return OutputAccumulator(
         spec.name, (overrides or {}).get(spec.name, policy.for_output(spec.name)), total_elements,
@@ -28,8 +28,9 @@ def judge_for(spec: TensorSpec, policy: TolerancePolicy, total_elements: int, *,
         min_decision_agreement=policy.min_decision_agreement,
         baseline_max_abs=(baselines or {}).get(spec.name),
         baseline_factor=policy.baseline_factor,
-        tie_tolerance=policy.default,
+        tie_tolerance=policy.for_output(spec.name),
         histogram=histogram,
+        max_tie_share=policy.max_tie_share,
     )
 
 

@@ -44,10 +44,16 @@ class DecisionStats(StrictModel):
     agreement: float
     min_agreement: float
     disagreeing_samples: list[int]
+    # The largest share of samples the near-tie rule may decide (1.0: no bound, as before it existed).
+    max_tie_share: float = 1.0
+
+    @property
+    def tie_share(self) -> float:
+        return self.ties / self.samples if self.samples else 0.0
 
     @property
     def passed(self) -> bool:
-        return self.agreement >= self.min_agreement
+        return self.agreement >= self.min_agreement and self.tie_share <= self.max_tie_share
 
 
 class ErrorHistogram(StrictModel):

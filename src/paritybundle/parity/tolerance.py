@@ -23,7 +23,11 @@ bf16 autocast's own noise, so bf16 references cannot tell it apart.
 
 from __future__ import annotations
 
-from ..bundle.manifest import Tolerance, TolerancePolicy
+import math
+
+import numpy as np
+
+from ..bundle.manifest import OutputScale, Tolerance, TolerancePolicy
 
 # (atol, rtol) by reference precision. "fp32" on a CPU is the tight case.
 _PRESETS: dict[tuple[str, str], tuple[float, float]] = {
@@ -35,8 +39,22 @@ _PRESETS: dict[tuple[str, str], tuple[float, float]] = {
 }
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
-# Every decision must agree unless the research scores were a near-tie (see parity.py).
+# Every decision must agree unless the research scores were a near-tie (parity/decision.py), and
+# at most 1% of samples may be decided that way.
 DEFAULT_MIN_DECISION_AGREEMENT = 1.0
+DEFAULT_MAX_TIE_SHARE = 0.01
+
+# Scale-aware absolute tolerance (per output): a fixed atol is meaningless for outputs far smaller
+# than it (logits of 1e-9, probabilities of 1e-4): the tolerance would exceed the outputs
+# themselves. An output's atol is SPREAD_SHARE of its robust spread (p99 - p1 of its research
+# values), never below the noise floor (NOISE_FACTOR x the torch-vs-ONNX Runtime error measured
+# at export, and FLOAT32_ULPS float32 steps at the output's largest magnitude: the error a change
+# of threads or optimisation level may add where export saw none), never above the preset. The
+# measurements behind these numbers: README, "What parity holds means", and `python -m bench verdict`.
+SPREAD_SHARE = 0.001
+NOISE_FACTOR = 10.0
+FLOAT32_ULPS = 64
+_FLOAT32_EPS = float(np.finfo(np.float32).eps)
 # A serving error 100x the export-time error is worth a look even inside tolerance.
 DEFAULT_BASELINE_FACTOR = 100.0
 
@@ -83,4 +101,61 @@ def default_policy(
         per_output=per_output or {},
         min_decision_agreement=min_decision_agreement,
         baseline_factor=DEFAULT_BASELINE_FACTOR,
+        max_tie_share=DEFAULT_MAX_TIE_SHARE,
     )
+
+
+def output_scale(research: np.ndarray) -> tuple[float, float]:
+    """``(spread, max_abs)`` of an output's research values: spread is p99 - p1 of the finite values
+    (robust to a few outliers), max_abs the largest finite magnitude; (0, 0) when none is finite."""
+    values = np.asarray(research, dtype=np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 0.0
+    low, high = np.percentile(values, [1, 99])
+    return float(high - low), float(np.abs(values).max())
+
+
+def scaled_tolerance(preset: Tolerance, spread: float, max_abs: float, export_error: float) -> tuple[Tolerance, str]:
+    """The tolerance of one output, and the rule that set its atol (``spread``, ``noise`` or ``preset``).
+
+    Example:
+        >>> tolerance, rule = scaled_tolerance(Tolerance(atol=1e-4, rtol=1e-3), 2e-9, 1e-9, 1e-16)
+        >>> rule, tolerance.atol < 1e-10  # 1% of logits spread over 2e-9, not a fixed 1e-4
+        ('spread', True)
+    """
+    floor = max(NOISE_FACTOR * export_error if math.isfinite(export_error) else 0.0,
+                FLOAT32_ULPS * _FLOAT32_EPS * max_abs)
+    share = SPREAD_SHARE * spread
+    if min(share, preset.atol) >= preset.atol or floor >= preset.atol:
+        return preset, "preset"
+    atol, rule = (share, "spread") if share >= floor else (floor, "noise")
+    return Tolerance(atol=atol, rtol=preset.rtol, equal_nan=preset.equal_nan), rule
+
+
+def scale_policy(policy: TolerancePolicy, research: dict[str, np.ndarray], export_errors: dict[str, float],
+                 set_by_caller: set[str]) -> TolerancePolicy:
+    """``policy`` with a per-output tolerance derived from each output's research values and measured
+    error, recorded with the scale behind it; outputs whose tolerance the caller set keep it."""
+    per_output, scales = dict(policy.per_output), {}
+    for name, values in research.items():
+        spread, max_abs = output_scale(values)
+        if name in set_by_caller:
+            scales[name] = OutputScale(spread=spread, max_abs=max_abs, rule="caller")
+            continue
+        tolerance, rule = scaled_tolerance(policy.default, spread, max_abs, export_errors.get(name, 0.0))
+        if rule != "preset":
+            per_output[name] = tolerance
+        scales[name] = OutputScale(spread=spread, max_abs=max_abs, rule=rule)  # type: ignore[arg-type]
+    return policy.model_copy(update={"per_output": per_output, "scales": scales})
+
+
+def tolerance_exceeds_outputs(policy: TolerancePolicy, overrides: dict[str, Tolerance] | None = None) -> list[str]:
+    """Outputs whose atol (as checked: an override counts) reaches the spread of their research values:
+    any model whose outputs stay in that range passes, so the check cannot tell models apart."""
+    names = []
+    for name, scale in policy.scales.items():
+        tolerance = (overrides or {}).get(name, policy.for_output(name))
+        if scale.spread > 0 and tolerance.atol >= scale.spread:
+            names.append(name)
+    return names

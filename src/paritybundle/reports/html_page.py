@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from html import escape
 
+from .strength import coverage_lines, power_sentence
 from .terminal import number_text
 
 _STYLE = """
@@ -83,7 +84,8 @@ def diff_page(report) -> str:
                           [[cell(g.stage), cell(summary(g.a)), cell(summary(g.b)),
                             cell(", ".join(f"{op} {n[0]}->{n[1]}" for op, n in g.operator_changes.items()) or "none")]
                            for g in report.graphs]))
-    for title, changes in (("Tolerance policy", report.tolerance), ("Provenance", report.provenance)):
+    for title, changes in (("Tolerance policy", report.tolerance), ("Provenance", report.provenance),
+                           ("How strong each verdict is", report.strength)):
         sections.append(f"<h2>{escape(title)}</h2>")
         sections.append(table(["what", "A", "B"], [[cell(c.what), cell(c.a), cell(c.b)] for c in changes])
                         if changes else paragraph("identical"))
@@ -231,6 +233,8 @@ def check_page(report) -> str:
         sections.append(paragraph(f"no drift (policy {report.environment.policy})"))
     if report.notices:
         sections += ["<h2>Notices</h2>"] + [paragraph(n, "note") for n in report.notices]
+    sections += ["<h2>How strong this verdict is</h2>", paragraph(power_sentence(report.power))]
+    sections += [paragraph(line) for line in coverage_lines(report.coverage)]
     st = report.settings
     sections += ["<h2>Settings</h2>", table(["setting", "value"], [
         [cell("source"), cell(st.url or st.testdata or "the bundle's reference set")],

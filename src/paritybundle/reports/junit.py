@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from ..check.results import CheckReport
 from ..parity.explain import explain_failure
 from ..parity.results import OutputComparison
+from .strength import coverage_lines, power_sentence
 
 SUITE = "paritybundle.check"
 
@@ -51,8 +52,9 @@ def junit_xml(report: CheckReport) -> str:
               detail=_summary(c))
         if c.decision is not None:
             d = c.decision
-            text = f"argmax agrees on {d.agreement:.2%} of {d.samples} samples (min {d.min_agreement:.0%})"
-            _case(suite, f"decision[{c.name}]", failure=None if d.passed else text, detail=text)
+            text = (f"argmax agrees on {d.agreement:.2%} of {d.samples} samples (min {d.min_agreement:.0%}); "
+                    f"{d.ties} decided as near ties (at most {d.max_tie_share:.0%} may be)")
+            _case(suite, f"decision[{c.name}]", failure=None if d.passed else explain_failure(c), detail=text)
     for stage in report.stages:
         if stage.stage == "pipeline":
             continue  # the parity[...] cases above
@@ -64,6 +66,13 @@ def junit_xml(report: CheckReport) -> str:
         for c in stage.outputs:
             _case(suite, f"stage[{stage.stage}].output[{c.name}]", failure=None if c.passed else explain_failure(c),
                   detail=_summary(c))
+    # How strong the verdict is: power passes when measured and something was detected, is skipped
+    # (with why) otherwise; coverage is a record, never a failure.
+    if report.power is not None and report.power.detected is not None:
+        _case(suite, "detection power", detail=power_sentence(report.power))
+    else:
+        _case(suite, "detection power", skipped=power_sentence(report.power))
+    _case(suite, "coverage", detail="\n".join(coverage_lines(report.coverage)))
     cases = suite.findall("testcase")
     suite.set("tests", str(len(cases)))
     suite.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))

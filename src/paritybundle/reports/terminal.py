@@ -10,6 +10,7 @@ from rich.text import Text
 
 from ..bundle.manifest import Manifest
 from ..bundle.strict import printable
+from .strength import coverage_lines, power_sentence, tolerance_lines
 from ..check.results import CheckReport
 from ..parity.explain import explain_failure
 from ..parity.results import OutputComparison
@@ -153,6 +154,8 @@ def render_check(report: CheckReport, console: Console) -> None:
         console.print(_text(f"where: {report.diagnosis}", style="bold red"))
     for line in report.notices:
         console.print(_text(f"notice: {line}", style="yellow"))
+    if report.power is not None:
+        console.print(power_sentence(report.power))
     settings = report.settings
     if settings.source == "testdata":
         console.print(f"references from ONNX test data in {settings.testdata} ({settings.samples} samples); "
@@ -236,10 +239,11 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
     if m.preprocessing is not None:
         console.print(preprocessing_table(m))
     tol = m.tolerance
-    lines = [f"tolerance: atol {tol.default.atol:g}, rtol {tol.default.rtol:g}, equal_nan {tol.default.equal_nan} "
+    lines = [f"tolerance: preset atol {tol.default.atol:g}, rtol {tol.default.rtol:g}, equal_nan {tol.default.equal_nan} "
              f"(references made on {tol.reference_device}, {tol.reference_precision}); "
-             f"argmax agreement >= {tol.min_decision_agreement:.0%}; notice above {tol.baseline_factor:g}x export error"]
-    lines += [f"  {name}: atol {t.atol:g}, rtol {t.rtol:g}" for name, t in tol.per_output.items()]
+             f"argmax agreement >= {tol.min_decision_agreement:.0%}, near ties on at most {tol.max_tie_share:.0%} of "
+             f"samples; notice above {tol.baseline_factor:g}x export error"]
+    lines += [f"  {line}" for line in tolerance_lines(tol)]
     console.print("\n".join(lines))
     console.print(f"runtime validated with: onnxruntime {m.runtime.onnxruntime_version}, "
                   f"{', '.join(m.runtime.providers)}, optimization {m.runtime.graph_optimization_level}")
@@ -254,6 +258,7 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
     console.print(f"provenance: git {git}; params {p.params or '{}'}; metrics {p.metrics or '{}'}; "
                   f"data {p.data_hashes or '{}'}")
     console.print(f"reference set: {m.reference.samples} samples")
+    console.print("\n".join([power_sentence(m.power), *coverage_lines(m.coverage)]))
     files = Table(title="files", title_justify="left")
     files.add_column("path")
     files.add_column("bytes", justify="right")
@@ -336,6 +341,8 @@ def render_diff(report, console: Console) -> None:
         console.print("environment locks: identical")
     if report.provenance:
         console.print(_field_table("provenance", report.provenance))
+    if report.strength:
+        console.print(_field_table("how strong each verdict is", report.strength))
     if report.behaviour:
         table = Table(title="behaviour, judged by A's tolerance", title_justify="left")
         for column in ("run", "samples", "output", "max abs", "violations", "of tol", "argmax flips", "verdict"):

@@ -103,8 +103,8 @@ def onnxruntime_version() -> str:
     return onnxruntime.__version__
 
 
-def create_session(model_path: Path, settings: SessionSettings, *, label: str | None = None) -> Any:
-    """Build an ONNX Runtime session for a verified model file.
+def create_session(model_path: Path | bytes, settings: SessionSettings, *, label: str | None = None) -> Any:
+    """Build an ONNX Runtime session for a verified model file (or a serialised model in memory).
 
     Raises:
         UsageError: an execution provider that this onnxruntime does not have.
@@ -131,9 +131,10 @@ def create_session(model_path: Path, settings: SessionSettings, *, label: str | 
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
     try:
-        return ort.InferenceSession(os.fspath(model_path), sess_options=options, providers=list(settings.providers))
+        source = model_path if isinstance(model_path, bytes) else os.fspath(model_path)
+        return ort.InferenceSession(source, sess_options=options, providers=list(settings.providers))
     except Exception as exc:  # ORT raises its own pybind classes; all mean "cannot load this model"
         reason = " ".join(str(exc).split())[:600]
         raise BundleInvalid(
-            f"ONNX Runtime cannot load {label or model_path.name}: {reason}; re-export the bundle."
+            f"ONNX Runtime cannot load {label or getattr(model_path, 'name', 'the model')}: {reason}; re-export the bundle."
         ) from None

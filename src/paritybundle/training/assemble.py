@@ -16,7 +16,7 @@ from ..bundle.layout import (
     FEATURES_FILE, INPUTS_FILE, LOCK_FILE, MODEL_FILE, OUTPUTS_FILE, PIPELINE_FILE, PREPROCESS_FILE, REQUIREMENTS_FILE,
 )
 from ..bundle.manifest import (
-    FORMAT_VERSION, GitInfo, Manifest, OutputError, Preprocessing, Producer, Provenance, ReferenceSet, RuntimeSettings,
+    FORMAT_VERSION, Coverage, GitInfo, Manifest, OutputError, Power, Preprocessing, Producer, Provenance, ReferenceSet, RuntimeSettings,
     Stages, TensorSpec, TolerancePolicy,
 )
 from ..bundle.references import ArrayStream, save_arrays
@@ -46,7 +46,8 @@ def write_environment(writer: BundleWriter, torch_info: environment.TorchInfo | 
 def assemble_manifest(writer: BundleWriter, spec: Any, *, input_specs: list[TensorSpec], output_specs: list[TensorSpec],
                       opset: int, exporter: str, policy: TolerancePolicy, settings: SessionSettings, samples: int,
                       reference_device: str, reference_precision: str, comparisons: list[OutputComparison],
-                      preprocessing: Preprocessing | None) -> Manifest:
+                      preprocessing: Preprocessing | None, power: Power | None = None,
+                      coverage: Coverage | None = None) -> Manifest:
     """``bundle.json`` for everything staged in ``writer`` (hashed now, so call it last)."""
     staged = preprocessing is not None
     return Manifest(
@@ -77,6 +78,8 @@ def assemble_manifest(writer: BundleWriter, spec: Any, *, input_specs: list[Tens
             for c in comparisons if c.stats is not None
         },
         preprocessing=preprocessing,
+        power=power,
+        coverage=coverage,
         environment_lock=LOCK_FILE,
         serve_requirements=REQUIREMENTS_FILE,
         files=writer.digests(),

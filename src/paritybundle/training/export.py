@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,18 @@ from typing import Any
 import numpy as np
 
 from ..bundle.layout import MODEL_FILE, PIPELINE_FILE, PREPROCESS_FILE
-from ..bundle.manifest import Manifest, Preprocessing, TensorSpec, Tolerance, validate_name
+from ..bundle.manifest import Coverage, Manifest, Preprocessing, TensorSpec, Tolerance, validate_name
 from ..bundle.writer import BundleWriter
 from ..errors import SpecError, UsageError
-from ..parity.tolerance import default_policy
+from ..parity.tolerance import default_policy, scale_policy
 from ..runtime.lock import TorchInfo
 from ..runtime.session import SessionSettings
 from . import _torch
 from .assemble import assemble_manifest, write_environment, write_reference_set
 from .graphs import graph_specs, input_specs
+from . import coverage
 from .inputs import first_paragraph, length, normalise_inputs, output_names, to_numpy
+from .power import measure_power, report_power
 from .preprocessing.graph import MIN_OPSET
 from .spec import ExportSpec
 from .validation import validate_preprocessing, validate_stage
@@ -91,7 +94,8 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
         return _export_existing_onnx(spec, out, force=force)
     _torch.require_module(spec.model)
     _validate_common(spec)
-    inputs = normalise_inputs(spec)
+    inputs = _candidates(normalise_inputs(spec))
+    candidates = length(inputs)
     staged = _preprocessing(spec, inputs)
     if staged is not None:
         inputs = staged.raw
@@ -109,6 +113,8 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
         names = output_names(spec, len(research_first))
         research = dict(zip(names, research_first))
         _torch.check_deterministic(model, model_inputs, research, device)
+        inputs, staged, research, coverage = _cover(spec, inputs, staged, research, candidates,
+                                                    lambda features: _torch.run_model(model, features, device))
         reference_device = spec.reference_device or device.type
         reference_precision = spec.reference_precision or _torch.precision(model, device)
         with BundleWriter(out, force=force) as writer:
@@ -117,7 +123,7 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
                                min_opset=MIN_OPSET if staged is not None else None)
             manifest = _write_bundle(writer, spec, inputs, research, reference_device, reference_precision,
                                      exporter=f"torch.onnx ({spec.exporter})", torch_info=_torch.torch_info(device),
-                                     research_label="torch", staged=staged)
+                                     research_label="torch", staged=staged, coverage=coverage)
             path = writer.commit(manifest)
     log.info("exported %s v%s to %s", spec.name, spec.version, path)
     return ExportResult(path=path, manifest=manifest, was_training=was_training)
@@ -136,7 +142,7 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
     if spec.research_outputs is None:
         raise SpecError("an ONNX model needs research_outputs: the outputs the research framework computed "
                         "on reference_inputs (name -> array), which the bundle will be held to.")
-    inputs = normalise_inputs(spec, cap=False)
+    inputs = normalise_inputs(spec)
     research = {str(k): to_numpy(v, str(k)) for k, v in spec.research_outputs.items()}
     if spec.preprocess is not None:
         raise SpecError("preprocess is for torch models; an existing ONNX model takes the raw inputs its graph reads "
@@ -146,15 +152,17 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
         raise SpecError(f"research_outputs must have one row per reference sample ({length(inputs)}), got {counts}.")
     if spec.output_names is not None and list(spec.output_names) != list(research):
         raise SpecError(f"output_names {list(spec.output_names)} differ from the research_outputs keys {list(research)}.")
-    cap = spec.max_reference_samples
-    if cap is not None and length(inputs) > cap:
-        inputs = {k: v[:cap] for k, v in inputs.items()}
-        research = {k: v[:cap] for k, v in research.items()}
+    candidates = length(inputs)
+    pool = coverage.candidate_rows(candidates)
+    if pool is not None:
+        inputs, research = _take(inputs, pool), _take(research, pool)
+    # No probe rows: their research outputs would need the framework that made the model.
+    inputs, _, research, covered = _cover(spec, inputs, None, research, candidates, None)
     with BundleWriter(out, force=force) as writer:
         shutil.copyfile(source, writer.path(MODEL_FILE))
         manifest = _write_bundle(writer, spec, inputs, research, spec.reference_device or "cpu",
                                  spec.reference_precision or "fp32", exporter=f"existing ONNX ({source.name})",
-                                 torch_info=None, research_label="the research outputs")
+                                 torch_info=None, research_label="the research outputs", coverage=covered)
         path = writer.commit(manifest)
     log.info("exported %s v%s to %s", spec.name, spec.version, path)
     return ExportResult(path=path, manifest=manifest, was_training=False)
@@ -163,7 +171,7 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
 def _write_bundle(writer: BundleWriter, spec: ExportSpec, inputs: dict[str, np.ndarray],
                   research: dict[str, np.ndarray], reference_device: str, reference_precision: str, *,
                   exporter: str, torch_info: TorchInfo | None, research_label: str,
-                  staged: StagedPreprocessing | None = None) -> Manifest:
+                  staged: StagedPreprocessing | None = None, coverage: Coverage | None = None) -> Manifest:
     """Validate the staged model.onnx against the research outputs in ONNX Runtime (fail closed),
     then stage everything else and return the manifest to commit.
 
@@ -192,12 +200,18 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, inputs: dict[str, np.n
     comparisons = validate_stage(writer.path(PIPELINE_FILE), raw_specs, output_specs, inputs, research, policy,
                                  settings, "the exported model" if staged is None else f"the merged {PIPELINE_FILE}",
                                  research_label)
+    # Each output's tolerance scaled to its own values and the error just measured (parity/tolerance.py);
+    # the export's comparisons pass under it by construction (it is never below 10x that error).
+    set_by_caller = set(names) if spec.tolerance is not None else set(spec.per_output_tolerance)
+    policy = scale_policy(policy, research, {c.name: c.stats.max_abs for c in comparisons if c.stats}, set_by_caller)
+    power = measure_power(writer.path(PIPELINE_FILE), raw_specs, output_specs, inputs, research, policy, settings)
+    report_power(power, spec.name, require=spec.require_power)
     write_reference_set(writer, inputs, research, staged.features if staged is not None else None)
     write_environment(writer, torch_info)
     return assemble_manifest(writer, spec, input_specs=raw_specs, output_specs=output_specs, opset=opset,
                              exporter=exporter, policy=policy, settings=settings, samples=length(inputs),
                              reference_device=reference_device, reference_precision=reference_precision,
-                             comparisons=comparisons, preprocessing=preprocessing)
+                             comparisons=comparisons, preprocessing=preprocessing, power=power, coverage=coverage)
 
 
 @dataclass
@@ -231,6 +245,45 @@ def _preprocessing(spec: ExportSpec, inputs: dict[str, np.ndarray]) -> StagedPre
     if any(len(f) != length(raw) for f in features.values()):
         raise SpecError("the preprocessing returned a different number of rows than it was given.")
     return StagedPreprocessing(preprocessor, raw, features)
+
+
+def _candidates(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    pool = coverage.candidate_rows(length(inputs))
+    return inputs if pool is None else _take(inputs, pool)
+
+
+def _take(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: np.ascontiguousarray(a[rows]) for name, a in arrays.items()}
+
+
+def _cover(spec: ExportSpec, inputs: dict[str, np.ndarray], staged: StagedPreprocessing | None,
+           research: dict[str, np.ndarray], candidates: int,
+           run_model: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | None,
+           ) -> tuple[dict[str, np.ndarray], StagedPreprocessing | None, dict[str, np.ndarray], Coverage]:
+    """Keep covering rows within the budget, then add probe rows for what they do not show of the
+    fitted preprocessing (their outputs from the research path): see :mod:`.coverage`."""
+    raw = staged.raw if staged is not None else inputs
+    scores = coverage.score_like(research, spec.score_outputs)
+    keep = coverage.select_rows(raw, research, scores, spec.max_reference_samples)
+    selection = "all" if len(keep) == length(raw) else "covering"
+    raw, research = _take(raw, keep), _take(research, keep)
+    columns = staged.preprocessor.columns() if staged is not None else []
+    probes = coverage.build_probes(raw, columns) if staged is not None and run_model is not None else coverage.Probes()
+    if staged is not None:
+        features = _take(staged.features, keep)
+        if probes.rows:
+            probe_features = {name: np.ascontiguousarray(to_numpy(v, name))
+                              for name, v in staged.preprocessor.research(probes.raw).items()}
+            probe_outputs = dict(zip(research, run_model(probe_features)))  # type: ignore[misc]
+            raw = {name: np.concatenate([raw[name], probes.raw[name]]) for name in raw}
+            features = {name: np.concatenate([features[name], probe_features[name]]) for name in features}
+            research = {name: np.concatenate([research[name], probe_outputs[name]]) for name in research}
+        staged = StagedPreprocessing(staged.preprocessor, raw, features)
+    covered = coverage.describe(raw, research, scores, candidates=candidates, selected=len(keep), probes=probes,
+                                columns=columns, selection=selection)
+    if probes.rows:
+        log.info("%s: %d probe rows added to the reference set (%s)", spec.name, probes.rows, "; ".join(probes.reasons))
+    return (raw if staged is None else staged.raw), staged, research, covered
 
 
 def _freeze_preprocessing(writer: BundleWriter, staged: StagedPreprocessing, opset: int, feature_specs: list[TensorSpec],

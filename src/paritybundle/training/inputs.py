@@ -36,7 +36,8 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
     return array
 
 
-def normalise_inputs(spec: Any, cap: bool = True) -> dict[str, np.ndarray]:
+def normalise_inputs(spec: Any) -> dict[str, np.ndarray]:
+    """Every reference row the caller passed, as named contiguous arrays (selection is coverage.py's)."""
     raw = spec.reference_inputs
     if raw is None:
         raise SpecError("reference_inputs is required: the raw inputs the research outputs are computed on.")
@@ -59,10 +60,6 @@ def normalise_inputs(spec: Any, cap: bool = True) -> dict[str, np.ndarray]:
     count = next(iter(lengths.values()))
     if count < 1:
         raise SpecError("reference_inputs has no samples; pass at least one.")
-    limit = spec.max_reference_samples
-    if cap and limit is not None and count > limit:
-        log.info("keeping the first %d of %d reference samples", limit, count)
-        arrays = {name: a[:limit] for name, a in arrays.items()}
     return {name: np.ascontiguousarray(a) for name, a in arrays.items()}
 
 

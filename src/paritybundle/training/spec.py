@@ -48,6 +48,8 @@ class ExportSpec:
             framework computed on ``reference_inputs`` (e.g. ``predict_proba``).
         external_data: keep weights in ``model.onnx.data`` (None: when parameters
             reach 512 MiB; the dynamo exporter only).
+        require_power: refuse to export (exit 2) when the reference set does not detect a 1%
+            weight perturbation (measured at export either way, and recorded).
         preprocess: fitted preprocessing from raw inputs to the model's input: a
             ``paritybundle.preprocess.Pipeline``/``Columns``, a fitted scikit-learn
             transformer (needs the ``sklearn`` extra), or a ``torch.nn.Module``. Its
@@ -75,6 +77,7 @@ class ExportSpec:
     research_outputs: Mapping[str, Any] | None = None
     external_data: bool | None = None
     preprocess: Any = None
+    require_power: bool = False
 
 
 def load_spec(reference: str) -> ExportSpec:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..bundle.manifest import load_json_document, validation_summary
+from ..bundle.strict import load_json_document, validation_summary
 from ..bundle.strict import StrictModel
 from ..errors import BundleInvalid
 

@@ -21,3 +21,11 @@ REQUIREMENTS_FILE = "requirements-serve.txt"
 INPUTS_FILE = "reference/inputs.npz"
 FEATURES_FILE = "reference/features.npz"
 OUTPUTS_FILE = "reference/outputs.npz"
+
+
+def group_files(group: int) -> tuple[str, str, str]:
+    """``(inputs, features, outputs)`` of reference group ``group``: the first group's are the files above."""
+    if group == 0:
+        return INPUTS_FILE, FEATURES_FILE, OUTPUTS_FILE
+    folder = f"reference/group_{group}"
+    return f"{folder}/inputs.npz", f"{folder}/features.npz", f"{folder}/outputs.npz"

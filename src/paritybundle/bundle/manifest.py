@@ -9,17 +9,19 @@ the errors measured between torch and ONNX Runtime at export.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..errors import BundleInvalid
 from .layout import MANIFEST_NAME, UNLISTED_FILES
-from .strict import StrictModel
+from .strength import CategoryCoverage, Coverage, Power, RangeCoverage
+from .strict import BundleDocument, load_json_document, validation_summary
+
+__all__ = ["CategoryCoverage", "Coverage", "Power", "RangeCoverage", "load_json_document", "validation_summary"]
 
 FORMAT_VERSION = 1
 # Bounds on the numbers a manifest gives: each is far beyond any real bundle, and each keeps a
@@ -41,12 +43,6 @@ TensorDType = Literal[
 ]
 
 
-class _ManifestModel(StrictModel):
-    """A part of ``bundle.json``: strict like every document, and no NaN or infinity in any number."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
-
-
 def validate_name(value: str) -> str:
     """A bundle name: it becomes part of URLs (V2 model name) and file names."""
     if not isinstance(value, str) or not _NAME_PATTERN.match(value):
@@ -54,7 +50,7 @@ def validate_name(value: str) -> str:
     return value
 
 
-class FileDigest(_ManifestModel):
+class FileDigest(BundleDocument):
     sha256: str
     bytes: int = Field(ge=0, le=MAX_FILE_BYTES)
 
@@ -66,7 +62,7 @@ class FileDigest(_ManifestModel):
         return value
 
 
-class TensorSpec(_ManifestModel):
+class TensorSpec(BundleDocument):
     """One named input or output: dtype and shape, symbolic dims as strings."""
 
     name: str = Field(min_length=1, max_length=256)
@@ -88,7 +84,7 @@ class TensorSpec(_ManifestModel):
         return shape
 
 
-class Tolerance(_ManifestModel):
+class Tolerance(BundleDocument):
     """Element-wise rule: ``|serve - research| <= atol + rtol * |research|``."""
 
     atol: float = Field(ge=0)
@@ -97,7 +93,7 @@ class Tolerance(_ManifestModel):
     equal_nan: bool = True
 
 
-class OutputScale(_ManifestModel):
+class OutputScale(BundleDocument):
     """What an output's research values look like, and which bound set its absolute tolerance.
 
     ``rule``: ``spread`` (a share of the output's own spread), ``noise`` (the measured
@@ -111,7 +107,7 @@ class OutputScale(_ManifestModel):
     rule: Literal["spread", "noise", "preset", "caller"]
 
 
-class TolerancePolicy(_ManifestModel):
+class TolerancePolicy(BundleDocument):
     """How close serving must come to research, and why these numbers.
 
     ``reference_device``/``reference_precision`` record what produced the
@@ -137,7 +133,7 @@ class TolerancePolicy(_ManifestModel):
         return self.per_output.get(name, self.default)
 
 
-class RuntimeSettings(_ManifestModel):
+class RuntimeSettings(BundleDocument):
     """The ONNX Runtime settings the export was validated with."""
 
     onnxruntime_version: str
@@ -146,7 +142,7 @@ class RuntimeSettings(_ManifestModel):
     intra_op_num_threads: int = Field(ge=0, le=MAX_THREADS)
 
 
-class OutputError(_ManifestModel):
+class OutputError(BundleDocument):
     """Error measured between two computations of one output."""
 
     max_abs: float
@@ -154,7 +150,7 @@ class OutputError(_ManifestModel):
     max_rel: float
 
 
-class Stages(_ManifestModel):
+class Stages(BundleDocument):
     pipeline: str
     model: str
     preprocess: str | None = None
@@ -162,7 +158,26 @@ class Stages(_ManifestModel):
     exporter: str
 
 
-class ReferenceSet(_ManifestModel):
+# A reference set may hold this many groups of different shapes (sequence lengths, image sizes).
+MAX_GROUPS = 256
+
+
+class ReferenceGroup(BundleDocument):
+    """One group of reference rows sharing their non-batch shape."""
+
+    inputs: str
+    outputs: str
+    features: str | None = None
+    samples: int = Field(ge=1, le=MAX_SAMPLES)
+    # The group's non-batch sizes per input (e.g. {"input_ids": [24]}), for reports.
+    shapes: dict[str, list[int]] = Field(default_factory=dict)
+
+
+class ReferenceSet(BundleDocument):
+    """The reference rows. ``inputs``/``outputs``/``features`` are the first group's files; with rows of
+    several shapes, ``groups`` lists every group (the first naming the same files) and ``samples``
+    counts them all."""
+
     inputs: str
     outputs: str
     features: str | None = None
@@ -170,9 +185,39 @@ class ReferenceSet(_ManifestModel):
     # What produced the research outputs: e.g. ("cpu", "fp32") or ("cuda", "tf32").
     device: str
     precision: str
+    groups: list[ReferenceGroup] = Field(default_factory=list, max_length=MAX_GROUPS)
+
+    @model_validator(mode="after")
+    def _groups_agree(self) -> ReferenceSet:
+        if not self.groups:
+            return self
+        first = self.groups[0]
+        if (first.inputs, first.outputs, first.features) != (self.inputs, self.outputs, self.features):
+            raise ValueError("the first reference group must name the reference set's own files")
+        if any((g.features is None) != (self.features is None) for g in self.groups):
+            raise ValueError("every reference group has features, or none does")
+        if sum(g.samples for g in self.groups) != self.samples:
+            raise ValueError("the reference groups' samples must add up to the reference set's samples")
+        files = [f for g in self.groups for f in (g.inputs, g.outputs, g.features) if f]
+        if len(files) != len(set(files)):
+            raise ValueError("reference groups must not share files")
+        return self
+
+    def all_groups(self) -> list[ReferenceGroup]:
+        """Every group; a set without ``groups`` is one group of the top-level files."""
+        return list(self.groups) or [ReferenceGroup(inputs=self.inputs, outputs=self.outputs, features=self.features,
+                                                    samples=self.samples)]
+
+    def locate(self, sample: int) -> tuple[int, int]:
+        """``(group, index within it)`` of a sample numbered across the whole set."""
+        for index, group in enumerate(self.all_groups()):
+            if sample < group.samples:
+                return index, sample
+            sample -= group.samples
+        return len(self.all_groups()) - 1, sample
 
 
-class PreprocessStep(_ManifestModel):
+class PreprocessStep(BundleDocument):
     """One fitted step of the frozen preprocessing, with its statistics (for reading, not running)."""
 
     kind: str = Field(min_length=1, max_length=64)
@@ -181,7 +226,7 @@ class PreprocessStep(_ManifestModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class PreprocessColumn(_ManifestModel):
+class PreprocessColumn(BundleDocument):
     """The steps one raw input goes through, and where its features land in the output."""
 
     input: str
@@ -197,7 +242,7 @@ class PreprocessColumn(_ManifestModel):
         return value
 
 
-class Preprocessing(_ManifestModel):
+class Preprocessing(BundleDocument):
     """What ``preprocess.onnx`` does: raw inputs -> the model's inputs (the features)."""
 
     source: Literal["paritybundle", "scikit-learn", "torch"]
@@ -207,80 +252,25 @@ class Preprocessing(_ManifestModel):
     columns: list[PreprocessColumn]
 
 
-class Power(_ManifestModel):
-    """What the reference set detects, measured at export: weight noise of each of ``levels`` (a share
-    of each weight tensor's spread), the smallest that failed (None: neither), and why not."""
-
-    levels: list[float]
-    detected: float | None
-    # False when it could not be measured (weights in external data, no weights): see reasons.
-    measured: bool
-    # Per level tried, the worst element's share of its tolerance under that noise.
-    worst_ratios: dict[str, float] = Field(default_factory=dict)
-    reasons: list[str] = Field(default_factory=list)
-
-    def sentence(self) -> str:
-        if self.detected is not None:
-            return f"this reference set detects a {self.detected:.1%} weight perturbation"
-        tried = ", ".join(f"{level:.1%}" for level in self.levels)
-        return f"this reference set detects none of {tried} weight perturbations: " + "; ".join(self.reasons)
-
-
-class CategoryCoverage(_ManifestModel):
-    """One fitted vocabulary: its size, how many of its categories the reference rows show, and the
-    categories probe rows were added for."""
-
-    vocabulary: int = Field(ge=0)
-    seen: int = Field(ge=0)
-    probed: list[str] = Field(default_factory=list)
-
-
-class RangeCoverage(_ManifestModel):
-    """One numeric column's fitted range against the range of its reference values."""
-
-    fitted: list[float]
-    reference: list[float] | None
-    share: float = Field(ge=0, le=1)
-    probed: bool = False
-
-
-class Coverage(_ManifestModel):
-    """What the reference set covers. ``selected`` rows come from the ``candidates`` the caller
-    offered (``all`` of them, or ``covering`` ones: every class, category, NaN and extreme first);
-    ``probes`` generated rows follow them in the reference arrays, one reason each."""
-
-    candidates: int = Field(ge=0)
-    selected: int = Field(ge=0)
-    probes: int = Field(ge=0)
-    selection: Literal["all", "covering"]
-    # Per score output: the classes the reference set's research outputs predict.
-    classes: dict[str, list[int]] = Field(default_factory=dict)
-    categories: dict[str, CategoryCoverage] = Field(default_factory=dict)
-    # Per input: how many reference rows hold NaN.
-    nan_rows: dict[str, int] = Field(default_factory=dict)
-    ranges: dict[str, RangeCoverage] = Field(default_factory=dict)
-    probe_reasons: list[str] = Field(default_factory=list)
-
-
-class GitInfo(_ManifestModel):
+class GitInfo(BundleDocument):
     commit: str
     dirty: bool
 
 
-class Provenance(_ManifestModel):
+class Provenance(BundleDocument):
     git: GitInfo | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     data_hashes: dict[str, str] = Field(default_factory=dict)
 
 
-class Producer(_ManifestModel):
+class Producer(BundleDocument):
     tool: Literal["paritybundle"] = "paritybundle"
     version: str
     libraries: dict[str, str]
 
 
-class Manifest(_ManifestModel):
+class Manifest(BundleDocument):
     """``bundle.json``: the only file of a bundle not listed in itself."""
 
     format_version: Literal[1]
@@ -328,6 +318,7 @@ class Manifest(_ManifestModel):
         referenced = [self.stages.pipeline, self.stages.model, self.reference.inputs,
                       self.reference.outputs, self.environment_lock, self.serve_requirements]
         referenced += [p for p in (self.stages.preprocess, self.reference.features) if p]
+        referenced += [p for g in self.reference.groups for p in (g.inputs, g.outputs, g.features) if p]
         for path in referenced:
             if path not in self.files:
                 raise ValueError(f"{path} is referenced but not listed in files")
@@ -378,37 +369,3 @@ def parse_manifest(raw: bytes, *, source: str = MANIFEST_NAME) -> Manifest:
         return Manifest.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise BundleInvalid(f"{source} is not a valid manifest: {validation_summary(exc)}; re-export the bundle.") from None
-
-
-def load_json_document(raw: bytes, source: str, kind: str) -> Any:
-    """JSON as a bundle document must be: UTF-8, no duplicate keys (json.loads keeps the last, so a second
-    "files" would silently win), no integer beyond Python's digit limit, no nesting beyond its recursion.
-
-    Raises:
-        BundleInvalid: saying which of these it is.
-    """
-    try:
-        return json.loads(raw, object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleInvalid(f"{source} is not a valid {kind}: not valid JSON ({exc}); re-export the bundle.") from None
-    except ValueError as exc:  # a duplicate key, or an integer past the 4300-digit conversion limit
-        raise BundleInvalid(f"{source} is not a valid {kind} ({str(exc)[:200]}); re-export the bundle.") from None
-    except RecursionError:
-        raise BundleInvalid(f"{source} is not a valid {kind}: nested too deeply; re-export the bundle.") from None
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise ValueError(f"the key {key[:80]!r} appears twice in one object")
-        seen.add(key)
-    return dict(pairs)
-
-
-def validation_summary(exc: ValidationError) -> str:
-    """The first few problems of a pydantic error, ``where: what`` each, for one sentence."""
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])[:120] or '(top level)'}: {err['msg'][:200]}" for err in exc.errors()[:5])
-    more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
-    return problems + more

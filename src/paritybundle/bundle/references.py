@@ -1,8 +1,8 @@
 """Reference arrays: ``.npz`` files, written and read without pickle, ever.
 
-:class:`ArrayStream` reads one ``.npz`` in batches of rows; :func:`open_reference_set`
+:class:`ArrayStream` reads one ``.npz`` in batches of rows; :func:`open_reference_groups`
 opens a verified bundle's reference set (inputs, research outputs, and features when
-there is preprocessing) as streams that agree on their row count.
+there is preprocessing) as streams that agree on their row count, one set per group of shapes.
 """
 
 from __future__ import annotations
@@ -180,28 +180,31 @@ class ReferenceSet:
             yield pieces[0][0], {part: arrays for part, (_, arrays) in zip(parts, pieces)}
 
 
-def open_reference_set(bundle: VerifiedBundle, parts: Sequence[ReferencePart] = ("inputs", "outputs")) -> ReferenceSet:
-    """The bundle's reference set as streams (headers read and validated, no data yet).
+def open_reference_groups(bundle: VerifiedBundle, parts: Sequence[ReferencePart] = ("inputs", "outputs"),
+                          ) -> list[ReferenceSet]:
+    """The bundle's reference set as streams, one :class:`ReferenceSet` per group of shapes (headers read
+    and validated against the specs and the declared rows, no data yet).
 
     Raises:
         BundleInvalid: a part the manifest does not have, arrays that do not match the
             declared names, unreadable ``.npz`` files, or parts that disagree on rows.
     """
     manifest = bundle.manifest
-    declared = {
-        "inputs": (manifest.reference.inputs, list(manifest.inputs)),
-        "outputs": (manifest.reference.outputs, list(manifest.outputs)),
-        "features": (manifest.reference.features, list(manifest.preprocessing.features) if manifest.preprocessing else []),
-    }
-    streams = {}
-    for part in parts:
-        file, specs = declared[part]
-        if file is None:
-            raise BundleInvalid(f"the bundle has no reference {part}; re-export the bundle.")
-        stream = ArrayStream(bundle.path(file), [s.name for s in specs], label=file)
-        stream.check_specs(specs)
-        if stream.rows != manifest.reference.samples:
-            raise BundleInvalid(f"{file} holds {stream.rows} samples, but the manifest declares "
-                                f"{manifest.reference.samples}; re-export the bundle.")
-        streams[part] = stream
-    return ReferenceSet(streams)
+    specs = {"inputs": list(manifest.inputs), "outputs": list(manifest.outputs),
+             "features": list(manifest.preprocessing.features) if manifest.preprocessing else []}
+    sets = []
+    for group in manifest.reference.all_groups():
+        files = {"inputs": group.inputs, "outputs": group.outputs, "features": group.features}
+        streams = {}
+        for part in parts:
+            file = files[part]
+            if file is None:
+                raise BundleInvalid(f"the bundle has no reference {part}; re-export the bundle.")
+            stream = ArrayStream(bundle.path(file), [s.name for s in specs[part]], label=file)
+            stream.check_specs(specs[part])
+            if stream.rows != group.samples:
+                raise BundleInvalid(f"{file} holds {stream.rows} samples, but the manifest declares "
+                                    f"{group.samples}; re-export the bundle.")
+            streams[part] = stream
+        sets.append(ReferenceSet(streams))
+    return sets

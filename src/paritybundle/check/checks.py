@@ -209,12 +209,16 @@ def check_testdata(
                        runtime.drift, started)
 
 
-def compare_in_memory(runner: Runner, policy: TolerancePolicy, inputs: Mapping[str, np.ndarray],
-                      research: Mapping[str, np.ndarray], *,
+def compare_in_memory(runner: Runner, policy: TolerancePolicy,
+                      inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+                      research: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], *,
                       refuse: Callable[[InputValidationError], Any] | None = None) -> list[OutputComparison]:
     """``runner`` on in-memory ``inputs`` against ``research``, judged under ``policy`` (export's
-    fail-closed validation, before anything is written)."""
-    source = InMemoryReferences({"inputs": inputs, "outputs": research})
+    fail-closed validation, before anything is written). Both may be lists of groups, pairwise."""
+    if isinstance(inputs, Mapping):
+        source = InMemoryReferences({"inputs": inputs, "outputs": research})
+    else:
+        source = InMemoryReferences([{"inputs": i, "outputs": r} for i, r in zip(inputs, research)])  # type: ignore[arg-type]
     judges = {spec.name: judge_for(spec, policy, source.total_elements("outputs", spec.name)) for spec in runner.outputs}
     engine.run(source, [Comparison(Run(RunnerTarget(runner, None, refuse=refuse), Part("inputs")), Part("outputs"),
                                    list(judges.items()))], rows_per_pass=max(source.rows, 1))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Literal
 
-from ..bundle.manifest import Coverage, Power, Tolerance
+from ..bundle.manifest import Coverage, Manifest, Power, Tolerance
 from ..bundle.store import VerifiedBundle
 from ..bundle.strict import StrictModel
 from ..parity.localise import StageResult, diagnose
@@ -90,6 +90,8 @@ def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], ove
     notices += [f"output {name!r}: the tolerance is larger than the outputs (its atol reaches the spread of the "
                 "research values): this check cannot tell models apart on it."
                 for name in tolerance_exceeds_outputs(manifest.tolerance, overrides)]
+    if manifest.reference.groups and settings.source != "testdata":
+        comparisons = [_with_group(c, manifest) for c in comparisons]
     return CheckReport(
         passed=all(comparisons) and all(stage.passed for stage in stages),
         checked_at=datetime.now(timezone.utc),
@@ -107,3 +109,11 @@ def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], ove
         power=manifest.power,
         coverage=manifest.coverage,
     )
+
+
+def _with_group(comparison: OutputComparison, manifest: Manifest) -> OutputComparison:
+    """The group of shapes (and the sample within it) holding the worst element."""
+    if comparison.stats is None or comparison.stats.worst_sample is None:
+        return comparison
+    group, sample = manifest.reference.locate(comparison.stats.worst_sample)
+    return comparison.model_copy(update={"worst_group": group, "worst_group_sample": sample})

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle.manifest import TensorSpec
-from ..bundle.references import ReferencePart, ReferenceSet, open_reference_set
+from ..bundle.references import ReferencePart, ReferenceSet, open_reference_groups
 from ..bundle.store import VerifiedBundle
 from ..errors import BundleInvalid, InputValidationError, UsageError
 from ..runtime.validation import validate_inputs
@@ -26,16 +26,17 @@ STREAM_ABOVE_BYTES = 256 * 1024 * 1024
 
 
 class BundleReferences:
-    """A verified bundle's reference set (``parts``: inputs, outputs, and features if it has them)."""
+    """A verified bundle's reference set (``parts``: inputs, outputs, and features if it has them),
+    group after group; samples are numbered across the whole set (``manifest.reference.locate``)."""
 
     def __init__(self, bundle: VerifiedBundle, parts: Sequence[ReferencePart] = ("inputs", "outputs")) -> None:
         self.bundle = bundle
-        self.references: ReferenceSet = open_reference_set(bundle, parts)
-        self.rows = self.references.rows
-        self._row_bytes = sum(stream.row_bytes() for stream in self.references.streams.values())
+        self.groups: list[ReferenceSet] = open_reference_groups(bundle, parts)
+        self.rows = sum(group.rows for group in self.groups)
+        self._row_bytes = max(sum(s.row_bytes() for s in group.streams.values()) for group in self.groups)
 
     def total_elements(self, part: str, name: str) -> int:
-        return self.rows * self.references[part].elements_per_row(name)
+        return sum(group.rows * group[part].elements_per_row(name) for group in self.groups)
 
     def rows_per_pass(self, batch_size: int | None) -> int:
         """All rows at once while the reference arrays are small in memory, else at most ``batch_size`` rows
@@ -46,25 +47,37 @@ class BundleReferences:
         return min(batch_size or fitting, fitting)
 
     def batches(self, rows_per_pass: int) -> Iterator[Batch]:
-        for first, parts in self.references.batches(rows_per_pass):
-            yield Batch(first=first, rows=_rows(parts), parts=parts)
+        offset = 0
+        for index, group in enumerate(self.groups):
+            label = f"reference group {index}" if len(self.groups) > 1 else None
+            for first, parts in group.batches(rows_per_pass):
+                yield Batch(first=offset + first, rows=_rows(parts), parts=parts, label=label)
+            offset += group.rows
 
 
 class InMemoryReferences:
-    """Parts already in memory: ``{"inputs": {name: array}, "outputs": {...}, ...}``, equal rows."""
+    """Parts already in memory: ``{"inputs": {name: array}, "outputs": {...}, ...}`` with equal rows, or a
+    list of such groups (each with its own shapes), compared group after group."""
 
-    def __init__(self, parts: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-        self.parts = {part: {name: np.asarray(a) for name, a in arrays.items()} for part, arrays in parts.items()}
-        self.rows = _rows(self.parts)
+    def __init__(self, parts: Mapping[str, Mapping[str, np.ndarray]] | Sequence[Mapping[str, Mapping[str, np.ndarray]]]) -> None:
+        groups = [parts] if isinstance(parts, Mapping) else list(parts)
+        self.groups = [{part: {name: np.asarray(a) for name, a in arrays.items()} for part, arrays in group.items()}
+                       for group in groups]
+        self.rows = sum(_rows(group) for group in self.groups)
 
     def total_elements(self, part: str, name: str) -> int:
-        return int(self.parts[part][name].size)
+        return sum(int(group[part][name].size) for group in self.groups)
 
     def batches(self, rows_per_pass: int) -> Iterator[Batch]:
-        for first in range(0, max(self.rows, 1), rows_per_pass):
-            parts = {part: {name: a[first:first + rows_per_pass] for name, a in arrays.items()}
-                     for part, arrays in self.parts.items()}
-            yield Batch(first=first, rows=_rows(parts), parts=parts)
+        offset = 0
+        for index, group in enumerate(self.groups):
+            rows = _rows(group)
+            label = f"reference group {index}" if len(self.groups) > 1 else None
+            for first in range(0, max(rows, 1), rows_per_pass):
+                parts = {part: {name: a[first:first + rows_per_pass] for name, a in arrays.items()}
+                         for part, arrays in group.items()}
+                yield Batch(first=offset + first, rows=_rows(parts), parts=parts, label=label)
+            offset += rows
 
 
 def _rows(parts: Mapping[str, Mapping[str, np.ndarray]]) -> int:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import EXIT_OK, UsageError
+from ..errors import EXIT_OK, ParityBundleError, UsageError
 from .app import BundleArg, KeyOption, RequireSignatureOption, command, err, out, public_key, write_text
 
 
@@ -19,18 +21,27 @@ def export_command(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at the output path.")] = False,
     max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Keep at most this many reference samples.")] = None,
     require_power: Annotated[bool, typer.Option("--require-power", help="Refuse (exit 2) unless the reference set detects a 1% weight perturbation.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="On failure, also print the full trace of the underlying error (torch's exporter, the training code).")] = False,
 ) -> int:
     """Export a trained model, its reference set and environment as one bundle (atomically)."""
     from ..training import export_spec, load_spec
 
-    export_spec_obj = load_spec(spec)
-    if max_samples is not None:
-        if max_samples < 1:
-            raise UsageError("--max-samples must be at least 1.")
-        export_spec_obj.max_reference_samples = max_samples
-    if require_power:
-        export_spec_obj.require_power = True
-    result = export_spec(export_spec_obj, output, force=force)
+    if verbose:
+        logging.getLogger("paritybundle").setLevel(logging.INFO)
+    try:
+        export_spec_obj = load_spec(spec)
+        if max_samples is not None:
+            if max_samples < 1:
+                raise UsageError("--max-samples must be at least 1.")
+            export_spec_obj.max_reference_samples = max_samples
+        if require_power:
+            export_spec_obj.require_power = True
+        result = export_spec(export_spec_obj, output, force=force)
+    except ParityBundleError as exc:
+        if verbose and exc.__cause__ is not None:
+            # The one-sentence error follows (the command's handler); the trace says where it arose.
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
+        raise
     m = result.manifest
     errors = ", ".join(f"{name} {e.max_abs:.2g}" for name, e in m.export_errors.items())
     out.print(f"exported {m.name} v{m.version} to {result.path}: {m.reference.samples} reference samples, "

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle.external_data import bundle_graph, proto_text
-from ..bundle.references import open_reference_set
+from ..bundle.references import open_reference_groups
 from ..bundle.store import VerifiedBundle, open_bundle
 from ..bundle.writer import make_staging, publish
 from ..check.sources import SET_PREFIX
@@ -53,7 +53,7 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
     """Write a verified bundle's reference set as ONNX test data (and Polygraphy JSON) in ``out``.
 
     Args:
-        set_size: samples per ``test_data_set_K`` (None: all in one set).
+        set_size: samples per ``test_data_set_K`` (None: all in one set per group of shapes).
         force: replace an existing ``out``.
 
     Raises:
@@ -75,10 +75,12 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
     staging, lock = make_staging(target)
     try:
         order = _write_model(bundle, staging)
-        references = open_reference_set(bundle)
+        groups = open_reference_groups(bundle)
+        samples = sum(group.rows for group in groups)
         feeds, results, sets = [], [], 0
-        size = set_size or max(references.rows, 1)
-        for _, parts in references.batches(size):
+        # One set per batch, never mixing groups: a set is one tensor per input, of one shape.
+        batches = (parts for group in groups for _, parts in group.batches(set_size or max(group.rows, 1)))
+        for parts in batches:
             batch, expected = parts["inputs"], parts["outputs"]
             folder = staging / f"{SET_PREFIX}{sets}"
             folder.mkdir()
@@ -97,7 +99,7 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
         raise
     finally:
         os.close(lock)
-    return TestdataResult(path=target, sets=sets, samples=references.rows)
+    return TestdataResult(path=target, sets=sets, samples=samples)
 
 
 def _write_model(bundle: VerifiedBundle, folder: Path) -> list[str]:

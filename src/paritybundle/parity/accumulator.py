@@ -12,7 +12,8 @@ Rules (each has its own test in ``tests/test_parity.py``):
 * An infinity matches only the same infinity.
 * Relative error divides by ``max(|research|, 1e-12)`` so zeros do not divide by zero.
 * Integer, bool and string outputs must match exactly.
-* Decision agreement (outputs of kind ``scores``): argmax per sample. A flip between
+* Decision agreement (outputs of kind ``scores``): argmax per sample, or per position
+  (token, pixel) for outputs of rank > 2. A flip between
   two classes whose research scores are within twice the *tie tolerance* of each
   other is a tie, not a disagreement, and is counted separately. The tie tolerance
   is the output's own tolerance in the bundle (scaled to the output), not a loosened
@@ -99,6 +100,7 @@ class OutputAccumulator:
         self.failing: list[tuple[float, int]] = []
         self.failing_count = 0
         self.samples = self.agreeing = self.ties = 0
+        self.per_position = False
         self.disagreeing: list[int] = []
         self.exact = False
 
@@ -203,6 +205,7 @@ class OutputAccumulator:
             self.samples += decision.samples
             self.agreeing += decision.agreeing
             self.ties += decision.ties
+            self.per_position = self.per_position or decision.per_position
             room = MAX_LISTED_SAMPLES - len(self.disagreeing)
             self.disagreeing += [i + first_sample for i in decision.disagreeing_samples[:room]]
 
@@ -238,7 +241,8 @@ class OutputAccumulator:
         if self.scores and not self.exact and self.samples:
             decision = DecisionStats(samples=self.samples, agreeing=self.agreeing, ties=self.ties,
                                      agreement=self.agreeing / self.samples, min_agreement=self.min_decision_agreement,
-                                     disagreeing_samples=self.disagreeing, max_tie_share=self.max_tie_share)
+                                     disagreeing_samples=self.disagreeing, max_tie_share=self.max_tie_share,
+                                     per_position=self.per_position)
         passed = stats.violations == 0 and (decision is None or decision.passed)
         above = False
         if self.baseline_max_abs is not None and self.baseline_factor is not None:

@@ -9,33 +9,46 @@ from .results import MAX_LISTED_SAMPLES, DecisionStats
 
 
 def decision_agreement(serve: np.ndarray, research: np.ndarray, tolerance: Tolerance, min_agreement: float) -> DecisionStats:
-    """Share of samples whose argmax over the last axis agrees.
+    """Share of decisions whose argmax over the last axis agrees.
 
-    A sample whose serving argmax differs is a tie (not a disagreement) when the
-    research scores of the two classes are within tolerance of each other: noise
-    may legitimately flip a near-tie, and the element-wise check still applies.
+    A ``[batch, classes]`` output makes one decision per sample; a ``[batch, ..., classes]`` output
+    (logits per token, per pixel) one per position, so a single flipped token counts. A decision whose
+    serving argmax differs is a tie (not a disagreement) when the research scores of the two classes
+    are within tolerance of each other: noise may legitimately flip a near-tie, and the element-wise
+    check still applies. ``disagreeing_samples`` lists samples (batch rows) holding a disagreement.
     """
     # argmax is the same on the original dtype (casting is monotonic); only margins need float64.
     serve, research = np.asarray(serve), np.asarray(research)
     samples = research.shape[0] if research.ndim else 0
-    flat_serve = serve.reshape(samples, -1) if samples else serve.reshape(0, 1)
-    flat_research = research.reshape(samples, -1) if samples else research.reshape(0, 1)
+    per_position = research.ndim > 2
+    if per_position:
+        flat_serve, flat_research = serve.reshape(-1, serve.shape[-1]), research.reshape(-1, research.shape[-1])
+    else:
+        flat_serve = serve.reshape(samples, -1) if samples else serve.reshape(0, 1)
+        flat_research = research.reshape(samples, -1) if samples else research.reshape(0, 1)
+    decisions = flat_research.shape[0] if flat_research.shape[-1] else 0
+    if decisions == 0:
+        return DecisionStats(samples=0, agreeing=0, ties=0, agreement=1.0, min_agreement=min_agreement,
+                             disagreeing_samples=[], per_position=per_position)
     research_top = np.argmax(flat_research, axis=1)
     serve_top = np.argmax(flat_serve, axis=1)
     differs = research_top != serve_top
-    rows = np.arange(samples)
+    rows = np.arange(decisions)
     top_score = flat_research[rows, research_top].astype(np.float64)
     rival_score = flat_research[rows, serve_top].astype(np.float64)
     margin = np.abs(top_score - rival_score)
     bound = tolerance.atol + tolerance.rtol * np.abs(top_score)
     tie = differs & (margin <= 2 * bound)
     disagree = differs & ~tie
-    agreeing = samples - int(disagree.sum())
+    agreeing = decisions - int(disagree.sum())
+    positions = decisions // samples if samples else 1
+    disagreeing = np.unique(np.flatnonzero(disagree) // positions)
     return DecisionStats(
-        samples=samples,
+        samples=decisions,
         agreeing=agreeing,
         ties=int(tie.sum()),
-        agreement=agreeing / samples if samples else 1.0,
+        agreement=agreeing / decisions,
         min_agreement=min_agreement,
-        disagreeing_samples=[int(i) for i in np.flatnonzero(disagree)[:MAX_LISTED_SAMPLES]],
+        disagreeing_samples=[int(i) for i in disagreeing[:MAX_LISTED_SAMPLES]],
+        per_position=per_position,
     )

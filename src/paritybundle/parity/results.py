@@ -36,7 +36,7 @@ class ErrorStats(StrictModel):
 
 
 class DecisionStats(StrictModel):
-    """Argmax agreement over samples for an output of class scores."""
+    """Argmax agreement over samples (or positions, for rank > 2) for an output of class scores."""
 
     samples: int
     agreeing: int
@@ -46,6 +46,13 @@ class DecisionStats(StrictModel):
     disagreeing_samples: list[int]
     # The largest share of samples the near-tie rule may decide (1.0: no bound, as before it existed).
     max_tie_share: float = 1.0
+    # True for outputs of rank > 2: one decision per position (token, pixel), and ``samples``,
+    # ``agreeing`` and ``ties`` count positions; ``disagreeing_samples`` still lists batch rows.
+    per_position: bool = False
+
+    @property
+    def unit(self) -> str:
+        return "positions" if self.per_position else "samples"
 
     @property
     def tie_share(self) -> float:
@@ -86,6 +93,10 @@ class OutputComparison(StrictModel):
     above_baseline: bool = False
     # Only when asked for (check --html): the error distributions.
     histogram: ErrorHistogram | None = None
+    # For a reference set of several groups of shapes: the group of the worst element, and its sample
+    # within that group (``stats.worst_sample`` numbers samples across the whole set).
+    worst_group: int | None = None
+    worst_group_sample: int | None = None
 
     def __bool__(self) -> bool:
         return self.passed

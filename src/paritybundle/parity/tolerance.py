@@ -139,6 +139,8 @@ def scale_policy(policy: TolerancePolicy, research: dict[str, np.ndarray], expor
     error, recorded with the scale behind it; outputs whose tolerance the caller set keep it."""
     per_output, scales = dict(policy.per_output), {}
     for name, values in research.items():
+        if np.asarray(values).dtype.kind != "f":  # strings, integers, booleans: compared exactly, no scale
+            continue
         spread, max_abs = output_scale(values)
         if name in set_by_caller:
             scales[name] = OutputScale(spread=spread, max_abs=max_abs, rule="caller")

@@ -173,7 +173,7 @@ def _output_section(c, overridden: bool) -> str:
                                          f"research {s.worst_research}")]]
     if c.decision is not None:
         d = c.decision
-        rows.append([cell("argmax agreement"), cell(f"{d.agreement:.2%} of {d.samples} samples (min {d.min_agreement:.0%}); "
+        rows.append([cell("argmax agreement"), cell(f"{d.agreement:.2%} of {d.samples} {d.unit} (min {d.min_agreement:.0%}); "
                                                     f"disagreeing samples: {d.disagreeing_samples[:20] or 'none'}")])
     if c.failing_samples:
         rows.append([cell("failing samples, worst first"), cell(f"{c.failing_samples} ({c.failing_sample_count} in all)")])

@@ -52,7 +52,7 @@ def junit_xml(report: CheckReport) -> str:
               detail=_summary(c))
         if c.decision is not None:
             d = c.decision
-            text = (f"argmax agrees on {d.agreement:.2%} of {d.samples} samples (min {d.min_agreement:.0%}); "
+            text = (f"argmax agrees on {d.agreement:.2%} of {d.samples} {d.unit} (min {d.min_agreement:.0%}); "
                     f"{d.ties} decided as near ties (at most {d.max_tie_share:.0%} may be)")
             _case(suite, f"decision[{c.name}]", failure=None if d.passed else explain_failure(c), detail=text)
     for stage in report.stages:

@@ -47,8 +47,18 @@ def _decision(comparison: OutputComparison) -> str:
     d = comparison.decision
     if d is None:
         return "-"
-    text = f"{d.agreement:.2%} (min {d.min_agreement:.0%})"
+    text = f"{d.agreement:.2%}{' of positions' if d.per_position else ''} (min {d.min_agreement:.0%})"
     return text + (f", {d.ties} ties" if d.ties else "")
+
+
+def _worst_sample(c: OutputComparison) -> str:
+    """The worst element's sample; in a reference set of groups, ``group G sample S``."""
+    s = c.stats
+    if s is None or s.worst_sample is None:
+        return "-"
+    if c.worst_group is not None:
+        return f"group {c.worst_group} sample {c.worst_group_sample}"
+    return str(s.worst_sample)
 
 
 def check_table(report: CheckReport) -> Table:
@@ -65,7 +75,7 @@ def check_table(report: CheckReport) -> Table:
             number_text(s and s.max_abs), number_text(s and s.mean_abs), number_text(s and s.p99_abs),
             number_text(s and s.max_rel), number_text(s and s.p99_rel),
             f"{s.violations}/{s.elements}" if s else "-",
-            "-" if s is None or s.worst_sample is None else str(s.worst_sample),
+            _worst_sample(c),
             "-" if s is None else _share(s.max_tolerance_ratio),
             _decision(c),
             f"{c.tolerance.atol:g} / {c.tolerance.rtol:g}" + (" *" if c.name in report.tolerance_overrides else ""),
@@ -126,7 +136,7 @@ def stage_table(report: CheckReport) -> Table:
     def row(stage: str, file: str, what: str, c: OutputComparison) -> None:
         s = c.stats
         table.add_row(stage, file, _text(what), number_text(s and s.max_abs), f"{s.violations}/{s.elements}" if s else "-",
-                      "-" if s is None or s.worst_sample is None else str(s.worst_sample),
+                      _worst_sample(c),
                       "-" if s is None else _share(s.max_tolerance_ratio),
                       _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red"))
 
@@ -257,7 +267,11 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
     git = f"{p.git.commit[:12]}{' (dirty)' if p.git.dirty else ''}" if p.git else "(not in a git checkout)"
     console.print(f"provenance: git {git}; params {p.params or '{}'}; metrics {p.metrics or '{}'}; "
                   f"data {p.data_hashes or '{}'}")
-    console.print(f"reference set: {m.reference.samples} samples")
+    console.print(f"reference set: {m.reference.samples} samples"
+                  + (f" in {len(m.reference.groups)} groups of shapes" if m.reference.groups else ""))
+    for index, group in enumerate(m.reference.groups):
+        shapes = ", ".join(f"{name} {shape}" for name, shape in group.shapes.items())
+        console.print(_text(f"  group {index}: {group.samples} samples; per sample {shapes}"))
     console.print("\n".join([power_sentence(m.power), *coverage_lines(m.coverage)]))
     files = Table(title="files", title_justify="left")
     files.add_column("path")

@@ -4,7 +4,7 @@ environment lock and serving pins, provenance (git, library versions), ``bundle.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from ..bundle.layout import (
+    group_files,
     FEATURES_FILE, INPUTS_FILE, LOCK_FILE, MODEL_FILE, OUTPUTS_FILE, PIPELINE_FILE, PREPROCESS_FILE, REQUIREMENTS_FILE,
 )
 from ..bundle.manifest import (
-    FORMAT_VERSION, Coverage, GitInfo, Manifest, OutputError, Power, Preprocessing, Producer, Provenance, ReferenceSet, RuntimeSettings,
+    FORMAT_VERSION, Coverage, GitInfo, Manifest, OutputError, Power, Preprocessing, Producer, Provenance, ReferenceGroup,
+    ReferenceSet, RuntimeSettings,
     Stages, TensorSpec, TolerancePolicy,
 )
 from ..bundle.references import ArrayStream, save_arrays
@@ -26,25 +28,47 @@ from ..runtime import lock as environment
 from ..runtime.session import SessionSettings, onnxruntime_version
 
 
-def write_reference_set(writer: BundleWriter, inputs: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray],
-                        features: Mapping[str, np.ndarray] | None) -> None:
-    """The reference arrays, read back: a reference set that cannot round-trip must not ship."""
-    save_arrays(writer.path(INPUTS_FILE), inputs)
-    if features is not None:
-        save_arrays(writer.path(FEATURES_FILE), features)
-    save_arrays(writer.path(OUTPUTS_FILE), research)
-    ArrayStream(writer.path(INPUTS_FILE), list(inputs), label=INPUTS_FILE).read_all()
+def write_reference_set(writer: BundleWriter, groups: Sequence[Mapping[str, np.ndarray]],
+                        research: Sequence[Mapping[str, np.ndarray]],
+                        features: Sequence[Mapping[str, np.ndarray]] | None) -> None:
+    """The reference arrays, group by group (:func:`~paritybundle.bundle.layout.group_files`), read back:
+    a reference set that cannot round-trip must not ship."""
+    for index, (inputs, outputs) in enumerate(zip(groups, research)):
+        inputs_file, features_file, outputs_file = group_files(index)
+        save_arrays(writer.path(inputs_file), inputs)
+        if features is not None:
+            save_arrays(writer.path(features_file), features[index])
+        save_arrays(writer.path(outputs_file), outputs)
+        ArrayStream(writer.path(inputs_file), list(inputs), label=inputs_file).read_all()
 
 
-def write_environment(writer: BundleWriter, torch_info: environment.TorchInfo | None) -> None:
-    """The environment lock of this (training) process, and the serving pins derived from it."""
+def reference_set(groups: Sequence[Mapping[str, np.ndarray]], *, staged: bool, device: str,
+                  precision: str) -> ReferenceSet:
+    """The manifest's reference section for what :func:`write_reference_set` wrote."""
+    samples = [len(next(iter(g.values()))) for g in groups]
+    listed = []
+    if len(groups) > 1:
+        for index, (group, count) in enumerate(zip(groups, samples)):
+            inputs_file, features_file, outputs_file = group_files(index)
+            listed.append(ReferenceGroup(inputs=inputs_file, outputs=outputs_file,
+                                         features=features_file if staged else None, samples=count,
+                                         shapes={name: [int(d) for d in a.shape[1:]] for name, a in group.items()}))
+    return ReferenceSet(inputs=INPUTS_FILE, outputs=OUTPUTS_FILE, features=FEATURES_FILE if staged else None,
+                        samples=sum(samples), device=device, precision=precision, groups=listed)
+
+
+def write_environment(writer: BundleWriter, torch_info: environment.TorchInfo | None,
+                      providers: Sequence[str] = ()) -> None:
+    """The environment lock of this (training) process, and the serving pins derived from it (for the
+    execution ``providers`` export validated with)."""
     lock = environment.capture(torch_info)
     writer.write_bytes(LOCK_FILE, lock.to_json().encode())
-    writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text(lock).encode())
+    writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text(lock, tuple(providers)).encode())
 
 
 def assemble_manifest(writer: BundleWriter, spec: Any, *, input_specs: list[TensorSpec], output_specs: list[TensorSpec],
-                      opset: int, exporter: str, policy: TolerancePolicy, settings: SessionSettings, samples: int,
+                      opset: int, exporter: str, policy: TolerancePolicy, settings: SessionSettings,
+                      groups: Sequence[Mapping[str, np.ndarray]],
                       reference_device: str, reference_precision: str, comparisons: list[OutputComparison],
                       preprocessing: Preprocessing | None, power: Power | None = None,
                       coverage: Coverage | None = None) -> Manifest:
@@ -71,8 +95,7 @@ def assemble_manifest(writer: BundleWriter, spec: Any, *, input_specs: list[Tens
             graph_optimization_level=settings.graph_optimization_level,  # type: ignore[arg-type]
             intra_op_num_threads=settings.intra_op_num_threads,
         ),
-        reference=ReferenceSet(inputs=INPUTS_FILE, outputs=OUTPUTS_FILE, features=FEATURES_FILE if staged else None,
-                               samples=samples, device=reference_device, precision=reference_precision),
+        reference=reference_set(groups, staged=staged, device=reference_device, precision=reference_precision),
         export_errors={
             c.name: OutputError(max_abs=c.stats.max_abs, mean_abs=c.stats.mean_abs, max_rel=c.stats.max_rel)
             for c in comparisons if c.stats is not None

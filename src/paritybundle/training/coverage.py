@@ -35,11 +35,29 @@ def candidate_rows(rows: int, seed: int = 0) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).choice(rows, MAX_CANDIDATES, replace=False))
 
 
+# Outputs of rank > 2 are scores (one decision per position: token, pixel) only when named so: a
+# [batch, seq, hidden] state is not a distribution over classes. Of rank 2, names that say "state"
+# are not either (a Hugging Face pooler_output or hidden state, an embedding).
+SCORE_NAMES = ("logits", "scores", "probabilities", "probs")
+STATE_WORDS = ("hidden", "pooler", "embedding", "state", "features", "attention")
+
+
+def is_score_like(name: str, values: np.ndarray) -> bool:
+    """Floats over classes: ``[batch, classes>=2]`` unless the name says state (``pooler_output``), or
+    ``[batch, ..., classes>=2]`` named ``logits``/``scores``/``probabilities`` (``start_logits`` too)."""
+    if values.dtype.kind != "f" or values.ndim < 2 or values.shape[-1] < 2:
+        return False
+    last = name.rsplit(".", 1)[-1].lower()
+    if any(last == n or last.endswith(f"_{n}") for n in SCORE_NAMES):
+        return True
+    return values.ndim == 2 and not any(word in last for word in STATE_WORDS)
+
+
 def score_like(research: Mapping[str, np.ndarray], declared: Sequence[str] | None) -> list[str]:
-    """Outputs whose argmax is a class: those declared, else float outputs shaped ``[batch, ..., classes>=2]``."""
+    """Outputs whose argmax is a class: those declared, else those :func:`is_score_like` finds."""
     if declared is not None:
         return [name for name in declared if name in research]
-    return [name for name, a in research.items() if a.dtype.kind == "f" and a.ndim >= 2 and a.shape[-1] >= 2]
+    return [name for name, a in research.items() if is_score_like(name, a)]
 
 
 def select_rows(raw: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray], scores: Sequence[str],
@@ -201,3 +219,17 @@ def describe(raw: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray], 
     return Coverage(candidates=candidates, selected=selected, probes=probes.rows, selection=selection,  # type: ignore[arg-type]
                     classes=classes, categories=categories, nan_rows=nan_rows, ranges=ranges,
                     probe_reasons=probes.reasons)
+
+
+def merge(parts: Sequence[Coverage], *, candidates: int, selected: int) -> Coverage:
+    """One coverage for reference groups described one by one (classes and NaN rows over all of them)."""
+    classes: dict[str, set[int]] = {}
+    nan_rows: dict[str, int] = {}
+    for part in parts:
+        for name, seen in part.classes.items():
+            classes.setdefault(name, set()).update(seen)
+        for name, count in part.nan_rows.items():
+            nan_rows[name] = nan_rows.get(name, 0) + count
+    return Coverage(candidates=candidates, selected=selected, probes=0,
+                    selection="all" if selected == candidates else "covering",
+                    classes={name: sorted(seen) for name, seen in classes.items()}, nan_rows=nan_rows)

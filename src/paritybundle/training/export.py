@@ -30,7 +30,10 @@ from . import _torch
 from .assemble import assemble_manifest, write_environment, write_reference_set
 from .graphs import graph_specs, input_specs
 from . import coverage
-from .inputs import first_paragraph, length, normalise_inputs, output_names, to_numpy
+from . import calling
+from .inputs import first_paragraph, length, normalise_inputs, output_names, raw_groups, to_numpy
+from .onnx_files import copy_onnx_with_data
+from .shapes import dynamic_axes
 from .power import measure_power, report_power
 from .preprocessing.graph import MIN_OPSET
 from .spec import ExportSpec
@@ -94,14 +97,23 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
         return _export_existing_onnx(spec, out, force=force)
     _torch.require_module(spec.model)
     _validate_common(spec)
-    inputs = _candidates(normalise_inputs(spec))
-    candidates = length(inputs)
-    staged = _preprocessing(spec, inputs)
-    if staged is not None:
-        inputs = staged.raw
-    # What the model itself reads: the features when there is preprocessing, else the raw inputs.
-    model_inputs = staged.features if staged is not None else inputs
     model = spec.model
+    raws = raw_groups(spec)
+    if len(raws) > 1 and spec.preprocess is not None:
+        raise SpecError("reference groups of different shapes cannot go through preprocess: the frozen preprocessing "
+                        "is built for one input shape (its Resize is a fixed matrix); pass one group, or put the "
+                        "resizing into the model (F.interpolate) and declare dynamic_axes.")
+    # With preprocessing the model reads the features, positionally; otherwise the caller's inputs, by
+    # forward's signature (calling.py).
+    convention = calling.convention_for(model, raws[0], spec.input_names) if spec.preprocess is None else None
+    groups = [_candidates(g) for g in normalise_inputs(spec, convention.names if convention else None)]
+    candidates = sum(length(g) for g in groups)
+    staged = _preprocessing(spec, groups[0])
+    if staged is not None:
+        groups = [staged.raw]
+    # What the model itself reads: the features when there is preprocessing, else the raw inputs.
+    model_groups = [staged.features] if staged is not None else groups
+    dynamic = dynamic_axes(spec, model_groups)
     device = _torch.model_device(model)
     with _torch.eval_mode(model) as was_training:
         if was_training:
@@ -109,21 +121,31 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
                        "(dropout off, batch-norm running statistics), as serving will run it.")
             # logging's last-resort handler prints warnings even where nothing configured logging.
             log.warning(message)
-        research_first = _torch.run_model(model, model_inputs, device)
-        names = output_names(spec, len(research_first))
-        research = dict(zip(names, research_first))
-        _torch.check_deterministic(model, model_inputs, research, device)
-        inputs, staged, research, coverage = _cover(spec, inputs, staged, research, candidates,
-                                                    lambda features: _torch.run_model(model, features, device))
+        plan = _torch.plan_outputs(model, model_groups[0], device, convention)
+        for dropped in plan.dropped:
+            log.warning("%s: output %s; it is left out of the bundle.", spec.name, dropped)
+        names = output_names(spec, list(plan.names))
+
+        def research_of(features: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            return _torch.run_model(model, features, device, convention, plan)
+
+        research = [dict(zip(names, research_of(g))) for g in model_groups]
+        _torch.check_deterministic(model, model_groups[0], research[0], device, convention, plan)
+        if staged is not None:
+            inputs, staged, first, covered = _cover(spec, groups[0], staged, research[0], candidates, research_of)
+            groups, research = [inputs], [first]
+        else:
+            groups, research, covered = _cover_groups(spec, groups, research, candidates)
         reference_device = spec.reference_device or device.type
         reference_precision = spec.reference_precision or _torch.precision(model, device)
         with BundleWriter(out, force=force) as writer:
             model_path = writer.path(MODEL_FILE)
-            _torch.export_onnx(spec, model, model_inputs, names, model_path, device,
-                               min_opset=MIN_OPSET if staged is not None else None)
-            manifest = _write_bundle(writer, spec, inputs, research, reference_device, reference_precision,
+            _torch.export_onnx(spec, model, staged.features if staged is not None else groups[0], names, model_path,
+                               device, min_opset=MIN_OPSET if staged is not None else None, convention=convention,
+                               plan=plan, dynamic_axes=dynamic)
+            manifest = _write_bundle(writer, spec, groups, research, reference_device, reference_precision,
                                      exporter=f"torch.onnx ({spec.exporter})", torch_info=_torch.torch_info(device),
-                                     research_label="torch", staged=staged, coverage=coverage)
+                                     research_label="torch", staged=staged, coverage=covered)
             path = writer.commit(manifest)
     log.info("exported %s v%s to %s", spec.name, spec.version, path)
     return ExportResult(path=path, manifest=manifest, was_training=was_training)
@@ -142,25 +164,40 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
     if spec.research_outputs is None:
         raise SpecError("an ONNX model needs research_outputs: the outputs the research framework computed "
                         "on reference_inputs (name -> array), which the bundle will be held to.")
-    inputs = normalise_inputs(spec)
-    research = {str(k): to_numpy(v, str(k)) for k, v in spec.research_outputs.items()}
+    groups = normalise_inputs(spec)
+    declared = spec.research_outputs
+    if len(groups) > 1:
+        if not isinstance(declared, (list, tuple)) or len(declared) != len(groups):
+            raise SpecError(f"reference_inputs holds {len(groups)} groups, so research_outputs must be a list of "
+                            f"{len(groups)} mappings (name -> array), one per group.")
+    else:
+        declared = [declared] if isinstance(declared, Mapping) else declared
+    if not isinstance(declared, (list, tuple)) or not all(isinstance(d, Mapping) for d in declared):
+        raise SpecError("research_outputs must map each output name to an array (a list of such mappings "
+                        "for reference groups).")
+    research = [{str(k): to_numpy(v, str(k)) for k, v in d.items()} for d in declared]
     if spec.preprocess is not None:
         raise SpecError("preprocess is for torch models; an existing ONNX model takes the raw inputs its graph reads "
                         "(convert preprocessing and model together, e.g. one scikit-learn Pipeline).")
-    counts = {name: a.shape[0] for name, a in research.items()}
-    if set(counts.values()) != {length(inputs)}:
-        raise SpecError(f"research_outputs must have one row per reference sample ({length(inputs)}), got {counts}.")
-    if spec.output_names is not None and list(spec.output_names) != list(research):
-        raise SpecError(f"output_names {list(spec.output_names)} differ from the research_outputs keys {list(research)}.")
-    candidates = length(inputs)
-    pool = coverage.candidate_rows(candidates)
-    if pool is not None:
-        inputs, research = _take(inputs, pool), _take(research, pool)
+    for k, (inputs, outputs) in enumerate(zip(groups, research)):
+        counts = {name: a.shape[0] for name, a in outputs.items()}
+        if set(counts.values()) != {length(inputs)}:
+            where = f" of group {k}" if len(groups) > 1 else ""
+            raise SpecError(f"research_outputs{where} must have one row per reference sample ({length(inputs)}), "
+                            f"got {counts}.")
+        if list(outputs) != list(research[0]):
+            raise SpecError(f"research_outputs of group {k} name {list(outputs)}, group 0 names {list(research[0])}.")
+    if spec.output_names is not None and list(spec.output_names) != list(research[0]):
+        raise SpecError(f"output_names {list(spec.output_names)} differ from the research_outputs keys {list(research[0])}.")
+    candidates = sum(length(g) for g in groups)
+    pools = [coverage.candidate_rows(length(g)) for g in groups]
+    groups = [g if pool is None else _take(g, pool) for g, pool in zip(groups, pools)]
+    research = [r if pool is None else _take(r, pool) for r, pool in zip(research, pools)]
     # No probe rows: their research outputs would need the framework that made the model.
-    inputs, _, research, covered = _cover(spec, inputs, None, research, candidates, None)
+    groups, research, covered = _cover_groups(spec, groups, research, candidates)
     with BundleWriter(out, force=force) as writer:
-        shutil.copyfile(source, writer.path(MODEL_FILE))
-        manifest = _write_bundle(writer, spec, inputs, research, spec.reference_device or "cpu",
+        copy_onnx_with_data(source, writer.path(MODEL_FILE), spec.external_data)
+        manifest = _write_bundle(writer, spec, groups, research, spec.reference_device or "cpu",
                                  spec.reference_precision or "fp32", exporter=f"existing ONNX ({source.name})",
                                  torch_info=None, research_label="the research outputs", coverage=covered)
         path = writer.commit(manifest)
@@ -168,48 +205,51 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
     return ExportResult(path=path, manifest=manifest, was_training=False)
 
 
-def _write_bundle(writer: BundleWriter, spec: ExportSpec, inputs: dict[str, np.ndarray],
-                  research: dict[str, np.ndarray], reference_device: str, reference_precision: str, *,
+def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str, np.ndarray]],
+                  research: list[dict[str, np.ndarray]], reference_device: str, reference_precision: str, *,
                   exporter: str, torch_info: TorchInfo | None, research_label: str,
                   staged: StagedPreprocessing | None = None, coverage: Coverage | None = None) -> Manifest:
     """Validate the staged model.onnx against the research outputs in ONNX Runtime (fail closed),
     then stage everything else and return the manifest to commit.
 
-    With preprocessing, ``preprocess.onnx`` is frozen and validated against the research
-    path's features, merged with the model into ``pipeline.onnx``, and each of the
-    model and the pipeline is validated against the research outputs.
+    ``groups`` and ``research`` hold one dict per group of reference shapes (one without groups).
+    With preprocessing (one group), ``preprocess.onnx`` is frozen and validated against the research
+    path's features, merged with the model into ``pipeline.onnx``, and each of the model and the
+    pipeline is validated against the research outputs.
     """
-    names = list(research)
+    names = list(research[0])
     for unknown in set(spec.per_output_tolerance) - set(names):
         raise SpecError(f"per_output_tolerance names {unknown!r}, but the outputs are {', '.join(names)}.")
     policy = default_policy(reference_device, reference_precision, per_output=dict(spec.per_output_tolerance))
     if spec.tolerance is not None:
         policy = policy.model_copy(update={"default": spec.tolerance})
     model_path = writer.path(MODEL_FILE)
-    settings = SessionSettings()
+    settings = SessionSettings(providers=tuple(spec.providers)) if spec.providers else SessionSettings()
     preprocessing = None
     if staged is None:
+        # With external data both graphs name the same model.onnx.data, listed once.
         shutil.copyfile(model_path, writer.path(PIPELINE_FILE))
-        raw_specs, output_specs, opset = graph_specs(model_path, inputs, names, spec, research)
+        raw_specs, output_specs, opset = graph_specs(model_path, groups[0], names, spec, research[0])
     else:
-        feature_specs, output_specs, opset = graph_specs(model_path, staged.features, names, spec, research)
+        feature_specs, output_specs, opset = graph_specs(model_path, staged.features, names, spec, research[0])
         raw_specs, preprocessing = _freeze_preprocessing(writer, staged, opset, feature_specs, policy.default, settings)
         # The model alone, on the research features: a failure here is the model's, not the preprocessing's.
-        validate_stage(writer.path(MODEL_FILE), feature_specs, output_specs, staged.features, research, policy,
+        validate_stage(writer.path(MODEL_FILE), feature_specs, output_specs, staged.features, research[0], policy,
                        settings, f"the model ({MODEL_FILE}) on the research features", research_label)
-    comparisons = validate_stage(writer.path(PIPELINE_FILE), raw_specs, output_specs, inputs, research, policy,
+    comparisons = validate_stage(writer.path(PIPELINE_FILE), raw_specs, output_specs, groups, research, policy,
                                  settings, "the exported model" if staged is None else f"the merged {PIPELINE_FILE}",
                                  research_label)
     # Each output's tolerance scaled to its own values and the error just measured (parity/tolerance.py);
     # the export's comparisons pass under it by construction (it is never below 10x that error).
     set_by_caller = set(names) if spec.tolerance is not None else set(spec.per_output_tolerance)
-    policy = scale_policy(policy, research, {c.name: c.stats.max_abs for c in comparisons if c.stats}, set_by_caller)
-    power = measure_power(writer.path(PIPELINE_FILE), raw_specs, output_specs, inputs, research, policy, settings)
+    every_value = {name: np.concatenate([r[name].reshape(-1) for r in research]) for name in names}
+    policy = scale_policy(policy, every_value, {c.name: c.stats.max_abs for c in comparisons if c.stats}, set_by_caller)
+    power = measure_power(writer.path(PIPELINE_FILE), raw_specs, output_specs, groups, research, policy, settings)
     report_power(power, spec.name, require=spec.require_power)
-    write_reference_set(writer, inputs, research, staged.features if staged is not None else None)
-    write_environment(writer, torch_info)
+    write_reference_set(writer, groups, research, [staged.features] if staged is not None else None)
+    write_environment(writer, torch_info, settings.providers)
     return assemble_manifest(writer, spec, input_specs=raw_specs, output_specs=output_specs, opset=opset,
-                             exporter=exporter, policy=policy, settings=settings, samples=length(inputs),
+                             exporter=exporter, policy=policy, settings=settings, groups=groups,
                              reference_device=reference_device, reference_precision=reference_precision,
                              comparisons=comparisons, preprocessing=preprocessing, power=power, coverage=coverage)
 
@@ -284,6 +324,29 @@ def _cover(spec: ExportSpec, inputs: dict[str, np.ndarray], staged: StagedPrepro
     if probes.rows:
         log.info("%s: %d probe rows added to the reference set (%s)", spec.name, probes.rows, "; ".join(probes.reasons))
     return (raw if staged is None else staged.raw), staged, research, covered
+
+
+def _cover_groups(spec: ExportSpec, groups: list[dict[str, np.ndarray]], research: list[dict[str, np.ndarray]],
+                  candidates: int) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], Coverage]:
+    """Covering rows of each group (no preprocessing, so no probes), the budget shared by group size:
+    every group keeps at least one row, so every shape stays proven."""
+    if len(groups) == 1:
+        inputs, _, kept, covered = _cover(spec, groups[0], None, research[0], candidates, None)
+        return [inputs], [kept], covered
+    total = sum(length(g) for g in groups)
+    budget = spec.max_reference_samples
+    kept_groups, kept_research, described = [], [], []
+    for inputs, outputs in zip(groups, research):
+        share = None if budget is None else max(1, round(budget * length(inputs) / total))
+        scores = coverage.score_like(outputs, spec.score_outputs)
+        keep = coverage.select_rows(inputs, outputs, scores, share)
+        inputs, outputs = _take(inputs, keep), _take(outputs, keep)
+        kept_groups.append(inputs)
+        kept_research.append(outputs)
+        described.append(coverage.describe(inputs, outputs, scores, candidates=length(inputs), selected=len(keep),
+                                           probes=coverage.Probes(), columns=[], selection="all"))
+    selected = sum(length(g) for g in kept_groups)
+    return kept_groups, kept_research, coverage.merge(described, candidates=candidates, selected=selected)
 
 
 def _freeze_preprocessing(writer: BundleWriter, staged: StagedPreprocessing, opset: int, feature_specs: list[TensorSpec],

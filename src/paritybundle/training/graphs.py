@@ -11,6 +11,7 @@ import numpy as np
 from ..bundle.manifest import TensorSpec
 from ..errors import ExportError, SpecError
 from ..runtime.session import numpy_dtype_of_onnx
+from .coverage import is_score_like
 
 
 def input_specs(model: Any, label: str, arrays: Mapping[str, np.ndarray],
@@ -73,5 +74,5 @@ def graph_specs(model_path: Path, spec_inputs: Mapping[str, np.ndarray], output_
 
 
 def looks_like_scores(spec: TensorSpec, research: np.ndarray) -> bool:
-    """[batch, classes>=2] floats: logits or probabilities, checked for argmax agreement too."""
-    return (spec.dtype.startswith("float") and research.ndim == 2 and research.shape[1] >= 2)
+    """Floats over classes, checked for argmax agreement too (the rule: :func:`.coverage.is_score_like`)."""
+    return spec.dtype.startswith("float") and is_score_like(spec.name, research)

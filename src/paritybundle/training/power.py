@@ -11,7 +11,7 @@ says why (outputs inside their tolerance, too few samples, one class only) and w
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +32,14 @@ FEW_SAMPLES = 10
 
 
 def measure_power(pipeline: Path, input_specs: list[TensorSpec], output_specs: list[TensorSpec],
-                  inputs: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray], policy: TolerancePolicy,
-                  settings: SessionSettings, *, seed: int = 0) -> Power:
+                  inputs: Sequence[Mapping[str, np.ndarray]], research: Sequence[Mapping[str, np.ndarray]],
+                  policy: TolerancePolicy, settings: SessionSettings, *, seed: int = 0) -> Power:
     """The smallest of :data:`LEVELS` of weight noise the reference set detects, and why not when none.
 
     Weights are the graph's float initializers with more than one value, preprocessing constants
     excepted (those are checked column by column). A graph with external data is not perturbed
-    in memory (its weights are not loaded): the result then says so.
+    in memory (its weights are not loaded): the result then says so. ``inputs`` and ``research``
+    hold one mapping per group of reference shapes.
     """
     if mentions_external_data(pipeline):
         return Power(levels=list(LEVELS), detected=None, measured=False,
@@ -71,9 +72,9 @@ def measure_power(pipeline: Path, input_specs: list[TensorSpec], output_specs: l
                  reasons=_why_not(output_specs, research, policy))
 
 
-def _why_not(outputs: list[TensorSpec], research: Mapping[str, np.ndarray], policy: TolerancePolicy) -> list[str]:
+def _why_not(outputs: list[TensorSpec], groups: Sequence[Mapping[str, np.ndarray]], policy: TolerancePolicy) -> list[str]:
     reasons = []
-    rows = len(next(iter(research.values())))
+    rows = sum(len(next(iter(g.values()))) for g in groups)
     if rows < FEW_SAMPLES:
         reasons.append(f"only {rows} reference samples")
     for spec in outputs:
@@ -82,8 +83,9 @@ def _why_not(outputs: list[TensorSpec], research: Mapping[str, np.ndarray], poli
         if scale is not None and tolerance.atol >= scale.spread:
             reasons.append(f"output {spec.name!r} varies by {scale.spread:.3g} across the reference set, within its "
                            f"atol {tolerance.atol:.3g}: the tolerance is larger than the outputs")
-        values = np.asarray(research[spec.name])
-        if spec.kind == "scores" and values.ndim >= 2 and len(np.unique(values.argmax(axis=-1))) == 1:
+        predicted = {int(c) for g in groups for c in np.unique(np.asarray(g[spec.name]).argmax(axis=-1))
+                     if np.asarray(g[spec.name]).ndim >= 2}
+        if spec.kind == "scores" and len(predicted) == 1:
             reasons.append(f"output {spec.name!r} predicts one class only across the reference set")
     if not reasons:
         reasons.append("1% weight noise moves the outputs less than their tolerance (measured noise, or the "

@@ -26,15 +26,22 @@ class ExportSpec:
     Args:
         model: a ``torch.nn.Module`` (put into eval mode for export), or the path of
             an ``.onnx`` model made elsewhere, with ``research_outputs``.
-        reference_inputs: raw inputs as a caller would send them: one array/tensor
-            for a single-input model, or a mapping of input name -> array in the
-            order of ``forward``'s parameters.
+        reference_inputs: raw inputs as a caller would send them: one array/tensor for a
+            single-input model, a tuple (``forward``'s parameters in order, named after them),
+            or a mapping of ``forward`` parameter name -> array (passed by keyword). A list of
+            these is a list of *groups*, each with its own non-batch shape (sequence lengths,
+            image sizes), stored and checked group by group.
         name: the bundle's name (letters, digits, ``.``, ``_``, ``-``).
         version: the bundle's version string.
         input_names: names of the model's inputs (default: mapping keys, or ``input``).
-        output_names: names of the model's outputs (default: ``output`` or ``output_K``).
-        score_outputs: outputs that are scores over classes (argmax agreement is
-            checked). None: auto-detect float outputs of shape [batch, classes>=2].
+        output_names: names of the model's outputs (default: from its result: ``output`` for a
+            tensor, ``output_K`` for a tuple, keys and fields of a dict, ``ModelOutput`` or
+            namedtuple, dotted below the top, e.g. ``hidden_states.0``).
+        dynamic_axes: ``{input_name: {axis_index: "axis_name"}}`` as in ``torch.onnx.export``: axes
+            besides the batch (always dynamic) that may vary when serving, e.g. ``{"input_ids": {1: "seq"}}``.
+        score_outputs: outputs that are scores over classes (argmax agreement is checked,
+            per position for rank > 2). None: auto-detect float outputs of shape
+            [batch, classes>=2], and [batch, ..., classes] ones named ``logits``/``scores``/``probabilities``.
         tolerance: replaces the default tolerance for every output.
         per_output_tolerance: tolerance per named output.
         max_reference_samples: cap on reference samples kept (the first N).
@@ -47,7 +54,11 @@ class ExportSpec:
         research_outputs: with an ``.onnx`` model: name -> the outputs the research
             framework computed on ``reference_inputs`` (e.g. ``predict_proba``).
         external_data: keep weights in ``model.onnx.data`` (None: when parameters
-            reach 512 MiB; the dynamo exporter only).
+            reach 512 MiB; with an ``.onnx`` model, when its data files do).
+        providers: ONNX Runtime execution providers export validates with, in priority
+            order, recorded as what serving uses (None: CPU). ``["CUDAExecutionProvider",
+            "CPUExecutionProvider"]`` on a GPU machine makes a bundle served on GPU, whose
+            ``requirements-serve.txt`` pins ``onnxruntime-gpu``.
         require_power: refuse to export (exit 2) when the reference set does not detect a 1%
             weight perturbation (measured at export either way, and recorded).
         preprocess: fitted preprocessing from raw inputs to the model's input: a
@@ -62,6 +73,7 @@ class ExportSpec:
     version: str = "1"
     input_names: Sequence[str] | None = None
     output_names: Sequence[str] | None = None
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
     score_outputs: Sequence[str] | None = None
     tolerance: Tolerance | None = None
     per_output_tolerance: Mapping[str, Tolerance] = field(default_factory=dict)
@@ -76,6 +88,7 @@ class ExportSpec:
     source_path: str | None = None
     research_outputs: Mapping[str, Any] | None = None
     external_data: bool | None = None
+    providers: Sequence[str] | None = None
     preprocess: Any = None
     require_power: bool = False
 

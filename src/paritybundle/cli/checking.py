@@ -139,6 +139,7 @@ def serve_command(
     header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds for a request's headers to arrive; slower connections are closed.")] = 10.0,
     body_timeout: Annotated[float, typer.Option("--body-timeout", help="Seconds for a request's body to arrive after its headers; slower connections are closed.")] = 60.0,
     threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")] = None,
+    provider: Annotated[Optional[list[str]], typer.Option("--provider", help="Execution provider (repeatable, in priority order; default: as validated), e.g. CUDAExecutionProvider.")] = None,
     env_policy: EnvPolicyOption = "strict",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
     key: KeyOption = None,
@@ -151,6 +152,7 @@ def serve_command(
     serve(ServeOptions(bundle=str(bundle), env_policy=env_policy, max_batch_size=max_batch_size,
                        max_batch_delay_ms=max_batch_delay_ms, max_body_bytes=max_body_bytes,
                        max_request_batch=max_request_batch, intra_op_num_threads=threads,
+                       providers=list(provider) if provider else None,
                        public_key=resolve_public_key(key, require_signature), max_inflight_bytes=max_inflight_bytes),
           host=host, port=port, workers=workers, log_level=log_level, max_connections=max_connections,
           header_timeout_s=header_timeout, body_timeout_s=body_timeout)

@@ -21,6 +21,7 @@ from ..bundle.external_data import check_external_data, load_graph
 from ..bundle.manifest import Manifest
 from ..bundle.store import VerifiedBundle, open_bundle_loading
 from ..errors import BundleInvalid
+from .validation import from_columns
 from . import drift as _drift
 from . import lock as _lock
 from .drift import DEFAULT_POLICY, DriftReport
@@ -50,13 +51,17 @@ class ServingRuntime:
     def manifest(self) -> Manifest:
         return self.bundle.manifest
 
-    def predict(self, inputs: Mapping[str, Any] | np.ndarray, *, batch_size: int | None = DEFAULT_BATCH_SIZE) -> dict[str, np.ndarray]:
+    def predict(self, inputs: Mapping[str, Any] | np.ndarray | Any, *,
+                batch_size: int | None = DEFAULT_BATCH_SIZE) -> dict[str, np.ndarray]:
         """Run raw inputs through the pipeline; returns output name -> array.
+
+        ``inputs``: a mapping input name -> array, one array for a single-input model, or a pandas
+        DataFrame (one column per input); 1-D columns are accepted for ``[batch, 1]`` inputs.
 
         Raises:
             InputValidationError: inputs that do not match the bundle's input specs.
         """
-        return self.runner.run(self.runner.validate(inputs), batch_size)
+        return self.runner.run(self.runner.validate(from_columns(self.manifest.inputs, inputs)), batch_size)
 
 
 def load(path: str | os.PathLike[str], settings: Settings = None, env_policy: str = DEFAULT_POLICY,

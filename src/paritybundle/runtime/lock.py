@@ -146,7 +146,8 @@ def serving_closure(roots: tuple[str, ...] = SERVING_ROOTS, installed: dict[str,
     """The serving roots and everything they require, as installed: name -> version."""
     installed = installed if installed is not None else installed_distributions()
     closure: dict[str, str] = {}
-    pending = [canonical(r) for r in roots]
+    # ONNX Runtime's GPU build installs as onnxruntime-gpu (the same import name).
+    pending = [canonical(r) for r in roots] + [d for d in ORT_DISTRIBUTIONS if d in installed]
     while pending:
         name = pending.pop()
         if name in closure or name not in installed or name == SELF:
@@ -156,14 +157,27 @@ def serving_closure(roots: tuple[str, ...] = SERVING_ROOTS, installed: dict[str,
     return dict(sorted(closure.items()))
 
 
-def serve_requirements_text(lock: EnvironmentLock) -> str:
-    """``requirements-serve.txt``: exact pins of the serving closure recorded in ``lock``."""
+# Execution providers that need ONNX Runtime's GPU build (the onnxruntime-gpu distribution).
+GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def serve_requirements_text(lock: EnvironmentLock, providers: tuple[str, ...] | list[str] = ()) -> str:
+    """``requirements-serve.txt``: exact pins of the serving closure recorded in ``lock``. A bundle
+    validated with a GPU provider (``providers``) pins ``onnxruntime-gpu`` at the lock's ONNX Runtime
+    version, whichever build exported it: the CPU build has no CUDA provider to serve with."""
+    gpu = bool(GPU_PROVIDERS & set(providers))
     lines = [
         "# Exact pins of the serving dependencies as installed when this bundle was validated.",
         f"# Python {lock.python.version} ({lock.python.implementation}), {lock.platform.machine}.",
         f"# paritybundle {lock.paritybundle} is installed separately (bundle rehearse / build-image do it).",
     ]
-    lines += [f"{name}=={version}" for name, version in lock.serving.items()]
+    if gpu:
+        lines.append(f"# Validated with {', '.join(providers)}: ONNX Runtime's GPU build.")
+    pins = {name: version for name, version in lock.serving.items() if not (gpu and name in ORT_DISTRIBUTIONS)}
+    if gpu and lock.onnxruntime.version:
+        pins["onnxruntime-gpu"] = lock.onnxruntime.version
+    lines += [f"{name}=={version}" for name, version in sorted(pins.items())]
     return "\n".join(lines) + "\n"
 
 

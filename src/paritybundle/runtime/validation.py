@@ -52,6 +52,28 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.
     return {spec.name: conform(spec, inputs[spec.name], bound, check_finite, bounds.get(spec.name)) for spec in specs}
 
 
+def from_columns(specs: Sequence[TensorSpec], inputs: Any) -> Any:
+    """What a caller of ``predict`` hands over, in the layout the specs take: a pandas DataFrame as its
+    columns (or, for a single input of that many features, as one matrix), and a 1-D column as
+    ``[batch, 1]`` where the spec wants one feature per row. Anything else is returned as it is."""
+    if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):  # a DataFrame, without importing pandas
+        names = [str(c) for c in inputs.columns]
+        if len(specs) == 1 and specs[0].name not in names and len(specs[0].shape) == 2 \
+                and specs[0].shape[1] == len(names):
+            return {specs[0].name: inputs.to_numpy()}
+        inputs = {name: inputs[column].to_numpy() for name, column in zip(names, inputs.columns)}
+    if isinstance(inputs, Mapping):
+        by_name = {spec.name: spec for spec in specs}
+        columns = {}
+        for name, value in inputs.items():
+            spec = by_name.get(name)
+            if spec is not None and len(spec.shape) == 2 and spec.shape[1] == 1 and np.ndim(value) == 1:
+                value = np.asarray(value).reshape(-1, 1)
+            columns[name] = value
+        return columns
+    return inputs
+
+
 def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, check_finite: bool = True,
             limits: tuple[int, int] | None = None) -> np.ndarray:
     """One input against its spec (``bound``: symbolic dimension sizes seen so far, shared across inputs;

@@ -47,6 +47,8 @@ class ServeOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_request_batch: int = DEFAULT_MAX_REQUEST_BATCH
     intra_op_num_threads: int | None = None
+    # ONNX Runtime execution providers in priority order (None: those the bundle was validated with).
+    providers: list[str] | None = None
     public_key: str | None = None
     # Request bytes being read and decoded at once (serving/limits.py); past it, 503 and Retry-After.
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
@@ -61,7 +63,8 @@ class ServeOptions:
     @property
     def session(self) -> SessionOverrides:
         """The session settings this server changes; the rest are the bundle's own."""
-        return SessionOverrides(intra_op_num_threads=self.intra_op_num_threads)
+        return SessionOverrides(providers=tuple(self.providers) if self.providers else None,
+                                intra_op_num_threads=self.intra_op_num_threads)
 
 
 def open_serving_runtime(options: ServeOptions) -> ServingRuntime:

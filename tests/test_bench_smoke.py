@@ -51,3 +51,23 @@ def test_scale_step_reports_the_resident_size_before_the_measured_call():
     step = scale._step("before = resident()\nblock = bytearray(64 * 2**20)\nblock[::4096] = b'x' * len(block[::4096])")
     assert step["before"] > 0
     assert step["peak"] >= step["before"] + 60 * 2**20  # the 64 MiB touched after `before` shows in the peak
+
+
+def test_binary_bench_bodies_decode_to_the_same_rows(digits_bundle):
+    """Both encodings the binary bench sends carry the same 64 rows (so its ratio compares like with like)."""
+    import json
+
+    import numpy as np
+
+    from bench import binary
+    from paritybundle.serving import binary as wire_binary
+
+    rows = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    bodies = binary._bodies(rows)
+    as_json, _ = bodies["JSON"]
+    np.testing.assert_array_equal(np.asarray(json.loads(as_json)["inputs"][0]["data"], np.float32), rows.reshape(-1))
+    body, headers = bodies["binary"]
+    header, tensor_bytes = wire_binary.split_body(body, headers["Inference-Header-Content-Length"])
+    assert json.loads(header)["parameters"] == {"binary_data_output": True}
+    decoded = wire_binary.decode_bytes("x", tensor_bytes, "float32", rows.size)
+    np.testing.assert_array_equal(decoded, rows.reshape(-1))

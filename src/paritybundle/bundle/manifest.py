@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ..errors import BundleInvalid
 from .layout import MANIFEST_NAME, UNLISTED_FILES
@@ -202,6 +202,15 @@ class ReferenceSet(BundleDocument):
         if len(files) != len(set(files)):
             raise ValueError("reference groups must not share files")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_groups(self, handler: Any) -> Any:
+        # A reference set of one shape is written as before groups existed: readers that predate
+        # them (strict: unknown keys refused) still read it.
+        data = handler(self)
+        if not self.groups and isinstance(data, dict):
+            data.pop("groups", None)
+        return data
 
     def all_groups(self) -> list[ReferenceGroup]:
         """Every group; a set without ``groups`` is one group of the top-level files."""

@@ -250,3 +250,34 @@ def test_inspect_shows_named_dims_and_v2_metadata_gives_them_as_minus_one(bert_b
     manifest = paritybundle.verify(bert_bundle).manifest
     assert tensor_metadata(manifest.inputs[0])["shape"] == [-1, -1]
     assert json.loads(manifest.to_json())["inputs"][0]["shape"] == ["batch", "seq"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda groups: groups[1].update(samples=11), "add up to the reference set's samples"),
+    (lambda groups: groups[0].update(inputs="reference/group_1/inputs.npz"), "first reference group must name"),
+    (lambda groups: groups[1].update(outputs="reference/elsewhere.npz"), "referenced but not listed"),
+    (lambda groups: groups[1].update(outputs="reference/outputs.npz"), "must not share files"),
+])
+def test_hostile_group_entries_are_refused_before_anything_is_read(bert_bundle, tmp_path, edit, message):
+    from bundle_tools import copy_bundle
+    from paritybundle.errors import BundleInvalid
+
+    bundle = copy_bundle(bert_bundle, tmp_path / "b")
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    edit(manifest["reference"]["groups"])
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleInvalid, match=message):
+        paritybundle.check(bundle)
+
+
+def test_a_group_file_that_lies_about_its_rows_is_refused(bert_bundle, tmp_path):
+    """Group 1's arrays swapped for group 0's (re-hashed): declared 10 rows of length 16, holds 12 of 8."""
+    from bundle_tools import copy_bundle, rehash
+    from paritybundle.errors import BundleInvalid
+
+    bundle = copy_bundle(bert_bundle, tmp_path / "b")
+    for part in ("inputs", "outputs"):
+        (bundle / "reference" / "group_1" / f"{part}.npz").write_bytes((bundle / "reference" / f"{part}.npz").read_bytes())
+    rehash(bundle)
+    with pytest.raises(BundleInvalid, match="holds 12 samples, but the manifest declares 10"):
+        paritybundle.check(bundle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,39 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# `make mutation` runs the tests once per mutant: exporting the example bundles each time would cost
+# most of the run. It exports them once (scripts/fixture_bundles.py) and points here; each session
+# then starts from a copy. The bundles are data: made by the unmutated code, used by the mutated.
+PREBUILT = os.environ.get("PARITYBUNDLE_TEST_BUNDLES")
+
+
+# In CI (.ci/run sets it) a test that cannot get what it needs from the machine fails instead of
+# skipping: a skipped container or browser test must be a decision, not something that went unnoticed.
+STRICT_CI = os.environ.get("PARITYBUNDLE_CI_STRICT") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason`` here; fail with it in CI."""
+    if STRICT_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require(module: str, reason: str | None = None):
+    """``pytest.importorskip`` that fails in CI: every optional library the tests use is in the dev extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        skip_or_fail(reason or f"{module} is not installed")
+
+
+def _prebuilt(name: str, tmp_path_factory) -> Path | None:
+    if not PREBUILT:
+        return None
+    import shutil
+
+    return Path(shutil.copytree(Path(PREBUILT) / name, tmp_path_factory.mktemp("bundles") / name))
 
 
 def _load_example(name: str = "digits"):
@@ -29,7 +63,8 @@ def wine_bundle(tmp_path_factory) -> Path:
     """The tabular example (raw columns, NaN, a category) exported through its own spec."""
     from paritybundle.training import export_spec
 
-    return export_spec(_load_example("wine").make_spec(), tmp_path_factory.mktemp("bundles") / "wine").path
+    return _prebuilt("wine", tmp_path_factory) or export_spec(_load_example("wine").make_spec(),
+                                                              tmp_path_factory.mktemp("bundles") / "wine").path
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +72,9 @@ def image_bundle(tmp_path_factory) -> Path:
     """The image example (uint8 RGB through the image steps), trained briefly."""
     from paritybundle.training import export_spec
 
+    prebuilt = _prebuilt("digit-images", tmp_path_factory)
+    if prebuilt:
+        return prebuilt
     spec = _load_example("digit_images").make_spec(epochs=3)
     return export_spec(spec, tmp_path_factory.mktemp("bundles") / "digit-images").path
 
@@ -48,10 +86,13 @@ def digits_spec(digits_example):
 
 
 @pytest.fixture(scope="session")
-def digits_bundle(tmp_path_factory, digits_spec) -> Path:
+def digits_bundle(tmp_path_factory, request) -> Path:
     from paritybundle.training import export_spec
 
-    return export_spec(digits_spec, tmp_path_factory.mktemp("bundles") / "digits").path
+    prebuilt = _prebuilt("digits", tmp_path_factory)
+    if prebuilt:
+        return prebuilt
+    return export_spec(request.getfixturevalue("digits_spec"), tmp_path_factory.mktemp("bundles") / "digits").path
 
 
 @pytest.fixture

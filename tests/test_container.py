@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require, skip_or_fail  # noqa: E402
+
 from bundle_tools import perturb_weights
 from paritybundle.cli import main
 from paritybundle.commands.container import dockerfile_text
@@ -26,12 +28,12 @@ BASE_IMAGE = os.environ.get("PARITYBUNDLE_TEST_BASE_IMAGE", "paritybundle-test-b
 
 @pytest.fixture(scope="module")
 def docker_client():
-    docker = pytest.importorskip("docker", reason="the Docker SDK is not installed (pip install 'paritybundle[container]')")
+    docker = require("docker", reason="the Docker SDK is not installed (pip install 'paritybundle[container]')")
     try:
         client = docker.from_env()
         client.ping()
     except Exception as exc:
-        pytest.skip(f"no Docker engine answers ({type(exc).__name__}); scripts/docker-ci.sh start runs one, as .ci/run does")
+        skip_or_fail(f"no Docker engine answers ({type(exc).__name__}); scripts/docker-ci.sh start runs one, as .ci/run does")
     return client
 
 
@@ -42,7 +44,7 @@ def base_image(docker_client):
     try:
         docker_client.images.get(BASE_IMAGE)
     except docker.errors.ImageNotFound:
-        pytest.skip(f"base image {BASE_IMAGE} is not present; scripts/docker-ci.sh start builds it with debootstrap")
+        skip_or_fail(f"base image {BASE_IMAGE} is not present; scripts/docker-ci.sh start builds it with debootstrap")
     return BASE_IMAGE
 
 
@@ -102,7 +104,7 @@ def test_context_only_writes_bundle_wheelhouse_and_dockerfile(digits_bundle, tmp
 
 
 def test_no_engine_is_one_sentence_and_exit_2(digits_bundle, monkeypatch, capsys):
-    pytest.importorskip("docker", reason="the Docker SDK is not installed (pip install 'paritybundle[container]')")
+    require("docker", reason="the Docker SDK is not installed (pip install 'paritybundle[container]')")
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     assert main(["build-image", str(digits_bundle), "-t", "x:1"]) == 2
     err = capsys.readouterr().err

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require  # noqa: E402
+
 from paritybundle.commands.container import dockerfile_text
 
-yaml = pytest.importorskip("yaml", reason="PyYAML reads the manifests (installed with uvicorn[standard])")
+yaml = require("yaml", reason="PyYAML reads the manifests (installed with uvicorn[standard])")
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import require  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 import paritybundle  # noqa: E402
 from paritybundle.bundle.manifest import Tolerance  # noqa: E402

@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import require  # noqa: E402
+
 import paritybundle
 from bundle_tools import copy_bundle, edit_preprocess, node, replace_initializer
 from paritybundle import SessionSettings
@@ -156,7 +158,7 @@ def test_a_pipeline_that_differs_from_its_stages_is_blamed_on_the_merge(wine_bun
 
 
 def test_export_fails_closed_when_a_step_graph_disagrees_with_its_research_path(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
 
     class WrongGraphScale(pp.Scale):  # a buggy custom step: the graph multiplies by something else
         def _to_onnx(self, graph, x, where):
@@ -171,7 +173,7 @@ def test_export_fails_closed_when_a_step_graph_disagrees_with_its_research_path(
 
 
 def test_unfitted_preprocessing_is_refused(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     with pytest.raises(SpecError, match="not fitted"):
         paritybundle.export(torch.nn.Linear(1, 1), tmp_path / "out", preprocess=pp.Pipeline([pp.Standardize()]),
                             reference_inputs=np.ones((3, 1), np.float32), name="x")
@@ -252,9 +254,9 @@ def test_the_v2_server_takes_raw_columns_and_answers_4xx_naming_the_column(wine_
 
 
 def test_a_fitted_scikit_learn_column_transformer_is_frozen_through_skl2onnx(tmp_path, capsys):
-    torch = pytest.importorskip("torch")
-    pd = pytest.importorskip("pandas", reason="scikit-learn fits named columns on a DataFrame (the sklearn extra)")
-    pytest.importorskip("skl2onnx", reason="the sklearn extra converts scikit-learn preprocessing")
+    torch = require("torch")
+    pd = require("pandas", reason="scikit-learn fits named columns on a DataFrame (the sklearn extra)")
+    require("skl2onnx", reason="the sklearn extra converts scikit-learn preprocessing")
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import make_pipeline
@@ -287,7 +289,7 @@ def test_a_fitted_scikit_learn_column_transformer_is_frozen_through_skl2onnx(tmp
 
 
 def test_a_torch_module_is_accepted_as_preprocessing(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
 
     class Scaler(torch.nn.Module):
         def __init__(self, mean, std):

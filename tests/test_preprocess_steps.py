@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+from conftest import require  # noqa: E402
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -153,7 +155,7 @@ def test_channel_order_and_layout():
 @pytest.mark.parametrize("size", [(5, 7), (16, 16), (3, 3)])
 def test_resize_without_antialias_equals_torch_interpolate(mode, torch_mode, size):
     """The stated semantics: torch's interpolate(align_corners=False, antialias=False)."""
-    torch = pytest.importorskip("torch", reason="torch (the training extra) is the cross-reference here")
+    torch = require("torch", reason="torch (the training extra) is the cross-reference here")
     images = np.random.default_rng(3).random((2, 3, 8, 8)).astype(np.float32)
     ours = pp.Resize(size, mode).transform(images)
     kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": False}
@@ -163,7 +165,7 @@ def test_resize_without_antialias_equals_torch_interpolate(mode, torch_mode, siz
 
 def test_antialias_differs_from_torch_at_the_borders_as_documented():
     """ONNX's antialias replicates edge pixels; torch/PIL renormalise a clipped window. Measured, not assumed."""
-    torch = pytest.importorskip("torch", reason="torch (the training extra) is the cross-reference here")
+    torch = require("torch", reason="torch (the training extra) is the cross-reference here")
     images = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
     ours = pp.Resize((3, 3), "linear", antialias=True).transform(images)
     theirs = torch.nn.functional.interpolate(torch.from_numpy(images), size=(3, 3), mode="bilinear",

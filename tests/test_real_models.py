@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers", reason="transformers is a dev extra: pip install -e '.[dev]'")
+from conftest import require  # noqa: E402
+
+torch = require("torch")
+transformers = require("transformers", reason="transformers is a dev extra: pip install -e '.[dev]'")
 
 import paritybundle  # noqa: E402
 from paritybundle.errors import SpecError  # noqa: E402
@@ -82,7 +84,7 @@ def test_testdata_writes_one_set_per_group(bert_bundle, tmp_path):
 
 def test_bert_served_without_torch_answers_tritonclient_defaults_at_a_third_length(bert_bundle, tiny_bert, tmp_path):
     """tritonclient sends and asks for binary tensors by default; length 24 is in no reference group."""
-    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a dev extra")
+    httpclient = require("tritonclient.http", reason="tritonclient is a dev extra")
     port = free_port()
     log = tmp_path / "serve.log"
     script = ('import sys; sys.modules["torch"] = None; sys.modules["onnxscript"] = None\n'

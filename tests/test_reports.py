@@ -9,6 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
+from conftest import skip_or_fail  # noqa: E402
+
 from bundle_tools import copy_bundle, edit_preprocess, perturb_weights, replace_initializer
 from paritybundle.cli import main
 
@@ -77,7 +79,7 @@ def test_html_page_has_a_plot_per_output_and_the_verdict(bundle_copy, digits_bun
 def test_html_page_renders_in_headless_chromium(wine_bundle, tmp_path, capsys):
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
-        pytest.skip("no Chromium here (apt-get install chromium; .ci/run installs it)")
+        skip_or_fail("no Chromium here (apt-get install chromium; .ci/run installs it)")
     page = tmp_path / "report.html"
     assert main(["check", str(wine_bundle), "--html", str(page)]) == 0
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]

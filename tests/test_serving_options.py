@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import require  # noqa: E402
+
 import paritybundle
 from paritybundle.cli import main
 from paritybundle.runtime import lock as environment
@@ -43,7 +45,7 @@ def test_the_serving_closure_follows_the_gpu_build_when_that_is_what_is_installe
 
 
 def test_export_validating_on_a_provider_that_is_not_here_is_exit_2(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from paritybundle.errors import UsageError
 
     model = torch.nn.Linear(3, 2).eval()
@@ -56,7 +58,7 @@ def test_export_validating_on_a_provider_that_is_not_here_is_exit_2(tmp_path):
 @pytest.fixture(scope="module")
 def column_bundle(tmp_path_factory):
     """A scikit-learn pipeline through skl2onnx: one [None, 1] input per column, as skl2onnx makes them."""
-    pytest.importorskip("skl2onnx")
+    require("skl2onnx")
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
     from sklearn.compose import ColumnTransformer

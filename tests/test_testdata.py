@@ -8,6 +8,8 @@ import unittest
 import numpy as np
 import onnx
 import pytest
+
+from conftest import require  # noqa: E402
 from onnx import numpy_helper
 
 from paritybundle.cli import main
@@ -68,7 +70,7 @@ def test_onnx_backend_test_runner_passes_on_the_directory_with_onnxruntime(wine_
 
 
 def test_polygraphy_loads_the_inputs_and_the_run_results(wine_bundle, tmp_path):
-    pytest.importorskip("polygraphy", reason="Polygraphy is the reader under test (a dev dependency)")
+    require("polygraphy", reason="Polygraphy is the reader under test (a dev dependency)")
     from polygraphy.comparator import RunResults
     from polygraphy.json import load_json
 

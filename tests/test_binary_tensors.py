@@ -10,6 +10,8 @@ import json
 
 import numpy as np
 import pytest
+
+from conftest import require  # noqa: E402
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -17,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 from paritybundle.serving import binary
 from paritybundle.serving.wire import BadRequest, RequestInput
 
-httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient is a dev extra: pip install -e '.[dev]'")
+httpclient = require("tritonclient.http", reason="tritonclient is a dev extra: pip install -e '.[dev]'")
 from starlette.testclient import TestClient  # noqa: E402
 
 from paritybundle.serving.app import create_app  # noqa: E402

@@ -64,12 +64,16 @@ def test_dropout_and_batchnorm_left_in_training_mode_fail(bundle_copy, digits_sp
     assert not report and report.failed_outputs == ["logits"]
 
 
-def test_tolerance_override_is_recorded_in_the_report(bundle_copy):
+def test_tolerance_override_changes_the_verdict_and_is_recorded_in_the_report(bundle_copy):
     perturb_weights(bundle_copy, relative_noise=0.001)
+    assert not paritybundle.check(bundle_copy)  # the bundle's own tolerance catches the noise
     loose = Tolerance(atol=1.0, rtol=0.1)
     report = paritybundle.check(bundle_copy, per_output_tolerance={"logits": loose})
+    assert report.passed and report.outputs[0].stats.violations == 0  # the override, and only it, passes it
     assert report.tolerance_overrides == {"logits": loose}
     assert report.outputs[0].tolerance == loose
+    everything = paritybundle.check(bundle_copy, tolerance=loose)
+    assert everything.passed and everything.tolerance_overrides == {"logits": loose}
 
 
 def test_override_for_unknown_output_is_a_usage_error(digits_bundle):

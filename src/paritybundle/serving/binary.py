@@ -138,8 +138,7 @@ def encode(array: np.ndarray, dtype: str) -> bytes:
             parts.append(_LENGTH.pack(len(encoded)))
             parts.append(encoded)
         return b"".join(parts)
-    if dtype == "bool":
-        return np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    # BOOL is one byte each, 0 or 1: numpy's bool is exactly that (any non-zero value becomes 1).
     return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
 
 

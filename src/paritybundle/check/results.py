@@ -34,10 +34,12 @@ class CheckSettings(StrictModel):
     intra_op_num_threads: int | None
     batch_size: int | None
     samples: int
-    # Where the reference set came from: the bundle, a live endpoint, or an ONNX test data directory.
-    source: Literal["bundle", "url", "testdata"] = "bundle"
+    # Where the reference set came from: the bundle, a live endpoint, an ONNX test data directory,
+    # or captured traffic (checked by this runtime, or replayed through the research model).
+    source: Literal["bundle", "url", "testdata", "capture", "replay"] = "bundle"
     url: str | None = None
     testdata: str | None = None
+    capture: str | None = None
     model: str | None = None
 
 
@@ -67,6 +69,9 @@ class CheckReport(StrictModel):
     # How strong the verdict is (recorded at export; None for bundles from before it was).
     power: Power | None = None
     coverage: Coverage | None = None
+    # Checks of captured traffic: per failing output, the requests (id, and [row] past the first) it
+    # failed on, at most MAX_LISTED_SAMPLES.
+    failing_requests: dict[str, list[str]] = {}
 
     def __bool__(self) -> bool:
         return self.passed
@@ -90,7 +95,7 @@ def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], ove
     notices += [f"output {name!r}: the tolerance is larger than the outputs (its atol reaches the spread of the "
                 "research values): this check cannot tell models apart on it."
                 for name in tolerance_exceeds_outputs(manifest.tolerance, overrides)]
-    if manifest.reference.groups and settings.source != "testdata":
+    if manifest.reference.groups and settings.source in ("bundle", "url"):
         comparisons = [_with_group(c, manifest) for c in comparisons]
     return CheckReport(
         passed=all(comparisons) and all(stage.passed for stage in stages),

@@ -22,6 +22,7 @@ def export_command(
     max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Keep at most this many reference samples.")] = None,
     require_power: Annotated[bool, typer.Option("--require-power", help="Refuse (exit 2) unless the reference set detects a 1% weight perturbation.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="On failure, also print the full trace of the underlying error (torch's exporter, the training code).")] = False,
+    references_from: Annotated[Optional[Path], typer.Option("--references-from", help="Draw the reference rows from traffic captured by `bundle serve --capture` (instead of the spec's reference_inputs), with the same coverage rules.")] = None,
 ) -> int:
     """Export a trained model, its reference set and environment as one bundle (atomically)."""
     from ..training import export_spec, load_spec
@@ -36,6 +37,10 @@ def export_command(
             export_spec_obj.max_reference_samples = max_samples
         if require_power:
             export_spec_obj.require_power = True
+        if references_from is not None:
+            from ..training.from_traffic import with_references_from
+
+            export_spec_obj = with_references_from(export_spec_obj, references_from)
         result = export_spec(export_spec_obj, output, force=force)
     except ParityBundleError as exc:
         if verbose and exc.__cause__ is not None:

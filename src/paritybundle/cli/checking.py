@@ -65,15 +65,13 @@ def check_command(
     url: Annotated[Optional[str], typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds to wait for each answer.")] = 30.0,
-    references: Annotated[Optional[Path], typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`) as the reference set.")] = None,
+    references: Annotated[Optional[Path], typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`), or traffic captured by `bundle serve --capture` (this runtime against what production served), as the reference set.")] = None,
     junit_path: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML report (one test case per check) to this file.")] = None,
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file.")] = None,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
 ) -> int:
     """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
-    from ..reports.terminal import render_check
-
     try:
         report = _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
                             url, model, timeout, references, resolve_public_key(key, require_signature),
@@ -84,6 +82,13 @@ def check_command(
 
             write_text(junit_path, junit_error("bundle check", str(exc), exc.exit_code))
         raise
+    return _emit_check(report, json_path, junit_path, html_path)
+
+
+def _emit_check(report, json_path: Path | None, junit_path: Path | None, html_path: Path | None) -> int:
+    """A check's report to the terminal (or --json) and the requested files; its exit code."""
+    from ..reports.terminal import render_check
+
     if junit_path is not None:
         from ..reports.junit import junit_xml
 
@@ -94,6 +99,36 @@ def check_command(
         write_text(html_path, check_page(report))
     emit_report(report, json_path, render_check)
     return EXIT_OK if report.passed else EXIT_PARITY
+
+
+@command("replay")
+def replay_command(
+    spec: Annotated[str, typer.Argument(help="path/to/file.py:name or module:name: the export spec the bundle was made from.")],
+    capture: Annotated[Path, typer.Argument(help="Traffic captured by `bundle serve --capture` (its directory, or one .parquet file).")],
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="The bundle whose tolerance policy judges (verified); default: the manifest the server recorded in the capture.")] = None,
+    atol: Annotated[Optional[float], typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")] = None,
+    rtol: Annotated[Optional[float], typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")] = None,
+    output_tolerance: Annotated[Optional[list[str]], typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")] = None,
+    json_path: JsonOption = None,
+    junit_path: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML report to this file.")] = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report to this file.")] = None,
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
+) -> int:
+    """Run the research path (torch) again on captured production inputs and judge what production served."""
+    from ..training.replay import replay
+
+    try:
+        report = replay(spec, capture, bundle=bundle, tolerance=_tolerance(atol, rtol),
+                        per_output_tolerance=_output_tolerances(output_tolerance or []),
+                        public_key=resolve_public_key(key, require_signature), histograms=html_path is not None)
+    except ParityBundleError as exc:
+        if junit_path is not None:
+            from ..reports.junit import junit_error
+
+            write_text(junit_path, junit_error("bundle replay", str(exc), exc.exit_code))
+        raise
+    return _emit_check(report, json_path, junit_path, html_path)
 
 
 def _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
@@ -118,10 +153,46 @@ def _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, 
     settings = SessionOverrides(providers=tuple(provider) if provider else None, graph_optimization_level=optimization,
                                 intra_op_num_threads=threads)
     if references is not None:
+        from ..runtime.capture import is_capture
+
+        if is_capture(references):  # traffic from `bundle serve --capture`: this runtime vs what production served
+            from ..check.traffic import check_capture
+
+            return check_capture(bundle, references, settings=settings, batch_size=batch_size, env_policy=env_policy,
+                                 **tolerances)
         return check_testdata(bundle, references, settings=settings, batch_size=batch_size, env_policy=env_policy,
                               **tolerances)
     return check(bundle, settings=settings, batch_size=batch_size, env_policy=env_policy, progress=progress,
                  **tolerances)
+
+
+@command("drift")
+def drift_command(
+    bundle: BundleArg,
+    capture: Annotated[Path, typer.Argument(help="Traffic captured by `bundle serve --capture` (its directory, or one .parquet file).")],
+    json_path: JsonOption = None,
+    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page (per-column histograms, reference vs production) to this file.")] = None,
+    max_psi: Annotated[float, typer.Option("--max-psi", help="Population stability index past which a column has drifted.")] = 0.25,
+    max_unseen: Annotated[float, typer.Option("--max-unseen", help="Share of samples with categories the reference set never ran.")] = 0.05,
+    max_out_of_range: Annotated[float, typer.Option("--max-out-of-range", help="Share of samples outside the reference set's (or the fitted) range.")] = 0.05,
+    max_nan_increase: Annotated[float, typer.Option("--max-nan-increase", help="Rise in the share of missing values over the reference set's.")] = 0.05,
+    max_class_shift: Annotated[float, typer.Option("--max-class-shift", help="Total variation between predicted-class mixes, production vs research.")] = 0.25,
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
+) -> int:
+    """Are production's inputs still inside what the reference set proves? Exit 1 past any threshold."""
+    from ..check.input_drift import DriftThresholds, input_drift
+    from ..reports.terminal import render_input_drift
+
+    thresholds = DriftThresholds(max_psi=max_psi, max_unseen_share=max_unseen, max_out_of_range_share=max_out_of_range,
+                                 max_nan_increase=max_nan_increase, max_class_shift=max_class_shift)
+    report = input_drift(bundle, capture, thresholds=thresholds, public_key=resolve_public_key(key, require_signature))
+    if html_path is not None:
+        from ..reports.drift_page import drift_page
+
+        write_text(html_path, drift_page(report))
+    emit_report(report, json_path, render_input_drift)
+    return EXIT_OK if report.passed else EXIT_PARITY
 
 
 @command("serve")
@@ -144,16 +215,27 @@ def serve_command(
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
+    capture: Annotated[Optional[Path], typer.Option("--capture", help="Write a sampled share of requests (inputs, served outputs, request id, time) as Parquet files to this directory, for `bundle check --references`, `bundle replay` and `bundle drift`.")] = None,
+    capture_rate: Annotated[float, typer.Option("--capture-rate", help="With --capture: the share of requests written (0-1].")] = 1.0,
+    capture_max_bytes: Annotated[int, typer.Option("--capture-max-bytes", help="With --capture: start a new file past this size.")] = 64 * 1024 * 1024,
+    capture_rotate_seconds: Annotated[float, typer.Option("--capture-rotate-seconds", help="With --capture: complete a file at least this often.")] = 60.0,
+    capture_queue: Annotated[int, typer.Option("--capture-queue", help="With --capture: requests waiting to be written; past it they are dropped and counted.")] = 8192,
 ) -> int:
     """Serve the bundle over the Open Inference Protocol (V2); ready only after parity holds."""
     from ..serving.server import serve
     from ..serving.state import ServeOptions
 
+    captured = None
+    if capture is not None:
+        captured = dict(directory=str(capture), rate=capture_rate, max_file_bytes=capture_max_bytes,
+                        rotate_seconds=capture_rotate_seconds, queue_requests=capture_queue)
+
     serve(ServeOptions(bundle=str(bundle), env_policy=env_policy, max_batch_size=max_batch_size,
                        max_batch_delay_ms=max_batch_delay_ms, max_body_bytes=max_body_bytes,
                        max_request_batch=max_request_batch, intra_op_num_threads=threads,
                        providers=list(provider) if provider else None,
-                       public_key=resolve_public_key(key, require_signature), max_inflight_bytes=max_inflight_bytes),
+                       public_key=resolve_public_key(key, require_signature), max_inflight_bytes=max_inflight_bytes,
+                       capture=captured),
           host=host, port=port, workers=workers, log_level=log_level, max_connections=max_connections,
           header_timeout_s=header_timeout, body_timeout_s=body_timeout)
     return EXIT_OK

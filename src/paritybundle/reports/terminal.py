@@ -63,7 +63,7 @@ def _worst_sample(c: OutputComparison) -> str:
 
 def check_table(report: CheckReport) -> Table:
     table = Table(title=f"parity: {report.bundle.name} v{report.bundle.version} "
-                        f"({report.settings.samples} reference samples)", title_justify="left")
+                        f"({report.settings.samples} {'captured' if report.settings.source in ('capture', 'replay') else 'reference'} samples)", title_justify="left")
     for column in ("output", "max abs", "mean abs", "p99 abs", "max rel", "p99 rel",
                    "violations", "worst sample", "of tol", "argmax agree", "atol / rtol", "verdict"):
         table.add_column(column, justify="left" if column in ("output", "verdict") else "right")
@@ -162,12 +162,18 @@ def render_check(report: CheckReport, console: Console) -> None:
         console.print(_text(line, style="red"))
     if report.diagnosis:
         console.print(_text(f"where: {report.diagnosis}", style="bold red"))
+    for name, requests in report.failing_requests.items():
+        console.print(_text(f"output {name!r} failed on requests: {', '.join(requests)}", style="red"))
     for line in report.notices:
         console.print(_text(f"notice: {line}", style="yellow"))
     if report.power is not None:
         console.print(power_sentence(report.power))
     settings = report.settings
-    if settings.source == "testdata":
+    if settings.source in ("capture", "replay"):
+        what = "this runtime" if settings.source == "capture" else "the research model, replayed,"
+        console.print(f"{what} against what production served: {settings.samples} captured samples from "
+                      f"{settings.capture}; {report.bundle.files_verified} files verified; {report.duration_s:.2f} s")
+    elif settings.source == "testdata":
         console.print(f"references from ONNX test data in {settings.testdata} ({settings.samples} samples); "
                       f"onnxruntime {settings.onnxruntime_version}; {report.bundle.files_verified} files verified; "
                       f"{report.duration_s:.2f} s")
@@ -376,3 +382,24 @@ def render_diff(report, console: Console) -> None:
         console.print(table)
     style = "bold green" if report.passed else "bold red"
     console.print(_text(("OK: " if report.passed else "DIFFERS: ") + report.verdict, style=style))
+
+
+def render_input_drift(report, console: Console) -> None:
+    """``bundle drift``: one row per column, then the findings and the closing sentence."""
+    table = Table(title=f"input drift: {report.bundle} v{report.version} ({report.samples} captured samples, "
+                        f"{report.reference_samples} reference samples)", title_justify="left")
+    for column in ("column", "kind", "NaN", "PSI", "outside reference", "outside fitted", "unseen", "verdict"):
+        table.add_column(column, justify="left" if column in ("column", "kind") else "right")
+
+    def pct(value):
+        return "-" if value is None else f"{value:.1%}"
+
+    for c in report.columns:
+        table.add_row(_text(c.column), c.kind, pct(c.nan_share), "-" if c.psi is None else f"{c.psi:.3f}",
+                      pct(c.outside_reference_range), pct(c.outside_fitted_range), pct(c.unseen_share),
+                      Text("DRIFT", style="red") if c.findings else Text("ok", style="green"))
+    console.print(table)
+    for output in report.outputs:
+        console.print(_text(f"predicted classes of {output.output}: total variation {output.shift:.2f} from research's"
+                            + (" (DRIFT)" if output.findings else "")))
+    console.print(_text(report.summary, style="bold green" if report.passed else "bold red"))

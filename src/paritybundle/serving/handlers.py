@@ -173,7 +173,7 @@ async def read_body(request: Request, limit: int, budget: BodyBudget, held: list
 
 async def infer(request: Request) -> Response:
     """Decode -> validate (the bundle's specs) -> batch -> answer; ready servers only."""
-    began, state = time.perf_counter(), _state(request)
+    began, received_at, state = time.perf_counter(), time.time(), _state(request)
     name = request.path_params["name"]
     observe = state.metrics.observe
     held: list[int] = []  # body bytes reserved in the budget, given back when the answer is made
@@ -198,6 +198,8 @@ async def infer(request: Request) -> Response:
                 raise BadRequest(f"output {unknown[0]!r} is not an output of {name}; it has {', '.join(output_specs)}.")
         as_bytes = [binary.wants_binary(inference.parameters, parameters) for _, parameters in wanted]
         outputs = await state.batcher.submit(arrays)
+        if state.capture is not None:  # sampled onto a bounded queue; never blocks this request
+            state.capture.submit(inference.id, received_at, arrays, outputs)
         answer = {"model_name": manifest.name, "model_version": manifest.version,
                   "outputs": [output_json(n, outputs[n], output_specs[n], as_bytes=b) for (n, _), b in zip(wanted, as_bytes)]}
         if inference.id is not None:

@@ -13,6 +13,7 @@ from ..errors import UsageError
 from ..runtime.load import ServingRuntime, environment_drift
 from ..runtime.session import session_settings
 from .app import ENV_LOG_LEVEL, ENV_OPTIONS, create_app
+from .capture import prepare_directory
 from .limits import (
     DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, ENV_BODY_TIMEOUT, ENV_HEADER_TIMEOUT,
     HeaderDeadlineProtocol,
@@ -38,6 +39,9 @@ def preflight(options: ServeOptions, *, load: bool) -> ServingRuntime | None:
                          "size could ever be read.")
     if options.max_batch_delay_ms < 0:
         raise UsageError("--max-batch-delay-ms must be >= 0.")
+    capture = options.capture_options
+    if capture is not None:  # an unwritable directory is exit 2 now, not dropped traffic later
+        prepare_directory(capture)
     if load:
         return open_serving_runtime(options)
     bundle = open_bundle(options.bundle, options.public_key)

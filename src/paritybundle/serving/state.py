@@ -27,6 +27,7 @@ from ..parity.explain import explain_failure
 from ..runtime.load import ServingRuntime, load
 from ..runtime.session import SessionOverrides
 from .batching import MicroBatcher
+from .capture import CaptureOptions, CaptureWriter
 from .decoding import InputDecoder
 from .limits import DEFAULT_MAX_INFLIGHT_BYTES, BodyBudget
 
@@ -52,6 +53,12 @@ class ServeOptions:
     public_key: str | None = None
     # Request bytes being read and decoded at once (serving/limits.py); past it, 503 and Retry-After.
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    # Captured traffic (serving/capture.py): None, or the options of `--capture DIR`.
+    capture: dict[str, Any] | None = None
+
+    @property
+    def capture_options(self) -> CaptureOptions | None:
+        return CaptureOptions(**self.capture) if self.capture is not None else None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -123,6 +130,7 @@ class ServerState:
     # Request inputs -> validated arrays, made once parity holds.
     decode: InputDecoder | None = None
     bodies: BodyBudget | None = None
+    capture: CaptureWriter | None = None
 
     def __post_init__(self) -> None:
         self.bodies = BodyBudget(self.options.max_inflight_bytes)
@@ -171,6 +179,11 @@ class ServerState:
         self.batcher.start()
         self.decode = InputDecoder(runtime.manifest.inputs, model=runtime.manifest.name,
                                    max_batch=options.max_request_batch, bounds=runtime.runner.bounds)
+        capture = options.capture_options
+        if capture is not None:
+            manifest_bytes = (runtime.bundle.root / "bundle.json").read_bytes()  # verified (a signed one: the snapshot)
+            self.capture = CaptureWriter(capture, runtime.manifest, manifest_bytes, metrics.registry)
+            self.capture.start()
         self.runtime = runtime
         self.ready, self.status, self.reason = True, "ready", None
         metrics.parity.set(1)
@@ -186,3 +199,5 @@ class ServerState:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.stop()
+        if self.capture is not None:  # what is queued is written, the last file completed
+            await asyncio.get_running_loop().run_in_executor(None, self.capture.stop)

@@ -5,6 +5,8 @@ bundle; ``ExportSpec``/``load_spec`` describe the same thing for ``bundle export
 """
 
 from .export import ExportResult, export, export_spec
+from .from_traffic import with_references_from
+from .replay import replay
 from .spec import ExportSpec, load_spec
 
-__all__ = ["ExportResult", "ExportSpec", "export", "export_spec", "load_spec"]
+__all__ = ["ExportResult", "ExportSpec", "export", "export_spec", "load_spec", "replay", "with_references_from"]

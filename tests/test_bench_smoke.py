@@ -71,3 +71,17 @@ def test_binary_bench_bodies_decode_to_the_same_rows(digits_bundle):
     assert json.loads(header)["parameters"] == {"binary_data_output": True}
     decoded = wire_binary.decode_bytes("x", tensor_bytes, "float32", rows.size)
     np.testing.assert_array_equal(decoded, rows.reshape(-1))
+
+
+def test_capture_bench_counts_cpu_per_process_from_proc():
+    """The capture bench's CPU figure is the process's user + system time: it grows while the process works."""
+    import os
+    import time
+
+    from bench import capture
+
+    before = capture._cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert capture._cpu_seconds(os.getpid()) - before >= 0.2

@@ -331,3 +331,36 @@ def test_the_next_bundle_draws_its_references_from_production_and_then_covers_it
     assert columns["color_band"]["findings"] == [
         f"{columns['color_band']['unfitted_share']:.0%} of 'color_band' is outside the vocabulary its preprocessing "
         "was fitted on"]
+
+
+def _altered(traffic, tmp_path, change):
+    """The fixture's capture, one file, with ``change(table) -> table`` applied."""
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(traffic["dir"].glob(FILE_GLOB))])
+    folder = tmp_path / "altered"
+    folder.mkdir()
+    pq.write_table(change(table), folder / "capture-1.parquet")
+    return folder
+
+
+def _replace(table, name, values, arrow_type=None):
+    index = table.schema.get_field_index(name)
+    field = table.schema.field(index) if arrow_type is None else pa.field(name, arrow_type)
+    return table.set_column(index, field, pa.array(values, field.type))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: _replace(t, "output.scores.shape", [[4]] * t.num_rows),
+     "a capture file's column 'scores' holds a sample of 3 values where its shape [4] says 4; the file was altered."),
+    (lambda t: _replace(t, "input.alcohol", [[1.0, 2.0]] * t.num_rows),
+     "a capture file's column 'alcohol' holds a sample of 2 values where its shape [] says 1; the file was altered."),
+    (lambda t: _replace(t, "output.scores.shape", [[-3]] * t.num_rows),
+     "a capture file records a dimension outside 0..1099511627776; it was altered."),
+    (lambda t: _replace(t, "input.alcohol", [["x"]] * t.num_rows, pa.list_(pa.string())),
+     "holds 'input.alcohol' as lists of string, not of float"),
+    (lambda t: t.drop_columns(["input.color_band"]), "has no column 'input.color_band'"),
+])
+def test_an_altered_capture_is_one_sentence_and_exit_2(traffic, wine_bundle, tmp_path, capsys, change, message):
+    folder = _altered(traffic, tmp_path, change)
+    for command in (["check", str(wine_bundle), "--references", str(folder)], ["drift", str(wine_bundle), str(folder)]):
+        assert main(command) == 2
+        assert message in capsys.readouterr().err.replace("\n", " ").replace("  ", " ")

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle.manifest import Manifest, TensorSpec
+from ..bundle.manifest import MAX_DIMENSION, Manifest, TensorSpec
 from ..errors import UsageError
 
 FORMAT_VERSION = "1"
@@ -234,7 +234,11 @@ def read_capture(path: str | os.PathLike[str], manifest: Manifest, *, outputs: b
             raise UsageError(f"{file} is not a readable capture file ({type(exc).__name__}: {str(exc)[:200]}).") from None
     import pyarrow as pa
 
-    table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
+    try:
+        table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
+    except pa.ArrowInvalid:
+        raise UsageError(f"the capture files in {path} hold different columns: they come from servers of different "
+                         "bundles; pass one bundle's capture.") from None
     kinds = [("input", manifest.inputs)] + ([("output", manifest.outputs)] if outputs else [])
     for kind, specs in kinds:
         for spec in specs:
@@ -242,6 +246,18 @@ def read_capture(path: str | os.PathLike[str], manifest: Manifest, *, outputs: b
                 if name not in table.column_names:
                     raise UsageError(f"the capture in {path} has no column {name!r}: it was served by a bundle with "
                                      f"other {kind}s than {manifest.name!r}.")
+    import pyarrow as pa
+
+    for kind, specs in kinds:
+        for spec in specs:
+            wanted = pa.list_(getattr(pa, _ARROW_TYPES[spec.dtype])())
+            for name, expected in ((column(kind, spec.name), wanted), (column(kind, spec.name) + ".shape", pa.list_(pa.int32()))):
+                found = table.schema.field(name).type
+                if found != expected:
+                    what = str(getattr(found, "value_type", found))
+                    raise UsageError(f"the capture in {path} holds {name!r} as lists of {what}, not of "
+                                     f"{expected.value_type}: it was not written by `bundle serve --capture` for "
+                                     f"{manifest.name!r}.")
     samples = table.num_rows
     shapes = {(kind, spec.name): _shapes(table[column(kind, spec.name) + ".shape"], len(spec.shape) - 1, samples)
               for kind, specs in kinds for spec in specs}
@@ -274,6 +290,8 @@ def _shapes(chunked: Any, rank: int, samples: int) -> np.ndarray:
     if flat.size != samples * rank:
         raise UsageError("a capture file holds shapes of another rank than the bundle's; it was served by "
                          "another bundle.")
+    if flat.size and (flat.min() < 0 or flat.max() > MAX_DIMENSION):
+        raise UsageError(f"a capture file records a dimension outside 0..{MAX_DIMENSION}; it was altered.")
     return flat.reshape(samples, rank).astype(np.int64)
 
 
@@ -283,6 +301,10 @@ def _stack(chunked: Any, positions: np.ndarray, shape: tuple[int, ...], spec: Te
     lists = chunked.combine_chunks()
     if positions.size != len(lists) or not np.array_equal(positions, np.arange(len(lists))):
         lists = lists.take(pa.array(positions))
+    lengths = np.diff(lists.offsets.to_numpy())
+    if lengths.size and (lengths != math.prod(shape)).any():
+        raise UsageError(f"a capture file's column {spec.name!r} holds a sample of {int(lengths[lengths != math.prod(shape)][0])} "
+                         f"values where its shape {list(shape)} says {math.prod(shape)}; the file was altered.")
     values = lists.flatten().to_numpy(zero_copy_only=False)
     if spec.dtype == "string":
         values = np.asarray(values, dtype=object)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 
 
@@ -29,3 +31,18 @@ def print_table(title: str, rows: list[tuple[str, ...]],
     print("|" + " --- |" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the `bundle serve` process on ``port`` answers ready (or exit the bench saying it did not)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise SystemExit("bundle serve did not become ready")
+        time.sleep(0.1)

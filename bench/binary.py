@@ -21,12 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from ._common import print_table
+from ._common import print_table, wait_ready
 
 DURATION, WARMUP = float(os.environ.get("DURATION", "8")), float(os.environ.get("WARMUP", "2"))
 REPS, ROWS, CONCURRENCY = int(os.environ.get("REPS", "3")), int(os.environ.get("ROWS", "64")), int(os.environ.get("CONCURRENCY", "16"))
@@ -105,17 +104,7 @@ def main() -> None:
         bundle = _mlp_bundle(work)
         server = subprocess.Popen([sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port", str(PORT),
                                    "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/v2/health/ready", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("bundle serve did not become ready")
-            time.sleep(0.1)
+        wait_ready(PORT, server)
         rows = np.random.default_rng(1).random((ROWS, 64)).astype(np.float32) * 16
         bodies = _bodies(rows)
         url = f"http://127.0.0.1:{PORT}/v2/models/mlp/infer"

@@ -20,12 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from ._common import print_table
+from ._common import print_table, wait_ready
 from .binary import _mlp_bundle
 
 DURATION, WARMUP = float(os.environ.get("DURATION", "8")), float(os.environ.get("WARMUP", "2"))
@@ -64,20 +63,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_ready(port: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise SystemExit("bundle serve did not become ready")
-        time.sleep(0.1)
-
-
 def main() -> None:
     import orjson
 
@@ -94,7 +79,7 @@ def main() -> None:
                                               str(port), "--log-level", "warning", *extra],
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, port in PORTS.items():
-            _wait_ready(port, servers[name])
+            wait_ready(port, servers[name])
         row = np.random.default_rng(1).random((1, 64)).astype(np.float32) * 16
         body = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
                                          "data": row.reshape(-1).tolist()}]})

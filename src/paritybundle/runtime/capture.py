@@ -224,7 +224,7 @@ def read_capture(path: str | os.PathLike[str], manifest: Manifest, *, outputs: b
         UsageError: no capture there, pyarrow missing, or a capture of a bundle with other inputs or
             outputs (named).
     """
-    _, parquet = pyarrow_modules()
+    pa, parquet = pyarrow_modules()
     files = capture_files(path)
     tables = []
     for file in files:
@@ -232,8 +232,6 @@ def read_capture(path: str | os.PathLike[str], manifest: Manifest, *, outputs: b
             tables.append(parquet.read_table(file))
         except Exception as exc:  # pyarrow's own errors: a truncated or foreign file
             raise UsageError(f"{file} is not a readable capture file ({type(exc).__name__}: {str(exc)[:200]}).") from None
-    import pyarrow as pa
-
     try:
         table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
     except pa.ArrowInvalid:
@@ -246,8 +244,6 @@ def read_capture(path: str | os.PathLike[str], manifest: Manifest, *, outputs: b
                 if name not in table.column_names:
                     raise UsageError(f"the capture in {path} has no column {name!r}: it was served by a bundle with "
                                      f"other {kind}s than {manifest.name!r}.")
-    import pyarrow as pa
-
     for kind, specs in kinds:
         for spec in specs:
             wanted = pa.list_(getattr(pa, _ARROW_TYPES[spec.dtype])())

@@ -106,9 +106,9 @@ class CaptureMetrics:
 class CaptureWriter:
     """Samples requests onto a bounded queue; a daemon thread writes them (see the module doc).
 
-    The queue is a deque the request path appends to (atomic under the GIL, no lock, no wake-up)
-    and the writer drains every ``_WRITE_EVERY_SECONDS``: a ``queue.Queue`` woke the writer thread
-    on every request, and each wake-up took the GIL from the event loop.
+    The queue is a deque the request path appends to (atomic under the GIL: no lock, and no
+    wake-up of the writer per request, as a ``queue.Queue`` consumer would have) and the writer
+    drains every ``_WRITE_EVERY_SECONDS``.
     """
 
     def __init__(self, options: CaptureOptions, manifest: Manifest, manifest_bytes: bytes,

@@ -20,11 +20,12 @@ resolved lazily from ``paritybundle.training`` on first use.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from .bundle.manifest import Manifest, Tolerance
 from .bundle.store import verify
-from .check.checks import check
+from .check.checks import check as _check
 from .check.results import CheckReport
 from .errors import (
     BundleInvalid, EnvironmentRefused, ExportError, ExportParityError, InputValidationError, ParityBundleError,
@@ -44,6 +45,22 @@ __all__ = [
     "ParityFailure", "ServingRuntime", "SessionOverrides", "SessionSettings", "SpecError", "Tolerance", "UsageError",
     "check", "export", "load", "verify",
 ]
+
+
+@functools.wraps(_check)
+def check(path: Any, *args: Any, mlflow_run: str | None = None, **kwargs: Any) -> CheckReport:
+    report = _check(path, *args, **kwargs)
+    if mlflow_run is not None:  # the verdict lands next to the training run (paritybundle.mlflow)
+        from .mlflow import log_check
+
+        log_check(report, mlflow_run)
+    return report
+
+
+check.__doc__ = (_check.__doc__ or "") + """
+    With ``mlflow_run=RUN_ID`` the report is also logged to that MLflow run (reports as artifacts,
+    per-output metrics, the verdict as a tag); see :mod:`paritybundle.mlflow`.
+"""
 
 _TRAINING_NAMES = {"export", "ExportSpec", "ExportResult"}
 

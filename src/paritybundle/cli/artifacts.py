@@ -1,4 +1,4 @@
-"""Commands that write something: ``export``, ``testdata``, ``pack``, ``sign``, ``rehearse``, ``build-image``."""
+"""Commands that write something: ``export``, ``testdata``, ``pack``, ``sign``, ``rehearse``, ``build-image``, ``pull``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def export_command(
     max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Keep at most this many reference samples.")] = None,
     require_power: Annotated[bool, typer.Option("--require-power", help="Refuse (exit 2) unless the reference set detects a 1% weight perturbation.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="On failure, also print the full trace of the underlying error (torch's exporter, the training code).")] = False,
+    log_to_mlflow: Annotated[bool, typer.Option("--mlflow", help="Also log the bundle (files, params, metrics, tags) to MLflow: the active run, or a new one, on the tracking server MLFLOW_TRACKING_URI names.")] = False,
     references_from: Annotated[Optional[Path], typer.Option("--references-from", help="Draw the reference rows from traffic captured by `bundle serve --capture` (instead of the spec's reference_inputs), with the same coverage rules.")] = None,
 ) -> int:
     """Export a trained model, its reference set and environment as one bundle (atomically)."""
@@ -29,6 +30,10 @@ def export_command(
 
     if verbose:
         logging.getLogger("paritybundle").setLevel(logging.INFO)
+    if log_to_mlflow:  # a tracking server that is down is exit 2 before anything is exported
+        from ..mlflow import _mlflow, _reachable
+
+        _reachable(_mlflow())
     try:
         export_spec_obj = load_spec(spec)
         if max_samples is not None:
@@ -53,6 +58,11 @@ def export_command(
               f"{len(m.files)} files; torch vs ONNX Runtime max abs error: {errors}")
     if m.power is not None:
         out.print(m.power.sentence())
+    if log_to_mlflow:
+        from ..mlflow import log_bundle
+
+        run_id = log_bundle(result.path)
+        out.print(f"logged to MLflow run {run_id}")
     return EXIT_OK
 
 
@@ -159,4 +169,20 @@ def build_image_command(
     result = build_image(bundle, tag, base_image=base_image, wheelhouse=wheelhouse, package=package,
                          public_key=key_path, progress=None if quiet else _print_build_line)
     out.print(f"built {result.tag} ({result.image_id[:19]}) from {result.base_image}; parity held inside the image")
+    return EXIT_OK
+
+
+@command("pull")
+def pull_command(
+    uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION (or models:/NAME@ALIAS) or runs:/RUN_ID/PATH of a logged bundle.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The bundle directory to write (must not exist).")],
+    key: KeyOption = None,
+    require_signature: RequireSignatureOption = False,
+) -> int:
+    """Download a bundle from MLflow (the registry or a run) and verify it before saying it is there."""
+    from ..mlflow import pull
+
+    bundle = pull(uri, output, public_key=public_key(key, require_signature))
+    out.print(f"pulled {bundle.manifest.name} v{bundle.manifest.version} from {uri} to {output}: "
+              f"{len(bundle.manifest.files)} files verified")
     return EXIT_OK

@@ -70,6 +70,7 @@ def check_command(
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file.")] = None,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
+    mlflow_run: Annotated[Optional[str], typer.Option("--mlflow-run", help="Also log the reports, per-output metrics and the verdict to this MLflow run.")] = None,
 ) -> int:
     """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
     try:
@@ -82,6 +83,10 @@ def check_command(
 
             write_text(junit_path, junit_error("bundle check", str(exc), exc.exit_code))
         raise
+    if mlflow_run is not None:
+        from ..mlflow import log_check
+
+        log_check(report, mlflow_run)
     return _emit_check(report, json_path, junit_path, html_path)
 
 

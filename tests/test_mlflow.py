@@ -1,0 +1,210 @@
+"""MLflow: a real tracking server (sqlite backend, artifact store on disk), not a mock.
+
+The digits example is exported with --mlflow, registered through the python_function flavor,
+loaded back with mlflow.pyfunc, served with `mlflow models serve`, and pulled with `bundle pull`;
+then the bad cases: a server that is down, a run that does not exist, altered artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import require
+from serving_tools import free_port, http
+
+mlflow = require("mlflow", reason="mlflow is the mlflow extra: pip install -e '.[dev]'")
+
+import paritybundle  # noqa: E402
+from paritybundle.cli import main  # noqa: E402
+
+DIGITS_SPEC = "examples/digits/train.py:make_spec"
+
+
+def _wait(url: str, process: subprocess.Popen, log, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} not up after {timeout} s: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """`mlflow server` with a sqlite backend and an artifact store on disk; MLFLOW_TRACKING_URI points at it."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = root / "server.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], stdout=sink, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        _wait(uri + "/health", process, log)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        mlflow.set_tracking_uri(uri)
+        yield {"uri": uri, "artifacts": root / "artifacts"}
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def exported(tracking, tmp_path_factory):
+    """The digits example exported with --mlflow: the bundle and the run it was logged to."""
+    out = tmp_path_factory.mktemp("export") / "digits"
+    assert main(["export", DIGITS_SPEC, "-o", str(out), "--mlflow"]) == 0
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 1
+    return {"bundle": out, "run": runs[0]}
+
+
+def test_export_logs_the_bundle_with_params_metrics_and_tags(exported):
+    run = exported["run"]
+    manifest = paritybundle.verify(exported["bundle"]).manifest
+    assert run.data.params["paritybundle.name"] == manifest.name
+    assert run.data.params["paritybundle.opset"] == str(manifest.stages.opset)
+    assert run.data.params["paritybundle.onnxruntime"] == manifest.runtime.onnxruntime_version
+    output = manifest.outputs[0].name
+    assert run.data.params[f"paritybundle.tolerance.{output}"].startswith("atol=")
+    assert run.data.metrics[f"paritybundle.export_error.{output}"] == pytest.approx(manifest.export_errors[output].max_abs)
+    assert run.data.metrics["paritybundle.reference_samples"] == manifest.reference.samples
+    import hashlib
+
+    assert run.data.tags["paritybundle.manifest_sha256"] == hashlib.sha256(
+        (exported["bundle"] / "bundle.json").read_bytes()).hexdigest()
+    listed = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "bundle")}
+    assert "bundle/bundle.json" in listed and "bundle/pipeline.onnx" in listed
+
+
+def test_a_check_lands_next_to_the_training_run(exported, capsys):
+    run_id = exported["run"].info.run_id
+    assert main(["check", str(exported["bundle"]), "--mlflow-run", run_id]) == 0
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.data.tags["paritybundle.verdict"] == "passed"
+    output = paritybundle.verify(exported["bundle"]).manifest.outputs[0].name
+    assert run.data.metrics[f"paritybundle.check.{output}.violations"] == 0
+    checks = mlflow.MlflowClient().list_artifacts(run_id, "paritybundle-checks")
+    files = {a.path.rsplit("/", 1)[1] for a in mlflow.MlflowClient().list_artifacts(run_id, checks[0].path)}
+    assert files == {"check.json", "check.html"}
+    report = paritybundle.check(exported["bundle"], mlflow_run=run_id)  # the Python API does the same
+    assert report.passed
+
+
+def test_registered_model_loads_through_the_gate_and_predicts_like_the_bundle(exported, tmp_path):
+    from paritybundle.mlflow import log_model
+
+    bundle = exported["bundle"]
+    info = log_model(bundle, registered_model_name="digits-parity")
+    assert str(info.registered_model_version) == "1"
+    model = mlflow.pyfunc.load_model("models:/digits-parity/1")
+    pixels = np.load(bundle / "reference" / "inputs.npz")["pixels"][:7]
+    import pandas as pd
+
+    expected = paritybundle.load(bundle).predict(pixels)
+    frame = pd.DataFrame(pixels.reshape(len(pixels), -1))  # a column per feature of the [batch, 64] input
+    for given in (frame, pixels):
+        got = model.predict(given)
+        assert set(got) == set(expected)
+        for name in expected:
+            np.testing.assert_array_equal(np.asarray(got[name]), expected[name])
+    schema = model.metadata.get_input_schema()  # the signature comes from the specs
+    assert list(schema.inputs[0].shape) == [-1, 64] and schema.inputs[0].type == np.dtype("float32")
+
+
+def test_mlflow_models_serve_answers_like_the_bundle(exported, tracking, tmp_path):
+    from paritybundle.mlflow import log_model
+
+    bundle = exported["bundle"]
+    if not mlflow.MlflowClient().search_model_versions("name='digits-parity'"):
+        log_model(bundle, registered_model_name="digits-parity")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/digits-parity/1",
+                                    "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
+                                   stdout=sink, stderr=subprocess.STDOUT,
+                                   # MLflow execs `uvicorn` by name: the one beside this interpreter.
+                                   env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+    try:
+        _wait(f"http://127.0.0.1:{port}/ping", process, log)
+        pixels = np.load(bundle / "reference" / "inputs.npz")["pixels"][:3]
+        status, answer = http("POST", f"http://127.0.0.1:{port}/invocations", {"inputs": pixels.tolist()})
+        assert status == 200, answer
+        expected = paritybundle.load(bundle).predict(pixels)
+        name = next(iter(expected))
+        served = np.asarray(answer["predictions"][name], dtype=np.float32)
+        np.testing.assert_array_equal(served, expected[name])
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_pull_downloads_and_verifies_a_registered_bundle(exported, tmp_path, capsys):
+    from paritybundle.mlflow import log_model
+
+    if not mlflow.MlflowClient().search_model_versions("name='digits-parity'"):
+        log_model(exported["bundle"], registered_model_name="digits-parity")
+    out = tmp_path / "pulled"
+    assert main(["pull", "models:/digits-parity/1", "-o", str(out)]) == 0
+    assert "files verified" in capsys.readouterr().out
+    assert (out / "bundle.json").read_bytes() == (exported["bundle"] / "bundle.json").read_bytes()
+    run_uri = f"runs:/{exported['run'].info.run_id}/bundle"
+    assert main(["pull", run_uri, "-o", str(tmp_path / "from-run")]) == 0
+
+
+def test_altered_registered_artifacts_are_refused_by_pull_and_load(exported, tracking, tmp_path, capsys):
+    from paritybundle.errors import BundleInvalid
+    from paritybundle.mlflow import log_model
+
+    info = log_model(exported["bundle"], registered_model_name="digits-altered")
+    stored = [p for p in tracking["artifacts"].rglob("pipeline.onnx")
+              if info.model_id in str(p) or (info.run_id and info.run_id in str(p))]
+    assert stored, list(tracking["artifacts"].rglob("pipeline.onnx"))
+    for path in stored:
+        data = bytearray(path.read_bytes())
+        data[-10] ^= 0xFF
+        path.write_bytes(bytes(data))
+    out = tmp_path / "pulled"
+    assert main(["pull", "models:/digits-altered/1", "-o", str(out)]) == 3
+    assert "does not match its sha256" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(BundleInvalid, match="does not match its sha256"):
+        mlflow.pyfunc.load_model("models:/digits-altered/1")
+
+
+def test_a_tracking_server_that_is_down_is_exit_2_before_anything_is_written(tracking, tmp_path, capsys, monkeypatch):
+    down = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", down)
+    mlflow.set_tracking_uri(down)  # the fixture set the module's URI, which outranks the environment
+    out = tmp_path / "never"
+    try:
+        assert main(["export", DIGITS_SPEC, "-o", str(out), "--mlflow"]) == 2
+    finally:
+        mlflow.set_tracking_uri(tracking["uri"])
+    assert f"the MLflow tracking server at {down} does not answer" in capsys.readouterr().err.replace("\n", " ")
+    assert not out.exists()
+
+
+def test_a_run_that_does_not_exist_is_exit_2(exported, capsys):
+    assert main(["check", str(exported["bundle"]), "--mlflow-run", "0" * 32]) == 2
+    assert f"MLflow run '{'0' * 32}' does not exist" in capsys.readouterr().err.replace("\n", " ")

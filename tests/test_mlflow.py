@@ -208,3 +208,15 @@ def test_a_tracking_server_that_is_down_is_exit_2_before_anything_is_written(tra
 def test_a_run_that_does_not_exist_is_exit_2(exported, capsys):
     assert main(["check", str(exported["bundle"]), "--mlflow-run", "0" * 32]) == 2
     assert f"MLflow run '{'0' * 32}' does not exist" in capsys.readouterr().err.replace("\n", " ")
+
+
+def test_pull_refuses_an_existing_target_and_a_uri_without_a_bundle(exported, tmp_path, capsys):
+    existing = tmp_path / "there"
+    existing.mkdir()
+    run_id = exported["run"].info.run_id
+    assert main(["pull", f"runs:/{run_id}/bundle", "-o", str(existing)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    mlflow.MlflowClient().log_text(run_id, "not a bundle", "notes/readme.txt")
+    assert main(["pull", f"runs:/{run_id}/notes", "-o", str(tmp_path / "notes")]) == 2
+    assert "holds no paritybundle bundle" in capsys.readouterr().err.replace("\n", " ")
+    assert not (tmp_path / "notes").exists()

@@ -364,3 +364,35 @@ def test_an_altered_capture_is_one_sentence_and_exit_2(traffic, wine_bundle, tmp
     for command in (["check", str(wine_bundle), "--references", str(folder)], ["drift", str(wine_bundle), str(folder)]):
         assert main(command) == 2
         assert message in capsys.readouterr().err.replace("\n", " ").replace("  ", " ")
+
+
+def test_requests_of_several_sequence_lengths_come_back_in_one_group_per_shape(wine_bundle, tmp_path):
+    """A model with a dynamic axis (tokens, time steps): rows of each length are stacked together, each
+    keeps its request id and arrival position, strings included."""
+    from paritybundle.bundle.manifest import TensorSpec
+    from paritybundle.runtime.capture import Captured, read_capture, record_batch, schema
+
+    manifest = read_manifest(wine_bundle).model_copy(update={
+        "inputs": [TensorSpec(name="tokens", dtype="int64", shape=["batch", "seq"]),
+                   TensorSpec(name="lang", dtype="string", shape=["batch"])],
+        "outputs": [TensorSpec(name="logits", dtype="float32", shape=["batch", "seq", 3])]})
+    requests = []
+    for k, (rows, seq) in enumerate([(2, 4), (1, 7), (3, 4), (1, 7)]):
+        tokens = np.arange(rows * seq, dtype=np.int64).reshape(rows, seq) + 100 * k
+        logits = np.full((rows, seq, 3), float(k), np.float32)
+        requests.append(Captured(f"r{k}", 1.7e9 + k, {"tokens": tokens, "lang": np.array([f"l{k}"] * rows, dtype=object)},
+                                 {"logits": logits}))
+    arrow_schema = schema(manifest, b"{}")
+    with pq.ParquetWriter(tmp_path / "capture-1.parquet", arrow_schema) as writer:
+        writer.write_batch(record_batch(requests[:2], manifest, "d", arrow_schema))
+        writer.write_batch(record_batch(requests[2:], manifest, "d", arrow_schema))
+    data = read_capture(tmp_path, manifest)
+    assert data.samples == 7 and [data.request_of(p) for p in range(7)] == [
+        "r0", "r0[1]", "r1", "r2", "r2[1]", "r2[2]", "r3"]
+    shapes = sorted((g.inputs["tokens"].shape, g.outputs["logits"].shape, g.positions.tolist()) for g in data.groups)
+    assert shapes == [((2, 7), (2, 7, 3), [2, 6]), ((5, 4), (5, 4, 3), [0, 1, 3, 4, 5])]
+    long = next(g for g in data.groups if g.inputs["tokens"].shape[1] == 7)
+    np.testing.assert_array_equal(long.inputs["tokens"], np.vstack([requests[1].inputs["tokens"], requests[3].inputs["tokens"]]))
+    assert long.inputs["lang"].tolist() == ["l1", "l3"]
+    assert long.outputs["logits"][:, 0, 0].tolist() == [1.0, 3.0]
+    assert data.order.tolist() == [0, 1, 3, 4, 5, 2, 6]  # groups by shape, shortest first; arrival order within

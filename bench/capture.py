@@ -103,10 +103,10 @@ def main() -> None:
         cpu_off, cpu_on = statistics.median(cpu["capture off"]) * 1e6, statistics.median(cpu["capture 1.0"]) * 1e6
         cpu_sampled = statistics.median(cpu["capture 0.1"]) * 1e6
         print_table(f"capture cost: 1-row JSON requests, concurrency {CONCURRENCY}, median of {REPS}", [
-            ("requests/s", f"{on:,.0f} (capture 1.0)", f"{off:,.0f} (capture off)", f"{on / off:.2f}x (>= 0.90x)"),
+            ("requests/s", f"{on:,.0f} (capture 1.0)", f"{off:,.0f} (capture off)", f"{on / off:.3f}x (>= 0.90x)"),
             ("requests/s, capture 0.1", f"{sampled:,.0f} (capture 0.1)", f"{off:,.0f} (capture off)", f"{sampled / off:.2f}x"),
             ("server CPU per request", f"{cpu_on:.0f} us (1.0), {cpu_sampled:.0f} us (0.1)", f"{cpu_off:.0f} us",
-             f"+{cpu_on - cpu_off:.0f} us (1.0)"),
+             f"{cpu_on - cpu_off:+.0f} us (1.0)"),
             ("runs (requests/s)", " / ".join(f"{r:,.0f}" for r in rates["capture 1.0"]),
              " / ".join(f"{r:,.0f}" for r in rates["capture off"]), "-"),
             ("captured / answered", f"{captured:,}", f"{answered:,}", "every one" if captured == answered else "MISSING"),

@@ -221,35 +221,41 @@ def _one_request(wine_bundle):
 
 
 def test_a_full_queue_drops_and_counts_without_blocking(wine_bundle, tmp_path):
-    writer, registry = _writer(wine_bundle, tmp_path, queue_requests=2)
+    writer, registry = _writer(wine_bundle, tmp_path, queue_requests=10)
     inputs, outputs = _one_request(wine_bundle)
-    began = time.perf_counter()
-    for k in range(5):  # the writer thread is not started: the queue fills
-        writer.submit(f"r{k}", time.time(), inputs, outputs)
-    assert time.perf_counter() - began < 0.5
-    assert registry.get_sample_value("paritybundle_capture_dropped_total", {"reason": "queue_full"}) == 3
     writer.start()
+    os.kill(writer._process.pid, signal.SIGSTOP)  # a writer that cannot keep up: its pipe fills
+    try:
+        began = time.perf_counter()
+        for k in range(20000):  # ~10 MB of frames against a 1 MiB pipe and a queue of 10
+            writer.submit(f"r{k}", time.time(), inputs, outputs)
+        assert time.perf_counter() - began < 5  # never waited on the pipe
+        dropped = registry.get_sample_value("paritybundle_capture_dropped_total", {"reason": "queue_full"})
+        assert dropped > 0
+    finally:
+        os.kill(writer._process.pid, signal.SIGCONT)
     writer.stop()
-    table = pq.read_table(next(tmp_path.glob(FILE_GLOB)))
-    assert table["request_id"].to_pylist() == ["r0", "r0", "r1", "r1"]
-    assert registry.get_sample_value("paritybundle_captured_requests_total") == 2
+    captured = registry.get_sample_value("paritybundle_captured_requests_total")
+    assert captured + dropped == 20000  # every request is either in a file or counted as dropped
+    table = pa.concat_tables([pq.read_table(f) for f in tmp_path.glob(FILE_GLOB)])
+    assert len(set(table["request_id"].to_pylist())) == captured
 
 
-def test_a_failing_disk_drops_and_counts_and_serving_goes_on(wine_bundle, tmp_path, monkeypatch):
-    from paritybundle.serving import capture as capture_module
+def test_a_failing_disk_drops_and_counts_and_serving_goes_on(wine_bundle, tmp_path):
+    import shutil
 
-    writer, registry = _writer(wine_bundle, tmp_path)
-
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(capture_module, "record_batch", full)
+    directory = tmp_path / "capture"
+    writer, registry = _writer(wine_bundle, directory)
     inputs, outputs = _one_request(wine_bundle)
     writer.start()
+    shutil.rmtree(directory)  # the disk gives way under the writer: its file cannot be created
+    began = time.perf_counter()
     writer.submit("r0", time.time(), inputs, outputs)
+    assert time.perf_counter() - began < 0.1
     writer.stop()
     assert registry.get_sample_value("paritybundle_capture_dropped_total", {"reason": "write_error"}) == 1
-    assert not list(tmp_path.glob(FILE_GLOB)) and not list(tmp_path.glob(f".*{PARTIAL_SUFFIX}"))
+    assert registry.get_sample_value("paritybundle_captured_requests_total") == 0
+    assert not directory.exists()
 
 
 def test_a_sampled_share_is_captured(wine_bundle, tmp_path):

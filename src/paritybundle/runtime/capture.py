@@ -106,43 +106,75 @@ class Captured:
     outputs: Mapping[str, np.ndarray]
 
 
-def record_batch(records: Sequence[Captured], manifest: Manifest, digest: str, arrow_schema: Any) -> Any:
-    """Requests as one Arrow record batch, a row per sample; arrays are concatenated, with fast paths for
-    the common case (one row per request, one shape per tensor), so the cost per request stays small."""
-    pa, _ = pyarrow_modules()
+@dataclass(frozen=True)
+class Chunk:
+    """Requests gathered for writing, numpy only (it crosses to the writer process pickled): per sample
+    the request id and time, and per column (``input.NAME``, ``output.NAME``) the requests' arrays,
+    stacked into one ``[samples, ...]`` array when every sample has the spec's fixed shape."""
+
+    ids: np.ndarray  # per request
+    stamps: np.ndarray  # per request, microseconds since the epoch
+    rows: np.ndarray  # per request
+    tensors: dict[str, np.ndarray | list[np.ndarray]]
+
+    @property
+    def requests(self) -> int:
+        return int(self.rows.size)
+
+    @property
+    def samples(self) -> int:
+        return int(self.rows.sum())
+
+
+def chunk_of(records: Sequence[Captured], manifest: Manifest) -> Chunk:
+    """Requests as a :class:`Chunk`: one concatenation per column where shapes are fixed (the common case)."""
     first = manifest.inputs[0].name
     rows = np.fromiter((len(r.inputs[first]) for r in records), dtype=np.int64, count=len(records))
-    total = int(rows.sum())
-    single = total == len(records)  # every request one row
-    ids = np.array([r.request_id for r in records], dtype=object)
-    stamps = np.fromiter((int(r.received_at * 1e6) for r in records), dtype=np.int64, count=len(records))
+    tensors: dict[str, np.ndarray | list[np.ndarray]] = {}
+    for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in specs:
+            arrays = [(r.inputs if kind == "input" else r.outputs)[spec.name] for r in records]
+            fixed = all(isinstance(d, int) for d in spec.shape[1:])
+            tensors[column(kind, spec.name)] = (np.concatenate(arrays, axis=0) if fixed and len(arrays) > 1 else
+                                                np.asarray(arrays[0]) if fixed else arrays)
+    return Chunk(ids=np.array([r.request_id for r in records], dtype=object),
+                 stamps=np.fromiter((int(r.received_at * 1e6) for r in records), dtype=np.int64, count=len(records)),
+                 rows=rows, tensors=tensors)
+
+
+def record_batch(records: Sequence[Captured], manifest: Manifest, digest: str, arrow_schema: Any) -> Any:
+    """Requests as one Arrow record batch, a row per sample (see :func:`chunk_batch`)."""
+    return chunk_batch(chunk_of(records, manifest), manifest, digest, arrow_schema)
+
+
+def chunk_batch(chunk: Chunk, manifest: Manifest, digest: str, arrow_schema: Any) -> Any:
+    """A :class:`Chunk` as one Arrow record batch, a row per sample."""
+    pa, _ = pyarrow_modules()
+    rows, total = chunk.rows, chunk.samples
+    single = total == chunk.requests  # every request one row
     columns: list[Any] = [
-        pa.array(ids if single else np.repeat(ids, rows), pa.string()),
+        pa.array(chunk.ids if single else np.repeat(chunk.ids, rows), pa.string()),
         pa.array(np.zeros(total, np.int32) if single else
                  np.concatenate([np.arange(n, dtype=np.int32) for n in rows]) if total else np.zeros(0, np.int32)),
-        pa.array(stamps if single else np.repeat(stamps, rows), pa.timestamp("us", tz="UTC")),
+        pa.array(chunk.stamps if single else np.repeat(chunk.stamps, rows), pa.timestamp("us", tz="UTC")),
         pa.array([manifest.name] * total, pa.string()),
         pa.array([manifest.version] * total, pa.string()),
         pa.array([digest] * total, pa.string()),
     ]
     for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for spec in specs:
-            arrays = [(r.inputs if kind == "input" else r.outputs)[spec.name] for r in records]
-            columns.extend(_list_columns(pa, arrays, spec, rows, total))
+            columns.extend(_list_columns(pa, chunk.tensors[column(kind, spec.name)], spec, rows, total))
     return pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
 
 
-def _list_columns(pa: Any, arrays: list[np.ndarray], spec: TensorSpec, rows: np.ndarray, total: int) -> list[Any]:
-    """``(values, shape)`` list columns for one tensor over several requests."""
+def _list_columns(pa: Any, arrays: np.ndarray | list[np.ndarray], spec: TensorSpec, rows: np.ndarray,
+                  total: int) -> list[Any]:
+    """``(values, shape)`` list columns for one tensor: a stacked ``[samples, ...]`` array, or the
+    requests' arrays when their shapes vary."""
     rank = len(spec.shape) - 1
-    fixed = spec.shape[1:]
-    # Validated inputs and the graph's outputs have the spec's fixed dimensions: only symbolic ones can vary.
-    shapes = {tuple(fixed)} if all(isinstance(d, int) for d in fixed) else {a.shape[1:] for a in arrays}
-    arrow_type = getattr(pa, _ARROW_TYPES[spec.dtype])()
-    if len(shapes) == 1:  # one shape for every sample: one concatenation, offsets and shapes without a loop
-        shape = next(iter(shapes))
-        stacked = np.concatenate(arrays, axis=0) if len(arrays) > 1 else np.asarray(arrays[0])
-        flat_values = stacked.reshape(-1)
+    if isinstance(arrays, np.ndarray):  # stacked: one shape for every sample, no loop
+        shape = arrays.shape[1:]
+        flat_values = arrays.reshape(-1)
         offsets = np.arange(total + 1, dtype=np.int64) * math.prod(shape)
         shape_values = np.tile(np.asarray(shape, dtype=np.int32), total) if rank else np.zeros(0, np.int32)
     else:
@@ -152,6 +184,7 @@ def _list_columns(pa: Any, arrays: list[np.ndarray], spec: TensorSpec, rows: np.
         np.cumsum(np.repeat(per_row, rows), out=offsets[1:])
         shape_values = (np.concatenate([np.tile(np.asarray(a.shape[1:], dtype=np.int32), int(n))
                                         for a, n in zip(arrays, rows)]) if rank else np.zeros(0, np.int32))
+    arrow_type = getattr(pa, _ARROW_TYPES[spec.dtype])()
     if spec.dtype == "string":
         flat = pa.array([str(v) for v in flat_values], arrow_type)
     else:

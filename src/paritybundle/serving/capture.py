@@ -1,38 +1,41 @@
 """``bundle serve --capture DIR``: a sampled share of requests written as Parquet, off the request path.
 
-The request path only samples and puts a reference to the request's arrays on a bounded queue
-(a few microseconds); a background thread turns queued requests into Arrow record batches
-(concatenated arrays, no per-value Python), appends them to the current file, and rotates files
-by size and age. A file is written under a hidden ``.partial`` name and renamed into place once
-closed, so a killed server leaves only whole files (and a ``.partial`` the next start removes).
+On the request path a sampled request is encoded onto a buffer (its arrays as raw bytes), which
+goes to a writer process's pipe, non-blocking, in 64 KiB pieces (:class:`CaptureWriter`). The
+writer (:mod:`.capture_files`) builds the Arrow batches, appends them to the current file and
+rotates files by size and age, in its own interpreter: no Python of this server's runs for
+capture beyond that encoding. A file is written under a hidden ``.partial`` name and renamed into
+place once closed; when the server dies the writer sees the end of its input and completes the
+file, so a killed server leaves only whole files (and a killed writer a ``.partial`` the next start
+removes).
 
-When the queue is full, or the disk refuses a write, captures are dropped and counted
-(``paritybundle_capture_dropped_total{reason}``): a request is never failed or slowed by capture.
-The format is :mod:`paritybundle.runtime.capture`'s.
-"""
+When the pipe and the buffer are full, or the disk refuses a write, captures are dropped and
+counted (``paritybundle_capture_dropped_total{reason}``): a request is never failed or slowed by
+capture. The format is :mod:`paritybundle.runtime.capture`'s."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import hashlib
+import json
 import logging
-import math
 import os
 import random
 import secrets
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..bundle.manifest import Manifest
 from ..errors import UsageError
-from ..runtime.capture import PARTIAL_SUFFIX, Captured, pyarrow_modules, record_batch, schema
+from ..runtime.capture import PARTIAL_SUFFIX, pyarrow_modules
+from .capture_files import FRAME, encode_request, send_settings
 
 log = logging.getLogger("paritybundle.serve")
 
@@ -40,10 +43,9 @@ DEFAULT_RATE = 1.0
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_ROTATE_SECONDS = 60.0
 DEFAULT_QUEUE_REQUESTS = 8192
-# Queued requests are written together: fewer, larger Arrow batches cost less per request.
-_WRITE_EVERY_REQUESTS = 4096
-_WRITE_EVERY_SECONDS = 0.25
-_WRITE_EVERY_ELEMENTS = 1 << 26
+# The buffer of encoded requests goes to the writer's pipe at this size, or this long after its first.
+_FLUSH_BYTES = 64 * 1024
+_FLUSH_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -104,137 +106,151 @@ class CaptureMetrics:
 
 
 class CaptureWriter:
-    """Samples requests onto a bounded queue; a daemon thread writes them (see the module doc).
+    """Samples requests and pipes each, encoded as raw bytes, to a writer process (see the module doc).
 
-    The queue is a deque the request path appends to (atomic under the GIL: no lock, and no
-    wake-up of the writer per request, as a ``queue.Queue`` consumer would have) and the writer
-    drains every ``_WRITE_EVERY_SECONDS``.
+    Everything here runs on the event loop, and briefly: a sampled request is encoded onto a
+    buffer (its arrays as raw bytes), and the buffer goes to the writer's pipe, non-blocking,
+    once it holds 64 KiB or a quarter of a second after the first request in it. No thread of this
+    interpreter runs Python for capture (a thread doing the conversion here held the GIL against
+    the event loop: docs/benchmarks.md, section 7). A full pipe leaves requests in the buffer; past
+    ``queue_requests`` of them, captures are dropped and counted; requests never wait.
     """
 
     def __init__(self, options: CaptureOptions, manifest: Manifest, manifest_bytes: bytes,
                  registry: CollectorRegistry) -> None:
-        self.options, self.manifest = options, manifest
-        self.digest = hashlib.sha256(manifest_bytes).hexdigest()
+        self.options, self.manifest, self.manifest_bytes = options, manifest, manifest_bytes
         self.directory = Path(options.directory)
         self.metrics = CaptureMetrics(registry)
-        self._pending: collections.deque[tuple[str | None, float, Mapping[str, np.ndarray], Mapping[str, np.ndarray]]] \
-            = collections.deque()
+        self._specs = [*manifest.inputs, *manifest.outputs]
+        self._inputs, self._outputs = [s.name for s in manifest.inputs], [s.name for s in manifest.outputs]
+        self._buffer = bytearray()
+        self._frames: collections.deque[int] = collections.deque()  # sizes of the frames still buffered
         self._limit = options.queue_requests
-        self._stopping = threading.Event()
-        self._schema = schema(manifest, manifest_bytes)
         self._random = random.Random()
-        self._thread = threading.Thread(target=self._loop, name="paritybundle-capture", daemon=True)
-        self._writer: Any = None
-        self._partial: Path | None = None
-        self._opened = 0.0
-        self._sequence = 0
+        self._reader = threading.Thread(target=self._read_reports, name="paritybundle-capture-reports", daemon=True)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._fd = -1
+        self._flush_scheduled = False
         self._made_ids = 0
         self._id_prefix = secrets.token_hex(4)
-        self._file_requests = self._file_rows = 0
         self._warned = False
-        specs = [*manifest.inputs, *manifest.outputs]
-        fixed = all(isinstance(d, int) for spec in specs for d in spec.shape[1:])
-        # Rows per request are at most --max-request-batch (1024 by default): the bound per request is generous.
-        self._fixed_size = 1024 * max(math.prod(spec.shape[1:]) for spec in specs) if fixed else None
 
     def start(self) -> None:
-        self._thread.start()
+        self._process = subprocess.Popen([sys.executable, "-m", "paritybundle.serving.capture_files"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self._process.stdin is not None
+        send_settings(self._process.stdin, {"directory": str(self.directory), "manifest_bytes": self.manifest_bytes,
+                                   "max_file_bytes": self.options.max_file_bytes,
+                                   "rotate_seconds": self.options.rotate_seconds, "pid": os.getpid()})
+        self._fd = self._process.stdin.fileno()
+        try:  # a larger pipe absorbs bursts while the writer encodes (Linux; the default is 64 KiB)
+            import fcntl
+
+            fcntl.fcntl(self._fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+        except OSError:
+            pass
+        os.set_blocking(self._fd, False)
+        self._reader.start()
 
     def submit(self, request_id: str | None, received_at: float, inputs: Mapping[str, np.ndarray],
                outputs: Mapping[str, np.ndarray]) -> None:
-        """Called on the request path: sample, then queue or drop. Never blocks, never raises."""
+        """Called on the request path (the event loop): sample, then buffer or drop. Never blocks."""
         if self.options.rate < 1.0 and self._random.random() >= self.options.rate:
             return
-        if len(self._pending) >= self._limit:
+        if len(self._frames) >= self._limit or self._fd < 0:
             self.metrics.queue_full.inc()
             return
-        self._pending.append((request_id, received_at, inputs, outputs))
+        if request_id is None:
+            self._made_ids += 1
+            request_id = f"{self._id_prefix}-{self._made_ids:010d}"
+        data = encode_request(self._specs, [*(inputs[n] for n in self._inputs), *(outputs[n] for n in self._outputs)],
+                              request_id, received_at)
+        self._buffer += FRAME.pack(len(data))
+        self._buffer += data
+        self._frames.append(FRAME.size + len(data))
+        if len(self._buffer) >= _FLUSH_BYTES:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            try:
+                asyncio.get_running_loop().call_later(_FLUSH_SECONDS, self._scheduled_flush)
+            except RuntimeError:  # not on an event loop (a test calling directly): flush now
+                self._flush_scheduled = False
+                self._flush()
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+        if self._buffer and not self._flush_scheduled:  # the pipe was full: try again shortly
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(_FLUSH_SECONDS, self._scheduled_flush)
+
+    def _flush(self) -> None:
+        """As much of the buffer as the pipe takes now; what it does not stays for the next flush."""
+        if not self._buffer or self._fd < 0:
+            return
+        try:
+            written = os.write(self._fd, self._buffer)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # the writer process died: what is buffered is lost, and counted
+            self.metrics.write_error.inc(len(self._frames))
+            self._buffer.clear()
+            self._frames.clear()
+            self._warn(f"captured traffic is being dropped: the writer process is gone ({exc})")
+            self._fd = -1
+            return
+        del self._buffer[:written]
+        while self._frames and written >= self._frames[0]:
+            written -= self._frames.popleft()
+        if self._frames:
+            self._frames[0] -= written
+        self.metrics.queued.set(len(self._frames))
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Write what is queued, close the current file and rename it into place."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    # --- the writer thread ---------------------------------------------------------------------
-
-    def _loop(self) -> None:
-        while True:
-            stopping = self._stopping.wait(_WRITE_EVERY_SECONDS)
-            self._drain()
-            now = time.monotonic()
-            if self._writer is not None and (stopping or now - self._opened >= self.options.rotate_seconds):
-                self._close()
-            if stopping:
-                return
-
-    def _drain(self) -> None:
-        pending = self._pending
-        while pending:
-            # Taken in chunks (popleft is atomic; the request path keeps appending meanwhile). Parquet
-            # lists here have 32-bit offsets: a chunk stays well under 2**31 values per column.
-            count = min(len(pending), _WRITE_EVERY_REQUESTS, max(1, _WRITE_EVERY_ELEMENTS // self._per_request_bound()))
-            chunk = [pending.popleft() for _ in range(count)]
-            self._write([Captured(request_id or self._make_id(), received_at, inputs, outputs)
-                         for request_id, received_at, inputs, outputs in chunk])
-        self.metrics.queued.set(len(pending))
-
-    def _make_id(self) -> str:
-        """A request id made here, off the request path: unique per server process."""
-        self._made_ids += 1
-        return f"{self._id_prefix}-{self._made_ids:010d}"
-
-    def _per_request_bound(self) -> int:
-        """Values one request may put in a column: exact for fixed shapes (the spec's), else the body limit's."""
-        return self._fixed_size or (1 << 22)
-
-    def _write(self, requests: list[Captured]) -> None:
+        """Hand over what is buffered; the writer completes its file and exits."""
+        process = self._process
+        if process is None or process.stdin is None:
+            return
+        if self._fd >= 0:
+            try:
+                os.set_blocking(self._fd, True)
+                os.write(self._fd, bytes(self._buffer)) if self._buffer else None
+                self._buffer.clear()
+                self._frames.clear()
+            except OSError:
+                pass
         try:
-            batch = record_batch(requests, self.manifest, self.digest, self._schema)
-            if self._writer is None:
-                self._open()
-            self._writer.write_batch(batch)
-        except Exception as exc:  # a full or failing disk (or a bug): drop these, never stop serving
-            self.metrics.write_error.inc(len(requests))
-            if not self._warned:
-                log.warning("captured traffic is being dropped: %s: %s (counted in "
-                            "paritybundle_capture_dropped_total)", type(exc).__name__, exc)
-                self._warned = True
-            self._close()  # what the file already holds is kept when it can be completed
-            return
-        self._file_requests += len(requests)
-        self._file_rows += batch.num_rows
-        if self._partial is not None and self._partial.stat().st_size >= self.options.max_file_bytes:
-            self._close()
-
-    def _open(self) -> None:
-        _, parquet = pyarrow_modules()
-        self._sequence += 1
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        self._partial = self.directory / f".capture-{stamp}-{os.getpid()}-{self._sequence:06d}{PARTIAL_SUFFIX}"
-        # Dictionary encoding only where values repeat (the bundle's name, version, digest): tried on every
-        # column it was 3.6x the cost of writing a float request (5.1 vs 1.4 us) for larger files.
-        self._writer = parquet.ParquetWriter(self._partial, self._schema, compression="zstd",
-                                             use_dictionary=["bundle", "version", "manifest_sha256"])
-        self._opened = time.monotonic()
-
-    def _close(self) -> None:
-        writer, partial = self._writer, self._partial
-        self._writer = self._partial = None
-        if writer is None or partial is None:
-            return
-        requests, rows = self._file_requests, self._file_rows
-        self._file_requests = self._file_rows = 0
+            process.stdin.close()  # end of input: the writer completes its file
+        except OSError:
+            pass
+        self._fd = -1
         try:
-            writer.close()
-            # capture-STAMP-PID-SEQ.parquet: complete, and sorted by when it was started.
-            os.replace(partial, partial.with_name(partial.name[1:].removesuffix(".partial")))
-        except Exception as exc:  # noqa: BLE001 - the disk refused the footer or the rename
-            log.warning("a capture file could not be completed, its %d requests are dropped: %s", requests, exc)
-            self.metrics.write_error.inc(requests)
-            partial.unlink(missing_ok=True)
-            return
-        # Counted when the file is complete: what the counters say is what a reader will find.
-        self.metrics.files.inc()
-        self.metrics.requests.inc(requests)
-        self.metrics.rows.inc(rows)
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if self._reader.is_alive():
+            self._reader.join(timeout)
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            log.warning("%s (counted in paritybundle_capture_dropped_total)", message)
+            self._warned = True
+
+    def _read_reports(self) -> None:
+        process = self._process
+        assert process is not None and process.stdout is not None
+        for line in process.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if "completed" in event:
+                self.metrics.files.inc()
+                self.metrics.requests.inc(event["completed"]["requests"])
+                self.metrics.rows.inc(event["completed"]["rows"])
+            elif "dropped" in event:
+                self.metrics.write_error.inc(event["dropped"])
+            elif "warning" in event:
+                self._warn(str(event["warning"]))

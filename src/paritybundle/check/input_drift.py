@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..bundle.fitted import fitted_bounds, vocabulary
 from ..bundle.manifest import Manifest, TensorSpec
 from ..bundle.store import VerifiedBundle, open_bundle
 from ..bundle.strict import StrictModel
@@ -163,21 +164,22 @@ def _concat(arrays: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _fitted(manifest: Manifest) -> dict[str, dict[str, object]]:
-    """Per raw input: the fitted vocabulary and range its preprocessing recorded, where it has one."""
+    """Per drift column (``name``, or ``name[j]`` for a feature of a wider input): the fitted vocabulary
+    and range its preprocessing recorded, by the rules export's coverage uses (:mod:`..bundle.fitted`)."""
     fitted: dict[str, dict[str, object]] = {}
     if manifest.preprocessing is None:
         return fitted
     for column in manifest.preprocessing.columns:
-        facts: dict[str, object] = {}
-        for step in column.steps:
-            vocabulary = step.params.get("vocabulary", step.params.get("categories"))
-            if isinstance(vocabulary, list):
-                facts["vocabulary"] = [str(v) for v in vocabulary]
-            lower, upper = step.params.get("lower"), step.params.get("upper")
-            if isinstance(lower, list) and isinstance(upper, list) and len(lower) == len(upper) == 1:
-                facts["range"] = [float(lower[0]), float(upper[0])]
-        if facts:
-            fitted[column.input] = facts
+        categories = vocabulary(column)
+        if categories is not None:
+            fitted[column.input] = {"vocabulary": [str(v) for v in categories]}
+        bounds = fitted_bounds(column)
+        if bounds is not None:
+            lows, highs = bounds
+            if len(lows) == 1:
+                fitted.setdefault(column.input, {})["range"] = [float(lows[0]), float(highs[0])]
+            for feature, (low, high) in enumerate(zip(lows, highs)):
+                fitted.setdefault(f"{column.input}[{feature}]", {})["range"] = [float(low), float(high)]
     return fitted
 
 

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..bundle.fitted import fitted_bounds, vocabulary
 from ..bundle.manifest import CategoryCoverage, Coverage, PreprocessColumn, RangeCoverage
 
 # More rows than this offered as reference inputs: a seeded random sample of them is considered.
 MAX_CANDIDATES = 100_000
 # A probe "just beyond" a fitted bound lies this share of the fitted range past it.
 BEYOND_SHARE = 0.1
-# Steps that keep a value in its raw units (so a bound after them is a bound on the raw input).
-_RAW_UNIT_STEPS = {"impute", "clip"}
 
 
 def candidate_rows(rows: int, seed: int = 0) -> np.ndarray | None:
@@ -117,26 +116,6 @@ class Probes:
     @property
     def rows(self) -> int:
         return len(self.reasons)
-
-
-def fitted_bounds(column: PreprocessColumn) -> tuple[list[float], list[float]] | None:
-    """Per feature ``(lower, upper)`` the preprocessing was fitted to, in the raw input's units:
-    a Clip's bounds or a MinMaxScale's range, while no earlier step changed the units."""
-    for step in column.steps:
-        if step.kind == "clip" and step.params.get("lower") is not None and step.params.get("upper") is not None:
-            return list(step.params["lower"]), list(step.params["upper"])
-        if step.kind == "min_max_scale":
-            return list(step.params["min"]), list(step.params["max"])
-        if step.kind not in _RAW_UNIT_STEPS:
-            return None
-    return None
-
-
-def vocabulary(column: PreprocessColumn) -> list[str] | None:
-    for step in column.steps:
-        if step.kind in ("index", "one_hot"):
-            return list(step.params.get("vocabulary", []))
-    return None
 
 
 def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColumn]) -> Probes:

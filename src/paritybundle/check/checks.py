@@ -196,17 +196,29 @@ def check_testdata(
     overrides = tolerance_overrides(manifest, tolerance, per_output_tolerance)
     order = [i.name for i in runtime.runner.session.get_inputs()]
     source = TestdataReferences(folder, manifest.inputs, manifest.outputs, order)
-    judges = output_judges(manifest, source, overrides, histograms)
     def mismatch(name: str, served: np.ndarray, expected: np.ndarray, batch: Batch) -> None:
         raise BundleInvalid(f"{batch.label}: output {name!r} has shape {list(expected.shape)} in the test data "
                             f"but the pipeline gives {list(served.shape)}.")
 
-    serve = RunnerTarget(runtime.runner, batch_size)  # the source validated each set against the specs
-    comparison = Comparison(Run(serve, Part("inputs")), Part("outputs"), list(judges.items()), on_shape_mismatch=mismatch)
-    samples = engine.run(source, [comparison], rows_per_pass=max(source.rows, 1))
-    return make_report(runtime.bundle, [j.finish() for j in judges.values()], overrides,
+    # The source validated each set against the specs.
+    comparisons, samples = runtime_on_source(runtime, source, overrides, batch_size=batch_size,
+                                             rows_per_pass=max(source.rows, 1), histograms=histograms,
+                                             on_shape_mismatch=mismatch)
+    return make_report(runtime.bundle, comparisons, overrides,
                        local_settings(runtime, batch_size, samples, source="testdata", testdata=str(folder)),
                        runtime.drift, started)
+
+
+def runtime_on_source(runtime: ServingRuntime, source: Any, overrides: Mapping[str, Tolerance], *,
+                      batch_size: int | None, rows_per_pass: int, histograms: bool = False,
+                      on_shape_mismatch: Callable[..., None] | None = None) -> tuple[list[OutputComparison], int]:
+    """``runtime``'s pipeline on a source's ``inputs``, judged against the source's ``outputs`` under the
+    bundle's policy (ONNX test data, captured traffic): the comparisons and the samples run."""
+    judges = output_judges(runtime.manifest, source, overrides, histograms)
+    comparison = Comparison(Run(RunnerTarget(runtime.runner, batch_size), Part("inputs")), Part("outputs"),
+                            list(judges.items()), on_shape_mismatch=on_shape_mismatch)
+    samples = engine.run(source, [comparison], rows_per_pass=rows_per_pass)
+    return [j.finish() for j in judges.values()], samples
 
 
 def compare_in_memory(runner: Runner, policy: TolerancePolicy,

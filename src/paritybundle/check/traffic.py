@@ -27,11 +27,10 @@ from ..runtime.drift import DEFAULT_POLICY, DriftReport
 from ..runtime.load import Settings, load
 from ..runtime.runner import DEFAULT_BATCH_SIZE
 from . import engine
-from .checks import TolerancesByOutput, local_settings, output_judges
-from .engine import Comparison, Part, Run
+from .checks import TolerancesByOutput, local_settings, output_judges, runtime_on_source
+from .engine import Comparison, Part
 from .results import CheckReport, CheckSettings, make_report
 from .sources import InMemoryReferences
-from .targets import RunnerTarget
 
 
 def check_capture(
@@ -57,11 +56,8 @@ def check_capture(
     data = _read(capture, runtime.bundle)
     overrides = tolerance_overrides(runtime.manifest, tolerance, per_output_tolerance)
     source = InMemoryReferences(merged(data.groups))
-    judges = output_judges(runtime.manifest, source, overrides, histograms)
-    comparison = Comparison(Run(RunnerTarget(runtime.runner, batch_size), Part("inputs")), Part("outputs"),
-                            list(judges.items()))
-    samples = engine.run(source, [comparison], rows_per_pass=batch_size or max(source.rows, 1))
-    comparisons = [j.finish() for j in judges.values()]
+    comparisons, samples = runtime_on_source(runtime, source, overrides, batch_size=batch_size,
+                                             rows_per_pass=batch_size or max(source.rows, 1), histograms=histograms)
     settings_used = local_settings(runtime, batch_size, samples, source="capture", capture=str(capture))
     return traffic_report(runtime.bundle, data, comparisons, overrides, settings_used, runtime.drift, started)
 

@@ -165,7 +165,7 @@ def test_drift_names_the_unseen_category_and_the_out_of_range_column(traffic, wi
 
 def test_drift_passes_on_traffic_like_the_reference_set(wine_bundle, tmp_path):
     from paritybundle.check.input_drift import input_drift
-    from paritybundle.runtime.capture import Captured, record_batch, schema
+    from paritybundle.runtime.capture import Captured, chunk_batch, chunk_of, schema
 
     manifest = read_manifest(wine_bundle)
     rows = _reference_rows(wine_bundle)
@@ -176,7 +176,7 @@ def test_drift_passes_on_traffic_like_the_reference_set(wine_bundle, tmp_path):
     outputs = dict(np.load(wine_bundle / "reference" / "outputs.npz"))
     served = {name: values[picks] for name, values in outputs.items()}
     arrow_schema = schema(manifest, raw)
-    batch = record_batch([Captured("r", time.time(), inputs, served)], manifest, "digest", arrow_schema)
+    batch = chunk_batch(chunk_of([Captured("r", time.time(), inputs, served)], manifest), manifest, "digest", arrow_schema)
     with pq.ParquetWriter(tmp_path / "capture-1.parquet", arrow_schema) as writer:
         writer.write_batch(batch)
     report = input_drift(wine_bundle, tmp_path)
@@ -376,7 +376,7 @@ def test_requests_of_several_sequence_lengths_come_back_in_one_group_per_shape(w
     """A model with a dynamic axis (tokens, time steps): rows of each length are stacked together, each
     keeps its request id and arrival position, strings included."""
     from paritybundle.bundle.manifest import TensorSpec
-    from paritybundle.runtime.capture import Captured, read_capture, record_batch, schema
+    from paritybundle.runtime.capture import Captured, chunk_batch, chunk_of, read_capture, schema
 
     manifest = read_manifest(wine_bundle).model_copy(update={
         "inputs": [TensorSpec(name="tokens", dtype="int64", shape=["batch", "seq"]),
@@ -390,8 +390,8 @@ def test_requests_of_several_sequence_lengths_come_back_in_one_group_per_shape(w
                                  {"logits": logits}))
     arrow_schema = schema(manifest, b"{}")
     with pq.ParquetWriter(tmp_path / "capture-1.parquet", arrow_schema) as writer:
-        writer.write_batch(record_batch(requests[:2], manifest, "d", arrow_schema))
-        writer.write_batch(record_batch(requests[2:], manifest, "d", arrow_schema))
+        writer.write_batch(chunk_batch(chunk_of(requests[:2], manifest), manifest, "d", arrow_schema))
+        writer.write_batch(chunk_batch(chunk_of(requests[2:], manifest), manifest, "d", arrow_schema))
     data = read_capture(tmp_path, manifest)
     assert data.samples == 7 and [data.request_of(p) for p in range(7)] == [
         "r0", "r0[1]", "r1", "r2", "r2[1]", "r2[2]", "r3"]

@@ -73,6 +73,11 @@ class VerifiedBundle:
     manifest: Manifest
     source: Path | None = None
 
+    def manifest_sha256(self) -> str:
+        """The sha256 of the verified ``bundle.json`` (for a signed bundle, the snapshot's): the bundle's
+        identity in MLflow tags and capture files."""
+        return hashlib.sha256((self.root / MANIFEST_NAME).read_bytes()).hexdigest()
+
     def path(self, relative: str) -> Path:
         """The on-disk path of a file the manifest lists."""
         if relative not in self.manifest.files:

@@ -17,7 +17,6 @@ A tracking server that cannot be reached is a usage error (exit 2) before anythi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -59,10 +58,6 @@ def _reachable(mlflow: Any) -> None:
         raise UsageError(f"the MLflow tracking server at {uri} does not answer ({getattr(exc, 'reason', exc)}); "
                          "start it or set MLFLOW_TRACKING_URI to one that runs.") from None
     raise UsageError(f"the MLflow tracking server at {uri} is not healthy; check it and retry.")
-
-
-def _digest(bundle: VerifiedBundle) -> str:
-    return hashlib.sha256((bundle.root / "bundle.json").read_bytes()).hexdigest()
 
 
 def bundle_params(manifest: Manifest) -> dict[str, str]:
@@ -108,7 +103,7 @@ def log_bundle(bundle: str | os.PathLike[str], artifact_path: str = "bundle", *,
             client.log_param(run.info.run_id, key, value)
         for key, value in bundle_metrics(verified.manifest).items():
             client.log_metric(run.info.run_id, key, value)
-        client.set_tag(run.info.run_id, "paritybundle.manifest_sha256", _digest(verified))
+        client.set_tag(run.info.run_id, "paritybundle.manifest_sha256", verified.manifest_sha256())
         client.set_tag(run.info.run_id, "paritybundle.verdict", "passed at export")
         return run.info.run_id
 

@@ -142,11 +142,6 @@ def chunk_of(records: Sequence[Captured], manifest: Manifest) -> Chunk:
                  rows=rows, tensors=tensors)
 
 
-def record_batch(records: Sequence[Captured], manifest: Manifest, digest: str, arrow_schema: Any) -> Any:
-    """Requests as one Arrow record batch, a row per sample (see :func:`chunk_batch`)."""
-    return chunk_batch(chunk_of(records, manifest), manifest, digest, arrow_schema)
-
-
 def chunk_batch(chunk: Chunk, manifest: Manifest, digest: str, arrow_schema: Any) -> Any:
     """A :class:`Chunk` as one Arrow record batch, a row per sample."""
     pa, _ = pyarrow_modules()

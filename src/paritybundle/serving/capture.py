@@ -215,11 +215,12 @@ class CaptureWriter:
         if self._fd >= 0:
             try:
                 os.set_blocking(self._fd, True)
-                os.write(self._fd, bytes(self._buffer)) if self._buffer else None
-                self._buffer.clear()
-                self._frames.clear()
+                while self._buffer:  # a blocking write may still return short (a signal): loop
+                    del self._buffer[:os.write(self._fd, self._buffer)]
             except OSError:
                 pass
+            self._buffer.clear()
+            self._frames.clear()
         try:
             process.stdin.close()  # end of input: the writer completes its file
         except OSError:

@@ -17,6 +17,7 @@ server stopped, or was killed) completes the current file and exits.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import os
@@ -126,8 +127,6 @@ class CaptureFiles:
         self.directory = Path(settings["directory"])
         self.manifest_bytes: bytes = settings["manifest_bytes"]
         self.manifest = parse_manifest(self.manifest_bytes, source="the served bundle.json")
-        import hashlib
-
         self.digest = hashlib.sha256(self.manifest_bytes).hexdigest()
         self.max_file_bytes, self.rotate_seconds = settings["max_file_bytes"], settings["rotate_seconds"]
         self.pid = settings["pid"]

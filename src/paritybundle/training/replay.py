@@ -13,7 +13,6 @@ recorded in the capture files themselves.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -97,7 +96,7 @@ def _judging_bundle(capture: str | os.PathLike[str], bundle: str | os.PathLike[s
     files = capture_files(capture)
     if bundle is not None:
         verified = open_bundle(bundle, public_key)
-        digest = hashlib.sha256((verified.root / "bundle.json").read_bytes()).hexdigest()
+        digest = verified.manifest_sha256()
         recorded = {embedded_manifest(f)[1] for f in files}
         notices = []
         if recorded - {digest}:

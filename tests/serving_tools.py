@@ -88,3 +88,23 @@ def running_server(bundle: Path, tmp_path: Path, *args: str, until: str = "ready
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def torch_blocked_server(bundle: Path, tmp_path: Path):
+    """`bundle serve` in a process where any `import torch` (or onnxscript) raises, ready: a server that
+    becomes ready and answers there never imported torch."""
+    port = free_port()
+    log = tmp_path / f"serve-{port}.log"
+    script = ('import sys; sys.modules["torch"] = None; sys.modules["onnxscript"] = None\n'
+              'from paritybundle.cli import main\n'
+              f'main(["serve", {str(bundle)!r}, "--port", "{port}"])\n')
+    with open(log, "w") as sink:
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=sink, stderr=subprocess.STDOUT)
+    server = Server(process, port, log)
+    try:
+        server.wait("ready")
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -59,22 +59,10 @@ def test_serve_works_with_torch_import_blocked(digits_bundle, tmp_path):
     """Any `import torch` raises here, so a server that becomes ready and answers never imported it."""
     import numpy as np
 
-    from serving_tools import Server, free_port
+    from serving_tools import torch_blocked_server
 
-    port = free_port()
-    log = tmp_path / "serve.log"
-    script = ('import sys; sys.modules["torch"] = None; sys.modules["onnxscript"] = None\n'
-              'from paritybundle.cli import main\n'
-              f'main(["serve", {str(digits_bundle)!r}, "--port", "{port}"])\n')
-    with open(log, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-c", script], stdout=sink, stderr=subprocess.STDOUT)
-    server = Server(process, port, log)
-    try:
-        server.wait("ready")
+    with torch_blocked_server(digits_bundle, tmp_path) as server:
         row = np.zeros((1, 64), np.float32)
         status, _ = server.post("/v2/models/digits/infer", {"inputs": [
             {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": row.reshape(-1).tolist()}]})
         assert status == 200
-    finally:
-        process.terminate()
-        process.wait(timeout=30)

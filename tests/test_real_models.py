@@ -6,8 +6,6 @@ at a shape its reference set never held."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ transformers = require("transformers", reason="transformers is a dev extra: pip 
 
 import paritybundle  # noqa: E402
 from paritybundle.errors import SpecError  # noqa: E402
-from serving_tools import Server, free_port  # noqa: E402
+from serving_tools import torch_blocked_server  # noqa: E402
 
 VOCAB = 120
 
@@ -85,17 +83,8 @@ def test_testdata_writes_one_set_per_group(bert_bundle, tmp_path):
 def test_bert_served_without_torch_answers_tritonclient_defaults_at_a_third_length(bert_bundle, tiny_bert, tmp_path):
     """tritonclient sends and asks for binary tensors by default; length 24 is in no reference group."""
     httpclient = require("tritonclient.http", reason="tritonclient is a dev extra")
-    port = free_port()
-    log = tmp_path / "serve.log"
-    script = ('import sys; sys.modules["torch"] = None; sys.modules["onnxscript"] = None\n'
-              'from paritybundle.cli import main\n'
-              f'main(["serve", {str(bert_bundle)!r}, "--port", "{port}"])\n')
-    with open(log, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-c", script], stdout=sink, stderr=subprocess.STDOUT)
-    server = Server(process, port, log)
-    try:
-        server.wait("ready")
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    with torch_blocked_server(bert_bundle, tmp_path) as server:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
         assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
         feed = _token_group(3, 24, 7)
         inputs = []
@@ -111,9 +100,6 @@ def test_bert_served_without_torch_answers_tritonclient_defaults_at_a_third_leng
         np.testing.assert_allclose(answer.as_numpy("last_hidden_state"), expected.last_hidden_state.numpy(),
                                    atol=1e-4, rtol=1e-3)
         np.testing.assert_allclose(answer.as_numpy("pooler_output"), expected.pooler_output.numpy(), atol=1e-4, rtol=1e-3)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_gpt2_exports_logits_per_token_and_drops_its_cache_with_a_notice(tmp_path, caplog):

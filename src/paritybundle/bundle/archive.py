@@ -20,17 +20,40 @@ import tarfile
 import time
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import BundleInvalid, UsageError
 from .layout import MANIFEST_NAME, MAX_SIGNATURE_BYTES, SIGNATURE_NAME
 from .manifest import MAX_MANIFEST_BYTES, parse_manifest
 from .private import private_directory
 
+if TYPE_CHECKING:
+    from .store import VerifiedBundle
+
 MAX_MEMBERS = 10_000
 # Unpacked bytes allowed per archive; PARITYBUNDLE_MAX_UNPACKED_BYTES overrides (models can be big).
 DEFAULT_MAX_UNPACKED_BYTES = 64 * 1024 ** 3
 _COPY_CHUNK = 1024 * 1024
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
+def write_archive(verified: VerifiedBundle, raw: BinaryIO) -> None:
+    """A verified bundle as ``.tar.gz`` bytes into ``raw``: ``bundle.json`` first (readers require it), then
+    the signature, then the listed files in a fixed order with fixed owners, modes and times, so the same
+    bundle always packs to the same content (``bundle pack``; the bundle a scoring job ships to workers)."""
+    # gzip and tar store an unsigned 32-bit mtime (1970-2106): a created_at outside it is clamped,
+    # not refused (the manifest, which keeps the real time, is inside the archive).
+    mtime = min(max(int(verified.manifest.created_at.timestamp()), 0), 2 ** 32 - 1)
+    names = [MANIFEST_NAME] + ([n for n in (SIGNATURE_NAME,) if (verified.root / n).is_file()])
+    names += sorted(verified.manifest.files)
+    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=mtime) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in names:
+                info = tarfile.TarInfo(name)
+                info.size = (verified.root / name).stat().st_size
+                info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = mtime, 0o644, 0, 0, "", ""
+                with open(verified.root / name, "rb") as source:
+                    tar.addfile(info, source)
+
 
 def max_unpacked_bytes() -> int:
     raw = os.environ.get("PARITYBUNDLE_MAX_UNPACKED_BYTES")

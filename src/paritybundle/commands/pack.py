@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import fcntl
-import gzip
 import os
-import tarfile
 import tempfile
 from pathlib import Path
 
-from ..bundle.archive import ARCHIVE_SUFFIXES
-from ..bundle.layout import MANIFEST_NAME, SIGNATURE_NAME
+from ..bundle.archive import ARCHIVE_SUFFIXES, write_archive
 from ..bundle.store import open_bundle
 from ..bundle.writer import remove_stale_staging
 from ..errors import BundleExistsError, UsageError
@@ -32,11 +29,6 @@ def pack(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *, force: 
         raise BundleExistsError(f"{out} already exists; pass --force to replace it.")
     if not out.name.endswith(ARCHIVE_SUFFIXES):
         raise UsageError(f"{out} must end in .tar.gz or .tgz.")
-    # gzip and tar store an unsigned 32-bit mtime (1970-2106): a created_at outside it is clamped,
-    # not refused (the manifest, which keeps the real time, is inside the archive).
-    mtime = min(max(int(verified.manifest.created_at.timestamp()), 0), 2 ** 32 - 1)
-    names = [MANIFEST_NAME] + ([n for n in (SIGNATURE_NAME,) if (verified.root / n).is_file()])
-    names += sorted(verified.manifest.files)
     if out.exists() and not out.is_file():
         raise UsageError(f"{out} exists and is not a file; choose another path for the archive.")
     try:
@@ -48,14 +40,7 @@ def pack(bundle: str | os.PathLike[str], out: str | os.PathLike[str], *, force: 
         raise UsageError(f"cannot write {out} ({exc.strerror}); choose a writable path.") from None
     try:
         with os.fdopen(handle, "wb") as raw:
-            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=mtime) as compressed:
-                with tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                    for name in names:
-                        info = tarfile.TarInfo(name)
-                        info.size = (verified.root / name).stat().st_size
-                        info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = mtime, 0o644, 0, 0, "", ""
-                        with open(verified.root / name, "rb") as source:
-                            tar.addfile(info, source)
+            write_archive(verified, raw)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(temporary, out)

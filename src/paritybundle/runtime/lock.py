@@ -187,7 +187,7 @@ def _self_version() -> str:
     return __version__
 
 
-def _cpu_info() -> CpuInfo:
+def cpu_info() -> CpuInfo:
     """The CPU model and its numerics-relevant flags, from what the platform exposes."""
     model, flags = None, set()
     try:
@@ -231,7 +231,7 @@ def capture(torch_info: TorchInfo | None = None, *, with_closure: bool = True) -
         python=PythonInfo(version=platform.python_version(), implementation=platform.python_implementation()),
         platform=PlatformInfo(system=platform.system(), release=platform.release(), machine=platform.machine(),
                               libc=f"{libc_name} {libc_version}".strip()),
-        cpu=_cpu_info(),
+        cpu=cpu_info(),
         threads={name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ},
         onnxruntime=_onnxruntime_info(),
         torch=torch_info,

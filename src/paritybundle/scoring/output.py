@@ -1,0 +1,58 @@
+"""Where scores are written: a staging location beside OUTPUT, moved into place only when the job succeeded.
+
+A failed or interrupted job leaves no OUTPUT (and an existing one untouched): the staging directory
+is removed, or, after a crash, removed by the next job writing the same OUTPUT (the same rules as a
+bundle's staging, :func:`paritybundle.bundle.writer.remove_stale_staging`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..bundle.writer import make_staging, publish
+from ..errors import BundleExistsError, UsageError
+from .report import REPORT_NAME, ScoreReport
+
+
+class StagedOutput:
+    """OUTPUT's staging directory; :meth:`publish` moves the scores into place, :meth:`abandon` drops them.
+
+    ``single_file``: OUTPUT is one Parquet file (``*.parquet``, the local engine); otherwise a folder of
+    part files with the job's report in it.
+    """
+
+    def __init__(self, target: str | os.PathLike[str], *, force: bool, single_file: bool) -> None:
+        self.target, self.force, self.single_file = Path(target), force, single_file
+        if (self.target.exists() or self.target.is_symlink()) and not force:
+            raise BundleExistsError(f"{self.target} already exists; pass --force to replace it.")
+        if self.target.exists() and single_file != self.target.is_file():
+            kind = "a file" if single_file else "a folder"
+            raise UsageError(f"{self.target} exists and is not {kind}; choose another output path.")
+        self.staging, self._lock = make_staging(self.target)
+
+    @property
+    def data(self) -> Path:
+        """Where the engine writes: the one file, or the folder of part files."""
+        return self.staging / self.target.name if self.single_file else self.staging
+
+    def publish(self, report: ScoreReport) -> None:
+        try:
+            if self.single_file:
+                if self.target.exists() and not self.force:
+                    raise BundleExistsError(f"{self.target} appeared while scoring; nothing was replaced.")
+                os.replace(self.data, self.target)
+                shutil.rmtree(self.staging, ignore_errors=True)
+            else:
+                (self.staging / REPORT_NAME).write_text(report.model_dump_json(indent=2) + "\n")
+                publish(self.staging, self.target, force=self.force)
+        finally:
+            os.close(self._lock)
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            os.close(self._lock)
+        except OSError:
+            pass

@@ -95,6 +95,16 @@ def digits_bundle(tmp_path_factory, request) -> Path:
     return export_spec(request.getfixturevalue("digits_spec"), tmp_path_factory.mktemp("bundles") / "digits").path
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray for the tests of `--engine ray` (started once: it takes seconds)."""
+    ray = require("ray", "Ray Data is in the dev extra")
+    require("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture
 def bundle_copy(digits_bundle, tmp_path) -> Path:
     """A private copy of the digits bundle that a test may tamper with."""

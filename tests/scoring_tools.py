@@ -82,3 +82,40 @@ def scored_outputs(path: Path, bundle: Path) -> tuple[object, dict[str, np.ndarr
     key = "row_id" if "row_id" in table.schema.names else table.schema.names[0]
     table = table.sort_by(key)
     return table, output_arrays(table, open_bundle(bundle).manifest)
+
+
+def write_capture(bundle: Path, directory: Path, *, files: int, requests_per_file: int, altered: dict | None = None,
+                  seed: int = 3) -> Path:
+    """A capture as `bundle serve --capture` writes it (the writer's own encoding), without a server:
+    requests of 1-3 reference rows each, answered with research's outputs; ``altered`` maps a request
+    id to an amount added to its served outputs (a runtime that answered otherwise)."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from paritybundle.runtime.capture import Captured, chunk_batch, chunk_of, schema
+
+    verified = open_bundle(bundle)
+    manifest = verified.manifest
+    raw = (bundle / "bundle.json").read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    inputs, outputs = reference_rows(bundle)
+    total = len(next(iter(inputs.values())))
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrow_schema = schema(manifest, raw)
+    number = 0
+    for part in range(files):
+        records = []
+        for _ in range(requests_per_file):
+            picks = rng.integers(0, total, size=int(rng.integers(1, 4)))
+            request_id = f"req-{number:05d}"
+            shift = (altered or {}).get(request_id, 0.0)
+            records.append(Captured(request_id=request_id, received_at=1.7e9 + number,
+                                    inputs={n: a[picks] for n, a in inputs.items()},
+                                    outputs={n: a[picks] + shift for n, a in outputs.items()}))
+            number += 1
+        batch = chunk_batch(chunk_of(records, manifest), manifest, digest, arrow_schema)
+        pq.write_table(__import__("pyarrow").Table.from_batches([batch], schema=arrow_schema),
+                       directory / f"capture-{part:05d}.parquet")
+    return directory

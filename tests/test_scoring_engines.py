@@ -39,15 +39,6 @@ def assert_research(bundle: Path, outputs: dict[str, np.ndarray], repeat: int = 
 
 # ---------------------------------------------------------------- Ray
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = require("ray", "Ray Data is in the dev extra")
-    require("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_job_scores_research_outputs_and_reports_every_worker(ray_cluster, wine_bundle, tmp_path):
     source = write_parquet(reference_table(wine_bundle, repeat=4), tmp_path / "rows", files=4)
     out = tmp_path / "scores"

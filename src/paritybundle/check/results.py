@@ -41,6 +41,10 @@ class CheckSettings(StrictModel):
     testdata: str | None = None
     capture: str | None = None
     model: str | None = None
+    # A check sharded over a cluster (``--engine ray``): the engine, and each worker that judged shards
+    # ("worker on host, onnxruntime VERSION: N shards").
+    engine: Literal["local", "ray"] = "local"
+    workers: list[str] = []
 
 
 class CheckReport(StrictModel):

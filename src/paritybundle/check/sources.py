@@ -59,7 +59,10 @@ class InMemoryReferences:
     """Parts already in memory: ``{"inputs": {name: array}, "outputs": {...}, ...}`` with equal rows, or a
     list of such groups (each with its own shapes), compared group after group."""
 
-    def __init__(self, parts: Mapping[str, Mapping[str, np.ndarray]] | Sequence[Mapping[str, Mapping[str, np.ndarray]]]) -> None:
+    def __init__(self, parts: Mapping[str, Mapping[str, np.ndarray]] | Sequence[Mapping[str, Mapping[str, np.ndarray]]],
+                 *, first: int = 0) -> None:
+        # ``first``: the number of the first sample, when these rows are one shard of a larger set.
+        self.first = first
         groups = [parts] if isinstance(parts, Mapping) else list(parts)
         self.groups = [{part: {name: np.asarray(a) for name, a in arrays.items()} for part, arrays in group.items()}
                        for group in groups]
@@ -69,7 +72,7 @@ class InMemoryReferences:
         return sum(int(group[part][name].size) for group in self.groups)
 
     def batches(self, rows_per_pass: int) -> Iterator[Batch]:
-        offset = 0
+        offset = self.first
         for index, group in enumerate(self.groups):
             rows = _rows(group)
             label = f"reference group {index}" if len(self.groups) > 1 else None

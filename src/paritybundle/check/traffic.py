@@ -80,24 +80,35 @@ def compare_replay(bundle: VerifiedBundle, data: CaptureData, research: Sequence
     return traffic_report(bundle, data, [j.finish() for j in judges.values()], overrides, settings, None, started)
 
 
-def traffic_report(bundle: VerifiedBundle, data: CaptureData, comparisons: list[OutputComparison],
+def traffic_report(bundle: VerifiedBundle, data: CaptureData | Mapping[int, str], comparisons: list[OutputComparison],
                    overrides: dict[str, Tolerance], settings: CheckSettings, drift: DriftReport | None,
                    started: float) -> CheckReport:
-    """The check's report, with the requests each failing output failed on."""
+    """The check's report, with the requests each failing output failed on (``data``: the capture, or
+    the request of each sample the comparisons name, as merged shards give it)."""
     report = make_report(bundle, comparisons, overrides, settings, drift, started)
-    order = data.order
+    if isinstance(data, CaptureData):
+        order = data.order
+        request_of = {s: data.request_of(int(order[s])) for c in comparisons for s in _named(c) if s < order.size}
+    else:
+        request_of = dict(data)
     failing: dict[str, list[str]] = {}
     for comparison in comparisons:
         if comparison.passed:
             continue
-        samples = list(comparison.failing_samples)
-        if comparison.decision is not None:
-            samples += comparison.decision.disagreeing_samples
-        if comparison.stats is not None and comparison.stats.worst_sample is not None and not samples:
-            samples.append(comparison.stats.worst_sample)
-        unique = sorted(set(samples), key=samples.index)[:MAX_LISTED_SAMPLES]
-        failing[comparison.name] = [data.request_of(int(order[s])) for s in unique if s < order.size]
+        failing[comparison.name] = [request_of[s] for s in _named(comparison) if s in request_of]
     return report.model_copy(update={"failing_requests": failing})
+
+
+def _named(comparison: OutputComparison) -> list[int]:
+    """The samples a failing comparison names, in order, at most MAX_LISTED_SAMPLES."""
+    if comparison.passed:
+        return []
+    samples = list(comparison.failing_samples)
+    if comparison.decision is not None:
+        samples += comparison.decision.disagreeing_samples
+    if comparison.stats is not None and comparison.stats.worst_sample is not None and not samples:
+        samples.append(comparison.stats.worst_sample)
+    return sorted(set(samples), key=samples.index)[:MAX_LISTED_SAMPLES]
 
 
 def _read(capture: str | os.PathLike[str], bundle: VerifiedBundle) -> CaptureData:

@@ -71,12 +71,19 @@ def check_command(
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
     mlflow_run: Annotated[Optional[str], typer.Option("--mlflow-run", help="Also log the reports, per-output metrics and the verdict to this MLflow run.")] = None,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
 ) -> int:
     """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
     try:
+        cluster = _cluster(engine, ray_address, workers)
+        if cluster is not None and (references is None or url is not None):
+            raise UsageError("--engine ray shards captured traffic across workers: pass --references CAPTURE "
+                             "(the bundle's own reference set is checked on one machine).")
         report = _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
                             url, model, timeout, references, resolve_public_key(key, require_signature),
-                            progress=_show_progress(json_path), histograms=html_path is not None)
+                            progress=_show_progress(json_path), histograms=html_path is not None, cluster=cluster)
     except ParityBundleError as exc:
         if junit_path is not None:  # CI systems still get a report saying why there is no verdict
             from ..reports.junit import junit_error
@@ -88,6 +95,24 @@ def check_command(
 
         log_check(report, mlflow_run)
     return _emit_check(report, json_path, junit_path, html_path)
+
+
+EngineOption = Annotated[str, typer.Option("--engine", help="local, or ray: judge captured traffic in shards on Ray workers (each gated first), statistics merged exactly.")]
+RayAddressOption = Annotated[Optional[str], typer.Option("--ray-address", help="With --engine ray: the cluster (default: start a local Ray).")]
+WorkersOption = Annotated[int, typer.Option("--workers", help="With --engine ray: shards judged at once.")]
+
+
+def _cluster(engine: str, address: str | None, workers: int) -> dict | None:
+    """Where a check of captured traffic runs: None for this process, or the Ray options."""
+    if engine not in ("local", "ray"):
+        raise UsageError(f"--engine {engine!r} is not local or ray.")
+    if workers < 1:
+        raise UsageError("--workers must be at least 1.")
+    if engine == "local":
+        if address is not None:
+            raise UsageError("--ray-address goes with --engine ray.")
+        return None
+    return {"address": address, "workers": workers}
 
 
 def _emit_check(report, json_path: Path | None, junit_path: Path | None, html_path: Path | None) -> int:
@@ -119,14 +144,24 @@ def replay_command(
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report to this file.")] = None,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
 ) -> int:
     """Run the research path (torch) again on captured production inputs and judge what production served."""
-    from ..training.replay import replay
-
     try:
-        report = replay(spec, capture, bundle=bundle, tolerance=_tolerance(atol, rtol),
-                        per_output_tolerance=_output_tolerances(output_tolerance or []),
-                        public_key=resolve_public_key(key, require_signature), histograms=html_path is not None)
+        cluster = _cluster(engine, ray_address, workers)
+        options = dict(bundle=bundle, tolerance=_tolerance(atol, rtol),
+                       per_output_tolerance=_output_tolerances(output_tolerance or []),
+                       public_key=resolve_public_key(key, require_signature), histograms=html_path is not None)
+        if cluster is None:
+            from ..training.replay import replay
+
+            report = replay(spec, capture, **options)
+        else:
+            from ..commands.cluster_checks import replay_on_ray
+
+            report = replay_on_ray(spec, capture, **options, **cluster)
     except ParityBundleError as exc:
         if junit_path is not None:
             from ..reports.junit import junit_error
@@ -137,7 +172,7 @@ def replay_command(
 
 
 def _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
-               url, model, timeout, references, key, *, progress: bool, histograms: bool):
+               url, model, timeout, references, key, *, progress: bool, histograms: bool, cluster: dict | None = None):
     """One library call, chosen by where the references go: a live endpoint, test data, or the bundle's own."""
     tolerances = dict(tolerance=_tolerance(atol, rtol), per_output_tolerance=_output_tolerances(output_tolerance or []),
                       public_key=key, histograms=histograms)
@@ -160,6 +195,14 @@ def _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, 
     if references is not None:
         from ..runtime.capture import is_capture
 
+        if is_capture(references) and cluster is not None:  # shards judged on Ray workers, merged here
+            from ..commands.cluster_checks import check_capture_on_ray
+
+            return check_capture_on_ray(bundle, references, settings=settings, batch_size=batch_size,
+                                        env_policy=env_policy, **tolerances, **cluster)
+        if cluster is not None:
+            raise UsageError(f"--engine ray shards captured traffic; {references} is not a capture from "
+                             "`bundle serve --capture`.")
         if is_capture(references):  # traffic from `bundle serve --capture`: this runtime vs what production served
             from ..check.traffic import check_capture
 

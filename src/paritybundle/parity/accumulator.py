@@ -214,6 +214,57 @@ class OutputAccumulator:
             room = MAX_LISTED_SAMPLES - len(self.disagreeing)
             self.disagreeing += [i + first_sample for i in decision.disagreeing_samples[:room]]
 
+    def merge(self, other: OutputAccumulator) -> None:
+        """Take in ``other``'s comparison: the samples after this one's, judged by a worker elsewhere.
+
+        Both accumulators must judge the same output under the same rules and the same declared
+        ``total_elements`` (the whole set's), and ``other`` must have numbered its samples in the
+        whole set (``first_sample``). Then the merge is exact, and equal to one accumulator fed every
+        batch in order: counts, sums, maxima and violations add up or take the larger; the worst
+        element and the listed samples keep the first ones seen, as one pass would; and p99 stays
+        exact because each side kept at least the largest ``total - p99 position`` values of the
+        *whole* set's count, so the largest of their union are the whole set's largest (the
+        mergeable method the distributed checks rely on; memory per side: 1% of the whole set).
+        """
+        if (other.name, other.total, other.tolerance) != (self.name, self.total, self.tolerance):
+            raise ValueError(f"cannot merge {other.name!r} judged over {other.total} elements into {self.name!r} "
+                             f"over {self.total}: shards must be judged as parts of one set")
+        if self.problem is None and other.problem is not None:
+            self.problem = other.problem
+        if other.worst is not None and (self.worst is None or other.max_abs > self.max_abs):
+            self.worst, self.max_abs = other.worst, other.max_abs
+        self.elements += other.elements
+        self.violations += other.violations
+        self.nonfinite += other.nonfinite
+        self.sum_abs += other.sum_abs
+        self.sum_rel += other.sum_rel
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.max_ratio = max(self.max_ratio, other.max_ratio)
+        if other.required is not None:
+            self.required = other.required if self.required is None else max(self.required, other.required)
+        for which, mine, theirs in (("abs", self.top_abs, other.top_abs), ("rel", self.top_rel, other.top_rel)):
+            for values in theirs:
+                self._keep_top(which, mine, values)
+        self.failing_count += other.failing_count
+        self.failing = sorted(self.failing + other.failing, key=lambda c: -c[0])[:MAX_LISTED_SAMPLES]
+        self.samples += other.samples
+        self.agreeing += other.agreeing
+        self.ties += other.ties
+        self.per_position = self.per_position or other.per_position
+        self.disagreeing += other.disagreeing[:MAX_LISTED_SAMPLES - len(self.disagreeing)]
+        self.exact = self.exact or other.exact
+        if self.histograms is not None and other.histograms is not None:
+            for mine_h, theirs_h in zip(self.histograms, other.histograms):
+                mine_h.counts += theirs_h.counts
+                mine_h.zero += theirs_h.zero
+
+    def listed_samples(self) -> set[int]:
+        """Every sample this comparison will name (failing, disagreeing, the worst one)."""
+        listed = {i for _, i in self.failing} | set(self.disagreeing)
+        if self.worst is not None and self.worst[0]:
+            listed.add(self.worst[0][0])
+        return listed
+
     def _p99(self, buffers: list[np.ndarray], n: int) -> float:
         kept = buffers[0] if len(buffers) == 1 else np.concatenate(buffers)  # pragma: no mutate (saves a copy)
         return percentile99(kept) if self._keep_all else p99_from_top(kept, n)

@@ -173,6 +173,8 @@ def render_check(report: CheckReport, console: Console) -> None:
         what = "this runtime" if settings.source == "capture" else "the research model, replayed,"
         console.print(f"{what} against what production served: {settings.samples} captured samples from "
                       f"{settings.capture}; {report.bundle.files_verified} files verified; {report.duration_s:.2f} s")
+        for worker in settings.workers:  # a check sharded on a cluster: who judged what
+            console.print(_text(f"judged on {settings.engine}: {worker}"))
     elif settings.source == "testdata":
         console.print(f"references from ONNX test data in {settings.testdata} ({settings.samples} samples); "
                       f"onnxruntime {settings.onnxruntime_version}; {report.bundle.files_verified} files verified; "

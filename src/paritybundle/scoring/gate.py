@@ -138,6 +138,28 @@ def open_gate(bundle: str | os.PathLike[str] | Shipment, where: Where, *, settin
     return Gate(runtime=runtime, record=record, report=report)
 
 
+_gates: dict[tuple[str, str, str | None], Gate | ParityBundleError] = {}
+
+
+def cached_gate(shipment: Shipment, where: Where, *, settings: Settings = None, env_policy: str = DEFAULT_POLICY,
+                public_key: str | None = None) -> tuple[Gate, bool]:
+    """This process's gate for ``shipment`` under ``env_policy``: opened on first use, then kept, as is a
+    refusal, raised again (engines reuse worker processes; the check runs once per process).
+    Returns the gate and whether this call opened it."""
+    key = (shipment.manifest_sha256, env_policy, public_key)
+    known = _gates.get(key)
+    opened = known is None
+    if known is None:
+        try:
+            known = open_gate(shipment, where, settings=settings, env_policy=env_policy, public_key=public_key)
+        except ParityBundleError as exc:
+            known = exc
+        _gates[key] = known
+    if isinstance(known, ParityBundleError):
+        raise known
+    return known, opened
+
+
 def refusal(record: WorkerRecord, exc: ParityBundleError) -> ParityBundleError:
     """The error a failed gate raises: the check's class, the worker named, its record attached."""
     cls = error_for_exit_code(exc.exit_code) or type(exc)

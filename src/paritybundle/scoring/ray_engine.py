@@ -52,9 +52,10 @@ def connect(address: str | None, workers: int) -> bool:
         return False
     try:
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=max(os.cpu_count() or 1, workers + 1), include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=max(os.cpu_count() or 1, workers + 1), include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"cannot reach Ray at {address or 'a new local instance'} ({exc}); check --ray-address.") from None
     return True

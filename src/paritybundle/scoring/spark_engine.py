@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParityBundleError, UsageError
+from ..errors import UsageError
 from ..runtime.load import Settings
 from .columns import ColumnPlan
-from .gate import Gate, Shipment, Where, WorkerRecord, open_gate
+from .gate import Gate, Shipment, Where, WorkerRecord, cached_gate
 from .scorer import Scorer
 
 INSTALL_HINT = "the Spark engine needs pyspark (and Java 17): pip install 'paritybundle[spark]'."
@@ -74,25 +74,14 @@ class _Records:
         return a
 
 
-_gates: dict[str, Gate | ParityBundleError] = {}
-
-
 def _gate(shipment: Shipment, settings: Settings, env_policy: str, public_key: str | None, report: Any) -> Gate:
-    """This process's gate for the shipment: opened on its first batch, then kept (or its refusal, re-raised)."""
-    key = shipment.manifest_sha256
-    known = _gates.get(key)
-    if known is None:
-        host = socket.gethostname()
-        where = Where(engine="spark", worker=f"spark-{host}-{os.getpid()}", node=host)
-        try:
-            known = open_gate(shipment, where, settings=settings, env_policy=env_policy, public_key=public_key)
-            report.add([known.record.model_dump(mode="json")])
-        except ParityBundleError as exc:
-            known = exc
-        _gates[key] = known
-    if isinstance(known, ParityBundleError):
-        raise known
-    return known
+    """This process's gate (opened on its first batch, then kept). Every task reports it: a process may
+    serve several jobs, and the driver keeps one record per worker."""
+    host = socket.gethostname()
+    where = Where(engine="spark", worker=f"spark-{host}-{os.getpid()}", node=host)
+    gate, _ = cached_gate(shipment, where, settings=settings, env_policy=env_policy, public_key=public_key)
+    report.add([gate.record.model_dump(mode="json")])
+    return gate
 
 
 def score_partitions(batches: Iterator[Any], *, shipment: Any, plan: ColumnPlan, settings: Settings, env_policy: str,

@@ -43,7 +43,7 @@ def replay(spec: ExportSpec | str, capture: str | os.PathLike[str], *, bundle: s
     """
     started = time.perf_counter()
     spec = load_spec(spec) if isinstance(spec, str) else spec
-    verified, notices = _judging_bundle(capture, bundle, public_key)
+    verified, notices = judging_bundle(capture, bundle, public_key)
     data = read_capture(capture, verified.manifest)
     if not data.samples:
         raise UsageError(f"{capture} holds no captured samples; let the server answer some requests first.")
@@ -90,7 +90,7 @@ def research_outputs(spec: ExportSpec, data: CaptureData, manifest: Manifest) ->
     return results
 
 
-def _judging_bundle(capture: str | os.PathLike[str], bundle: str | os.PathLike[str] | None,
+def judging_bundle(capture: str | os.PathLike[str], bundle: str | os.PathLike[str] | None,
                     public_key: str | os.PathLike[str] | None) -> tuple[VerifiedBundle, list[str]]:
     """The bundle whose policy judges: ``bundle`` verified, or the manifest recorded in the capture."""
     files = capture_files(capture)

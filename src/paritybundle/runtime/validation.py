@@ -19,7 +19,7 @@ from ..errors import InputValidationError
 
 def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.ndarray, *,
                     check_finite: bool = True, model: str = "this model",
-                    bounds: Mapping[str, tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
+                    bounds: Mapping[str, tuple[int, int]] | None = None, check_utf8: bool = True) -> dict[str, np.ndarray]:
     """Check names, dtypes and shapes against ``specs``; return arrays in spec dtypes, in spec order.
 
     A single array is accepted for a single-input model. Values of the same kind are
@@ -27,6 +27,8 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.
     skips the NaN/inf scan (for hash-verified references, whose ``allow_nonfinite`` flags
     were derived from those very arrays). ``model`` names the model in messages. ``bounds``:
     inclusive value ranges of integer inputs that index a table (see :mod:`.index_bounds`).
+    ``check_utf8=False`` skips the per-string encoding scan, for strings decoded from UTF-8 (an Arrow
+    column): decoding never yields a lone surrogate, the one thing the scan looks for.
 
     Raises:
         InputValidationError: naming the input and what is wrong.
@@ -49,7 +51,8 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.
         raise InputValidationError(f"input {unknown[0]!r} is not an input of {model}; it takes {', '.join(expected)}.")
     bound: dict[str, int] = {}
     bounds = bounds or {}
-    return {spec.name: conform(spec, inputs[spec.name], bound, check_finite, bounds.get(spec.name)) for spec in specs}
+    return {spec.name: conform(spec, inputs[spec.name], bound, check_finite, bounds.get(spec.name), check_utf8)
+            for spec in specs}
 
 
 def from_columns(specs: Sequence[TensorSpec], inputs: Any) -> Any:
@@ -75,7 +78,7 @@ def from_columns(specs: Sequence[TensorSpec], inputs: Any) -> Any:
 
 
 def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, check_finite: bool = True,
-            limits: tuple[int, int] | None = None) -> np.ndarray:
+            limits: tuple[int, int] | None = None, check_utf8: bool = True) -> np.ndarray:
     """One input against its spec (``bound``: symbolic dimension sizes seen so far, shared across inputs;
     ``limits``: the inclusive range of an integer input that indexes a table)."""
     bound = {} if bound is None else bound
@@ -87,7 +90,8 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
         if array.dtype.kind not in "USO":
             raise InputValidationError(f"input {spec.name!r} must hold strings, got {array.dtype}.")
         array = array.astype(object)
-        _require_utf8(spec.name, array)
+        if check_utf8:
+            _require_utf8(spec.name, array)
     else:
         target = _numpy_dtype(spec.dtype)
         if array.dtype != target:

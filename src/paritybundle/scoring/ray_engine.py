@@ -128,10 +128,11 @@ def score_dataset(dataset: Any, shipment: Shipment, plan: ColumnPlan, *, workers
     that takes every CPU leaves the reads that feed it waiting forever. ``ray_remote_args`` overrides.
     """
     args = {"num_cpus": actor_cpus(workers), **(ray_remote_args or {})}
+    pool = ray_module().data.ActorPoolStrategy(size=workers)
     return dataset.map_batches(
-        GatedScorer, batch_format="pyarrow", batch_size=batch_rows, concurrency=workers,
+        GatedScorer, batch_format="pyarrow", batch_size=batch_rows, compute=pool,
         fn_constructor_kwargs=dict(shipment=shipment, plan=plan, ledger=ledger, settings=settings,
-                                   env_policy=env_policy, public_key=public_key, batch_size=4096), **args)
+                                   env_policy=env_policy, public_key=public_key, batch_size=None), **args)
 
 
 def actor_cpus(workers: int) -> float:

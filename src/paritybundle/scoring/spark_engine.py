@@ -85,7 +85,7 @@ def _gate(shipment: Shipment, settings: Settings, env_policy: str, public_key: s
 
 
 def score_partitions(batches: Iterator[Any], *, shipment: Any, plan: ColumnPlan, settings: Settings, env_policy: str,
-                     public_key: str | None, records: Any, batch_size: int | None = 4096) -> Iterator[Any]:
+                     public_key: str | None, records: Any, batch_size: int | None = None) -> Iterator[Any]:
     """The function ``mapInArrow`` runs: gate once per process, then each record batch scored."""
     import pyarrow as pa
 

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -168,10 +169,19 @@ def ray_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[str
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        source = folder / "rows.parquet"
-        if not source.exists():
-            rows_file(bundle, rows, source)
-        columns = [c for c in __import__("pyarrow.parquet").parquet.read_schema(source).names]
+        # A folder of 16 files, as a data lake holds a table: Ray Data reads a file as one block, so one
+        # file would feed one actor however many there are.
+        source = folder / "rows-16"
+        source.mkdir(exist_ok=True)
+        one = rows_file(bundle, rows, folder / "rows.parquet") if not (folder / "rows.parquet").exists() \
+            else folder / "rows.parquet"
+        import pyarrow.parquet as pq
+
+        whole = pq.read_table(one)
+        share = -(-whole.num_rows // 16)
+        for part in range(16):
+            pq.write_table(whole.slice(part * share, share), source / f"part-{part:02d}.parquet", row_group_size=BATCH)
+        columns = whole.schema.names
         reports: dict[int, list] = {w: [] for w in WORKERS}
 
         def ours(workers: int):
@@ -186,6 +196,7 @@ def ray_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[str
                           num_cpus=actor_cpus(2))
              .write_parquet(str(folder / "plain")))
 
+        warnings.filterwarnings("ignore", category=UserWarning)  # Ray's "fewer inputs than actors" at small ROWS
         candidates = {"plain": plain, **{f"ours-{w}": ours(w) for w in WORKERS}}
         if 2 not in WORKERS:
             candidates["ours-2"] = ours(2)

@@ -85,3 +85,17 @@ def test_capture_bench_counts_cpu_per_process_from_proc():
     while time.process_time() < deadline:
         pass
     assert capture._cpu_seconds(os.getpid()) - before >= 0.2
+
+
+def test_score_bench_measures_both_sides_and_their_memory(wine_bundle, tmp_path):
+    from bench import score as score_bench
+
+    rows = score_bench.local_rows(wine_bundle, tmp_path, 3000, 1)
+    timing, gate, memory = rows
+    assert timing[0].startswith("local, 3,000 rows") and float(timing[1]) > 0 and float(timing[2].split()[0]) > 0
+    assert float(gate[1]) > 0  # the gate's own time, read from the job's report
+    assert memory[0].startswith("local peak RSS, 12,000 vs 3,000 rows") and int(memory[1]) > 0 and int(memory[2]) > 0
+    bare = tmp_path / "bare.parquet"
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(bare).num_rows == 3000  # the baseline did the same job: every row scored and written

@@ -204,3 +204,22 @@ def test_an_engine_that_is_not_installed_is_one_sentence(wine_bundle, tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "pip install 'paritybundle[ray]'" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_what_pandas_writes_is_taken_as_it_is(wine_bundle, tmp_path):
+    """A category column (dictionary-encoded in Parquet), whole numbers where the model takes floats."""
+    frame = reference_table(wine_bundle).to_pandas()
+    frame["color_band"] = frame["color_band"].astype("category")
+    frame["magnesium"] = frame["magnesium"].fillna(0).round().astype("int64")
+    frame.to_parquet(tmp_path / "rows.parquet")
+    assert pq.read_schema(tmp_path / "rows.parquet").field("color_band").type.id == pa.dictionary(pa.int32(), pa.string()).id
+    report = score(wine_bundle, tmp_path / "rows.parquet", tmp_path / "scores.parquet")
+    assert report.rows_scored == len(frame)
+
+
+def test_engine_options_go_with_their_engine(wine_bundle, tmp_path, capsys):
+    source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
+    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--ray-address", "auto"]) == 2
+    assert "--ray-address goes with --engine ray" in capsys.readouterr().err
+    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--batch-rows", "0"]) == 2
+    assert not (tmp_path / "s").exists()

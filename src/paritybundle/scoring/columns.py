@@ -90,13 +90,13 @@ def plan_columns(manifest: Manifest, schema: Any, *, keep: Sequence[str] = (), i
                              f"(it takes {', '.join(s.name for s in manifest.inputs)}); its columns are "
                              f"{', '.join(schema.names[:20])}.")
         shape = per_sample_shape(spec, "input")
-        arrow_type = schema.field(spec.name).type
+        arrow_type = _decoded(pa, schema.field(spec.name).type)
         listed = pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or \
             pa.types.is_fixed_size_list(arrow_type)
         if not listed and math.prod(shape) != 1:
             raise UsageError(f"column {spec.name!r} holds one value per row, but input {spec.name!r} takes "
                              f"{math.prod(shape)} per sample (shape {list(shape)}); store each sample as a list.")
-        values = arrow_type.value_type if listed else arrow_type
+        values = _decoded(pa, arrow_type.value_type) if listed else arrow_type
         _require_type(spec, values, source)
         inputs.append(InputColumn(spec=spec, per_sample=shape, listed=listed))
     for name in keep:
@@ -118,6 +118,11 @@ def plan_columns(manifest: Manifest, schema: Any, *, keep: Sequence[str] = (), i
         taken.add(field.name)
     return ColumnPlan(inputs=tuple(inputs), outputs=outputs, keep=tuple(n for n in keep if n != id_column),
                       id_column=id_column, schema=pa.schema(fields))
+
+
+def _decoded(pa: Any, arrow_type: Any) -> Any:
+    """A dictionary-encoded type (a pandas category written to Parquet) as the type of its values."""
+    return arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
 
 
 def _require_type(spec: TensorSpec, values: Any, source: str) -> None:
@@ -156,6 +161,8 @@ def inputs_of(plan: ColumnPlan, table: Any, first_row: int = 0) -> dict[str, np.
         spec = column.spec
         chunked = table.column(spec.name)
         data = chunked.combine_chunks() if isinstance(chunked, pa.ChunkedArray) else chunked
+        if pa.types.is_dictionary(data.type):
+            data = data.dictionary_decode()
         rows = len(data)
         if data.null_count and (column.listed or spec.dtype in ("string", "bool") or not spec.dtype.startswith("float")):
             raise InputValidationError(f"column {spec.name!r} has a missing value at row {first_row + _first_null(data)}, "

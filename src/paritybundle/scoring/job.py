@@ -24,7 +24,7 @@ from .columns import plan_columns
 from .gate import Engine, Where, WorkerRecord, open_gate, ship
 from .inputs import open_input
 from .local import local_where, score_local
-from .output import StagedOutput
+from .output import StagedOutput, may_write
 from .report import ScoreReport
 from .worker_errors import job_error
 
@@ -58,9 +58,12 @@ def score(bundle: str | os.PathLike[str], input: str | os.PathLike[str], output:
     if batch_rows < 1 or workers < 1:
         raise UsageError("--batch-rows and --workers must be at least 1.")
     check_policy(env_policy)
+    if ray_address is not None and engine != "ray":
+        raise UsageError("--ray-address goes with --engine ray.")
+    if spark_master is not None and engine != "spark":
+        raise UsageError("--spark-master goes with --engine spark.")
     single_file = engine == "local" and Path(output).suffix.lower() == ".parquet"
-    if (Path(output).exists() or Path(output).is_symlink()) and not force:
-        StagedOutput(output, force=False, single_file=single_file)  # raises the one sentence
+    may_write(Path(output), force=force, single_file=single_file)
     verified = open_bundle(bundle, public_key)  # the driver verifies before anything is launched
     data = open_input(input)
     plan = plan_columns(verified.manifest, data.schema, keep=tuple(keep), id_column=id_column, source=str(input))

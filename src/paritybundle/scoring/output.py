@@ -16,6 +16,19 @@ from ..errors import BundleExistsError, UsageError
 from .report import REPORT_NAME, ScoreReport
 
 
+def may_write(target: Path, *, force: bool, single_file: bool) -> None:
+    """Refuse an OUTPUT that exists (without ``force``) or is of the other kind, before any work is done.
+
+    Raises:
+        BundleExistsError, UsageError: one sentence each (exit 2).
+    """
+    if (target.exists() or target.is_symlink()) and not force:
+        raise BundleExistsError(f"{target} already exists; pass --force to replace it.")
+    if target.exists() and single_file != target.is_file():
+        kind = "a file" if single_file else "a folder"
+        raise UsageError(f"{target} exists and is not {kind}; choose another output path.")
+
+
 class StagedOutput:
     """OUTPUT's staging directory; :meth:`publish` moves the scores into place, :meth:`abandon` drops them.
 
@@ -25,11 +38,7 @@ class StagedOutput:
 
     def __init__(self, target: str | os.PathLike[str], *, force: bool, single_file: bool) -> None:
         self.target, self.force, self.single_file = Path(target), force, single_file
-        if (self.target.exists() or self.target.is_symlink()) and not force:
-            raise BundleExistsError(f"{self.target} already exists; pass --force to replace it.")
-        if self.target.exists() and single_file != self.target.is_file():
-            kind = "a file" if single_file else "a folder"
-            raise UsageError(f"{self.target} exists and is not {kind}; choose another output path.")
+        may_write(self.target, force=force, single_file=single_file)
         self.staging, self._lock = make_staging(self.target)
 
     @property

@@ -100,7 +100,7 @@ def bare_loop(bundle: Path, source: Path, out: Path) -> int:
 
 _PEAK = textwrap.dedent("""
     import json, sys
-    from paritybundle.scoring.job import score
+    from paritybundle.commands.score import score
     report = score(sys.argv[1], sys.argv[2], sys.argv[3], force=True)
     peak = int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) * 1024
     print(json.dumps({"rows": report.rows_scored, "peak": peak}))
@@ -114,7 +114,7 @@ def peak_memory(bundle: Path, source: Path, out: Path) -> dict:
 
 
 def local_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[str, ...]]:
-    from paritybundle.scoring.job import score
+    from paritybundle.commands.score import score
 
     source = rows_file(bundle, rows, folder / "rows.parquet")
     larger = rows_file(bundle, 4 * rows, folder / "larger.parquet")
@@ -159,7 +159,7 @@ class _BareActor:
 def ray_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[str, ...]]:
     import ray
 
-    from paritybundle.scoring.job import score
+    from paritybundle.commands.score import score
     from paritybundle.scoring.ray_engine import actor_cpus
 
     address = os.environ.get("RAY_ADDRESS")

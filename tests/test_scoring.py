@@ -24,7 +24,7 @@ from scoring_tools import (  # noqa: E402
 
 from paritybundle.cli import main  # noqa: E402
 from paritybundle.errors import BundleInvalid, EnvironmentRefused, ParityFailure, UsageError  # noqa: E402
-from paritybundle.scoring.job import score  # noqa: E402
+from paritybundle.commands.score import score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

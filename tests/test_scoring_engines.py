@@ -29,7 +29,7 @@ from scoring_tools import (  # noqa: E402
 
 from paritybundle.bundle.store import open_bundle  # noqa: E402
 from paritybundle.errors import BundleInvalid, EnvironmentRefused, ParityFailure, UsageError  # noqa: E402
-from paritybundle.scoring.job import score  # noqa: E402
+from paritybundle.commands.score import score  # noqa: E402
 
 
 def assert_research(bundle: Path, outputs: dict[str, np.ndarray], repeat: int = 1) -> None:
@@ -70,7 +70,7 @@ def test_ray_worker_refuses_a_bundle_altered_on_its_way_exit_3(ray_cluster, digi
     refuses it (the shipment carries the digest of the manifest the driver verified)."""
     from paritybundle.scoring.columns import plan_columns
     from paritybundle.scoring.gate import ship
-    from paritybundle.scoring.job import job_error
+    from paritybundle.commands.score import job_error
     from paritybundle.scoring.ray_engine import run_job
 
     verified = open_bundle(digits_bundle)
@@ -195,7 +195,7 @@ def test_spark_worker_with_a_drifted_environment_stops_the_job_exit_4(wine_bundl
     _java_or_skip()
     source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
     script = (
-        "import sys\nfrom paritybundle.scoring.job import score\nfrom paritybundle.errors import ParityBundleError\n"
+        "import sys\nfrom paritybundle.commands.score import score\nfrom paritybundle.errors import ParityBundleError\n"
         "try:\n"
         f"    score({str(wine_bundle)!r}, {str(source)!r}, {str(tmp_path / 'scores')!r}, engine='spark', "
         f"spark_master='local[2]', engine_options={{'spark.executorEnv.PYTHONPATH': {str(fake_numpy_path(tmp_path))!r}}})\n"

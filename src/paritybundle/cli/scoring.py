@@ -36,7 +36,7 @@ def score_command(
     """Score a table with the bundle; every worker proves parity on its own node before it scores a row."""
     from ..reports.score_table import render_score
     from ..runtime.session import SessionOverrides
-    from ..scoring.job import score
+    from ..commands.score import score
 
     settings = SessionOverrides(intra_op_num_threads=threads) if threads is not None else None
     try:

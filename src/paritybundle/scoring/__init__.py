@@ -3,6 +3,6 @@
 
 :mod:`.gate` (a worker proves parity before it scores) -> :mod:`.columns` (table columns <-> tensors)
 -> :mod:`.scorer` (one batch) -> the engines: :mod:`.local`, :mod:`.ray_engine`, :mod:`.spark_engine`;
-:mod:`.job` runs one end to end into :mod:`.output`'s staging location. Ray and pyspark are imported
-only by their engine modules, and only when that engine is asked for.
+:mod:`paritybundle.commands.score` runs a job end to end into :mod:`.output`'s staging location.
+Ray and pyspark are imported only by their engine modules, and only when that engine is asked for.
 """

@@ -5,7 +5,7 @@ is matched against the bundle's inputs (a missing or mistyped column stops here,
 the engine scores into a staging location, each worker passing its gate first -> the scores are
 moved into OUTPUT only when every worker finished. A failure leaves no OUTPUT and raises the
 error whose exit code the job ends with; its ``report`` attribute holds the job's
-:class:`~.report.ScoreReport` (which worker failed, where, why).
+:class:`~paritybundle.scoring.report.ScoreReport` (which worker failed, where, why).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from ..bundle.store import open_bundle
 from ..errors import ParityBundleError, UsageError
 from ..runtime.drift import DEFAULT_POLICY, check_policy
 from ..runtime.load import Settings
-from .columns import plan_columns
-from .gate import Engine, Where, WorkerRecord, open_gate, ship
-from .inputs import open_input
-from .local import local_where, score_local
-from .output import StagedOutput, may_write
-from .report import ScoreReport
-from .worker_errors import job_error
+from ..scoring.columns import plan_columns
+from ..scoring.gate import Where, WorkerRecord, open_gate, ship
+from ..scoring.inputs import open_input
+from ..scoring.local import local_where, score_local
+from ..scoring.output import StagedOutput, may_write
+from ..scoring.report import ScoreReport
+from ..scoring.worker_errors import job_error
 
 ENGINES = ("local", "ray", "spark")
 
@@ -41,7 +41,7 @@ def score(bundle: str | os.PathLike[str], input: str | os.PathLike[str], output:
 
     Args:
         engine: ``local`` (this process, streaming), ``ray`` (Ray Data against ``ray_address``, or a
-            local Ray it starts) or ``spark`` (``mapInPandas`` on ``spark_master``, default ``local[*]``).
+            local Ray it starts) or ``spark`` (``mapInArrow`` on ``spark_master``, default ``local[*]``).
         keep: input columns copied beside the scores. ``id_column``: an input column to carry as the
             row id (default: ``row_id`` is made).
         workers: Ray actors (the Spark engine uses the master's executors).
@@ -95,9 +95,9 @@ def score(bundle: str | os.PathLike[str], input: str | os.PathLike[str], output:
             shipment = ship(verified)
             files = [str(f) for f in data.files]
             if engine == "ray":
-                from .ray_engine import run_job
+                from ..scoring.ray_engine import run_job
             else:
-                from .spark_engine import run_job  # type: ignore[no-redef]
+                from ..scoring.spark_engine import run_job  # type: ignore[no-redef]
             extra = ({"address": ray_address, "workers": workers, "ray_remote_args": engine_options}
                      if engine == "ray" else {"master": spark_master, "conf": engine_options})
             rows, found, failure = run_job(shipment, plan, files, data.format, str(staged.data), batch_rows=batch_rows,

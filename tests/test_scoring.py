@@ -108,7 +108,8 @@ def test_unreadable_inputs_are_exit_2(wine_bundle, tmp_path, capsys):
     for source, message in ((tmp_path / "junk.parquet", "cannot be read as a table"),
                             (tmp_path / "rows.txt", "neither Parquet"),
                             (tmp_path / "empty", "holds no Parquet"),
-                            (tmp_path / "absent", "does not exist")):
+                            (tmp_path / "absent", "does not exist"),
+                            (Path("/dev/zero"), "is neither a file nor a folder")):
         assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "scores")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "scores").exists()
@@ -222,4 +223,13 @@ def test_engine_options_go_with_their_engine(wine_bundle, tmp_path, capsys):
     assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--ray-address", "auto"]) == 2
     assert "--ray-address goes with --engine ray" in capsys.readouterr().err
     assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--batch-rows", "0"]) == 2
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_unreachable_ray_address_is_exit_2_within_seconds(wine_bundle, tmp_path, capsys):
+    require("ray")
+    source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
+    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--engine", "ray",
+                 "--ray-address", "127.0.0.1:1"]) == 2
+    assert "cannot reach Ray at 127.0.0.1:1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()

@@ -19,9 +19,10 @@ def render_score(report, console: Console) -> None:
                       _text(" ".join(w.cpu_features) or "-"),
                       Text("passed", style="green") if w.verdict == "passed" else Text(f"failed (exit {w.exit_code})", style="red"),
                       f"{w.gate_seconds:.2f}", str(w.rows_scored))
-    console.print(table)
+    if report.workers:
+        console.print(table)
     if report.passed:
         console.print(_text(f"scored {report.rows_scored} rows into {report.output} in {report.duration_s:.1f}s; every "
                             f"worker passed its parity gate first.", style="bold green"))
     else:
-        console.print(_text(f"nothing written to {report.output}: {report.error}", style="bold red"))
+        console.print(_text(f"nothing written to {report.output} (the error follows).", style="bold red"))

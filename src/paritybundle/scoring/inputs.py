@@ -83,7 +83,8 @@ def input_files(path: str | os.PathLike[str]) -> tuple[list[Path], str]:
             raise UsageError(f"{root} is neither Parquet (.parquet) nor CSV (.csv); convert it, or name it by its format.")
         return [root], form
     if not root.is_dir():
-        raise UsageError(f"{root} does not exist; pass a Parquet or CSV file, or a folder of them.")
+        what = "is neither a file nor a folder" if root.exists() else "does not exist"
+        raise UsageError(f"{root} {what}; pass a Parquet or CSV file, or a folder of them.")
     found: dict[str, list[Path]] = {"parquet": [], "csv": []}
     for file in sorted(root.rglob("*")):
         relative = file.relative_to(root).parts

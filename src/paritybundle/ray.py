@@ -13,11 +13,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .bundle.store import open_bundle
-from .runtime.drift import DEFAULT_POLICY, check_policy
+from .runtime.drift import DEFAULT_POLICY
 from .runtime.load import Settings
-from .scoring.columns import plan_columns
-from .scoring.gate import ship
+from .scoring.prepare import prepare
 
 
 def score(dataset: Any, bundle: str | os.PathLike[str], *, keep: list[str] | tuple[str, ...] = (),
@@ -40,10 +38,8 @@ def score(dataset: Any, bundle: str | os.PathLike[str], *, keep: list[str] | tup
     from .scoring.ray_engine import ray_module, score_dataset
 
     ray_module()
-    check_policy(env_policy)
-    verified = open_bundle(bundle, public_key)
-    plan = plan_columns(verified.manifest, dataset.schema().base_schema, keep=tuple(keep), id_column=id_column,
-                        source="the dataset")
-    return score_dataset(dataset, ship(verified), plan, workers=workers, batch_rows=batch_rows, settings=settings,
+    shipment, plan = prepare(bundle, dataset.schema().base_schema, keep=keep, id_column=id_column,
+                             env_policy=env_policy, public_key=public_key, source="the dataset")
+    return score_dataset(dataset, shipment, plan, workers=workers, batch_rows=batch_rows, settings=settings,
                          env_policy=env_policy, public_key=None if public_key is None else str(public_key),
                          ray_remote_args=ray_remote_args)

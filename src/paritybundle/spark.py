@@ -13,11 +13,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .bundle.store import open_bundle
-from .runtime.drift import DEFAULT_POLICY, check_policy
+from .runtime.drift import DEFAULT_POLICY
 from .runtime.load import Settings
-from .scoring.columns import plan_columns
-from .scoring.gate import ship
+from .scoring.prepare import prepare
 
 
 def score(dataframe: Any, bundle: str | os.PathLike[str], *, keep: list[str] | tuple[str, ...] = (),
@@ -40,9 +38,7 @@ def score(dataframe: Any, bundle: str | os.PathLike[str], *, keep: list[str] | t
     spark_modules()
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    check_policy(env_policy)
-    verified = open_bundle(bundle, public_key)
-    plan = plan_columns(verified.manifest, to_arrow_schema(dataframe.schema), keep=tuple(keep), id_column=id_column,
-                        source="the DataFrame")
-    return score_dataframe(dataframe, ship(verified), plan, settings=settings, env_policy=env_policy,
+    shipment, plan = prepare(bundle, to_arrow_schema(dataframe.schema), keep=keep, id_column=id_column,
+                             env_policy=env_policy, public_key=public_key, source="the DataFrame")
+    return score_dataframe(dataframe, shipment, plan, settings=settings, env_policy=env_policy,
                            public_key=None if public_key is None else str(public_key))

@@ -18,10 +18,9 @@ function                    source                               target
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ from ..runtime.runner import DEFAULT_BATCH_SIZE, Runner
 from ..runtime.session import onnxruntime_version
 from . import engine
 from .engine import Batch, Comparison, Part, Run
+from .progress import progress_bar
 from .results import CheckReport, CheckSettings, make_report
 from .sources import BundleReferences, InMemoryReferences, TestdataReferences
 from .staged import StagedCheck
@@ -265,19 +265,6 @@ def _check_batch_size(batch_size: int | None) -> None:
 
 
 def _run(source: Any, comparisons: Sequence[Comparison], rows_per_pass: int, progress: bool) -> int:
-    with _progress(progress, source.rows) as advance:
+    with progress_bar("checking references", progress, source.rows) as advance:
         return engine.run(source, comparisons, rows_per_pass=rows_per_pass, advance=advance)
 
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None] | None]:
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress("checking references", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("references", total=total)
-        yield lambda n: bar.advance(task, n)

@@ -6,12 +6,10 @@ row ids are the rows' places in the input (file order, then row order).
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
+from ..check.progress import progress_bar
 from ..runtime.capture import pyarrow_modules
 from .columns import ColumnPlan
 from .gate import Gate
@@ -34,7 +32,7 @@ def score_local(gate: Gate, plan: ColumnPlan, data: InputData, out: Path, *, sin
     writer, part, in_part = None, 0, 0
     total = data.count_rows() if progress else 0
     try:
-        with _progress(progress, total) as advance:
+        with progress_bar("scoring", progress, total) as advance:
             for batch in data.batches(batch_rows, plan.read_columns):
                 scored = scorer(batch, scorer.rows, where=str(data.path))
                 if writer is not None and not single_file and in_part >= rows_per_file:
@@ -55,16 +53,3 @@ def score_local(gate: Gate, plan: ColumnPlan, data: InputData, out: Path, *, sin
             writer.close()
     return scorer.rows
 
-
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], Any] | None]:
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress("scoring", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("rows", total=total)
-        yield lambda n: bar.advance(task, n)

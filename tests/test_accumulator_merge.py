@@ -79,3 +79,83 @@ def test_a_shard_judged_for_another_set_is_refused():
     a, b = judge(10, False), judge(20, False)
     with pytest.raises(ValueError, match="shards must be judged as parts of one set"):
         a.merge(b)
+
+
+def merged_of(parts: list[tuple[np.ndarray, np.ndarray, int]], total: int, **options) -> OutputAccumulator:
+    """Each (serve, research, first) part judged by its own accumulator, then merged in order."""
+    judges = []
+    for serve, research, first in parts:
+        j = OutputAccumulator("y", Tolerance(atol=1e-3, rtol=1e-3), total, **options)
+        if serve.size:
+            j.add(serve, research, first)
+        judges.append(j)
+    for j in judges[1:]:
+        judges[0].merge(j)
+    return judges[0]
+
+
+def whole_of(parts: list[tuple[np.ndarray, np.ndarray, int]], total: int, **options) -> OutputAccumulator:
+    j = OutputAccumulator("y", Tolerance(atol=1e-3, rtol=1e-3), total, **options)
+    for serve, research, first in parts:
+        if serve.size:
+            j.add(serve, research, first)
+    return j
+
+
+def test_near_ties_and_per_position_decisions_merge_even_past_an_empty_shard():
+    """Rank-3 scores (a decision per position) with near-ties in two shards and an empty shard between."""
+    research = np.zeros((6, 4, 3), np.float32)
+    research[..., 0], research[..., 1] = 1.0, 1.0 + 1e-5  # a near-tie at every position
+    serve = research.copy()
+    serve[::2, :, 0] += 2e-5  # flipped, within the tie band: ties, not disagreements
+    empty = np.zeros((0, 4, 3), np.float32)
+    parts = [(serve[:3], research[:3], 0), (empty, empty, 3), (serve[3:], research[3:], 3)]
+    merged = merged_of(parts, research.size, scores=True, max_tie_share=1.0).finish()
+    whole = whole_of(parts, research.size, scores=True, max_tie_share=1.0).finish()
+    assert whole.decision.ties > 0 and whole.decision.per_position
+    assert merged.decision == whole.decision
+    assert_same_comparison(merged, whole)
+
+
+def test_exact_outputs_merge_as_exact_even_past_an_empty_shard():
+    """Integer class ids with scores=True: exact outputs take no argmax decision, merged or not."""
+    research = np.arange(12, dtype=np.int64).reshape(6, 2)
+    serve = research.copy()
+    serve[4, 1] += 1
+    empty = np.zeros((0, 2), np.int64)
+    parts = [(serve[:3], research[:3], 0), (empty, empty, 3), (serve[3:], research[3:], 3)]
+    merged = merged_of(parts, research.size, scores=True).finish()
+    whole = whole_of(parts, research.size, scores=True).finish()
+    assert whole.decision is None and not whole.passed
+    assert_same_comparison(merged, whole)
+
+
+def test_the_first_shards_problem_is_the_merged_problem():
+    good = (np.ones((2, 3)), np.ones((2, 3)), 0)
+    bad = (np.ones((2, 4)), np.ones((2, 3)), 2)
+    worse = (np.ones((2, 5)), np.ones((2, 3)), 4)
+    for parts in ([good, bad, worse], [bad, good, worse]):
+        merged = merged_of(parts, 18).finish()
+        whole = whole_of(parts, 18).finish()
+        assert merged.problem is not None and merged.problem == whole.problem and not merged.passed
+
+
+def test_a_shard_with_histograms_does_not_merge_into_one_without():
+    with pytest.raises(ValueError, match="by the same rules"):
+        judge(10, False).merge(OutputAccumulator("y", Tolerance(atol=1e-3, rtol=1e-3), 10))
+
+
+def test_listed_samples_are_the_failing_the_disagreeing_and_the_worst():
+    research = np.zeros((8, 3), np.float32)
+    research[:, 0] = 1.0
+    serve = research.copy()
+    serve[2, 1] = 2.0  # fails and flips its decision
+    serve[5, 2] = 0.5  # fails, decision kept
+    j = OutputAccumulator("y", Tolerance(atol=1e-3, rtol=1e-3), research.size, scores=True)
+    j.add(serve[:4], research[:4], 10)
+    j.add(serve[4:], research[4:], 14)
+    assert j.listed_samples() == {12, 15}
+    assert j.disagreeing == [12] and {i for _, i in j.failing} == {12, 15} and j.worst[0][0] == 12
+    clean = OutputAccumulator("y", Tolerance(atol=1e-3, rtol=1e-3), research.size)
+    clean.add(research, research, 3)
+    assert clean.listed_samples() == {3}  # nothing failed: only the worst (first) element's sample

@@ -166,3 +166,8 @@ def test_a_signed_bundle_is_verified_before_onnx_runtime_opens_anything(bundle_c
     with pytest.raises(BundleInvalid, match="pipeline.onnx does not match its sha256"):
         paritybundle.load(bundle_copy)  # unsigned path: opened alongside, then refused
     assert len(opened) == 1
+
+
+def test_a_verified_bundles_identity_is_the_sha256_of_its_bundle_json(digits_bundle):
+    verified = open_bundle(digits_bundle)
+    assert verified.manifest_sha256() == hashlib.sha256((digits_bundle / "bundle.json").read_bytes()).hexdigest()

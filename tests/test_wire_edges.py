@@ -254,3 +254,15 @@ def test_a_lone_surrogate_is_refused_in_a_two_dimensional_string_input():
     grid = TensorSpec(name="g", dtype="string", shape=["batch", 2])
     assert _invalid(validation.conform, grid, np.array([["ok", "\ud800"]], dtype=object)).startswith(
         "input 'g' holds a string that is not valid Unicode")
+
+
+def test_the_utf8_scan_is_skipped_only_when_asked():
+    """Strings decoded from UTF-8 (an Arrow column) cannot hold a lone surrogate; elsewhere one is refused."""
+    from paritybundle.errors import InputValidationError
+    from paritybundle.runtime.validation import validate_inputs
+
+    specs = [TensorSpec(name="word", dtype="string", shape=["batch"])]
+    lone = np.array(["ok", "\ud800"], dtype=object)
+    with pytest.raises(InputValidationError, match="lone surrogate"):
+        validate_inputs(specs, {"word": lone})
+    assert validate_inputs(specs, {"word": lone}, check_utf8=False)["word"].shape == (2,)

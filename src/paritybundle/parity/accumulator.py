@@ -226,9 +226,10 @@ class OutputAccumulator:
         *whole* set's count, so the largest of their union are the whole set's largest (the
         mergeable method the distributed checks rely on; memory per side: 1% of the whole set).
         """
-        if (other.name, other.total, other.tolerance) != (self.name, self.total, self.tolerance):
+        if (other.name, other.total, other.tolerance, other.histograms is None) != \
+                (self.name, self.total, self.tolerance, self.histograms is None):
             raise ValueError(f"cannot merge {other.name!r} judged over {other.total} elements into {self.name!r} "
-                             f"over {self.total}: shards must be judged as parts of one set")
+                             f"over {self.total}: shards must be judged as parts of one set, by the same rules")
         if self.problem is None and other.problem is not None:
             self.problem = other.problem
         if other.worst is not None and (self.worst is None or other.max_abs > self.max_abs):
@@ -253,8 +254,8 @@ class OutputAccumulator:
         self.per_position = self.per_position or other.per_position
         self.disagreeing += other.disagreeing[:MAX_LISTED_SAMPLES - len(self.disagreeing)]
         self.exact = self.exact or other.exact
-        if self.histograms is not None and other.histograms is not None:
-            for mine_h, theirs_h in zip(self.histograms, other.histograms):
+        if self.histograms is not None:  # both have them, or neither (checked above)
+            for mine_h, theirs_h in zip(self.histograms, other.histograms):  # type: ignore[arg-type]
                 mine_h.counts += theirs_h.counts
                 mine_h.zero += theirs_h.zero
 

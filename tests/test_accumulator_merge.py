@@ -159,3 +159,13 @@ def test_listed_samples_are_the_failing_the_disagreeing_and_the_worst():
     clean = OutputAccumulator("y", Tolerance(atol=1e-3, rtol=1e-3), research.size)
     clean.add(research, research, 3)
     assert clean.listed_samples() == {3}  # nothing failed: only the worst (first) element's sample
+
+
+def test_merged_lists_stop_at_the_same_ten_samples_one_pass_lists():
+    research = np.tile(np.array([[1.0, 0.0]], np.float32), (30, 1))
+    serve = research[:, ::-1].copy()  # every sample flips its decision and fails
+    parts = [(serve[:15], research[:15], 0), (serve[15:], research[15:], 15)]
+    merged = merged_of(parts, research.size, scores=True).finish()
+    whole = whole_of(parts, research.size, scores=True).finish()
+    assert len(whole.decision.disagreeing_samples) == 10 and merged.decision == whole.decision
+    assert_same_comparison(merged, whole)

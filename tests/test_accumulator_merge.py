@@ -169,3 +169,11 @@ def test_merged_lists_stop_at_the_same_ten_samples_one_pass_lists():
     whole = whole_of(parts, research.size, scores=True).finish()
     assert len(whole.decision.disagreeing_samples) == 10 and merged.decision == whole.decision
     assert_same_comparison(merged, whole)
+
+
+def test_nothing_seen_or_a_scalar_output_names_no_sample():
+    fresh = OutputAccumulator("y", Tolerance(atol=1e-3, rtol=1e-3), 4)
+    assert fresh.listed_samples() == set()
+    scalar = OutputAccumulator("y", Tolerance(atol=1e-3, rtol=1e-3), 1)
+    scalar.add(np.float32(2.0), np.float32(1.0))  # a 0-d output: its worst element has no sample
+    assert scalar.worst[0] == [] and scalar.listed_samples() == set()

@@ -30,7 +30,7 @@ from ..bundle.store import VerifiedBundle
 from ..bundle.strict import StrictModel
 from ..check.checks import check_runtime
 from ..check.results import CheckReport
-from ..errors import EXIT_PARITY, BundleInvalid, ParityBundleError, ParityFailure, error_for_exit_code
+from ..errors import BundleInvalid, ParityBundleError, ParityFailure, error_for_exit_code
 from ..runtime.drift import DEFAULT_POLICY
 from ..runtime.load import ServingRuntime, Settings, load
 from ..runtime.lock import cpu_info
@@ -109,8 +109,7 @@ def received(shipment: Shipment) -> Path:
 
 
 def open_gate(bundle: str | os.PathLike[str] | Shipment, where: Where, *, settings: Settings = None,
-              env_policy: str = DEFAULT_POLICY, public_key: str | os.PathLike[str] | None = None,
-              batch_size: int | None = None) -> Gate:
+              env_policy: str = DEFAULT_POLICY, public_key: str | os.PathLike[str] | None = None) -> Gate:
     """Verify, apply the drift policy and check parity here; the gate, or the check's error naming this worker.
 
     Raises:
@@ -125,7 +124,7 @@ def open_gate(bundle: str | os.PathLike[str] | Shipment, where: Where, *, settin
             raise BundleInvalid(f"the bundle this worker received is not the one the driver verified "
                                 f"(bundle.json sha256 {runtime.bundle.manifest_sha256()[:12]}, expected "
                                 f"{bundle.manifest_sha256[:12]}).")
-        report = check_runtime(runtime, **({} if batch_size is None else {"batch_size": batch_size}))
+        report = check_runtime(runtime)
         if not report.passed:
             raise ParityFailure(f"the bundle's reference check fails on this worker's runtime: {failure_summary(report)}")
     except ParityBundleError as exc:
@@ -138,7 +137,7 @@ def open_gate(bundle: str | os.PathLike[str] | Shipment, where: Where, *, settin
     return Gate(runtime=runtime, record=record, report=report)
 
 
-_gates: dict[tuple[str, str, str | None], Gate | ParityBundleError] = {}
+_gates: dict[tuple[str, str, str | None, str], Gate | ParityBundleError] = {}
 
 
 def cached_gate(shipment: Shipment, where: Where, *, settings: Settings = None, env_policy: str = DEFAULT_POLICY,
@@ -146,7 +145,7 @@ def cached_gate(shipment: Shipment, where: Where, *, settings: Settings = None, 
     """This process's gate for ``shipment`` under ``env_policy``: opened on first use, then kept, as is a
     refusal, raised again (engines reuse worker processes; the check runs once per process).
     Returns the gate and whether this call opened it."""
-    key = (shipment.manifest_sha256, env_policy, public_key)
+    key = (shipment.manifest_sha256, env_policy, public_key, repr(settings))
     known = _gates.get(key)
     opened = known is None
     if known is None:
@@ -194,10 +193,3 @@ def _record(where: Where, started: float, *, verdict: Literal["passed", "failed"
                         verdict=verdict, exit_code=code, message=message, drift=drift or [],
                         reference_samples=samples, gate_seconds=round(time.perf_counter() - started, 4))
 
-
-def exit_code_of(records: list[WorkerRecord]) -> int:
-    """The exit code a job's failed gates call for: the first failure's (parity if none says)."""
-    for record in records:
-        if record.verdict == "failed":
-            return record.exit_code or EXIT_PARITY
-    return 0

@@ -9,7 +9,6 @@ end to end, for checks and for replays.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +24,7 @@ from test_accumulator_merge import STAT_FIELDS, assert_same_comparison, same  # 
 
 from paritybundle.cli import main  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-WINE_SPEC = f"{ROOT}/examples/wine/train.py:make_spec"
+WINE_SPEC = "examples/wine/train.py:make_spec"  # relative, as users type it: workers get the absolute path
 @pytest.fixture(scope="module")
 def capture(wine_bundle, tmp_path_factory):
     """Six files of wine traffic; three requests in three files answered otherwise (as another runtime would)."""

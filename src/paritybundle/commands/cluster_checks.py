@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from ..bundle.manifest import Manifest, Tolerance
@@ -83,7 +84,7 @@ def replay_on_ray(spec: str, capture: str | os.PathLike[str], *, bundle: str | o
     overrides = tolerance_overrides(verified.manifest, tolerance, per_output_tolerance)
     shards = _shards(capture, verified.manifest)
     results = _on_ray(_judge_replay_shard, shards, address, workers,
-                      dict(spec=spec, manifest=verified.manifest, overrides=overrides, histograms=histograms))
+                      dict(spec=absolute_spec(spec), manifest=verified.manifest, overrides=overrides, histograms=histograms))
     comparisons, requests, samples = merge_shards(results)
     used = CheckSettings(onnxruntime_version=None, providers=[], graph_optimization_level=None,
                          intra_op_num_threads=None, batch_size=None, samples=samples, source="replay",
@@ -93,6 +94,15 @@ def replay_on_ray(spec: str, capture: str | os.PathLike[str], *, bundle: str | o
     if bundle is None:
         update["bundle"] = report.bundle.model_copy(update={"files_verified": 0})
     return report.model_copy(update=update)
+
+
+def absolute_spec(spec: str) -> str:
+    """``file.py:name`` with the file's absolute path (workers need not share the driver's directory);
+    ``module:name`` as it is."""
+    path, sep, name = spec.rpartition(":")
+    if sep and path.endswith(".py") and Path(path).is_file():
+        return f"{Path(path).resolve()}:{name}"
+    return spec
 
 
 def _shards(capture: str | os.PathLike[str], manifest: Manifest) -> list[Shard]:

@@ -233,3 +233,12 @@ def test_an_unreachable_ray_address_is_exit_2_within_seconds(wine_bundle, tmp_pa
                  "--ray-address", "127.0.0.1:1"]) == 2
     assert "cannot reach Ray at 127.0.0.1:1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_an_unreachable_spark_master_is_exit_2_within_seconds(wine_bundle, tmp_path, capsys):
+    require("pyspark")
+    source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
+    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--engine", "spark",
+                 "--spark-master", "spark://127.0.0.1:1"]) == 2
+    assert "Spark master" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

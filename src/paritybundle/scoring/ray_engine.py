@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import warnings
 from typing import Any
@@ -30,6 +29,7 @@ from ..errors import ParityBundleError, UsageError
 from ..runtime.load import Settings
 from .columns import ColumnPlan
 from .gate import Shipment, Where, WorkerRecord, open_gate
+from .reach import require_reachable
 from .scorer import Scorer
 
 INSTALL_HINT = "the Ray engine needs Ray Data: pip install 'paritybundle[ray]'."
@@ -49,8 +49,9 @@ def connect(address: str | None, workers: int) -> bool:
     """Join the Ray cluster at ``address`` or, without one, start a local Ray with room for ``workers``
     actors and the read tasks beside them; True when this call started it (and should shut it down)."""
     ray = ray_module()
-    if address:
-        reachable(address)
+    if address:  # ray.init would retry an address nothing answers on for minutes
+        require_reachable(address, "ray://", "Ray", "--ray-address (the head node's GCS address, e.g. "
+                          "10.0.0.5:6379, or ray://host:10001)")
     if ray.is_initialized():
         return False
     try:
@@ -62,20 +63,6 @@ def connect(address: str | None, workers: int) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"cannot reach Ray at {address or 'a new local instance'} ({exc}); check --ray-address.") from None
     return True
-
-
-def reachable(address: str, timeout_s: float = 5.0) -> None:
-    """A ``host:port`` (or ``ray://host:port``) that nothing answers on is a usage error within seconds:
-    ``ray.init`` would otherwise retry for minutes. ``auto`` and other forms are left to Ray."""
-    target = address.removeprefix("ray://")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise UsageError(f"cannot reach Ray at {address} ({exc.strerror or exc}); check --ray-address "
-                         "(the head node's GCS address, e.g. 10.0.0.5:6379, or ray://host:10001).") from None
 
 
 class _Ledger:

@@ -29,6 +29,7 @@ from ..errors import UsageError
 from ..runtime.load import Settings
 from .columns import ColumnPlan
 from .gate import Gate, Shipment, Where, WorkerRecord, cached_gate
+from .reach import require_reachable
 from .scorer import Scorer
 
 INSTALL_HINT = "the Spark engine needs pyspark (and Java 17): pip install 'paritybundle[spark]'."
@@ -47,8 +48,13 @@ def session(master: str | None, conf: dict[str, str] | None = None) -> tuple[Any
     """The active SparkSession, or a new one on ``master`` (default ``local[*]``); True when made here."""
     sql = spark_modules()
     active = sql.SparkSession.getActiveSession()
-    if active is not None and master is None:
+    if active is not None:
+        if master is not None:
+            raise UsageError(f"a SparkSession is already active in this process; it is used as it is, so pass no "
+                             f"Spark master (got {master!r}).")
         return active, False
+    if master is not None and master.startswith("spark://"):  # Spark retries an unanswered master for minutes
+        require_reachable(master, "spark://", "the Spark master", "--spark-master")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this interpreter (local mode)
     builder = sql.SparkSession.builder.master(master or "local[*]").appName("paritybundle score")
     builder = builder.config("spark.ui.enabled", "false").config("spark.sql.execution.arrow.pyspark.enabled", "true")

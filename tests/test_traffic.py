@@ -402,3 +402,11 @@ def test_requests_of_several_sequence_lengths_come_back_in_one_group_per_shape(w
     assert long.inputs["lang"].tolist() == ["l1", "l3"]
     assert long.outputs["logits"][:, 0, 0].tolist() == [1.0, 3.0]
     assert data.order.tolist() == [0, 1, 3, 4, 5, 2, 6]  # groups by shape, shortest first; arrival order within
+
+
+def test_a_replay_that_cannot_run_still_leaves_its_junit_report(wine_bundle, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    junit = tmp_path / "replay.xml"
+    assert main(["replay", WINE_SPEC, str(tmp_path / "empty"), "--bundle", str(wine_bundle), "--junit", str(junit)]) == 2
+    text = junit.read_text()
+    assert 'name="bundle replay"' in text and 'type="exit 2"' in text and "holds no captured traffic" in text

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,6 +52,29 @@ def _show_progress(json_path: Path | None) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI") and str(json_path) != "-"
 
 
+AtolOption = Annotated[Optional[float], typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")]
+RtolOption = Annotated[Optional[float], typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")]
+OutputToleranceOption = Annotated[Optional[list[str]], typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")]
+JunitOption = Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML report (one test case per check) to this file.")]
+HtmlOption = Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file.")]
+EngineOption = Annotated[str, typer.Option("--engine", help="local, or ray: judge captured traffic in shards on Ray workers (each gated first), statistics merged exactly.")]
+RayAddressOption = Annotated[Optional[str], typer.Option("--ray-address", help="With --engine ray: the cluster (default: start a local Ray).")]
+WorkersOption = Annotated[int, typer.Option("--workers", help="With --engine ray: shards judged at once.")]
+
+
+@contextlib.contextmanager
+def _junit_on_error(junit_path: Path | None, command_name: str) -> Iterator[None]:
+    """A verdict that could not be reached still leaves CI systems a JUnit report saying why (``--junit``)."""
+    try:
+        yield
+    except ParityBundleError as exc:
+        if junit_path is not None:
+            from ..reports.junit import junit_error
+
+            write_text(junit_path, junit_error(command_name, str(exc), exc.exit_code))
+        raise
+
+
 @command("check")
 def check_command(
     bundle: BundleArg,
@@ -58,16 +83,16 @@ def check_command(
     optimization: Annotated[Optional[str], typer.Option("--optimization", help="Graph optimization level: disable, basic, extended, all.")] = None,
     provider: Annotated[Optional[list[str]], typer.Option("--provider", help="Execution provider (repeatable, in priority order).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Reference samples per ONNX Runtime call.")] = 1024,
-    atol: Annotated[Optional[float], typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")] = None,
-    rtol: Annotated[Optional[float], typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")] = None,
-    output_tolerance: Annotated[Optional[list[str]], typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")] = None,
+    atol: AtolOption = None,
+    rtol: RtolOption = None,
+    output_tolerance: OutputToleranceOption = None,
     env_policy: EnvPolicyOption = "strict",
     url: Annotated[Optional[str], typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds to wait for each answer.")] = 30.0,
     references: Annotated[Optional[Path], typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`), or traffic captured by `bundle serve --capture` (this runtime against what production served), as the reference set.")] = None,
-    junit_path: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML report (one test case per check) to this file.")] = None,
-    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file.")] = None,
+    junit_path: JunitOption = None,
+    html_path: HtmlOption = None,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
     mlflow_run: Annotated[Optional[str], typer.Option("--mlflow-run", help="Also log the reports, per-output metrics and the verdict to this MLflow run.")] = None,
@@ -76,7 +101,7 @@ def check_command(
     workers: WorkersOption = 2,
 ) -> int:
     """Verify integrity, run the reference inputs through ONNX Runtime (or a live --url), and judge parity."""
-    try:
+    with _junit_on_error(junit_path, "bundle check"):
         cluster = _cluster(engine, ray_address, workers)
         if cluster is not None and (references is None or url is not None):
             raise UsageError("--engine ray shards captured traffic across workers: pass --references CAPTURE "
@@ -84,22 +109,11 @@ def check_command(
         report = _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
                             url, model, timeout, references, resolve_public_key(key, require_signature),
                             progress=_show_progress(json_path), histograms=html_path is not None, cluster=cluster)
-    except ParityBundleError as exc:
-        if junit_path is not None:  # CI systems still get a report saying why there is no verdict
-            from ..reports.junit import junit_error
-
-            write_text(junit_path, junit_error("bundle check", str(exc), exc.exit_code))
-        raise
     if mlflow_run is not None:
         from ..mlflow import log_check
 
         log_check(report, mlflow_run)
     return _emit_check(report, json_path, junit_path, html_path)
-
-
-EngineOption = Annotated[str, typer.Option("--engine", help="local, or ray: judge captured traffic in shards on Ray workers (each gated first), statistics merged exactly.")]
-RayAddressOption = Annotated[Optional[str], typer.Option("--ray-address", help="With --engine ray: the cluster (default: start a local Ray).")]
-WorkersOption = Annotated[int, typer.Option("--workers", help="With --engine ray: shards judged at once.")]
 
 
 def _cluster(engine: str, address: str | None, workers: int) -> dict | None:
@@ -136,12 +150,12 @@ def replay_command(
     spec: Annotated[str, typer.Argument(help="path/to/file.py:name or module:name: the export spec the bundle was made from.")],
     capture: Annotated[Path, typer.Argument(help="Traffic captured by `bundle serve --capture` (its directory, or one .parquet file).")],
     bundle: Annotated[Optional[Path], typer.Option("--bundle", help="The bundle whose tolerance policy judges (verified); default: the manifest the server recorded in the capture.")] = None,
-    atol: Annotated[Optional[float], typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")] = None,
-    rtol: Annotated[Optional[float], typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")] = None,
-    output_tolerance: Annotated[Optional[list[str]], typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")] = None,
+    atol: AtolOption = None,
+    rtol: RtolOption = None,
+    output_tolerance: OutputToleranceOption = None,
     json_path: JsonOption = None,
-    junit_path: Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML report to this file.")] = None,
-    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report to this file.")] = None,
+    junit_path: JunitOption = None,
+    html_path: HtmlOption = None,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
     engine: EngineOption = "local",
@@ -149,7 +163,7 @@ def replay_command(
     workers: WorkersOption = 2,
 ) -> int:
     """Run the research path (torch) again on captured production inputs and judge what production served."""
-    try:
+    with _junit_on_error(junit_path, "bundle replay"):
         cluster = _cluster(engine, ray_address, workers)
         options = dict(bundle=bundle, tolerance=_tolerance(atol, rtol),
                        per_output_tolerance=_output_tolerances(output_tolerance or []),
@@ -162,12 +176,6 @@ def replay_command(
             from ..commands.cluster_checks import replay_on_ray
 
             report = replay_on_ray(spec, capture, **options, **cluster)
-    except ParityBundleError as exc:
-        if junit_path is not None:
-            from ..reports.junit import junit_error
-
-            write_text(junit_path, junit_error("bundle replay", str(exc), exc.exit_code))
-        raise
     return _emit_check(report, json_path, junit_path, html_path)
 
 

@@ -71,6 +71,9 @@ def test_check_on_ray_reports_what_the_local_check_reports(ray_cluster, capture,
             assert same(merged["stats"][name], whole["stats"][name]), name
         assert merged["failing_samples"] == whole["failing_samples"]
     assert there["settings"]["samples"] == here["settings"]["samples"]
+    for name in ("onnxruntime_version", "providers", "graph_optimization_level", "intra_op_num_threads", "batch_size",
+                 "source", "capture"):  # what the workers ran under, as the local check reports its own
+        assert there["settings"][name] == here["settings"][name], name
 
 
 def test_check_on_ray_keeps_a_workers_gate_refusal(ray_cluster, capture, wine_bundle, tmp_path, capsys):

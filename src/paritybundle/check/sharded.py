@@ -29,6 +29,7 @@ from ..runtime.runner import Runner
 from . import engine
 from .checks import output_judges
 from .engine import Comparison, Part, Run
+from .results import CheckSettings
 from .sources import InMemoryReferences
 from .targets import RunnerTarget
 
@@ -51,6 +52,8 @@ class ShardResult:
     requests: dict[int, str]
     samples: int
     worker: Mapping[str, str] = field(default_factory=dict)
+    # A check's shard: what the worker's ONNX Runtime ran under (None for a replay, which runs none).
+    settings: CheckSettings | None = None
 
 
 class _WholeSet:

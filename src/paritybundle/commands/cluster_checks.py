@@ -21,7 +21,7 @@ from typing import Any
 
 from ..bundle.manifest import Manifest, Tolerance
 from ..bundle.store import open_bundle
-from ..check.checks import TolerancesByOutput
+from ..check.checks import TolerancesByOutput, local_settings
 from ..check.results import CheckReport, CheckSettings
 from ..check.sharded import Shard, ShardResult, judge_capture, merge_shards, plan_shards
 from ..check.traffic import traffic_report
@@ -55,14 +55,10 @@ def check_capture_on_ray(bundle: str | os.PathLike[str], capture: str | os.PathL
     key = None if public_key is None else str(public_key)
     results = _on_ray(_judge_check_shard, shards, address, workers,
                       dict(shipment=shipment, settings=settings, env_policy=env_policy, public_key=key,
-                           overrides=overrides, batch_size=batch_size, histograms=histograms))
+                           overrides=overrides, batch_size=batch_size, histograms=histograms, capture=str(capture)))
     comparisons, requests, samples = merge_shards(results)
-    first = results[0].worker
-    used = CheckSettings(onnxruntime_version=first.get("onnxruntime"), providers=first.get("providers", "").split(","),
-                         graph_optimization_level=first.get("optimization"),
-                         intra_op_num_threads=int(first["threads"]) if first.get("threads") else None,
-                         batch_size=batch_size, samples=samples, source="capture", capture=str(capture), engine="ray",
-                         workers=_workers(results))
+    # What the first shard's worker ran under (every worker merged its own session settings the same way).
+    used = results[0].settings.model_copy(update={"samples": samples, "workers": _workers(results)})
     return traffic_report(verified, requests, comparisons, overrides, used, None, started)
 
 
@@ -179,10 +175,9 @@ def _judge_check_shard(shard: Shard, arguments: dict[str, Any]) -> ShardResult:
     data = read_capture(shard.file, runtime.manifest)
     result = judge_capture(data, shard, runtime.manifest, arguments["overrides"], runner=runtime.runner,
                            batch_size=arguments["batch_size"], histograms=arguments["histograms"])
-    result.worker = {**identity, "onnxruntime": gate.record.onnxruntime_version or "",
-                     "providers": ",".join(runtime.settings.providers),
-                     "optimization": runtime.settings.graph_optimization_level or "",
-                     "threads": "" if runtime.settings.intra_op_num_threads is None else str(runtime.settings.intra_op_num_threads)}
+    result.worker = {**identity, "onnxruntime": gate.record.onnxruntime_version or ""}
+    result.settings = local_settings(runtime, arguments["batch_size"], result.samples, source="capture",
+                                     capture=arguments["capture"], engine="ray")
     return result
 
 

@@ -20,6 +20,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for(url: str, timeout: float, *, process: subprocess.Popen | None = None, log: Path | None = None,
+             interval: float = 0.3) -> None:
+    """Until ``url`` answers 200; fails the test past ``timeout`` seconds, or at once when ``process`` (the
+    server behind it) exited, quoting the end of its ``log``."""
+    def tail() -> str:
+        return f": {log.read_text()[-3000:]}" if log is not None else ""
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode}{tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise AssertionError(f"{url} not up after {timeout} s{tail()}")
+
+
 def http(method: str, url: str, body: bytes | str | dict | None = None, timeout: float = 30,
          headers: dict | None = None) -> tuple[int, object]:
     if isinstance(body, dict):

@@ -19,6 +19,7 @@ import pytest
 from conftest import require, skip_or_fail  # noqa: E402
 
 from bundle_tools import perturb_weights
+from serving_tools import wait_for
 from paritybundle.cli import main
 from paritybundle.commands.container import dockerfile_text
 
@@ -177,21 +178,6 @@ def test_a_base_image_with_another_python_is_refused_before_building(docker_clie
         remove_image(docker_client, no_python)
 
 
-def wait_ready(url, timeout=90):
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} not ready after {timeout} s")
-
-
 def test_the_serving_image_builds_runs_and_reproduces_research_over_http(docker_client, base_image, wine_bundle, capsys):
     from serving_tools import free_port
 
@@ -208,7 +194,7 @@ def test_the_serving_image_builds_runs_and_reproduces_research_over_http(docker_
     container = docker_client.containers.run(tag, detach=True, read_only=True, ports={"8080/tcp": ("127.0.0.1", port)})
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
+        wait_for(f"{url}/v2/health/ready", 90, interval=0.5)
         assert main(["check", str(wine_bundle), "--url", url]) == 0
         assert "PARITY HOLDS" in capsys.readouterr().out
         assert container.exec_run(["python3", "-c", "import torch"]).exit_code != 0  # no torch in the image

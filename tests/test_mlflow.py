@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from conftest import require
-from serving_tools import free_port, http
+from serving_tools import free_port, http, wait_for
 
 mlflow = require("mlflow", reason="mlflow is the mlflow extra: pip install -e '.[dev]'")
 
@@ -25,21 +23,6 @@ import paritybundle  # noqa: E402
 from paritybundle.cli import main  # noqa: E402
 
 DIGITS_SPEC = "examples/digits/train.py:make_spec"
-
-
-def _wait(url: str, process: subprocess.Popen, log, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} not up after {timeout} s: {log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +39,7 @@ def tracking(tmp_path_factory):
     uri = f"http://127.0.0.1:{port}"
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        _wait(uri + "/health", process, log)
+        wait_for(uri + "/health", 120, process=process, log=log)
         os.environ["MLFLOW_TRACKING_URI"] = uri
         mlflow.set_tracking_uri(uri)
         yield {"uri": uri, "artifacts": root / "artifacts"}
@@ -147,7 +130,7 @@ def test_mlflow_models_serve_answers_like_the_bundle(exported, tracking, tmp_pat
                                    # MLflow execs `uvicorn` by name: the one beside this interpreter.
                                    env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
     try:
-        _wait(f"http://127.0.0.1:{port}/ping", process, log)
+        wait_for(f"http://127.0.0.1:{port}/ping", 120, process=process, log=log)
         pixels = np.load(bundle / "reference" / "inputs.npz")["pixels"][:3]
         status, answer = http("POST", f"http://127.0.0.1:{port}/invocations", {"inputs": pixels.tolist()})
         assert status == 200, answer

@@ -23,7 +23,7 @@ from scoring_tools import (  # noqa: E402
 )
 
 from paritybundle.cli import main  # noqa: E402
-from paritybundle.errors import BundleInvalid, EnvironmentRefused, ParityFailure, UsageError  # noqa: E402
+from paritybundle.errors import ParityFailure, UsageError  # noqa: E402
 from paritybundle.commands.score import score  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,19 +226,15 @@ def test_engine_options_go_with_their_engine(wine_bundle, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
-def test_an_unreachable_ray_address_is_exit_2_within_seconds(wine_bundle, tmp_path, capsys):
-    require("ray")
+@pytest.mark.parametrize("module, engine, option, address, message", [
+    ("ray", "ray", "--ray-address", "127.0.0.1:1", "cannot reach Ray at 127.0.0.1:1"),
+    ("pyspark", "spark", "--spark-master", "spark://127.0.0.1:1", "Spark master"),
+])
+def test_an_unreachable_cluster_is_exit_2_within_seconds(wine_bundle, tmp_path, capsys, module, engine, option, address,
+                                                        message):
+    require(module)
     source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
-    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--engine", "ray",
-                 "--ray-address", "127.0.0.1:1"]) == 2
-    assert "cannot reach Ray at 127.0.0.1:1" in capsys.readouterr().err
-    assert not (tmp_path / "s").exists()
-
-
-def test_an_unreachable_spark_master_is_exit_2_within_seconds(wine_bundle, tmp_path, capsys):
-    require("pyspark")
-    source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
-    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--engine", "spark",
-                 "--spark-master", "spark://127.0.0.1:1"]) == 2
-    assert "Spark master" in capsys.readouterr().err
+    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--engine", engine,
+                 option, address]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()

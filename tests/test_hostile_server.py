@@ -42,8 +42,8 @@ def embedding_bundle(tmp_path_factory):
 
 def test_the_graph_tells_which_inputs_index_a_table(embedding_bundle):
     runtime = paritybundle.load(embedding_bundle)
-    assert runtime.runner.bounds == {"ids": (-50, 49)}
-    with pytest.raises(InputValidationError, match=r"input 'ids' has values outside -50..49"):
+    assert runtime.runner.bounds == {"ids": (0, 49)}
+    with pytest.raises(InputValidationError, match=r"input 'ids' has values outside 0..49"):
         runtime.predict({"ids": np.array([[1, 2, 3, 4, 5, 50]], np.int64)})
 
 
@@ -108,11 +108,25 @@ def test_an_out_of_range_token_id_fails_its_own_request_only(embedding_bundle, t
     with running_server(embedding_bundle, tmp_path, "--max-batch-delay-ms", "20") as server:
         answers = _concurrently(server.url + "/v2/models/emb/infer", [good] * 10 + [bad] + [good] * 10)
         assert [status for status, _ in answers] == [200] * 10 + [400] + [200] * 10
-        assert "outside -50..49" in answers[10][1]["error"]
+        assert "outside 0..49" in answers[10][1]["error"]
         expected = paritybundle.load(embedding_bundle).predict({"ids": np.array([[1, 2, 3, 4, 5, 6]])})["output"]
         for status, answer in answers[:10]:
             np.testing.assert_allclose(np.asarray(answer["outputs"][0]["data"]).reshape(1, 3), expected, atol=1e-6)
         assert "Traceback" not in server.log.read_text()
+
+
+def test_a_negative_token_id_is_refused_as_research_refuses_it(embedding_bundle, tmp_path):
+    """Was (round 3, item 13): id -1 was served as row V-1 (ONNX's Gather counts from the end), where
+    torch's Embedding raises on it."""
+    model = EmbeddingBag()
+    with pytest.raises(IndexError):
+        model(torch.tensor([[1, 2, 3, 4, 5, -1]]))
+    body = {"inputs": [{"name": "ids", "shape": [1, 6], "datatype": "INT64", "data": [1, 2, 3, 4, 5, -1]}]}
+    with running_server(embedding_bundle, tmp_path) as server:
+        status, answer = server.post("/v2/models/emb/infer", body)
+    assert status == 400 and "outside 0..49" in answer["error"] and "got -1..5" in answer["error"]
+    with pytest.raises(InputValidationError, match=r"outside 0\.\.49"):
+        paritybundle.load(embedding_bundle).predict({"ids": np.array([[1, 2, 3, 4, 5, -1]])})
 
 
 # --- check --url against an endpoint that misbehaves (item 7) -------------------------------------

@@ -262,6 +262,7 @@ def serve_command(
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body accepted (413 above).")] = 16 * 1024 * 1024,
     max_request_batch: Annotated[int, typer.Option("--max-request-batch", help="Largest batch one request may send (413 above).")] = 1024,
     max_inflight_bytes: Annotated[int, typer.Option("--max-inflight-bytes", help="Request bytes read and decoded at once across connections (503 above).")] = 64 * 1024 * 1024,
+    max_answer_bytes: Annotated[int, typer.Option("--max-answer-bytes", help="Largest answer built for one request, judged before it is built (413 above).")] = 64 * 1024 * 1024,
     max_connections: Annotated[int, typer.Option("--max-connections", help="Connections or requests at once (503 above).")] = 1000,
     header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds for a request's headers to arrive; slower connections are closed.")] = 10.0,
     body_timeout: Annotated[float, typer.Option("--body-timeout", help="Seconds for a request's body to arrive after its headers; slower connections are closed.")] = 60.0,
@@ -291,7 +292,7 @@ def serve_command(
                        max_request_batch=max_request_batch, intra_op_num_threads=threads,
                        providers=list(provider) if provider else None,
                        public_key=resolve_public_key(key, require_signature), max_inflight_bytes=max_inflight_bytes,
-                       capture=captured),
+                       max_answer_bytes=max_answer_bytes, capture=captured),
           host=host, port=port, workers=workers, log_level=log_level, max_connections=max_connections,
           header_timeout_s=header_timeout, body_timeout_s=body_timeout)
     return EXIT_OK

@@ -2,9 +2,11 @@
 
 An integer input that reaches a ``Gather``'s indices (directly, or through shape-only ops and
 casts) selects rows of its data; when that data is a constant of known size ``V`` along the
-gathered axis, every value must lie in ``[-V, V - 1]``. ONNX Runtime fails the whole call on one
-value outside it: in a server that would fail every request batched with the bad one, so such
-values are refused per request before batching (a 400 naming the input).
+gathered axis, every value must lie in ``[0, V - 1]``. ONNX Runtime fails the whole call on one
+value past ``V - 1``: in a server that would fail every request batched with the bad one, so such
+values are refused per request before batching (a 400 naming the input). ONNX's ``Gather`` reads a
+negative index from the table's end (-1 is row V-1), where research's lookup (torch's ``Embedding``)
+raises on it: serving it would answer what research never could, so negative ids are refused too.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ def index_bounds(model: Any, integer_inputs: Iterable[str]) -> dict[str, tuple[i
         if not -len(shape) <= axis < len(shape) or shape[axis] <= 0:
             continue
         size = shape[axis]
-        low, high = bounds.get(source, (-size, size - 1))
-        bounds[source] = (max(low, -size), min(high, size - 1))
+        low, high = bounds.get(source, (0, size - 1))
+        bounds[source] = (max(low, 0), min(high, size - 1))
     return bounds
 
 

@@ -21,9 +21,9 @@ from ..version import __version__
 from ..bundle.strict import printable
 from ..errors import InputValidationError, ModelRunError
 from . import binary
-from .limits import BodyBudget
+from .limits import BodyBudget, answer_bytes
 from .state import ServerState
-from .wire import BadRequest, output_json, parse_request, tensor_metadata
+from .wire import BadRequest, RequestOutput, output_json, parse_request, tensor_metadata
 
 log = logging.getLogger("paritybundle.serve")
 
@@ -171,6 +171,23 @@ async def read_body(request: Request, limit: int, budget: BodyBudget, held: list
     return b"".join(chunks)
 
 
+def requested_outputs(asked: list[RequestOutput] | None, specs: dict[str, Any],
+                      model: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """``(name, parameters)`` of each output to answer: all of them when none are named; otherwise each
+    named one once (a name asked for twice is refused: the answer is never larger than the model's)."""
+    if not asked:
+        return [(n, None) for n in specs]
+    seen: set[str] = set()
+    for output in asked:
+        if output.name not in specs:
+            raise BadRequest(f"output {printable(output.name)[:200]!r} is not an output of {model}; it has "
+                             f"{', '.join(specs)}.")
+        if output.name in seen:
+            raise BadRequest(f"output {output.name!r} is asked for more than once; name each output once.")
+        seen.add(output.name)
+    return [(o.name, o.parameters) for o in asked]
+
+
 async def infer(request: Request) -> Response:
     """Decode -> validate (the bundle's specs) -> batch -> answer; ready servers only."""
     began, received_at, state = time.perf_counter(), time.time(), _state(request)
@@ -190,14 +207,14 @@ async def infer(request: Request) -> Response:
         inference = parse_request(decode_json(header))
         arrays = state.decode(inference.inputs, binary.payloads(inference.inputs, tensor_bytes))
         output_specs = {s.name: s for s in manifest.outputs}
-        wanted = [(n, None) for n in output_specs]
-        if inference.outputs:
-            wanted = [(o.name, o.parameters) for o in inference.outputs]
-            unknown = [n for n, _ in wanted if n not in output_specs]
-            if unknown:
-                raise BadRequest(f"output {unknown[0]!r} is not an output of {name}; it has {', '.join(output_specs)}.")
+        wanted = requested_outputs(inference.outputs, output_specs, name)
         as_bytes = [binary.wants_binary(inference.parameters, parameters) for _, parameters in wanted]
         outputs = await state.batcher.submit(arrays)
+        size = answer_bytes([outputs[n] for n, _ in wanted], [output_specs[n].dtype for n, _ in wanted], as_bytes)
+        if size > options.max_answer_bytes:
+            raise BadRequest(f"the answer would take up to {size} bytes, over this server's limit of "
+                             f"{options.max_answer_bytes} (--max-answer-bytes); send fewer rows per request, ask for "
+                             "fewer outputs, or ask for binary data.", 413)
         if state.capture is not None:  # sampled onto a bounded queue; never blocks this request
             state.capture.submit(inference.id, received_at, arrays, outputs)
         answer = {"model_name": manifest.name, "model_version": manifest.version,

@@ -10,6 +10,10 @@ its keep-alive timer only after a response.
   byte), or whose body is not complete within ``--body-timeout`` seconds of its headers. (A deadline in
   the protocol costs one timer per request; ``asyncio.timeout`` around the handler's body read cost
   4 us, a tenth of a small model's whole request.)
+* **Answers**: :func:`answer_bytes` bounds what one request makes the server build: an output may be
+  asked for once (a request naming ``logits`` 4,000 times once got a 789 MB answer), and an answer
+  whose size, judged from the output arrays before a byte of it is built, would pass
+  ``--max-answer-bytes`` is a 413.
 * **Bodies**: :class:`BodyBudget` bounds the request bytes being read and decoded at once; past
   ``--max-inflight-bytes`` a request is answered 503 with ``Retry-After`` before its body is read.
   Decoding JSON numbers into arrays takes several times the body's size, so the budget, not the
@@ -28,8 +32,31 @@ ENV_BODY_TIMEOUT = "PARITYBUNDLE_BODY_TIMEOUT_S"
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
+# The largest answer built for one request; the same as `check --url`'s cap on what it reads.
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# The most bytes one element can take in a JSON answer: orjson writes a float's shortest round-trip
+# form (at most 24 characters, "-2.2250738585072014e-308"), an int64 at most 20, then a comma.
+_JSON_ELEMENT_BYTES = {"bool": 6, "int8": 5, "uint8": 4, "int16": 7, "uint16": 6, "int32": 12, "uint32": 11,
+                       "int64": 21, "uint64": 21}
+_JSON_FLOAT_BYTES = 25
 # A request body must arrive within this of its headers, however it trickles.
 DEFAULT_BODY_TIMEOUT_S = 60.0
+
+
+def answer_bytes(arrays: list[Any], dtypes: list[str], as_bytes: list[bool]) -> int:
+    """An upper bound on the answer's size for these output arrays (each with its manifest dtype, and
+    whether it goes as binary data), judged before any of it is built."""
+    total = 0
+    for array, dtype, binary in zip(arrays, dtypes, as_bytes, strict=True):
+        if dtype == "string":  # a character is at most 4 bytes of UTF-8, or 6 escaped in JSON (\u001f)
+            characters = sum(len(str(v)) for v in array.reshape(-1))
+            total += characters * 4 + array.size * 4 if binary else characters * 6 + array.size * 3
+        elif binary:
+            total += array.nbytes
+        else:
+            total += array.size * _JSON_ELEMENT_BYTES.get(dtype, _JSON_FLOAT_BYTES)
+        total += 256  # the output's name, shape and datatype
+    return total
 
 
 class BodyBudget:

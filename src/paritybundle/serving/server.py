@@ -32,8 +32,9 @@ def preflight(options: ServeOptions, *, load: bool) -> ServingRuntime | None:
     processes only verifies: each worker opens its own, and the supervisor must not hold one.
     Parity is checked by the server itself after it starts (it then stays not ready).
     """
-    if options.max_batch_size < 1 or options.max_request_batch < 1 or options.max_body_bytes < 1:
-        raise UsageError("--max-batch-size, --max-request-batch and --max-body-bytes must be positive.")
+    if min(options.max_batch_size, options.max_request_batch, options.max_body_bytes, options.max_answer_bytes) < 1:
+        raise UsageError("--max-batch-size, --max-request-batch, --max-body-bytes and --max-answer-bytes must be "
+                         "positive.")
     if options.max_inflight_bytes < options.max_body_bytes:
         raise UsageError("--max-inflight-bytes must be at least --max-body-bytes, or no request of the largest "
                          "size could ever be read.")

@@ -29,7 +29,7 @@ from ..runtime.session import SessionOverrides
 from .batching import MicroBatcher
 from .capture import CaptureOptions, CaptureWriter
 from .decoding import InputDecoder
-from .limits import DEFAULT_MAX_INFLIGHT_BYTES, BodyBudget
+from .limits import DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_INFLIGHT_BYTES, BodyBudget
 
 log = logging.getLogger("paritybundle.serve")
 
@@ -53,6 +53,8 @@ class ServeOptions:
     public_key: str | None = None
     # Request bytes being read and decoded at once (serving/limits.py); past it, 503 and Retry-After.
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES
+    # The largest answer built for one request (serving/limits.py); past it, 413.
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     # Captured traffic (serving/capture.py): None, or the options of `--capture DIR`.
     capture: dict[str, Any] | None = None
 

@@ -273,19 +273,26 @@ def serve_command(
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
     capture: Annotated[Optional[Path], typer.Option("--capture", help="Write a sampled share of requests (inputs, served outputs, request id, time) as Parquet files to this directory, for `bundle check --references`, `bundle replay` and `bundle drift`.")] = None,
-    capture_rate: Annotated[float, typer.Option("--capture-rate", help="With --capture: the share of requests written (0-1].")] = 1.0,
-    capture_max_bytes: Annotated[int, typer.Option("--capture-max-bytes", help="With --capture: start a new file past this size.")] = 64 * 1024 * 1024,
-    capture_rotate_seconds: Annotated[float, typer.Option("--capture-rotate-seconds", help="With --capture: complete a file at least this often.")] = 60.0,
-    capture_queue: Annotated[int, typer.Option("--capture-queue", help="With --capture: requests waiting to be written; past it they are dropped and counted.")] = 8192,
+    capture_rate: Annotated[Optional[float], typer.Option("--capture-rate", help="With --capture: the share of requests written (0-1]; default 1.")] = None,
+    capture_max_bytes: Annotated[Optional[int], typer.Option("--capture-max-bytes", help="With --capture: complete a file once it holds this many bytes; default 64 MiB.")] = None,
+    capture_max_total_bytes: Annotated[Optional[int], typer.Option("--capture-max-total-bytes", help="With --capture: keep the directory's capture files under this, the oldest removed first; default 1 GiB.")] = None,
+    capture_rotate_seconds: Annotated[Optional[float], typer.Option("--capture-rotate-seconds", help="With --capture: complete a file at least this often; default 60.")] = None,
+    capture_queue: Annotated[Optional[int], typer.Option("--capture-queue", help="With --capture: requests waiting to be written; past it they are dropped and counted; default 8192.")] = None,
+    capture_queue_bytes: Annotated[Optional[int], typer.Option("--capture-queue-bytes", help="With --capture: bytes of requests waiting to be written; past it they are dropped and counted; default 64 MiB.")] = None,
 ) -> int:
     """Serve the bundle over the Open Inference Protocol (V2); ready only after parity holds."""
     from ..serving.server import serve
     from ..serving.state import ServeOptions
 
+    capture_settings = dict(rate=capture_rate, max_file_bytes=capture_max_bytes, max_total_bytes=capture_max_total_bytes,
+                            rotate_seconds=capture_rotate_seconds, queue_requests=capture_queue,
+                            queue_bytes=capture_queue_bytes)
+    given = {name: value for name, value in capture_settings.items() if value is not None}
     captured = None
     if capture is not None:
-        captured = dict(directory=str(capture), rate=capture_rate, max_file_bytes=capture_max_bytes,
-                        rotate_seconds=capture_rotate_seconds, queue_requests=capture_queue)
+        captured = dict(directory=str(capture), **given)
+    elif given:
+        raise UsageError("the --capture-* options set how traffic is captured; add --capture DIR, or drop them.")
 
     serve(ServeOptions(bundle=str(bundle), env_policy=env_policy, max_batch_size=max_batch_size,
                        max_batch_delay_ms=max_batch_delay_ms, max_body_bytes=max_body_bytes,

@@ -9,17 +9,25 @@ place once closed; when the server dies the writer sees the end of its input and
 file, so a killed server leaves only whole files (and a killed writer a ``.partial`` the next start
 removes).
 
-When the pipe and the buffer are full, or the disk refuses a write, captures are dropped and
-counted (``paritybundle_capture_dropped_total{reason}``): a request is never failed or slowed by
-capture. The format is :mod:`paritybundle.runtime.capture`'s."""
+When the pipe and the buffer are full (``--capture-queue`` requests or ``--capture-queue-bytes``), or
+the disk refuses a write, captures are dropped and counted (``paritybundle_capture_dropped_total{reason}``):
+a request is never failed or slowed by capture. On an orderly stop (SIGINT, SIGTERM, to the server or
+its process group) the server hands the writer what it buffered and the writer completes its file;
+only a SIGKILLed writer loses what it held, counted as ``reason="writer_died"``. The directory must be
+one only this server's user can write to (a link planted there could redirect its writes); its capture
+files are kept under ``--capture-max-total-bytes``, the oldest removed first. The format is
+:mod:`paritybundle.runtime.capture`'s."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import logging
+import math
 import os
+import stat
 import random
 import secrets
 import subprocess
@@ -41,8 +49,19 @@ log = logging.getLogger("paritybundle.serve")
 
 DEFAULT_RATE = 1.0
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_TOTAL_BYTES = 1024 * 1024 * 1024
 DEFAULT_ROTATE_SECONDS = 60.0
 DEFAULT_QUEUE_REQUESTS = 8192
+DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
+# Bounds on the options, so that a typo (10**30) is refused rather than taken as "unbounded".
+MAX_SIZE_OPTION = 1 << 50  # 1 PiB
+MAX_QUEUE_REQUESTS = 1 << 24
+MAX_ROTATE_SECONDS = 7 * 24 * 3600.0
+# A request id is written once per captured row: a longer one is captured as its start and its digest.
+MAX_CAPTURED_ID_CHARS = 256
+# The writer process, told to stop (SIGTERM to every process of a unit), goes on taking what the server
+# sends for this long: the server's own graceful stop (30 s for requests in flight) and a margin.
+STOP_GRACE_SECONDS = 45.0
 # The buffer of encoded requests goes to the writer's pipe at this size, or this long after its first.
 _FLUSH_BYTES = 64 * 1024
 _FLUSH_SECONDS = 0.25
@@ -55,21 +74,40 @@ class CaptureOptions:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     rotate_seconds: float = DEFAULT_ROTATE_SECONDS
     queue_requests: int = DEFAULT_QUEUE_REQUESTS
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+
+    def check(self) -> None:
+        """Each option within its range (NaN, infinity and absurd sizes refused), or a usage error."""
+        if not (math.isfinite(self.rate) and 0.0 < self.rate <= 1.0):
+            raise UsageError(f"--capture-rate must be above 0 and at most 1, got {self.rate}.")
+        if not (math.isfinite(self.rotate_seconds) and 0 < self.rotate_seconds <= MAX_ROTATE_SECONDS):
+            raise UsageError(f"--capture-rotate-seconds must be a number of seconds above 0 and at most "
+                             f"{MAX_ROTATE_SECONDS:.0f} (a week), got {self.rotate_seconds}.")
+        for option, value, low, high in (
+                ("--capture-max-bytes", self.max_file_bytes, 1024, MAX_SIZE_OPTION),
+                ("--capture-max-total-bytes", self.max_total_bytes, 1024, MAX_SIZE_OPTION),
+                ("--capture-queue", self.queue_requests, 1, MAX_QUEUE_REQUESTS),
+                ("--capture-queue-bytes", self.queue_bytes, 1024, MAX_SIZE_OPTION)):
+            if not low <= value <= high:
+                raise UsageError(f"{option} must be between {low} and {high}, got {value}.")
+        if self.max_total_bytes < 2 * self.max_file_bytes:
+            raise UsageError(f"--capture-max-total-bytes ({self.max_total_bytes}) must be at least twice "
+                             f"--capture-max-bytes ({self.max_file_bytes}): the file being written and the last "
+                             "complete one.")
 
 
 def prepare_directory(options: CaptureOptions) -> Path:
     """Check the options and that the directory can be written, before the server binds (exit 2 otherwise);
     remove ``.partial`` files that servers killed mid-write left behind."""
     pyarrow_modules()
-    if not 0.0 < options.rate <= 1.0:
-        raise UsageError(f"--capture-rate must be above 0 and at most 1, got {options.rate}.")
-    if options.max_file_bytes < 1024 or options.rotate_seconds <= 0 or options.queue_requests < 1:
-        raise UsageError("--capture-max-bytes must be at least 1024, and the rotation and queue sizes positive.")
+    options.check()
     directory = Path(options.directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".paritybundle-probe-{os.getpid()}"
-        probe.write_bytes(b"")
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _refuse_shared(directory)
+        probe = directory / f".paritybundle-probe-{os.getpid()}-{secrets.token_hex(8)}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write captured traffic to {directory} ({exc.strerror or exc}); pass a directory "
@@ -79,6 +117,21 @@ def prepare_directory(options: CaptureOptions) -> Path:
         if not pid.isdigit() or not _alive(int(pid)):
             stale.unlink(missing_ok=True)
     return directory
+
+
+def _refuse_shared(directory: Path) -> None:
+    """Refuse a directory another user can write to: whoever can plant a link in it could redirect what the
+    server writes (its files are opened O_NOFOLLOW|O_EXCL under random names, but the directory is where
+    the rows live, and another user could also remove or replace them)."""
+    info = directory.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"--capture {directory} is not a directory; pass a directory for the capture files.")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_uid != os.geteuid():
+        who = "other users" if info.st_mode & stat.S_IWOTH else "its group" if info.st_mode & stat.S_IWGRP else \
+            f"its owner (uid {info.st_uid}), who is not this server's user"
+        raise UsageError(f"the capture directory {directory} can be written by {who} (mode "
+                         f"{stat.S_IMODE(info.st_mode):04o}): a link planted there could redirect what the server "
+                         "writes. Pass a directory only this server's user owns and can write to (chmod go-w).")
 
 
 def _alive(pid: int) -> bool:
@@ -100,9 +153,18 @@ class CaptureMetrics:
         self.dropped = Counter("paritybundle_capture_dropped", "Sampled requests not captured, by reason.",
                                ["reason"], registry=registry)
         self.queued = Gauge("paritybundle_capture_queue", "Requests waiting to be written.", registry=registry)
+        self.queued_bytes = Gauge("paritybundle_capture_queue_bytes", "Bytes of requests waiting to be written.",
+                                  registry=registry)
         self.files = Counter("paritybundle_capture_files", "Capture files completed.", registry=registry)
+        self.removed_files = Counter("paritybundle_capture_removed_files",
+                                     "Oldest capture files removed to keep the directory under its cap.",
+                                     registry=registry)
+        self.removed_bytes = Counter("paritybundle_capture_removed_bytes",
+                                     "Bytes of capture files removed to keep the directory under its cap.",
+                                     registry=registry)
         self.queue_full = self.dropped.labels("queue_full")
         self.write_error = self.dropped.labels("write_error")
+        self.writer_died = self.dropped.labels("writer_died")
 
 
 class CaptureWriter:
@@ -125,7 +187,9 @@ class CaptureWriter:
         self._inputs, self._outputs = [s.name for s in manifest.inputs], [s.name for s in manifest.outputs]
         self._buffer = bytearray()
         self._frames: collections.deque[int] = collections.deque()  # sizes of the frames still buffered
-        self._limit = options.queue_requests
+        self._limit, self._limit_bytes = options.queue_requests, options.queue_bytes
+        self._sent = 0  # requests whose frame went whole into the pipe
+        self._accounted = 0  # of those, in a completed file or reported dropped by the writer
         self._random = random.Random()
         self._reader = threading.Thread(target=self._read_reports, name="paritybundle-capture-reports", daemon=True)
         self._process: subprocess.Popen[bytes] | None = None
@@ -136,12 +200,17 @@ class CaptureWriter:
         self._warned = False
 
     def start(self) -> None:
+        # A session of its own: Ctrl-C in a terminal and `kill -- -PGID` reach the server only, which then
+        # hands over what it buffered and closes the pipe (the writer completing its file). Before this, the
+        # writer died with the server's process group and took every buffered row with it.
         self._process = subprocess.Popen([sys.executable, "-m", "paritybundle.serving.capture_files"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         assert self._process.stdin is not None
         send_settings(self._process.stdin, {"directory": str(self.directory), "manifest_bytes": self.manifest_bytes,
                                    "max_file_bytes": self.options.max_file_bytes,
-                                   "rotate_seconds": self.options.rotate_seconds, "pid": os.getpid()})
+                                   "max_total_bytes": self.options.max_total_bytes,
+                                   "rotate_seconds": self.options.rotate_seconds,
+                                   "stop_grace_seconds": STOP_GRACE_SECONDS, "pid": os.getpid()})
         self._fd = self._process.stdin.fileno()
         try:  # a larger pipe absorbs bursts while the writer encodes (Linux; the default is 64 KiB)
             import fcntl
@@ -157,14 +226,21 @@ class CaptureWriter:
         """Called on the request path (the event loop): sample, then buffer or drop. Never blocks."""
         if self.options.rate < 1.0 and self._random.random() >= self.options.rate:
             return
-        if len(self._frames) >= self._limit or self._fd < 0:
+        arrays = [*(inputs[n] for n in self._inputs), *(outputs[n] for n in self._outputs)]
+        if (len(self._frames) >= self._limit or self._fd < 0
+                or len(self._buffer) + sum(a.nbytes for a in arrays if a.dtype != object) > self._limit_bytes):
             self.metrics.queue_full.inc()
             return
         if request_id is None:
             self._made_ids += 1
             request_id = f"{self._id_prefix}-{self._made_ids:010d}"
-        data = encode_request(self._specs, [*(inputs[n] for n in self._inputs), *(outputs[n] for n in self._outputs)],
-                              request_id, received_at)
+        elif len(request_id) > MAX_CAPTURED_ID_CHARS:  # written once per row: its start, and its digest
+            request_id = (request_id[:128] + "...sha256:" +
+                          hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest())
+        data = encode_request(self._specs, arrays, request_id, received_at)
+        if len(self._buffer) + FRAME.size + len(data) > self._limit_bytes:  # strings counted now
+            self.metrics.queue_full.inc()
+            return
         self._buffer += FRAME.pack(len(data))
         self._buffer += data
         self._frames.append(FRAME.size + len(data))
@@ -203,9 +279,11 @@ class CaptureWriter:
         del self._buffer[:written]
         while self._frames and written >= self._frames[0]:
             written -= self._frames.popleft()
+            self._sent += 1
         if self._frames:
             self._frames[0] -= written
         self.metrics.queued.set(len(self._frames))
+        self.metrics.queued_bytes.set(len(self._buffer))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Hand over what is buffered; the writer completes its file and exits."""
@@ -216,9 +294,15 @@ class CaptureWriter:
             try:
                 os.set_blocking(self._fd, True)
                 while self._buffer:  # a blocking write may still return short (a signal): loop
-                    del self._buffer[:os.write(self._fd, self._buffer)]
-            except OSError:
-                pass
+                    written = os.write(self._fd, self._buffer)
+                    del self._buffer[:written]
+                    while self._frames and written >= self._frames[0]:
+                        written -= self._frames.popleft()
+                        self._sent += 1
+                    if self._frames:
+                        self._frames[0] -= written
+            except OSError:  # the writer is gone: what it was not given is lost, and counted
+                self.metrics.write_error.inc(len(self._frames))
             self._buffer.clear()
             self._frames.clear()
         try:
@@ -251,7 +335,21 @@ class CaptureWriter:
                 self.metrics.files.inc()
                 self.metrics.requests.inc(event["completed"]["requests"])
                 self.metrics.rows.inc(event["completed"]["rows"])
+                self._accounted += event["completed"]["requests"]
             elif "dropped" in event:
                 self.metrics.write_error.inc(event["dropped"])
+                self._accounted += event["dropped"]
+            elif "removed" in event:
+                self.metrics.removed_files.inc(event["removed"]["files"])
+                self.metrics.removed_bytes.inc(event["removed"]["bytes"])
             elif "warning" in event:
                 self._warn(str(event["warning"]))
+        # The writer's output ended: it exited. Requests it was given that no file holds (it was SIGKILLed,
+        # or stopped alone past its grace) are lost: counted, and said once.
+        process.wait()
+        lost = self._sent - self._accounted
+        if lost > 0:
+            self.metrics.writer_died.inc(lost)
+            self._accounted += lost
+            self._warn(f"the capture writer process ended (exit {process.returncode}) holding {lost} requests "
+                       "that no file has; they are lost")

@@ -22,6 +22,8 @@ from .state import ServeOptions, open_serving_runtime
 
 # In-flight requests get this long to finish after SIGTERM before connections are closed.
 GRACEFUL_SHUTDOWN_S = 30
+# A partial batch waits at most this long for more rows (a longer wait is a misconfiguration, not batching).
+MAX_BATCH_DELAY_MS = 10_000.0
 
 
 def preflight(options: ServeOptions, *, load: bool) -> ServingRuntime | None:
@@ -38,8 +40,9 @@ def preflight(options: ServeOptions, *, load: bool) -> ServingRuntime | None:
     if options.max_inflight_bytes < options.max_body_bytes:
         raise UsageError("--max-inflight-bytes must be at least --max-body-bytes, or no request of the largest "
                          "size could ever be read.")
-    if options.max_batch_delay_ms < 0:
-        raise UsageError("--max-batch-delay-ms must be >= 0.")
+    if not (math.isfinite(options.max_batch_delay_ms) and 0 <= options.max_batch_delay_ms <= MAX_BATCH_DELAY_MS):
+        raise UsageError(f"--max-batch-delay-ms must be a number of milliseconds from 0 to {MAX_BATCH_DELAY_MS:.0f}, "
+                         f"got {options.max_batch_delay_ms}.")
     capture = options.capture_options
     if capture is not None:  # an unwritable directory is exit 2 now, not dropped traffic later
         prepare_directory(capture)

@@ -155,6 +155,20 @@ class _Hostile(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.5)
             return
+        if mode == "drip-body":  # HTTP/1.0 headers promising 100,000 bytes, then one byte a second
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(60):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(1)
+            except OSError:
+                pass  # the client hung up, as it should
+            return
+        if mode == "slow-calls":  # every answer whole, each 0.8 s late: under a per-call timeout every time
+            time.sleep(0.8)
         if self.path.endswith("/ready"):
             return self._json(b'{"ready": true}')
         if mode == "inputs-is-a-number":
@@ -223,7 +237,24 @@ def test_the_timeout_is_for_the_whole_answer_not_for_each_read(digits_bundle, ho
     started = time.monotonic()
     assert main(["check", str(digits_bundle), "--url", url, "--timeout", "2"]) == 2
     assert time.monotonic() - started < 15  # 2 s and the check's own start, not the drip's 8.5 s and beyond
-    assert "did not answer within 2 s" in capsys.readouterr().err
+    assert "did not answer within the check's deadline of 2 s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["drip-body", "slow-calls"])
+def test_the_timeout_is_one_deadline_for_the_whole_check(digits_bundle, hostile_endpoint, capsys, mode):
+    """Was (round 3, item 5): `Content-Length: 100000`, then a byte a second, kept `--timeout 5` running past
+    100 s (http.client let go of the socket the deadline would have shut)."""
+    from paritybundle.cli import main
+
+    from bundle_tools import HOSTILE_COUNTS
+
+    HOSTILE_COUNTS["round 3, check --url"] = HOSTILE_COUNTS.get("round 3, check --url", 0) + 1
+    _Hostile.mode = mode
+    url = f"http://127.0.0.1:{hostile_endpoint.server_address[1]}"
+    started = time.monotonic()
+    assert main(["check", str(digits_bundle), "--url", url, "--timeout", "1.5"]) == 2
+    assert time.monotonic() - started < 10
+    assert "did not answer within the check's deadline of 1.5 s" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, says", [

@@ -249,7 +249,7 @@ def test_check_url_errors_are_clear(digits_bundle, tmp_path, capsys):
     try:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         assert main(["check", str(digits_bundle), "--url", url, "--timeout", "1"]) == 2
-        assert "did not answer within 1 s" in capsys.readouterr().err
+        assert "did not answer within the check's deadline of 1 s" in capsys.readouterr().err
     finally:
         stop.set()
         thread.join()

@@ -89,7 +89,7 @@ def check_command(
     env_policy: EnvPolicyOption = "strict",
     url: Annotated[Optional[str], typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds to wait for each answer.")] = 30.0,
+    timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds the endpoint has for all the check's requests together, whatever it sends.")] = 300.0,
     references: Annotated[Optional[Path], typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`), or traffic captured by `bundle serve --capture` (this runtime against what production served), as the reference set.")] = None,
     junit_path: JunitOption = None,
     html_path: HtmlOption = None,

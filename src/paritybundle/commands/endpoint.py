@@ -22,7 +22,7 @@ def check_url(
     tolerance: Tolerance | None = None,
     per_output_tolerance: Mapping[str, Tolerance] | None = None,
     request_batch: int = 64,
-    timeout_s: float = 30.0,
+    timeout_s: float = 300.0,
     public_key: str | os.PathLike[str] | None = None,
     progress: bool = False,
     histograms: bool = False,
@@ -38,7 +38,7 @@ def check_url(
         model: the model name on the server (default: the bundle's name).
         tolerance / per_output_tolerance: as in :func:`paritybundle.check`.
         request_batch: reference samples per request.
-        timeout_s: per-request timeout.
+        timeout_s: the endpoint's deadline for all the check's requests together.
 
     Raises:
         BundleInvalid: the local bundle fails integrity.

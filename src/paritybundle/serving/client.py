@@ -2,9 +2,10 @@
 
 Standard library only (http.client): the check side gains no dependency, and a few
 hundred requests do not need a connection pool. An endpoint is untrusted like a bundle:
-every call has a total deadline (not a per-read timeout, which a server sending one byte
-a second never trips), every answer a size cap, and every answer is validated with the V2
-response models before it is used.
+``timeout_s`` is one deadline for every call the client makes, counted from its first (not a
+per-read timeout, which a server sending one byte a second never trips, nor a per-call one, which
+such a server meets call after call), every answer has a size cap, and every answer is validated
+with the V2 response models before it is used.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import math
 import socket
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,27 +48,44 @@ class V2Client:
         self._https, self._host, self._port = parts.scheme == "https", parts.hostname, port
         self._prefix = parts.path.rstrip("/")
         self.timeout_s, self.max_answer_bytes = float(timeout_s), max_answer_bytes
+        self._deadline: float | None = None  # monotonic; set by the first call
+
+    def _late(self, path: str) -> EndpointError:
+        return EndpointError(f"{self.base}{path} did not answer within the check's deadline of {self.timeout_s:g} s "
+                             "(--timeout, for all its requests together).")
 
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """One request, all of it (connect, send, headers, body) within ``timeout_s``."""
+        """One request, all of it (connect, send, headers, body) before the client's deadline."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.timeout_s
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise self._late(path)
         data = None if body is None else json.dumps(body).encode()
         connection_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        connection = connection_class(self._host, self._port, timeout=self.timeout_s)
+        connection = connection_class(self._host, self._port, timeout=left)
         expired = threading.Event()
+        sockets: list[socket.socket] = []
 
         def expire() -> None:  # unblocks whatever read or write is waiting on the socket
             expired.set()
-            sock = connection.sock
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            # The socket as connected: http.client drops connection.sock once an answer will close the
+            # connection (HTTP/1.0, "Connection: close"), while the answer is still read from it.
+            for sock in [*sockets, connection.sock]:
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
-        watchdog = threading.Timer(self.timeout_s, expire)
+        watchdog = threading.Timer(left, expire)
         watchdog.daemon = True
         watchdog.start()
         try:
+            connection.connect()
+            sockets.append(connection.sock)
+            if expired.is_set():  # the deadline passed while connecting, before the socket was known
+                raise TimeoutError
             connection.request(method, self._prefix + path, body=data,
                                headers={"Content-Type": "application/json", "Accept": "application/json"})
             response = connection.getresponse()
@@ -76,13 +95,13 @@ class V2Client:
             raise
         except (OSError, http.client.HTTPException) as exc:
             if expired.is_set() or isinstance(exc, TimeoutError):
-                raise EndpointError(f"{self.base}{path} did not answer within {self.timeout_s:g} s.") from None
+                raise self._late(path) from None
             raise EndpointError(f"cannot reach {self.base} ({exc}); check the URL and that the server is up.") from None
         finally:
             watchdog.cancel()
             connection.close()
         if expired.is_set():
-            raise EndpointError(f"{self.base}{path} did not answer within {self.timeout_s:g} s.")
+            raise self._late(path)
         try:
             return status, json.loads(raw) if raw else None
         except (ValueError, RecursionError):

@@ -143,10 +143,11 @@ def read_small_file(path: Path, limit: int, *, missing: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         raise BundleInvalid(missing) from None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):  # judged before fdopen, which raises on a directory
+        os.close(fd)
+        raise BundleInvalid(f"{path.name} is not a regular file; the bundle is refused.")
     with os.fdopen(fd, "rb") as handle:
-        status = os.fstat(handle.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise BundleInvalid(f"{path.name} is not a regular file; the bundle is refused.")
         if status.st_size > limit:
             raise BundleInvalid(f"{path.name} is {status.st_size} bytes, larger than any the bundle format writes "
                                 f"({limit}); the bundle is refused.")

@@ -24,11 +24,15 @@ from ..scoring.columns import plan_columns
 from ..scoring.gate import Where, WorkerRecord, open_gate, ship
 from ..scoring.inputs import open_input
 from ..scoring.local import local_where, score_local
-from ..scoring.output import StagedOutput, may_write
+from ..scoring.output import StagedOutput, may_write, refuse_overlap
 from ..scoring.report import ScoreReport
 from ..scoring.worker_errors import job_error
 
 ENGINES = ("local", "ray", "spark")
+# A batch is held in memory whole (and Arrow counts a batch's rows in 32 bits in places); past these a
+# value is a typo, not a plan.
+MAX_BATCH_ROWS = 1 << 24
+MAX_WORKERS = 4096
 
 
 def score(bundle: str | os.PathLike[str], input: str | os.PathLike[str], output: str | os.PathLike[str], *,
@@ -55,14 +59,15 @@ def score(bundle: str | os.PathLike[str], input: str | os.PathLike[str], output:
     started, started_at = time.perf_counter(), datetime.now(timezone.utc)
     if engine not in ENGINES:
         raise UsageError(f"engine {engine!r} is not one of {', '.join(ENGINES)}.")
-    if batch_rows < 1 or workers < 1:
-        raise UsageError("--batch-rows and --workers must be at least 1.")
+    if not 1 <= batch_rows <= MAX_BATCH_ROWS or not 1 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--batch-rows must be from 1 to {MAX_BATCH_ROWS} and --workers from 1 to {MAX_WORKERS}.")
     check_policy(env_policy)
     if ray_address is not None and engine != "ray":
         raise UsageError("--ray-address goes with --engine ray.")
     if spark_master is not None and engine != "spark":
         raise UsageError("--spark-master goes with --engine spark.")
     single_file = engine == "local" and Path(output).suffix.lower() == ".parquet"
+    refuse_overlap(Path(output), input=input, bundle=bundle)
     may_write(Path(output), force=force, single_file=single_file)
     verified = open_bundle(bundle, public_key)  # the driver verifies before anything is launched
     data = open_input(input)

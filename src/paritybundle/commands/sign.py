@@ -9,7 +9,7 @@ from pathlib import Path
 from ..bundle.layout import MANIFEST_NAME, SIGNATURE_NAME
 from ..bundle.signature import key_file, model_signing
 from ..bundle.store import open_bundle
-from ..errors import UsageError
+from ..errors import BundleInvalid, UsageError
 
 
 def sign(bundle: str | os.PathLike[str], private_key: str | os.PathLike[str]) -> Path:
@@ -24,6 +24,10 @@ def sign(bundle: str | os.PathLike[str], private_key: str | os.PathLike[str]) ->
         raise UsageError(f"{root} is an archive; sign the bundle directory, then `bundle pack` it.")
     key = key_file(private_key, "private")
     verified = open_bundle(root)
+    existing = verified.root / SIGNATURE_NAME
+    if existing.is_symlink() or (existing.exists() and not existing.is_file()):
+        raise BundleInvalid(f"{existing} is not a regular file, so it cannot be replaced by the signature; the bundle "
+                            "is refused (remove it, or re-export the bundle).")
     ms = model_signing()
     # Written beside the bundle and renamed in: a crash never leaves a stray file inside it.
     handle, temporary = tempfile.mkstemp(prefix=".bundle.sig.partial-", dir=root.parent)

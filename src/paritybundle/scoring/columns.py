@@ -104,6 +104,11 @@ def plan_columns(manifest: Manifest, schema: Any, *, keep: Sequence[str] = (), i
             raise UsageError(f"--keep {name!r}: {source} has no such column.")
     if id_column is not None and id_column not in names:
         raise UsageError(f"--id-column {id_column!r}: {source} has no such column.")
+    if id_column is not None:
+        id_type = _decoded(pa, schema.field(id_column).type)
+        if pa.types.is_nested(id_type) or pa.types.is_null(id_type):
+            raise UsageError(f"--id-column {id_column!r} holds {id_type} values; a row id is one value per row "
+                             "(a number or a string). Pass such a column, or leave --id-column out.")
     outputs = tuple(manifest.outputs)
     for spec in outputs:
         per_sample_shape(spec, "output")

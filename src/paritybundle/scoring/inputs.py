@@ -86,10 +86,7 @@ def input_files(path: str | os.PathLike[str]) -> tuple[list[Path], str]:
         what = "is neither a file nor a folder" if root.exists() else "does not exist"
         raise UsageError(f"{root} {what}; pass a Parquet or CSV file, or a folder of them.")
     found: dict[str, list[Path]] = {"parquet": [], "csv": []}
-    for file in sorted(root.rglob("*")):
-        relative = file.relative_to(root).parts
-        if any(part.startswith(("_", ".")) for part in relative) or not file.is_file():
-            continue
+    for file in sorted(_walk(root)):
         form = FORMATS.get(file.suffix.lower())
         if form is not None:
             found[form].append(file)
@@ -97,6 +94,33 @@ def input_files(path: str | os.PathLike[str]) -> tuple[list[Path], str]:
         if found[form]:
             return found[form], form
     raise UsageError(f"{root} holds no Parquet (.parquet) or CSV (.csv) file to score.")
+
+
+# Partitioned data sets nest a few folders deep (year=/month=/day=); a folder nested deeper than this is
+# refused rather than walked (Path.rglob recursed, and a folder 1,100 levels deep was a RecursionError).
+MAX_INPUT_DEPTH = 64
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """The regular files under ``root``, skipping names that begin with ``_`` or ``.``; links to folders
+    are not followed. Iterative, with a bounded depth."""
+    stack = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        if depth > MAX_INPUT_DEPTH:
+            raise UsageError(f"{root} nests folders more than {MAX_INPUT_DEPTH} levels deep; pass the folder that "
+                             "holds the data files.")
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise UsageError(f"{folder} cannot be listed ({exc.strerror or exc}); check its permissions.") from None
+        for entry in entries:
+            if entry.name.startswith(("_", ".")):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((Path(entry.path), depth + 1))
+            elif entry.is_file():
+                yield Path(entry.path)
 
 
 def open_input(path: str | os.PathLike[str]) -> InputData:

@@ -29,6 +29,26 @@ def may_write(target: Path, *, force: bool, single_file: bool) -> None:
         raise UsageError(f"{target} exists and is not {kind}; choose another output path.")
 
 
+def refuse_overlap(target: Path, **protected: str | os.PathLike[str]) -> None:
+    """Refuse an OUTPUT that is, contains or lies inside one of ``protected`` (what the job reads: its
+    input, its bundle), judged on resolved paths: ``--force`` replaces OUTPUT, and must never replace
+    what the scores are made from.
+
+    Raises:
+        UsageError: naming both (exit 2).
+    """
+    out = target.resolve()
+    for what, path in protected.items():
+        source = Path(path).resolve()
+        if out == source or out in source.parents:
+            relation = "is" if out == source else "contains"
+            raise UsageError(f"-o {target} {relation} the job's {what} ({path}); writing the scores there would "
+                             f"destroy it. Choose an output path outside it.")
+        if source in out.parents:
+            raise UsageError(f"-o {target} lies inside the job's {what} ({path}); the scores would change it. "
+                             "Choose an output path outside it.")
+
+
 class StagedOutput:
     """OUTPUT's staging directory; :meth:`publish` moves the scores into place, :meth:`abandon` drops them.
 

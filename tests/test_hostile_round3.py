@@ -85,3 +85,169 @@ def test_the_answer_bound_is_never_below_what_is_built():
         spec = TensorSpec(name="o", dtype=dtype, shape=["batch"])
         built = len(orjson.dumps(output_json("o", values, spec)))
         assert built <= answer_bytes([values], [dtype], [False]), dtype
+
+
+# --- 6, 7, 9. bundle score: its own input and bundle, odd inputs and options ------------------------------
+
+
+def _score_input(wine_bundle, tmp_path):
+    from scoring_tools import reference_table, write_parquet
+
+    return write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
+
+
+@pytest.mark.parametrize("where", ["the input file", "the bundle", "a folder holding the input", "inside the bundle",
+                                   "the input through a link"])
+def test_score_force_never_replaces_its_own_input_or_bundle(wine_bundle, tmp_path, capsys, where):
+    """Was: `-o in.parquet --force` replaced the input with scores; `-o BUNDLE --force` deleted the bundle."""
+    import shutil
+
+    from bundle_tools import copy_bundle
+    from paritybundle.cli import main
+
+    _counted("score")
+    bundle = copy_bundle(wine_bundle, tmp_path / "wine")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    source = shutil.move(_score_input(wine_bundle, tmp_path), folder / "rows.parquet")
+    link = tmp_path / "alias.parquet"
+    link.symlink_to(source)
+    out = {"the input file": source, "the bundle": bundle, "a folder holding the input": folder,
+           "inside the bundle": bundle / "scores", "the input through a link": link}[where]
+    before = {p: p.read_bytes() for p in [source, *bundle.rglob("*")] if p.is_file()}
+    assert main(["score", str(bundle), str(source), "-o", str(out), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "Choose an output path outside it" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in before} == before  # every file as it was
+    assert {p for p in bundle.rglob("*") if p.is_file()} == {p for p in before if p != source}  # nothing added
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-rows", str(10 ** 12)], "--batch-rows must be from 1 to"),
+    (["--workers", str(10 ** 12)], "--workers from 1 to"),
+    (["--id-column", "shape_list"], "a row id is one value per row"),
+])
+def test_score_options_out_of_range_are_exit_2(wine_bundle, tmp_path, capsys, args, message):
+    import pyarrow as pa
+
+    from scoring_tools import reference_table, write_parquet
+    from paritybundle.cli import main
+
+    _counted("score")
+    table = reference_table(wine_bundle)
+    table = table.append_column("shape_list", pa.array([[1, 2]] * table.num_rows))
+    source = write_parquet(table, tmp_path / "rows.parquet")
+    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_input_folder_1100_levels_deep_is_one_sentence(wine_bundle, tmp_path, capsys):
+    from paritybundle.cli import main
+
+    _counted("score")
+    import os
+
+    deep = tmp_path / "deep"
+    path = str(deep)
+    os.mkdir(path)
+    for _ in range(1100):  # one level at a time: os.makedirs itself recurses
+        path += "/d"
+        os.mkdir(path)
+    assert main(["score", str(wine_bundle), str(deep), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "nests folders more than 64 levels deep" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["bundle.json", "bundle.sig"])
+def test_a_manifest_or_signature_that_is_a_directory_is_exit_3(digits_bundle, tmp_path, capsys, name):
+    """Was: IsADirectoryError, exit 70."""
+    import subprocess
+
+    from bundle_tools import copy_bundle
+    from paritybundle.cli import main
+
+    _counted("bundles")
+    bundle = copy_bundle(digits_bundle, tmp_path / "digits")
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub"
+    subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)
+    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True,
+                   capture_output=True)
+    if name == "bundle.json":
+        (bundle / name).unlink()
+    (bundle / name).mkdir()
+    for command in (["verify", str(bundle), "--key", str(public)], ["check", str(bundle), "--key", str(public)],
+                    ["inspect", str(bundle)], ["sign", str(bundle), "--key", str(private)]):
+        if name == "bundle.sig" and command[0] == "inspect":
+            continue  # inspect reads no signature
+        assert main(command) == 3, command
+        err = capsys.readouterr().err
+        assert "is not a regular file" in err and "Traceback" not in err, (command, err)
+
+
+# --- 7, 10. captured files: missing or null columns, shapes with no values, many shapes ------------------
+
+
+@pytest.fixture(scope="module")
+def wine_capture(wine_bundle, tmp_path_factory):
+    """A real capture of 60 wine requests, written by the capture writer."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from paritybundle.bundle.store import read_manifest
+    from paritybundle.serving.capture import CaptureOptions, CaptureWriter, prepare_directory
+
+    directory = tmp_path_factory.mktemp("capture")
+    options = CaptureOptions(directory=str(directory))
+    prepare_directory(options)
+    writer = CaptureWriter(options, read_manifest(wine_bundle), (wine_bundle / "bundle.json").read_bytes(),
+                           CollectorRegistry())
+    raw = dict(np.load(wine_bundle / "reference" / "inputs.npz", allow_pickle=False))
+    outputs = dict(np.load(wine_bundle / "reference" / "outputs.npz", allow_pickle=False))
+    writer.start()
+    for k in range(60):
+        writer.submit(f"r{k}", time.time(), {n: a[k:k + 1] for n, a in raw.items()},
+                      {n: a[k:k + 1] for n, a in outputs.items()})
+    writer.stop()
+    (file,) = directory.glob("capture-*.parquet")
+    return file
+
+
+def _altered_capture(file, tmp_path, change):
+    import pyarrow.parquet as pq
+
+    table = change(pq.read_table(file))
+    target = tmp_path / "altered" / "capture-altered.parquet"
+    target.parent.mkdir()
+    pq.write_table(table, target)
+    return target
+
+
+def _null_at_0(table, name):
+    import pyarrow as pa
+
+    values = table[name].to_pylist()
+    values[0] = None
+    return table.set_column(table.schema.get_field_index(name), name, pa.array(values, table.schema.field(name).type))
+
+
+@pytest.mark.parametrize("case, change, says", [
+    ("no row column", lambda t: t.drop_columns(["row"]), "has no int32 column 'row'"),
+    ("no request_id column", lambda t: t.drop_columns(["request_id"]), "has no string column 'request_id'"),
+    ("a null row", lambda t: _null_at_0(t, "row"), "rows without a 'row'"),
+    ("a null request_id", lambda t: _null_at_0(t, "request_id"), "rows without a 'request_id'"),
+])
+def test_a_capture_missing_or_nulling_its_request_columns_is_exit_2(wine_bundle, wine_capture, tmp_path, capsys,
+                                                                   case, change, says):
+    """Was: KeyError (check, drift) and ValueError (check, replay), exit 70."""
+    from paritybundle.cli import main
+
+    altered = _altered_capture(wine_capture, tmp_path, change)
+    for command in (["check", str(wine_bundle), "--references", str(altered)],
+                    ["drift", str(wine_bundle), str(altered)],
+                    ["replay", "examples/wine/train.py:make_spec", str(altered)]):
+        _counted("captured files")
+        assert main(command) == 2, (case, command)
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, (case, command, err)

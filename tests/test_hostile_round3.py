@@ -251,3 +251,57 @@ def test_a_capture_missing_or_nulling_its_request_columns_is_exit_2(wine_bundle,
         assert main(command) == 2, (case, command)
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err, (case, command, err)
+
+
+def _dynamic_capture(digits_bundle, tmp_path, shapes):
+    """A capture file of a bundle with three inputs of dynamic length, one sample per shape in ``shapes``
+    (each sample's values are its position, so a test can tell where each landed)."""
+    import pyarrow.parquet as pq
+
+    from paritybundle.bundle.manifest import TensorSpec
+    from paritybundle.bundle.store import read_manifest
+    from paritybundle.runtime.capture import Captured, chunk_batch, chunk_of, schema
+
+    inputs = [TensorSpec(name=f"x{i}", dtype="float32", shape=["batch", f"n{i}"]) for i in range(3)]
+    manifest = read_manifest(digits_bundle).model_copy(update={
+        "inputs": inputs, "outputs": [TensorSpec(name="y", dtype="float32", shape=["batch", 1])]})
+    records = [Captured(f"r{k}", 0.0, {f"x{i}": np.full((1, shape[i]), k, np.float32) for i in range(3)},
+                        {"y": np.full((1, 1), k, np.float32)}) for k, shape in enumerate(shapes)]
+    arrow_schema = schema(manifest, manifest.model_dump_json().encode())
+    path = tmp_path / "capture-shapes.parquet"
+    with pq.ParquetWriter(path, arrow_schema) as writer:
+        for start in range(0, len(records), 1000):
+            writer.write_batch(chunk_batch(chunk_of(records[start:start + 1000], manifest), manifest, "d", arrow_schema))
+    return path, manifest
+
+
+def test_samples_of_many_shapes_come_back_each_in_its_own_group(digits_bundle, tmp_path):
+    """Was: one scan of every sample per shape (100,000 shapes: 53 s); now one sort. Where each sample
+    lands is checked here; the time, by hand in the closing note (20,000 shapes: 17.3 s -> 1.3 s)."""
+    import itertools
+
+    from paritybundle.runtime.capture import read_capture
+
+    _counted("captured files")
+    shapes = list(itertools.product(range(1, 9), repeat=3))[::-1] * 2  # 512 shapes, twice, out of order
+    path, manifest = _dynamic_capture(digits_bundle, tmp_path, shapes)
+    data = read_capture(path, manifest)
+    assert len(data.groups) == 512 and data.samples == 1024
+    for group in data.groups:
+        assert group.positions.tolist() == sorted(group.positions.tolist()) and len(group.positions) == 2
+        shape = shapes[group.positions[0]]
+        for i in range(3):
+            assert group.inputs[f"x{i}"].shape == (2, shape[i])
+            assert (group.inputs[f"x{i}"] == group.positions[:, None]).all()
+        assert group.outputs["y"].reshape(-1).tolist() == group.positions.tolist()
+
+
+def test_samples_holding_no_values_are_refused(digits_bundle, tmp_path):
+    """Was: 100,000 samples of no values took 53 s and `check` said exit 0, having compared nothing."""
+    from paritybundle.errors import UsageError
+    from paritybundle.runtime.capture import read_capture
+
+    _counted("captured files")
+    path, manifest = _dynamic_capture(digits_bundle, tmp_path, [(3, 2, 1), (0, 5, 1), (4, 0, 2)])
+    with pytest.raises(UsageError, match=r"holds 1 sample\(s\) whose input 'x0' has no values .*first at sample 1"):
+        read_capture(path, manifest)

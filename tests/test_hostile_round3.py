@@ -305,3 +305,78 @@ def test_samples_holding_no_values_are_refused(digits_bundle, tmp_path):
     path, manifest = _dynamic_capture(digits_bundle, tmp_path, [(3, 2, 1), (0, 5, 1), (4, 0, 2)])
     with pytest.raises(UsageError, match=r"holds 1 sample\(s\) whose input 'x0' has no values .*first at sample 1"):
         read_capture(path, manifest)
+
+
+# --- 11, 12. a huge BYTES tensor of the wrong shape; HTTP/0.9 -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wine_client(wine_bundle):
+    with TestClient(create_app(ServeOptions(bundle=str(wine_bundle)))) as client:
+        yield client
+
+
+def _wine_binary_body(wine_bundle, strings: int, shape: list[int]) -> tuple[bytes, dict]:
+    import json
+
+    from paritybundle.bundle.store import read_manifest
+
+    inputs = []
+    for spec in read_manifest(wine_bundle).inputs:
+        if spec.dtype == "string":
+            inputs.append({"name": spec.name, "shape": shape, "datatype": "BYTES",
+                           "parameters": {"binary_data_size": 4 * strings}})
+        else:
+            inputs.append({"name": spec.name, "shape": [1], "datatype": "FP32", "data": [1.0]})
+    header = json.dumps({"inputs": inputs}).encode()
+    return header + bytes(4 * strings), {"Inference-Header-Content-Length": str(len(header)),
+                                         "Content-Type": "application/octet-stream"}
+
+
+def test_a_bytes_tensor_of_the_wrong_shape_is_refused_before_it_is_decoded(wine_client, wine_bundle, monkeypatch):
+    """Was: one BYTES tensor of 4M empty strings was decoded before the rank check; other clients waited 2.6 s."""
+    from paritybundle.serving import decoding
+
+    _counted("server")
+    decoded = []
+    real = decoding.decode_bytes
+    monkeypatch.setattr(decoding, "decode_bytes", lambda *a: decoded.append(a[3]) or real(*a))
+    body, headers = _wine_binary_body(wine_bundle, 4_000_000, [1, 4_000_000])
+    answer = wine_client.post("/v2/models/wine/infer", content=body, headers=headers)
+    assert answer.status_code == 400 and "must have 1 dimensions" in answer.json()["error"]
+    assert decoded == []  # refused on its declared shape, not one string decoded
+
+
+def test_a_large_body_is_decoded_off_the_event_loop(wine_client, wine_bundle, monkeypatch):
+    import threading
+
+    from paritybundle.serving import handlers
+
+    _counted("server")
+    threads = []
+    real = handlers.decode_body
+    monkeypatch.setattr(handlers, "decode_body",
+                        lambda *a: threads.append(threading.current_thread().name) or real(*a))
+    small, headers = _wine_binary_body(wine_bundle, 1, [1])
+    large, _ = _wine_binary_body(wine_bundle, 1_000_000, [1_000_000])  # 4 MB: past the 1 MiB line
+    assert wine_client.post("/v2/models/wine/infer", content=small, headers=headers).status_code == 200
+    headers["Inference-Header-Content-Length"] = str(len(large) - 4_000_000)
+    answer = wine_client.post("/v2/models/wine/infer", content=large, headers=headers)
+    assert answer.status_code == 413 and "over this server's limit of 1024" in answer.json()["error"]
+    assert len(threads) == 2 and threads[0] != threads[1]
+
+
+@pytest.mark.parametrize("line", [b"GET /v2\r\n\r\n", b"GET /v2/health/ready HTTP/0.9\r\n\r\n"])
+def test_an_http_0_9_request_is_a_400(digits_bundle, tmp_path, line):
+    """Was: `GET /v2` with no version was answered 200."""
+    import socket
+
+    from serving_tools import running_server
+
+    _counted("server")
+    with running_server(digits_bundle, tmp_path) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(line)
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"HTTP/0.9 requests are not served" in answer
+        assert server.get("/v2")[0] == 200  # HTTP/1.1 as ever

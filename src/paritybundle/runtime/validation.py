@@ -77,6 +77,22 @@ def from_columns(specs: Sequence[TensorSpec], inputs: Any) -> Any:
     return inputs
 
 
+def check_shape(spec: TensorSpec, shape: Sequence[int]) -> None:
+    """``shape`` has the spec's rank and its fixed dimensions (judged before a request's data is decoded:
+    a wrong shape is refused before any work is done for it)."""
+    if len(shape) != len(spec.shape):
+        raise InputValidationError(
+            f"input {spec.name!r} must have {len(spec.shape)} dimensions {shape_text(spec.shape)}, "
+            f"got shape {list(shape)}."
+        )
+    for axis, (dim, size) in enumerate(zip(spec.shape, shape)):
+        if isinstance(dim, int) and dim != size:
+            raise InputValidationError(
+                f"input {spec.name!r} must have shape {shape_text(spec.shape)}, got {list(shape)} "
+                f"(dimension {axis} is {size}, expected {dim})."
+            )
+
+
 def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, check_finite: bool = True,
             limits: tuple[int, int] | None = None, check_utf8: bool = True) -> np.ndarray:
     """One input against its spec (``bound``: symbolic dimension sizes seen so far, shared across inputs;
@@ -108,19 +124,9 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
                 f"them up in (got {array.min()}..{array.max()}).")
     if check_finite and array.dtype.kind == "f" and not spec.allow_nonfinite and not np.isfinite(array).all():
         raise InputValidationError(f"input {spec.name!r} contains NaN or infinity, which this model does not accept.")
-    if array.ndim != len(spec.shape):
-        raise InputValidationError(
-            f"input {spec.name!r} must have {len(spec.shape)} dimensions {shape_text(spec.shape)}, "
-            f"got shape {list(array.shape)}."
-        )
-    for axis, (dim, size) in enumerate(zip(spec.shape, array.shape)):
-        if isinstance(dim, int):
-            if dim != size:
-                raise InputValidationError(
-                    f"input {spec.name!r} must have shape {shape_text(spec.shape)}, got {list(array.shape)} "
-                    f"(dimension {axis} is {size}, expected {dim})."
-                )
-        elif bound.setdefault(dim, size) != size:
+    check_shape(spec, array.shape)
+    for dim, size in zip(spec.shape, array.shape):
+        if not isinstance(dim, int) and bound.setdefault(dim, size) != size:
             raise InputValidationError(
                 f"input {spec.name!r} has {size} along {dim!r}, but another input has {bound[dim]}; "
                 "all inputs must agree on it."

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..bundle.manifest import TensorSpec
 from ..errors import InputValidationError
-from ..runtime.validation import conform
+from ..runtime.validation import check_shape, conform
 from .binary import decode_bytes
 from .wire import NUMPY_TO_V2, BadRequest, RequestInput, v2_datatype
 
@@ -84,6 +84,10 @@ def decode(item: RequestInput, spec: TensorSpec, *, max_batch: int, payload: mem
     if item.shape and item.shape[0] > max_batch:
         raise BadRequest(f"input {name!r} has a batch of {item.shape[0]}, over this server's limit of {max_batch}; "
                          "split the request.", status=413)
+    try:  # rank and fixed dimensions first: a tensor of the wrong shape is refused before it is decoded
+        check_shape(spec, item.shape)
+    except InputValidationError as exc:
+        raise BadRequest(str(exc)) from None
     count = math.prod(item.shape)
     if payload is not None:
         return decode_bytes(name, payload, spec.dtype, count).reshape(item.shape)

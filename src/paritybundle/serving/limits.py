@@ -14,6 +14,8 @@ its keep-alive timer only after a response.
   asked for once (a request naming ``logits`` 4,000 times once got a 789 MB answer), and an answer
   whose size, judged from the output arrays before a byte of it is built, would pass
   ``--max-answer-bytes`` is a 413.
+* **HTTP/0.9**: a request line without a version is answered 400 and the connection closed (uvicorn
+  served it as a request like any other).
 * **Bodies**: :class:`BodyBudget` bounds the request bytes being read and decoded at once; past
   ``--max-inflight-bytes`` a request is answered 503 with ``Retry-After`` before its body is read.
   Decoding JSON numbers into arrays takes several times the body's size, so the budget, not the
@@ -104,14 +106,25 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._arm()
 
+    _refused = False
+
     def on_headers_complete(self) -> None:
         self._disarm()
+        if self.parser.get_http_version() == "0.9":  # a request line with no version: HTTP/0.9 has no status
+            self._refused = True                     # line, no headers, no way to say what went wrong
+            self.send_400_response("HTTP/0.9 requests are not served; send HTTP/1.1 (or 1.0).")
+            return
         self._header_timer = self.loop.call_later(self.timeouts()[1], self._headers_too_slow)  # now for the body
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._disarm()
-        super().on_message_complete()
+        if not self._refused:
+            super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -203,3 +203,54 @@ def test_pull_refuses_an_existing_target_and_a_uri_without_a_bundle(exported, tm
     assert main(["pull", f"runs:/{run_id}/notes", "-o", str(tmp_path / "notes")]) == 2
     assert "holds no paritybundle bundle" in capsys.readouterr().err.replace("\n", " ")
     assert not (tmp_path / "notes").exists()
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.iterdir() if "paritybundle-pull" in p.name]
+
+
+@pytest.mark.parametrize("uri", ["file:///etc", "/etc", "mlflow-artifacts:/0", "s3://bucket/bundle", "runs:/", ""])
+def test_pull_refuses_a_uri_that_is_not_a_registry_or_a_run(tmp_path, capsys, uri):
+    """Was (round 3, item 8): `pull file:///etc -o X` copied /etc and left part of it beside X."""
+    from bundle_tools import HOSTILE_COUNTS
+
+    HOSTILE_COUNTS["round 3, pull"] = HOSTILE_COUNTS.get("round 3, pull", 0) + 1
+    assert main(["pull", uri, "-o", str(tmp_path / "x")]) == 2
+    assert "is not a registry or run URI" in capsys.readouterr().err.replace("\n", " ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pull_into_a_path_under_a_file_is_exit_2(exported, tmp_path, capsys):
+    """Was: `pull -o FILE/x` was NotADirectoryError, exit 70."""
+    from bundle_tools import HOSTILE_COUNTS
+
+    HOSTILE_COUNTS["round 3, pull"] = HOSTILE_COUNTS.get("round 3, pull", 0) + 1
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run_id = exported["run"].info.run_id
+    assert main(["pull", f"runs:/{run_id}/bundle", "-o", str(blocker / "x")]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "is not a directory that can be made" in err and "Traceback" not in err
+
+
+def test_pull_from_a_store_holding_a_symlinked_folder_is_exit_2_and_leaves_nothing(exported, tracking, tmp_path,
+                                                                                  capsys):
+    """Was: requests.HTTPError, exit 70, and a paritybundle-pull-* folder left beside the target."""
+    from bundle_tools import HOSTILE_COUNTS
+
+    HOSTILE_COUNTS["round 3, pull"] = HOSTILE_COUNTS.get("round 3, pull", 0) + 1
+    run_id = exported["run"].info.run_id
+    (run_dir,) = [p for p in tracking["artifacts"].rglob(run_id) if p.is_dir()] or [None]
+    assert run_dir is not None, list(tracking["artifacts"].rglob("*"))[:20]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not for pulling")
+    artifacts = run_dir / "artifacts" if (run_dir / "artifacts").is_dir() else run_dir
+    (artifacts / "linked").symlink_to(outside, target_is_directory=True)
+    target_dir = tmp_path / "pulls"
+    target_dir.mkdir()
+    code = main(["pull", f"runs:/{run_id}/linked", "-o", str(target_dir / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "cannot be downloaded from" in err.replace("\n", " "), err  # the store's own error (an HTTP 500)
+    assert list(target_dir.iterdir()) == []

@@ -184,30 +184,62 @@ def _version() -> str:
     return __version__
 
 
+# What `bundle pull` downloads from: the registry (models:/NAME/VERSION, models:/NAME@ALIAS,
+# models:/NAME/STAGE, models:/MODEL_ID) and a run's artifacts (runs:/RUN_ID/PATH), as MLflow documents
+# them. A file:// or other artifact URI would copy whatever it names (`pull file:///etc` copied /etc).
+PULL_SCHEMES = ("models:/", "runs:/")
+
+
 def pull(uri: str, out: str | os.PathLike[str], *, public_key: str | os.PathLike[str] | None = None) -> VerifiedBundle:
     """Download the bundle behind ``models:/NAME/VERSION`` or ``runs:/RUN/PATH`` into ``out`` and verify it
-    there; nothing is left at ``out`` when it does not verify.
+    there; nothing is left at ``out`` (or beside it) when it does not verify, or the download fails.
 
     Raises:
-        UsageError: mlflow missing, the server down, an unknown model or run, no bundle there, or
-            ``out`` already exists.
+        UsageError: a URI of another kind, mlflow missing, the server down, an unknown model or run, no
+            bundle there, a download that fails, or ``out`` already exists or cannot be made.
         BundleInvalid: the downloaded bundle fails verification (exit 3).
     """
+    if not uri.startswith(PULL_SCHEMES) or len(uri) <= len("runs:/"):
+        raise UsageError(f"{uri!r} is not a registry or run URI; pull from models:/NAME/VERSION, models:/NAME@ALIAS "
+                         "or runs:/RUN_ID/PATH.")
     mlflow = _mlflow()
     target = Path(out)
-    if target.exists():
+    if target.exists() or target.is_symlink():
         raise UsageError(f"{target} already exists; pull into a new directory.")
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {target}: {parent} is not a directory that can be made "
+                         f"({exc.strerror or exc}); choose another -o.") from None
     _reachable(mlflow)
-    with tempfile.TemporaryDirectory(prefix="paritybundle-pull-", dir=target.parent if target.parent.exists() else None) as work:
+    work = Path(tempfile.mkdtemp(prefix=".paritybundle-pull-", dir=parent))  # beside OUT: the move is a rename
+    try:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=work))
-        except mlflow.exceptions.MlflowException as exc:
-            raise UsageError(f"{uri} cannot be downloaded from {mlflow.get_tracking_uri()}: "
-                             f"{str(exc).splitlines()[0][:200]}") from None
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(work)))
+        except (mlflow.exceptions.MlflowException, OSError) as exc:  # requests' errors are OSErrors too
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise UsageError(f"{uri} cannot be downloaded from {mlflow.get_tracking_uri()}: {first}") from None
         root = _bundle_root(local, uri)
         open_bundle(root, public_key)  # verified where it landed, before it is handed over
-        shutil.move(str(root), str(target))
+        os.rename(root, target)
+    finally:
+        _remove(work)
     return open_bundle(target, public_key)
+
+
+def _remove(path: Path) -> None:
+    """Remove a download's working folder whatever it holds (read-only folders included), never failing."""
+    def writable_then_retry(function: Any, name: str, _: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(name), 0o700)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, 0o700)
+            function(name)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=writable_then_retry)
 
 
 def _bundle_root(local: Path, uri: str) -> Path:

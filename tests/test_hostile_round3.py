@@ -386,3 +386,25 @@ def test_an_http_0_9_request_is_a_400(digits_bundle, tmp_path, line):
             answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 400 ") and b"HTTP/0.9 requests are not served" in answer
         assert server.get("/v2")[0] == 200  # HTTP/1.1 as ever
+
+
+def test_a_local_ray_that_fails_to_start_is_exit_2_saying_so(wine_bundle, tmp_path, capsys, monkeypatch):
+    """Was: Ray's bare Exception ("... the GCS has become overloaded") reached the CLI as exit 70."""
+    from conftest import require
+
+    ray = require("ray", reason="Ray Data is in the dev extra")
+    from paritybundle.cli import main
+
+    _counted("score")
+
+    def overloaded(*args, **kwargs):  # the sentence ray/_private/node.py raises, as it raises it
+        raise Exception("The current node timed out during startup. This could happen because some of the raylet "
+                        "failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "init", overloaded)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    source = _score_input(wine_bundle, tmp_path)
+    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "out"), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "a local Ray could not be started" in err and "GCS has become overloaded" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()

@@ -60,8 +60,15 @@ def connect(address: str | None, workers: int) -> bool:
         else:
             ray.init(num_cpus=max(os.cpu_count() or 1, workers + 1), include_dashboard=False, log_to_driver=False,
                      logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"cannot reach Ray at {address or 'a new local instance'} ({exc}); check --ray-address.") from None
+    except Exception as exc:  # noqa: BLE001 - Ray reports a node that failed to start as a bare Exception
+        # ("The current node timed out during startup ... the GCS has become overloaded"): a fault of the
+        # machine or the cluster, never of the job, so one sentence and exit 2, whatever its class.
+        ray.shutdown()  # whatever part of a local Ray did start
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        if address:
+            raise UsageError(f"cannot reach Ray at {address} ({reason}); check --ray-address.") from None
+        raise UsageError(f"a local Ray could not be started ({reason}); free memory and CPU on this machine, or "
+                         "pass --ray-address of a running cluster.") from None
     return True
 
 

@@ -7,7 +7,11 @@ hits all alike. Each server's CPU time per request (all its threads, from /proc)
 beside its throughput. Afterwards the full capture is read back: every answered request must be
 in it.
 
-Knobs: DURATION (s per run, 8), WARMUP (s, 2), REPS (3), CONCURRENCY (64).
+With ``BASELINE_SRC`` (another checkout's ``src``, e.g. ``git worktree add /tmp/base <commit>``), two
+more servers run that code (capture off and 1.0), interleaved with the rest: this tree's serving and
+capture against the baseline's, in the same sitting.
+
+Knobs: DURATION (s per run, 8), WARMUP (s, 2), REPS (3), CONCURRENCY (64), BASELINE_SRC.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from .binary import _mlp_bundle
 DURATION, WARMUP = float(os.environ.get("DURATION", "8")), float(os.environ.get("WARMUP", "2"))
 REPS, CONCURRENCY = int(os.environ.get("REPS", "3")), int(os.environ.get("CONCURRENCY", "64"))
 PORTS = {"capture off": 8398, "capture 1.0": 8399, "capture 0.1": 8400}
+BASELINE = os.environ.get("BASELINE_SRC")
+if BASELINE:
+    PORTS.update({"baseline off": 8401, "baseline 1.0": 8402})
 
 
 async def _load(url: str, body: bytes) -> tuple[float, int]:
@@ -73,11 +80,12 @@ def main() -> None:
         capture_dir = work / "capture"
         for name, port in PORTS.items():
             rate = name.split()[-1]
-            extra = ["--capture", str(capture_dir if rate == "1.0" else work / "sampled"), "--capture-rate", rate] \
-                if rate != "off" else []
+            folder = capture_dir if name == "capture 1.0" else work / name.replace(" ", "-")
+            extra = ["--capture", str(folder), "--capture-rate", rate] if rate != "off" else []
+            env = {**os.environ, "PYTHONPATH": BASELINE} if name.startswith("baseline") else None
             servers[name] = subprocess.Popen([sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port",
                                               str(port), "--log-level", "warning", *extra],
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         for name, port in PORTS.items():
             wait_ready(port, servers[name])
         row = np.random.default_rng(1).random((1, 64)).astype(np.float32) * 16
@@ -111,6 +119,14 @@ def main() -> None:
              " / ".join(f"{r:,.0f}" for r in rates["capture off"]), "-"),
             ("captured / answered", f"{captured:,}", f"{answered:,}", "every one" if captured == answered else "MISSING"),
         ])
+        if BASELINE:
+            base_off, base_on = statistics.median(rates["baseline off"]), statistics.median(rates["baseline 1.0"])
+            print_table(f"this tree vs the baseline ({BASELINE}), same sitting, median of {REPS}", [
+                ("requests/s, capture off", f"{off:,.0f}", f"{base_off:,.0f}", f"{off / base_off:.3f}x (>= 0.97x)"),
+                ("requests/s, capture 1.0", f"{on:,.0f}", f"{base_on:,.0f}", f"{on / base_on:.3f}x (>= 0.97x)"),
+                ("capture budget (1.0 / off)", f"{on / off:.3f}x", f"{base_on / base_off:.3f}x",
+                 f"{(on / off) / (base_on / base_off):.3f}x"),
+            ])
     finally:
         for process in servers.values():
             if process.poll() is None:

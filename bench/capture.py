@@ -126,6 +126,11 @@ def main() -> None:
                 ("requests/s, capture 1.0", f"{on:,.0f}", f"{base_on:,.0f}", f"{on / base_on:.3f}x (>= 0.97x)"),
                 ("capture budget (1.0 / off)", f"{on / off:.3f}x", f"{base_on / base_off:.3f}x",
                  f"{(on / off) / (base_on / base_off):.3f}x"),
+                *((f"server CPU per request, {kind}", f"{statistics.median(cpu[ours]) * 1e6:.0f} us",
+                   f"{statistics.median(cpu[theirs]) * 1e6:.0f} us",
+                   f"{statistics.median(cpu[ours]) / statistics.median(cpu[theirs]):.3f}x (<= 1.03x)")
+                  for kind, ours, theirs in (("capture off", "capture off", "baseline off"),
+                                             ("capture 1.0", "capture 1.0", "baseline 1.0"))),
             ])
     finally:
         for process in servers.values():

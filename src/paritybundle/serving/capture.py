@@ -27,9 +27,9 @@ import json
 import logging
 import math
 import os
-import stat
 import random
 import secrets
+import stat
 import subprocess
 import sys
 import threading

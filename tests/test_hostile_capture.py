@@ -76,6 +76,15 @@ class _GroupServer:
             time.sleep(0.1)
         raise AssertionError(self.log.read_text())
 
+    def handed_over(self, timeout: float = 10) -> None:
+        """Until the server's buffer went whole into the writer's pipe (its queue gauge reads 0)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "\nparitybundle_capture_queue 0.0" in http("GET", self.url + "/metrics")[1]:
+                return
+            time.sleep(0.1)
+        raise AssertionError("the server kept requests buffered")
+
     def writer_pid(self) -> int:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         assert len(children) == 1, children
@@ -120,7 +129,8 @@ def test_sigterm_to_the_writer_alone_completes_its_file_at_once(wine_bundle, tmp
     try:
         for k in range(REQUESTS):
             assert http("POST", f"{server.url}/v2/models/wine/infer", _body(wine_bundle, f"r{k}"))[0] == 200
-        time.sleep(0.5)  # the server's buffer goes to the writer within a quarter of a second
+        time.sleep(0.3)  # the server's buffer goes to the writer's pipe a quarter of a second after it filled
+        server.handed_over()
         os.kill(server.writer_pid(), signal.SIGTERM)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _rows_in(directory) < REQUESTS:
@@ -140,7 +150,8 @@ def test_a_sigkilled_writer_loses_only_what_it_held_and_metrics_count_it(wine_bu
     try:
         for k in range(50):
             assert http("POST", f"{server.url}/v2/models/wine/infer", _body(wine_bundle, f"r{k}"))[0] == 200
-        time.sleep(0.5)  # handed to the writer, not yet in a complete file (files complete every 60 s)
+        time.sleep(0.3)  # handed to the writer, not yet in a complete file (files complete every 60 s)
+        server.handed_over()
         os.kill(server.writer_pid(), signal.SIGKILL)
         deadline = time.monotonic() + 10
         text = ""

@@ -310,30 +310,38 @@ def main() -> int:
             files.write(chunk_of(pending, manifest), cost)
         pending, last, elements, cost = [], time.monotonic(), 0, 0
 
+    def take(frame: bytes) -> None:
+        nonlocal pending, elements, cost
+        request = decode_request(frame, manifest.inputs, manifest.outputs)
+        size = request_cost(frame, request)
+        if (pending or files.written) and cost + size > files.room():  # this request starts the next file
+            write_pending()
+            files.close()
+        pending.append(request)
+        cost += size
+        # Parquet lists here have 32-bit offsets: a chunk stays well under 2**31 values per column.
+        elements += max(np.size(a) for a in (*request.inputs.values(), *request.outputs.values()))
+
+    def receive(timeout: float) -> bool:
+        """Take a frame if one comes within ``timeout``; False at the end of input (the server stopped or died)."""
+        if select.select([stdin], [], [], timeout)[0]:
+            frame = _receive(stdin)
+            if frame is None:
+                return False
+            take(frame)
+        return True
+
     while True:
         # Requests come one frame each; they are written together, every second, 4096 of them or 16 MiB,
         # and a file that has grown old while traffic is quiet is completed.
-        ready, _, _ = select.select([stdin], [], [], 0.25)
-        ended = False
-        if ready:
-            frame = _receive(stdin)
-            if frame is None:  # the server stopped (or died)
-                ended = True
-            else:
-                request = decode_request(frame, manifest.inputs, manifest.outputs)
-                size = request_cost(frame, request)
-                if (pending or files.written) and cost + size > files.room():  # this request starts the next file
-                    write_pending()
-                    files.close()
-                pending.append(request)
-                cost += size
-                # Parquet lists here have 32-bit offsets: a chunk stays well under 2**31 values per column.
-                elements += max(np.size(a) for a in (*request.inputs.values(), *request.outputs.values()))
-        now = time.monotonic()
-        if stop.since is not None and not stop.handled:  # asked to stop: what came so far is made safe now
-            stop.handled = True
+        ended = not receive(0.25)
+        if stop.since is not None and not stop.handled:  # asked to stop: what came so far is made safe now,
+            stop.handled = True                          # the frames already in the pipe included
+            while not ended and select.select([stdin], [], [], 0)[0]:
+                ended = not receive(0)
             write_pending()
             files.close()
+        now = time.monotonic()
         if pending and (ended or len(pending) >= 4096 or elements >= 1 << 26 or cost >= CHUNK_BYTES
                         or now - last >= 1.0):
             write_pending()

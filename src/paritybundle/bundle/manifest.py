@@ -72,6 +72,18 @@ class TensorSpec(BundleDocument):
     kind: Literal["values", "scores"] = "values"
     # Inputs only: whether NaN/inf are legitimate values (e.g. missing tabular data).
     allow_nonfinite: bool = False
+    # The dtype research's arrays had when it was not ``dtype``: they are stored, and compared, in ``dtype``
+    # (float64 research of a float32 graph; training/research_dtypes.py has the rule). None: the same.
+    research_dtype: TensorDType | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_research_dtype(self, handler: Any) -> Any:
+        # Written only when set: a bundle whose research used the graph's dtypes stays what older readers
+        # (which refuse unknown keys) read.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("research_dtype") is None:
+            data.pop("research_dtype", None)
+        return data
 
     @field_validator("shape")
     @classmethod

@@ -202,7 +202,9 @@ def _spec_table(title: str, specs) -> Table:
         table.add_column(column)
     for s in specs:
         # Text, so rich does not read "[batch, 64]" as markup.
-        table.add_row(s.name, s.dtype, _text("[" + ", ".join(map(str, s.shape)) + "]"), s.kind)
+        # research in another dtype is stored and compared in the graph's (training/research_dtypes.py)
+        dtype = s.dtype if s.research_dtype is None else f"{s.dtype} (research {s.research_dtype})"
+        table.add_row(s.name, dtype, _text("[" + ", ".join(map(str, s.shape)) + "]"), s.kind)
     return table
 
 

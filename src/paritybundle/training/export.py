@@ -28,7 +28,7 @@ from ..runtime.lock import TorchInfo
 from ..runtime.session import SessionSettings
 from . import _torch
 from .assemble import assemble_manifest, write_environment, write_reference_set
-from .graphs import graph_specs, input_specs
+from .graphs import batch_first, graph_specs, input_specs
 from . import coverage
 from . import calling
 from .inputs import first_paragraph, length, normalise_inputs, output_names, raw_groups, to_numpy
@@ -36,6 +36,7 @@ from .onnx_files import copy_onnx_with_data
 from .shapes import dynamic_axes
 from .power import measure_power, report_power
 from .preprocessing.graph import MIN_OPSET
+from .research_dtypes import in_graph_dtypes
 from .spec import ExportSpec
 from .validation import validate_preprocessing, validate_stage
 
@@ -230,8 +231,14 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
         # With external data both graphs name the same model.onnx.data, listed once.
         shutil.copyfile(model_path, writer.path(PIPELINE_FILE))
         raw_specs, output_specs, opset = graph_specs(model_path, groups[0], names, spec, research[0])
+        groups, converted = in_graph_dtypes(groups, raw_specs, "reference input")
+        raw_specs = _noting(raw_specs, converted)
     else:
         feature_specs, output_specs, opset = graph_specs(model_path, staged.features, names, spec, research[0])
+    # Research's outputs as the graph answers them (or a refusal now, never a bundle failing its own check).
+    research, converted = in_graph_dtypes(research, output_specs, "research output")
+    output_specs = batch_first(_noting(output_specs, converted), research)
+    if staged is not None:
         raw_specs, preprocessing = _freeze_preprocessing(writer, staged, opset, feature_specs, policy.default, settings)
         # The model alone, on the research features: a failure here is the model's, not the preprocessing's.
         validate_stage(writer.path(MODEL_FILE), feature_specs, output_specs, staged.features, research[0], policy,
@@ -252,6 +259,11 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
                              exporter=exporter, policy=policy, settings=settings, groups=groups,
                              reference_device=reference_device, reference_precision=reference_precision,
                              comparisons=comparisons, preprocessing=preprocessing, power=power, coverage=coverage)
+
+
+def _noting(specs: list[TensorSpec], converted: Mapping[str, str]) -> list[TensorSpec]:
+    """Specs with the dtype research's arrays had recorded where they were converted."""
+    return [s.model_copy(update={"research_dtype": converted[s.name]}) if s.name in converted else s for s in specs]
 
 
 @dataclass

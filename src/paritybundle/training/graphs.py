@@ -76,3 +76,16 @@ def graph_specs(model_path: Path, spec_inputs: Mapping[str, np.ndarray], output_
 def looks_like_scores(spec: TensorSpec, research: np.ndarray) -> bool:
     """Floats over classes, checked for argmax agreement too (the rule: :func:`.coverage.is_score_like`)."""
     return spec.dtype.startswith("float") and is_score_like(spec.name, research)
+
+
+def batch_first(outputs: list[TensorSpec], research: list[Mapping[str, np.ndarray]]) -> list[TensorSpec]:
+    """Outputs whose graph declares a fixed first dimension that research's rows do not have (onnxmltools
+    declares a label ``[1]``) get a symbolic batch axis: every output's first axis is the batch here, and
+    ONNX Runtime answers one row per sample whatever the annotation says (export's validation proves it)."""
+    fixed = []
+    for spec in outputs:
+        rows = {int(group[spec.name].shape[0]) for group in research if group[spec.name].ndim}
+        if spec.shape and isinstance(spec.shape[0], int) and rows and rows != {spec.shape[0]}:
+            spec = spec.model_copy(update={"shape": ["batch", *spec.shape[1:]]})
+        fixed.append(spec)
+    return fixed

@@ -129,3 +129,39 @@ def test_fp16_and_fp64_torch_models_pass_their_own_check(tmp_path, dtype):
     result = paritybundle.export(model, tmp_path / "bundle", reference_inputs=x, name="half", require_power=False)
     report = paritybundle.check(result.path)
     assert report.passed, report
+
+
+# --- item 2: what was exit 70 at export -------------------------------------------------------------------
+
+
+class _Decision(torch.nn.Module):
+    """An int64 decision as the only output: any change of it is infinitely past a zero tolerance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x).argmax(dim=1)
+
+
+def test_an_int64_decision_output_exports_and_checks(tmp_path):
+    """Was: the power measurement's ratio was infinite and failed the manifest's own validation (exit 70)."""
+    x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    result = paritybundle.export(_Decision().eval(), tmp_path / "bundle", reference_inputs=x, name="decision")
+    assert result.manifest.power.detected is not None
+    assert all(np.isfinite(list(result.manifest.power.worst_ratios.values())))
+    assert paritybundle.check(result.path).passed
+
+
+@pytest.mark.parametrize("clip", [{"lower": 0.0}, {"upper": 1.0}])
+def test_a_one_sided_clip_exports_and_checks(tmp_path, clip):
+    """Was: Clip(lower=0) put an infinite range into the coverage (exit 70)."""
+    from paritybundle import preprocess as pp
+
+    data = {"a": np.linspace(-1, 2, 40, dtype=np.float32), "b": np.linspace(1, 2, 40, dtype=np.float32)}
+    pre = pp.Columns({"a": [pp.Clip(**clip), pp.Standardize()], "b": [pp.Standardize()]}).fit(data)
+    result = paritybundle.export(torch.nn.Linear(2, 1), tmp_path / "bundle", preprocess=pre, reference_inputs=data,
+                                 name="clip")
+    assert paritybundle.check(result.path).passed

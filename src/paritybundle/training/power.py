@@ -27,6 +27,9 @@ from .compose import PREPROCESS_PREFIX
 log = logging.getLogger("paritybundle.export")
 
 LEVELS = (0.001, 0.01)
+# An exact output (an int64 decision, atol = rtol = 0) that changed is infinitely past its tolerance; the
+# manifest holds finite numbers only, so a ratio is recorded as at most this ("far past").
+MAX_RECORDED_RATIO = 1e12
 # Fewer reference samples than this cannot show much of a model, whatever the tolerance.
 FEW_SAMPLES = 10
 
@@ -65,7 +68,8 @@ def measure_power(pipeline: Path, input_specs: list[TensorSpec], output_specs: l
             perturbed.graph.initializer[k].CopyFrom(numpy_helper.from_array(noisy.astype(array.dtype), name))
         session = create_session(perturbed.SerializeToString(), settings, label=f"{pipeline.name} + {level:.1%} noise")
         comparisons = compare_in_memory(Runner(session, list(input_specs), list(output_specs)), policy, inputs, research)
-        worst[f"{level:g}"] = max((c.stats.max_tolerance_ratio for c in comparisons if c.stats), default=0.0)
+        worst[f"{level:g}"] = min(max((c.stats.max_tolerance_ratio for c in comparisons if c.stats), default=0.0),
+                                  MAX_RECORDED_RATIO)
         if not all(comparisons):
             return Power(levels=list(LEVELS), detected=level, measured=True, worst_ratios=worst)
     return Power(levels=list(LEVELS), detected=None, measured=True, worst_ratios=worst,

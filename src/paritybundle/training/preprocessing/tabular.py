@@ -111,8 +111,11 @@ class Clip(Step):
         return graph.node("Max", [capped, graph.constant(self.lower, f"{where}/lower")], where)
 
     def _describe(self) -> dict[str, Any]:
+        # A side left open (Clip(lower=0)) is an infinite bound in the graph and None here: the manifest holds
+        # finite numbers only, and coverage and drift read a range only where both sides are set.
         return {"quantiles": list(self.quantiles) if self.quantiles else None,
-                "lower": floats(self.lower), "upper": floats(self.upper)}
+                "lower": floats(self.lower) if np.isfinite(self.lower).all() else None,
+                "upper": floats(self.upper) if np.isfinite(self.upper).all() else None}
 
     def __repr__(self) -> str:
         return f"Clip(quantiles={self.quantiles})" if self.quantiles else f"Clip(lower={self.fixed[0]}, upper={self.fixed[1]})"

@@ -68,7 +68,8 @@ def test_check_passes_every_stage_under_other_threads_and_optimization_levels(bu
                                                                          graph_optimization_level=level))
             assert report.passed, (threads, level, report.diagnosis)
             assert [(s.stage, s.passed) for s in report.stages] == [("preprocess", True), ("model", True),
-                                                                    ("pipeline", True), ("merge", True)]
+                                                                    ("pipeline", True), ("merge", True),
+                                                                    ("rows alone", True)]
             assert report.diagnosis is None
 
 
@@ -144,7 +145,7 @@ def test_a_changed_model_is_the_models_fault_on_correct_features(wine_bundle, tm
     assert code == 1 and "the model diverged on correct features" in out
     report = paritybundle.check(bundle)
     # The merge still holds: the pipeline computes what the (changed) stages compute in sequence.
-    assert [s.passed for s in report.stages] == [True, False, False, True]
+    assert [s.passed for s in report.stages] == [True, False, False, True, False]  # rows alone: the model's fault too
 
 
 def test_a_pipeline_that_differs_from_its_stages_is_blamed_on_the_merge(wine_bundle, tmp_path, capsys):
@@ -154,7 +155,7 @@ def test_a_pipeline_that_differs_from_its_stages_is_blamed_on_the_merge(wine_bun
     code, out = check_cli(bundle, capsys)
     assert code == 1 and "only the merged pipeline diverges" in out
     report = paritybundle.check(bundle)
-    assert [s.passed for s in report.stages] == [True, True, False, False]
+    assert [s.passed for s in report.stages] == [True, True, False, False, False]
 
 
 def test_export_fails_closed_when_a_step_graph_disagrees_with_its_research_path(tmp_path):
@@ -283,7 +284,7 @@ def test_a_fitted_scikit_learn_column_transformer_is_frozen_through_skl2onnx(tmp
     assert columns["weight"].steps[1].params["mean_"][0] == pytest.approx(frame["height"].mean(), rel=1e-5)
     assert {s.name: s.allow_nonfinite for s in manifest.inputs}["weight"] is True
     report = paritybundle.check(result.path)
-    assert report.passed and [s.passed for s in report.stages] == [True, True, True, True]
+    assert report.passed and [s.passed for s in report.stages] == [True, True, True, True, True]
     code, out = check_cli(result.path, capsys)
     assert code == 0 and "column city" in out
 

@@ -36,7 +36,7 @@ def test_junit_marks_the_failing_checks(image_bundle, tmp_path, capsys):
     suite, found = cases(tmp_path / "j.xml")
     failing = {name for name, case in found.items() if case.find("failure") is not None}
     assert failing == {"parity[logits]", "decision[logits]", "stage[preprocess].column[image]",
-                       "stage[preprocess].output[pixels]"}
+                       "stage[preprocess].output[pixels]", "stage[rows alone].output[logits]"}
     assert "preprocessing diverged" in suite.find("system-out").text
     capsys.readouterr()
 

@@ -38,6 +38,7 @@ from . import engine
 from .engine import Batch, Comparison, Part, Run
 from .progress import progress_bar
 from .results import CheckReport, CheckSettings, make_report
+from .rows_alone import RowsAlone
 from .sources import BundleReferences, InMemoryReferences, TestdataReferences
 from .staged import StagedCheck
 from .targets import EndpointTarget, InferenceClient, RunnerTarget
@@ -114,15 +115,19 @@ def check_runtime(
         f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}"))
     staged = stages and manifest.preprocessing is not None
     source = BundleReferences(runtime.bundle, ("inputs", "features", "outputs") if staged else ("inputs", "outputs"))
+    alone = RowsAlone(source.rows, [s.name for s in manifest.inputs], [s.name for s in manifest.outputs])
     if staged:
         stage_check = StagedCheck(runtime, serve, source, batch_size, overrides, tolerance, histograms)
-        samples = _run(source, stage_check.comparisons, source.rows_per_pass(batch_size), progress)
+        samples = _run(source, [*stage_check.comparisons, *alone.comparisons], source.rows_per_pass(batch_size),
+                       progress)
         comparisons, stage_results = stage_check.finish()
     else:
         judges = output_judges(manifest, source, overrides, histograms)
-        samples = _run(source, [Comparison(Run(serve, Part("inputs")), Part("outputs"), list(judges.items()))],
-                       source.rows_per_pass(batch_size), progress)
+        samples = _run(source, [Comparison(Run(serve, Part("inputs")), Part("outputs"), list(judges.items())),
+                                *alone.comparisons], source.rows_per_pass(batch_size), progress)
         comparisons, stage_results = [j.finish() for j in judges.values()], []
+    one_by_one = alone.finish(serve, lambda rows: output_judges(manifest, rows, overrides), manifest.stages.pipeline)
+    stage_results = [*stage_results, *([one_by_one] if one_by_one is not None else [])]
     return make_report(runtime.bundle, comparisons, overrides, local_settings(runtime, batch_size, samples),
                        runtime.drift, started, stage_results)
 
@@ -160,12 +165,16 @@ def check_endpoint(
     endpoint.check_model()
     source = BundleReferences(bundle)
     judges = output_judges(manifest, source, overrides, histograms)
-    samples = _run(source, [Comparison(Run(endpoint, Part("inputs")), Part("outputs"), list(judges.items()))],
-                   request_batch, progress)
+    alone = RowsAlone(source.rows, [s.name for s in manifest.inputs], [s.name for s in manifest.outputs])
+    samples = _run(source, [Comparison(Run(endpoint, Part("inputs")), Part("outputs"), list(judges.items())),
+                            *alone.comparisons], request_batch, progress)
+    one_by_one = alone.finish(EndpointTarget(client, name, manifest, 1),
+                              lambda rows: output_judges(manifest, rows, overrides), f"{url} ({name})")
     settings = CheckSettings(onnxruntime_version=None, providers=[], graph_optimization_level=None,
                              intra_op_num_threads=None, batch_size=request_batch, samples=samples,
                              source="url", url=url, model=name)
-    return make_report(bundle, [j.finish() for j in judges.values()], overrides, settings, None, started)
+    return make_report(bundle, [j.finish() for j in judges.values()], overrides, settings, None, started,
+                       [one_by_one] if one_by_one is not None else [])
 
 
 def check_testdata(

@@ -24,7 +24,8 @@ from .accumulator import OutputAccumulator
 from .explain import explain_failure
 from .results import OutputComparison
 
-StageName = Literal["preprocess", "model", "pipeline", "merge"]
+# "rows alone": a sample of the reference rows run one request each (check/rows_alone.py).
+StageName = Literal["preprocess", "model", "pipeline", "merge", "rows alone"]
 
 
 class ColumnResult(StrictModel):
@@ -114,6 +115,12 @@ def diagnose(stages: Sequence[StageResult]) -> str | None:
     by_name = {s.stage: s for s in stages}
     if all(s.passed for s in stages):
         return None
+    alone = by_name.get("rows alone")
+    if alone is not None and not alone.passed and all(s.passed for s in stages if s is not alone):
+        return (f"batch composition: the reference rows reproduce research when run together, but not run one "
+                f"request each ({alone.file}): a row's outputs depend on the rows batched with it (statistics over "
+                "the batch, e.g. BatchNorm with track_running_stats=False), and a server answers requests one by "
+                "one. Re-export it: export now refuses such a model.")
     pre, model, pipeline, merge = (by_name.get(n) for n in ("preprocess", "model", "pipeline", "merge"))
     if pre is None or model is None:
         return None

@@ -13,6 +13,7 @@ from ..bundle.strict import printable
 from .strength import coverage_lines, power_sentence, tolerance_lines
 from ..check.results import CheckReport
 from ..parity.explain import explain_failure
+from ..parity.localise import StageResult
 from ..parity.results import OutputComparison
 from ..runtime.drift import DriftReport
 from ..runtime.lock import EnvironmentLock
@@ -125,7 +126,7 @@ def render_lock(lock: EnvironmentLock, console: Console) -> None:
     console.print(table)
 
 
-def stage_table(report: CheckReport) -> Table:
+def stage_table(report: CheckReport, stages: list[StageResult] | None = None) -> Table:
     """Each stage on its own, and the preprocessing per raw input (column)."""
     table = Table(title="stages: preprocessing per raw input vs the reference features; model on the reference "
                         "features; merged pipeline; merge = pipeline vs the two stages run in sequence",
@@ -140,7 +141,7 @@ def stage_table(report: CheckReport) -> Table:
                       "-" if s is None else _share(s.max_tolerance_ratio),
                       _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red"))
 
-    for stage in report.stages:
+    for stage in report.stages if stages is None else stages:
         if stage.stage == "preprocess" and stage.columns:
             for column in stage.columns:
                 where = f"[{column.features[0]}:{column.features[1]}]" if column.features else ""
@@ -154,8 +155,13 @@ def stage_table(report: CheckReport) -> Table:
 
 def render_check(report: CheckReport, console: Console) -> None:
     console.print(check_table(report))
-    if report.stages:
-        console.print(stage_table(report))
+    # The single-row pass gets the table only when it failed; otherwise one line says it ran.
+    alone = [s for s in report.stages if s.stage == "rows alone" and s.passed]
+    shown = [s for s in report.stages if s not in alone]
+    if shown:
+        console.print(stage_table(report, shown))
+    for stage in alone:
+        console.print(_text(f"rows alone: {stage.file}: every output reproduces research"))
     if report.environment is not None:
         render_drift(report.environment, console)
     for line in [explain_failure(c) for c in report.outputs if not c.passed]:

@@ -28,6 +28,7 @@ from ..runtime.lock import TorchInfo
 from ..runtime.session import SessionSettings
 from . import _torch
 from .assemble import assemble_manifest, write_environment, write_reference_set
+from .batch_independence import refuse_batch_dependence
 from .graphs import batch_first, graph_specs, input_specs
 from . import coverage
 from . import calling
@@ -238,6 +239,11 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
     # Research's outputs as the graph answers them (or a refusal now, never a bundle failing its own check).
     research, converted = in_graph_dtypes(research, output_specs, "research output")
     output_specs = batch_first(_noting(output_specs, converted), research)
+    # One row per request: the model's rows must not depend on their batch-mates (before any validation,
+    # which would otherwise blame the exporter for what the batch did).
+    refuse_batch_dependence(model_path, feature_specs if staged is not None else raw_specs, output_specs,
+                            [staged.features] if staged is not None else groups, policy, settings,
+                            f"the model ({MODEL_FILE})")
     if staged is not None:
         raw_specs, preprocessing = _freeze_preprocessing(writer, staged, opset, feature_specs, policy.default, settings)
         # The model alone, on the research features: a failure here is the model's, not the preprocessing's.

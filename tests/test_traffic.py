@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,8 +298,17 @@ def test_sigkill_leaves_only_whole_files_and_the_next_start_clears_the_partial_o
             assert http("POST", f"{url}/v2/models/{manifest.name}/infer",
                         _request(manifest, rows, [k % 5], f"k{k}"))[0] == 200
             k += 1
+        writer = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+        deadline = time.monotonic() + 30  # the writer sees its input end and completes its file, then exits
+        while time.monotonic() < deadline:
+            try:
+                if "zombie" in Path(f"/proc/{writer}/status").read_text():
+                    break
+            except FileNotFoundError:
+                break
+            time.sleep(0.1)
     finally:
         if process.poll() is None:
             process.kill()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from ..bundle.manifest import TolerancePolicy
+from ..bundle.manifest import Manifest, TolerancePolicy
 from ..bundle.store import VerifiedBundle, open_bundle
 from ..check import engine
 from ..check.engine import Comparison, Part, Run
@@ -23,7 +23,7 @@ from ..errors import InputValidationError
 from ..parity.judge import judge_for
 from ..runtime.drift import diff_environments
 from ..runtime.load import ServingRuntime, load_verified, read_lock
-from .diff_models import BehaviourRun, BundleSide, Compatibility, DiffReport
+from .diff_models import BehaviourRun, BundleSide, Compatibility, DiffReport, PreprocessingDiff
 from .diff_static import (
     compatibility_of, graph_diff, preprocessing_diff, provenance_changes, spec_differences, strength_changes,
     tolerance_changes,
@@ -58,19 +58,41 @@ def diff(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str], *, expe
             run_on_references(runtime_a, bundle_b, a.tolerance, "a_on_b", batch_size,
                               f"A ({a.name} v{a.version}) on B's reference inputs vs B's research outputs"),
         ]
-    reproduces = compatibility.compatible and all(run.passed for run in behaviour)
+    preprocessing = preprocessing_diff(a.preprocessing, b.preprocessing)
+    unexercised = unexercised_changes(preprocessing, a, b)
+    reproduces = compatibility.compatible and all(run.passed for run in behaviour) and not unexercised
     passed = compatibility.compatible and (reproduces or expect_change)
     return DiffReport(
         a=_side(bundle_a), b=_side(bundle_b), compatibility=compatibility, specs=specs,
-        preprocessing=preprocessing_diff(a.preprocessing, b.preprocessing),
+        preprocessing=preprocessing, unexercised=unexercised,
         graphs=[g for g in (graph_diff(bundle_a, bundle_b, stage) for stage in ("pipeline", "model", "preprocess")) if g],
         tolerance=tolerance_changes(a.tolerance, b.tolerance),
         strength=strength_changes(a, b),
         environment=diff_environments(read_lock(bundle_a), read_lock(bundle_b), list(b.runtime.providers)),
         provenance=provenance_changes(a, b),
         behaviour=behaviour, reproduces=reproduces, expect_change=expect_change, passed=passed,
-        verdict=_verdict(compatibility, behaviour, reproduces, expect_change),
+        verdict=_verdict(compatibility, behaviour, reproduces, expect_change, unexercised),
     )
+
+
+def unexercised_changes(preprocessing: PreprocessingDiff | None, a: Manifest, b: Manifest) -> list[str]:
+    """A sentence per changed fitted value of a step that replaces missing values (an imputer's fill) whose
+    input holds no missing value in either reference set: B run on A's references, and A on B's, never
+    took that path, so their agreement says nothing about it (a median become 0 passed both)."""
+    if preprocessing is None or a.preprocessing is None:
+        return []
+    steps = {(c.input, k): step for c in a.preprocessing.columns for k, step in enumerate(c.steps)}
+    changed: dict[tuple[str, int], list[str]] = {}
+    for change in preprocessing.statistics:
+        step = steps.get((change.input, change.step))
+        if step is None or step.nan != "replaced":
+            continue
+        if any(m.coverage is not None and m.coverage.nan_rows.get(change.input, 0) for m in (a, b)):
+            continue
+        changed.setdefault((change.input, change.step), []).append(change.summary)
+    return [f"the fitted {steps[key].kind} of {key[0]!r} changed ({'; '.join(summaries)}), but neither reference set "
+            f"holds a missing {key[0]!r}, so no run took that path; re-export A (export now adds a missing-value "
+            "probe for every imputed column) and diff again." for key, summaries in changed.items()]
 
 
 def _side(bundle: VerifiedBundle) -> BundleSide:
@@ -78,12 +100,16 @@ def _side(bundle: VerifiedBundle) -> BundleSide:
     return BundleSide(path=str(bundle.source or bundle.root), name=m.name, version=m.version, created_at=m.created_at)
 
 
-def _verdict(compatibility: Compatibility, behaviour: list[BehaviourRun], reproduces: bool, expect_change: bool) -> str:
+def _verdict(compatibility: Compatibility, behaviour: list[BehaviourRun], reproduces: bool, expect_change: bool,
+             unexercised: list[str]) -> str:
     if not compatibility.compatible:
         return ("B cannot replace A behind the same endpoint: " + "; ".join(compatibility.problems) + ".")
     if reproduces:
         return "B reproduces A within A's tolerance on both reference sets; it can replace A."
     failing = [r for r in behaviour if not r.passed]
+    if not failing:
+        lead = "B changes outputs, as expected (--expect-change)" if expect_change else "B is not shown to reproduce A"
+        return f"{lead}: " + " ".join(unexercised)
     flips = sum(r.flips for r in failing)
     what = "; ".join(f"{r.description}: " + (r.problem or ", ".join(c.name for c in r.outputs if not c.passed) + " differ")
                      for r in failing)

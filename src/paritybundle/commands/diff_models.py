@@ -115,7 +115,10 @@ class DiffReport(StrictModel):
     environment: list[DriftItem]
     provenance: list[FieldChange]
     behaviour: list[BehaviourRun]
-    # B reproduces A within A's tolerance, in both directions.
+    # Fitted values of steps that replace missing values which changed while neither reference set holds a
+    # missing value there: no run exercised them, so "reproduces" cannot be claimed (one sentence each).
+    unexercised: list[str] = []
+    # B reproduces A within A's tolerance, in both directions, and no changed fitted value went unexercised.
     reproduces: bool
     expect_change: bool
     # The exit-0 condition: compatible, and reproducing unless a change was expected.

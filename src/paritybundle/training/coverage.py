@@ -118,6 +118,20 @@ class Probes:
         return len(self.reasons)
 
 
+def missing_value_step(column: PreprocessColumn) -> str | None:
+    """The first step of ``column`` that replaces a missing value, as "kind (its fill values)"; None if none."""
+    for step in column.steps:
+        if step.nan == "replaced":
+            fill = {k: v for k, v in step.params.items() if k in ("strategy", "fill", "statistics_", "value", "values")}
+            return f"{step.kind}" + (f" ({_short(fill)})" if fill else "")
+    return None
+
+
+def _short(params: Mapping[str, object]) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in params.items())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColumn]) -> Probes:
     """Probe rows for what the selected rows ``raw`` do not show of the fitted ``columns``."""
     probes = Probes(raw={name: [] for name in raw})  # type: ignore[arg-type]
@@ -141,6 +155,19 @@ def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColu
                     add(column.input, np.full(values[:1].shape, category),
                         f"{column.input} = {category!r}: in the fitted vocabulary, never in the reference rows")
             continue
+        imputer = missing_value_step(column)
+        if imputer is not None and values.dtype.kind == "f":
+            # The path a missing value takes is probed whether or not the rows hold one: a fill value that
+            # changed (a median become 0) is otherwise invisible to every check of these references.
+            flat = values.reshape(len(values), -1)
+            for feature in range(flat.shape[1]):
+                if np.isnan(flat[:, feature]).any():
+                    continue
+                row = values[:1].copy()
+                row.reshape(1, -1)[:, feature] = np.nan
+                label = f"{column.input}[{feature}]" if values.ndim > 1 else column.input
+                add(column.input, row, f"{label} = NaN: missing, replaced by the fitted {imputer}; never missing in "
+                                       "the reference rows")
         bounds = fitted_bounds(column)
         if bounds is None or values.dtype.kind != "f":
             continue
@@ -192,7 +219,8 @@ def describe(raw: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray], 
                 ranges[label] = RangeCoverage(
                     fitted=[float(low), float(high)],
                     reference=[float(observed.min()), float(observed.max())] if observed.size else None,
-                    share=min(covered, 1.0), probed=any(r.startswith(f"{label} = ") for r in probes.reasons))
+                    share=min(covered, 1.0), probed=any(r.startswith(f"{label} = ") and not r.startswith(f"{label} = NaN")
+                                                        for r in probes.reasons))
     nan_rows = {name: int(np.isnan(values.reshape(rows, -1)).any(axis=1).sum())
                 for name, values in raw.items() if values.dtype.kind == "f" and np.isnan(values).any()}
     return Coverage(candidates=candidates, selected=selected, probes=probes.rows, selection=selection,  # type: ignore[arg-type]

@@ -110,11 +110,18 @@ def _verdict(compatibility: Compatibility, behaviour: list[BehaviourRun], reprod
     if not failing:
         lead = "B changes outputs, as expected (--expect-change)" if expect_change else "B is not shown to reproduce A"
         return f"{lead}: " + " ".join(unexercised)
-    flips = sum(r.flips for r in failing)
     what = "; ".join(f"{r.description}: " + (r.problem or ", ".join(c.name for c in r.outputs if not c.passed) + " differ")
-                     for r in failing)
+                     + _flips(r) for r in failing)
     lead = "B changes outputs, as expected (--expect-change)" if expect_change else "B does not reproduce A"
-    return f"{lead}: {what}" + (f"; {flips} predictions flip." if flips else ".")
+    return f"{lead}: {what}."
+
+
+def _flips(run: BehaviourRun) -> str:
+    """Changed decisions per output, out of that run's samples: the two runs are over different reference sets
+    (their sum once read "1642 predictions flip" on 1,002 samples)."""
+    flips = [f"{c.name}: {c.decision.samples - c.decision.agreeing} of {c.decision.samples} decisions change"
+             for c in run.outputs if c.decision is not None and c.decision.agreeing < c.decision.samples]
+    return f" ({'; '.join(flips)})" if flips else ""
 
 
 # --- behaviour ---------------------------------------------------------------------------------

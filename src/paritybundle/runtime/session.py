@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.manifest import MAX_THREADS, Manifest
-from ..errors import BundleInvalid, UsageError
+from ..errors import BundleInvalid, ExportError, UsageError
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -103,12 +103,17 @@ def onnxruntime_version() -> str:
     return onnxruntime.__version__
 
 
-def create_session(model_path: Path | bytes, settings: SessionSettings, *, label: str | None = None) -> Any:
+def create_session(model_path: Path | bytes, settings: SessionSettings, *, label: str | None = None,
+                   at_export: bool = False) -> Any:
     """Build an ONNX Runtime session for a verified model file (or a serialised model in memory).
+
+    ``at_export``: the graph was just made (export's validation): a failure is the export's, not a
+    bundle's, and "re-export" would be no advice.
 
     Raises:
         UsageError: an execution provider that this onnxruntime does not have.
-        BundleInvalid: ONNX Runtime cannot load the model (its reason included).
+        BundleInvalid: ONNX Runtime cannot load the model (its reason, and what to do, included).
+        ExportError: the same, at export (nothing is written).
     """
     import onnxruntime as ort
 
@@ -135,6 +140,24 @@ def create_session(model_path: Path | bytes, settings: SessionSettings, *, label
         return ort.InferenceSession(source, sess_options=options, providers=list(settings.providers))
     except Exception as exc:  # ORT raises its own pybind classes; all mean "cannot load this model"
         reason = " ".join(str(exc).split())[:600]
-        raise BundleInvalid(
-            f"ONNX Runtime cannot load {label or getattr(model_path, 'name', 'the model')}: {reason}; re-export the bundle."
-        ) from None
+        what = label or getattr(model_path, "name", "the model")
+        advice = load_advice(reason)
+        if at_export:
+            raise ExportError(f"ONNX Runtime cannot load {what} in the training environment: {reason}; "
+                              f"{advice or 'the graph the exporter made is not one this onnxruntime runs'}. "
+                              "Nothing was written.") from None
+        raise BundleInvalid(f"ONNX Runtime cannot load {what}: {reason}; {advice or 're-export the bundle'}.") from None
+
+
+def load_advice(reason: str) -> str | None:
+    """What to do about an ONNX Runtime load failure whose cause is this machine, not the model file."""
+    lowered = reason.lower()
+    if "no op registered" in lowered or "not a registered function/op" in lowered or "ai.onnx.contrib" in lowered:
+        return ("the graph uses an operator this onnxruntime does not register (a custom op, such as "
+                "onnxruntime-extensions' ai.onnx.contrib domain): install the package that provides it here "
+                "(pip install onnxruntime-extensions), or convert without it")
+    if "locale" in lowered:
+        return ("the graph needs a locale this machine does not have (scikit-learn's TF-IDF lowercasing, "
+                "StringNormalizer): install it (apt-get install locales, then locale-gen en_US.UTF-8) or set the "
+                "converter's locale option to one installed (locale -a lists them)")
+    return None

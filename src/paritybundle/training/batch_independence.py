@@ -40,7 +40,7 @@ def refuse_batch_dependence(path: Path, input_specs: list[TensorSpec], output_sp
     Raises:
         ExportParityError: naming batch dependence, the outputs and how far they moved; nothing is written.
     """
-    runner = Runner(create_session(path, settings, label=label), input_specs, output_specs)
+    runner = Runner(create_session(path, settings, label=label, at_export=True), input_specs, output_specs)
     for group in groups:
         rows = min(len(next(iter(group.values()))), PROBE_ROWS)
         if rows < 2:

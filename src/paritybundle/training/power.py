@@ -66,7 +66,8 @@ def measure_power(pipeline: Path, input_specs: list[TensorSpec], output_specs: l
             noisy = array + rng.normal(0.0, level * (float(array.std()) or 1.0), array.shape)
             name = perturbed.graph.initializer[k].name
             perturbed.graph.initializer[k].CopyFrom(numpy_helper.from_array(noisy.astype(array.dtype), name))
-        session = create_session(perturbed.SerializeToString(), settings, label=f"{pipeline.name} + {level:.1%} noise")
+        session = create_session(perturbed.SerializeToString(), settings, label=f"{pipeline.name} + {level:.1%} noise",
+                                 at_export=True)
         comparisons = compare_in_memory(Runner(session, list(input_specs), list(output_specs)), policy, inputs, research)
         worst[f"{level:g}"] = min(max((c.stats.max_tolerance_ratio for c in comparisons if c.stats), default=0.0),
                                   MAX_RECORDED_RATIO)

@@ -34,7 +34,7 @@ def validate_stage(path: Path, input_specs: list[TensorSpec], output_specs: list
         SpecError: the reference inputs do not fit the graph.
         ExportParityError: ONNX Runtime disagrees with research beyond ``policy``.
     """
-    runner = Runner(create_session(path, settings, label=label), input_specs, output_specs)
+    runner = Runner(create_session(path, settings, label=label, at_export=True), input_specs, output_specs)
     comparisons = compare_in_memory(runner, policy, inputs, research,
                                     refuse=lambda exc: SpecError(f"the reference inputs do not fit {label}: {exc}"))
     failures = [explain_failure(c) for c in comparisons if not c.passed]
@@ -59,7 +59,7 @@ def validate_preprocessing(path: Path, raw_specs: list[TensorSpec], feature_spec
         ExportParityError: naming the column that disagrees.
     """
     label = path.name
-    runner = Runner(create_session(path, settings, label=label), raw_specs, feature_specs)
+    runner = Runner(create_session(path, settings, label=label, at_export=True), raw_specs, feature_specs)
     source = InMemoryReferences({"inputs": raw, "features": features})
     columns = column_accumulators(described, tolerance, source.rows)
     # Feature arrays no single column spans whole are also compared whole (slices may not cover them).

@@ -75,14 +75,27 @@ class TensorSpec(BundleDocument):
     # The dtype research's arrays had when it was not ``dtype``: they are stored, and compared, in ``dtype``
     # (float64 research of a float32 graph; training/research_dtypes.py has the rule). None: the same.
     research_dtype: TensorDType | None = None
+    # Inputs only: the largest size a symbolic dimension may take (a sequence model's position table, found
+    # at export: training/max_lengths.py); a longer request is refused. None: no limit found.
+    max_dims: dict[str, int] | None = None
+
+    @field_validator("max_dims")
+    @classmethod
+    def _max_dims(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for dim, size in (value or {}).items():
+            if not 0 < len(dim) <= 128 or not 1 <= size <= MAX_DIMENSION:
+                raise ValueError(f"max_dims must name symbolic dimensions with sizes 1..{MAX_DIMENSION}")
+        return value
 
     @model_serializer(mode="wrap")
-    def _without_unset_research_dtype(self, handler: Any) -> Any:
-        # Written only when set: a bundle whose research used the graph's dtypes stays what older readers
-        # (which refuse unknown keys) read.
+    def _without_unset_fields(self, handler: Any) -> Any:
+        # Written only when set: a bundle that needs neither stays what older readers (which refuse unknown
+        # keys) read.
         data = handler(self)
-        if isinstance(data, dict) and data.get("research_dtype") is None:
-            data.pop("research_dtype", None)
+        if isinstance(data, dict):
+            for key in ("research_dtype", "max_dims"):
+                if data.get(key) is None:
+                    data.pop(key, None)
         return data
 
     @field_validator("shape")

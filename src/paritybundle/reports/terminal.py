@@ -210,7 +210,9 @@ def _spec_table(title: str, specs) -> Table:
         # Text, so rich does not read "[batch, 64]" as markup.
         # research in another dtype is stored and compared in the graph's (training/research_dtypes.py)
         dtype = s.dtype if s.research_dtype is None else f"{s.dtype} (research {s.research_dtype})"
-        table.add_row(s.name, dtype, _text("[" + ", ".join(map(str, s.shape)) + "]"), s.kind)
+        limits = getattr(s, "max_dims", None) or {}
+        shape = ", ".join(f"{d} <= {limits[d]}" if d in limits else str(d) for d in s.shape)
+        table.add_row(s.name, dtype, _text(f"[{shape}]"), s.kind)
     return table
 
 

@@ -104,11 +104,12 @@ def onnxruntime_version() -> str:
 
 
 def create_session(model_path: Path | bytes, settings: SessionSettings, *, label: str | None = None,
-                   at_export: bool = False) -> Any:
+                   at_export: bool = False, quiet: bool = False) -> Any:
     """Build an ONNX Runtime session for a verified model file (or a serialised model in memory).
 
     ``at_export``: the graph was just made (export's validation): a failure is the export's, not a
-    bundle's, and "re-export" would be no advice.
+    bundle's, and "re-export" would be no advice. ``quiet``: runs are expected to fail (export probing
+    the longest input), so ONNX Runtime logs nothing but fatal errors.
 
     Raises:
         UsageError: an execution provider that this onnxruntime does not have.
@@ -134,7 +135,7 @@ def create_session(model_path: Path | bytes, settings: SessionSettings, *, label
     options.intra_op_num_threads = settings.intra_op_num_threads
     if not settings.allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business here
+    options.log_severity_level = 4 if quiet else 3  # errors only: ORT's warnings are not the user's business here
     try:
         source = model_path if isinstance(model_path, bytes) else os.fspath(model_path)
         return ort.InferenceSession(source, sess_options=options, providers=list(settings.providers))

@@ -91,6 +91,11 @@ def check_shape(spec: TensorSpec, shape: Sequence[int]) -> None:
                 f"input {spec.name!r} must have shape {shape_text(spec.shape)}, got {list(shape)} "
                 f"(dimension {axis} is {size}, expected {dim})."
             )
+        if spec.max_dims and isinstance(dim, str) and dim in spec.max_dims and size > spec.max_dims[dim]:
+            raise InputValidationError(
+                f"input {spec.name!r} has {size} along {dim!r}, over this model's maximum of {spec.max_dims[dim]} "
+                "(the longest its graph runs, found at export); shorten or truncate it."
+            )
 
 
 def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, check_finite: bool = True,

@@ -112,7 +112,9 @@ async def model_metadata(request: Request) -> Response:
         "inputs": [tensor_metadata(s) for s in manifest.inputs],
         "outputs": [tensor_metadata(s) for s in manifest.outputs],
         "parameters": {"ready": state.ready, "status": state.status, "reason": state.reason,
-                       "parity": state.parity_summary},
+                       "parity": state.parity_summary,
+                       # the largest size of each limited symbolic dimension (-1 in "shape"): a longer request is a 400
+                       "max_dims": {s.name: s.max_dims for s in manifest.inputs if s.max_dims}},
     }), began)
 
 

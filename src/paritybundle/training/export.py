@@ -29,6 +29,7 @@ from ..runtime.session import SessionSettings
 from . import _torch
 from .assemble import assemble_manifest, write_environment, write_reference_set
 from .batch_independence import refuse_batch_dependence
+from .max_lengths import find_max_lengths
 from .graphs import batch_first, graph_specs, input_specs
 from . import coverage
 from . import calling
@@ -234,6 +235,9 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
         raw_specs, output_specs, opset = graph_specs(model_path, groups[0], names, spec, research[0])
         groups, converted = in_graph_dtypes(groups, raw_specs, "reference input")
         raw_specs = _noting(raw_specs, converted)
+        limits = find_max_lengths(model_path, raw_specs, output_specs, groups[0], settings)
+        raw_specs = [s.model_copy(update={"max_dims": {d: limits[d] for d in s.shape if d in limits}})
+                     if any(d in limits for d in s.shape) else s for s in raw_specs]
     else:
         feature_specs, output_specs, opset = graph_specs(model_path, staged.features, names, spec, research[0])
     # Research's outputs as the graph answers them (or a refusal now, never a bundle failing its own check).

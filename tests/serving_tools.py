@@ -41,6 +41,19 @@ def wait_for(url: str, timeout: float, *, process: subprocess.Popen | None = Non
     raise AssertionError(f"{url} not up after {timeout} s{tail()}")
 
 
+def wait_gone(pid: int, timeout: float = 30) -> None:
+    """Until process ``pid`` has exited (a capture writer, reparented or a zombie once its server is gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "zombie" in Path(f"/proc/{pid}/status").read_text():
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} did not exit within {timeout} s")
+
+
 def http(method: str, url: str, body: bytes | str | dict | None = None, timeout: float = 30,
          headers: dict | None = None) -> tuple[int, object]:
     if isinstance(body, dict):

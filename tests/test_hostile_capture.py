@@ -16,7 +16,7 @@ import pytest
 
 from bundle_tools import HOSTILE_COUNTS
 from conftest import require
-from serving_tools import free_port, http
+from serving_tools import free_port, http, wait_gone
 
 pa = require("pyarrow", reason="pyarrow is the capture extra: pip install -e '.[dev]'")
 import pyarrow.parquet as pq  # noqa: E402
@@ -85,6 +85,10 @@ class _GroupServer:
             time.sleep(0.1)
         raise AssertionError("the server kept requests buffered")
 
+    def send(self, bundle: Path, count: int) -> None:
+        for k in range(count):
+            assert http("POST", f"{self.url}/v2/models/wine/infer", _body(bundle, f"r{k}"))[0] == 200
+
     def writer_pid(self) -> int:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
         assert len(children) == 1, children
@@ -104,8 +108,8 @@ def test_an_ordinary_stop_keeps_every_captured_row(wine_bundle, tmp_path, how):
     directory = tmp_path / "capture"
     server = _GroupServer(wine_bundle, tmp_path, directory)
     try:
-        for k in range(REQUESTS):
-            assert http("POST", f"{server.url}/v2/models/wine/infer", _body(wine_bundle, f"r{k}"))[0] == 200
+        server.send(wine_bundle, REQUESTS)
+        writer = server.writer_pid()
         signum = signal.SIGINT if "SIGINT" in how else signal.SIGTERM
         if "group" in how:
             os.killpg(server.process.pid, signum)
@@ -115,9 +119,7 @@ def test_an_ordinary_stop_keeps_every_captured_row(wine_bundle, tmp_path, how):
         assert server.process.wait(timeout=60) in (0, 128 + signum, -signum), server.log.read_text()
     finally:
         server.close()
-    deadline = time.monotonic() + 10  # the writer completes its file once the server closed its pipe
-    while time.monotonic() < deadline and list(directory.glob(f".*{PARTIAL_SUFFIX}")):
-        time.sleep(0.1)
+    wait_gone(writer)  # the writer completes its file once the server closed its pipe, then exits
     assert _rows_in(directory) == REQUESTS, server.log.read_text()
     assert not list(directory.glob(f".*{PARTIAL_SUFFIX}"))
 
@@ -127,8 +129,7 @@ def test_sigterm_to_the_writer_alone_completes_its_file_at_once(wine_bundle, tmp
     directory = tmp_path / "capture"
     server = _GroupServer(wine_bundle, tmp_path, directory)
     try:
-        for k in range(REQUESTS):
-            assert http("POST", f"{server.url}/v2/models/wine/infer", _body(wine_bundle, f"r{k}"))[0] == 200
+        server.send(wine_bundle, REQUESTS)
         time.sleep(0.3)  # the server's buffer goes to the writer's pipe a quarter of a second after it filled
         server.handed_over()
         os.kill(server.writer_pid(), signal.SIGTERM)
@@ -148,8 +149,7 @@ def test_a_sigkilled_writer_loses_only_what_it_held_and_metrics_count_it(wine_bu
     directory = tmp_path / "capture"
     server = _GroupServer(wine_bundle, tmp_path, directory)
     try:
-        for k in range(50):
-            assert http("POST", f"{server.url}/v2/models/wine/infer", _body(wine_bundle, f"r{k}"))[0] == 200
+        server.send(wine_bundle, 50)
         time.sleep(0.3)  # handed to the writer, not yet in a complete file (files complete every 60 s)
         server.handed_over()
         os.kill(server.writer_pid(), signal.SIGKILL)

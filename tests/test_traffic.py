@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import require
-from serving_tools import free_port, http, running_server
+from serving_tools import free_port, http, running_server, wait_gone
 
 pa = require("pyarrow", reason="pyarrow is the capture extra: pip install -e '.[dev]'")
 import pyarrow.parquet as pq  # noqa: E402
@@ -301,14 +301,7 @@ def test_sigkill_leaves_only_whole_files_and_the_next_start_clears_the_partial_o
         writer = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-        deadline = time.monotonic() + 30  # the writer sees its input end and completes its file, then exits
-        while time.monotonic() < deadline:
-            try:
-                if "zombie" in Path(f"/proc/{writer}/status").read_text():
-                    break
-            except FileNotFoundError:
-                break
-            time.sleep(0.1)
+        wait_gone(writer)  # the writer sees its input end and completes its file, then exits
     finally:
         if process.poll() is None:
             process.kill()

@@ -276,14 +276,18 @@ class CaptureWriter:
             self._warn(f"captured traffic is being dropped: the writer process is gone ({exc})")
             self._fd = -1
             return
+        self._handed_over(written)
+        self.metrics.queued.set(len(self._frames))
+        self.metrics.queued_bytes.set(len(self._buffer))
+
+    def _handed_over(self, written: int) -> None:
+        """``written`` bytes of the buffer went into the pipe: drop them, and count the frames now whole there."""
         del self._buffer[:written]
         while self._frames and written >= self._frames[0]:
             written -= self._frames.popleft()
             self._sent += 1
         if self._frames:
             self._frames[0] -= written
-        self.metrics.queued.set(len(self._frames))
-        self.metrics.queued_bytes.set(len(self._buffer))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Hand over what is buffered; the writer completes its file and exits."""
@@ -294,13 +298,7 @@ class CaptureWriter:
             try:
                 os.set_blocking(self._fd, True)
                 while self._buffer:  # a blocking write may still return short (a signal): loop
-                    written = os.write(self._fd, self._buffer)
-                    del self._buffer[:written]
-                    while self._frames and written >= self._frames[0]:
-                        written -= self._frames.popleft()
-                        self._sent += 1
-                    if self._frames:
-                        self._frames[0] -= written
+                    self._handed_over(os.write(self._fd, self._buffer))
             except OSError:  # the writer is gone: what it was not given is lost, and counted
                 self.metrics.write_error.inc(len(self._frames))
             self._buffer.clear()

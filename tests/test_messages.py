@@ -54,3 +54,20 @@ def test_diff_counts_changed_decisions_per_direction_out_of_its_own_samples(digi
             assert (f"logits: {decision.samples - decision.agreeing} of {decision.samples} decisions change"
                     in report.verdict)
     assert "predictions flip" not in report.verdict
+
+
+def test_the_bias_resolution_stated_is_the_one_the_check_has(digits_bundle):
+    """Was: power in weight units only; a x1.001 bias passed at 0.99 of its tolerance, unstated."""
+    from paritybundle.bundle.store import read_manifest
+    from paritybundle.parity.judge import judge_for
+    from paritybundle.reports.strength import bias_resolution, tolerance_lines
+
+    manifest = read_manifest(digits_bundle)
+    research = np.load(digits_bundle / "reference" / "outputs.npz")["logits"].astype(np.float64)
+    bias = bias_resolution(manifest.tolerance, "logits")
+    assert bias is not None and any(f"(a {bias:.3%} bias)" in line for line in tolerance_lines(manifest.tolerance))
+    spec = manifest.outputs[0]
+    for factor, passes in ((1 + 0.99 * bias, True), (1 + 1.01 * bias, False)):
+        judge = judge_for(spec, manifest.tolerance, research.size)
+        judge.add((research * factor).astype(np.float32), research.astype(np.float32), 0)
+        assert judge.finish().passed is passes, factor

@@ -13,14 +13,29 @@ _RULES = {
 }
 
 
+def bias_resolution(policy: TolerancePolicy, name: str) -> float | None:
+    """The smallest relative bias of every value of output ``name`` the check detects: scaled by ``1 + k``,
+    the largest-magnitude reference value moves by ``k * max_abs``, past ``atol + rtol * max_abs`` once
+    ``k > rtol + atol / max_abs`` (no smaller value moves further past its own tolerance). None without
+    the output's recorded scale, or when its values are all zero."""
+    scale = policy.scales.get(name)
+    if scale is None or not scale.max_abs:
+        return None
+    tolerance = policy.for_output(name)
+    return tolerance.rtol + tolerance.atol / scale.max_abs
+
+
 def tolerance_lines(policy: TolerancePolicy) -> list[str]:
     """One line per output: its tolerance, and what set it."""
     lines = []
     for name, scale in policy.scales.items():
         tolerance = policy.for_output(name)
         rule = _RULES[scale.rule].format(device=policy.reference_device, precision=policy.reference_precision)
+        bias = bias_resolution(policy, name)
         lines.append(f"{name}: atol {tolerance.atol:.3g}, rtol {tolerance.rtol:g} (atol from {rule}; values spread "
-                     f"{scale.spread:.3g}, largest magnitude {scale.max_abs:.3g})")
+                     f"{scale.spread:.3g}, largest magnitude {scale.max_abs:.3g})"
+                     + (f"; detects its values all scaled by more than x{1 + bias:.6g} (a {bias:.3%} bias)"
+                        if bias is not None else ""))
     for name, tolerance in policy.per_output.items():
         if name not in policy.scales:
             lines.append(f"{name}: atol {tolerance.atol:g}, rtol {tolerance.rtol:g}")

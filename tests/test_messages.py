@@ -71,3 +71,34 @@ def test_the_bias_resolution_stated_is_the_one_the_check_has(digits_bundle):
         judge = judge_for(spec, manifest.tolerance, research.size)
         judge.add((research * factor).astype(np.float32), research.astype(np.float32), 0)
         assert judge.finish().passed is passes, factor
+
+
+def test_diff_shows_a_scikit_learn_setting_edited_without_a_fitted_value_moving(tmp_path):
+    """Was: the static section listed fitted attributes (``mean_``) only, so an edited setting
+    (``handle_unknown``) showed nothing there."""
+    import torch
+
+    from conftest import require
+
+    pd = require("pandas", reason="scikit-learn fits named columns on a DataFrame (the sklearn extra)")
+    require("skl2onnx", reason="the sklearn extra converts scikit-learn preprocessing")
+    import paritybundle
+    from paritybundle.commands.diff import diff
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"height": rng.normal(170, 10, 80).astype(np.float32),
+                          "city": rng.choice(["paris", "lyon", "nice"], 80)})
+    bundles = []
+    for unknown in ("ignore", "infrequent_if_exist"):
+        transformer = ColumnTransformer([
+            ("numbers", StandardScaler(), ["height"]),
+            ("city", OneHotEncoder(handle_unknown=unknown, sparse_output=False), ["city"])]).fit(frame)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
+        bundles.append(paritybundle.export(model, tmp_path / unknown, preprocess=transformer, reference_inputs=frame,
+                                           name="sk").path)
+    report = diff(*bundles)
+    changes = [c.summary for c in report.preprocessing.statistics]
+    assert any("handle_unknown" in c and "'ignore' -> 'infrequent_if_exist'" in c for c in changes), changes

@@ -3,6 +3,7 @@ frozen with skl2onnx (the ``sklearn`` extra)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,14 +16,29 @@ from .pipeline import Preprocessor
 
 
 def _fitted_state(estimator: Any) -> dict[str, Any]:
-    """scikit-learn's convention: fitted attributes end with ``_`` (``mean_``, ``categories_``)."""
+    """scikit-learn's convention: fitted attributes end with ``_`` (``mean_``, ``categories_``); beside them
+    the settings it was made with (``strategy``, ``with_mean``, ``handle_unknown``), so that ``bundle diff``
+    shows an edit of either (a setting changed without a fitted value moving was invisible)."""
     state: dict[str, Any] = {"class": type(estimator).__name__}
+    settings = estimator.get_params(deep=False) if hasattr(estimator, "get_params") else {}
+    for name in sorted(settings):
+        value = json_value(settings[name])
+        if value is not ... and _finite(value):  # np.nan as missing_values: no NaN in the manifest's JSON
+            state[name] = value
     for name in sorted(vars(estimator)):
         if name.endswith("_") and not name.startswith("_") and name not in ("n_features_in_", "feature_names_in_"):
             value = json_value(getattr(estimator, name))
             if value is not ...:
                 state[name] = value
     return state
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _sklearn_steps(estimator: Any) -> list[PreprocessStep]:

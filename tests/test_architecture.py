@@ -50,9 +50,14 @@ def loop_calls(monkeypatch):
 def test_check_and_its_stages_run_through_the_one_loop(digits_bundle, wine_bundle, loop_calls):
     assert paritybundle.check(digits_bundle)
     assert paritybundle.check(wine_bundle)
-    assert loop_calls[0] == ("BundleReferences", ["RunnerTarget"])
+    # The pass over the references also collects the rows the single-row pass (check/rows_alone.py) runs
+    # next: two comparisons of a part with itself (no target), then those rows alone, through the same loop.
+    collect = ["NoneType", "NoneType"]
+    assert loop_calls[0] == ("BundleReferences", ["RunnerTarget", *collect])
+    assert loop_calls[1] == ("InMemoryReferences", ["RunnerTarget"])
     # Four comparisons of a bundle with preprocessing, in the same single pass.
-    assert loop_calls[1] == ("BundleReferences", ["RunnerTarget"] * 4)
+    assert loop_calls[2] == ("BundleReferences", ["RunnerTarget"] * 4 + collect)
+    assert loop_calls[3] == ("InMemoryReferences", ["RunnerTarget"])
 
 
 def test_testdata_diff_and_export_run_through_the_one_loop(digits_bundle, tmp_path, loop_calls):
@@ -69,8 +74,9 @@ def test_testdata_diff_and_export_run_through_the_one_loop(digits_bundle, tmp_pa
 
     x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     paritybundle.export(torch.nn.Linear(4, 2), tmp_path / "b", reference_inputs=x, name="t")
-    # The fail-closed validation, then the power measurement (its perturbed graph, same loop).
-    assert loop_calls[:2] == [("InMemoryReferences", ["RunnerTarget"])] * 2
+    # The batch-independence probe (rows alone, then in reverse order), the fail-closed validation, then the
+    # power measurement (its perturbed graph): the same loop each time.
+    assert loop_calls[:4] == [("InMemoryReferences", ["RunnerTarget"])] * 4
 
 
 def test_a_live_endpoint_is_a_target_whose_client_is_passed_in(digits_bundle, loop_calls):
@@ -89,4 +95,5 @@ def test_a_live_endpoint_is_a_target_whose_client_is_passed_in(digits_bundle, lo
     client = InProcess()
     report = check_endpoint(digits_bundle, client, url="in-process://digits", request_batch=7)
     assert report and client.checked == "digits" and report.settings.url == "in-process://digits"
-    assert loop_calls == [("BundleReferences", ["EndpointTarget"])]
+    assert loop_calls == [("BundleReferences", ["EndpointTarget", "NoneType", "NoneType"]),
+                          ("InMemoryReferences", ["EndpointTarget"])]  # the sampled rows, one request each

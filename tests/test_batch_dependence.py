@@ -105,3 +105,14 @@ def test_check_url_fails_it_against_a_stack_that_serves_it_anyway(made_before):
     report = check_endpoint(made_before, ServesAnything(), url="http://in-process", request_batch=1024)
     assert all(o.passed for o in report.outputs) and not report.passed
     assert report.diagnosis.startswith("batch composition")
+
+
+def test_a_bundle_failing_everywhere_is_not_blamed_on_batch_composition(bundle_copy):
+    """The single-row pass fails too when every row is wrong (perturbed weights): that is no batch effect."""
+    from bundle_tools import perturb_weights
+
+    perturb_weights(bundle_copy, 0.01)
+    report = paritybundle.check(bundle_copy)
+    assert not report.passed and not all(o.passed for o in report.outputs)
+    assert [s.passed for s in report.stages if s.stage == "rows alone"] == [False]
+    assert report.diagnosis is None or "batch composition" not in report.diagnosis

@@ -114,7 +114,7 @@ def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], ove
         outputs=comparisons,
         notices=notices,
         stages=list(stages),
-        diagnosis=diagnose(stages),
+        diagnosis=diagnose(stages, all(comparisons)),
         power=manifest.power,
         coverage=manifest.coverage,
     )

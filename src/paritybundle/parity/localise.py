@@ -110,13 +110,14 @@ def describe_columns(columns: Sequence[ColumnResult]) -> str:
     return "; ".join(parts)
 
 
-def diagnose(stages: Sequence[StageResult]) -> str | None:
-    """One sentence on where a failing check diverged (None when every stage passed)."""
+def diagnose(stages: Sequence[StageResult], outputs_passed: bool = True) -> str | None:
+    """One sentence on where a failing check diverged (None when every stage passed). ``outputs_passed``:
+    the batched comparison of the outputs held (batch composition is blamed only then)."""
     by_name = {s.stage: s for s in stages}
     if all(s.passed for s in stages):
         return None
     alone = by_name.get("rows alone")
-    if alone is not None and not alone.passed and all(s.passed for s in stages if s is not alone):
+    if alone is not None and not alone.passed and outputs_passed and all(s.passed for s in stages if s is not alone):
         return (f"batch composition: the reference rows reproduce research when run together, but not run one "
                 f"request each ({alone.file}): a row's outputs depend on the rows batched with it (statistics over "
                 "the batch, e.g. BatchNorm with track_running_stats=False), and a server answers requests one by "

@@ -17,30 +17,26 @@ of the reference set (:mod:`paritybundle.check.checks`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from ..bundle.manifest import TensorSpec, TolerancePolicy
+from ..bundle.manifest import TolerancePolicy
 from ..check.checks import compare_in_memory
 from ..check.rows_alone import sampled_rows
 from ..errors import ExportParityError, InputValidationError
 from ..parity.results import OutputComparison
 from ..runtime.runner import Runner
-from ..runtime.session import SessionSettings, create_session
 
 PROBE_ROWS = 512
 
 
-def refuse_batch_dependence(path: Path, input_specs: list[TensorSpec], output_specs: list[TensorSpec],
-                            groups: Sequence[Mapping[str, np.ndarray]], policy: TolerancePolicy,
-                            settings: SessionSettings, label: str) -> None:
-    """Raise when a row's outputs from the graph at ``path`` change with the rows batched beside it.
+def refuse_batch_dependence(runner: Runner, groups: Sequence[Mapping[str, np.ndarray]], policy: TolerancePolicy,
+                            label: str) -> None:
+    """Raise when a row's outputs from ``runner``'s graph (``label``) change with the rows batched beside it.
 
     Raises:
         ExportParityError: naming batch dependence, the outputs and how far they moved; nothing is written.
     """
-    runner = Runner(create_session(path, settings, label=label, at_export=True), input_specs, output_specs)
     for group in groups:
         rows = min(len(next(iter(group.values()))), PROBE_ROWS)
         if rows < 2:

@@ -25,7 +25,8 @@ from ..bundle.writer import BundleWriter
 from ..errors import SpecError, UsageError
 from ..parity.tolerance import default_policy, scale_policy
 from ..runtime.lock import TorchInfo
-from ..runtime.session import SessionSettings
+from ..runtime.runner import Runner
+from ..runtime.session import SessionSettings, create_session
 from . import _torch
 from .assemble import assemble_manifest, write_environment, write_reference_set
 from .batch_independence import refuse_batch_dependence
@@ -235,19 +236,25 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
         raw_specs, output_specs, opset = graph_specs(model_path, groups[0], names, spec, research[0])
         groups, converted = in_graph_dtypes(groups, raw_specs, "reference input")
         raw_specs = _noting(raw_specs, converted)
-        limits = find_max_lengths(model_path, raw_specs, output_specs, groups[0], settings)
-        raw_specs = [s.model_copy(update={"max_dims": {d: limits[d] for d in s.shape if d in limits}})
-                     if any(d in limits for d in s.shape) else s for s in raw_specs]
+        model_specs, model_groups = raw_specs, groups
     else:
         feature_specs, output_specs, opset = graph_specs(model_path, staged.features, names, spec, research[0])
+        model_specs, model_groups = feature_specs, [staged.features]
     # Research's outputs as the graph answers them (or a refusal now, never a bundle failing its own check).
     research, converted = in_graph_dtypes(research, output_specs, "research output")
     output_specs = batch_first(_noting(output_specs, converted), research)
+    # One session of the model for both probes below (a large model's session takes seconds to build); quiet,
+    # since the longest-input search runs the graph on lengths it refuses.
+    label = f"the model ({MODEL_FILE})"
+    model_runner = Runner(create_session(model_path, settings, label=label, at_export=True, quiet=True),
+                          model_specs, output_specs)
     # One row per request: the model's rows must not depend on their batch-mates (before any validation,
     # which would otherwise blame the exporter for what the batch did).
-    refuse_batch_dependence(model_path, feature_specs if staged is not None else raw_specs, output_specs,
-                            [staged.features] if staged is not None else groups, policy, settings,
-                            f"the model ({MODEL_FILE})")
+    refuse_batch_dependence(model_runner, model_groups, policy, label)
+    if staged is None:
+        limits = find_max_lengths(model_runner, groups[0])
+        raw_specs = [s.model_copy(update={"max_dims": {d: limits[d] for d in s.shape if d in limits}})
+                     if any(d in limits for d in s.shape) else s for s in raw_specs]
     if staged is not None:
         raw_specs, preprocessing = _freeze_preprocessing(writer, staged, opset, feature_specs, policy.default, settings)
         # The model alone, on the research features: a failure here is the model's, not the preprocessing's.

@@ -14,14 +14,12 @@ metadata. A graph that takes every length up to the cap records no maximum.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
 from ..bundle.manifest import TensorSpec
 from ..errors import InputValidationError
 from ..runtime.runner import Runner
-from ..runtime.session import SessionSettings, create_session
 
 SEARCH_CAP = 4096
 
@@ -41,14 +39,12 @@ def sequence_dims(specs: list[TensorSpec]) -> dict[str, list[tuple[str, int]]]:
     return {dim: places for dim, places in found.items() if dim not in others}
 
 
-def find_max_lengths(path: Path, input_specs: list[TensorSpec], output_specs: list[TensorSpec],
-                     group: Mapping[str, np.ndarray], settings: SessionSettings) -> dict[str, int]:
-    """Symbolic dimension -> the largest length the graph at ``path`` runs (only those with a limit below the cap)."""
-    dims = sequence_dims(input_specs)
+def find_max_lengths(runner: Runner, group: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Symbolic dimension -> the largest length ``runner``'s graph runs (only those with a limit below the cap).
+    ``runner``'s session should be quiet: most of the lengths tried near the limit fail."""
+    dims = sequence_dims(runner.inputs)
     if not dims:
         return {}
-    runner = Runner(create_session(path, settings, label="the model (its longest input)", at_export=True, quiet=True),
-                    input_specs, output_specs)
     row = {name: array[:1] for name, array in group.items()}
     limits = {}
     for dim, places in dims.items():

@@ -300,11 +300,12 @@ def test_each_reference_setting_gets_its_preset(device, precision, expected):
 def test_an_unknown_precision_is_a_usage_error_listing_the_known_ones():
     from paritybundle.errors import UsageError
 
-    with pytest.raises(UsageError, match=r"unknown reference precision 'int8'; use one of fp32, tf32, bf16, fp16\."):
-        tol.default_tolerance("cpu", "int8")
+    with pytest.raises(UsageError, match=r"unknown reference precision 'int4'; use one of fp32, tf32, bf16, fp16, int8\."):
+        tol.default_tolerance("cpu", "int4")
 
 
-@pytest.mark.parametrize("precision, agreement", [("fp32", 1.0), ("tf32", 1.0), ("bf16", 0.99), ("fp16", 0.99)])
+@pytest.mark.parametrize("precision, agreement", [("fp32", 1.0), ("tf32", 1.0), ("bf16", 0.99), ("fp16", 0.99),
+                                                  ("int8", 0.99)])
 def test_the_default_policy_for_a_precision(precision, agreement):
     policy = tol.default_policy("cuda", precision, per_output={"y": Tolerance(atol=1, rtol=1)})
     assert (policy.reference_device, policy.reference_precision) == ("cuda", precision)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from .bundle.manifest import Manifest, Tolerance
+from .bundle.manifest import ErrorBudget, Manifest, Tolerance
 from .bundle.store import verify
 from .check.checks import check as _check
 from .check.results import CheckReport
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
-    "BundleInvalid", "CheckReport", "EnvironmentRefused", "ExportError", "ExportParityError",
+    "BundleInvalid", "CheckReport", "EnvironmentRefused", "ErrorBudget", "ExportError", "ExportParityError",
     "ExportResult", "ExportSpec", "InputValidationError", "Manifest", "ParityBundleError",
     "ParityFailure", "ServingRuntime", "SessionOverrides", "SessionSettings", "SpecError", "Tolerance", "UsageError",
     "check", "export", "load", "verify",

@@ -18,10 +18,12 @@ from pydantic import Field, ValidationError, field_validator, model_serializer, 
 
 from ..errors import BundleInvalid
 from .layout import MANIFEST_NAME, UNLISTED_FILES
+from .policy import Approximation, ErrorBudget, MeasuredError, OutputScale, Tolerance, TolerancePolicy
 from .strength import CategoryCoverage, Coverage, Power, RangeCoverage
 from .strict import BundleDocument, load_json_document, validation_summary
 
-__all__ = ["CategoryCoverage", "Coverage", "Power", "RangeCoverage", "load_json_document", "validation_summary"]
+__all__ = ["Approximation", "CategoryCoverage", "Coverage", "ErrorBudget", "MeasuredError", "OutputScale", "Power",
+           "RangeCoverage", "Tolerance", "TolerancePolicy", "load_json_document", "validation_summary"]
 
 FORMAT_VERSION = 1
 # Bounds on the numbers a manifest gives: each is far beyond any real bundle, and each keeps a
@@ -107,55 +109,6 @@ class TensorSpec(BundleDocument):
             if isinstance(dim, str) and not 0 < len(dim) <= 128:
                 raise ValueError("a symbolic dimension is a name of 1-128 characters")
         return shape
-
-
-class Tolerance(BundleDocument):
-    """Element-wise rule: ``|serve - research| <= atol + rtol * |research|``."""
-
-    atol: float = Field(ge=0)
-    rtol: float = Field(ge=0)
-    # NaN matches NaN only when both sides are NaN and this is true.
-    equal_nan: bool = True
-
-
-class OutputScale(BundleDocument):
-    """What an output's research values look like, and which bound set its absolute tolerance.
-
-    ``rule``: ``spread`` (a share of the output's own spread), ``noise`` (the measured
-    torch-vs-ONNX Runtime error, or float32 resolution at the output's magnitude, was larger),
-    ``preset`` (the preset for the references' device and precision was smaller), or ``caller``
-    (the export spec set this output's tolerance).
-    """
-
-    spread: float = Field(ge=0)
-    max_abs: float = Field(ge=0)
-    rule: Literal["spread", "noise", "preset", "caller"]
-
-
-class TolerancePolicy(BundleDocument):
-    """How close serving must come to research, and why these numbers.
-
-    ``reference_device``/``reference_precision`` record what produced the
-    research outputs; the defaults are derived from them (see ``tolerance.py``).
-    """
-
-    reference_device: str
-    reference_precision: str
-    default: Tolerance
-    per_output: dict[str, Tolerance] = Field(default_factory=dict)
-    # Share of samples whose argmax must agree, for outputs of kind "scores".
-    min_decision_agreement: float = Field(ge=0, le=1)
-    # A serving error this many times above the export-time error is reported
-    # (as a notice, not a failure) even when it is inside tolerance.
-    baseline_factor: float = Field(gt=1)
-    # Per output: the research values' spread and magnitude the tolerance was derived from.
-    scales: dict[str, OutputScale] = Field(default_factory=dict)
-    # At most this share of samples may be decided by the near-tie rule (else the output fails:
-    # its scores are too flat to tell classes apart). Bundles before this field: no bound.
-    max_tie_share: float = Field(default=1.0, ge=0, le=1)
-
-    def for_output(self, name: str) -> Tolerance:
-        return self.per_output.get(name, self.default)
 
 
 class RuntimeSettings(BundleDocument):
@@ -361,7 +314,9 @@ class Manifest(BundleDocument):
         if len(set(staged)) != 1:
             raise ValueError("stages.preprocess, reference.features and preprocessing must be present together")
         output_names = {o.name for o in self.outputs}
-        for name in [*self.tolerance.per_output, *self.tolerance.scales]:
+        approximated = self.tolerance.approximation
+        budgeted = [*approximated.score_error, *approximated.measured] if approximated is not None else []
+        for name in [*self.tolerance.per_output, *self.tolerance.scales, *budgeted]:
             if name not in output_names:
                 raise ValueError(f"tolerance for unknown output {name!r}")
         for names, what in ((self.inputs, "input"), (self.outputs, "output")):

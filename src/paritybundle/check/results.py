@@ -114,7 +114,8 @@ def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], ove
         outputs=comparisons,
         notices=notices,
         stages=list(stages),
-        diagnosis=diagnose(stages, all(comparisons)),
+        diagnosis=diagnose(stages, all(comparisons), manifest.tolerance.approximation.serving_precision
+                           if manifest.tolerance.approximation is not None else None),
         power=manifest.power,
         coverage=manifest.coverage,
     )

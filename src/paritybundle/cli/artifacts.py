@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import EXIT_OK, ParityBundleError, UsageError
+from ..reports.strength import approximation_lines
 from .app import BundleArg, KeyOption, RequireSignatureOption, command, err, out, public_key, write_text
 
 
@@ -24,6 +25,9 @@ def export_command(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="On failure, also print the full trace of the underlying error (torch's exporter, the training code).")] = False,
     log_to_mlflow: Annotated[bool, typer.Option("--mlflow", help="Also log the bundle (files, params, metrics, tags) to MLflow: the active run, or a new one, on the tracking server MLFLOW_TRACKING_URI names.")] = False,
     references_from: Annotated[Optional[Path], typer.Option("--references-from", help="Draw the reference rows from traffic captured by `bundle serve --capture` (instead of the spec's reference_inputs), with the same coverage rules.")] = None,
+    serving_graph: Annotated[Optional[Path], typer.Option("--serving-graph", help="Serve this .onnx instead of the research graph: an approximation by design (int8, fp16) of the same model, judged by decisions and an error budget (the spec's serving_model).")] = None,
+    score_error: Annotated[Optional[str], typer.Option("--score-error", metavar="P50,P99,MAX", help="With a serving graph: the absolute-error budget of every float output (the spec's score_error).")] = None,
+    min_decision_agreement: Annotated[Optional[float], typer.Option("--min-decision-agreement", help="The least share of decisions (argmax, labels) that must agree with research, e.g. 0.99.")] = None,
 ) -> int:
     """Export a trained model, its reference set and environment as one bundle (atomically)."""
     from ..training import export_spec, load_spec
@@ -42,6 +46,12 @@ def export_command(
             export_spec_obj.max_reference_samples = max_samples
         if require_power:
             export_spec_obj.require_power = True
+        if serving_graph is not None:
+            export_spec_obj.serving_model = serving_graph
+        if score_error is not None:
+            export_spec_obj.score_error = _error_budget(score_error)
+        if min_decision_agreement is not None:
+            export_spec_obj.min_decision_agreement = min_decision_agreement
         if references_from is not None:
             from ..training.from_traffic import with_references_from
 
@@ -54,8 +64,11 @@ def export_command(
         raise
     m = result.manifest
     errors = ", ".join(f"{name} {e.max_abs:.2g}" for name, e in m.export_errors.items())
+    versus = "torch vs ONNX Runtime" if m.tolerance.approximation is None else "research vs the serving graph"
     out.print(f"exported {m.name} v{m.version} to {result.path}: {m.reference.samples} reference samples, "
-              f"{len(m.files)} files; torch vs ONNX Runtime max abs error: {errors}")
+              f"{len(m.files)} files; {versus} max abs error: {errors}")
+    for line in approximation_lines(m.tolerance):
+        out.print(line)
     if m.power is not None:
         out.print(m.power.sentence())
     if log_to_mlflow:
@@ -64,6 +77,20 @@ def export_command(
         run_id = log_bundle(result.path)
         out.print(f"logged to MLflow run {run_id}")
     return EXIT_OK
+
+
+def _error_budget(text: str) -> object:
+    """``P50,P99,MAX`` as an ErrorBudget, or a usage error saying the form."""
+    from pydantic import ValidationError
+
+    from ..bundle.manifest import ErrorBudget
+
+    try:
+        p50, p99, largest = (float(part) for part in text.split(","))
+        return ErrorBudget(p50=p50, p99=p99, max=largest)
+    except (ValueError, ValidationError):
+        raise UsageError(f"--score-error {text!r} must be three finite numbers P50,P99,MAX with "
+                         "0 <= P50 <= P99 <= MAX, e.g. 0.02,0.1,0.5.") from None
 
 
 @command("testdata")

@@ -20,6 +20,11 @@ Rules (each has its own test in ``tests/test_parity.py``):
   check-time override, so loosening an output's values never loosens its decisions;
   and when more than ``max_tie_share`` of the samples are decided as ties, the output
   fails: its scores are too flat for the check to tell classes apart.
+* A declared error budget (a serving graph that approximates research by design, e.g. int8):
+  the element-wise bound is the budget's ``max``, and the median and p99 of the absolute
+  errors must stay within its ``p50`` and ``p99``; decisions must agree on at least
+  ``min_decision_agreement`` of the samples, and an integer, bool or string output (a label)
+  is judged the same way, by the share of its elements equal to research's.
 """
 
 from __future__ import annotations
@@ -28,34 +33,13 @@ import math
 
 import numpy as np
 
-from ..bundle.manifest import Tolerance
+from ..bundle.manifest import ErrorBudget, Tolerance
 from .decision import decision_agreement
+from .histogram import HISTOGRAM_LOW, HISTOGRAM_STEP, LogHistogram
 from .elementwise import (
     absolute_error, is_exact_dtype, largest, magnitude_of, p99_from_top, p99_position, percentile99, relative_to,
 )
-from .results import MAX_LISTED_SAMPLES, DecisionStats, ErrorHistogram, ErrorStats, OutputComparison
-
-HISTOGRAM_LOW, HISTOGRAM_HIGH, HISTOGRAM_STEP = -12.0, 4.0, 0.25
-
-
-class _Histogram:
-    """Streams values into the fixed log10 bins of :class:`ErrorHistogram`."""
-
-    bins = int((HISTOGRAM_HIGH - HISTOGRAM_LOW) / HISTOGRAM_STEP)
-
-    def __init__(self) -> None:
-        self.counts = np.zeros(self.bins, dtype=np.int64)
-        self.zero = 0
-
-    def add(self, values: np.ndarray) -> None:
-        # Errors are never NaN (a NaN mismatch is an infinite error): what is not positive is zero.
-        positive = values[values > 0]
-        self.zero += int(values.size - positive.size)
-        if positive.size:
-            position = (np.log10(positive) - HISTOGRAM_LOW) / HISTOGRAM_STEP
-            index = np.clip(position, 0, self.bins - 1).astype(np.int64)  # inf lands in the last bin
-            self.counts += np.bincount(index, minlength=self.bins)
-
+from .results import MAX_LISTED_SAMPLES, BudgetStats, DecisionStats, ErrorHistogram, ErrorStats, OutputComparison
 
 # Up to this many elements per output, every error is kept (16 MB of float64) and p99 is
 # taken once at the end; beyond it, only the running largest 1% is kept.
@@ -73,14 +57,23 @@ class OutputAccumulator:
         name, tolerance, scores, min_decision_agreement, baseline_max_abs,
         baseline_factor, tie_tolerance: as in :func:`compare_output`.
         total_elements: how many elements all batches together will hold.
+        budget: a declared error budget judging this output (``tolerance`` is then its element-wise bound).
+        decide_labels: judge an integer, bool or string output by the share of equal elements
+            (at least ``min_decision_agreement``) instead of requiring all of them: a serving graph that
+            approximates research by design may change a few labels.
     """
 
     def __init__(self, name: str, tolerance: Tolerance, total_elements: int, *, scores: bool = False,
                  min_decision_agreement: float = 1.0, baseline_max_abs: float | None = None,
                  baseline_factor: float | None = None, tie_tolerance: Tolerance | None = None,
-                 histogram: bool = False, max_tie_share: float = 1.0) -> None:
+                 histogram: bool = False, max_tie_share: float = 1.0, budget: ErrorBudget | None = None,
+                 decide_labels: bool = False) -> None:
         self.name, self.tolerance, self.total = name, tolerance, int(total_elements)
-        self.histograms = (_Histogram(), _Histogram()) if histogram else None
+        self.histograms = (LogHistogram(), LogHistogram()) if histogram else None
+        self.budget, self.decide_labels = budget, decide_labels
+        # Past the elements whose errors are all kept, the median of a budget is bounded from a histogram.
+        self.median = LogHistogram() if budget is not None else None
+        self.rows = 0
         self.scores, self.min_decision_agreement = scores, min_decision_agreement
         self.baseline_max_abs, self.baseline_factor = baseline_max_abs, baseline_factor
         self.tie_tolerance = tie_tolerance or tolerance
@@ -194,6 +187,9 @@ class OutputAccumulator:
         self.sum_rel += float(np.sum(rel))
         self.max_rel = max(self.max_rel, float(np.max(rel)))
         self.elements += flat_abs.size
+        self.rows += abs_err.shape[0] if abs_err.ndim else 1
+        if self.median is not None:
+            self.median.add(flat_abs)
         self._keep_top("abs", self.top_abs, flat_abs)
         self._keep_top("rel", self.top_rel, rel)
 
@@ -226,8 +222,8 @@ class OutputAccumulator:
         *whole* set's count, so the largest of their union are the whole set's largest (the
         mergeable method the distributed checks rely on; memory per side: 1% of the whole set).
         """
-        if (other.name, other.total, other.tolerance, other.histograms is None) != \
-                (self.name, self.total, self.tolerance, self.histograms is None):
+        if (other.name, other.total, other.tolerance, other.histograms is None, other.budget) != \
+                (self.name, self.total, self.tolerance, self.histograms is None, self.budget):
             raise ValueError(f"cannot merge {other.name!r} judged over {other.total} elements into {self.name!r} "
                              f"over {self.total}: shards must be judged as parts of one set, by the same rules")
         if self.problem is None and other.problem is not None:
@@ -235,6 +231,10 @@ class OutputAccumulator:
         if other.worst is not None and (self.worst is None or other.max_abs > self.max_abs):
             self.worst, self.max_abs = other.worst, other.max_abs
         self.elements += other.elements
+        self.rows += other.rows
+        if self.median is not None and other.median is not None:  # both have one, or neither (same budget)
+            self.median.counts += other.median.counts
+            self.median.zero += other.median.zero
         self.violations += other.violations
         self.nonfinite += other.nonfinite
         self.sum_abs += other.sum_abs
@@ -302,7 +302,18 @@ class OutputAccumulator:
                                      agreement=self.agreeing / self.samples, min_agreement=self.min_decision_agreement,
                                      disagreeing_samples=self.disagreeing, max_tie_share=self.max_tie_share,
                                      per_position=self.per_position)
-        passed = stats.violations == 0 and (decision is None or decision.passed)
+        if self.decide_labels and self.exact and n:
+            # A label output of a graph that approximates research: the share of equal labels decides.
+            decision = DecisionStats(samples=n, agreeing=n - stats.violations, ties=0,
+                                     agreement=(n - stats.violations) / n, min_agreement=self.min_decision_agreement,
+                                     disagreeing_samples=[i for _, i in self.failing], per_position=n != self.rows,
+                                     labels=True)
+        budget = self._budget_stats(n)
+        if decision is not None and decision.labels:
+            passed = decision.passed
+        else:
+            passed = (stats.violations == 0 and (decision is None or decision.passed)
+                      and (budget is None or not budget.over(stats)))
         above = False
         if self.baseline_max_abs is not None and self.baseline_factor is not None:
             # A floor of a few float32 ulps at 1.0 keeps a zero baseline from flagging noise.
@@ -311,13 +322,25 @@ class OutputAccumulator:
             name=self.name, passed=passed, tolerance=self.tolerance, stats=stats, decision=decision,
             failing_samples=[i for _, i in self.failing], failing_sample_count=self.failing_count,
             baseline_max_abs=self.baseline_max_abs, above_baseline=above, histogram=self._histogram(),
+            budget=budget,
         )
+
+    def _budget_stats(self, n: int) -> BudgetStats | None:
+        if self.budget is None or self.median is None:
+            return None
+        if n == 0:
+            return BudgetStats(budget=self.budget, p50_abs=0.0)
+        if self._keep_all:
+            kept = np.concatenate(self.top_abs)
+            # The higher middle value, as the histogram's bound takes (and no inf - inf interpolation).
+            return BudgetStats(budget=self.budget, p50_abs=float(np.percentile(kept, 50, method="higher")))
+        return BudgetStats(budget=self.budget, p50_abs=self.median.median_bound(), p50_is_bound=True)
 
     def _histogram(self) -> ErrorHistogram | None:
         if self.histograms is None:
             return None
         absolute, relative = self.histograms
-        edges = [HISTOGRAM_LOW + k * HISTOGRAM_STEP for k in range(_Histogram.bins + 1)]
+        edges = [HISTOGRAM_LOW + k * HISTOGRAM_STEP for k in range(LogHistogram.bins + 1)]
         return ErrorHistogram(log10_edges=edges, abs_counts=absolute.counts.tolist(), abs_zero=absolute.zero,
                               rel_counts=relative.counts.tolist(), rel_zero=relative.zero)
 

@@ -21,11 +21,23 @@ def judge_for(spec: TensorSpec, policy: TolerancePolicy, total_elements: int, *,
 
     The tie tolerance of a decision is the output's tolerance in the bundle (its scale-aware one),
     whatever the check-time override: loosening an output's values never loosens its decisions.
+
+    A bundle whose serving graph approximates research by design (``policy.approximation``) judges
+    each float output by its error budget (the budget's ``max`` is the element-wise bound; a check-time
+    override adds its own, and the budget still holds), its decisions and labels by the declared least
+    agreement.
     """
+    budget = policy.budget_for(spec.name)
+    tolerance = policy.for_output(spec.name)
+    if budget is not None:
+        tolerance = Tolerance(atol=budget.max, rtol=0.0, equal_nan=tolerance.equal_nan)
+    approximation = policy.approximation
     return OutputAccumulator(
-        spec.name, (overrides or {}).get(spec.name, policy.for_output(spec.name)), total_elements,
+        spec.name, (overrides or {}).get(spec.name, tolerance), total_elements,
         scores=spec.kind == "scores",
-        min_decision_agreement=policy.min_decision_agreement,
+        budget=budget, decide_labels=approximation is not None,
+        min_decision_agreement=(policy.min_decision_agreement if approximation is None
+                                else approximation.min_decision_agreement),
         baseline_max_abs=(baselines or {}).get(spec.name),
         baseline_factor=policy.baseline_factor,
         tie_tolerance=policy.for_output(spec.name),

@@ -110,14 +110,21 @@ def describe_columns(columns: Sequence[ColumnResult]) -> str:
     return "; ".join(parts)
 
 
-def diagnose(stages: Sequence[StageResult], outputs_passed: bool = True) -> str | None:
+def diagnose(stages: Sequence[StageResult], outputs_passed: bool = True, approximated: str | None = None) -> str | None:
     """One sentence on where a failing check diverged (None when every stage passed). ``outputs_passed``:
-    the batched comparison of the outputs held (batch composition is blamed only then)."""
+    the batched comparison of the outputs held (batch composition is blamed only then); ``approximated``: the
+    serving graph's precision, when it approximates research by design."""
     by_name = {s.stage: s for s in stages}
     if all(s.passed for s in stages):
         return None
     alone = by_name.get("rows alone")
     if alone is not None and not alone.passed and outputs_passed and all(s.passed for s in stages if s is not alone):
+        if approximated is not None:
+            return (f"batch composition: the {approximated} serving graph meets its approximation budget on the "
+                    f"reference rows run together, but not run one request each ({alone.file}); quantized activations "
+                    "are scaled over the batch, so a lone row errs differently. Export measured the budget both ways "
+                    "on its machine: on this one the error is larger (CPU kernels differ); re-export here, or declare "
+                    "a budget with room for it.")
         return (f"batch composition: the reference rows reproduce research when run together, but not run one "
                 f"request each ({alone.file}): a row's outputs depend on the rows batched with it (statistics over "
                 "the batch, e.g. BatchNorm with track_running_stats=False), and a server answers requests one by "

@@ -5,7 +5,7 @@ These models are part of every report's JSON (``--json``), so their fields are s
 
 from __future__ import annotations
 
-from ..bundle.manifest import Tolerance
+from ..bundle.manifest import ErrorBudget, Tolerance
 from ..bundle.strict import StrictModel
 
 # How many offending samples a result lists (the rest are counted).
@@ -49,6 +49,9 @@ class DecisionStats(StrictModel):
     # True for outputs of rank > 2: one decision per position (token, pixel), and ``samples``,
     # ``agreeing`` and ``ties`` count positions; ``disagreeing_samples`` still lists batch rows.
     per_position: bool = False
+    # True for an integer, bool or string output of a serving graph that approximates research by design:
+    # the decisions are its elements, agreeing when equal to research's.
+    labels: bool = False
 
     @property
     def unit(self) -> str:
@@ -61,6 +64,23 @@ class DecisionStats(StrictModel):
     @property
     def passed(self) -> bool:
         return self.agreement >= self.min_agreement and self.tie_share <= self.max_tie_share
+
+
+class BudgetStats(StrictModel):
+    """An output judged by a declared error budget (a serving graph that approximates research by design):
+    the median absolute error beside the budget (the p99 and the maximum are ``ErrorStats``'s)."""
+
+    budget: ErrorBudget
+    p50_abs: float
+    # True when ``p50_abs`` is an upper bound (the upper edge of its log10 bin), not the exact median: past
+    # the elements an accumulator keeps every error of (parity/accumulator.py).
+    p50_is_bound: bool = False
+
+    def over(self, stats: ErrorStats) -> list[str]:
+        """``p50 0.031 > 0.02``-style statements of each quantile over its budget (empty: within it)."""
+        measured = (("p50", self.p50_abs, self.budget.p50), ("p99", stats.p99_abs, self.budget.p99),
+                    ("max", stats.max_abs, self.budget.max))
+        return [f"{which} {value:.3g} > {limit:.3g}" for which, value, limit in measured if value > limit]
 
 
 class ErrorHistogram(StrictModel):
@@ -97,6 +117,8 @@ class OutputComparison(StrictModel):
     # within that group (``stats.worst_sample`` numbers samples across the whole set).
     worst_group: int | None = None
     worst_group_sample: int | None = None
+    # Set when the output is judged by a declared error budget instead of its tolerance.
+    budget: BudgetStats | None = None
 
     def __bool__(self) -> bool:
         return self.passed

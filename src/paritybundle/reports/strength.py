@@ -3,7 +3,10 @@ set's detection power and coverage (shared by the terminal, HTML and JUnit rende
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..bundle.manifest import Coverage, Manifest, Power, TolerancePolicy
+from ..parity.results import OutputComparison
 
 _RULES = {
     "spread": "0.1% of the spread of its research values",
@@ -25,10 +28,47 @@ def bias_resolution(policy: TolerancePolicy, name: str) -> float | None:
     return tolerance.rtol + tolerance.atol / scale.max_abs
 
 
-def tolerance_lines(policy: TolerancePolicy) -> list[str]:
-    """One line per output: its tolerance, and what set it."""
+def approximation_lines(policy: TolerancePolicy) -> list[str]:
+    """What a serving graph that approximates research by design is held to, and what export measured;
+    empty for a bundle without one."""
+    a = policy.approximation
+    if a is None:
+        return []
+    lines = [f"approximation by design: the serving graph ({a.serving_graph}, {a.serving_precision}) is judged by "
+             f"decisions (at least {a.min_decision_agreement:.2%} agree with research, labels equal) and a declared "
+             "absolute-error budget, not the element-wise tolerance"]
+    for name in sorted(set(a.score_error) | set(a.measured)):
+        budget, measured = a.score_error.get(name), a.measured.get(name)
+        text = f"{name}: "
+        if budget is not None:
+            text += f"budget p50 {budget.p50:.3g}, p99 {budget.p99:.3g}, max {budget.max:.3g}"
+        if measured is not None and measured.max is not None:
+            text += (f"{'; ' if budget is not None else ''}measured at export p50 {measured.p50:.3g}, "
+                     f"p99 {measured.p99:.3g}, max {measured.max:.3g}")
+        if measured is not None and measured.agreement is not None:
+            text += f"{'; ' if text != f'{name}: ' else ''}decisions agree {measured.agreement:.2%}"
+        lines.append(text)
+    return lines
+
+
+def budget_lines(outputs: Sequence[OutputComparison]) -> list[str]:
+    """A check's outputs judged by a declared error budget: each quantile beside its budget."""
     lines = []
+    for c in outputs:
+        if c.budget is not None and c.stats is not None:
+            b = c.budget.budget
+            lines.append(f"output {c.name!r}, approximation by design: error p50 "
+                         f"{'<= ' if c.budget.p50_is_bound else ''}{c.budget.p50_abs:.3g} (budget {b.p50:.3g}), "
+                         f"p99 {c.stats.p99_abs:.3g} ({b.p99:.3g}), max {c.stats.max_abs:.3g} ({b.max:.3g})")
+    return lines
+
+
+def tolerance_lines(policy: TolerancePolicy) -> list[str]:
+    """One line per output: its tolerance, and what set it (a budget, where one judges it)."""
+    lines = approximation_lines(policy)
     for name, scale in policy.scales.items():
+        if policy.budget_for(name) is not None:
+            continue  # its budget line above says what judges it
         tolerance = policy.for_output(name)
         rule = _RULES[scale.rule].format(device=policy.reference_device, precision=policy.reference_precision)
         bias = bias_resolution(policy, name)

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from ..bundle.manifest import Manifest
 from ..bundle.strict import printable
-from .strength import coverage_lines, power_sentence, tolerance_lines
+from .strength import budget_lines, coverage_lines, power_sentence, tolerance_lines
 from ..check.results import CheckReport
 from ..parity.explain import explain_failure
 from ..parity.localise import StageResult
@@ -40,8 +40,7 @@ def number_text(value: float | None) -> str:
 
 
 def _share(ratio: float) -> str:
-    """How much of its tolerance the worst element used: 3% when passing, 140x when far out."""
-    return f"{ratio:.0%}" if ratio < 10 else f"{ratio:,.0f}x"
+    return f"{ratio:.0%}" if ratio < 10 else f"{ratio:,.0f}x"  # of its tolerance: 3% passing, 140x far out
 
 
 def _decision(comparison: OutputComparison) -> str:
@@ -79,7 +78,8 @@ def check_table(report: CheckReport) -> Table:
             _worst_sample(c),
             "-" if s is None else _share(s.max_tolerance_ratio),
             _decision(c),
-            f"{c.tolerance.atol:g} / {c.tolerance.rtol:g}" + (" *" if c.name in report.tolerance_overrides else ""),
+            (f"budget, max {c.tolerance.atol:g}" if c.budget is not None else f"{c.tolerance.atol:g} / {c.tolerance.rtol:g}")
+            + (" *" if c.name in report.tolerance_overrides else ""),
             verdict,
         )
     return table
@@ -155,6 +155,8 @@ def stage_table(report: CheckReport, stages: list[StageResult] | None = None) ->
 
 def render_check(report: CheckReport, console: Console) -> None:
     console.print(check_table(report))
+    for line in budget_lines(report.outputs):
+        console.print(_text(line))
     # The single-row pass gets the table only when it failed; otherwise one line says it ran.
     alone = [s for s in report.stages if s.stage == "rows alone" and s.passed]
     shown = [s for s in report.stages if s not in alone]
@@ -269,13 +271,14 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
     tol = m.tolerance
     lines = [f"tolerance: preset atol {tol.default.atol:g}, rtol {tol.default.rtol:g}, equal_nan {tol.default.equal_nan} "
              f"(references made on {tol.reference_device}, {tol.reference_precision}); "
-             f"argmax agreement >= {tol.min_decision_agreement:.0%}, near ties on at most {tol.max_tie_share:.0%} of "
+             f"argmax agreement >= {tol.min_decision_agreement:.0%}{' (research graph)' if tol.approximation else ''}, near ties on at most {tol.max_tie_share:.0%} of "
              f"samples; notice above {tol.baseline_factor:g}x export error"]
     lines += [f"  {line}" for line in tolerance_lines(tol)]
     console.print("\n".join(lines))
     console.print(f"runtime validated with: onnxruntime {m.runtime.onnxruntime_version}, "
                   f"{', '.join(m.runtime.providers)}, optimization {m.runtime.graph_optimization_level}")
-    errors = Table(title="export-time error, torch vs ONNX Runtime", title_justify="left")
+    versus = "research vs the serving graph" if m.tolerance.approximation else "torch vs ONNX Runtime"
+    errors = Table(title=f"export-time error, {versus}", title_justify="left")
     for column in ("output", "max abs", "mean abs", "max rel"):
         errors.add_column(column)
     for name, e in m.export_errors.items():

@@ -28,6 +28,7 @@ from ..runtime.lock import TorchInfo
 from ..runtime.runner import Runner
 from ..runtime.session import SessionSettings, create_session
 from . import _torch
+from .approximation import adopt_serving_graph, serving_precision, validate_approximation_options
 from .assemble import assemble_manifest, write_environment, write_reference_set
 from .batch_independence import refuse_batch_dependence
 from .max_lengths import find_max_lengths
@@ -39,7 +40,7 @@ from .onnx_files import copy_onnx_with_data
 from .shapes import dynamic_axes
 from .power import measure_power, report_power
 from .preprocessing.graph import MIN_OPSET
-from .research_dtypes import in_graph_dtypes
+from .research_dtypes import in_graph_dtypes, with_research_dtypes
 from .spec import ExportSpec
 from .validation import validate_preprocessing, validate_stage
 
@@ -201,8 +202,10 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
     groups, research, covered = _cover_groups(spec, groups, research, candidates)
     with BundleWriter(out, force=force) as writer:
         copy_onnx_with_data(source, writer.path(MODEL_FILE), spec.external_data)
+        # An int8 graph made its research outputs in int8 (unless the caller says what made them).
+        precision = spec.reference_precision or ("int8" if serving_precision(source) == "int8" else "fp32")
         manifest = _write_bundle(writer, spec, groups, research, spec.reference_device or "cpu",
-                                 spec.reference_precision or "fp32", exporter=f"existing ONNX ({source.name})",
+                                 precision, exporter=f"existing ONNX ({source.name})",
                                  torch_info=None, research_label="the research outputs", coverage=covered)
         path = writer.commit(manifest)
     log.info("exported %s v%s to %s", spec.name, spec.version, path)
@@ -224,7 +227,8 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
     names = list(research[0])
     for unknown in set(spec.per_output_tolerance) - set(names):
         raise SpecError(f"per_output_tolerance names {unknown!r}, but the outputs are {', '.join(names)}.")
-    policy = default_policy(reference_device, reference_precision, per_output=dict(spec.per_output_tolerance))
+    policy = default_policy(reference_device, reference_precision, per_output=dict(spec.per_output_tolerance),
+                            min_decision_agreement=spec.min_decision_agreement if spec.serving_model is None else None)
     if spec.tolerance is not None:
         policy = policy.model_copy(update={"default": spec.tolerance})
     model_path = writer.path(MODEL_FILE)
@@ -235,14 +239,14 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
         shutil.copyfile(model_path, writer.path(PIPELINE_FILE))
         raw_specs, output_specs, opset = graph_specs(model_path, groups[0], names, spec, research[0])
         groups, converted = in_graph_dtypes(groups, raw_specs, "reference input")
-        raw_specs = _noting(raw_specs, converted)
+        raw_specs = with_research_dtypes(raw_specs, converted)
         model_specs, model_groups = raw_specs, groups
     else:
         feature_specs, output_specs, opset = graph_specs(model_path, staged.features, names, spec, research[0])
         model_specs, model_groups = feature_specs, [staged.features]
     # Research's outputs as the graph answers them (or a refusal now, never a bundle failing its own check).
     research, converted = in_graph_dtypes(research, output_specs, "research output")
-    output_specs = batch_first(_noting(output_specs, converted), research)
+    output_specs = batch_first(with_research_dtypes(output_specs, converted), research)
     # One session of the model for both probes below (a large model's session takes seconds to build); quiet,
     # since the longest-input search runs the graph on lengths it refuses.
     label = f"the model ({MODEL_FILE})"
@@ -268,6 +272,10 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
     set_by_caller = set(names) if spec.tolerance is not None else set(spec.per_output_tolerance)
     every_value = {name: np.concatenate([r[name].reshape(-1) for r in research]) for name in names}
     policy = scale_policy(policy, every_value, {c.name: c.stats.max_abs for c in comparisons if c.stats}, set_by_caller)
+    if spec.serving_model is not None:  # research's graph is proven above; what serves is a declared approximation
+        approximation, comparisons = adopt_serving_graph(writer, spec, staged is not None, raw_specs, model_specs,
+                                                         output_specs, groups, research, policy, settings)
+        policy = policy.model_copy(update={"approximation": approximation})
     power = measure_power(writer.path(PIPELINE_FILE), raw_specs, output_specs, groups, research, policy, settings)
     report_power(power, spec.name, require=spec.require_power)
     write_reference_set(writer, groups, research, [staged.features] if staged is not None else None)
@@ -276,11 +284,6 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
                              exporter=exporter, policy=policy, settings=settings, groups=groups,
                              reference_device=reference_device, reference_precision=reference_precision,
                              comparisons=comparisons, preprocessing=preprocessing, power=power, coverage=coverage)
-
-
-def _noting(specs: list[TensorSpec], converted: Mapping[str, str]) -> list[TensorSpec]:
-    """Specs with the dtype research's arrays had recorded where they were converted."""
-    return [s.model_copy(update={"research_dtype": converted[s.name]}) if s.name in converted else s for s in specs]
 
 
 @dataclass
@@ -414,3 +417,4 @@ def _validate_common(spec: ExportSpec) -> None:
             raise SpecError(f"per_output_tolerance[{name!r}] must be a paritybundle.Tolerance.")
     if spec.tolerance is not None and not isinstance(spec.tolerance, Tolerance):
         raise SpecError("tolerance must be a paritybundle.Tolerance.")
+    validate_approximation_options(spec)

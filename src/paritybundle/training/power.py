@@ -92,6 +92,10 @@ def _why_not(outputs: list[TensorSpec], groups: Sequence[Mapping[str, np.ndarray
                      if np.asarray(g[spec.name]).ndim >= 2}
         if spec.kind == "scores" and len(predicted) == 1:
             reasons.append(f"output {spec.name!r} predicts one class only across the reference set")
+    if not reasons and policy.approximation is not None:
+        reasons.append(f"1% weight noise moves the outputs less than the declared approximation budget "
+                       f"({policy.approximation.serving_precision} serving graph); a tighter budget, or a less lossy "
+                       "serving graph, detects more")
     if not reasons:
         reasons.append("1% weight noise moves the outputs less than their tolerance (measured noise, or the "
                        "outputs' own spread, sets it): the model is insensitive to its weights at that scale")

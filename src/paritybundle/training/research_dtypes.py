@@ -93,3 +93,8 @@ def _converted(array: np.ndarray, spec: TensorSpec, what: str) -> np.ndarray:
                         f"dtype); pass values within {target}'s range.")
     raise SpecError(f"{what} {spec.name!r} holds {source} values, but the graph's {spec.name!r} is {spec.dtype}; "
                     f"convert them to {spec.dtype}, or name the output research computed.")
+
+
+def with_research_dtypes(specs: list[TensorSpec], converted: Mapping[str, str]) -> list[TensorSpec]:
+    """Specs with the dtype research's arrays had recorded where they were converted."""
+    return [s.model_copy(update={"research_dtype": converted[s.name]}) if s.name in converted else s for s in specs]

@@ -65,6 +65,16 @@ class ExportSpec:
             ``paritybundle.preprocess.Pipeline``/``Columns``, a fitted scikit-learn
             transformer (needs the ``sklearn`` extra), or a ``torch.nn.Module``. Its
             output name becomes the model's input name; ``reference_inputs`` are raw.
+        serving_model: a serving graph that differs from research by design (int8, fp16): the path
+            of an ``.onnx`` reading the research graph's inputs, an ``onnx.ModelProto``, or a function
+            given the research graph's path returning either (e.g. ``quantize_dynamic`` on it). It is
+            what the bundle serves, judged by ``min_decision_agreement`` and ``score_error``
+            (training/approximation.py); research's outputs stay the reference.
+        score_error: with ``serving_model``: the declared distribution of absolute error, an
+            ``ErrorBudget(p50=..., p99=..., max=...)`` for every float output or a mapping per output.
+        min_decision_agreement: the least share of decisions (argmax per sample or position; equal
+            labels with a ``serving_model``) that must agree with research (None: the default, every
+            decision at fp32).
     """
 
     model: Any
@@ -91,6 +101,9 @@ class ExportSpec:
     providers: Sequence[str] | None = None
     preprocess: Any = None
     require_power: bool = False
+    serving_model: Any = None
+    score_error: Any = None
+    min_decision_agreement: float | None = None
 
 
 def load_spec(reference: str) -> ExportSpec:

@@ -52,13 +52,14 @@ def main() -> list[tuple[str, str, str, str]]:
     import logging
 
     from verdict_cases import build_cases
+    from verdict_cases_27 import build_cases_27
 
     logging.getLogger("paritybundle").setLevel(logging.ERROR)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         powers: dict[Path, str] = {}
-        for case in build_cases(work / "cases"):
+        for case in [*build_cases(work / "cases"), *build_cases_27(work / "cases-27")]:
             passed, worst = _run(case)
             expected = "fail" if case.defect else "pass"
             verdict = ("fails" if not passed else "passes") + ("" if (not passed) == case.defect else " (WRONG)")

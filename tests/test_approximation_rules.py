@@ -204,3 +204,53 @@ def test_a_lone_row_missing_the_budget_is_blamed_on_quantized_batching():
     sentence = diagnose([alone], True, "int8")
     assert sentence.startswith("batch composition: the int8 serving graph meets its approximation budget")
     assert "BatchNorm" not in sentence and "BatchNorm" in diagnose([alone], True)
+
+
+def test_the_median_bound_is_the_upper_edge_of_the_median_values_bin():
+    histogram = _Histogram()
+    histogram.add(np.array([0.0, 0.0, 1e-3, 1e-2, 1e-1]))  # five values: the median is the third, 1e-3
+    assert histogram.median_bound() == pytest.approx(10 ** -2.75)
+
+
+def test_an_even_count_takes_the_higher_middle_value_as_its_median():
+    research, serve = _errors(np.r_[np.zeros(2), np.full(2, 0.08), np.zeros(4)])  # errors 0 x6, 0.08 x2
+    assert _judge(LOGITS, research, serve).budget.p50_abs == 0.0
+    research, serve = _errors(np.r_[np.zeros(4), np.full(4, 0.08)])  # four of each: the higher middle is 0.08
+    assert _judge(LOGITS, research, serve).budget.p50_abs == pytest.approx(0.08)
+
+
+def test_no_elements_meet_any_budget_and_one_element_is_its_own_median():
+    empty = _judge(LOGITS, np.zeros((0, 4)), np.zeros((0, 4)))
+    assert empty.passed and empty.budget.p50_abs == 0.0
+    single = TensorSpec(name="logits", dtype="float32", shape=["batch"])
+    c = _judge(single, np.array([1.0]), np.array([1.3]))
+    assert c.budget.p50_abs == pytest.approx(0.3) and not c.passed
+
+
+def test_budgeted_accumulators_past_the_kept_elements_merge_their_median_bins(monkeypatch):
+    monkeypatch.setattr(accumulator_module, "KEEP_ALL_ELEMENTS", 100)
+    errors = np.r_[np.full(300, 0.05), np.full(100, 0.3)]
+    research, serve = _errors(errors)
+    whole = _judge(LOGITS, research, serve, _policy(budgets={"logits": ErrorBudget(p50=1.0, p99=1.0, max=1.0)}))
+    policy = _policy(budgets={"logits": ErrorBudget(p50=1.0, p99=1.0, max=1.0)})
+    first, second = judge_for(LOGITS, policy, research.size), judge_for(LOGITS, policy, research.size)
+    first.add(serve[:75], research[:75])  # rows 0-74: every error 0.05; the 0.3s all fall to the second shard
+    second.add(serve[75:], research[75:], first_sample=75)
+    first.merge(second)
+    merged = first.finish()
+    assert merged.budget == whole.budget and merged.budget.p50_is_bound
+    assert 0.05 <= merged.budget.p50_abs < 0.3
+
+
+def test_merged_label_shards_count_their_rows_once_each():
+    research = np.arange(100) % 3
+    serve = research.copy()
+    serve[60] = 9
+    policy = _policy(min_agreement=0.98)
+    first, second = judge_for(LABEL, policy, research.size), judge_for(LABEL, policy, research.size)
+    first.add(serve[:50], research[:50])
+    second.add(serve[50:], research[50:], first_sample=50)
+    first.merge(second)
+    c = first.finish()
+    assert c.passed and not c.decision.per_position and c.decision.samples == 100
+    assert c.decision.disagreeing_samples == [60]

@@ -165,6 +165,34 @@ def test_an_input_folder_1100_levels_deep_is_one_sentence(wine_bundle, tmp_path,
         os.rmdir(path)
 
 
+def test_a_pulled_artifact_tree_1100_levels_deep_is_one_sentence_not_a_recursion_error(tmp_path):
+    """Was: the search for bundle.json in what `bundle pull` downloaded used rglob, which recursed."""
+    import os
+
+    pytest.importorskip("mlflow", reason="bundle pull is the mlflow extra's")
+    from paritybundle.errors import UsageError
+    from paritybundle.mlflow import _bundle_root
+
+    _counted("pull")
+    deep = tmp_path / "artifacts"
+    path = str(deep)
+    os.mkdir(path)
+    (deep / "model").mkdir()
+    (deep / "model" / "data").mkdir()
+    for _ in range(1100):
+        path += "/d"
+        os.mkdir(path)
+    try:
+        with pytest.raises(UsageError, match="holds no paritybundle bundle"):
+            _bundle_root(deep, "runs:/r/model")
+        (deep / "model" / "data" / "bundle.json").write_text("{}")  # within reach: found beside the deep folder
+        assert _bundle_root(deep, "runs:/r/model") == deep / "model" / "data"
+    finally:  # bottom up, as above
+        while len(path) > len(str(deep)):
+            os.rmdir(path)
+            path = path[:-2]
+
+
 @pytest.mark.parametrize("name", ["bundle.json", "bundle.sig"])
 def test_a_manifest_or_signature_that_is_a_directory_is_exit_3(digits_bundle, tmp_path, capsys, name):
     """Was: IsADirectoryError, exit 70."""

@@ -242,11 +242,34 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, onerror=writable_then_retry)
 
 
+# A logged bundle sits a few folders down an artifact tree (MODEL/data/bundle/...); a search deeper than this
+# only walks what a hostile store put there (rglob recursed 10,000 nested folders into a RecursionError).
+MAX_SEARCH_DEPTH = 6
+
+
+def _manifests_within(root: Path, depth: int) -> list[Path]:
+    """Folders holding a ``bundle.json`` at most ``depth`` levels below ``root``, links not followed;
+    an explicit stack, so no depth of nesting reaches Python's recursion limit."""
+    found, frontier = [], [(root, 0)]
+    while frontier:
+        folder, level = frontier.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name == "bundle.json" and entry.is_file(follow_symlinks=False):
+                found.append(Path(folder))
+            elif level < depth and entry.is_dir(follow_symlinks=False):
+                frontier.append((Path(entry.path), level + 1))
+    return found
+
+
 def _bundle_root(local: Path, uri: str) -> Path:
     for candidate in (local, local / MODEL_DATA, local / "data" / MODEL_DATA):
         if (candidate / "bundle.json").is_file():
             return candidate
-    found = [p.parent for p in local.rglob("bundle.json")]
+    found = _manifests_within(local, MAX_SEARCH_DEPTH)
     if len(found) == 1:
         return found[0]
     raise UsageError(f"{uri} holds no paritybundle bundle (no bundle.json); pass the URI of a logged bundle or model.")

@@ -12,7 +12,6 @@ from paritybundle.bundle.manifest import (
     Approximation, ErrorBudget, MeasuredError, OutputScale, TensorSpec, Tolerance, TolerancePolicy,
 )
 from paritybundle.parity import accumulator as accumulator_module
-from paritybundle.parity.accumulator import OutputAccumulator
 from paritybundle.parity.histogram import LogHistogram as _Histogram
 from paritybundle.parity.explain import explain_failure
 from paritybundle.parity.judge import judge_for

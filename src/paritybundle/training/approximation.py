@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from ..bundle.external_data import mentions_external_data
 from ..bundle.layout import MODEL_FILE, PIPELINE_FILE, PREPROCESS_FILE
 from ..bundle.manifest import Approximation, ErrorBudget, MeasuredError, TensorSpec, TolerancePolicy
 from ..bundle.writer import BundleWriter
@@ -270,8 +269,6 @@ def _same_signature(source: Path, model_specs: list[TensorSpec], output_specs: l
             if dtype != tensor_spec.dtype:
                 raise SpecError(f"{tensor_spec.name!r} is {dtype} in the serving graph but {tensor_spec.dtype} in the "
                                 "research graph; keep the graph's inputs and outputs in research's dtypes (cast inside).")
-    if mentions_external_data(source) and not source.exists():  # pragma: no cover (checked when copied)
-        raise SpecError(f"serving_model {source.name} is missing.")
 
 
 def _measured(c: OutputComparison) -> MeasuredError:

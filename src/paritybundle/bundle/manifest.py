@@ -64,6 +64,17 @@ class FileDigest(BundleDocument):
         return value
 
 
+class TextRules(BundleDocument):
+    """What a frozen tokenizer was not proven to read as research's tokenizer does (measured at export:
+    training/preprocessing/text_alphabet.py), so serving refuses it, naming it."""
+
+    # Code-point runs, hex and inclusive ("0-0,d800-dfff,..."): NUL (which its operators stop at) among them.
+    refused_chars: str = Field(max_length=1_000_000, pattern=r"^[0-9a-f]+-[0-9a-f]+(,[0-9a-f]+-[0-9a-f]+)*$")
+    # Text the tokenizer turns into no tokens at all (a byte-level BPE without special tokens, given ""):
+    # nothing for the model to read, and what it answers then is not research's.
+    empty_refused: bool = False
+
+
 class TensorSpec(BundleDocument):
     """One named input or output: dtype and shape, symbolic dims as strings."""
 
@@ -80,6 +91,8 @@ class TensorSpec(BundleDocument):
     # Inputs only: the largest size a symbolic dimension may take (a sequence model's position table, found
     # at export: training/max_lengths.py); a longer request is refused. None: no limit found.
     max_dims: dict[str, int] | None = None
+    # Inputs only: raw text read by a frozen tokenizer, and what of it serving refuses. None: not such text.
+    text: TextRules | None = None
 
     @field_validator("max_dims")
     @classmethod
@@ -95,7 +108,7 @@ class TensorSpec(BundleDocument):
         # keys) read.
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("research_dtype", "max_dims"):
+            for key in ("research_dtype", "max_dims", "text"):
                 if data.get(key) is None:
                     data.pop(key, None)
         return data
@@ -118,6 +131,16 @@ class RuntimeSettings(BundleDocument):
     providers: list[str]
     graph_optimization_level: Literal["disable", "basic", "extended", "all"]
     intra_op_num_threads: int = Field(ge=0, le=MAX_THREADS)
+    # Custom-operator libraries the graphs need registered (a frozen tokenizer's onnxruntime-extensions);
+    # written only when there is one, so other bundles stay what older readers read.
+    custom_ops: list[Literal["onnxruntime-extensions"]] = Field(default_factory=list, max_length=1)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_custom_ops(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("custom_ops"):
+            data.pop("custom_ops", None)
+        return data
 
 
 class OutputError(BundleDocument):
@@ -233,7 +256,7 @@ class PreprocessColumn(BundleDocument):
 class Preprocessing(BundleDocument):
     """What ``preprocess.onnx`` does: raw inputs -> the model's inputs (the features)."""
 
-    source: Literal["paritybundle", "scikit-learn", "torch"]
+    source: Literal["paritybundle", "scikit-learn", "torch", "transformers"]
     description: str = Field(max_length=4096)
     # The preprocessing outputs = model.onnx's inputs, stored in reference/features.npz.
     features: list[TensorSpec] = Field(min_length=1)

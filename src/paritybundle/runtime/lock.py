@@ -216,7 +216,8 @@ def _onnxruntime_info() -> RuntimeInfo:
     return RuntimeInfo(version=onnxruntime.__version__, providers=list(onnxruntime.get_available_providers()))
 
 
-def capture(torch_info: TorchInfo | None = None, *, with_closure: bool = True) -> EnvironmentLock:
+def capture(torch_info: TorchInfo | None = None, *, with_closure: bool = True,
+            extra_roots: tuple[str, ...] = ()) -> EnvironmentLock:
     """The running environment, in the lockfile's shape.
 
     Args:
@@ -224,6 +225,7 @@ def capture(torch_info: TorchInfo | None = None, *, with_closure: bool = True) -
             (this module never imports torch).
         with_closure: resolve the serving dependency closure (export needs it; a
             drift comparison does not, and it costs a METADATA parse per package).
+        extra_roots: serving dependencies this bundle adds (a frozen tokenizer's onnxruntime-extensions).
     """
     libc_name, libc_version = platform.libc_ver()
     installed = installed_distributions()
@@ -237,7 +239,7 @@ def capture(torch_info: TorchInfo | None = None, *, with_closure: bool = True) -
         torch=torch_info,
         paritybundle=_self_version(),
         distributions=installed,
-        serving=serving_closure(installed=installed) if with_closure else {},
+        serving=serving_closure(SERVING_ROOTS + extra_roots, installed=installed) if with_closure else {},
     )
 
 

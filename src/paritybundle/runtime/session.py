@@ -47,6 +47,8 @@ class SessionSettings:
     # check under CPU contention 1.13-1.25x -> 0.98-1.01x of a bare loop (no change when the
     # machine is quiet). Numerics do not depend on it.
     allow_spinning: bool = False
+    # Custom-operator libraries registered in every session (the manifest's runtime.custom_ops).
+    custom_ops: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
@@ -81,6 +83,7 @@ def recorded_settings(manifest: Manifest) -> SessionSettings:
         providers=tuple(manifest.runtime.providers),
         graph_optimization_level=manifest.runtime.graph_optimization_level,
         intra_op_num_threads=manifest.runtime.intra_op_num_threads,
+        custom_ops=tuple(manifest.runtime.custom_ops),
     )
 
 
@@ -136,6 +139,8 @@ def create_session(model_path: Path | bytes, settings: SessionSettings, *, label
     if not settings.allow_spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 4 if quiet else 3  # errors only: ORT's warnings are not the user's business here
+    for library in settings.custom_ops:
+        options.register_custom_ops_library(custom_op_library(library))
     try:
         source = model_path if isinstance(model_path, bytes) else os.fspath(model_path)
         return ort.InferenceSession(source, sess_options=options, providers=list(settings.providers))
@@ -148,6 +153,30 @@ def create_session(model_path: Path | bytes, settings: SessionSettings, *, label
                               f"{advice or 'the graph the exporter made is not one this onnxruntime runs'}. "
                               "Nothing was written.") from None
         raise BundleInvalid(f"ONNX Runtime cannot load {what}: {reason}; {advice or 're-export the bundle'}.") from None
+
+
+def custom_op_library(distribution: str) -> str:
+    """The shared library of a custom-operator package, found without importing the package:
+    ``import onnxruntime_extensions`` imports torch and transformers where they are installed, which
+    the serving side never does.
+
+    Raises:
+        UsageError: the package is not installed here (what to install, named).
+    """
+    import sys
+
+    if distribution != "onnxruntime-extensions":
+        raise BundleInvalid(f"the bundle needs custom operators from {distribution!r}, which paritybundle does not "
+                            "know; re-export it.")
+    # Looked up on sys.path as the import system would, without its machinery (nothing is imported).
+    libraries = [library for entry in sys.path for library in sorted(
+        (Path(entry or ".") / "onnxruntime_extensions").glob("_extensions_pydll*"))
+                 if library.suffix in (".so", ".pyd", ".dylib")]
+    if not libraries:
+        raise UsageError("this bundle's frozen tokenizer runs on onnxruntime-extensions' operators, which are not "
+                         "installed here; install the version its requirements-serve.txt pins "
+                         "(pip install -r BUNDLE/requirements-serve.txt).")
+    return str(libraries[0])
 
 
 def load_advice(reason: str) -> str | None:

@@ -8,12 +8,13 @@ dimensions shared between inputs, and NaN/infinity where a spec refuses them.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..bundle.manifest import TensorSpec
+from ..bundle.manifest import TensorSpec, TextRules
 from ..errors import InputValidationError
 
 
@@ -113,6 +114,8 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
         array = array.astype(object)
         if check_utf8:
             _require_utf8(spec.name, array)
+        if spec.text is not None:
+            _refuse_unproven(spec.name, spec.text, array)
     else:
         target = _numpy_dtype(spec.dtype)
         if array.dtype != target:
@@ -150,6 +153,34 @@ def _require_utf8(name: str, strings: np.ndarray) -> None:
                 raise InputValidationError(
                     f"input {name!r} holds a string that is not valid Unicode ({value!r}: a lone surrogate); "
                     "send text that encodes as UTF-8.") from None
+
+
+def _refuse_unproven(name: str, rules: TextRules, strings: np.ndarray) -> None:
+    """Text holding a character the bundle's frozen tokenizer was not proven on (its export measured every
+    character against research: training/preprocessing/text_alphabet.py) is refused, naming the character;
+    so is empty text where the tokenizer gives it no tokens."""
+    pattern = refused_pattern(rules.refused_chars)
+    for row, value in enumerate(strings.reshape(-1)):
+        if rules.empty_refused and value == "":
+            raise InputValidationError(
+                f"input {name!r} text {row} is empty, which this bundle's tokenizer turns into no tokens at all: there "
+                "is nothing for the model to read, and what it would answer is not what research computed; send text.")
+        found = pattern.search(value) if isinstance(value, str) else None
+        if found is not None:
+            char = found.group()
+            shown = repr(char) if char.isprintable() else "a control character"
+            raise InputValidationError(
+                f"input {name!r} text {row} holds {shown} (U+{ord(char):04X}) at offset {found.start()}, a character "
+                "the bundle's frozen tokenizer was not proven to read as research's tokenizer does; remove or replace it "
+                "before sending (bundle inspect lists the refused characters).")
+
+
+@functools.lru_cache(maxsize=8)
+def refused_pattern(refused: str) -> re.Pattern[str]:
+    """One character class of every refused run (``TensorSpec.refused_chars``): the search runs in C, a few
+    hundred nanoseconds for a short text."""
+    runs = (part.split("-") for part in refused.split(","))
+    return re.compile("[" + "".join(f"\\U{int(a, 16):08x}-\\U{int(b, 16):08x}" for a, b in runs) + "]")
 
 
 @functools.lru_cache(maxsize=None)

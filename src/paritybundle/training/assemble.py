@@ -58,10 +58,10 @@ def reference_set(groups: Sequence[Mapping[str, np.ndarray]], *, staged: bool, d
 
 
 def write_environment(writer: BundleWriter, torch_info: environment.TorchInfo | None,
-                      providers: Sequence[str] = ()) -> None:
+                      providers: Sequence[str] = (), custom_ops: Sequence[str] = ()) -> None:
     """The environment lock of this (training) process, and the serving pins derived from it (for the
-    execution ``providers`` export validated with)."""
-    lock = environment.capture(torch_info)
+    execution ``providers`` export validated with, and the ``custom_ops`` packages its graphs need)."""
+    lock = environment.capture(torch_info, extra_roots=tuple(custom_ops))
     writer.write_bytes(LOCK_FILE, lock.to_json().encode())
     writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text(lock, tuple(providers)).encode())
 
@@ -94,6 +94,7 @@ def assemble_manifest(writer: BundleWriter, spec: Any, *, input_specs: list[Tens
             onnxruntime_version=onnxruntime_version(), providers=list(settings.providers),
             graph_optimization_level=settings.graph_optimization_level,  # type: ignore[arg-type]
             intra_op_num_threads=settings.intra_op_num_threads,
+            custom_ops=list(settings.custom_ops),  # type: ignore[arg-type]
         ),
         reference=reference_set(groups, staged=staged, device=reference_device, precision=reference_precision),
         export_errors={

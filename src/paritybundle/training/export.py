@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..bundle.layout import MODEL_FILE, PIPELINE_FILE, PREPROCESS_FILE
-from ..bundle.manifest import Coverage, Manifest, Preprocessing, TensorSpec, Tolerance, validate_name
+from ..bundle.layout import MODEL_FILE, PIPELINE_FILE
+from ..bundle.manifest import Coverage, Manifest, Tolerance, validate_name
 from ..bundle.writer import BundleWriter
 from ..errors import SpecError, UsageError
 from ..parity.tolerance import default_policy, scale_policy
@@ -32,7 +32,7 @@ from .approximation import adopt_serving_graph, serving_precision, validate_appr
 from .assemble import assemble_manifest, write_environment, write_reference_set
 from .batch_independence import refuse_batch_dependence
 from .max_lengths import find_max_lengths
-from .graphs import batch_first, graph_specs, input_specs
+from .graphs import batch_first, graph_specs
 from . import coverage
 from . import calling
 from .inputs import first_paragraph, length, normalise_inputs, output_names, raw_groups, to_numpy
@@ -42,7 +42,8 @@ from .power import measure_power, report_power
 from .preprocessing.graph import MIN_OPSET
 from .research_dtypes import in_graph_dtypes, with_research_dtypes
 from .spec import ExportSpec
-from .validation import validate_preprocessing, validate_stage
+from .freezing import freeze_preprocessing
+from .validation import validate_stage
 
 log = logging.getLogger("paritybundle.export")
 
@@ -116,6 +117,8 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
     staged = _preprocessing(spec, groups[0])
     if staged is not None:
         groups = [staged.raw]
+        if getattr(staged.preprocessor, "features_by_keyword", False):  # a tokenizer: input_ids=..., by name
+            convention = calling.convention_for(model, staged.features, None)
     # What the model itself reads: the features when there is preprocessing, else the raw inputs.
     model_groups = [staged.features] if staged is not None else groups
     dynamic = dynamic_axes(spec, model_groups)
@@ -233,6 +236,8 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
         policy = policy.model_copy(update={"default": spec.tolerance})
     model_path = writer.path(MODEL_FILE)
     settings = SessionSettings(providers=tuple(spec.providers)) if spec.providers else SessionSettings()
+    if staged is not None:  # custom operators the frozen preprocessing runs on (a tokenizer's)
+        settings = replace(settings, custom_ops=tuple(getattr(staged.preprocessor, "custom_ops", ())))
     preprocessing = None
     if staged is None:
         # With external data both graphs name the same model.onnx.data, listed once.
@@ -260,7 +265,7 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
         raw_specs = [s.model_copy(update={"max_dims": {d: limits[d] for d in s.shape if d in limits}})
                      if any(d in limits for d in s.shape) else s for s in raw_specs]
     if staged is not None:
-        raw_specs, preprocessing = _freeze_preprocessing(writer, staged, opset, feature_specs, policy.default, settings)
+        raw_specs, preprocessing = freeze_preprocessing(writer, staged, opset, feature_specs, policy.default, settings)
         # The model alone, on the research features: a failure here is the model's, not the preprocessing's.
         validate_stage(writer.path(MODEL_FILE), feature_specs, output_specs, staged.features, research[0], policy,
                        settings, f"the model ({MODEL_FILE}) on the research features", research_label)
@@ -279,7 +284,7 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
     power = measure_power(writer.path(PIPELINE_FILE), raw_specs, output_specs, groups, research, policy, settings)
     report_power(power, spec.name, require=spec.require_power)
     write_reference_set(writer, groups, research, [staged.features] if staged is not None else None)
-    write_environment(writer, torch_info, settings.providers)
+    write_environment(writer, torch_info, settings.providers, settings.custom_ops)
     return assemble_manifest(writer, spec, input_specs=raw_specs, output_specs=output_specs, opset=opset,
                              exporter=exporter, policy=policy, settings=settings, groups=groups,
                              reference_device=reference_device, reference_precision=reference_precision,
@@ -293,6 +298,8 @@ class StagedPreprocessing:
     preprocessor: Any
     raw: dict[str, np.ndarray]
     features: dict[str, np.ndarray]
+    # Why each probe row (the last rows of ``raw``) exists.
+    probe_reasons: list[str] = field(default_factory=list)
 
 
 def _preprocessing(spec: ExportSpec, inputs: dict[str, np.ndarray]) -> StagedPreprocessing | None:
@@ -340,7 +347,10 @@ def _cover(spec: ExportSpec, inputs: dict[str, np.ndarray], staged: StagedPrepro
     selection = "all" if len(keep) == length(raw) else "covering"
     raw, research = _take(raw, keep), _take(research, keep)
     columns = staged.preprocessor.columns() if staged is not None else []
-    probes = coverage.build_probes(raw, columns) if staged is not None and run_model is not None else coverage.Probes()
+    probes = coverage.Probes()
+    if staged is not None and run_model is not None:
+        probes = (coverage.Probes(*staged.preprocessor.probes()) if hasattr(staged.preprocessor, "probes")
+                  else coverage.build_probes(raw, columns))
     if staged is not None:
         features = _take(staged.features, keep)
         if probes.rows:
@@ -350,7 +360,7 @@ def _cover(spec: ExportSpec, inputs: dict[str, np.ndarray], staged: StagedPrepro
             raw = {name: np.concatenate([raw[name], probes.raw[name]]) for name in raw}
             features = {name: np.concatenate([features[name], probe_features[name]]) for name in features}
             research = {name: np.concatenate([research[name], probe_outputs[name]]) for name in research}
-        staged = StagedPreprocessing(staged.preprocessor, raw, features)
+        staged = StagedPreprocessing(staged.preprocessor, raw, features, probes.reasons)
     covered = coverage.describe(raw, research, scores, candidates=candidates, selected=len(keep), probes=probes,
                                 columns=columns, selection=selection)
     if probes.rows:
@@ -379,26 +389,6 @@ def _cover_groups(spec: ExportSpec, groups: list[dict[str, np.ndarray]], researc
                                            probes=coverage.Probes(), columns=[], selection="all"))
     selected = sum(length(g) for g in kept_groups)
     return kept_groups, kept_research, coverage.merge(described, candidates=candidates, selected=selected)
-
-
-def _freeze_preprocessing(writer: BundleWriter, staged: StagedPreprocessing, opset: int, feature_specs: list[TensorSpec],
-                          tolerance: Tolerance, settings: SessionSettings) -> tuple[list[TensorSpec], Preprocessing]:
-    """Write preprocess.onnx, prove it reproduces the research features (per raw input), merge pipeline.onnx.
-
-    Returns the raw input specs (read from the frozen graph) and the manifest's preprocessing section.
-    """
-    import onnx
-
-    from .compose import merge_files
-
-    graph = staged.preprocessor.to_onnx(staged.raw, opset)
-    onnx.save(graph, str(writer.path(PREPROCESS_FILE)))
-    raw_specs = input_specs(graph, PREPROCESS_FILE, staged.raw, staged.preprocessor.replaces_nan)
-    described = staged.preprocessor.describe(feature_specs)
-    validate_preprocessing(writer.path(PREPROCESS_FILE), raw_specs, feature_specs, staged.raw, staged.features,
-                           described, tolerance, settings)
-    merge_files(writer.path(PREPROCESS_FILE), writer.path(MODEL_FILE), writer.path(PIPELINE_FILE))
-    return raw_specs, described
 
 
 def _validate_common(spec: ExportSpec) -> None:

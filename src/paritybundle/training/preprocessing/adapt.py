@@ -23,6 +23,10 @@ def as_preprocessor(value: Any, input_names: list[str], spec: Any) -> Preprocess
             raise SpecError(f"the preprocessing {type(value).__name__} is not fitted; call .fit(training_data) "
                             "before exporting (fit on training data, not on the reference inputs).")
         return value
+    from .tokenizer import TokenizerPreprocess, is_tokenizer
+
+    if is_tokenizer(value):
+        return TokenizerPreprocess(value, input_names, spec.model)
     if _torch.is_module(value):
         from .torch_adapter import TorchPreprocess
 
@@ -42,4 +46,4 @@ def as_preprocessor(value: Any, input_names: list[str], spec: Any) -> Preprocess
 
         return SklearnPreprocess(value, DEFAULT_OUTPUT)
     raise SpecError(f"preprocess={type(value).__name__} is not supported; pass a paritybundle.preprocess Pipeline or "
-                    "Columns, a fitted scikit-learn transformer, or a torch.nn.Module.")
+                    "Columns, a fitted scikit-learn transformer, a torch.nn.Module, or a Hugging Face tokenizer.")

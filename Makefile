@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Train the digits CNN, export the bundle, check it (exit 0); then prove a perturbed
 # copy is caught (check must exit 1, and says which output failed). Then the wine
-# example: raw tabular columns through frozen preprocessing, checked stage by stage.
+# example: raw tabular columns through frozen preprocessing, checked stage by stage; then
+# the text example: raw sentences through a frozen tokenizer into a BERT built from a config.
 demo: $(STAMP)
 	$(BIN)/bundle export examples/digits/train.py:make_spec -o artifacts/digits --force
 	$(BIN)/bundle inspect artifacts/digits
@@ -27,6 +28,8 @@ demo: $(STAMP)
 	  else echo "perturbed bundle NOT caught (exit $$code)"; exit 1; fi
 	$(BIN)/bundle export examples/wine/train.py:make_spec -o artifacts/wine --force
 	$(BIN)/bundle check artifacts/wine
+	$(BIN)/bundle export examples/text/train.py:make_spec -o artifacts/text --force
+	$(BIN)/bundle check artifacts/text
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

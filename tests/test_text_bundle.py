@@ -235,3 +235,31 @@ def test_random_hostile_text_tokenizes_as_research_does_or_is_refused(bert_bundl
                          return_tensors="np")
     np.testing.assert_array_equal(frozen[0], research["input_ids"])
     np.testing.assert_array_equal(frozen[1], research["attention_mask"])
+
+
+# --- production traffic: capture, check against it, drift of text ----------------------------------------
+
+
+def test_captured_text_is_checked_and_its_drift_is_measured_in_tokens(bert_bundle, tmp_path, capsys):
+    """Served raw text is captured (BYTES columns), re-checked against this runtime, and its drift is read as the
+    model sees it: length in tokens and the share of unknown tokens, not as categories."""
+    require("pyarrow", reason="captures are Parquet: the capture extra")
+    from serving_tools import running_server
+
+    capture = tmp_path / "capture"
+    odd = ["★ ☃ ✓ 😀 film", "straße ★★ ☃ the cat", "✓ ✓ ✓ great"] * 4  # words the vocabulary lacks
+    with running_server(bert_bundle, tmp_path, "--capture", str(capture)) as server:
+        for text in TEXTS[:4] + odd:
+            status, answer = server.post("/v2/models/text/infer", {"inputs": [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]})
+            assert status == 200, answer
+    capsys.readouterr()
+    assert main(["check", str(bert_bundle), "--references", str(capture)]) == 0
+    assert "PARITY HOLDS" in capsys.readouterr().out
+    from paritybundle.check.input_drift import input_drift
+
+    report = input_drift(bert_bundle, capture)
+    columns = {c.column: c for c in report.columns}
+    assert set(columns) == {"text (tokens)", "text (unknown-token share)"}
+    assert not report.passed and "are unknown to the vocabulary" in report.summary
+    assert columns["text (tokens)"].reference_range[1] <= example.MAX_LENGTH

@@ -31,6 +31,8 @@ from ..bundle.store import VerifiedBundle, open_bundle
 from ..bundle.strict import StrictModel
 from ..errors import UsageError
 from ..runtime.capture import read_capture
+from ..runtime.load import stage_runner
+from ..runtime.session import recorded_settings
 from .sources import BundleReferences
 
 # A [batch, F] input with at most this many features is drifted column by column; a wider one
@@ -124,6 +126,9 @@ def input_drift(path: str | os.PathLike[str], capture: str | os.PathLike[str], *
     columns = []
     for spec in manifest.inputs:
         production = _concat([g.inputs[spec.name] for g in data.groups])
+        if spec.text is not None and manifest.preprocessing is not None and manifest.stages.preprocess:
+            columns += _text_drift(bundle, spec, production, reference["inputs"][spec.name], thresholds)
+            continue
         for label, prod_values, ref_values in _columns(spec, production, reference["inputs"][spec.name]):
             columns.append(_column_drift(label, spec, prod_values, ref_values, fitted.get(label), thresholds))
     outputs = [_output_mix(spec, _concat([g.outputs[spec.name] for g in data.groups]),
@@ -209,6 +214,37 @@ def _column_drift(label: str, spec: TensorSpec, production: np.ndarray, referenc
     if spec.dtype == "string" or spec.dtype == "bool":
         return _category_drift(label, production.astype(str), reference.astype(str), fitted, thresholds)
     return _number_drift(label, production.astype(np.float64), reference.astype(np.float64), fitted, thresholds)
+
+
+def _text_drift(bundle: VerifiedBundle, spec: TensorSpec, production: np.ndarray, reference: np.ndarray,
+                thresholds: DriftThresholds) -> list[ColumnDrift]:
+    """Text a frozen tokenizer reads, as the model sees it (through preprocess.onnx): its length in tokens and,
+    where the vocabulary has an unknown token, the share of a text's tokens that are unknown."""
+    manifest = bundle.manifest
+    assert manifest.preprocessing is not None and manifest.stages.preprocess is not None
+    settings = manifest.preprocessing.columns[0].steps[0].params
+    runner = stage_runner(bundle, manifest.stages.preprocess, [spec], manifest.preprocessing.features,
+                          recorded_settings(manifest))
+
+    def measured(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        features = runner.run({spec.name: texts.astype(object)})
+        mask = features["attention_mask"].astype(bool)
+        lengths = mask.sum(axis=1).astype(np.float64)
+        unknown = settings.get("unk_id")
+        if unknown is None:
+            return lengths, None
+        return lengths, ((features["input_ids"] == unknown) & mask).sum(axis=1) / np.maximum(lengths, 1)
+
+    (prod_lengths, prod_unknown), (ref_lengths, ref_unknown) = measured(production), measured(reference)
+    columns = [_number_drift(f"{spec.name} (tokens)", prod_lengths, ref_lengths, {}, thresholds)]
+    if prod_unknown is not None and ref_unknown is not None:
+        unknown = _number_drift(f"{spec.name} (unknown-token share)", prod_unknown, ref_unknown, {}, thresholds)
+        rise = float(prod_unknown.mean() - ref_unknown.mean())
+        if rise > thresholds.max_unseen_share:
+            unknown.findings.append(f"{_percent(float(prod_unknown.mean()))} of the tokens of {spec.name!r} are unknown "
+                                    f"to the vocabulary, against {_percent(float(ref_unknown.mean()))} in the reference set")
+        columns.append(unknown)
+    return columns
 
 
 def _share(count: int | float, total: int) -> float:

@@ -74,6 +74,7 @@ class TokenizerSettings:
     model_max_positions: int | None = None
     features: tuple[str, ...] = ()
     max_word_chars: int = 100   # WordPiece: a longer word is one [UNK]
+    unk_id: int | None = None   # the unknown token's id (WordPiece), for drift's unknown-token share
 
     def recorded(self) -> dict[str, Any]:
         values = asdict(self)
@@ -307,7 +308,8 @@ def read_settings(tokenizer: Any, model: Any) -> tuple[TokenizerSettings, list[s
         subword_prefix=prefix, max_length=min(lengths), truncation_side="right", padding_side=tokenizer.padding_side,
         pad_id=int(tokenizer.pad_token_id), special_tokens=special, vocab_size=len(vocab), vocab_sha256=digest,
         model_max_positions=positions, features=features,
-        max_word_chars=int(described["model"].get("max_input_chars_per_word") or 100))
+        max_word_chars=int(described["model"].get("max_input_chars_per_word") or 100),
+        unk_id=int(tokenizer.unk_token_id) if family == "wordpiece" and tokenizer.unk_token_id is not None else None)
     return settings, vocab, merges
 
 

@@ -263,3 +263,25 @@ def test_captured_text_is_checked_and_its_drift_is_measured_in_tokens(bert_bundl
     assert set(columns) == {"text (tokens)", "text (unknown-token share)"}
     assert not report.passed and "are unknown to the vocabulary" in report.summary
     assert columns["text (tokens)"].reference_range[1] <= example.MAX_LENGTH
+    from paritybundle.training.replay import replay
+
+    # The research path (the research tokenizer, then the torch model) on what production received.
+    assert replay(example.make_spec(steps=30), capture, bundle=bert_bundle).passed
+
+
+def test_batch_scoring_reads_a_string_column_and_refuses_unproven_text(bert_bundle, tmp_path, capsys):
+    pa = require("pyarrow", reason="bundle score reads Parquet: the score extra")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": TEXTS[:3]}), tmp_path / "rows.parquet")
+    assert main(["score", str(bert_bundle), str(tmp_path / "rows.parquet"), "-o", str(tmp_path / "scores"),
+                 "--keep", "id"]) == 0
+    scored = pq.read_table(tmp_path / "scores").to_pydict()
+    spec = example.make_spec(steps=30)
+    np.testing.assert_allclose(np.array(scored["logits"]), research_logits(spec, TEXTS[:3]), atol=1e-5, rtol=1e-4)
+    pq.write_table(pa.table({"id": [4], "text": ["nul \x00 inside"]}), tmp_path / "bad.parquet")
+    capsys.readouterr()
+    assert main(["score", str(bert_bundle), str(tmp_path / "bad.parquet"), "-o", str(tmp_path / "nothing")]) == 2
+    captured = capsys.readouterr()
+    said = " ".join((captured.out + captured.err).split())
+    assert "U+0000" in said and "nothing written" in said and not (tmp_path / "nothing").exists()

@@ -95,3 +95,9 @@ def convention_for(model: Any, raw: Any, input_names: Any) -> Convention:
         raise SpecError(f"{len(names)} input names given but one reference array; pass a mapping name -> array "
                         "or a tuple.")
     return Convention(tuple(names))
+
+
+def features_convention(model: Any, preprocessor: Any, features: Any) -> Convention | None:
+    """How a model behind preprocessing reads its features: positionally (None), unless the preprocessor's
+    features are keyword arguments (a tokenizer's ``input_ids=...``, ``attention_mask=...``)."""
+    return convention_for(model, features, None) if getattr(preprocessor, "features_by_keyword", False) else None

@@ -117,8 +117,7 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
     staged = _preprocessing(spec, groups[0])
     if staged is not None:
         groups = [staged.raw]
-        if getattr(staged.preprocessor, "features_by_keyword", False):  # a tokenizer: input_ids=..., by name
-            convention = calling.convention_for(model, staged.features, None)
+        convention = calling.features_convention(model, staged.preprocessor, staged.features)
     # What the model itself reads: the features when there is preprocessing, else the raw inputs.
     model_groups = [staged.features] if staged is not None else groups
     dynamic = dynamic_axes(spec, model_groups)

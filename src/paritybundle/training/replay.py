@@ -81,6 +81,8 @@ def research_outputs(spec: ExportSpec, data: CaptureData, manifest: Manifest) ->
                 features = {name: np.ascontiguousarray(np.asarray(value))
                             for name, value in preprocessor.research(preprocessor.prepare_raw(features)).items()}
             if plan is None:
+                if preprocessor is not None:
+                    convention = calling.features_convention(model, preprocessor, features)
                 plan = _torch.plan_outputs(model, features, device, convention)
             names = output_names(spec, list(plan.names))
             if sorted(names) != sorted(expected):

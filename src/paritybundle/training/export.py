@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 from ..bundle.layout import MODEL_FILE, PIPELINE_FILE
 from ..bundle.manifest import Coverage, Manifest, Tolerance, validate_name
 from ..bundle.writer import BundleWriter
-from ..errors import SpecError, UsageError
+from ..errors import SpecError
 from ..parity.tolerance import default_policy, scale_policy
 from ..runtime.lock import TorchInfo
 from ..runtime.runner import Runner
@@ -35,13 +35,14 @@ from .max_lengths import find_max_lengths
 from .graphs import batch_first, graph_specs
 from . import coverage
 from . import calling
-from .inputs import first_paragraph, length, normalise_inputs, output_names, raw_groups, to_numpy
+from .inputs import length, normalise_inputs, output_names, raw_groups, to_numpy
 from .onnx_files import copy_onnx_with_data
 from .shapes import dynamic_axes
 from .power import measure_power, report_power
 from .preprocessing.graph import MIN_OPSET
 from .research_dtypes import in_graph_dtypes, with_research_dtypes
 from .spec import ExportSpec
+from .staging import StagedPreprocessing, candidates_of, cover_groups, cover_staged, stage_groups, take
 from .freezing import freeze_preprocessing
 from .validation import validate_stage
 
@@ -105,21 +106,17 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
     _validate_common(spec)
     model = spec.model
     raws = raw_groups(spec)
-    if len(raws) > 1 and spec.preprocess is not None:
-        raise SpecError("reference groups of different shapes cannot go through preprocess: the frozen preprocessing "
-                        "is built for one input shape (its Resize is a fixed matrix); pass one group, or put the "
-                        "resizing into the model (F.interpolate) and declare dynamic_axes.")
     # With preprocessing the model reads the features, positionally; otherwise the caller's inputs, by
     # forward's signature (calling.py).
     convention = calling.convention_for(model, raws[0], spec.input_names) if spec.preprocess is None else None
-    groups = [_candidates(g) for g in normalise_inputs(spec, convention.names if convention else None)]
+    groups = [candidates_of(g) for g in normalise_inputs(spec, convention.names if convention else None)]
     candidates = sum(length(g) for g in groups)
-    staged = _preprocessing(spec, groups[0])
+    staged = stage_groups(spec, groups)  # one per group: images of several sizes go through one Resize
     if staged is not None:
-        groups = [staged.raw]
-        convention = calling.features_convention(model, staged.preprocessor, staged.features)
+        groups = [s.raw for s in staged]
+        convention = calling.features_convention(model, staged[0].preprocessor, staged[0].features)
     # What the model itself reads: the features when there is preprocessing, else the raw inputs.
-    model_groups = [staged.features] if staged is not None else groups
+    model_groups = [s.features for s in staged] if staged is not None else groups
     dynamic = dynamic_axes(spec, model_groups)
     device = _torch.model_device(model)
     with _torch.eval_mode(model) as was_training:
@@ -139,15 +136,15 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
         research = [dict(zip(names, research_of(g))) for g in model_groups]
         _torch.check_deterministic(model, model_groups[0], research[0], device, convention, plan)
         if staged is not None:
-            inputs, staged, first, covered = _cover(spec, groups[0], staged, research[0], candidates, research_of)
-            groups, research = [inputs], [first]
+            staged, research, covered = cover_staged(spec, staged, research, candidates, research_of)
+            groups = [s.raw for s in staged]
         else:
-            groups, research, covered = _cover_groups(spec, groups, research, candidates)
+            groups, research, covered = cover_groups(spec, groups, research, candidates)
         reference_device = spec.reference_device or device.type
         reference_precision = spec.reference_precision or _torch.precision(model, device)
         with BundleWriter(out, force=force) as writer:
             model_path = writer.path(MODEL_FILE)
-            _torch.export_onnx(spec, model, staged.features if staged is not None else groups[0], names, model_path,
+            _torch.export_onnx(spec, model, staged[0].features if staged is not None else groups[0], names, model_path,
                                device, min_opset=MIN_OPSET if staged is not None else None, convention=convention,
                                plan=plan, dynamic_axes=dynamic)
             manifest = _write_bundle(writer, spec, groups, research, reference_device, reference_precision,
@@ -198,10 +195,10 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
         raise SpecError(f"output_names {list(spec.output_names)} differ from the research_outputs keys {list(research[0])}.")
     candidates = sum(length(g) for g in groups)
     pools = [coverage.candidate_rows(length(g)) for g in groups]
-    groups = [g if pool is None else _take(g, pool) for g, pool in zip(groups, pools)]
-    research = [r if pool is None else _take(r, pool) for r, pool in zip(research, pools)]
+    groups = [g if pool is None else take(g, pool) for g, pool in zip(groups, pools)]
+    research = [r if pool is None else take(r, pool) for r, pool in zip(research, pools)]
     # No probe rows: their research outputs would need the framework that made the model.
-    groups, research, covered = _cover_groups(spec, groups, research, candidates)
+    groups, research, covered = cover_groups(spec, groups, research, candidates)
     with BundleWriter(out, force=force) as writer:
         copy_onnx_with_data(source, writer.path(MODEL_FILE), spec.external_data)
         # An int8 graph made its research outputs in int8 (unless the caller says what made them).
@@ -217,13 +214,13 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
 def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str, np.ndarray]],
                   research: list[dict[str, np.ndarray]], reference_device: str, reference_precision: str, *,
                   exporter: str, torch_info: TorchInfo | None, research_label: str,
-                  staged: StagedPreprocessing | None = None, coverage: Coverage | None = None) -> Manifest:
+                  staged: list[StagedPreprocessing] | None = None, coverage: Coverage | None = None) -> Manifest:
     """Validate the staged model.onnx against the research outputs in ONNX Runtime (fail closed),
     then stage everything else and return the manifest to commit.
 
     ``groups`` and ``research`` hold one dict per group of reference shapes (one without groups).
-    With preprocessing (one group), ``preprocess.onnx`` is frozen and validated against the research
-    path's features, merged with the model into ``pipeline.onnx``, and each of the model and the
+    With preprocessing (``staged``: one per group), ``preprocess.onnx`` is frozen and validated against the
+    research path's features, merged with the model into ``pipeline.onnx``, and each of the model and the
     pipeline is validated against the research outputs.
     """
     names = list(research[0])
@@ -236,7 +233,7 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
     model_path = writer.path(MODEL_FILE)
     settings = SessionSettings(providers=tuple(spec.providers)) if spec.providers else SessionSettings()
     if staged is not None:  # custom operators the frozen preprocessing runs on (a tokenizer's)
-        settings = replace(settings, custom_ops=tuple(getattr(staged.preprocessor, "custom_ops", ())))
+        settings = replace(settings, custom_ops=tuple(getattr(staged[0].preprocessor, "custom_ops", ())))
     preprocessing = None
     if staged is None:
         # With external data both graphs name the same model.onnx.data, listed once.
@@ -246,8 +243,8 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
         raw_specs = with_research_dtypes(raw_specs, converted)
         model_specs, model_groups = raw_specs, groups
     else:
-        feature_specs, output_specs, opset = graph_specs(model_path, staged.features, names, spec, research[0])
-        model_specs, model_groups = feature_specs, [staged.features]
+        feature_specs, output_specs, opset = graph_specs(model_path, staged[0].features, names, spec, research[0])
+        model_specs, model_groups = feature_specs, [s.features for s in staged]
     # Research's outputs as the graph answers them (or a refusal now, never a bundle failing its own check).
     research, converted = in_graph_dtypes(research, output_specs, "research output")
     output_specs = batch_first(with_research_dtypes(output_specs, converted), research)
@@ -266,7 +263,7 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
     if staged is not None:
         raw_specs, preprocessing = freeze_preprocessing(writer, staged, opset, feature_specs, policy.default, settings)
         # The model alone, on the research features: a failure here is the model's, not the preprocessing's.
-        validate_stage(writer.path(MODEL_FILE), feature_specs, output_specs, staged.features, research[0], policy,
+        validate_stage(writer.path(MODEL_FILE), feature_specs, output_specs, model_groups, research, policy,
                        settings, f"the model ({MODEL_FILE}) on the research features", research_label)
     comparisons = validate_stage(writer.path(PIPELINE_FILE), raw_specs, output_specs, groups, research, policy,
                                  settings, "the exported model" if staged is None else f"the merged {PIPELINE_FILE}",
@@ -282,112 +279,12 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
         policy = policy.model_copy(update={"approximation": approximation})
     power = measure_power(writer.path(PIPELINE_FILE), raw_specs, output_specs, groups, research, policy, settings)
     report_power(power, spec.name, require=spec.require_power)
-    write_reference_set(writer, groups, research, [staged.features] if staged is not None else None)
+    write_reference_set(writer, groups, research, model_groups if staged is not None else None)
     write_environment(writer, torch_info, settings.providers, settings.custom_ops)
     return assemble_manifest(writer, spec, input_specs=raw_specs, output_specs=output_specs, opset=opset,
                              exporter=exporter, policy=policy, settings=settings, groups=groups,
                              reference_device=reference_device, reference_precision=reference_precision,
                              comparisons=comparisons, preprocessing=preprocessing, power=power, coverage=coverage)
-
-
-@dataclass
-class StagedPreprocessing:
-    """Preprocessing ready to freeze: the raw reference inputs and the research features."""
-
-    preprocessor: Any
-    raw: dict[str, np.ndarray]
-    features: dict[str, np.ndarray]
-    # Why each probe row (the last rows of ``raw``) exists.
-    probe_reasons: list[str] = field(default_factory=list)
-
-
-def _preprocessing(spec: ExportSpec, inputs: dict[str, np.ndarray]) -> StagedPreprocessing | None:
-    """Wrap ``spec.preprocess``, and run its research path on the raw reference inputs."""
-    if spec.preprocess is None:
-        return None
-    from .preprocessing.adapt import as_preprocessor
-
-    preprocessor = as_preprocessor(spec.preprocess, list(inputs), spec)
-    raw = preprocessor.prepare_raw(inputs)
-    try:
-        features = preprocessor.research(raw)
-    except (SpecError, UsageError):
-        raise
-    except Exception as exc:
-        raise SpecError(f"the preprocessing raised on the reference inputs ({type(exc).__name__}: "
-                        f"{first_paragraph(exc)}); check them against what it was fitted on.") from None
-    features = {name: np.ascontiguousarray(to_numpy(value, name)) for name, value in features.items()}
-    clash = set(features) & set(raw)
-    if clash:
-        raise SpecError(f"the preprocessing output {sorted(clash)[0]!r} has the name of a raw input; rename one of them.")
-    if any(len(f) != length(raw) for f in features.values()):
-        raise SpecError("the preprocessing returned a different number of rows than it was given.")
-    return StagedPreprocessing(preprocessor, raw, features)
-
-
-def _candidates(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    pool = coverage.candidate_rows(length(inputs))
-    return inputs if pool is None else _take(inputs, pool)
-
-
-def _take(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    return {name: np.ascontiguousarray(a[rows]) for name, a in arrays.items()}
-
-
-def _cover(spec: ExportSpec, inputs: dict[str, np.ndarray], staged: StagedPreprocessing | None,
-           research: dict[str, np.ndarray], candidates: int,
-           run_model: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | None,
-           ) -> tuple[dict[str, np.ndarray], StagedPreprocessing | None, dict[str, np.ndarray], Coverage]:
-    """Keep covering rows within the budget, then add probe rows for what they do not show of the
-    fitted preprocessing (their outputs from the research path): see :mod:`.coverage`."""
-    raw = staged.raw if staged is not None else inputs
-    scores = coverage.score_like(research, spec.score_outputs)
-    keep = coverage.select_rows(raw, research, scores, spec.max_reference_samples)
-    selection = "all" if len(keep) == length(raw) else "covering"
-    raw, research = _take(raw, keep), _take(research, keep)
-    columns = staged.preprocessor.columns() if staged is not None else []
-    probes = coverage.Probes()
-    if staged is not None and run_model is not None:
-        probes = (coverage.Probes(*staged.preprocessor.probes()) if hasattr(staged.preprocessor, "probes")
-                  else coverage.build_probes(raw, columns))
-    if staged is not None:
-        features = _take(staged.features, keep)
-        if probes.rows:
-            probe_features = {name: np.ascontiguousarray(to_numpy(v, name))
-                              for name, v in staged.preprocessor.research(probes.raw).items()}
-            probe_outputs = dict(zip(research, run_model(probe_features)))  # type: ignore[misc]
-            raw = {name: np.concatenate([raw[name], probes.raw[name]]) for name in raw}
-            features = {name: np.concatenate([features[name], probe_features[name]]) for name in features}
-            research = {name: np.concatenate([research[name], probe_outputs[name]]) for name in research}
-        staged = StagedPreprocessing(staged.preprocessor, raw, features, probes.reasons)
-    covered = coverage.describe(raw, research, scores, candidates=candidates, selected=len(keep), probes=probes,
-                                columns=columns, selection=selection)
-    if probes.rows:
-        log.info("%s: %d probe rows added to the reference set (%s)", spec.name, probes.rows, "; ".join(probes.reasons))
-    return (raw if staged is None else staged.raw), staged, research, covered
-
-
-def _cover_groups(spec: ExportSpec, groups: list[dict[str, np.ndarray]], research: list[dict[str, np.ndarray]],
-                  candidates: int) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], Coverage]:
-    """Covering rows of each group (no preprocessing, so no probes), the budget shared by group size:
-    every group keeps at least one row, so every shape stays proven."""
-    if len(groups) == 1:
-        inputs, _, kept, covered = _cover(spec, groups[0], None, research[0], candidates, None)
-        return [inputs], [kept], covered
-    total = sum(length(g) for g in groups)
-    budget = spec.max_reference_samples
-    kept_groups, kept_research, described = [], [], []
-    for inputs, outputs in zip(groups, research):
-        share = None if budget is None else max(1, round(budget * length(inputs) / total))
-        scores = coverage.score_like(outputs, spec.score_outputs)
-        keep = coverage.select_rows(inputs, outputs, scores, share)
-        inputs, outputs = _take(inputs, keep), _take(outputs, keep)
-        kept_groups.append(inputs)
-        kept_research.append(outputs)
-        described.append(coverage.describe(inputs, outputs, scores, candidates=length(inputs), selected=len(keep),
-                                           probes=coverage.Probes(), columns=[], selection="all"))
-    selected = sum(length(g) for g in kept_groups)
-    return kept_groups, kept_research, coverage.merge(described, candidates=candidates, selected=selected)
 
 
 def _validate_common(spec: ExportSpec) -> None:

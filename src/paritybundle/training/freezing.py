@@ -13,9 +13,11 @@ from .graphs import input_specs
 from .validation import validate_preprocessing
 
 
-def freeze_preprocessing(writer: BundleWriter, staged: Any, opset: int, feature_specs: list[TensorSpec],
-                          tolerance: Tolerance, settings: SessionSettings) -> tuple[list[TensorSpec], Preprocessing]:
-    """Write preprocess.onnx, prove it reproduces the research features (per raw input), merge pipeline.onnx.
+def freeze_preprocessing(writer: BundleWriter, staged: list[Any], opset: int, feature_specs: list[TensorSpec],
+                         tolerance: Tolerance, settings: SessionSettings) -> tuple[list[TensorSpec], Preprocessing]:
+    """Write preprocess.onnx, prove it reproduces the research features (per raw input, group by group), merge
+    pipeline.onnx. ``staged``: the staged preprocessing of each group of reference shapes (images of several
+    sizes): the graph's input dimensions that differ between groups are symbolic, as the steps allow.
 
     Returns the raw input specs (read from the frozen graph) and the manifest's preprocessing section.
     """
@@ -23,16 +25,32 @@ def freeze_preprocessing(writer: BundleWriter, staged: Any, opset: int, feature_
 
     from .compose import merge_files
 
-    graph = staged.preprocessor.to_onnx(staged.raw, opset)
+    first = staged[0]
+    graph = first.preprocessor.to_onnx(first.raw, opset)
+    _free_differing_dims(graph, [s.raw for s in staged])
     onnx.save(graph, str(writer.path(PREPROCESS_FILE)))
-    raw_specs = input_specs(graph, PREPROCESS_FILE, staged.raw, staged.preprocessor.replaces_nan)
-    described = staged.preprocessor.describe(feature_specs)
-    if hasattr(staged.preprocessor, "prove_frozen"):  # token for token, naming the text (before the generic proof)
+    raw_specs = input_specs(graph, PREPROCESS_FILE, first.raw, first.preprocessor.replaces_nan)
+    described = first.preprocessor.describe(feature_specs)
+    if hasattr(first.preprocessor, "prove_frozen"):  # token for token, naming the text (before the generic proof)
         session = create_session(writer.path(PREPROCESS_FILE), settings, label=PREPROCESS_FILE, at_export=True)
-        staged.preprocessor.prove_frozen(staged.raw, staged.features, staged.probe_reasons, session)
-        rules = staged.preprocessor.text_rules()
+        first.preprocessor.prove_frozen(first.raw, first.features, first.probe_reasons, session)
+        rules = first.preprocessor.text_rules()
         raw_specs = [s.model_copy(update={"text": rules}) if s.dtype == "string" else s for s in raw_specs]
-    validate_preprocessing(writer.path(PREPROCESS_FILE), raw_specs, feature_specs, staged.raw, staged.features,
-                           described, tolerance, settings)
+    for group in staged:
+        validate_preprocessing(writer.path(PREPROCESS_FILE), raw_specs, feature_specs, group.raw, group.features,
+                               described, tolerance, settings)
     merge_files(writer.path(PREPROCESS_FILE), writer.path(MODEL_FILE), writer.path(PIPELINE_FILE))
     return raw_specs, described
+
+
+def _free_differing_dims(graph: Any, groups: list[dict[str, Any]]) -> None:
+    """Make each graph-input dimension whose size differs between groups symbolic (``image_dim1``)."""
+    for value in graph.graph.input:
+        shapes = {tuple(group[value.name].shape[1:]) for group in groups if value.name in group}
+        if len(shapes) < 2:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for axis in range(1, len(dims)):
+            if len({shape[axis - 1] for shape in shapes}) > 1:
+                dims[axis].Clear()
+                dims[axis].dim_param = f"{value.name}_dim{axis}"

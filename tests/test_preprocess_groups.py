@@ -64,3 +64,134 @@ def test_groups_whose_features_differ_in_shape_are_refused(tmp_path):
     spec.reference_inputs = [{"image": x[:10]}, {"image": taller_and_wider(x[10:20], 2, 2)}]
     with pytest.raises(SpecError, match="features of different shapes from the reference groups"):
         export_spec(spec, tmp_path / "b")
+
+
+# --- preprocessing for some inputs, the others passed through ---------------------------------------------
+
+
+class ImageAndAge(torch.nn.Module):
+    """Reads the preprocessed image (``pixels``) and a raw tabular column (``age``) by name."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 16 * 16 + 1, 10)
+
+    def forward(self, pixels, age):
+        return self.head(torch.cat([torch.relu(self.conv(pixels)).flatten(1), age], dim=1))
+
+
+class ImageAndAgeInOrder(ImageAndAge):
+    """The same, its parameters named otherwise: the features arrive in order (the image's, then age)."""
+
+    def forward(self, x, years):
+        return super().forward(x, years)
+
+
+@pytest.mark.parametrize("model_class", [ImageAndAge, ImageAndAgeInOrder])
+def test_an_image_is_preprocessed_and_a_tabular_column_passes_through(model_class, tmp_path, capsys):
+    x_train, x_test, _, _ = images.load_images()
+    pre = images.make_preprocessing(x_train)
+    age = np.random.default_rng(0).uniform(18, 90, (80, 1)).astype(np.float32)
+    model = model_class().eval()
+    bundle = export_spec(paritybundle.ExportSpec(model=model, preprocess=pre, name="mixed", output_names=["logits"],
+                                                 reference_inputs={"image": x_test[:80], "age": age}), tmp_path / "b").path
+    manifest = read_manifest(bundle)
+    assert sorted(s.name for s in manifest.inputs) == ["age", "image"]
+    columns = {c.input: c for c in manifest.preprocessing.columns}
+    assert columns["age"].steps[0].kind == "passthrough" and columns["age"].outputs == ["age"]
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "column image -> pixels" in out and "column age -> age" in out and "PARITY HOLDS" in out
+    served = paritybundle.load(bundle).predict({"image": x_test[80:85], "age": age[:5] + 1})["logits"]
+    with torch.no_grad():
+        research = model(torch.from_numpy(pre.transform(x_test[80:85])), torch.from_numpy(age[:5] + 1)).numpy()
+    np.testing.assert_allclose(served, research, atol=1e-5, rtol=1e-4)
+
+
+class Tabular(torch.nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(width + 2, 3)
+
+    def forward(self, features, store, weekday):
+        return self.layer(torch.cat([features, store.float(), weekday], dim=1))
+
+
+def test_columns_preprocess_some_columns_and_the_rest_pass_through(tmp_path, capsys):
+    from paritybundle import preprocess as pp
+
+    rng = np.random.default_rng(1)
+    raw = {"price": rng.lognormal(size=200).astype(np.float32), "region": rng.choice(["n", "s", "e"], 200),
+           "store": rng.integers(0, 50, (200, 1)), "weekday": rng.integers(0, 7, (200, 1)).astype(np.float32)}
+    pre = pp.Columns({"price": [pp.Log1p(), pp.Standardize()], "region": [pp.OneHot()]}).fit(raw)
+    bundle = export_spec(paritybundle.ExportSpec(model=Tabular(5).eval(), preprocess=pre, reference_inputs=raw,
+                                                 name="tabular"), tmp_path / "b").path
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "column price -> features" in out and "column store -> store" in out and "PARITY HOLDS" in out
+    inputs = {s.name: s for s in read_manifest(bundle).inputs}
+    assert inputs["store"].dtype == "int64" and inputs["region"].dtype == "string"
+
+
+def test_a_tokenized_text_and_a_numeric_feature_reach_one_model(tmp_path, capsys):
+    """Text through the frozen tokenizer, a numeric feature passed through beside the token inputs."""
+    require("transformers", reason="transformers is a dev extra")
+    require("onnxruntime_extensions", reason="onnxruntime-extensions is in the text extra")
+    text = _load_example("text")
+
+    class TextAndPrice(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert, self.price = bert, torch.nn.Linear(1, 2)
+
+        def forward(self, input_ids, token_type_ids, attention_mask, price):
+            logits = self.bert(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask).logits
+            return logits + self.price(price)
+
+    spec = text.make_spec(steps=1)
+    sentences = spec.reference_inputs["text"][:40]
+    price = np.linspace(1, 40, 40, dtype=np.float32)[:, None]
+    spec.model, spec.output_names = TextAndPrice(spec.model).eval(), ["logits"]
+    spec.reference_inputs = {"text": sentences + ["bad \x00 text"], "price": np.concatenate([price, np.zeros((1, 1), np.float32)])}
+    bundle = export_spec(spec, tmp_path / "b").path  # the NUL text is left out, and its price with it
+    manifest = read_manifest(bundle)
+    probes = len(manifest.coverage.probe_reasons)
+    assert manifest.reference.samples == 40 + probes
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "column text -> input_ids" in out and "column price -> price" in out and "PARITY HOLDS" in out
+    served = paritybundle.load(bundle).predict({"text": ["A great film!"], "price": np.array([[3.0]], np.float32)})
+    tokens = spec.preprocess(["A great film!"], padding="max_length", truncation=True,
+                             max_length=text.MAX_LENGTH, return_tensors="pt")
+    with torch.no_grad():
+        research = spec.model(**tokens, price=torch.tensor([[3.0]])).numpy()
+    np.testing.assert_allclose(served["logits"], research, atol=1e-5, rtol=1e-4)
+
+
+def test_a_torch_preprocessing_module_reads_the_inputs_its_forward_names(tmp_path, capsys):
+    class Scale(torch.nn.Module):
+        def forward(self, image):
+            return image.float() / 255.0
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(8 * 8 * 3 + 1, 2)
+
+        def forward(self, features, age):
+            return self.layer(torch.cat([features.flatten(1), age], dim=1))
+
+    _, x_test, _, _ = images.load_images()
+    age = np.linspace(20, 60, 40, dtype=np.float32)[:, None]
+    bundle = export_spec(paritybundle.ExportSpec(model=Model().eval(), preprocess=Scale(), name="torch-pre",
+                                                 reference_inputs={"image": x_test[:40], "age": age}), tmp_path / "b").path
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 0
+    assert "column age -> age" in " ".join(capsys.readouterr().out.split())

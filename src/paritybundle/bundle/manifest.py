@@ -244,6 +244,16 @@ class PreprocessColumn(BundleDocument):
     # [start, stop) along the features' last axis; None: the whole output.
     features: list[int] | None = None
     steps: list[PreprocessStep] = Field(default_factory=list)
+    # The feature arrays it feeds (an input passed through to the model feeds its own); None: those no other
+    # column claims. Written only when set.
+    outputs: list[str] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_outputs(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("outputs") is None:
+            data.pop("outputs", None)
+        return data
 
     @field_validator("features")
     @classmethod

@@ -127,7 +127,8 @@ def input_drift(path: str | os.PathLike[str], capture: str | os.PathLike[str], *
     for spec in manifest.inputs:
         production = _concat([g.inputs[spec.name] for g in data.groups])
         if spec.text is not None and manifest.preprocessing is not None and manifest.stages.preprocess:
-            columns += _text_drift(bundle, spec, production, reference["inputs"][spec.name], thresholds)
+            served = {s.name: _concat([g.inputs[s.name] for g in data.groups]) for s in manifest.inputs}
+            columns += _text_drift(bundle, spec, served, reference["inputs"], thresholds)
             continue
         for label, prod_values, ref_values in _columns(spec, production, reference["inputs"][spec.name]):
             columns.append(_column_drift(label, spec, prod_values, ref_values, fitted.get(label), thresholds))
@@ -216,18 +217,18 @@ def _column_drift(label: str, spec: TensorSpec, production: np.ndarray, referenc
     return _number_drift(label, production.astype(np.float64), reference.astype(np.float64), fitted, thresholds)
 
 
-def _text_drift(bundle: VerifiedBundle, spec: TensorSpec, production: np.ndarray, reference: np.ndarray,
-                thresholds: DriftThresholds) -> list[ColumnDrift]:
-    """Text a frozen tokenizer reads, as the model sees it (through preprocess.onnx): its length in tokens and,
-    where the vocabulary has an unknown token, the share of a text's tokens that are unknown."""
+def _text_drift(bundle: VerifiedBundle, spec: TensorSpec, production: Mapping[str, np.ndarray],
+                reference: Mapping[str, np.ndarray], thresholds: DriftThresholds) -> list[ColumnDrift]:
+    """Text a frozen tokenizer reads, as the model sees it (through preprocess.onnx, fed every raw input):
+    its length in tokens and, where the vocabulary has an unknown token, the share of its tokens unknown."""
     manifest = bundle.manifest
     assert manifest.preprocessing is not None and manifest.stages.preprocess is not None
-    settings = manifest.preprocessing.columns[0].steps[0].params
-    runner = stage_runner(bundle, manifest.stages.preprocess, [spec], manifest.preprocessing.features,
+    settings = next(c for c in manifest.preprocessing.columns if c.input == spec.name).steps[0].params
+    runner = stage_runner(bundle, manifest.stages.preprocess, manifest.inputs, manifest.preprocessing.features,
                           recorded_settings(manifest))
 
-    def measured(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        features = runner.run({spec.name: texts.astype(object)})
+    def measured(inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        features = runner.run({name: (v.astype(object) if name == spec.name else v) for name, v in inputs.items()})
         mask = features["attention_mask"].astype(bool)
         lengths = mask.sum(axis=1).astype(np.float64)
         unknown = settings.get("unk_id")

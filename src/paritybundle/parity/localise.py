@@ -69,10 +69,14 @@ def column_accumulators(preprocessing: Preprocessing, tolerance: Tolerance, rows
     """One accumulator per raw input, over its slice of the features (a feature array
     fed by several inputs without known slices is attributed to all of them)."""
     specs = {spec.name: spec for spec in preprocessing.features}
+    # Feature arrays a column names as its own (an input passed through) are not the others' to feed.
+    claimed = {name for column in preprocessing.columns for name in column.outputs or ()}
+    unclaimed = [spec for name, spec in specs.items() if name not in claimed]
     accumulators = []
     for column in preprocessing.columns:
-        for feature in specs.values():
-            if column.features is not None and len(specs) > 1:
+        targets = [specs[name] for name in column.outputs if name in specs] if column.outputs else unclaimed
+        for feature in targets:
+            if column.features is not None and len(targets) > 1:
                 continue  # slices are defined on a single feature array
             per_row = _elements_per_row(feature, column.features)
             accumulators.append(ColumnAccumulator(column.input, feature.name, column.features, tolerance, rows * per_row))

@@ -99,5 +99,13 @@ def convention_for(model: Any, raw: Any, input_names: Any) -> Convention:
 
 def features_convention(model: Any, preprocessor: Any, features: Any) -> Convention | None:
     """How a model behind preprocessing reads its features: positionally (None), unless the preprocessor's
-    features are keyword arguments (a tokenizer's ``input_ids=...``, ``attention_mask=...``)."""
-    return convention_for(model, features, None) if getattr(preprocessor, "features_by_keyword", False) else None
+    features are keyword arguments (a tokenizer's ``input_ids=...``, ``attention_mask=...``), or, for inputs
+    passed through beside preprocessed ones (``"where named"``), ``forward`` names every one of them."""
+    mode = getattr(preprocessor, "features_by_keyword", False)
+    if not mode:
+        return None
+    signature = signature_of(model)
+    if mode == "where named" and (signature is None or (not signature.var_keyword and
+                                                        any(name not in signature.keywords for name in features))):
+        return None
+    return convention_for(model, features, None)

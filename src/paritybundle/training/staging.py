@@ -62,7 +62,7 @@ def stage_preprocessing(preprocessor: Any, inputs: dict[str, np.ndarray]) -> Sta
         raise SpecError(f"the preprocessing raised on the reference inputs ({type(exc).__name__}: "
                         f"{first_paragraph(exc)}); check them against what it was fitted on.") from None
     features = {name: np.ascontiguousarray(to_numpy(value, name)) for name, value in features.items()}
-    clash = set(features) & set(raw)
+    clash = set(features) & set(raw) - set(getattr(preprocessor, "passthrough", ()))
     if clash:
         raise SpecError(f"the preprocessing output {sorted(clash)[0]!r} has the name of a raw input; rename one of them.")
     if any(len(f) != length(raw) for f in features.values()):
@@ -93,7 +93,7 @@ def cover(spec: Any, inputs: dict[str, np.ndarray], staged: StagedPreprocessing 
     columns = staged.preprocessor.columns() if staged is not None else []
     probes = coverage.Probes()
     if staged is not None and run_model is not None:
-        probes = (coverage.Probes(*staged.preprocessor.probes()) if hasattr(staged.preprocessor, "probes")
+        probes = (coverage.Probes(*staged.preprocessor.probes(raw)) if hasattr(staged.preprocessor, "probes")
                   else coverage.build_probes(raw, columns))
     if staged is not None:
         features = take(staged.features, keep)

@@ -12,8 +12,20 @@ DEFAULT_OUTPUT = "features"
 
 
 def as_preprocessor(value: Any, input_names: list[str], spec: Any) -> Preprocessor:
-    """A paritybundle Pipeline/Columns as is; a ``torch.nn.Module`` or a fitted scikit-learn
-    transformer wrapped. Refuses anything unfitted: statistics are fitted once, in research.
+    """:func:`wrap` ``value``; where it reads only some of ``input_names`` (a Pipeline on the image, Columns on
+    some columns, a tokenizer on the text), the others pass through to the model (:mod:`.partial`)."""
+    from .partial import PartialPreprocess, inputs_read
+
+    preprocessor = wrap(value, input_names, spec)
+    read = inputs_read(preprocessor, input_names)
+    passthrough = [name for name in input_names if name not in read]
+    return PartialPreprocess(preprocessor, passthrough) if passthrough else preprocessor
+
+
+def wrap(value: Any, input_names: list[str], spec: Any) -> Preprocessor:
+    """A paritybundle Pipeline/Columns as is; a ``torch.nn.Module``, a fitted scikit-learn
+    transformer or a Hugging Face tokenizer wrapped. Refuses anything unfitted: statistics are
+    fitted once, in research.
 
     Raises:
         SpecError: not a supported kind of preprocessing, or not fitted.
@@ -30,7 +42,12 @@ def as_preprocessor(value: Any, input_names: list[str], spec: Any) -> Preprocess
     if _torch.is_module(value):
         from .torch_adapter import TorchPreprocess
 
-        return TorchPreprocess(value, input_names, DEFAULT_OUTPUT, spec=spec)
+        from ..calling import signature_of
+
+        # The inputs forward names (the others pass through to the model); all of them if it names none.
+        signature = signature_of(value)
+        named = [n for n in (signature.positional if signature else ()) if n in input_names]
+        return TorchPreprocess(value, named or input_names, DEFAULT_OUTPUT, spec=spec)
     if hasattr(value, "transform") and hasattr(value, "get_params"):
         try:
             from sklearn.exceptions import NotFittedError

@@ -90,11 +90,14 @@ class TokenizerPreprocess(Preprocessor):
     # The model reads the features by keyword (``input_ids=...``), as transformers models are called.
     features_by_keyword = True
 
-    def __init__(self, tokenizer: Any, input_names: list[str], model: Any) -> None:
-        if len(input_names) != 1:
-            raise SpecError(f"a tokenizer reads one text input, but reference_inputs has {len(input_names)} "
-                            f"({', '.join(input_names)}); pass {{'text': [str, ...]}}.")
-        self.tokenizer, self.text = tokenizer, input_names[0]
+    def __init__(self, tokenizer: Any, input_names: list[str], model: Any, text: str | None = None) -> None:
+        if text is None:
+            if len(input_names) != 1 and "text" not in input_names:
+                raise SpecError(f"a tokenizer reads one text input, and reference_inputs has {len(input_names)} "
+                                f"({', '.join(input_names)}) with none named 'text'; name the text input 'text'.")
+            text = input_names[0] if len(input_names) == 1 else "text"
+        self.tokenizer, self.text = tokenizer, text
+        self.kept_rows: list[int] | None = None  # the reference rows prepare_raw kept
         self.settings, self._vocab, self._merges = read_settings(tokenizer, model)
         self._normalized: dict[str, str] = {}
         self._removed = self._splits = ""
@@ -120,6 +123,7 @@ class TokenizerPreprocess(Preprocessor):
         if not keep:
             raise SpecError("every reference text holds a character the frozen tokenizer was not proven on; "
                             "pass texts as production sends them.")
+        self.kept_rows = keep
         return {self.text: values[keep].astype(object)}
 
     def _refused(self) -> re.Pattern[str]:
@@ -156,7 +160,7 @@ class TokenizerPreprocess(Preprocessor):
         return byte_level_graph(settings, json.dumps(dict(zip(self._vocab, range(len(self._vocab)))),
                                                      ensure_ascii=False), self._merges, self.text, features, opset)
 
-    def probes(self) -> tuple[dict[str, np.ndarray], list[str]]:
+    def probes(self, raw: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
         """The probe texts as raw rows, and why each exists (one longer than ``max_length`` included); a probe
         holding a character serving refuses is left out, its reason saying so."""
         texts = dict(PROBES)
@@ -190,7 +194,8 @@ class TokenizerPreprocess(Preprocessor):
     def _prove_rows(self, raw: Mapping[str, np.ndarray], features: Mapping[str, np.ndarray], reasons: list[str],
                     session: Any) -> None:
         texts = raw[self.text]
-        frozen = dict(zip([o.name for o in session.get_outputs()], session.run(None, {self.text: texts})))
+        feeds = {i.name: raw[i.name] for i in session.get_inputs()}  # inputs passed through to the model too
+        frozen = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
         first_probe = len(texts) - len(reasons)
         for name in self.settings.features:
             differs = np.flatnonzero((frozen[name] != features[name]).any(axis=1))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import _load_example, require  # noqa: E402
+from test_container import base_image, docker_client  # noqa: E402,F401  (fixtures for the image test)
 
 require("transformers", reason="transformers is a dev extra: pip install -e '.[dev]'")
 require("onnxruntime_extensions", reason="onnxruntime-extensions is in the text extra: pip install -e '.[text]'")
@@ -175,11 +176,15 @@ BLOCKED_SERVER = textwrap.dedent("""
 """)
 
 
-def test_served_with_torch_and_transformers_blocked_over_json_and_binary(bert_bundle, tmp_path):
+@pytest.mark.parametrize("which, make", [("bert_bundle", "make_spec"), ("gpt2_bundle", "make_gpt2_spec")])
+def test_served_with_torch_and_transformers_blocked_over_json_and_binary(which, make, request, tmp_path):
     """The custom-op library is registered from its file: the server never imports onnxruntime_extensions
     (which imports torch and transformers where they are installed), nor torch or transformers."""
     httpclient = require("tritonclient.http", reason="tritonclient is a dev extra")
     from serving_tools import Server, free_port
+
+    bert_bundle = request.getfixturevalue(which)
+    model = read_manifest(bert_bundle).name
 
     port = free_port()
     log = tmp_path / "serve.log"
@@ -189,18 +194,18 @@ def test_served_with_torch_and_transformers_blocked_over_json_and_binary(bert_bu
     server = Server(process, port, log)
     try:
         server.wait("ready")
-        status, answer = server.post("/v2/models/text/infer", {"inputs": [
+        status, answer = server.post(f"/v2/models/{model}/infer", {"inputs": [
             {"name": "text", "shape": [len(TEXTS)], "datatype": "BYTES", "data": TEXTS}]})
         assert status == 200, answer
         as_json = np.array(answer["outputs"][0]["data"], np.float32).reshape(len(TEXTS), 2)
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         item = httpclient.InferInput("text", [len(TEXTS)], "BYTES")
         item.set_data_from_numpy(np.array(TEXTS, dtype=object))  # binary, length-prefixed
-        binary = client.infer("text", [item]).as_numpy("logits")
+        binary = client.infer(model, [item]).as_numpy("logits")
         np.testing.assert_array_equal(binary, as_json)
-        spec = example.make_spec(steps=30)
+        spec = getattr(example, make)(steps=30)
         np.testing.assert_allclose(as_json, research_logits(spec, TEXTS), atol=1e-5, rtol=1e-4)
-        status, answer = server.post("/v2/models/text/infer", {"inputs": [
+        status, answer = server.post(f"/v2/models/{model}/infer", {"inputs": [
             {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["bad \u0000 text"]}]})
         assert status == 400 and "U+0000" in answer["error"]
         assert check_url(bert_bundle, server.url).passed
@@ -285,3 +290,52 @@ def test_batch_scoring_reads_a_string_column_and_refuses_unproven_text(bert_bund
     captured = capsys.readouterr()
     said = " ".join((captured.out + captured.err).split())
     assert "U+0000" in said and "nothing written" in said and not (tmp_path / "nothing").exists()
+
+
+# --- the serving image -----------------------------------------------------------------------------------
+
+
+def test_the_serving_image_of_a_text_bundle_installs_the_operators_and_serves_raw_text(bert_bundle, request, capsys):
+    """build-image installs the bundle's pins (onnxruntime-extensions among them) and gates on its own check;
+    the container answers raw text as research did, without torch or transformers."""
+    from test_container import remove_image
+    from serving_tools import free_port, wait_for
+
+    docker_client, base_image = request.getfixturevalue("docker_client"), request.getfixturevalue("base_image")
+    tag = "paritybundle-test-text:1"
+    remove_image(docker_client, tag)
+    assert main(["build-image", str(bert_bundle), "-t", tag, "--base-image", base_image]) == 0, capsys.readouterr()
+    assert "PARITY HOLDS" in capsys.readouterr().err  # the in-image check, streamed
+    port = free_port()
+    container = docker_client.containers.run(tag, detach=True, read_only=True, ports={"8080/tcp": ("127.0.0.1", port)})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"{url}/v2/health/ready", 90, interval=0.5)
+        assert check_url(bert_bundle, url).passed
+        for module in ("torch", "transformers"):
+            assert container.exec_run(["python3", "-c", f"import {module}"]).exit_code != 0
+    finally:
+        container.remove(force=True)
+        remove_image(docker_client, tag)
+
+
+def test_a_tokenizer_that_swaps_two_words_is_caught_and_localised_to_it(bert_bundle, tmp_path, capsys):
+    """The skew the issue measured passing before: ids of two words swapped in serving's tokenizer. The
+    check now fails and says it is the tokenizer, not the model."""
+    from bundle_tools import copy_bundle, edit_preprocess
+
+    bundle = copy_bundle(bert_bundle, tmp_path / "swapped")
+
+    def swap(model):
+        body = next(n for n in model.graph.node if n.op_type == "Loop").attribute[0].g
+        encoder = next(n for n in body.node if n.op_type == "LabelEncoder")
+        keys = next(a for a in encoder.attribute if a.name == "keys_strings").strings
+        values = next(a for a in encoder.attribute if a.name == "values_int64s").ints
+        good, bad = list(keys).index(b"good"), list(keys).index(b"bad")
+        values[good], values[bad] = values[bad], values[good]
+
+    edit_preprocess(bundle, swap)
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "preprocess.onnx" in out and "column 'text'" in out and "PARITY FAILS" in out

@@ -301,13 +301,13 @@ def test_the_serving_image_of_a_text_bundle_installs_the_operators_and_serves_ra
     from test_container import remove_image
     from serving_tools import free_port, wait_for
 
-    docker_client, base_image = request.getfixturevalue("docker_client"), request.getfixturevalue("base_image")
+    client, base = request.getfixturevalue("docker_client"), request.getfixturevalue("base_image")
     tag = "paritybundle-test-text:1"
-    remove_image(docker_client, tag)
-    assert main(["build-image", str(bert_bundle), "-t", tag, "--base-image", base_image]) == 0, capsys.readouterr()
+    remove_image(client, tag)
+    assert main(["build-image", str(bert_bundle), "-t", tag, "--base-image", base]) == 0, capsys.readouterr()
     assert "PARITY HOLDS" in capsys.readouterr().err  # the in-image check, streamed
     port = free_port()
-    container = docker_client.containers.run(tag, detach=True, read_only=True, ports={"8080/tcp": ("127.0.0.1", port)})
+    container = client.containers.run(tag, detach=True, read_only=True, ports={"8080/tcp": ("127.0.0.1", port)})
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(f"{url}/v2/health/ready", 90, interval=0.5)
@@ -316,7 +316,7 @@ def test_the_serving_image_of_a_text_bundle_installs_the_operators_and_serves_ra
             assert container.exec_run(["python3", "-c", f"import {module}"]).exit_code != 0
     finally:
         container.remove(force=True)
-        remove_image(docker_client, tag)
+        remove_image(client, tag)
 
 
 def test_a_tokenizer_that_swaps_two_words_is_caught_and_localised_to_it(bert_bundle, tmp_path, capsys):

@@ -339,3 +339,22 @@ def test_a_tokenizer_that_swaps_two_words_is_caught_and_localised_to_it(bert_bun
     assert main(["check", str(bundle)]) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "preprocess.onnx" in out and "column 'text'" in out and "PARITY FAILS" in out
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda m: m["inputs"][0]["text"].update(refused_chars="ff-0"), "refused_chars"),
+    (lambda m: m["runtime"].update(custom_ops=["/tmp/evil.so"]), "custom_ops"),
+])
+def test_a_hostile_manifest_cannot_name_a_library_or_break_the_refusal(bert_bundle, tmp_path, capsys, edit, said):
+    import json
+
+    from bundle_tools import copy_bundle
+
+    bundle = copy_bundle(bert_bundle, tmp_path / "hostile")
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    edit(manifest)
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 3
+    captured = capsys.readouterr()
+    assert said in captured.out + captured.err and "Traceback" not in captured.out + captured.err

@@ -74,6 +74,15 @@ class TextRules(BundleDocument):
     # nothing for the model to read, and what it answers then is not research's.
     empty_refused: bool = False
 
+    @field_validator("refused_chars")
+    @classmethod
+    def _runs(cls, value: str) -> str:
+        for run in value.split(","):
+            first, last = (int(part, 16) for part in run.split("-"))
+            if not first <= last <= 0x10FFFF:
+                raise ValueError("must be runs first-last of Unicode code points, first <= last <= 10ffff")
+        return value
+
 
 class TensorSpec(BundleDocument):
     """One named input or output: dtype and shape, symbolic dims as strings."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import binary, capture, check_vs_ort, hashing, scale, score, serving, startup, text, tolerance, verdict
+from . import binary, capture, check_vs_ort, hashing, scale, score, serving, startup, tail, text, tolerance, verdict
 
 BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main, "startup": startup.main, "serving": serving.main, "scale": scale.main,
               "verdict": verdict.main, "binary": binary.main, "capture": capture.main, "score": score.main,
-              "tolerance": tolerance.main, "text": text.main}
+              "tolerance": tolerance.main, "text": text.main, "tail": tail.main}
 
 
 def main(names: list[str]) -> None:

@@ -187,6 +187,7 @@ class ServerState:
             self.capture = CaptureWriter(capture, runtime.manifest, manifest_bytes, metrics.registry)
             self.capture.start()
         self.runtime = runtime
+        _settle_garbage_collection()
         self.ready, self.status, self.reason = True, "ready", None
         metrics.parity.set(1)
         metrics.startup.set(elapsed)
@@ -199,7 +200,39 @@ class ServerState:
         self.metrics.parity.set(0)
 
     async def stop(self) -> None:
+        if self.ready:  # what start-up froze is collectable again (an app made in-process, as tests do)
+            _unsettle_garbage_collection()
         if self.batcher is not None:
             await self.batcher.stop()
         if self.capture is not None:  # what is queued is written, the last file completed
             await asyncio.get_running_loop().run_in_executor(None, self.capture.stop)
+
+
+# Collections of the youngest generation once per this many new container objects (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10000
+
+
+def _settle_garbage_collection() -> None:
+    """Everything start-up made (ONNX Runtime's bindings, pydantic's schemas, numpy, the reference set) lives
+    as long as the process: collected once, then frozen out of the collector's reach, so a full collection
+    scans only what requests made since. Measured (digits MLP, 1-row requests at concurrency 64, 2 cores):
+    full collections of the start-up heap paused the loop up to 46 ms, which was the p99 (52 ms at p50 11 ms);
+    frozen, they take under 2 ms. The youngest generation is collected per 10,000 new objects instead of
+    700: a request makes a few hundred, and each collection is a pause every request in flight shares."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _PREVIOUS_THRESHOLD[:] = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *_PREVIOUS_THRESHOLD[1:])
+
+
+_PREVIOUS_THRESHOLD: list[int] = []
+
+
+def _unsettle_garbage_collection() -> None:
+    import gc
+
+    gc.unfreeze()
+    if _PREVIOUS_THRESHOLD:
+        gc.set_threshold(*_PREVIOUS_THRESHOLD)

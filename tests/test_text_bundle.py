@@ -358,3 +358,30 @@ def test_a_hostile_manifest_cannot_name_a_library_or_break_the_refusal(bert_bund
     assert main(["check", str(bundle)]) == 3
     captured = capsys.readouterr()
     assert said in captured.out + captured.err and "Traceback" not in captured.out + captured.err
+
+
+def test_a_distilbert_classifier_reads_only_ids_and_mask(tmp_path, capsys):
+    """The issue's user: a DistilBERT classifier built from a config, whose tokenizer gives no token types."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    example.bert_tokenizer(folder)  # writes vocab.txt
+    tokenizer = DistilBertTokenizerFast(str(folder / "vocab.txt"), model_max_length=32)
+    torch.manual_seed(0)
+    model = DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64,
+        num_labels=2)).eval()
+    texts = example.sentences(60, seed=1)[0]
+    bundle = export_spec(paritybundle.ExportSpec(model=model, preprocess=tokenizer, reference_inputs={"text": texts},
+                                                 name="distil"), tmp_path / "b").path
+    assert [f.name for f in read_manifest(bundle).preprocessing.features] == ["input_ids", "attention_mask"]
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 0
+    served = paritybundle.load(bundle).predict({"text": TEXTS})["logits"]
+    batch = tokenizer(TEXTS, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        np.testing.assert_allclose(served, model(**batch).logits.numpy(), atol=1e-5, rtol=1e-4)

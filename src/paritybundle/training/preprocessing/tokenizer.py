@@ -27,7 +27,7 @@ from ...bundle.manifest import PreprocessColumn, PreprocessStep, TextRules
 from ...errors import ExportParityError, SpecError
 from ...runtime.validation import refused_pattern
 from .pipeline import Preprocessor
-from .text_alphabet import (GROUP, describe_refused, normalisation, ranges, re2_class, encode_refused, frozen_ids, prove_alphabet)
+from .text_alphabet import GROUP, describe_refused, encode_refused, frozen_ids, normalisation, prove_alphabet
 
 log = logging.getLogger("paritybundle.export")
 
@@ -100,10 +100,9 @@ class TokenizerPreprocess(Preprocessor):
         self.kept_rows: list[int] | None = None  # the reference rows prepare_raw kept
         self.settings, self._vocab, self._merges = read_settings(tokenizer, model)
         self._normalized: dict[str, str] = {}
-        self._removed = self._splits = ""
+        self._placeholder = ""
         if self.settings.family == "wordpiece":
-            self._normalized, removed, splits = normalisation(tokenizer)
-            self._removed, self._splits = re2_class(ranges(removed)), re2_class(ranges(splits))
+            self._normalized, self._placeholder = normalisation(tokenizer)
         # What serving refuses (text_alphabet.py), proven on first use; probes left out for it.
         self.refused_chars: str | None = None
         self.refused_probes: list[str] = []
@@ -155,8 +154,8 @@ class TokenizerPreprocess(Preprocessor):
         from .tokenizer_graph import byte_level_graph, wordpiece_graph
 
         if settings.family == "wordpiece":
-            return wordpiece_graph(settings, self._vocab, self.text, features, opset, self._normalized, self._removed,
-                                   self._splits)
+            return wordpiece_graph(settings, self._vocab, self.text, features, opset, self._normalized,
+                                   self._placeholder)
         return byte_level_graph(settings, json.dumps(dict(zip(self._vocab, range(len(self._vocab)))),
                                                      ensure_ascii=False), self._merges, self.text, features, opset)
 

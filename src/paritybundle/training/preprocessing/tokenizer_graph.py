@@ -31,26 +31,23 @@ CONTRIB = "ai.onnx.contrib"
 
 
 def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[str], opset: int,
-                    normalized: dict[str, str], removed: str, splits: str) -> Any:
+                    normalized: dict[str, str], placeholder: str) -> Any:
     """The BERT-family tokenizer graph (``settings``: :class:`~.tokenizer.TokenizerSettings`).
 
-    Research's normaliser is reproduced from what it does to each character (:mod:`.text_alphabet`):
-    ``removed``, an RE2 class of the characters it drops (controls, combining marks, U+FFFD), is removed;
-    whitespace becomes a space; ``splits``, an RE2 class of the characters it splits words at (punctuation,
-    CJK), gets a space either side; ``normalized`` maps each character it rewrites (lower-casing, accents) to
-    what it becomes. Words are
-    then the space-separated pieces, and ``WordpieceTokenizer`` tokenizes each; a word it cannot tokenize
-    whole gives its known pieces and then ``[UNK]``, where research gives one ``[UNK]`` for the word, so those
-    words are collapsed here. ``[CLS]``/``[SEP]`` frame the row, truncated to ``max_length`` and padded.
+    Research's normaliser is reproduced from what it does to each character (:mod:`.text_alphabet`): tab and
+    line feed become spaces; ``normalized`` maps each character it rewrites (lower-casing, accents) to what it
+    becomes, each it splits words at (punctuation, CJK) to itself between spaces, and each it removes (controls,
+    combining marks, U+FFFD) to ``placeholder``, which is then deleted. Words are the space-separated pieces,
+    and ``WordpieceTokenizer`` tokenizes each; a word it cannot tokenize whole gives its known pieces and then
+    ``[UNK]``, where research gives one ``[UNK]`` for the word, so those words are collapsed here.
+    ``[CLS]``/``[SEP]`` frame the row, truncated to ``max_length`` and padded.
     """
     from onnx import TensorProto, helper
 
     length, special = settings.max_length, settings.special_tokens
     ids = {token: index for index, token in enumerate(vocab)}
     string = lambda name, value: helper.make_tensor(name, TensorProto.STRING, [1], [value.encode()])  # noqa: E731
-    consts = [_tensor("zero", 0), string("removed_chars", removed), string("nothing", ""),
-              string("line_breaks", "[\\t\\n]"), string("space", " "), string("splits", f"({splits})"),
-              string("spaced", " \\1 "),
+    consts = [_tensor("zero", 0), string("line_breaks", "[\\t\\n]"), string("space", " "),
               helper.make_tensor("keep_going", TensorProto.BOOL, [], [True])]
     # The loop body holds its own constants: onnx.compose's renaming (the merge's prefix) does not reach an
     # outer initializer read inside a subgraph.
@@ -62,6 +59,8 @@ def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[st
                   helper.make_tensor("row_any_char", TensorProto.STRING, [], [b"(.)"]),
                   helper.make_tensor("row_empty", TensorProto.STRING, [], [b""]),
                   helper.make_tensor("row_space", TensorProto.STRING, [], [b" "]),
+                  helper.make_tensor("row_placeholder", TensorProto.STRING, [1], [f"\\x{{{ord(placeholder):x}}}".encode()]),
+                  helper.make_tensor("row_nothing", TensorProto.STRING, [1], [b""]),
                   helper.make_tensor("row_skip_empty", TensorProto.BOOL, [], [True])]
     table = "\n".join(f"{key}\t{value}" for key, value in sorted(normalized.items()))
     node = helper.make_node
@@ -76,7 +75,9 @@ def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[st
         node("StringMapping", ["row_chars"], ["row_mapped"], domain=CONTRIB, map=table or "\u0000\t\u0000",
              name="normalize/StringMapping"),
         node("StringJoin", ["row_mapped", "row_empty", "row_zero"], ["row_joined"], domain=CONTRIB, name="normalize/Join"),
-        node("Reshape", ["row_joined", "row_one"], ["row_normalized"], name="normalize/Reshape"),
+        node("Reshape", ["row_joined", "row_one"], ["row_mapped_text"], name="normalize/Reshape"),
+        node("StringRegexReplace", ["row_mapped_text", "row_placeholder", "row_nothing"], ["row_normalized"],
+             domain=CONTRIB, name="normalize/Removed"),
         # Words, then WordPiece per word (each word a row of its own, so its pieces are found by row).
         node("StringSplit", ["row_normalized", "row_space", "row_skip_empty"], ["row_word_at", "row_words", "row_words_shape"],
              domain=CONTRIB, name="words/StringSplit"),
@@ -132,11 +133,7 @@ def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[st
         [row("cond_out", TensorProto.BOOL, [])] + [row(n, TensorProto.INT64, [length])
                                                     for n in ("ids_out", "types_out", "mask_out")], row_consts)
     nodes = [
-        node("StringRegexReplace", [text, "removed_chars", "nothing"], ["without_removed"], domain=CONTRIB,
-             name="clean/Remove"),
-        node("StringRegexReplace", ["without_removed", "line_breaks", "space"], ["spaces"], domain=CONTRIB,
-             name="clean/Whitespace"),
-        node("StringRegexReplace", ["spaces", "splits", "spaced"], ["cleaned"], domain=CONTRIB, name="clean/Splits"),
+        node("StringRegexReplace", [text, "line_breaks", "space"], ["cleaned"], domain=CONTRIB, name="clean/Whitespace"),
         node("Shape", [text], ["batch_shape"], name="batch/Shape"),
         node("Gather", ["batch_shape", "zero"], ["batch_size"], name="batch/Gather"),
         node("Loop", ["batch_size", "keep_going"], ["input_ids", "token_type_ids", "attention_mask"],

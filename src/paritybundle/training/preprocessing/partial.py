@@ -28,9 +28,8 @@ class PartialPreprocess(Preprocessor):
         # A tokenizer's features are keyword arguments, and so then are the inputs passed through; otherwise the
         # features reach the model by keyword where forward names them all, else in order (calling.py).
         self.features_by_keyword = True if getattr(inner, "features_by_keyword", False) else "where named"
-        for attribute in ("custom_ops", "refused_chars", "refused_probes"):
-            if hasattr(inner, attribute):
-                setattr(self, attribute, getattr(inner, attribute))
+        if hasattr(inner, "custom_ops"):  # the library its frozen graph needs (a tokenizer's)
+            self.custom_ops = inner.custom_ops
 
     def _split(self, raw: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         inner = {name: value for name, value in raw.items() if name not in self.passthrough}

@@ -51,13 +51,15 @@ def test_check_and_its_stages_run_through_the_one_loop(digits_bundle, wine_bundl
     assert paritybundle.check(digits_bundle)
     assert paritybundle.check(wine_bundle)
     # The pass over the references also collects the rows the single-row pass (check/rows_alone.py) runs
-    # next: two comparisons of a part with itself (no target), then those rows alone, through the same loop.
+    # next: two comparisons of a part with itself (no target), then those rows alone, one request each, then
+    # their answers judged together (a part against a part), through the same loop.
     collect = ["NoneType", "NoneType"]
     assert loop_calls[0] == ("BundleReferences", ["RunnerTarget", *collect])
     assert loop_calls[1] == ("InMemoryReferences", ["RunnerTarget"])
+    assert loop_calls[2] == ("InMemoryReferences", ["NoneType"])
     # Four comparisons of a bundle with preprocessing, in the same single pass.
-    assert loop_calls[2] == ("BundleReferences", ["RunnerTarget"] * 4 + collect)
-    assert loop_calls[3] == ("InMemoryReferences", ["RunnerTarget"])
+    assert loop_calls[3] == ("BundleReferences", ["RunnerTarget"] * 4 + collect)
+    assert loop_calls[4:6] == [("InMemoryReferences", ["RunnerTarget"]), ("InMemoryReferences", ["NoneType"])]
 
 
 def test_testdata_diff_and_export_run_through_the_one_loop(digits_bundle, tmp_path, loop_calls):
@@ -96,4 +98,5 @@ def test_a_live_endpoint_is_a_target_whose_client_is_passed_in(digits_bundle, lo
     report = check_endpoint(digits_bundle, client, url="in-process://digits", request_batch=7)
     assert report and client.checked == "digits" and report.settings.url == "in-process://digits"
     assert loop_calls == [("BundleReferences", ["EndpointTarget", "NoneType", "NoneType"]),
-                          ("InMemoryReferences", ["EndpointTarget"])]  # the sampled rows, one request each
+                          ("InMemoryReferences", ["EndpointTarget"]),  # the sampled rows, one request each
+                          ("InMemoryReferences", ["NoneType"])]  # their answers, judged together

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..parity.localise import StageResult
 from . import engine
-from .engine import Comparison, Part, Target
+from .engine import Comparison, Part, Run, Target
 from .sources import InMemoryReferences
 
 SAMPLED_ROWS = 16
@@ -48,6 +48,24 @@ class _Collector:
             self.rows[int(k)] = np.array(actual[k - first_sample:k - first_sample + 1])
 
 
+def _stack(collectors: Mapping[str, _Collector], rows: list[int]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([c.rows[k] for k in rows]) for name, c in collectors.items()}
+
+
+class _Answers:
+    """A judge that only keeps what a one-row pass answered, by sample number."""
+
+    def __init__(self) -> None:
+        self.answered: dict[int, np.ndarray] = {}
+
+    def add(self, actual: np.ndarray, expected: np.ndarray, first_sample: int = 0) -> None:
+        self.answered[first_sample] = np.array(actual)
+
+    def rows(self, picked: list[int], order: list[int]) -> np.ndarray:
+        """The answers of ``picked`` (reference rows), stacked; samples are numbered in ``order``."""
+        return np.concatenate([self.answered[order.index(k)] for k in picked])
+
+
 class RowsAlone:
     """Collects the sampled rows' inputs and research outputs during a check's pass; then runs them alone."""
 
@@ -68,21 +86,24 @@ class RowsAlone:
         picked = [int(k) for k in self.picks if all(int(k) in c.rows for c in self._inputs.values())]
         if len(picked) < 2 or len(self.picks) < 2:
             return None
-        # Each row is its own request; their answers are then judged together, one pass per shape (a judge's
-        # pass costs more than a one-row inference: 16 passes were 7 ms of a 65 ms check).
+        # Each row is its own request (a pass of one row at a time through the loop, its answers only
+        # collected), then their answers are judged together, one pass per shape: a judge's pass costs more
+        # than a one-row inference (16 judged passes were 7 ms of a 65 ms check).
         by_shape: dict[tuple, list[int]] = {}
         for k in picked:
             by_shape.setdefault(tuple(c.rows[k].shape for c in self._inputs.values()), []).append(k)
-        groups = []
-        for rows in by_shape.values():
-            answers = [target({n: c.rows[k] for n, c in self._inputs.items()}) for k in rows]
-            groups.append({"served": {name: np.concatenate([a[name] for a in answers]) for name in self._outputs},
-                           "outputs": {n: np.concatenate([c.rows[k] for k in rows]) for n, c in self._outputs.items()}})
-        source = InMemoryReferences(groups)
+        order = [k for rows in by_shape.values() for k in rows]
+        requests = InMemoryReferences([{"inputs": _stack(self._inputs, rows), "outputs": _stack(self._outputs, rows)}
+                                       for rows in by_shape.values()])
+        answers = {name: _Answers() for name in self._outputs}
+        engine.run(requests, [Comparison(Run(target, Part("inputs")), Part("outputs"), list(answers.items()))],
+                   rows_per_pass=1)
+        source = InMemoryReferences([{"served": {n: answers[n].rows(rows, order) for n in self._outputs},
+                                      "outputs": _stack(self._outputs, rows)} for rows in by_shape.values()])
         judges = judges_for(source)
         engine.run(source, [Comparison(Part("served"), Part("outputs"), list(judges.items()))],
                    rows_per_pass=len(picked))
         outputs = [judge.finish() for judge in judges.values()]
-        where = ", ".join(str(k) for rows in by_shape.values() for k in rows)  # in the order judged
+        where = ", ".join(str(k) for k in order)  # in the order judged
         return StageResult(stage=STAGE, file=f"{file}, reference rows {where} one request each",
                            passed=all(outputs), outputs=outputs)

@@ -195,3 +195,33 @@ def test_a_torch_preprocessing_module_reads_the_inputs_its_forward_names(tmp_pat
     capsys.readouterr()
     assert main(["check", str(bundle)]) == 0
     assert "column age -> age" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_scikit_learn_transformer_reads_the_columns_it_was_fitted_on_and_the_rest_pass_through(tmp_path, capsys):
+    pd = require("pandas", reason="scikit-learn fits named columns on a DataFrame (the sklearn extra)")
+    require("skl2onnx", reason="the sklearn extra converts scikit-learn preprocessing")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"height": rng.normal(170, 10, 120).astype(np.float32),
+                          "weight": rng.normal(70, 8, 120).astype(np.float32)})
+    scaler = ColumnTransformer([("scale", StandardScaler(), ["height", "weight"])]).fit(frame)
+    visits = rng.integers(0, 9, (120, 1)).astype(np.float32)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(3, 2)
+
+        def forward(self, features, visits):
+            return self.layer(torch.cat([features, visits], dim=1))
+
+    raw = {"height": frame["height"].to_numpy(), "weight": frame["weight"].to_numpy(), "visits": visits}
+    bundle = export_spec(paritybundle.ExportSpec(model=Model().eval(), preprocess=scaler, reference_inputs=raw,
+                                                 name="sklearn-partial"), tmp_path / "b").path
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "column visits -> visits" in out and "PARITY HOLDS" in out

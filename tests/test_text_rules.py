@@ -67,3 +67,11 @@ def test_the_refused_pattern_is_one_class_of_the_runs():
     pattern = refused_pattern("41-43,30000-10ffff")
     assert [bool(pattern.search(c)) for c in "@ABCD"] == [False, True, True, True, False]
     assert pattern.search("\U0002ffff") is None and pattern.search("\U00030000")
+
+
+def test_text_past_the_serving_bound_is_refused_saying_the_bound():
+    from paritybundle.runtime.validation import MAX_TEXT_CHARS
+
+    conform(text_spec(), np.array(["a" * MAX_TEXT_CHARS], dtype=object))
+    with pytest.raises(InputValidationError, match=r"text 0 is 100,001 characters.*at most 100,000"):
+        conform(text_spec(), np.array(["a" * (MAX_TEXT_CHARS + 1)], dtype=object))

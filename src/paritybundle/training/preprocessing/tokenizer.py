@@ -25,7 +25,7 @@ import numpy as np
 
 from ...bundle.manifest import PreprocessColumn, PreprocessStep, TextRules
 from ...errors import ExportParityError, SpecError
-from ...runtime.validation import refused_pattern
+from ...runtime.validation import MAX_TEXT_CHARS, refused_pattern
 from .pipeline import Preprocessor
 from .text_alphabet import GROUP, describe_refused, encode_refused, frozen_ids, normalisation, prove_alphabet
 
@@ -114,14 +114,16 @@ class TokenizerPreprocess(Preprocessor):
         if values.ndim != 1 or (values.dtype.kind not in "USO") or not all(isinstance(v, str) for v in values):
             raise SpecError(f"reference input {self.text!r} must be a list of strings (one text per sample).")
         refused = self._refused()
-        keep = [row for row, value in enumerate(values) if refused.search(str(value)) is None]
+        keep = [row for row, value in enumerate(values)
+                if refused.search(str(value)) is None and len(str(value)) <= MAX_TEXT_CHARS]
         for row in sorted(set(range(len(values))) - set(keep))[:20]:
-            char = refused.search(str(values[row])).group()  # type: ignore[union-attr]
-            log.warning("reference text %d holds U+%04X, which the frozen tokenizer was not proven to read as research "
-                        "does (serving refuses it); the text is left out of the reference set.", row, ord(char))
+            found = refused.search(str(values[row]))
+            why = (f"holds U+{ord(found.group()):04X}, which the frozen tokenizer was not proven to read as research does"
+                   if found else f"is over the {MAX_TEXT_CHARS:,} characters serving takes")
+            log.warning("reference text %d %s (serving refuses it); the text is left out of the reference set.", row, why)
         if not keep:
-            raise SpecError("every reference text holds a character the frozen tokenizer was not proven on; "
-                            "pass texts as production sends them.")
+            raise SpecError("every reference text holds a character the frozen tokenizer was not proven on, or is over "
+                            f"the {MAX_TEXT_CHARS:,} characters serving takes; pass texts as production sends them.")
         self.kept_rows = keep
         return {self.text: values[keep].astype(object)}
 

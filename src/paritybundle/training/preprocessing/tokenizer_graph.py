@@ -93,8 +93,8 @@ def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[st
         node("Shape", ["row_piece_ids"], ["row_pieces_count"], name="unk/Count"),
         node("ConstantOfShape", ["row_pieces_count"], ["row_no_starts"], name="unk/Zeros",
              value=helper.make_tensor("zero_value", TensorProto.INT64, [1], [0])),
-        node("Expand", ["row_one_scalar", "row_word_begins_shape"], ["row_ones_per_word"], name="unk/Ones"),
         node("Shape", ["row_word_begins"], ["row_word_begins_shape"], name="unk/WordCount"),
+        node("Expand", ["row_one_scalar", "row_word_begins_shape"], ["row_ones_per_word"], name="unk/Ones"),
         node("ScatterElements", ["row_no_starts", "row_word_begins", "row_ones_per_word"], ["row_starts"], axis=0,
              name="unk/Starts"),
         node("CumSum", ["row_starts", "row_zero"], ["row_word_number"], name="unk/CumSum"),
@@ -123,9 +123,6 @@ def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[st
         node("Mul", ["mask_out", "row_zero"], ["types_out"], name="types/Zeros"),
         node("Identity", ["cond_in"], ["cond_out"], name="cond/Identity"),
     ]
-    # Shape before use: ONNX wants a body's nodes in order.
-    body_nodes.insert(body_nodes.index(next(n for n in body_nodes if n.name == "unk/Ones")),
-                      body_nodes.pop(body_nodes.index(next(n for n in body_nodes if n.name == "unk/WordCount"))))
     row = helper.make_tensor_value_info
     body = helper.make_graph(
         body_nodes, "one_row",

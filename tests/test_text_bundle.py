@@ -385,3 +385,17 @@ def test_a_distilbert_classifier_reads_only_ids_and_mask(tmp_path, capsys):
     batch = tokenizer(TEXTS, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
     with torch.no_grad():
         np.testing.assert_allclose(served, model(**batch).logits.numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_reference_texts_serving_refuses_are_left_out_by_the_same_rule(tmp_path, capsys):
+    """Export drops what serving's rule refuses (runtime.validation.text_refusal), so the bundle passes its
+    own check: an empty text for a byte-level BPE (no tokens) made export fail with exit 2 before."""
+    spec = example.make_gpt2_spec(steps=1)
+    spec.reference_inputs = {"text": spec.reference_inputs["text"][:20] + ["", "x" * 100_001]}
+    bundle = export_spec(spec, tmp_path / "b").path
+    manifest = read_manifest(bundle)
+    assert manifest.reference.samples == 20 + len(manifest.coverage.probe_reasons)
+    assert manifest.preprocessing.columns[0].steps[0].params["probes_left_out"] == [
+        "text probe: empty text (refused at serving: it is empty)"]
+    capsys.readouterr()
+    assert main(["check", str(bundle)]) == 0

@@ -165,24 +165,29 @@ def _refuse_unproven(name: str, rules: TextRules, strings: np.ndarray) -> None:
     """Text holding a character the bundle's frozen tokenizer was not proven on (its export measured every
     character against research: training/preprocessing/text_alphabet.py) is refused, naming the character;
     so is empty text where the tokenizer gives it no tokens, and text past :data:`MAX_TEXT_CHARS`."""
-    pattern = refused_pattern(rules.refused_chars)
     for row, value in enumerate(strings.reshape(-1)):
-        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
-            raise InputValidationError(
-                f"input {name!r} text {row} is {len(value):,} characters; a text a frozen tokenizer reads is at most "
-                f"{MAX_TEXT_CHARS:,} characters when served (the model reads only its first tokens): send its beginning.")
-        if rules.empty_refused and value == "":
-            raise InputValidationError(
-                f"input {name!r} text {row} is empty, which this bundle's tokenizer turns into no tokens at all: there "
-                "is nothing for the model to read, and what it would answer is not what research computed; send text.")
-        found = pattern.search(value) if isinstance(value, str) else None
-        if found is not None:
-            char = found.group()
-            shown = repr(char) if char.isprintable() else "a control character"
-            raise InputValidationError(
-                f"input {name!r} text {row} holds {shown} (U+{ord(char):04X}) at offset {found.start()}, a character "
-                "the bundle's frozen tokenizer was not proven to read as research's tokenizer does; remove or replace it "
-                "before sending (bundle inspect lists the refused characters).")
+        why = text_refusal(rules, value) if isinstance(value, str) else None
+        if why is not None:
+            raise InputValidationError(f"input {name!r} text {row} {why}")
+
+
+def text_refusal(rules: TextRules, text: str) -> str | None:
+    """Why serving refuses ``text`` (the rest of a sentence whose subject is the text), or None: the one rule,
+    also what export leaves out of a reference set, so a bundle never fails its own check on its texts."""
+    if len(text) > MAX_TEXT_CHARS:
+        return (f"is {len(text):,} characters; a text a frozen tokenizer reads is at most {MAX_TEXT_CHARS:,} "
+                "characters when served (the model reads only its first tokens): send its beginning.")
+    if rules.empty_refused and text == "":
+        return ("is empty, which this bundle's tokenizer turns into no tokens at all: there is nothing for the model "
+                "to read, and what it would answer is not what research computed; send text.")
+    found = refused_pattern(rules.refused_chars).search(text)
+    if found is None:
+        return None
+    char = found.group()
+    shown = repr(char) if char.isprintable() else "a control character"
+    return (f"holds {shown} (U+{ord(char):04X}) at offset {found.start()}, a character the bundle's frozen tokenizer "
+            "was not proven to read as research's tokenizer does; remove or replace it before sending (bundle inspect "
+            "lists the refused characters).")
 
 
 @functools.lru_cache(maxsize=8)

@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 
 from ...bundle.manifest import PreprocessColumn, PreprocessStep, TextRules
 from ...errors import ExportParityError, SpecError
-from ...runtime.validation import MAX_TEXT_CHARS, refused_pattern
+from ...runtime.validation import MAX_TEXT_CHARS, text_refusal
 from .pipeline import Preprocessor
 from .text_alphabet import GROUP, describe_refused, encode_refused, frozen_ids, normalisation, prove_alphabet
 
@@ -108,26 +107,24 @@ class TokenizerPreprocess(Preprocessor):
         self.refused_probes: list[str] = []
 
     def prepare_raw(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The reference texts, less those holding a character the frozen tokenizer is not proven on (serving
-        refuses such text, so they could not be checked): each dropped one is logged and listed in coverage."""
+        """The reference texts, less those serving refuses (:func:`~paritybundle.runtime.validation.text_refusal`:
+        a character the frozen tokenizer is not proven on, too long, or empty where it gives no tokens), which
+        could not be checked: each dropped one is logged."""
         values = np.asarray(raw[self.text])
         if values.ndim != 1 or (values.dtype.kind not in "USO") or not all(isinstance(v, str) for v in values):
             raise SpecError(f"reference input {self.text!r} must be a list of strings (one text per sample).")
-        refused = self._refused()
-        keep = [row for row, value in enumerate(values)
-                if refused.search(str(value)) is None and len(str(value)) <= MAX_TEXT_CHARS]
-        for row in sorted(set(range(len(values))) - set(keep))[:20]:
-            found = refused.search(str(values[row]))
-            why = (f"holds U+{ord(found.group()):04X}, which the frozen tokenizer was not proven to read as research does"
-                   if found else f"is over the {MAX_TEXT_CHARS:,} characters serving takes")
-            log.warning("reference text %d %s (serving refuses it); the text is left out of the reference set.", row, why)
+        rules = self.text_rules()
+        refusals = [text_refusal(rules, str(value)) for value in values]
+        for row, why in [(row, why) for row, why in enumerate(refusals) if why is not None][:20]:
+            log.warning("reference text %d %s; it is left out of the reference set.", row, why.split(";")[0])
+        keep = [row for row, why in enumerate(refusals) if why is None]
         if not keep:
-            raise SpecError("every reference text holds a character the frozen tokenizer was not proven on, or is over "
-                            f"the {MAX_TEXT_CHARS:,} characters serving takes; pass texts as production sends them.")
+            raise SpecError("serving would refuse every reference text (a character the frozen tokenizer was not proven "
+                            f"on, over {MAX_TEXT_CHARS:,} characters, or empty); pass texts as production sends them.")
         self.kept_rows = keep
         return {self.text: values[keep].astype(object)}
 
-    def _refused(self) -> re.Pattern[str]:
+    def _prove_alphabet(self) -> str:
         """Prove every character once (:func:`.text_alphabet.prove_alphabet`): sets :attr:`refused_chars`."""
         if self.refused_chars is None:
             from ...runtime.session import SessionSettings, create_session
@@ -142,7 +139,7 @@ class TokenizerPreprocess(Preprocessor):
                 return self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
 
             self.refused_chars = encode_refused(prove_alphabet(frozen_ids(session, self.text), research))
-        return refused_pattern(self.refused_chars)
+        return self.refused_chars
 
     def research(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         encoded = self.tokenizer([str(t) for t in raw[self.text]], padding="max_length", truncation=True,
@@ -163,24 +160,21 @@ class TokenizerPreprocess(Preprocessor):
 
     def probes(self, raw: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
         """The probe texts as raw rows, and why each exists (one longer than ``max_length`` included); a probe
-        holding a character serving refuses is left out, its reason saying so."""
+        serving refuses is left out, its reason saying so."""
         texts = dict(PROBES)
         words = " ".join(["the quick brown fox"] * (self.settings.max_length // 2 + 2))
         texts[f"past the maximum length ({self.settings.max_length} tokens)"] = words
-        refused = self._refused()
-        empty_refused = self.text_rules().empty_refused
-        kept = {name: text for name, text in texts.items() if refused.search(text) is None and (text or not empty_refused)}
-        self.refused_probes = [f"text probe: {name} (refused at serving: " + (
-            f"holds U+{ord(refused.search(t).group()):04X})" if t else "no tokens)")  # type: ignore[union-attr]
-            for name, t in texts.items() if name not in kept]
-        reasons = [f"text probe: {name}" for name in kept]
-        return {self.text: np.array(list(kept.values()), dtype=object)}, reasons
+        rules = self.text_rules()
+        refusals = {name: text_refusal(rules, text) for name, text in texts.items()}
+        self.refused_probes = [f"text probe: {name} (refused at serving: it {why.split(';')[0].split(',')[0]})"
+                               for name, why in refusals.items() if why is not None]
+        kept = {name: text for name, text in texts.items() if refusals[name] is None}
+        return {self.text: np.array(list(kept.values()), dtype=object)}, [f"text probe: {name}" for name in kept]
 
     def text_rules(self) -> TextRules:
         """What serving refuses: characters not proven, and empty text where it gives no tokens."""
-        self._refused()
         empty = self.tokenizer([""], add_special_tokens=True)["input_ids"][0]
-        return TextRules(refused_chars=self.refused_chars or "0-0", empty_refused=not empty)
+        return TextRules(refused_chars=self._prove_alphabet(), empty_refused=not empty)
 
     def prove_frozen(self, raw: Mapping[str, np.ndarray], features: Mapping[str, np.ndarray], reasons: list[str],
                      session: Any) -> None:
@@ -190,10 +184,6 @@ class TokenizerPreprocess(Preprocessor):
         Raises:
             ExportParityError: the first differing text, the feature and the first differing position.
         """
-        self._prove_rows(raw, features, reasons, session)
-
-    def _prove_rows(self, raw: Mapping[str, np.ndarray], features: Mapping[str, np.ndarray], reasons: list[str],
-                    session: Any) -> None:
         texts = raw[self.text]
         feeds = {i.name: raw[i.name] for i in session.get_inputs()}  # inputs passed through to the model too
         frozen = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))

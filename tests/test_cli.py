@@ -83,8 +83,34 @@ def test_verify_and_inspect(digits_bundle, capsys):
     assert code == 0 and "6 files" in out
     code, out, _ = run(["inspect", digits_bundle], capsys)
     assert code == 0 and "[batch, 64]" in out and "test_accuracy" in out and "atol 0.0001" in out
-    code, out, _ = run(["inspect", digits_bundle, "--json"], capsys)
+    code, out, _ = run(["inspect", digits_bundle, "--json", "-"], capsys)
     assert code == 0 and json.loads(out)["name"] == "digits"
+    # A torch export measured torch against ONNX Runtime, and says so.
+    assert "export-time error, torch vs ONNX Runtime" in " ".join(run(["inspect", digits_bundle], capsys)[1].split())
+
+
+def test_inspect_and_env_write_json_to_a_file_as_check_does(digits_bundle, tmp_path, capsys):
+    code, out, _ = run(["inspect", digits_bundle, "--json", tmp_path / "manifest.json"], capsys)
+    assert code == 0 and out == "" and json.loads((tmp_path / "manifest.json").read_text())["name"] == "digits"
+    code, out, _ = run(["env", digits_bundle, "--json", tmp_path / "lock.json"], capsys)
+    assert code == 0 and out == "" and "distributions" in json.loads((tmp_path / "lock.json").read_text())
+
+
+def test_version_prints_the_packages_version(capsys):
+    from paritybundle import __version__
+
+    for flag in ("--version", "-V"):
+        code, out, _ = run([flag], capsys)
+        assert code == 0 and out == f"paritybundle {__version__}\n"
+
+
+def test_help_shows_switches_without_a_value_type(capsys):
+    """A switch takes no value: `--require-signature <bool>` read as if it needed one."""
+    code, out, _ = run(["check", "--help"], capsys)
+    assert code == 0
+    lines = {line.split()[1]: line for line in out.splitlines() if line.strip("│ ").startswith("--")}
+    assert "<bool>" not in lines["--require-signature"] and "<bool>" not in lines["--help"]
+    assert "<path>" in lines["--json"], "an option taking a value still shows its type"
 
 
 def test_export_bad_spec_path_exits_2(tmp_path, capsys):

@@ -154,7 +154,7 @@ def test_cli_exit_codes_for_drift(bundle_copy, capsys):
 def test_cli_env_and_env_diff(digits_bundle, capsys):
     assert main(["env", str(digits_bundle)]) == 0
     assert "onnxruntime" in capsys.readouterr().out
-    assert main(["env", str(digits_bundle), "--json"]) == 0
+    assert main(["env", str(digits_bundle), "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["lock_version"] == 1
-    assert main(["env", "diff", str(digits_bundle), "--json"]) == 0
+    assert main(["env", "diff", str(digits_bundle), "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["policy"] == "warn"

@@ -326,6 +326,15 @@ class Manifest(BundleDocument):
     serve_requirements: str
     files: dict[str, FileDigest]
 
+    def export_error_label(self) -> str:
+        """What ``export_errors`` measured: whose outputs against which graph, e.g. "torch vs ONNX Runtime".
+        An ``.onnx`` made elsewhere was measured against the research outputs its caller supplied, no torch ran."""
+        if self.tolerance.approximation is not None:
+            return "research vs the serving graph"
+        if self.stages.exporter.startswith("torch.onnx"):
+            return "torch vs ONNX Runtime"
+        return "the research outputs vs ONNX Runtime"
+
     @field_validator("name")
     @classmethod
     def _bundle_name(cls, value: str) -> str:

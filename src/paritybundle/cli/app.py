@@ -16,16 +16,53 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import EXIT_INTERNAL, EXIT_OK, ParityBundleError, UsageError
+from ..version import __version__
+
+
+def _switches_without_a_type(params: list[Any]) -> list[Any]:
+    """typer's help shows a switch as ``--force <bool>``, which reads as needing a value; a switch (and
+    ``--help``, ``--version``) takes none, so its type column stays empty."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _switches_without_a_type(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _switches_without_a_type(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="bundle",
+    cls=_Group,
     help="paritybundle: export a model with its reference outputs, and prove serving reproduces them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"paritybundle {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """paritybundle: export a model with its reference outputs, and prove serving reproduces them."""
 
 
 class _LazyConsole:
@@ -81,12 +118,17 @@ def emit_report(report: Any, json_path: Path | None, render: Callable[[Any, Any]
     from ..reports.json_report import to_json
 
     if json_path is not None:
-        if str(json_path) == "-":
-            sys.stdout.write(to_json(report))
-        else:
-            write_text(json_path, to_json(report))
+        write_json(to_json(report), json_path)
     if json_path is None or str(json_path) != "-":
         render(report, out)
+
+
+def write_json(text: str, json_path: Path) -> None:
+    """JSON alone on stdout for ``--json -``, else into the file ``--json`` names (the same for every command)."""
+    if str(json_path) == "-":
+        sys.stdout.write(text)
+    else:
+        write_text(json_path, text)
 
 
 def command(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
@@ -115,7 +157,7 @@ def command(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
                 raise typer.Exit(code)
             return code
 
-        return app.command(name)(run)
+        return app.command(name, cls=_Command)(run)
 
     return register
 

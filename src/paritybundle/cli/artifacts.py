@@ -64,9 +64,8 @@ def export_command(
         raise
     m = result.manifest
     errors = ", ".join(f"{name} {e.max_abs:.2g}" for name, e in m.export_errors.items())
-    versus = "torch vs ONNX Runtime" if m.tolerance.approximation is None else "research vs the serving graph"
     out.print(f"exported {m.name} v{m.version} to {result.path}: {m.reference.samples} reference samples, "
-              f"{len(m.files)} files; {versus} max abs error: {errors}")
+              f"{len(m.files)} files; {m.export_error_label()} max abs error: {errors}")
     for line in approximation_lines(m.tolerance):
         out.print(line)
     if m.power is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,7 +10,7 @@ import typer
 from ..errors import EXIT_OK, EXIT_PARITY, UsageError
 from .app import (
     BundleArg, EnvPolicyOption, JsonOption, KeyOption, RequireSignatureOption, command, emit_report, out, public_key,
-    write_text,
+    write_json, write_text,
 )
 
 
@@ -32,15 +31,16 @@ def verify_command(bundle: BundleArg, key: KeyOption = None, require_signature: 
 @command("inspect")
 def inspect_command(
     bundle: BundleArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write the manifest as JSON to this file ('-' for stdout) instead of the table.")] = None,
 ) -> int:
     """What is inside: specs, stages, tolerance, provenance, sizes (reads the manifest only)."""
     from ..bundle.store import read_manifest
     from ..reports.terminal import render_manifest
 
     manifest = read_manifest(bundle)
-    if as_json:
-        sys.stdout.write(manifest.to_json())
+    if json_path is not None:
+        write_json(manifest.to_json(), json_path)
     else:
         render_manifest(manifest, out)
     return EXIT_OK
@@ -50,7 +50,8 @@ def inspect_command(
 def env_command(
     first: Annotated[str, typer.Argument(help="BUNDLE, or 'diff' followed by BUNDLE.", metavar="[diff] BUNDLE")],
     second: Annotated[Optional[Path], typer.Argument(hidden=True)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write the lock (or drift) as JSON to this file ('-' for stdout) instead of the table.")] = None,
     env_policy: EnvPolicyOption = "warn",
 ) -> int:
     """`bundle env BUNDLE`: the training environment's lock. `bundle env diff BUNDLE`: its drift from here."""
@@ -63,8 +64,8 @@ def env_command(
         raise UsageError(f"unexpected argument {str(second)!r}; use `bundle env BUNDLE` or `bundle env diff BUNDLE`.")
     bundle = open_bundle(second if diff else Path(first))
     result, render = (bundle_drift(bundle, env_policy), render_drift) if diff else (read_lock(bundle), render_lock)
-    if as_json:
-        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    if json_path is not None:
+        write_json(result.model_dump_json(indent=2) + "\n", json_path)
     else:
         render(result, out)
     return EXIT_OK

@@ -178,7 +178,7 @@ def _output_section(c, overridden: bool) -> str:
     if c.failing_samples:
         rows.append([cell("failing samples, worst first"), cell(f"{c.failing_samples} ({c.failing_sample_count} in all)")])
     if c.baseline_max_abs is not None:
-        rows.append([cell("export-time error (torch vs ONNX Runtime)"), cell(number_text(c.baseline_max_abs))])
+        rows.append([cell("export-time error (research vs ONNX Runtime)"), cell(number_text(c.baseline_max_abs))])
     body = head + table(["statistic", "value"], rows)
     if c.histogram is not None:
         h = c.histogram

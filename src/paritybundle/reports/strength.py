@@ -10,7 +10,7 @@ from ..parity.results import OutputComparison
 
 _RULES = {
     "spread": "0.1% of the spread of its research values",
-    "noise": "the noise measured at export (torch vs ONNX Runtime), or float32 resolution at its magnitude",
+    "noise": "the noise measured at export (research vs ONNX Runtime), or float32 resolution at its magnitude",
     "preset": "the preset for references made on {device} ({precision})",
     "caller": "set by the export spec",
 }

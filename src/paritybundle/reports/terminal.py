@@ -277,8 +277,7 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
     console.print("\n".join(lines))
     console.print(f"runtime validated with: onnxruntime {m.runtime.onnxruntime_version}, "
                   f"{', '.join(m.runtime.providers)}, optimization {m.runtime.graph_optimization_level}")
-    versus = "research vs the serving graph" if m.tolerance.approximation else "torch vs ONNX Runtime"
-    errors = Table(title=f"export-time error, {versus}", title_justify="left")
+    errors = Table(title=f"export-time error, {m.export_error_label()}", title_justify="left")
     for column in ("output", "max abs", "mean abs", "max rel"):
         errors.add_column(column)
     for name, e in m.export_errors.items():

@@ -5,8 +5,21 @@ from __future__ import annotations
 import platform
 import sys
 
-from . import (binary, capture, check_vs_ort, hashing, scale, score, serving, startup, tail, text, timeline, tolerance,
-               verdict)
+from . import (
+    binary,
+    capture,
+    check_vs_ort,
+    hashing,
+    scale,
+    score,
+    serving,
+    startup,
+    tail,
+    text,
+    timeline,
+    tolerance,
+    verdict,
+)
 
 BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main, "startup": startup.main, "serving": serving.main, "scale": scale.main,
               "verdict": verdict.main, "binary": binary.main, "capture": capture.main, "score": score.main,

@@ -72,7 +72,9 @@ def main() -> list[tuple[str, str, str, str]]:
         check = _step(f"import paritybundle; assert paritybundle.check({str(model)!r}).passed")
         size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
         data = [p for p in model.iterdir() if p.name.endswith(".data")]
-        mib = lambda b: f"{b / 2**20:,.0f} MiB"
+        def mib(b):
+            return f"{b / 2**20:,.0f} MiB"
+
         rows.append(("1 GiB model: export (torch + ONNX external data + ORT validation)",
                      f"{export['seconds']:.1f} s, peak {mib(export['peak'])}", f"weights {mib(weights)}",
                      f"{export['peak'] / weights:.2f}x weights"))

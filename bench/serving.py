@@ -106,7 +106,7 @@ def _assert_same_model(ours: Path, theirs: Path) -> None:
     a, b = onnx.load(str(ours)), onnx.load(str(theirs))
     assert a.graph.node == b.graph.node and a.graph.input == b.graph.input and a.graph.output == b.graph.output
     assert [i.name for i in a.graph.initializer] == [i.name for i in b.graph.initializer]
-    for x, y in zip(a.graph.initializer, b.graph.initializer):
+    for x, y in zip(a.graph.initializer, b.graph.initializer, strict=True):
         assert np.array_equal(numpy_helper.to_array(x), numpy_helper.to_array(y)), x.name
 
 

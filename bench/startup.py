@@ -148,8 +148,8 @@ def measure_serving(bundle: Path, what: str, repeats: int, port: int, *, with_fl
 
 def serve_rows(what: str, ours: list, bare: list, floor: list | None = None) -> list[tuple[str, str, str, str]]:
     """The start-up and memory rows from (seconds from process start, resident KiB, seconds after imports)."""
-    med = [statistics.median(column) for column in zip(*ours)]
-    base = [statistics.median(column) for column in zip(*bare)]
+    med = [statistics.median(column) for column in zip(*ours, strict=True)]
+    base = [statistics.median(column) for column in zip(*bare, strict=True)]
     rows = [
         (f"serve{what}: start-up to ready after imports (cold processes)", f"{med[2] * 1000:.1f} ms",
          f"{base[2] * 1000:.1f} ms (session + one run of the references)", f"{med[2] / base[2]:.2f}x (<= 1.5x)"),
@@ -157,7 +157,7 @@ def serve_rows(what: str, ours: list, bare: list, floor: list | None = None) -> 
          f"{base[0]:.2f} s (python: import ORT, session, run)", f"{med[0] / base[0]:.2f}x (<= 1.5x)"),
     ]
     if floor:
-        low = [statistics.median(column) for column in zip(*floor)]
+        low = [statistics.median(column) for column in zip(*floor, strict=True)]
         rows.append(("  floor: the prescribed serving libraries alone, no paritybundle code", f"{low[0]:.2f} s",
                      "the same bare process", f"{low[0] / base[0]:.2f}x"))
     rows.append((f"serve{what}: resident memory when ready", f"{med[1] / 1024:,.0f} MiB",

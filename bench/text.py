@@ -43,9 +43,8 @@ def _bundles(folder: Path) -> dict[str, Path]:
 
 
 def _bodies(tokenizer_bundle: Path) -> dict[str, tuple[bytes, dict[str, str]]]:
-    import orjson
-
     import onnxruntime as ort
+    import orjson
 
     from paritybundle.runtime.session import custom_op_library
 
@@ -54,7 +53,7 @@ def _bodies(tokenizer_bundle: Path) -> dict[str, tuple[bytes, dict[str, str]]]:
     options.register_custom_ops_library(custom_op_library("onnxruntime-extensions"))
     session = ort.InferenceSession(str(tokenizer_bundle / "preprocess.onnx"), options)
     names = [o.name for o in session.get_outputs()]
-    features = dict(zip(names, session.run(None, {"text": np.array([SENTENCE], dtype=object)})))
+    features = dict(zip(names, session.run(None, {"text": np.array([SENTENCE], dtype=object)}), strict=True))
     json_headers = {"Content-Type": "application/json"}
     text = orjson.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]}]})
     ids = orjson.dumps({"inputs": [{"name": name, "shape": list(value.shape), "datatype": "INT64",

@@ -19,15 +19,16 @@ LEVELS = (0.001, 0.01)
 
 
 def _run(case) -> tuple[bool, float]:
+    from verdict_cases import margin
+
     import paritybundle
     from paritybundle.commands.diff import diff
     from paritybundle.runtime.session import SessionOverrides
-    from verdict_cases import margin
 
     if case.command[0] == "diff":
         report = diff(case.bundle, case.other)
         return report.passed, margin(report)
-    options = dict(zip(case.command[1::2], case.command[2::2]))
+    options = dict(zip(case.command[1::2], case.command[2::2], strict=False))  # option/value pairs; a trailing switch has none
     settings = SessionOverrides(intra_op_num_threads=int(options["--threads"]) if "--threads" in options else None,
                                 graph_optimization_level=options.get("--optimization"))
     report = paritybundle.check(case.bundle, settings=settings)

@@ -58,8 +58,8 @@ def options(pytestconfig):
 def verified(options):
     """The bundle after integrity (and signature, with a key). The integrity and signature tests
     report a failure; everything else is skipped, since nothing in such a bundle may be used."""
-    from paritybundle.errors import ParityBundleError
     from paritybundle.bundle.store import open_bundle
+    from paritybundle.errors import ParityBundleError
 
     try:
         return open_bundle(options.bundle, options.key)

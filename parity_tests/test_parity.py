@@ -9,8 +9,8 @@ from paritybundle.parity.explain import explain_failure
 
 
 def _opens(bundle, key=None):
-    from paritybundle.errors import ParityBundleError
     from paritybundle.bundle.store import open_bundle
+    from paritybundle.errors import ParityBundleError
 
     try:
         return open_bundle(bundle, key), None

@@ -6,6 +6,8 @@ draws sets, cuts and noise, in both regimes of the p99 buffer (every error kept,
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -62,7 +64,7 @@ def test_shards_merged_equal_one_pass(rows, width, cuts, noise, keep_all, scores
             whole.add(serve[first:first + 7], research[first:first + 7], first)
         bounds = sorted({0, rows, *[c for c in cuts if c < rows]})
         shards = []
-        for start, end in zip(bounds, bounds[1:]):
+        for start, end in itertools.pairwise(bounds):
             shard = judge(serve.size, scores)  # sized by the whole set, numbered in it
             for first in range(start, end, 7):
                 shard.add(serve[first:min(first + 7, end)], research[first:min(first + 7, end)], first)

@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 
 from paritybundle.bundle.manifest import (
-    Approximation, ErrorBudget, MeasuredError, OutputScale, TensorSpec, Tolerance, TolerancePolicy,
+    Approximation,
+    ErrorBudget,
+    MeasuredError,
+    OutputScale,
+    TensorSpec,
+    Tolerance,
+    TolerancePolicy,
 )
 from paritybundle.parity import accumulator as accumulator_module
-from paritybundle.parity.histogram import LogHistogram as _Histogram
 from paritybundle.parity.explain import explain_failure
+from paritybundle.parity.histogram import LogHistogram as _Histogram
 from paritybundle.parity.judge import judge_for
 from paritybundle.parity.localise import StageResult, diagnose
 from paritybundle.parity.tolerance import default_policy, default_tolerance, tolerance_exceeds_outputs

@@ -8,8 +8,8 @@ import tarfile
 import pytest
 
 import paritybundle
-from paritybundle.commands.pack import pack
 from paritybundle.cli import main
+from paritybundle.commands.pack import pack
 from paritybundle.errors import BundleExistsError, BundleInvalid
 
 

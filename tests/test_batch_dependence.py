@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from serving_tools import running_server
 
 import paritybundle
 from paritybundle.cli import main
 from paritybundle.errors import ExportParityError
-from serving_tools import running_server
 
 
 class BatchStatistics(torch.nn.Module):

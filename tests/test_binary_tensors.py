@@ -10,7 +10,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import require  # noqa: E402
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -58,7 +58,6 @@ def test_export_without_torch_says_how_to_install_it(tmp_path):
 def test_serve_works_with_torch_import_blocked(digits_bundle, tmp_path):
     """Any `import torch` raises here, so a server that becomes ready and answers never imported it."""
     import numpy as np
-
     from serving_tools import torch_blocked_server
 
     with torch_blocked_server(digits_bundle, tmp_path) as server:

@@ -15,7 +15,13 @@ import threading
 import pytest
 
 from paritybundle.bundle.store import (
-    MANIFEST_NAME, VerifiedBundle, open_bundle, open_bundle_loading, read_manifest, read_small_file, verify,
+    MANIFEST_NAME,
+    VerifiedBundle,
+    open_bundle,
+    open_bundle_loading,
+    read_manifest,
+    read_small_file,
+    verify,
 )
 from paritybundle.commands.sign import sign
 from paritybundle.errors import BundleInvalid, UsageError

@@ -8,8 +8,8 @@ import torch
 
 import paritybundle
 from bundle_tools import perturb_weights, rehash, round_weights_to_fp16, truncate_and_rehash
-from paritybundle.errors import BundleInvalid, InputValidationError, UsageError
 from paritybundle.bundle.manifest import Tolerance
+from paritybundle.errors import BundleInvalid, InputValidationError, UsageError
 from paritybundle.runtime.session import SessionSettings
 
 

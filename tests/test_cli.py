@@ -8,7 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-
 from bundle_tools import perturb_weights
 from paritybundle.cli import main
 

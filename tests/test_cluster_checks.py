@@ -12,16 +12,14 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import require
 
 require("pyarrow")
 
-from bundle_tools import copy_bundle, perturb_weights, rehash  # noqa: E402
 from scoring_tools import write_capture  # noqa: E402
-
 from test_accumulator_merge import STAT_FIELDS, assert_same_comparison, same  # noqa: E402
 
+from bundle_tools import copy_bundle, perturb_weights, rehash  # noqa: E402
 from paritybundle.cli import main  # noqa: E402
 
 WINE_SPEC = "examples/wine/train.py:make_spec"  # relative, as users type it: workers get the absolute path
@@ -49,7 +47,7 @@ def test_capture_shards_judged_apart_and_merged_equal_the_local_check(capture, w
                for s in shards]
     comparisons, requests, samples = merge_shards(results)
     assert samples == whole.settings.samples
-    for merged, local in zip(comparisons, whole.outputs):
+    for merged, local in zip(comparisons, whole.outputs, strict=True):
         # The local check ran ONNX Runtime on all rows at once, the shards file by file.
         assert_same_comparison(merged, local, mean_rel=1e-5)
     assert not whole.passed and set(whole.failing_requests["scores"]) <= {f"{r}{s}" for r in altered for s in ("", "[1]", "[2]")}
@@ -66,7 +64,7 @@ def test_check_on_ray_reports_what_the_local_check_reports(ray_cluster, capture,
     here, there = json.loads(local.read_text()), json.loads(distributed.read_text())
     assert there["settings"]["engine"] == "ray" and there["settings"]["workers"]
     assert there["failing_requests"] == here["failing_requests"] and there["passed"] is here["passed"] is False
-    for merged, whole in zip(there["outputs"], here["outputs"]):
+    for merged, whole in zip(there["outputs"], here["outputs"], strict=True):
         for name in STAT_FIELDS:
             assert same(merged["stats"][name], whole["stats"][name]), name
         assert merged["failing_samples"] == whole["failing_samples"]
@@ -101,6 +99,6 @@ def test_replay_on_ray_equals_the_local_replay(ray_cluster, capture, wine_bundle
     here, there = json.loads(local.read_text()), json.loads(distributed.read_text())
     assert there["settings"]["source"] == "replay" and there["settings"]["engine"] == "ray"
     assert there["failing_requests"] == here["failing_requests"]
-    for merged, whole in zip(there["outputs"], here["outputs"]):
+    for merged, whole in zip(there["outputs"], here["outputs"], strict=True):
         for name in STAT_FIELDS:
             assert same(merged["stats"][name], whole["stats"][name]), name

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import require, skip_or_fail  # noqa: E402
+from serving_tools import wait_for
 
 from bundle_tools import perturb_weights
-from serving_tools import wait_for
 from paritybundle.cli import main
 from paritybundle.commands.container import dockerfile_text
 

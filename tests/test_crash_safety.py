@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from bundle_tools import HOSTILE_COUNTS
-from paritybundle.errors import ParityBundleError
 from paritybundle.bundle.store import open_bundle
+from paritybundle.errors import ParityBundleError
 
 CHILD = Path(__file__).with_name("crash_child.py")
 KILL_POINTS = int(os.environ.get("PARITYBUNDLE_KILL_POINTS", "30"))
@@ -92,7 +92,7 @@ def test_concurrent_exports_to_one_target_one_wins_the_other_fails_cleanly(tmp_p
     results = [racer.communicate(timeout=300) for racer in racers]
     codes = sorted(racer.returncode for racer in racers)
     assert codes == [0, 2], results
-    loser_err = next(err for racer, (_, err) in zip(racers, results) if racer.returncode == 2)
+    loser_err = next(err for racer, (_, err) in zip(racers, results, strict=True) if racer.returncode == 2)
     assert "already exists" in loser_err or "another export" in loser_err, loser_err
     assert "Traceback" not in loser_err
     assert open_bundle(target)

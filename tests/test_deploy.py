@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from conftest import require  # noqa: E402
 
 from paritybundle.commands.container import dockerfile_text
@@ -39,7 +37,7 @@ def test_servers_listen_where_the_image_serves_and_probe_readiness_on_parity():
     user = int(next(line.split()[1] for line in dockerfile_text().splitlines() if line.startswith("USER")).split(":")[0])
     servers = [(name, kind, c) for name, kind, c in containers() if kind in ("Deployment", "InferenceService")]
     assert len(servers) == 2
-    for name, kind, c in servers:
+    for name, _kind, c in servers:
         assert c["ports"][0]["containerPort"] == port, name
         ready = c["readinessProbe"]["httpGet"]
         assert ready["path"] == "/v2/health/ready" and ready["port"] in (port, "http"), name

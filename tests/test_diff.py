@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from bundle_tools import copy_bundle, rehash
+from paritybundle.bundle.manifest import TensorSpec
+from paritybundle.bundle.store import read_manifest
 from paritybundle.cli import main
 from paritybundle.commands.diff import compatibility_of, diff, spec_differences
 from paritybundle.runtime.lock import parse_lock
-from paritybundle.bundle.manifest import TensorSpec
-from paritybundle.bundle.store import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 

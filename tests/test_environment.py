@@ -9,10 +9,10 @@ import pytest
 
 import paritybundle
 from bundle_tools import rehash, truncate_and_rehash
-from paritybundle.runtime import drift
-from paritybundle.runtime import lock as environment
 from paritybundle.cli import main
 from paritybundle.errors import BundleInvalid, EnvironmentRefused, UsageError
+from paritybundle.runtime import drift
+from paritybundle.runtime import lock as environment
 
 
 def _edit_lock(bundle, change):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import paritybundle
-from paritybundle.errors import BundleExistsError, ExportError, ExportParityError, SpecError
 from paritybundle.bundle.manifest import Tolerance
 from paritybundle.bundle.store import open_bundle
+from paritybundle.errors import BundleExistsError, ExportError, ExportParityError, SpecError
 
 
 class TinyMLP(torch.nn.Module):

@@ -8,8 +8,8 @@ from onnx import TensorProto, numpy_helper
 
 import paritybundle
 from bundle_tools import rehash
-from paritybundle.errors import BundleInvalid
 from paritybundle.bundle.external_data import mentions_external_data
+from paritybundle.errors import BundleInvalid
 
 
 def _externalize(bundle, location, write_file=True):

@@ -45,7 +45,7 @@ def _readme_shares() -> dict[str, float]:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     shares = {}
     for row in set(PRESET_ROW.values()):
-        line = next(l for l in readme.splitlines() if l.startswith(f"| {row}"))
+        line = next(text for text in readme.splitlines() if text.startswith(f"| {row}"))
         shares[row] = float(re.search(r"\| ([\d.]+)% / ", line).group(1)) / 100
     return shares
 
@@ -60,7 +60,7 @@ def test_the_readme_table_states_the_presets_and_at_least_2_8x_headroom():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for tag, (device, precision) in SETTINGS.items():
         preset = default_tolerance(device, precision)
-        line = next(l for l in readme.splitlines() if l.startswith(f"| {PRESET_ROW[tag]}"))
+        line = next(text for text in readme.splitlines() if text.startswith(f"| {PRESET_ROW[tag]}"))
         atol, rtol = (float(cell) for cell in line.split("|")[2:4])
         assert (atol, rtol) == (preset.atol, preset.rtol), line
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 import paritybundle
 from bundle_tools import HOSTILE_COUNTS, rehash
+from paritybundle.bundle.manifest import parse_manifest
 from paritybundle.commands.pack import pack
 from paritybundle.errors import BundleInvalid, ParityBundleError
-from paritybundle.bundle.manifest import parse_manifest
 
 EXAMPLES = int(os.environ.get("PARITYBUNDLE_HOSTILE_EXAMPLES", "150"))
 HOSTILE = settings(max_examples=EXAMPLES, deadline=5000, suppress_health_check=list(HealthCheck))

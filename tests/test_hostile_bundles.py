@@ -11,8 +11,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import threading
+import time
 import zipfile
 from pathlib import Path
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bundle_tools import HOSTILE_COUNTS
 from conftest import require
 from serving_tools import free_port, http, wait_gone
+
+from bundle_tools import HOSTILE_COUNTS
 
 pa = require("pyarrow", reason="pyarrow is the capture extra: pip install -e '.[dev]'")
 import pyarrow.parquet as pq  # noqa: E402

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from bundle_tools import HOSTILE_COUNTS
 from paritybundle.serving.app import create_app
 from paritybundle.serving.limits import answer_bytes
 from paritybundle.serving.state import ServeOptions
-from bundle_tools import HOSTILE_COUNTS
 
 
 def _counted(area: str, cases: int = 1) -> None:
@@ -129,8 +129,8 @@ def test_score_force_never_replaces_its_own_input_or_bundle(wine_bundle, tmp_pat
 ])
 def test_score_options_out_of_range_are_exit_2(wine_bundle, tmp_path, capsys, args, message):
     import pyarrow as pa
-
     from scoring_tools import reference_table, write_parquet
+
     from paritybundle.cli import main
 
     _counted("score")

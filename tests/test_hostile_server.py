@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import json
 import threading
 import time
-import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
+from serving_tools import http, running_server
 
 import paritybundle
 from paritybundle.errors import InputValidationError, ModelRunError
 from paritybundle.serving.batching import MicroBatcher
-from serving_tools import http, running_server
 
 
 class EmbeddingBag(torch.nn.Module):
@@ -65,7 +65,7 @@ def test_a_failing_batch_runs_its_requests_alone_and_only_the_bad_one_fails():
         return rows, results
 
     rows, results = asyncio.run(scenario())
-    for i, (row, result) in enumerate(zip(rows, results)):
+    for i, (row, result) in enumerate(zip(rows, results, strict=True)):
         if i == 5:
             assert isinstance(result, ModelRunError)
         else:
@@ -110,7 +110,7 @@ def test_an_out_of_range_token_id_fails_its_own_request_only(embedding_bundle, t
         assert [status for status, _ in answers] == [200] * 10 + [400] + [200] * 10
         assert "outside 0..49" in answers[10][1]["error"]
         expected = paritybundle.load(embedding_bundle).predict({"ids": np.array([[1, 2, 3, 4, 5, 6]])})["output"]
-        for status, answer in answers[:10]:
+        for _status, answer in answers[:10]:
             np.testing.assert_allclose(np.asarray(answer["outputs"][0]["data"]).reshape(1, 3), expected, atol=1e-6)
         assert "Traceback" not in server.log.read_text()
 
@@ -244,9 +244,8 @@ def test_the_timeout_is_for_the_whole_answer_not_for_each_read(digits_bundle, ho
 def test_the_timeout_is_one_deadline_for_the_whole_check(digits_bundle, hostile_endpoint, capsys, mode):
     """Was (round 3, item 5): `Content-Length: 100000`, then a byte a second, kept `--timeout 5` running past
     100 s (http.client let go of the socket the deadline would have shut)."""
-    from paritybundle.cli import main
-
     from bundle_tools import HOSTILE_COUNTS
+    from paritybundle.cli import main
 
     HOSTILE_COUNTS["round 3, check --url"] = HOSTILE_COUNTS.get("round 3, check --url", 0) + 1
     _Hostile.mode = mode

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from paritybundle.errors import BundleInvalid
 from paritybundle.bundle.manifest import parse_manifest
+from paritybundle.errors import BundleInvalid
 
 
 @pytest.fixture

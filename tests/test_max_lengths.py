@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from serving_tools import running_server
 
 import paritybundle
 from paritybundle.errors import InputValidationError
-from serving_tools import running_server
 
 
 class PositionTable(torch.nn.Module):

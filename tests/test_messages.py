@@ -77,15 +77,15 @@ def test_diff_shows_a_scikit_learn_setting_edited_without_a_fitted_value_moving(
     """Was: the static section listed fitted attributes (``mean_``) only, so an edited setting
     (``handle_unknown``) showed nothing there."""
     import torch
-
     from conftest import require
 
     pd = require("pandas", reason="scikit-learn fits named columns on a DataFrame (the sklearn extra)")
     require("skl2onnx", reason="the sklearn extra converts scikit-learn preprocessing")
-    import paritybundle
-    from paritybundle.commands.diff import diff
     from sklearn.compose import ColumnTransformer
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    import paritybundle
+    from paritybundle.commands.diff import diff
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"height": rng.normal(170, 10, 80).astype(np.float32),

@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import require
 from serving_tools import free_port, http, wait_for
 

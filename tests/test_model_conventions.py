@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

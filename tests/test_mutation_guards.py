@@ -11,7 +11,6 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import require
 
 from paritybundle.bundle.manifest import Tolerance

@@ -8,8 +8,9 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from bundle_tools import perturb_weights
 from test_signing import _keypair
+
+from bundle_tools import perturb_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 

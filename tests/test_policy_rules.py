@@ -16,14 +16,26 @@ from pydantic import ValidationError
 
 from paritybundle.bundle import strict
 from paritybundle.bundle.manifest import (
-    MAX_MANIFEST_BYTES, ReferenceSet, TensorSpec, Tolerance, parse_manifest, validate_name,
+    MAX_MANIFEST_BYTES,
+    ReferenceSet,
+    TensorSpec,
+    Tolerance,
+    parse_manifest,
+    validate_name,
 )
 from paritybundle.errors import BundleInvalid, UsageError
 from paritybundle.parity.decision import decision_agreement
 from paritybundle.parity.judge import judge_for, tolerance_overrides
 from paritybundle.parity.tolerance import (
-    NOISE_FACTOR, PRECISIONS, SPREAD_SHARE, default_policy, default_tolerance, output_scale, scale_policy,
-    scaled_tolerance, tolerance_exceeds_outputs,
+    NOISE_FACTOR,
+    PRECISIONS,
+    SPREAD_SHARE,
+    default_policy,
+    default_tolerance,
+    output_scale,
+    scale_policy,
+    scaled_tolerance,
+    tolerance_exceeds_outputs,
 )
 
 SCORES = TensorSpec(name="y", dtype="float32", shape=["batch", 3], kind="scores")

@@ -8,17 +8,16 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from conftest import require  # noqa: E402
 
 import paritybundle
 from bundle_tools import copy_bundle, edit_preprocess, node, replace_initializer
 from paritybundle import SessionSettings
 from paritybundle import preprocess as pp
+from paritybundle.bundle.store import read_manifest
 from paritybundle.cli import main
 from paritybundle.commands.endpoint import check_url
 from paritybundle.errors import ExportParityError, InputValidationError, SpecError
-from paritybundle.bundle.store import read_manifest
 
 
 def check_cli(bundle, capsys, *extra):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import _load_example, require  # noqa: E402
 
 torch = require("torch")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import require  # noqa: E402
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require  # noqa: E402
 
 torch = require("torch")
 transformers = require("transformers", reason="transformers is a dev extra: pip install -e '.[dev]'")
 
+from serving_tools import torch_blocked_server  # noqa: E402
+
 import paritybundle  # noqa: E402
 from paritybundle.errors import SpecError  # noqa: E402
-from serving_tools import torch_blocked_server  # noqa: E402
 
 VOCAB = 120
 

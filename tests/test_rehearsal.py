@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bundle_tools import rehash
-from paritybundle.errors import EnvironmentRefused
 from paritybundle.commands.rehearsal import rehearse
+from paritybundle.errors import EnvironmentRefused
 
 
 def test_rehearsal_installs_the_lock_and_passes(digits_bundle, tmp_path):

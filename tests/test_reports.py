@@ -7,8 +7,6 @@ import subprocess
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
-import pytest
-
 from conftest import skip_or_fail  # noqa: E402
 
 from bundle_tools import copy_bundle, edit_preprocess, perturb_weights, replace_initializer

@@ -10,21 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require
 
 require("pyarrow")
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-
-from bundle_tools import copy_bundle, perturb_weights, rehash  # noqa: E402
 from scoring_tools import (  # noqa: E402
-    expected_outputs, fake_numpy_path, reference_table, scored_outputs, write_parquet,
+    expected_outputs,
+    fake_numpy_path,
+    reference_table,
+    scored_outputs,
+    write_parquet,
 )
 
+from bundle_tools import copy_bundle, perturb_weights, rehash  # noqa: E402
 from paritybundle.cli import main  # noqa: E402
-from paritybundle.errors import ParityFailure, UsageError  # noqa: E402
 from paritybundle.commands.score import score  # noqa: E402
+from paritybundle.errors import ParityFailure, UsageError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

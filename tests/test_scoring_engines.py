@@ -17,19 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require, skip_or_fail
 
 require("pyarrow")
 
-from bundle_tools import copy_bundle, perturb_weights, rehash  # noqa: E402
 from scoring_tools import (  # noqa: E402
-    expected_outputs, fake_numpy_path, reference_table, scored_outputs, write_parquet,
+    expected_outputs,
+    fake_numpy_path,
+    reference_table,
+    scored_outputs,
+    write_parquet,
 )
 
+from bundle_tools import copy_bundle, perturb_weights, rehash  # noqa: E402
 from paritybundle.bundle.store import open_bundle  # noqa: E402
-from paritybundle.errors import BundleInvalid, EnvironmentRefused, ParityFailure, UsageError  # noqa: E402
 from paritybundle.commands.score import score  # noqa: E402
+from paritybundle.errors import BundleInvalid, EnvironmentRefused, ParityFailure, UsageError  # noqa: E402
 
 
 def assert_research(bundle: Path, outputs: dict[str, np.ndarray], repeat: int = 1) -> None:
@@ -68,9 +71,9 @@ def test_ray_worker_with_a_drifted_environment_stops_the_job_exit_4(ray_cluster,
 def test_ray_worker_refuses_a_bundle_altered_on_its_way_exit_3(ray_cluster, digits_bundle, tmp_path):
     """The driver's copy verified, but what reached the worker was altered: the worker's own verification
     refuses it (the shipment carries the digest of the manifest the driver verified)."""
+    from paritybundle.commands.score import job_error
     from paritybundle.scoring.columns import plan_columns
     from paritybundle.scoring.gate import ship
-    from paritybundle.commands.score import job_error
     from paritybundle.scoring.ray_engine import run_job
 
     verified = open_bundle(digits_bundle)

@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 import pytest
+from serving_tools import free_port, http, running_server
 
 import paritybundle
 from bundle_tools import perturb_weights, rehash
 from paritybundle.cli import main
 from paritybundle.commands.endpoint import check_url
-from serving_tools import free_port, http, running_server
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import require  # noqa: E402
 
 import paritybundle
@@ -59,13 +58,13 @@ def test_export_validating_on_a_provider_that_is_not_here_is_exit_2(tmp_path):
 def column_bundle(tmp_path_factory):
     """A scikit-learn pipeline through skl2onnx: one [None, 1] input per column, as skl2onnx makes them."""
     require("skl2onnx")
+    import pandas as pd
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    import pandas as pd
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"size": rng.normal(size=60).astype(np.float32),

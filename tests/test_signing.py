@@ -9,10 +9,10 @@ import pytest
 
 import paritybundle
 from bundle_tools import rehash
-from paritybundle.commands.pack import pack
 from paritybundle.cli import main
-from paritybundle.errors import BundleInvalid, UsageError
+from paritybundle.commands.pack import pack
 from paritybundle.commands.sign import sign
+from paritybundle.errors import BundleInvalid, UsageError
 
 
 def _keypair(directory, name="signing"):

@@ -7,9 +7,9 @@ import tracemalloc
 
 import pytest
 
-from paritybundle.errors import BundleExistsError, BundleInvalid, UsageError
 from paritybundle.bundle.store import open_bundle, sha256_file
 from paritybundle.bundle.writer import BundleWriter
+from paritybundle.errors import BundleExistsError, BundleInvalid, UsageError
 
 
 def test_verified_bundle_lists_every_file(digits_bundle):
@@ -149,8 +149,8 @@ def test_a_signed_bundle_is_verified_before_onnx_runtime_opens_anything(bundle_c
     import subprocess
 
     import paritybundle
-    from paritybundle.runtime import load as loading
     from paritybundle.commands.sign import sign
+    from paritybundle.runtime import load as loading
 
     private, public = tmp_path / "k.pem", tmp_path / "k.pub"
     subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)

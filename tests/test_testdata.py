@@ -8,12 +8,11 @@ import unittest
 import numpy as np
 import onnx
 import pytest
-
 from conftest import require  # noqa: E402
 from onnx import numpy_helper
 
-from paritybundle.cli import main
 from paritybundle.bundle.store import read_manifest
+from paritybundle.cli import main
 from paritybundle.commands.testdata import write_testdata
 
 
@@ -159,7 +158,8 @@ def test_a_pipeline_that_does_not_match_its_manifest_is_exit_3(digits_bundle, tm
     manifest["outputs"][0]["name"] = "probabilities"
     manifest["export_errors"] = {"probabilities": manifest["export_errors"]["logits"]}
     for section in ("per_output", "scales"):  # the output's own tolerance, under its new name
-        manifest["tolerance"][section] = {"probabilities": v for v in manifest["tolerance"][section].values()}
+        (only,) = manifest["tolerance"][section].values()
+        manifest["tolerance"][section] = {"probabilities": only}
     (renamed / "bundle.json").write_text(json.dumps(manifest))
     for bundle, words in ((corrupt, "not a readable ONNX model"), (renamed, "but the manifest declares")):
         assert main(["testdata", str(bundle), "-o", str(tmp_path / f"td-{bundle.name}")]) == 3

@@ -12,7 +12,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import _load_example, require  # noqa: E402
 from test_container import base_image, docker_client  # noqa: E402,F401  (fixtures for the image test)
 
@@ -111,7 +110,9 @@ def test_a_tokenizer_the_graph_does_not_reproduce_is_refused_naming_the_text(tmp
 
     class Rewriting(original):
         def __call__(self, text, *args, **kwargs):
-            rewrite = (lambda t: t.replace("film", "movie"))
+            def rewrite(t):
+                return t.replace("film", "movie")
+
             return super().__call__([rewrite(t) for t in text] if isinstance(text, list) else rewrite(text),
                                     *args, **kwargs)
 
@@ -298,8 +299,8 @@ def test_batch_scoring_reads_a_string_column_and_refuses_unproven_text(bert_bund
 def test_the_serving_image_of_a_text_bundle_installs_the_operators_and_serves_raw_text(bert_bundle, request, capsys):
     """build-image installs the bundle's pins (onnxruntime-extensions among them) and gates on its own check;
     the container answers raw text as research did, without torch or transformers."""
-    from test_container import remove_image
     from serving_tools import free_port, wait_for
+    from test_container import remove_image
 
     client, base = request.getfixturevalue("docker_client"), request.getfixturevalue("base_image")
     tag = "paritybundle-test-text:1"

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import require
 from serving_tools import free_port, http, running_server, wait_gone
 
@@ -95,7 +94,7 @@ def test_the_capture_holds_every_request_in_whole_parquet_files(traffic):
     assert set(table["bundle"].to_pylist()) == {traffic["manifest"].name}
     colours = table["input.color_band"].to_pylist()
     ids = table["request_id"].to_pylist()
-    assert all(c == ["violet"] for c, i in zip(colours, ids) if i in traffic["unseen"])
+    assert all(c == ["violet"] for c, i in zip(colours, ids, strict=True) if i in traffic["unseen"])
     scores = np.array(table["output.scores"].to_pylist())
     assert scores.shape == (sum(traffic["sent"].values()), 3) and np.isfinite(scores).all()
     # pandas reads it as it is (the interchange format, no paritybundle needed).

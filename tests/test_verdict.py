@@ -7,6 +7,15 @@ import json
 
 import numpy as np
 import pytest
+from verdict_cases import (
+    RareEvent,
+    TinyLogits,
+    build_cases,
+    export_region,
+    margin,
+    rare_inputs,
+    tiny_images,
+)
 
 import paritybundle
 from paritybundle.bundle.manifest import Tolerance
@@ -15,9 +24,6 @@ from paritybundle.commands.diff import diff
 from paritybundle.errors import WeakReferencesError
 from paritybundle.parity.decision import decision_agreement
 from paritybundle.parity.tolerance import scaled_tolerance
-from verdict_cases import (
-    RareEvent, TinyLogits, build_cases, export_region, margin, rare_inputs, region_data, tiny_images,
-)
 
 
 @pytest.fixture(scope="module")

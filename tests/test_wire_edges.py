@@ -190,6 +190,7 @@ def test_symbolic_dimensions_must_agree_across_inputs():
 # --- runtime validation: the edges the wire tests do not reach -------------------------------------
 
 from conftest import require  # noqa: E402
+
 from paritybundle.errors import InputValidationError  # noqa: E402
 from paritybundle.runtime import validation  # noqa: E402
 

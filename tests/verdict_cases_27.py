@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from verdict_cases import Case
 
 from bundle_tools import copy_bundle, rehash
-from verdict_cases import Case
 
 
 def _batch_statistics_bundle(out: Path) -> Path:
@@ -59,10 +59,11 @@ def _imputer_bundle(out: Path, fill: str) -> Path:
 
 def _forest_bundle(out: Path) -> Path:
     """A scikit-learn forest through skl2onnx, its research outputs predict_proba's float64."""
-    import paritybundle
     from skl2onnx import to_onnx
     from sklearn.datasets import load_iris
     from sklearn.ensemble import RandomForestClassifier
+
+    import paritybundle
 
     x, y = load_iris(return_X_y=True)
     x = x.astype(np.float32)
@@ -76,8 +77,9 @@ def _forest_bundle(out: Path) -> Path:
 
 def _int8_bundle(out: Path) -> Path:
     """An MLP served as its dynamically quantized int8 graph, within a declared budget."""
-    import paritybundle
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import paritybundle
 
     rows = np.random.default_rng(0).normal(size=(240, 32)).astype(np.float32)
     torch.manual_seed(0)

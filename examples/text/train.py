@@ -103,7 +103,7 @@ def train(model, tokenizer, texts: list[str], labels: np.ndarray, steps: int = 6
     target = torch.as_tensor(labels)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         rows = torch.randint(0, len(texts), (32,))
         loss = model(**{k: v[rows] for k, v in batch.items()}, labels=target[rows]).loss
         optimizer.zero_grad()

@@ -28,8 +28,15 @@ from .bundle.store import verify
 from .check.checks import check as _check
 from .check.results import CheckReport
 from .errors import (
-    BundleInvalid, EnvironmentRefused, ExportError, ExportParityError, InputValidationError, ParityBundleError,
-    ParityFailure, SpecError, UsageError,
+    BundleInvalid,
+    EnvironmentRefused,
+    ExportError,
+    ExportParityError,
+    InputValidationError,
+    ParityBundleError,
+    ParityFailure,
+    SpecError,
+    UsageError,
 )
 from .runtime.load import ServingRuntime, load
 from .runtime.session import SessionOverrides, SessionSettings

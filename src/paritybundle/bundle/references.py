@@ -113,7 +113,7 @@ class ArrayStream:
             if len(shape) != len(spec.shape) or not shape:
                 raise BundleInvalid(f"{self.label}: array {spec.name!r} has shape {list(shape)}, but the manifest "
                                     f"declares {spec.shape}; re-export the bundle.")
-            for axis, (dim, size) in enumerate(zip(spec.shape, shape)):
+            for axis, (dim, size) in enumerate(zip(spec.shape, shape, strict=True)):
                 if isinstance(dim, int) and dim != size:
                     raise BundleInvalid(f"{self.label}: array {spec.name!r} has {size} along axis {axis}, but the "
                                         f"manifest declares {dim}; re-export the bundle.")
@@ -206,8 +206,8 @@ class ReferenceSet:
     def batches(self, batch_rows: int) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
         """Yield ``(first_row, {part: {name: rows}})`` for consecutive batches of ``batch_rows`` rows."""
         parts = list(self.streams)
-        for pieces in zip(*(self.streams[part].batches(batch_rows) for part in parts)):
-            yield pieces[0][0], {part: arrays for part, (_, arrays) in zip(parts, pieces)}
+        for pieces in zip(*(self.streams[part].batches(batch_rows) for part in parts), strict=True):
+            yield pieces[0][0], {part: arrays for part, (_, arrays) in zip(parts, pieces, strict=True)}
 
 
 def open_reference_groups(bundle: VerifiedBundle, parts: Sequence[ReferencePart] = ("inputs", "outputs"),

@@ -14,16 +14,16 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from ..errors import BundleInvalid, UsageError
 from .layout import MANIFEST_NAME, MAX_SIGNATURE_BYTES, SIGNATURE_NAME, UNLISTED_FILES
 from .manifest import MAX_MANIFEST_BYTES, FileDigest, Manifest, parse_manifest
 from .private import is_private, private_directory
-
 
 _CHUNK = 1024 * 1024
 Loaded = TypeVar("Loaded")

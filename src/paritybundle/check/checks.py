@@ -239,7 +239,7 @@ def compare_in_memory(runner: Runner, policy: TolerancePolicy,
     if isinstance(inputs, Mapping):
         source = InMemoryReferences({"inputs": inputs, "outputs": research})
     else:
-        source = InMemoryReferences([{"inputs": i, "outputs": r} for i, r in zip(inputs, research)])  # type: ignore[arg-type]
+        source = InMemoryReferences([{"inputs": i, "outputs": r} for i, r in zip(inputs, research, strict=True)])  # type: ignore[arg-type]
     judges = {spec.name: judge_for(spec, policy, source.total_elements("outputs", spec.name)) for spec in runner.outputs}
     engine.run(source, [Comparison(Run(RunnerTarget(runner, None, refuse=refuse), Part("inputs")), Part("outputs"),
                                    list(judges.items()))], rows_per_pass=max(source.rows, 1))

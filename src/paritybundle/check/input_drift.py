@@ -184,7 +184,7 @@ def _fitted(manifest: Manifest) -> dict[str, dict[str, object]]:
             lows, highs = bounds
             if len(lows) == 1:
                 fitted.setdefault(column.input, {})["range"] = [float(lows[0]), float(highs[0])]
-            for feature, (low, high) in enumerate(zip(lows, highs)):
+            for feature, (low, high) in enumerate(zip(lows, highs, strict=True)):
                 fitted.setdefault(f"{column.input}[{feature}]", {})["range"] = [float(low), float(high)]
     return fitted
 
@@ -279,7 +279,7 @@ def _number_drift(label: str, production: np.ndarray, reference: np.ndarray, fit
         if psi > thresholds.max_psi and prod.size:
             findings.append(f"{label!r} is distributed differently from the reference set (PSI {psi:.2f})")
         bounds = [f"{low:g}"] + [f"{e:.3g}" for e in edges] + [f"{high:g}"]
-        result["histogram"] = Histogram(labels=[f"{a}..{b}" for a, b in zip(bounds[:-1], bounds[1:])],
+        result["histogram"] = Histogram(labels=[f"{a}..{b}" for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
                                         reference=_shares(ref_bins), production=_shares(prod_bins))
     fitted_range = fitted.get("range")
     if isinstance(fitted_range, list):

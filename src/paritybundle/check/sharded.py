@@ -94,7 +94,7 @@ def plan_shards(capture: str | Path, manifest: Manifest) -> list[Shard]:
             dims = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.int64).reshape(-1, rank)
             totals[spec.name] += int(np.prod(dims, axis=1).sum())
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int) if counts else []
-    return [Shard(file=str(f), first=int(s), samples=n, totals=dict(totals)) for f, s, n in zip(files, starts, counts)]
+    return [Shard(file=str(f), first=int(s), samples=n, totals=dict(totals)) for f, s, n in zip(files, starts, counts, strict=True)]
 
 
 def judge_capture(data: CaptureData, shard: Shard, manifest: Manifest, overrides: Mapping[str, Tolerance], *,
@@ -112,7 +112,7 @@ def judge_capture(data: CaptureData, shard: Shard, manifest: Manifest, overrides
                               list(judges.items()))
         rows_per_pass = batch_size or max(source.rows, 1)
     else:
-        source = InMemoryReferences([{"served": g.outputs, "outputs": dict(r)} for g, r in zip(data.groups, research)],
+        source = InMemoryReferences([{"served": g.outputs, "outputs": dict(r)} for g, r in zip(data.groups, research, strict=True)],
                                     first=shard.first)
         compared = Comparison(Part("served"), Part("outputs"), list(judges.items()))
         rows_per_pass = max(source.rows, 1)

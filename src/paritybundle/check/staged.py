@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..bundle.manifest import Tolerance
+from ..errors import BundleInvalid
 from ..parity.accumulator import OutputAccumulator
 from ..parity.judge import export_baselines, judge_for
 from ..parity.localise import StageResult, column_accumulators, spanning_columns
@@ -23,7 +24,6 @@ from ..runtime.load import ServingRuntime, stage_runner
 from .engine import Comparison, Part, Run, Target
 from .sources import BundleReferences
 from .targets import RunnerTarget
-from ..errors import BundleInvalid
 
 
 class StagedCheck:
@@ -84,7 +84,7 @@ class StagedCheck:
         """The pipeline's comparisons (the check's outputs) and the four stages."""
         pipeline = [a.finish() for a in self.pipeline.values()]
         columns = [c.finish() for c in self.columns]
-        by_feature = {r.feature: r.comparison for c, r in zip(self.columns, columns) if self.spanning.get(c.feature) is c}
+        by_feature = {r.feature: r.comparison for c, r in zip(self.columns, columns, strict=True) if self.spanning.get(c.feature) is c}
         pre = [self.pre[s.name].finish() if s.name in self.pre else by_feature[s.name].model_copy(update={"name": s.name})
                for s in self.features]
         model = [a.finish() for a in self.model.values()]

@@ -70,7 +70,7 @@ def compare_replay(bundle: VerifiedBundle, data: CaptureData, research: Sequence
     started = time.perf_counter() if started is None else started
     manifest = bundle.manifest
     overrides = tolerance_overrides(manifest, tolerance, per_output_tolerance)
-    source = InMemoryReferences([{"served": g.outputs, "outputs": dict(r)} for g, r in zip(data.groups, research)])
+    source = InMemoryReferences([{"served": g.outputs, "outputs": dict(r)} for g, r in zip(data.groups, research, strict=True)])
     judges = output_judges(manifest, source, overrides, histograms)
     engine.run(source, [Comparison(Part("served"), Part("outputs"), list(judges.items()))],
                rows_per_pass=max(source.rows, 1))

@@ -13,7 +13,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -88,13 +88,13 @@ out = _LazyConsole(highlight=False, soft_wrap=False, width=160, markup=False)
 err = _LazyConsole(stderr=True, highlight=False, markup=False)
 
 BundleArg = Annotated[Path, typer.Argument(help="The bundle directory.", show_default=False)]
-KeyOption = Annotated[Optional[Path], typer.Option(
+KeyOption = Annotated[Path | None, typer.Option(
     "--key", help="Public key: bundle.sig must verify with it (default: $PARITYBUNDLE_PUBLIC_KEY).")]
 RequireSignatureOption = Annotated[bool, typer.Option(
     "--require-signature", help="Fail unless a public key is configured and the signature verifies.")]
 EnvPolicyOption = Annotated[str, typer.Option(
     "--env-policy", help="Drift policy: strict refuses critical drift (exit 4) before inference; warn; ignore.")]
-JsonOption = Annotated[Optional[Path], typer.Option(
+JsonOption = Annotated[Path | None, typer.Option(
     "--json", help="Also write the report as JSON to this file ('-' for stdout).")]
 
 

@@ -6,7 +6,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,14 +20,14 @@ def export_command(
     spec: Annotated[str, typer.Argument(help="path/to/file.py:name or module:name: an ExportSpec or a function returning one.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The bundle directory to write.")],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at the output path.")] = False,
-    max_samples: Annotated[Optional[int], typer.Option("--max-samples", help="Keep at most this many reference samples.")] = None,
+    max_samples: Annotated[int | None, typer.Option("--max-samples", help="Keep at most this many reference samples.")] = None,
     require_power: Annotated[bool, typer.Option("--require-power", help="Refuse (exit 2) unless the reference set detects a 1% weight perturbation.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="On failure, also print the full trace of the underlying error (torch's exporter, the training code).")] = False,
     log_to_mlflow: Annotated[bool, typer.Option("--mlflow", help="Also log the bundle (files, params, metrics, tags) to MLflow: the active run, or a new one, on the tracking server MLFLOW_TRACKING_URI names.")] = False,
-    references_from: Annotated[Optional[Path], typer.Option("--references-from", help="Draw the reference rows from traffic captured by `bundle serve --capture` (instead of the spec's reference_inputs), with the same coverage rules.")] = None,
-    serving_graph: Annotated[Optional[Path], typer.Option("--serving-graph", help="Serve this .onnx instead of the research graph: an approximation by design (int8, fp16) of the same model, judged by decisions and an error budget (the spec's serving_model).")] = None,
-    score_error: Annotated[Optional[str], typer.Option("--score-error", metavar="P50,P99,MAX", help="With a serving graph: the absolute-error budget of every float output (the spec's score_error).")] = None,
-    min_decision_agreement: Annotated[Optional[float], typer.Option("--min-decision-agreement", help="The least share of decisions (argmax, labels) that must agree with research, e.g. 0.99.")] = None,
+    references_from: Annotated[Path | None, typer.Option("--references-from", help="Draw the reference rows from traffic captured by `bundle serve --capture` (instead of the spec's reference_inputs), with the same coverage rules.")] = None,
+    serving_graph: Annotated[Path | None, typer.Option("--serving-graph", help="Serve this .onnx instead of the research graph: an approximation by design (int8, fp16) of the same model, judged by decisions and an error budget (the spec's serving_model).")] = None,
+    score_error: Annotated[str | None, typer.Option("--score-error", metavar="P50,P99,MAX", help="With a serving graph: the absolute-error budget of every float output (the spec's score_error).")] = None,
+    min_decision_agreement: Annotated[float | None, typer.Option("--min-decision-agreement", help="The least share of decisions (argmax, labels) that must agree with research, e.g. 0.99.")] = None,
 ) -> int:
     """Export a trained model, its reference set and environment as one bundle (atomically)."""
     from ..training import export_spec, load_spec
@@ -96,7 +96,7 @@ def _error_budget(text: str) -> object:
 def testdata_command(
     bundle: BundleArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write (model.onnx, test_data_set_K/, Polygraphy JSON).")],
-    set_size: Annotated[Optional[int], typer.Option("--set-size", help="Samples per test_data_set_K (default: all in one set).")] = None,
+    set_size: Annotated[int | None, typer.Option("--set-size", help="Samples per test_data_set_K (default: all in one set).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
@@ -141,10 +141,10 @@ def sign_command(
 @command("rehearse")
 def rehearse_command(
     bundle: BundleArg,
-    package: Annotated[Optional[str], typer.Option("--package", help="paritybundle's wheel or source dir (default: where it was installed from).")] = None,
-    keep_venv: Annotated[Optional[Path], typer.Option("--keep-venv", help="Create the clean venv here and keep it.")] = None,
+    package: Annotated[str | None, typer.Option("--package", help="paritybundle's wheel or source dir (default: where it was installed from).")] = None,
+    keep_venv: Annotated[Path | None, typer.Option("--keep-venv", help="Create the clean venv here and keep it.")] = None,
     python: Annotated[str, typer.Option("--python", help="Interpreter that creates the venv.")] = sys.executable,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the rehearsal report as JSON.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the rehearsal report as JSON.")] = None,
 ) -> int:
     """Build a clean venv from requirements-serve.txt alone and run `bundle check` inside it."""
     from ..commands.rehearsal import rehearse
@@ -172,11 +172,11 @@ def _print_build_line(line: str) -> None:
 @command("build-image")
 def build_image_command(
     bundle: BundleArg,
-    tag: Annotated[Optional[str], typer.Option("-t", "--tag", help="Image tag, e.g. digits:1.")] = None,
+    tag: Annotated[str | None, typer.Option("-t", "--tag", help="Image tag, e.g. digits:1.")] = None,
     base_image: Annotated[str, typer.Option("--base-image", help="Base image with Python and venv (present locally or pullable).")] = "python:3.11-slim",
-    wheelhouse: Annotated[Optional[Path], typer.Option("--wheelhouse", help="Use these wheels instead of downloading them (offline builds).")] = None,
-    package: Annotated[Optional[str], typer.Option("--package", help="paritybundle's wheel or source directory (default: where it was installed from).")] = None,
-    context: Annotated[Optional[Path], typer.Option("--context", help="Only write the build context (Dockerfile, bundle/, wheelhouse/) to this new directory, for your own builder.")] = None,
+    wheelhouse: Annotated[Path | None, typer.Option("--wheelhouse", help="Use these wheels instead of downloading them (offline builds).")] = None,
+    package: Annotated[str | None, typer.Option("--package", help="paritybundle's wheel or source directory (default: where it was installed from).")] = None,
+    context: Annotated[Path | None, typer.Option("--context", help="Only write the build context (Dockerfile, bundle/, wheelhouse/) to this new directory, for your own builder.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Do not stream the build's output.")] = False,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,

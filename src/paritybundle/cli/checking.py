@@ -8,14 +8,22 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ..errors import EXIT_OK, EXIT_PARITY, ParityBundleError, UsageError
-from .app import BundleArg, EnvPolicyOption, JsonOption, KeyOption, RequireSignatureOption, command, emit_report
+from .app import (
+    BundleArg,
+    EnvPolicyOption,
+    JsonOption,
+    KeyOption,
+    RequireSignatureOption,
+    command,
+    emit_report,
+    write_text,
+)
 from .app import public_key as resolve_public_key
-from .app import write_text
 
 
 def _tolerance(atol: float | None, rtol: float | None):
@@ -52,13 +60,13 @@ def _show_progress(json_path: Path | None) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI") and str(json_path) != "-"
 
 
-AtolOption = Annotated[Optional[float], typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")]
-RtolOption = Annotated[Optional[float], typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")]
-OutputToleranceOption = Annotated[Optional[list[str]], typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")]
-JunitOption = Annotated[Optional[Path], typer.Option("--junit", help="Also write a JUnit XML report (one test case per check) to this file.")]
-HtmlOption = Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file.")]
+AtolOption = Annotated[float | None, typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")]
+RtolOption = Annotated[float | None, typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")]
+OutputToleranceOption = Annotated[list[str] | None, typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")]
+JunitOption = Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML report (one test case per check) to this file.")]
+HtmlOption = Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file.")]
 EngineOption = Annotated[str, typer.Option("--engine", help="local, or ray: judge captured traffic in shards on Ray workers (each gated first), statistics merged exactly.")]
-RayAddressOption = Annotated[Optional[str], typer.Option("--ray-address", help="With --engine ray: the cluster (default: start a local Ray).")]
+RayAddressOption = Annotated[str | None, typer.Option("--ray-address", help="With --engine ray: the cluster (default: start a local Ray).")]
 WorkersOption = Annotated[int, typer.Option("--workers", help="With --engine ray: shards judged at once.")]
 
 
@@ -79,23 +87,23 @@ def _junit_on_error(junit_path: Path | None, command_name: str) -> Iterator[None
 def check_command(
     bundle: BundleArg,
     json_path: JsonOption = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (0: automatic).")] = None,
-    optimization: Annotated[Optional[str], typer.Option("--optimization", help="Graph optimization level: disable, basic, extended, all.")] = None,
-    provider: Annotated[Optional[list[str]], typer.Option("--provider", help="Execution provider (repeatable, in priority order).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (0: automatic).")] = None,
+    optimization: Annotated[str | None, typer.Option("--optimization", help="Graph optimization level: disable, basic, extended, all.")] = None,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="Execution provider (repeatable, in priority order).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Reference samples per ONNX Runtime call.")] = 1024,
     atol: AtolOption = None,
     rtol: RtolOption = None,
     output_tolerance: OutputToleranceOption = None,
     env_policy: EnvPolicyOption = "strict",
-    url: Annotated[Optional[str], typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds the endpoint has for all the check's requests together, whatever it sends.")] = 300.0,
-    references: Annotated[Optional[Path], typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`), or traffic captured by `bundle serve --capture` (this runtime against what production served), as the reference set.")] = None,
+    references: Annotated[Path | None, typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`), or traffic captured by `bundle serve --capture` (this runtime against what production served), as the reference set.")] = None,
     junit_path: JunitOption = None,
     html_path: HtmlOption = None,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
-    mlflow_run: Annotated[Optional[str], typer.Option("--mlflow-run", help="Also log the reports, per-output metrics and the verdict to this MLflow run.")] = None,
+    mlflow_run: Annotated[str | None, typer.Option("--mlflow-run", help="Also log the reports, per-output metrics and the verdict to this MLflow run.")] = None,
     engine: EngineOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = 2,
@@ -149,7 +157,7 @@ def _emit_check(report, json_path: Path | None, junit_path: Path | None, html_pa
 def replay_command(
     spec: Annotated[str, typer.Argument(help="path/to/file.py:name or module:name: the export spec the bundle was made from.")],
     capture: Annotated[Path, typer.Argument(help="Traffic captured by `bundle serve --capture` (its directory, or one .parquet file).")],
-    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="The bundle whose tolerance policy judges (verified); default: the manifest the server recorded in the capture.")] = None,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="The bundle whose tolerance policy judges (verified); default: the manifest the server recorded in the capture.")] = None,
     atol: AtolOption = None,
     rtol: RtolOption = None,
     output_tolerance: OutputToleranceOption = None,
@@ -227,7 +235,7 @@ def drift_command(
     bundle: BundleArg,
     capture: Annotated[Path, typer.Argument(help="Traffic captured by `bundle serve --capture` (its directory, or one .parquet file).")],
     json_path: JsonOption = None,
-    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page (per-column histograms, reference vs production) to this file.")] = None,
+    html_path: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML page (per-column histograms, reference vs production) to this file.")] = None,
     max_psi: Annotated[float, typer.Option("--max-psi", help="Population stability index past which a column has drifted.")] = 0.25,
     max_unseen: Annotated[float, typer.Option("--max-unseen", help="Share of samples with categories the reference set never ran.")] = 0.05,
     max_out_of_range: Annotated[float, typer.Option("--max-out-of-range", help="Share of samples outside the reference set's (or the fitted) range.")] = 0.05,
@@ -266,19 +274,19 @@ def serve_command(
     max_connections: Annotated[int, typer.Option("--max-connections", help="Connections or requests at once (503 above).")] = 1000,
     header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds for a request's headers to arrive; slower connections are closed.")] = 10.0,
     body_timeout: Annotated[float, typer.Option("--body-timeout", help="Seconds for a request's body to arrive after its headers; slower connections are closed.")] = 60.0,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")] = None,
-    provider: Annotated[Optional[list[str]], typer.Option("--provider", help="Execution provider (repeatable, in priority order; default: as validated), e.g. CUDAExecutionProvider.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")] = None,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="Execution provider (repeatable, in priority order; default: as validated), e.g. CUDAExecutionProvider.")] = None,
     env_policy: EnvPolicyOption = "strict",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
-    capture: Annotated[Optional[Path], typer.Option("--capture", help="Write a sampled share of requests (inputs, served outputs, request id, time) as Parquet files to this directory, for `bundle check --references`, `bundle replay` and `bundle drift`.")] = None,
-    capture_rate: Annotated[Optional[float], typer.Option("--capture-rate", help="With --capture: the share of requests written (0-1]; default 1.")] = None,
-    capture_max_bytes: Annotated[Optional[int], typer.Option("--capture-max-bytes", help="With --capture: complete a file once it holds this many bytes; default 64 MiB.")] = None,
-    capture_max_total_bytes: Annotated[Optional[int], typer.Option("--capture-max-total-bytes", help="With --capture: keep the directory's capture files under this, the oldest removed first; default 1 GiB.")] = None,
-    capture_rotate_seconds: Annotated[Optional[float], typer.Option("--capture-rotate-seconds", help="With --capture: complete a file at least this often; default 60.")] = None,
-    capture_queue: Annotated[Optional[int], typer.Option("--capture-queue", help="With --capture: requests waiting to be written; past it they are dropped and counted; default 8192.")] = None,
-    capture_queue_bytes: Annotated[Optional[int], typer.Option("--capture-queue-bytes", help="With --capture: bytes of requests waiting to be written; past it they are dropped and counted; default 64 MiB.")] = None,
+    capture: Annotated[Path | None, typer.Option("--capture", help="Write a sampled share of requests (inputs, served outputs, request id, time) as Parquet files to this directory, for `bundle check --references`, `bundle replay` and `bundle drift`.")] = None,
+    capture_rate: Annotated[float | None, typer.Option("--capture-rate", help="With --capture: the share of requests written (0-1]; default 1.")] = None,
+    capture_max_bytes: Annotated[int | None, typer.Option("--capture-max-bytes", help="With --capture: complete a file once it holds this many bytes; default 64 MiB.")] = None,
+    capture_max_total_bytes: Annotated[int | None, typer.Option("--capture-max-total-bytes", help="With --capture: keep the directory's capture files under this, the oldest removed first; default 1 GiB.")] = None,
+    capture_rotate_seconds: Annotated[float | None, typer.Option("--capture-rotate-seconds", help="With --capture: complete a file at least this often; default 60.")] = None,
+    capture_queue: Annotated[int | None, typer.Option("--capture-queue", help="With --capture: requests waiting to be written; past it they are dropped and counted; default 8192.")] = None,
+    capture_queue_bytes: Annotated[int | None, typer.Option("--capture-queue-bytes", help="With --capture: bytes of requests waiting to be written; past it they are dropped and counted; default 64 MiB.")] = None,
 ) -> int:
     """Serve the bundle over the Open Inference Protocol (V2); ready only after parity holds."""
     from ..serving.server import serve

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ..errors import EXIT_OK, EXIT_PARITY, UsageError
 from .app import (
-    BundleArg, EnvPolicyOption, JsonOption, KeyOption, RequireSignatureOption, command, emit_report, out, public_key,
-    write_json, write_text,
+    BundleArg,
+    EnvPolicyOption,
+    JsonOption,
+    KeyOption,
+    RequireSignatureOption,
+    command,
+    emit_report,
+    out,
+    public_key,
+    write_json,
+    write_text,
 )
 
 
@@ -31,7 +40,7 @@ def verify_command(bundle: BundleArg, key: KeyOption = None, require_signature: 
 @command("inspect")
 def inspect_command(
     bundle: BundleArg,
-    json_path: Annotated[Optional[Path], typer.Option(
+    json_path: Annotated[Path | None, typer.Option(
         "--json", help="Write the manifest as JSON to this file ('-' for stdout) instead of the table.")] = None,
 ) -> int:
     """What is inside: specs, stages, tolerance, provenance, sizes (reads the manifest only)."""
@@ -49,8 +58,8 @@ def inspect_command(
 @command("env")
 def env_command(
     first: Annotated[str, typer.Argument(help="BUNDLE, or 'diff' followed by BUNDLE.", metavar="[diff] BUNDLE")],
-    second: Annotated[Optional[Path], typer.Argument(hidden=True)] = None,
-    json_path: Annotated[Optional[Path], typer.Option(
+    second: Annotated[Path | None, typer.Argument(hidden=True)] = None,
+    json_path: Annotated[Path | None, typer.Option(
         "--json", help="Write the lock (or drift) as JSON to this file ('-' for stdout) instead of the table.")] = None,
     env_policy: EnvPolicyOption = "warn",
 ) -> int:
@@ -76,7 +85,7 @@ def diff_command(
     bundle_a: Annotated[Path, typer.Argument(help="A: the bundle in service (its tolerance judges).", metavar="A")],
     bundle_b: Annotated[Path, typer.Argument(help="B: the candidate that would replace it.", metavar="B")],
     json_path: JsonOption = None,
-    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML page.")] = None,
+    html_path: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML page.")] = None,
     expect_change: Annotated[bool, typer.Option("--expect-change", help="B is meant to change outputs: report, exit 0 unless the specs are incompatible.")] = False,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,

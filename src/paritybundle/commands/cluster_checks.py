@@ -32,7 +32,7 @@ from ..runtime.drift import DEFAULT_POLICY, check_policy
 from ..runtime.load import Settings
 from ..runtime.runner import DEFAULT_BATCH_SIZE
 from ..scoring.gate import Shipment, Where, cached_gate, ship
-from ..scoring.worker_errors import expected_cause, error_from_text
+from ..scoring.worker_errors import error_from_text, expected_cause
 
 
 def check_capture_on_ray(bundle: str | os.PathLike[str], capture: str | os.PathLike[str], *, settings: Settings = None,

@@ -24,7 +24,12 @@ from pathlib import Path
 from ..bundle.layout import MANIFEST_NAME, SIGNATURE_NAME
 from ..bundle.store import VerifiedBundle, open_bundle
 from ..errors import (
-    ContainerError, EnvironmentRefused, ImageBuildError, ParityBundleError, UsageError, error_for_exit_code,
+    ContainerError,
+    EnvironmentRefused,
+    ImageBuildError,
+    ParityBundleError,
+    UsageError,
+    error_for_exit_code,
 )
 from ..runtime.load import read_lock
 from ..runtime.lock import EnvironmentLock

@@ -25,7 +25,12 @@ from ..runtime.drift import diff_environments
 from ..runtime.load import ServingRuntime, load_verified, read_lock
 from .diff_models import BehaviourRun, BundleSide, Compatibility, DiffReport, PreprocessingDiff
 from .diff_static import (
-    compatibility_of, graph_diff, preprocessing_diff, provenance_changes, spec_differences, strength_changes,
+    compatibility_of,
+    graph_diff,
+    preprocessing_diff,
+    provenance_changes,
+    spec_differences,
+    strength_changes,
     tolerance_changes,
 )
 

@@ -13,9 +13,14 @@ from ..bundle.external_data import external_locations, load_graph, mentions_exte
 from ..bundle.manifest import Manifest, PreprocessColumn, Preprocessing, TensorSpec, TolerancePolicy
 from ..bundle.store import VerifiedBundle
 from .diff_models import (
-    Compatibility, FieldChange, GraphDiff, GraphSummary, PreprocessingDiff, SpecDifference, StatisticChange,
+    Compatibility,
+    FieldChange,
+    GraphDiff,
+    GraphSummary,
+    PreprocessingDiff,
+    SpecDifference,
+    StatisticChange,
 )
-
 
 # --- specs and compatibility ------------------------------------------------------------------
 
@@ -29,7 +34,7 @@ def _shape_problem(a: TensorSpec, b: TensorSpec, role: str) -> str | None:
     everything A accepted; for outputs B must give what A's clients read."""
     if len(a.shape) != len(b.shape):
         return f"{role} {a.name!r} has {len(a.shape)} dimensions in A, {len(b.shape)} in B"
-    for axis, (da, db) in enumerate(zip(a.shape, b.shape)):
+    for axis, (da, db) in enumerate(zip(a.shape, b.shape, strict=True)):
         if isinstance(da, int) and isinstance(db, int) and da != db:
             return f"{role} {a.name!r} dimension {axis} is {da} in A, {db} in B"
         if role == "input" and isinstance(da, str) and isinstance(db, int):
@@ -156,7 +161,7 @@ def preprocessing_diff(a: Preprocessing | None, b: Preprocessing | None) -> Prep
         if kinds_a != kinds_b:
             structure.append(f"column {name!r} steps {kinds_a} -> {kinds_b}")
             continue
-        for position, (sa, sb) in enumerate(zip(ca.steps, cb.steps)):
+        for position, (sa, sb) in enumerate(zip(ca.steps, cb.steps, strict=True)):
             for key in list(sa.params) + [k for k in sb.params if k not in sa.params]:
                 change = _statistic_change(name, position, sa.kind, key, sa.params.get(key), sb.params.get(key))
                 if change is not None:

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Literal
 
-
 from ..bundle.store import open_bundle
 from ..bundle.strict import StrictModel
 from ..check.results import CheckReport

@@ -12,7 +12,8 @@ from ..bundle.manifest import Manifest, TensorSpec
 def signature_of(manifest: Manifest) -> Any:
     """Columns for a bundle of 1-D inputs (a row per sample, as a DataFrame has them); tensors otherwise."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema, TensorSpec as MlflowTensor
+    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import TensorSpec as MlflowTensor
 
     def tensor(spec: TensorSpec) -> Any:
         shape = tuple(-1 if not isinstance(d, int) else d for d in spec.shape)

@@ -35,10 +35,17 @@ import numpy as np
 
 from ..bundle.manifest import ErrorBudget, Tolerance
 from .decision import decision_agreement
-from .histogram import HISTOGRAM_LOW, HISTOGRAM_STEP, LogHistogram
 from .elementwise import (
-    absolute_error, is_exact_dtype, largest, magnitude_of, p99_from_top, p99_position, percentile99, relative_to,
+    absolute_error,
+    is_exact_dtype,
+    largest,
+    magnitude_of,
+    p99_from_top,
+    p99_position,
+    percentile99,
+    relative_to,
 )
+from .histogram import HISTOGRAM_LOW, HISTOGRAM_STEP, LogHistogram
 from .results import MAX_LISTED_SAMPLES, BudgetStats, DecisionStats, ErrorHistogram, ErrorStats, OutputComparison
 
 # Up to this many elements per output, every error is kept (16 MB of float64) and p99 is
@@ -257,7 +264,7 @@ class OutputAccumulator:
         # of one dtype in every shard either value gives the same verdict (kept for a set that mixes them).
         self.exact = self.exact or other.exact  # pragma: no mutate
         if self.histograms is not None:  # both have them, or neither (checked above)
-            for mine_h, theirs_h in zip(self.histograms, other.histograms):  # type: ignore[arg-type]
+            for mine_h, theirs_h in zip(self.histograms, other.histograms, strict=True):  # type: ignore[arg-type]
                 mine_h.counts += theirs_h.counts
                 mine_h.zero += theirs_h.zero
 

@@ -58,7 +58,7 @@ def _bars(histogram: Histogram, title: str) -> str:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="{escape(title)}"><title>{escape(title)}</title>',
              f'<text x="{left}" y="14" font-size="12" font-weight="600">{escape(title)}</text>']
-    for k, (label, ref, prod) in enumerate(zip(histogram.labels, histogram.reference, histogram.production)):
+    for k, (label, ref, prod) in enumerate(zip(histogram.labels, histogram.reference, histogram.production, strict=True)):
         x = left + k * step
         for offset, value, colour in ((0.1, ref, "#8c959f"), (0.5, prod, "#0969da")):
             bar = plot * value / peak

@@ -10,13 +10,13 @@ from rich.text import Text
 
 from ..bundle.manifest import Manifest
 from ..bundle.strict import printable
-from .strength import budget_lines, coverage_lines, power_sentence, tolerance_lines
 from ..check.results import CheckReport
 from ..parity.explain import explain_failure
 from ..parity.localise import StageResult
 from ..parity.results import OutputComparison
 from ..runtime.drift import DriftReport
 from ..runtime.lock import EnvironmentLock
+from .strength import budget_lines, coverage_lines, power_sentence, tolerance_lines
 
 
 class SafeConsole(Console):

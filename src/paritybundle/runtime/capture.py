@@ -178,7 +178,7 @@ def _list_columns(pa: Any, arrays: np.ndarray | list[np.ndarray], spec: TensorSp
         offsets = np.zeros(total + 1, dtype=np.int64)
         np.cumsum(np.repeat(per_row, rows), out=offsets[1:])
         shape_values = (np.concatenate([np.tile(np.asarray(a.shape[1:], dtype=np.int32), int(n))
-                                        for a, n in zip(arrays, rows)]) if rank else np.zeros(0, np.int32))
+                                        for a, n in zip(arrays, rows, strict=True)]) if rank else np.zeros(0, np.int32))
     arrow_type = getattr(pa, _ARROW_TYPES[spec.dtype])()
     if spec.dtype == "string":
         flat = pa.array([str(v) for v in flat_values], arrow_type)

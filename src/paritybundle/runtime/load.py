@@ -21,13 +21,13 @@ from ..bundle.external_data import check_external_data, load_graph
 from ..bundle.manifest import Manifest
 from ..bundle.store import VerifiedBundle, open_bundle_loading
 from ..errors import BundleInvalid
-from .validation import from_columns
 from . import drift as _drift
 from . import lock as _lock
 from .drift import DEFAULT_POLICY, DriftReport
 from .index_bounds import index_bounds
 from .runner import DEFAULT_BATCH_SIZE, Runner
 from .session import SessionOverrides, SessionSettings, create_session, session_settings
+from .validation import from_columns
 
 Settings = SessionSettings | SessionOverrides | None
 

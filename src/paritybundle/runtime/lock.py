@@ -17,8 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from ..bundle.strict import load_json_document, validation_summary
-from ..bundle.strict import StrictModel
+from ..bundle.strict import StrictModel, load_json_document, validation_summary
 from ..errors import BundleInvalid
 
 # The serving core: what `bundle check` and `bundle serve` import.

@@ -46,10 +46,10 @@ class Runner:
         """
         total = _batch_length(inputs)
         if not batch_size or total <= batch_size:
-            return dict(zip(self._output_names, self._run(dict(inputs))))
+            return dict(zip(self._output_names, self._run(dict(inputs)), strict=True))
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self._output_names}
         for batch in iter_batches(inputs, batch_size):
-            for name, value in zip(self._output_names, self._run(batch)):
+            for name, value in zip(self._output_names, self._run(batch), strict=True):
                 parts[name].append(value)
         return {name: np.concatenate(chunks, axis=0) for name, chunks in parts.items()}
 

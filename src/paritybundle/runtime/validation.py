@@ -65,7 +65,7 @@ def from_columns(specs: Sequence[TensorSpec], inputs: Any) -> Any:
         if len(specs) == 1 and specs[0].name not in names and len(specs[0].shape) == 2 \
                 and specs[0].shape[1] == len(names):
             return {specs[0].name: inputs.to_numpy()}
-        inputs = {name: inputs[column].to_numpy() for name, column in zip(names, inputs.columns)}
+        inputs = {name: inputs[column].to_numpy() for name, column in zip(names, inputs.columns, strict=True)}
     if isinstance(inputs, Mapping):
         by_name = {spec.name: spec for spec in specs}
         columns = {}
@@ -86,7 +86,7 @@ def check_shape(spec: TensorSpec, shape: Sequence[int]) -> None:
             f"input {spec.name!r} must have {len(spec.shape)} dimensions {shape_text(spec.shape)}, "
             f"got shape {list(shape)}."
         )
-    for axis, (dim, size) in enumerate(zip(spec.shape, shape)):
+    for axis, (dim, size) in enumerate(zip(spec.shape, shape, strict=True)):
         if isinstance(dim, int) and dim != size:
             raise InputValidationError(
                 f"input {spec.name!r} must have shape {shape_text(spec.shape)}, got {list(shape)} "
@@ -133,7 +133,7 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
     if check_finite and array.dtype.kind == "f" and not spec.allow_nonfinite and not np.isfinite(array).all():
         raise InputValidationError(f"input {spec.name!r} contains NaN or infinity, which this model does not accept.")
     check_shape(spec, array.shape)
-    for dim, size in zip(spec.shape, array.shape):
+    for dim, size in zip(spec.shape, array.shape, strict=True):
         if not isinstance(dim, int) and bound.setdefault(dim, size) != size:
             raise InputValidationError(
                 f"input {spec.name!r} has {size} along {dim!r}, but another input has {bound[dim]}; "
@@ -198,7 +198,7 @@ def refused_pattern(refused: str) -> re.Pattern[str]:
     return re.compile("[" + "".join(f"\\U{int(a, 16):08x}-\\U{int(b, 16):08x}" for a, b in runs) + "]")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _numpy_dtype(name: str) -> np.dtype:
     # Building a dtype from its name costs about as much as the rest of a small request's checks.
     return np.dtype(name)

@@ -50,7 +50,14 @@ import numpy as np
 
 from ..bundle.manifest import TensorSpec, parse_manifest
 from ..runtime.capture import (
-    FILE_GLOB, PARTIAL_SUFFIX, Captured, Chunk, chunk_batch, chunk_of, pyarrow_modules, schema,
+    FILE_GLOB,
+    PARTIAL_SUFFIX,
+    Captured,
+    Chunk,
+    chunk_batch,
+    chunk_of,
+    pyarrow_modules,
+    schema,
 )
 
 FRAME = struct.Struct("<Q")
@@ -75,7 +82,7 @@ def encode_request(specs: list[TensorSpec], arrays: list[Any], request_id: str, 
     event loop); strings go length-prefixed UTF-8."""
     key = request_id.encode()
     parts = [_HEAD.pack(received_at, len(key)), key]
-    for spec, array in zip(specs, arrays):
+    for spec, array in zip(specs, arrays, strict=True):
         parts.append(struct.pack(f"<{array.ndim}Q", *array.shape))
         if spec.dtype == "string":  # each value length-prefixed UTF-8, as the V2 binary extension has them
             for value in array.reshape(-1):
@@ -113,8 +120,8 @@ def decode_request(data: bytes, inputs: list[TensorSpec], outputs: list[TensorSp
             values = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
             offset += size
         arrays.append(values)
-    return Captured(request_id, received_at, dict(zip((s.name for s in inputs), arrays[:len(inputs)])),
-                    dict(zip((s.name for s in outputs), arrays[len(inputs):])))
+    return Captured(request_id, received_at, dict(zip((s.name for s in inputs), arrays[:len(inputs)], strict=True)),
+                    dict(zip((s.name for s in outputs), arrays[len(inputs):], strict=True)))
 
 
 def _read_exact(fd: int, size: int) -> bytes:

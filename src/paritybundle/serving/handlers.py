@@ -18,9 +18,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ..version import __version__
 from ..bundle.strict import printable
 from ..errors import InputValidationError, ModelRunError
+from ..version import __version__
 from . import binary
 from .limits import BodyBudget, answer_bytes
 from .state import ServerState
@@ -43,7 +43,7 @@ def binary_response(answer: dict[str, Any], outputs: dict[str, Any], specs: dict
     """The JSON header, then each binary output's bytes in the order listed; the header's length in
     ``Inference-Header-Content-Length``."""
     chunks = []
-    for entry, wanted in zip(answer["outputs"], as_bytes):
+    for entry, wanted in zip(answer["outputs"], as_bytes, strict=True):
         if wanted:
             data = binary.encode(outputs[entry["name"]], specs[entry["name"]].dtype)
             entry["parameters"] = {binary.BINARY_SIZE: len(data)}
@@ -238,7 +238,7 @@ async def infer(request: Request) -> Response:
         if state.capture is not None:  # sampled onto a bounded queue; never blocks this request
             state.capture.submit(inference.id, received_at, arrays, outputs)
         answer = {"model_name": manifest.name, "model_version": manifest.version,
-                  "outputs": [output_json(n, outputs[n], output_specs[n], as_bytes=b) for (n, _), b in zip(wanted, as_bytes)]}
+                  "outputs": [output_json(n, outputs[n], output_specs[n], as_bytes=b) for (n, _), b in zip(wanted, as_bytes, strict=True)]}
         if inference.id is not None:
             answer["id"] = inference.id
         if not any(as_bytes):

@@ -15,7 +15,11 @@ from ..runtime.session import session_settings
 from .app import ENV_LOG_LEVEL, ENV_OPTIONS, create_app
 from .capture import prepare_directory
 from .limits import (
-    DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, ENV_BODY_TIMEOUT, ENV_HEADER_TIMEOUT,
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    ENV_BODY_TIMEOUT,
+    ENV_HEADER_TIMEOUT,
     HeaderDeadlineProtocol,
 )
 from .state import ServeOptions, open_serving_runtime

@@ -157,7 +157,7 @@ class OutputPlan:
 
 def _call(model: Any, tensors: list[Any], convention: Convention | None) -> Any:
     if convention is not None and convention.by_keyword:
-        return model(**dict(zip(convention.names, tensors)))
+        return model(**dict(zip(convention.names, tensors, strict=True)))
     return model(*tensors)
 
 
@@ -238,7 +238,7 @@ def run_model(model: Any, inputs: Mapping[str, np.ndarray], device: Any, convent
                 raise SpecError("the model returned a different number of outputs for different batches.")
             if not parts:
                 parts = [[] for _ in outputs]
-            for bucket, value in zip(parts, outputs):
+            for bucket, value in zip(parts, outputs, strict=True):
                 bucket.append(value)
     return [np.concatenate(bucket, axis=0) for bucket in parts]
 
@@ -259,7 +259,7 @@ def check_deterministic(model: Any, inputs: Mapping[str, np.ndarray], research: 
     """Refuse a model whose eval-mode outputs change between two identical calls."""
     probe = {name: a[:_TORCH_BATCH] for name, a in inputs.items()}
     again = run_model(model, probe, device, convention, plan)
-    for (name, first), second in zip(research.items(), again):
+    for (name, first), second in zip(research.items(), again, strict=True):
         first = first[:_TORCH_BATCH]
         if first.shape != second.shape or not np.allclose(first, second, rtol=1e-5, atol=1e-6, equal_nan=True):
             raise ExportError(
@@ -299,7 +299,7 @@ def quiet_exporter() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 

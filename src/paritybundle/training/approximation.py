@@ -165,7 +165,7 @@ def adopt_serving_graph(writer: BundleWriter, spec: Any, preprocessed: bool, inp
             runner, judged, [rows[k][0] for k in picks], [rows[k][1] for k in picks], refuse=refuse)],
     }
     measured = {name: _worst(_measured(c) for c in per_way)
-                for name, per_way in zip([c.name for c in ways["batched"]], zip(*ways.values()))}
+                for name, per_way in zip([c.name for c in ways["batched"]], zip(*ways.values(), strict=True), strict=True)}
     if budgets is None:
         raise ExportParityError(
             f"the serving graph ({precision}) differs from research by design, so declare by how much: "
@@ -199,7 +199,7 @@ def _one_row_each(groups: list[dict[str, np.ndarray]], research: list[dict[str, 
                   ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """Every reference row as a request of its own, numbered across groups as a check streams them."""
     return [({n: a[k:k + 1] for n, a in inputs.items()}, {n: a[k:k + 1] for n, a in outputs.items()})
-            for inputs, outputs in zip(groups, research) for k in range(len(next(iter(outputs.values()))))]
+            for inputs, outputs in zip(groups, research, strict=True) for k in range(len(next(iter(outputs.values()))))]
 
 
 def _worst(measured: Any) -> MeasuredError:

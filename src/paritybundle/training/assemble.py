@@ -13,13 +13,32 @@ from typing import Any
 import numpy as np
 
 from ..bundle.layout import (
+    FEATURES_FILE,
+    INPUTS_FILE,
+    LOCK_FILE,
+    MODEL_FILE,
+    OUTPUTS_FILE,
+    PIPELINE_FILE,
+    PREPROCESS_FILE,
+    REQUIREMENTS_FILE,
     group_files,
-    FEATURES_FILE, INPUTS_FILE, LOCK_FILE, MODEL_FILE, OUTPUTS_FILE, PIPELINE_FILE, PREPROCESS_FILE, REQUIREMENTS_FILE,
 )
 from ..bundle.manifest import (
-    FORMAT_VERSION, Coverage, GitInfo, Manifest, OutputError, Power, Preprocessing, Producer, Provenance, ReferenceGroup,
-    ReferenceSet, RuntimeSettings,
-    Stages, TensorSpec, TolerancePolicy,
+    FORMAT_VERSION,
+    Coverage,
+    GitInfo,
+    Manifest,
+    OutputError,
+    Power,
+    Preprocessing,
+    Producer,
+    Provenance,
+    ReferenceGroup,
+    ReferenceSet,
+    RuntimeSettings,
+    Stages,
+    TensorSpec,
+    TolerancePolicy,
 )
 from ..bundle.references import ArrayStream, save_arrays
 from ..bundle.writer import BundleWriter
@@ -33,7 +52,7 @@ def write_reference_set(writer: BundleWriter, groups: Sequence[Mapping[str, np.n
                         features: Sequence[Mapping[str, np.ndarray]] | None) -> None:
     """The reference arrays, group by group (:func:`~paritybundle.bundle.layout.group_files`), read back:
     a reference set that cannot round-trip must not ship."""
-    for index, (inputs, outputs) in enumerate(zip(groups, research)):
+    for index, (inputs, outputs) in enumerate(zip(groups, research, strict=True)):
         inputs_file, features_file, outputs_file = group_files(index)
         save_arrays(writer.path(inputs_file), inputs)
         if features is not None:
@@ -48,7 +67,7 @@ def reference_set(groups: Sequence[Mapping[str, np.ndarray]], *, staged: bool, d
     samples = [len(next(iter(g.values()))) for g in groups]
     listed = []
     if len(groups) > 1:
-        for index, (group, count) in enumerate(zip(groups, samples)):
+        for index, (group, count) in enumerate(zip(groups, samples, strict=True)):
             inputs_file, features_file, outputs_file = group_files(index)
             listed.append(ReferenceGroup(inputs=inputs_file, outputs=outputs_file,
                                          features=features_file if staged else None, samples=count,

@@ -70,17 +70,17 @@ def select_rows(raw: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray
         predicted = np.asarray(research[name]).argmax(axis=-1).reshape(rows, -1)
         for label in np.unique(predicted):
             wanted.setdefault(int(np.flatnonzero((predicted == label).any(axis=1))[0]))
-    for name, values in raw.items():
+    for values in raw.values():
         if values.dtype.kind in "US":
             column = values.reshape(rows, -1)
             for category in np.unique(column):
                 wanted.setdefault(int(np.flatnonzero((column == category).any(axis=1))[0]))
-    for name, values in raw.items():
+    for values in raw.values():
         if values.dtype.kind == "f":
             nan_rows = np.flatnonzero(np.isnan(values.reshape(rows, -1)).any(axis=1))
             if nan_rows.size:
                 wanted.setdefault(int(nan_rows[0]))
-    for name, values in raw.items():
+    for values in raw.values():
         if values.dtype.kind in "fiu":
             for column in _columns(values):
                 finite = np.where(np.isfinite(column), column, np.nan) if column.dtype.kind == "f" else column.astype(float)
@@ -171,7 +171,7 @@ def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColu
         bounds = fitted_bounds(column)
         if bounds is None or values.dtype.kind != "f":
             continue
-        for feature, (low, high) in enumerate(zip(*bounds)):
+        for feature, (low, high) in enumerate(zip(*bounds, strict=True)):
             observed = values.reshape(len(values), -1)[:, feature] if values.ndim > 1 else values
             observed = observed[np.isfinite(observed)]
             span = (high - low) or 1.0
@@ -210,7 +210,7 @@ def describe(raw: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray], 
                                                         probed=probed)
         bounds = fitted_bounds(column)
         if bounds is not None and values.dtype.kind == "f":
-            for feature, (low, high) in enumerate(zip(*bounds)):
+            for feature, (low, high) in enumerate(zip(*bounds, strict=True)):
                 observed = values.reshape(rows, -1)[:selected, feature]
                 observed = observed[np.isfinite(observed)]
                 label = f"{column.input}[{feature}]" if values.ndim > 1 else column.input

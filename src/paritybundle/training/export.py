@@ -27,23 +27,21 @@ from ..parity.tolerance import default_policy, scale_policy
 from ..runtime.lock import TorchInfo
 from ..runtime.runner import Runner
 from ..runtime.session import SessionSettings, create_session
-from . import _torch
+from . import _torch, calling, coverage
 from .approximation import adopt_serving_graph, serving_precision, validate_approximation_options
 from .assemble import assemble_manifest, write_environment, write_reference_set
 from .batch_independence import refuse_batch_dependence
-from .max_lengths import find_max_lengths
+from .freezing import freeze_preprocessing
 from .graphs import batch_first, graph_specs
-from . import coverage
-from . import calling
 from .inputs import length, normalise_inputs, output_names, raw_groups, to_numpy
+from .max_lengths import find_max_lengths
 from .onnx_files import copy_onnx_with_data
-from .shapes import dynamic_axes
 from .power import measure_power, report_power
 from .preprocessing.graph import MIN_OPSET
 from .research_dtypes import in_graph_dtypes, with_research_dtypes
+from .shapes import dynamic_axes
 from .spec import ExportSpec
 from .staging import StagedPreprocessing, candidates_of, cover_groups, cover_staged, stage_groups, take
-from .freezing import freeze_preprocessing
 from .validation import validate_stage
 
 log = logging.getLogger("paritybundle.export")
@@ -133,7 +131,7 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
         def research_of(features: Mapping[str, np.ndarray]) -> list[np.ndarray]:
             return _torch.run_model(model, features, device, convention, plan)
 
-        research = [dict(zip(names, research_of(g))) for g in model_groups]
+        research = [dict(zip(names, research_of(g), strict=True)) for g in model_groups]
         _torch.check_deterministic(model, model_groups[0], research[0], device, convention, plan)
         if staged is not None:
             staged, research, covered = cover_staged(spec, staged, research, candidates, research_of)
@@ -183,7 +181,7 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
     if spec.preprocess is not None:
         raise SpecError("preprocess is for torch models; an existing ONNX model takes the raw inputs its graph reads "
                         "(convert preprocessing and model together, e.g. one scikit-learn Pipeline).")
-    for k, (inputs, outputs) in enumerate(zip(groups, research)):
+    for k, (inputs, outputs) in enumerate(zip(groups, research, strict=True)):
         counts = {name: a.shape[0] for name, a in outputs.items()}
         if set(counts.values()) != {length(inputs)}:
             where = f" of group {k}" if len(groups) > 1 else ""
@@ -195,8 +193,8 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
         raise SpecError(f"output_names {list(spec.output_names)} differ from the research_outputs keys {list(research[0])}.")
     candidates = sum(length(g) for g in groups)
     pools = [coverage.candidate_rows(length(g)) for g in groups]
-    groups = [g if pool is None else take(g, pool) for g, pool in zip(groups, pools)]
-    research = [r if pool is None else take(r, pool) for r, pool in zip(research, pools)]
+    groups = [g if pool is None else take(g, pool) for g, pool in zip(groups, pools, strict=True)]
+    research = [r if pool is None else take(r, pool) for r, pool in zip(research, pools, strict=True)]
     # No probe rows: their research outputs would need the framework that made the model.
     groups, research, covered = cover_groups(spec, groups, research, candidates)
     with BundleWriter(out, force=force) as writer:

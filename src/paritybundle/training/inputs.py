@@ -78,7 +78,7 @@ def normalise_group(raw: Any, names: Sequence[str] | None, input_names: Sequence
         if len(tuple_names) != len(raw):
             raise SpecError(f"{label} is a tuple of {len(raw)} arrays; name them with input_names "
                             "(or pass a mapping name -> array).")
-        arrays = {name: to_numpy(v, name) for name, v in zip(tuple_names, raw)}
+        arrays = {name: to_numpy(v, name) for name, v in zip(tuple_names, raw, strict=True)}
     else:
         single = list(names or input_names or ["input"])
         if len(single) != 1:

@@ -88,7 +88,7 @@ def research_outputs(spec: ExportSpec, data: CaptureData, manifest: Manifest) ->
             if sorted(names) != sorted(expected):
                 raise SpecError(f"the spec's model returns {', '.join(names)}, but the bundle's outputs are "
                                 f"{', '.join(expected)}: it is not the spec this bundle was exported from.")
-            results.append(dict(zip(names, _torch.run_model(model, features, device, convention, plan))))
+            results.append(dict(zip(names, _torch.run_model(model, features, device, convention, plan), strict=True)))
     return results
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpecError
 from ..bundle.manifest import Tolerance
+from ..errors import SpecError
 
 DEFAULT_MAX_REFERENCE_SAMPLES = 1000
 

@@ -100,7 +100,7 @@ def cover(spec: Any, inputs: dict[str, np.ndarray], staged: StagedPreprocessing 
         if probes.rows:
             probe_features = {name: np.ascontiguousarray(to_numpy(v, name))
                               for name, v in staged.preprocessor.research(probes.raw).items()}
-            probe_outputs = dict(zip(research, run_model(probe_features)))  # type: ignore[misc]
+            probe_outputs = dict(zip(research, run_model(probe_features), strict=True))  # type: ignore[misc]
             raw = {name: np.concatenate([raw[name], probes.raw[name]]) for name in raw}
             features = {name: np.concatenate([features[name], probe_features[name]]) for name in features}
             research = {name: np.concatenate([research[name], probe_outputs[name]]) for name in research}
@@ -122,7 +122,7 @@ def cover_groups(spec: Any, groups: list[dict[str, np.ndarray]], research: list[
     total = sum(length(g) for g in groups)
     budget = spec.max_reference_samples
     kept_groups, kept_research, described = [], [], []
-    for inputs, outputs in zip(groups, research):
+    for inputs, outputs in zip(groups, research, strict=True):
         share = None if budget is None else max(1, round(budget * length(inputs) / total))
         scores = coverage.score_like(outputs, spec.score_outputs)
         keep = coverage.select_rows(inputs, outputs, scores, share)
@@ -148,7 +148,7 @@ def cover_staged(spec: Any, staged: list[StagedPreprocessing], research: list[di
     total = sum(length(s.raw) for s in staged)
     budget = spec.max_reference_samples
     kept_groups, kept_research, described = [], [], []
-    for group, outputs in zip(staged, research):
+    for group, outputs in zip(staged, research, strict=True):
         share = None if budget is None else max(1, round(budget * length(group.raw) / total))
         _, kept, outputs, covered = cover(dataclasses.replace(spec, max_reference_samples=share), group.raw, group,
                                           outputs, length(group.raw), run_model)

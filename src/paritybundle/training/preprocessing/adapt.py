@@ -40,9 +40,8 @@ def wrap(value: Any, input_names: list[str], spec: Any) -> Preprocessor:
     if is_tokenizer(value):
         return TokenizerPreprocess(value, input_names, spec.model)
     if _torch.is_module(value):
-        from .torch_adapter import TorchPreprocess
-
         from ..calling import signature_of
+        from .torch_adapter import TorchPreprocess
 
         # The inputs forward names (the others pass through to the model); all of them if it names none.
         signature = signature_of(value)

@@ -11,7 +11,6 @@ from ...errors import SpecError
 from .graph import GraphBuilder
 from .steps import Step, floats
 
-
 # --- images ------------------------------------------------------------------------------
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import SpecError
 from ...bundle.manifest import PreprocessColumn, Preprocessing, PreprocessStep, TensorSpec
+from ...errors import SpecError
 from .graph import GraphBuilder, make_model, value_info
 from .steps import Step
 
@@ -242,7 +242,7 @@ class Columns(Preprocessor):
         if self._widths is None:
             raise SpecError("Columns is not fitted; call fit(training_data) before exporting.")
         blocks = [self._block(chain, chain.transform(self._column(data, chain.name))) for chain in self.chains]
-        lengths = {chain.name: len(block) for chain, block in zip(self.chains, blocks)}
+        lengths = {chain.name: len(block) for chain, block in zip(self.chains, blocks, strict=True)}
         if len(set(lengths.values())) != 1:
             raise SpecError(f"columns disagree on the number of rows: {lengths}.")
         return np.concatenate(blocks, axis=1)
@@ -272,7 +272,8 @@ class Columns(Preprocessor):
 
     def columns(self) -> list[PreprocessColumn]:
         described, start = [], 0
-        for chain, width in zip(self.chains, self._widths or []):
+        # Before fit() there are no widths, and so no columns to describe yet.
+        for chain, width in zip(self.chains, self._widths or [], strict=False):
             described.append(chain.describe([start, start + width]))
             start += width
         return described

@@ -97,8 +97,8 @@ def prove_alphabet(frozen: Callable[[list[str]], list[list[int]]], research: Cal
     codes = list(codes if codes is not None else tested_codepoints())
     groups = [codes[k:k + GROUP] for k in range(0, len(codes), GROUP)]
     texts = [" ".join(contexts(chr(c)) for c in group) for group in groups]
-    suspects = [c for group, same in zip(groups, _agree(frozen, research, texts)) if not same for c in group]
-    refused = [c for c, same in zip(suspects, _agree(frozen, research, [contexts(chr(c)) for c in suspects])) if not same]
+    suspects = [c for group, same in zip(groups, _agree(frozen, research, texts), strict=True) if not same for c in group]
+    refused = [c for c, same in zip(suspects, _agree(frozen, research, [contexts(chr(c)) for c in suspects]), strict=True) if not same]
     return ranges([0, *range(SURROGATES[0], SURROGATES[1] + 1), *refused, *range(TESTED_LIMIT, 0x110000)])
 
 
@@ -106,7 +106,7 @@ def _agree(frozen: Callable[[list[str]], list[list[int]]], research: Callable[[l
            texts: list[str]) -> list[bool]:
     if not texts:
         return []
-    return [list(a) == list(b) for a, b in zip(frozen(texts), research(texts))]
+    return [list(a) == list(b) for a, b in zip(frozen(texts), research(texts), strict=True)]
 
 
 def frozen_ids(session: object, text_input: str) -> Callable[[list[str]], list[list[int]]]:
@@ -117,9 +117,9 @@ def frozen_ids(session: object, text_input: str) -> Callable[[list[str]], list[l
         found: list[list[int]] = []
         for start in range(0, len(texts), 256):
             chunk = np.array(texts[start:start + 256], dtype=object)
-            outputs = dict(zip(names, session.run(None, {text_input: chunk})))  # type: ignore[attr-defined]
+            outputs = dict(zip(names, session.run(None, {text_input: chunk}), strict=True))  # type: ignore[attr-defined]
             ids, mask = outputs["input_ids"], outputs["attention_mask"].astype(bool)
-            found += [row[keep].tolist() for row, keep in zip(ids, mask)]
+            found += [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)]
         return found
 
     return run

@@ -155,7 +155,7 @@ class TokenizerPreprocess(Preprocessor):
         if settings.family == "wordpiece":
             return wordpiece_graph(settings, self._vocab, self.text, features, opset, self._normalized,
                                    self._placeholder)
-        return byte_level_graph(settings, json.dumps(dict(zip(self._vocab, range(len(self._vocab)))),
+        return byte_level_graph(settings, json.dumps(dict(zip(self._vocab, range(len(self._vocab)), strict=True)),
                                                      ensure_ascii=False), self._merges, self.text, features, opset)
 
     def probes(self, raw: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -186,7 +186,7 @@ class TokenizerPreprocess(Preprocessor):
         """
         texts = raw[self.text]
         feeds = {i.name: raw[i.name] for i in session.get_inputs()}  # inputs passed through to the model too
-        frozen = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        frozen = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
         first_probe = len(texts) - len(reasons)
         for name in self.settings.features:
             differs = np.flatnonzero((frozen[name] != features[name]).any(axis=1))

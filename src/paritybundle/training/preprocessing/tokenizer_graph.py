@@ -19,13 +19,12 @@ string at a NUL character: such text is refused at the serving boundary (``Tenso
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
+from typing import Any
 
 import numpy as np
 
-from .graph import ML_OPSET, MIN_OPSET
+from .graph import MIN_OPSET, ML_OPSET
 
 CONTRIB = "ai.onnx.contrib"
 

@@ -21,10 +21,21 @@ from . import (
     verdict,
 )
 
-BENCHMARKS = {"check_vs_ort": check_vs_ort.main, "hashing": hashing.main, "startup": startup.main, "serving": serving.main, "scale": scale.main,
-              "verdict": verdict.main, "binary": binary.main, "capture": capture.main, "score": score.main,
-              "tolerance": tolerance.main, "text": text.main, "tail": tail.main,
-              "timeline": timeline.main}
+BENCHMARKS = {
+    "check_vs_ort": check_vs_ort.main,
+    "hashing": hashing.main,
+    "startup": startup.main,
+    "serving": serving.main,
+    "scale": scale.main,
+    "verdict": verdict.main,
+    "binary": binary.main,
+    "capture": capture.main,
+    "score": score.main,
+    "tolerance": tolerance.main,
+    "text": text.main,
+    "tail": tail.main,
+    "timeline": timeline.main,
+}
 
 
 def main(names: list[str]) -> None:
@@ -32,8 +43,10 @@ def main(names: list[str]) -> None:
 
     import onnxruntime
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"onnxruntime {onnxruntime.__version__}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"onnxruntime {onnxruntime.__version__}"
+    )
     for name in names or list(BENCHMARKS):
         if name not in BENCHMARKS:
             sys.exit(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")

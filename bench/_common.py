@@ -24,8 +24,11 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def print_table(title: str, rows: list[tuple[str, ...]],
-                header: tuple[str, ...] = ("measure", "paritybundle", "baseline", "ratio (target)")) -> None:
+def print_table(
+    title: str,
+    rows: list[tuple[str, ...]],
+    header: tuple[str, ...] = ("measure", "paritybundle", "baseline", "ratio (target)"),
+) -> None:
     print(f"\n## {title}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))

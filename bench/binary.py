@@ -28,7 +28,11 @@ import numpy as np
 from ._common import print_table, wait_ready
 
 DURATION, WARMUP = float(os.environ.get("DURATION", "8")), float(os.environ.get("WARMUP", "2"))
-REPS, ROWS, CONCURRENCY = int(os.environ.get("REPS", "3")), int(os.environ.get("ROWS", "64")), int(os.environ.get("CONCURRENCY", "16"))
+REPS, ROWS, CONCURRENCY = (
+    int(os.environ.get("REPS", "3")),
+    int(os.environ.get("ROWS", "64")),
+    int(os.environ.get("CONCURRENCY", "16")),
+)
 PORT = 8397
 
 
@@ -42,32 +46,57 @@ def _mlp_bundle(folder: Path) -> Path:
     w1, b1 = rng.normal(0, 0.2, (64, 128)).astype(np.float32), rng.normal(0, 0.1, 128).astype(np.float32)
     w2, b2 = rng.normal(0, 0.2, (128, 10)).astype(np.float32), rng.normal(0, 0.1, 10).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("Gemm", ["r", "w2", "b2"], ["z"]), helper.make_node("Softmax", ["z"], ["probabilities"])],
-        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [
+            helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Gemm", ["r", "w2", "b2"], ["z"]),
+            helper.make_node("Softmax", ["z"], ["probabilities"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
-        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "mlp.onnx"))
     x = rng.random((256, 64)).astype(np.float32) * 16
     z = np.maximum(x @ w1 + b1, 0) @ w2 + b2
     research = np.exp(z - z.max(axis=1, keepdims=True))
     research = (research / research.sum(axis=1, keepdims=True)).astype(np.float32)
-    spec = ExportSpec(model=str(folder / "mlp.onnx"), reference_inputs={"x": x},
-                      research_outputs={"probabilities": research}, name="mlp")
+    spec = ExportSpec(
+        model=str(folder / "mlp.onnx"),
+        reference_inputs={"x": x},
+        research_outputs={"probabilities": research},
+        name="mlp",
+    )
     return export_spec(spec, folder / "bundle").path
 
 
 def _bodies(rows: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
     import orjson
 
-    as_json = orjson.dumps({"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP32",
-                                        "data": rows.reshape(-1).tolist()}]})
-    header = orjson.dumps({"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP32",
-                                       "parameters": {"binary_data_size": rows.nbytes}}],
-                           "parameters": {"binary_data_output": True}})
-    return {"JSON": (as_json, {"Content-Type": "application/json"}),
-            "binary": (header + rows.tobytes(), {"Content-Type": "application/octet-stream",
-                                                 "Inference-Header-Content-Length": str(len(header))})}
+    as_json = orjson.dumps(
+        {"inputs": [{"name": "x", "shape": list(rows.shape), "datatype": "FP32", "data": rows.reshape(-1).tolist()}]}
+    )
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(rows.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return {
+        "JSON": (as_json, {"Content-Type": "application/json"}),
+        "binary": (
+            header + rows.tobytes(),
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+        ),
+    }
 
 
 async def _load(url: str, body: bytes, headers: dict[str, str]) -> float:
@@ -102,8 +131,21 @@ def main() -> None:
     server = None
     try:
         bundle = _mlp_bundle(work)
-        server = subprocess.Popen([sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port", str(PORT),
-                                   "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "paritybundle.cli",
+                "serve",
+                str(bundle),
+                "--port",
+                str(PORT),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_ready(PORT, server)
         rows = np.random.default_rng(1).random((ROWS, 64)).astype(np.float32) * 16
         bodies = _bodies(rows)
@@ -114,12 +156,29 @@ def main() -> None:
                 rates[name].append(asyncio.run(_load(url, body, headers)) * ROWS)
         json_rows, binary_rows = statistics.median(rates["JSON"]), statistics.median(rates["binary"])
         size = {name: len(body) for name, (body, _) in bodies.items()}
-        print_table(f"binary tensors vs JSON: {ROWS}-row requests, concurrency {CONCURRENCY}, median of {REPS}", [
-            ("rows/s", f"{binary_rows:,.0f} (binary)", f"{json_rows:,.0f} (JSON)", f"{binary_rows / json_rows:.2f}x (>= 2x)"),
-            ("request body", f"{size['binary']:,} B", f"{size['JSON']:,} B", f"{size['binary'] / size['JSON']:.2f}x"),
-            ("runs (rows/s)", " / ".join(f"{r:,.0f}" for r in rates["binary"]),
-             " / ".join(f"{r:,.0f}" for r in rates["JSON"]), "-"),
-        ])
+        print_table(
+            f"binary tensors vs JSON: {ROWS}-row requests, concurrency {CONCURRENCY}, median of {REPS}",
+            [
+                (
+                    "rows/s",
+                    f"{binary_rows:,.0f} (binary)",
+                    f"{json_rows:,.0f} (JSON)",
+                    f"{binary_rows / json_rows:.2f}x (>= 2x)",
+                ),
+                (
+                    "request body",
+                    f"{size['binary']:,} B",
+                    f"{size['JSON']:,} B",
+                    f"{size['binary'] / size['JSON']:.2f}x",
+                ),
+                (
+                    "runs (rows/s)",
+                    " / ".join(f"{r:,.0f}" for r in rates["binary"]),
+                    " / ".join(f"{r:,.0f}" for r in rates["JSON"]),
+                    "-",
+                ),
+            ],
+        )
     finally:
         if server is not None:
             server.terminate()

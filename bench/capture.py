@@ -83,14 +83,29 @@ def main() -> None:
             folder = capture_dir if name == "capture 1.0" else work / name.replace(" ", "-")
             extra = ["--capture", str(folder), "--capture-rate", rate] if rate != "off" else []
             env = {**os.environ, "PYTHONPATH": BASELINE} if name.startswith("baseline") else None
-            servers[name] = subprocess.Popen([sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port",
-                                              str(port), "--log-level", "warning", *extra],
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            servers[name] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "paritybundle.cli",
+                    "serve",
+                    str(bundle),
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    *extra,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
         for name, port in PORTS.items():
             wait_ready(port, servers[name])
         row = np.random.default_rng(1).random((1, 64)).astype(np.float32) * 16
-        body = orjson.dumps({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
-                                         "data": row.reshape(-1).tolist()}]})
+        body = orjson.dumps(
+            {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": row.reshape(-1).tolist()}]}
+        )
         rates: dict[str, list[float]] = {name: [] for name in PORTS}
         cpu: dict[str, list[float]] = {name: [] for name in PORTS}  # server CPU seconds per request
         answered = 0
@@ -110,28 +125,63 @@ def main() -> None:
         sampled = statistics.median(rates["capture 0.1"])
         cpu_off, cpu_on = statistics.median(cpu["capture off"]) * 1e6, statistics.median(cpu["capture 1.0"]) * 1e6
         cpu_sampled = statistics.median(cpu["capture 0.1"]) * 1e6
-        print_table(f"capture cost: 1-row JSON requests, concurrency {CONCURRENCY}, median of {REPS}", [
-            ("requests/s", f"{on:,.0f} (capture 1.0)", f"{off:,.0f} (capture off)", f"{on / off:.3f}x (>= 0.90x)"),
-            ("requests/s, capture 0.1", f"{sampled:,.0f} (capture 0.1)", f"{off:,.0f} (capture off)", f"{sampled / off:.2f}x"),
-            ("server CPU per request", f"{cpu_on:.0f} us (1.0), {cpu_sampled:.0f} us (0.1)", f"{cpu_off:.0f} us",
-             f"{cpu_on - cpu_off:+.0f} us (1.0)"),
-            ("runs (requests/s)", " / ".join(f"{r:,.0f}" for r in rates["capture 1.0"]),
-             " / ".join(f"{r:,.0f}" for r in rates["capture off"]), "-"),
-            ("captured / answered", f"{captured:,}", f"{answered:,}", "every one" if captured == answered else "MISSING"),
-        ])
+        print_table(
+            f"capture cost: 1-row JSON requests, concurrency {CONCURRENCY}, median of {REPS}",
+            [
+                ("requests/s", f"{on:,.0f} (capture 1.0)", f"{off:,.0f} (capture off)", f"{on / off:.3f}x (>= 0.90x)"),
+                (
+                    "requests/s, capture 0.1",
+                    f"{sampled:,.0f} (capture 0.1)",
+                    f"{off:,.0f} (capture off)",
+                    f"{sampled / off:.2f}x",
+                ),
+                (
+                    "server CPU per request",
+                    f"{cpu_on:.0f} us (1.0), {cpu_sampled:.0f} us (0.1)",
+                    f"{cpu_off:.0f} us",
+                    f"{cpu_on - cpu_off:+.0f} us (1.0)",
+                ),
+                (
+                    "runs (requests/s)",
+                    " / ".join(f"{r:,.0f}" for r in rates["capture 1.0"]),
+                    " / ".join(f"{r:,.0f}" for r in rates["capture off"]),
+                    "-",
+                ),
+                (
+                    "captured / answered",
+                    f"{captured:,}",
+                    f"{answered:,}",
+                    "every one" if captured == answered else "MISSING",
+                ),
+            ],
+        )
         if BASELINE:
             base_off, base_on = statistics.median(rates["baseline off"]), statistics.median(rates["baseline 1.0"])
-            print_table(f"this tree vs the baseline ({BASELINE}), same sitting, median of {REPS}", [
-                ("requests/s, capture off", f"{off:,.0f}", f"{base_off:,.0f}", f"{off / base_off:.3f}x (>= 0.97x)"),
-                ("requests/s, capture 1.0", f"{on:,.0f}", f"{base_on:,.0f}", f"{on / base_on:.3f}x (>= 0.97x)"),
-                ("capture budget (1.0 / off)", f"{on / off:.3f}x", f"{base_on / base_off:.3f}x",
-                 f"{(on / off) / (base_on / base_off):.3f}x"),
-                *((f"server CPU per request, {kind}", f"{statistics.median(cpu[ours]) * 1e6:.0f} us",
-                   f"{statistics.median(cpu[theirs]) * 1e6:.0f} us",
-                   f"{statistics.median(cpu[ours]) / statistics.median(cpu[theirs]):.3f}x (<= 1.03x)")
-                  for kind, ours, theirs in (("capture off", "capture off", "baseline off"),
-                                             ("capture 1.0", "capture 1.0", "baseline 1.0"))),
-            ])
+            print_table(
+                f"this tree vs the baseline ({BASELINE}), same sitting, median of {REPS}",
+                [
+                    ("requests/s, capture off", f"{off:,.0f}", f"{base_off:,.0f}", f"{off / base_off:.3f}x (>= 0.97x)"),
+                    ("requests/s, capture 1.0", f"{on:,.0f}", f"{base_on:,.0f}", f"{on / base_on:.3f}x (>= 0.97x)"),
+                    (
+                        "capture budget (1.0 / off)",
+                        f"{on / off:.3f}x",
+                        f"{base_on / base_off:.3f}x",
+                        f"{(on / off) / (base_on / base_off):.3f}x",
+                    ),
+                    *(
+                        (
+                            f"server CPU per request, {kind}",
+                            f"{statistics.median(cpu[ours]) * 1e6:.0f} us",
+                            f"{statistics.median(cpu[theirs]) * 1e6:.0f} us",
+                            f"{statistics.median(cpu[ours]) / statistics.median(cpu[theirs]):.3f}x (<= 1.03x)",
+                        )
+                        for kind, ours, theirs in (
+                            ("capture off", "capture off", "baseline off"),
+                            ("capture 1.0", "capture 1.0", "baseline 1.0"),
+                        )
+                    ),
+                ],
+            )
     finally:
         for process in servers.values():
             if process.poll() is None:

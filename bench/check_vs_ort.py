@@ -48,7 +48,7 @@ def bare_ort_loop(bundle: Path, spinning: bool = True) -> None:
     session = ort.InferenceSession(str(bundle / "pipeline.onnx"), options, providers=["CPUExecutionProvider"])
     with np.load(bundle / "reference" / "inputs.npz") as archive:
         pixels = archive["pixels"]
-    outputs = [session.run(None, {"pixels": pixels[i:i + BATCH]})[0] for i in range(0, len(pixels), BATCH)]
+    outputs = [session.run(None, {"pixels": pixels[i : i + BATCH]})[0] for i in range(0, len(pixels), BATCH)]
     np.concatenate(outputs)
 
 
@@ -58,17 +58,29 @@ def main(repeats: int = 9) -> list[tuple[str, str, str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = _digits_bundle(Path(tmp), SAMPLES)
         assert paritybundle.check(bundle, batch_size=BATCH), "the benchmark bundle must pass its own check"
-        times = interleaved({
-            "check": lambda: paritybundle.check(bundle, batch_size=BATCH),
-            "ort": lambda: bare_ort_loop(bundle),
-            "ort-nospin": lambda: bare_ort_loop(bundle, spinning=False),
-        }, repeats)
+        times = interleaved(
+            {
+                "check": lambda: paritybundle.check(bundle, batch_size=BATCH),
+                "ort": lambda: bare_ort_loop(bundle),
+                "ort-nospin": lambda: bare_ort_loop(bundle, spinning=False),
+            },
+            repeats,
+        )
     check_s, ort_s, nospin_s = median(times["check"]), median(times["ort"]), median(times["ort-nospin"])
-    rows = [(f"check, {SAMPLES} samples, batch {BATCH} (median of {repeats})",
-             f"{check_s * 1000:.1f} ms", f"{ort_s * 1000:.1f} ms (bare ORT loop, ORT defaults)",
-             f"{check_s / ort_s:.2f}x (<= 1.2x)"),
-            ("  the same, baseline with spinning off as paritybundle runs it",
-             f"{check_s * 1000:.1f} ms", f"{nospin_s * 1000:.1f} ms", f"{check_s / nospin_s:.2f}x")]
+    rows = [
+        (
+            f"check, {SAMPLES} samples, batch {BATCH} (median of {repeats})",
+            f"{check_s * 1000:.1f} ms",
+            f"{ort_s * 1000:.1f} ms (bare ORT loop, ORT defaults)",
+            f"{check_s / ort_s:.2f}x (<= 1.2x)",
+        ),
+        (
+            "  the same, baseline with spinning off as paritybundle runs it",
+            f"{check_s * 1000:.1f} ms",
+            f"{nospin_s * 1000:.1f} ms",
+            f"{check_s / nospin_s:.2f}x",
+        ),
+    ]
     print_table("bundle check vs bare ONNX Runtime loop", rows)
     return rows
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ._common import interleaved, median, print_table
 
-SIZE = 1024 ** 3
+SIZE = 1024**3
 
 _CHILD = """
 import resource, sys
@@ -42,18 +42,33 @@ def main(repeats: int = 3) -> list[tuple[str, str, str, str]]:
         _make_file(path)
         result = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, check=True)
         before_kib, after_kib = map(int, result.stdout.split())
-        rows = [("peak RSS growth hashing 1 GiB", f"{(after_kib - before_kib) / 1024:.1f} MiB",
-                 f"{SIZE / 1024 ** 2:.0f} MiB (file size)", f"{(after_kib - before_kib) * 1024 / SIZE:.4f}x (flat)")]
+        rows = [
+            (
+                "peak RSS growth hashing 1 GiB",
+                f"{(after_kib - before_kib) / 1024:.1f} MiB",
+                f"{SIZE / 1024**2:.0f} MiB (file size)",
+                f"{(after_kib - before_kib) * 1024 / SIZE:.4f}x (flat)",
+            )
+        ]
         if shutil.which("sha256sum"):
             from paritybundle.bundle.store import sha256_file
 
-            times = interleaved({
-                "ours": lambda: sha256_file(path),
-                "sha256sum": lambda: subprocess.run(["sha256sum", str(path)], capture_output=True, check=True),
-            }, repeats)
+            times = interleaved(
+                {
+                    "ours": lambda: sha256_file(path),
+                    "sha256sum": lambda: subprocess.run(["sha256sum", str(path)], capture_output=True, check=True),
+                },
+                repeats,
+            )
             ours, theirs = median(times["ours"]), median(times["sha256sum"])
-            rows.append((f"throughput, 1 GiB (median of {repeats})", f"{SIZE / ours / 1e6:.0f} MB/s",
-                         f"{SIZE / theirs / 1e6:.0f} MB/s (sha256sum)", f"{theirs / ours:.2f}x (>= 0.8x)"))
+            rows.append(
+                (
+                    f"throughput, 1 GiB (median of {repeats})",
+                    f"{SIZE / ours / 1e6:.0f} MB/s",
+                    f"{SIZE / theirs / 1e6:.0f} MB/s (sha256sum)",
+                    f"{theirs / ours:.2f}x (>= 0.8x)",
+                )
+            )
     print_table("bundle hashing", rows)
     return rows
 

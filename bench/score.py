@@ -69,8 +69,12 @@ def rows_file(bundle: Path, rows: int, path: Path) -> Path:
     # peak memory at two sizes differs only by what the row count itself costs.
     base = np.random.default_rng(0).integers(0, len(next(iter(inputs.values()))), size=BATCH)
     picks = np.resize(base, rows)
-    table = pa.table({name: pa.array(values[picks].tolist() if values.dtype == object else values[picks])
-                      for name, values in inputs.items()})
+    table = pa.table(
+        {
+            name: pa.array(values[picks].tolist() if values.dtype == object else values[picks])
+            for name, values in inputs.items()
+        }
+    )
     pq.write_table(table, path, row_group_size=BATCH)
     return path
 
@@ -108,8 +112,13 @@ _PEAK = textwrap.dedent("""
 
 
 def peak_memory(bundle: Path, source: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", _PEAK, str(bundle), str(source), str(out)], capture_output=True,
-                          text=True, timeout=1800, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(bundle), str(source), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -119,20 +128,31 @@ def local_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[s
     source = rows_file(bundle, rows, folder / "rows.parquet")
     larger = rows_file(bundle, 4 * rows, folder / "larger.parquet")
     reports = []
-    times = interleaved({
-        "paritybundle": lambda: reports.append(score(bundle, source, folder / "scores", force=True)),
-        "bare": lambda: bare_loop(bundle, source, folder / "bare.parquet"),
-    }, reps)
+    times = interleaved(
+        {
+            "paritybundle": lambda: reports.append(score(bundle, source, folder / "scores", force=True)),
+            "bare": lambda: bare_loop(bundle, source, folder / "bare.parquet"),
+        },
+        reps,
+    )
     ours, bare = median(times["paritybundle"]), median(times["bare"])
     gate = median([r.workers[0].gate_seconds for r in reports])
     small, large = peak_memory(bundle, source, folder / "m1"), peak_memory(bundle, larger, folder / "m2")
     (folder / "larger.parquet").unlink()
     return [
-        (f"local, {rows:,} rows (s, median of {reps})", f"{ours:.2f}", f"{bare:.2f} (bare ORT loop)",
-         f"{ours / bare:.2f}x (<= 1.15x)"),
+        (
+            f"local, {rows:,} rows (s, median of {reps})",
+            f"{ours:.2f}",
+            f"{bare:.2f} (bare ORT loop)",
+            f"{ours / bare:.2f}x (<= 1.15x)",
+        ),
         ("  of which the parity gate (s)", f"{gate:.2f}", "-", f"{gate / ours:.1%} of the job"),
-        (f"local peak RSS, {large['rows']:,} vs {small['rows']:,} rows (MiB)", f"{large['peak'] / 2 ** 20:.0f}",
-         f"{small['peak'] / 2 ** 20:.0f}", f"{large['peak'] / small['peak']:.2f}x (flat: ~1.0x)"),
+        (
+            f"local peak RSS, {large['rows']:,} vs {small['rows']:,} rows (MiB)",
+            f"{large['peak'] / 2**20:.0f}",
+            f"{small['peak'] / 2**20:.0f}",
+            f"{large['peak'] / small['peak']:.2f}x (flat: ~1.0x)",
+        ),
     ]
 
 
@@ -173,8 +193,11 @@ def ray_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[str
         # file would feed one actor however many there are.
         source = folder / "rows-16"
         source.mkdir(exist_ok=True)
-        one = rows_file(bundle, rows, folder / "rows.parquet") if not (folder / "rows.parquet").exists() \
+        one = (
+            rows_file(bundle, rows, folder / "rows.parquet")
+            if not (folder / "rows.parquet").exists()
             else folder / "rows.parquet"
+        )
         import pyarrow.parquet as pq
 
         whole = pq.read_table(one)
@@ -185,16 +208,25 @@ def ray_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[str
         reports: dict[int, list] = {w: [] for w in WORKERS}
 
         def ours(workers: int):
-            return lambda: reports[workers].append(score(bundle, source, folder / f"ray-{workers}", engine="ray",
-                                                         workers=workers, force=True))
+            return lambda: reports[workers].append(
+                score(bundle, source, folder / f"ray-{workers}", engine="ray", workers=workers, force=True)
+            )
 
         def plain():
             shutil.rmtree(folder / "plain", ignore_errors=True)
-            (ray.data.read_parquet(str(source)).select_columns(columns)
-             .map_batches(_BareActor, fn_constructor_kwargs={"model": str(bundle / "pipeline.onnx")},
-                          batch_format="pyarrow", batch_size=BATCH, compute=ray.data.ActorPoolStrategy(size=2),
-                          num_cpus=actor_cpus(2))
-             .write_parquet(str(folder / "plain")))
+            (
+                ray.data.read_parquet(str(source))
+                .select_columns(columns)
+                .map_batches(
+                    _BareActor,
+                    fn_constructor_kwargs={"model": str(bundle / "pipeline.onnx")},
+                    batch_format="pyarrow",
+                    batch_size=BATCH,
+                    compute=ray.data.ActorPoolStrategy(size=2),
+                    num_cpus=actor_cpus(2),
+                )
+                .write_parquet(str(folder / "plain"))
+            )
 
         warnings.filterwarnings("ignore", category=UserWarning)  # Ray's "fewer inputs than actors" at small ROWS
         candidates = {"plain": plain, **{f"ours-{w}": ours(w) for w in WORKERS}}
@@ -205,18 +237,32 @@ def ray_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[str
         two, bare = median(times["ours-2"]), median(times["plain"])
         gates = [w.gate_seconds for r in reports[2] for w in r.workers]
         result = [
-            (f"ray, 2 workers, {rows:,} rows (s, median of {reps})", f"{two:.2f}",
-             f"{bare:.2f} (plain map_batches)", f"{two / bare:.2f}x (<= 1.15x)"),
-            ("  parity gate per worker (s, median)", f"{median(gates):.2f}", "-",
-             f"{len(gates) // max(len(reports[2]), 1)} gates per job, run in parallel"),
+            (
+                f"ray, 2 workers, {rows:,} rows (s, median of {reps})",
+                f"{two:.2f}",
+                f"{bare:.2f} (plain map_batches)",
+                f"{two / bare:.2f}x (<= 1.15x)",
+            ),
+            (
+                "  parity gate per worker (s, median)",
+                f"{median(gates):.2f}",
+                "-",
+                f"{len(gates) // max(len(reports[2]), 1)} gates per job, run in parallel",
+            ),
         ]
         one = median(times[f"ours-{WORKERS[0]}"])
         for workers in WORKERS[1:]:
             took = median(times[f"ours-{workers}"])
             speedup = one / took
             efficiency = speedup / (workers / WORKERS[0])
-            result.append((f"ray scaling {WORKERS[0]} -> {workers} workers (s)", f"{took:.2f}", f"{one:.2f}",
-                           f"{speedup:.2f}x faster, efficiency {efficiency:.0%}"))
+            result.append(
+                (
+                    f"ray scaling {WORKERS[0]} -> {workers} workers (s)",
+                    f"{took:.2f}",
+                    f"{one:.2f}",
+                    f"{speedup:.2f}x faster, efficiency {efficiency:.0%}",
+                )
+            )
         return result
     finally:
         ray.shutdown()
@@ -230,7 +276,9 @@ def main(rows: int = ROWS, reps: int = REPS) -> list[tuple[str, ...]]:
         table = local_rows(bundle, folder, rows, reps)
         if os.environ.get("SKIP_RAY") != "1":
             table += ray_rows(bundle, folder, rows, reps)
-        print_table(f"bundle score: {rows:,} rows of the wine bundle ({time.perf_counter() - started:.0f} s in all)", table)
+        print_table(
+            f"bundle score: {rows:,} rows of the wine bundle ({time.perf_counter() - started:.0f} s in all)", table
+        )
         return table
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -47,8 +47,9 @@ def _get(url: str) -> int:
 
 def _start(command: list[str], url: str, env: dict | None = None) -> tuple[subprocess.Popen, float]:
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
     while _get(url) != 200:
         if process.poll() is not None:
             raise SystemExit(f"{command[0]} exited with {process.returncode}")
@@ -92,8 +93,13 @@ def _bundle(directory: Path) -> Path:
 
     clf, x, _ = make_model.train()
     research = clf.predict_proba(x / 16.0).astype("float32")
-    spec = ExportSpec(model=str(OUT / "digits_mlp.onnx"), reference_inputs={"x": x},
-                      research_outputs={"probabilities": research}, name="digits_mlp", max_reference_samples=None)
+    spec = ExportSpec(
+        model=str(OUT / "digits_mlp.onnx"),
+        reference_inputs={"x": x},
+        research_outputs={"probabilities": research},
+        name="digits_mlp",
+        max_reference_samples=None,
+    )
     return export_spec(spec, directory / "digits_mlp").path
 
 
@@ -120,11 +126,31 @@ def main() -> None:
         bundle = _bundle(work)
         _assert_same_model(bundle / "pipeline.onnx", OUT / "mlflow_digits_mlp" / "model.onnx")
 
-        ours_cmd = [sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port", str(OUR_PORT),
-                    "--log-level", "warning"]
+        ours_cmd = [
+            sys.executable,
+            "-m",
+            "paritybundle.cli",
+            "serve",
+            str(bundle),
+            "--port",
+            str(OUR_PORT),
+            "--log-level",
+            "warning",
+        ]
         mlflow_env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}"}
-        theirs_cmd = [str(VENV / "bin" / "mlflow"), "models", "serve", "-m", str(OUT / "mlflow_digits_mlp"),
-                      "--env-manager", "local", "-h", "127.0.0.1", "-p", str(MLFLOW_PORT)]
+        theirs_cmd = [
+            str(VENV / "bin" / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            str(OUT / "mlflow_digits_mlp"),
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(MLFLOW_PORT),
+        ]
         starts: dict[str, list[float]] = {"paritybundle": [], "mlflow": []}
         for rep in range(START_REPS):
             ours, t_ours = _start(ours_cmd, f"http://127.0.0.1:{OUR_PORT}/v2/health/ready")
@@ -136,19 +162,57 @@ def main() -> None:
                 _stop(theirs)
         jsonl = work / "load.jsonl"
         load = [sys.executable, str(PEER / "load.py")]
-        subprocess.run([*load, "http", "-c", "1,16,64", "--reps", REPS, "-d", DURATION, "-w", WARMUP,
-                        "--jsonl", str(jsonl),
-                        "--target", "paritybundle", f"http://127.0.0.1:{OUR_PORT}/v2/models/digits_mlp/infer",
-                        str(OUT / "body_v2_1.json"),
-                        "--target", "mlflow", f"http://127.0.0.1:{MLFLOW_PORT}/invocations",
-                        str(OUT / "body_invocations_1.json")], check=True)
+        subprocess.run(
+            [
+                *load,
+                "http",
+                "-c",
+                "1,16,64",
+                "--reps",
+                REPS,
+                "-d",
+                DURATION,
+                "-w",
+                WARMUP,
+                "--jsonl",
+                str(jsonl),
+                "--target",
+                "paritybundle",
+                f"http://127.0.0.1:{OUR_PORT}/v2/models/digits_mlp/infer",
+                str(OUT / "body_v2_1.json"),
+                "--target",
+                "mlflow",
+                f"http://127.0.0.1:{MLFLOW_PORT}/invocations",
+                str(OUT / "body_invocations_1.json"),
+            ],
+            check=True,
+        )
         rss_ours = _rss_mib([ours.pid])
         uvicorn = _children(theirs.pid) or [theirs.pid]  # the CLI parent is excluded, as peer-bench does
         rss_theirs = _rss_mib(uvicorn + [c for pid in uvicorn for c in _children(pid)])
         _stop(ours)
         _stop(theirs)
-        subprocess.run([*load, "ort", "--model", str(OUT / "digits_mlp.onnx"), "--row", str(OUT / "row.json"),
-                        "--threads", "0", "--reps", REPS, "-d", "5", "-w", "2", "--jsonl", str(jsonl)], check=True)
+        subprocess.run(
+            [
+                *load,
+                "ort",
+                "--model",
+                str(OUT / "digits_mlp.onnx"),
+                "--row",
+                str(OUT / "row.json"),
+                "--threads",
+                "0",
+                "--reps",
+                REPS,
+                "-d",
+                "5",
+                "-w",
+                "2",
+                "--jsonl",
+                str(jsonl),
+            ],
+            check=True,
+        )
         _report(jsonl, starts, rss_ours, rss_theirs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -158,8 +222,11 @@ def _report(jsonl: Path, starts: dict[str, list[float]], rss_ours: float, rss_th
     runs = [json.loads(line) for line in jsonl.read_text().splitlines()]
 
     def med(label: str, key: str, concurrency: int | None = None) -> float:
-        values = [r[key] for r in runs if r["label"].startswith(label)
-                  and (concurrency is None or r.get("concurrency") == concurrency)]
+        values = [
+            r[key]
+            for r in runs
+            if r["label"].startswith(label) and (concurrency is None or r.get("concurrency") == concurrency)
+        ]
         return statistics.median(values)
 
     floor_p50 = med("ort", "p50_ms")
@@ -168,19 +235,30 @@ def _report(jsonl: Path, starts: dict[str, list[float]], rss_ours: float, rss_th
     print("| --- | --- | --- | --- |")
     for c in (1, 16, 64):
         ours, theirs = med("paritybundle", "rps", c), med("mlflow", "rps", c)
-        print(f"| throughput, concurrency {c} | {ours:.0f} req/s | {theirs:.0f} req/s | {ours / theirs:.1f}x"
-              + (" (>= 5x, batching on)" if c == 64 else "") + " |")
-        print(f"| p50 / p99 latency, concurrency {c} | {med('paritybundle', 'p50_ms', c):.2f} / "
-              f"{med('paritybundle', 'p99_ms', c):.2f} ms | {med('mlflow', 'p50_ms', c):.2f} / "
-              f"{med('mlflow', 'p99_ms', c):.2f} ms | |")
+        print(
+            f"| throughput, concurrency {c} | {ours:.0f} req/s | {theirs:.0f} req/s | {ours / theirs:.1f}x"
+            + (" (>= 5x, batching on)" if c == 64 else "")
+            + " |"
+        )
+        print(
+            f"| p50 / p99 latency, concurrency {c} | {med('paritybundle', 'p50_ms', c):.2f} / "
+            f"{med('paritybundle', 'p99_ms', c):.2f} ms | {med('mlflow', 'p50_ms', c):.2f} / "
+            f"{med('mlflow', 'p99_ms', c):.2f} ms | |"
+        )
     p50 = med("paritybundle", "p50_ms", 1)
-    print(f"| p50 at concurrency 1 vs in-process ORT ({floor_p50:.3f} ms) | +{p50 - floor_p50:.2f} ms | "
-          f"+{med('mlflow', 'p50_ms', 1) - floor_p50:.2f} ms | (<= +1 ms) |")
+    print(
+        f"| p50 at concurrency 1 vs in-process ORT ({floor_p50:.3f} ms) | +{p50 - floor_p50:.2f} ms | "
+        f"+{med('mlflow', 'p50_ms', 1) - floor_p50:.2f} ms | (<= +1 ms) |"
+    )
     s_ours, s_theirs = statistics.median(starts["paritybundle"]), statistics.median(starts["mlflow"])
-    print(f"| start to ready (median of {len(starts['mlflow'])}; ours includes the parity check) | {s_ours:.2f} s | "
-          f"{s_theirs:.2f} s | {s_ours / s_theirs:.2f}x (< 0.33x) |")
-    print(f"| resident memory after load | {rss_ours:.0f} MiB | {rss_theirs:.0f} MiB | "
-          f"{rss_ours / rss_theirs:.2f}x (< 0.5x) |")
+    print(
+        f"| start to ready (median of {len(starts['mlflow'])}; ours includes the parity check) | {s_ours:.2f} s | "
+        f"{s_theirs:.2f} s | {s_ours / s_theirs:.2f}x (< 0.33x) |"
+    )
+    print(
+        f"| resident memory after load | {rss_ours:.0f} MiB | {rss_theirs:.0f} MiB | "
+        f"{rss_ours / rss_theirs:.2f}x (< 0.5x) |"
+    )
 
 
 if __name__ == "__main__":

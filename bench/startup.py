@@ -54,14 +54,17 @@ def run_bare(script: str, bundle: Path) -> tuple[float, int, float]:
 # (pydantic with one model, Starlette, uvicorn with uvloop and httptools, prometheus-client,
 # and typer/click for the CLI), imported as the server imports them, without a line of
 # paritybundle. No server built on that stack can start faster or hold less than this.
-_FLOOR = _BARE.replace("import sys, time, numpy as np, onnxruntime as ort", textwrap.dedent("""\
+_FLOOR = _BARE.replace(
+    "import sys, time, numpy as np, onnxruntime as ort",
+    textwrap.dedent("""\
     import sys, time, numpy as np, onnxruntime as ort
     import pydantic, typer, click
     class Probe(pydantic.BaseModel):
         name: str
     Probe(name="x")
     import starlette.applications, starlette.responses, starlette.routing
-    import uvicorn, uvicorn.config, uvloop, httptools, prometheus_client"""))
+    import uvicorn, uvicorn.config, uvloop, httptools, prometheus_client"""),
+)
 
 
 def _spec():
@@ -76,8 +79,16 @@ def _bare_export(spec, path: Path) -> None:
 
     model = spec.model.eval()
     x = torch.from_numpy(spec.reference_inputs["pixels"][:4])
-    program = torch.onnx.export(model, (x,), None, dynamo=True, input_names=["pixels"], output_names=["logits"],
-                                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    program = torch.onnx.export(
+        model,
+        (x,),
+        None,
+        dynamo=True,
+        input_names=["pixels"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        verbose=False,
+    )
     program.save(str(path))
 
 
@@ -89,8 +100,11 @@ def _serve_to_ready(bundle: Path, port: int) -> tuple[float, subprocess.Popen, f
     """Start `bundle serve`: (seconds from process start to ready, the process, and the seconds
     from the end of its imports to ready, as its own `paritybundle_startup_seconds` says)."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port", str(port),
-                                "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while True:
         if process.poll() is not None:
             raise SystemExit(f"bundle serve {bundle} exited with {process.returncode} before it was ready")
@@ -119,20 +133,30 @@ def main(repeats: int = 5) -> list[tuple[str, str, str, str]]:
         work = Path(tmp)
         export_spec(spec, work / "warm", force=True)  # the exporter's first call pays its own warm-up
         _bare_export(spec, work / "warm.onnx")
-        times = interleaved({
-            "ours": lambda: export_spec(spec, work / "digits", force=True),
-            "bare": lambda: _bare_export(spec, work / "bare.onnx"),
-        }, repeats)
-        rows.append((f"export of the digits CNN (median of {repeats})", f"{median(times['ours']):.2f} s",
-                     f"{median(times['bare']):.2f} s (torch.onnx.export, dynamo)",
-                     f"{median(times['ours']) / median(times['bare']):.2f}x (<= 2x)"))
+        times = interleaved(
+            {
+                "ours": lambda: export_spec(spec, work / "digits", force=True),
+                "bare": lambda: _bare_export(spec, work / "bare.onnx"),
+            },
+            repeats,
+        )
+        rows.append(
+            (
+                f"export of the digits CNN (median of {repeats})",
+                f"{median(times['ours']):.2f} s",
+                f"{median(times['bare']):.2f} s (torch.onnx.export, dynamo)",
+                f"{median(times['ours']) / median(times['bare']):.2f}x (<= 2x)",
+            )
+        )
 
         rows.extend(measure_serving(work / "digits", "", repeats, 8400, with_floor=True))
     print_table("export, start-up and memory vs bare ONNX baselines", rows)
     return rows
 
 
-def measure_serving(bundle: Path, what: str, repeats: int, port: int, *, with_floor: bool) -> list[tuple[str, str, str, str]]:
+def measure_serving(
+    bundle: Path, what: str, repeats: int, port: int, *, with_floor: bool
+) -> list[tuple[str, str, str, str]]:
     """`bundle serve` vs the bare process (and the floor), interleaved, each a cold process."""
     ours, bare, floor = [], [], []  # (seconds from process start, resident KiB, seconds after imports)
     for rep in range(repeats):
@@ -151,20 +175,46 @@ def serve_rows(what: str, ours: list, bare: list, floor: list | None = None) -> 
     med = [statistics.median(column) for column in zip(*ours, strict=True)]
     base = [statistics.median(column) for column in zip(*bare, strict=True)]
     rows = [
-        (f"serve{what}: start-up to ready after imports (cold processes)", f"{med[2] * 1000:.1f} ms",
-         f"{base[2] * 1000:.1f} ms (session + one run of the references)", f"{med[2] / base[2]:.2f}x (<= 1.5x)"),
-        (f"serve{what}: process start to ready (imports included)", f"{med[0]:.2f} s",
-         f"{base[0]:.2f} s (python: import ORT, session, run)", f"{med[0] / base[0]:.2f}x (<= 1.5x)"),
+        (
+            f"serve{what}: start-up to ready after imports (cold processes)",
+            f"{med[2] * 1000:.1f} ms",
+            f"{base[2] * 1000:.1f} ms (session + one run of the references)",
+            f"{med[2] / base[2]:.2f}x (<= 1.5x)",
+        ),
+        (
+            f"serve{what}: process start to ready (imports included)",
+            f"{med[0]:.2f} s",
+            f"{base[0]:.2f} s (python: import ORT, session, run)",
+            f"{med[0] / base[0]:.2f}x (<= 1.5x)",
+        ),
     ]
     if floor:
         low = [statistics.median(column) for column in zip(*floor, strict=True)]
-        rows.append(("  floor: the prescribed serving libraries alone, no paritybundle code", f"{low[0]:.2f} s",
-                     "the same bare process", f"{low[0] / base[0]:.2f}x"))
-    rows.append((f"serve{what}: resident memory when ready", f"{med[1] / 1024:,.0f} MiB",
-                 f"{base[1] / 1024:,.0f} MiB (process holding only the ORT session)", f"{med[1] / base[1]:.2f}x (< 1.3x)"))
+        rows.append(
+            (
+                "  floor: the prescribed serving libraries alone, no paritybundle code",
+                f"{low[0]:.2f} s",
+                "the same bare process",
+                f"{low[0] / base[0]:.2f}x",
+            )
+        )
+    rows.append(
+        (
+            f"serve{what}: resident memory when ready",
+            f"{med[1] / 1024:,.0f} MiB",
+            f"{base[1] / 1024:,.0f} MiB (process holding only the ORT session)",
+            f"{med[1] / base[1]:.2f}x (< 1.3x)",
+        )
+    )
     if floor:
-        rows.append(("  floor: the prescribed serving libraries alone, no paritybundle code", f"{low[1] / 1024:.0f} MiB",
-                     "the same bare process", f"{low[1] / base[1]:.2f}x"))
+        rows.append(
+            (
+                "  floor: the prescribed serving libraries alone, no paritybundle code",
+                f"{low[1] / 1024:.0f} MiB",
+                "the same bare process",
+                f"{low[1] / base[1]:.2f}x",
+            )
+        )
     return rows
 
 

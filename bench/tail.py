@@ -70,14 +70,41 @@ def main() -> None:
     processes = []
     try:
         bundle = _bundle(work)
-        commands = {"paritybundle": ([sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port",
-                                      str(PORTS["paritybundle"]), "--log-level", "warning"], None),
-                    "mlserver": (["bash", str(PEER / "mlserver" / "setup_and_run.sh")],
-                                 {**os.environ, "VENV": str(MLSERVER_VENV)})}
+        commands = {
+            "paritybundle": (
+                [
+                    sys.executable,
+                    "-m",
+                    "paritybundle.cli",
+                    "serve",
+                    str(bundle),
+                    "--port",
+                    str(PORTS["paritybundle"]),
+                    "--log-level",
+                    "warning",
+                ],
+                None,
+            ),
+            "mlserver": (
+                ["bash", str(PEER / "mlserver" / "setup_and_run.sh")],
+                {**os.environ, "VENV": str(MLSERVER_VENV)},
+            ),
+        }
         if BASELINE:
-            commands["baseline"] = ([sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port",
-                                     str(PORTS["baseline"]), "--log-level", "warning"],
-                                    {**os.environ, "PYTHONPATH": BASELINE})
+            commands["baseline"] = (
+                [
+                    sys.executable,
+                    "-m",
+                    "paritybundle.cli",
+                    "serve",
+                    str(bundle),
+                    "--port",
+                    str(PORTS["baseline"]),
+                    "--log-level",
+                    "warning",
+                ],
+                {**os.environ, "PYTHONPATH": BASELINE},
+            )
         for name, (command, env) in commands.items():
             process, _ = _start(command, f"http://127.0.0.1:{PORTS[name]}/v2/health/ready", env)
             processes.append(process)
@@ -92,10 +119,19 @@ def main() -> None:
         for (name, concurrency), runs in results.items():
             rate = statistics.median(r for r, _ in runs)
             cuts = {p: statistics.median(float(np.percentile(lat, p)) for _, lat in runs) for p in PERCENTILES}
-            rows.append((f"{name}, c={concurrency}", f"{rate:,.0f}",
-                         *(f"{cuts[p]:.2f}" for p in PERCENTILES), f"{cuts[99] / cuts[50]:.2f}x"))
-        print_table(f"latency (ms) of 1-row JSON requests, medians of {REPS} interleaved runs of {DURATION:g} s",
-                    rows, header=("server, concurrency", "req/s", "p50", "p90", "p99", "p99.9", "p99/p50"))
+            rows.append(
+                (
+                    f"{name}, c={concurrency}",
+                    f"{rate:,.0f}",
+                    *(f"{cuts[p]:.2f}" for p in PERCENTILES),
+                    f"{cuts[99] / cuts[50]:.2f}x",
+                )
+            )
+        print_table(
+            f"latency (ms) of 1-row JSON requests, medians of {REPS} interleaved runs of {DURATION:g} s",
+            rows,
+            header=("server, concurrency", "req/s", "p50", "p90", "p99", "p99.9", "p99/p50"),
+        )
     finally:
         for process in processes:
             _stop(process)

@@ -37,8 +37,12 @@ def _bundles(folder: Path) -> dict[str, Path]:
     text = export_spec(train.make_spec(), folder / "text").path
     features = dict(np.load(text / "reference" / "features.npz"))
     outputs = dict(np.load(text / "reference" / "outputs.npz"))
-    ids = export_spec(ExportSpec(model=str(text / "model.onnx"), reference_inputs=features, research_outputs=outputs,
-                                 name="text-ids"), folder / "ids").path
+    ids = export_spec(
+        ExportSpec(
+            model=str(text / "model.onnx"), reference_inputs=features, research_outputs=outputs, name="text-ids"
+        ),
+        folder / "ids",
+    ).path
     return {"raw text": text, "token ids": ids}
 
 
@@ -56,8 +60,14 @@ def _bodies(tokenizer_bundle: Path) -> dict[str, tuple[bytes, dict[str, str]]]:
     features = dict(zip(names, session.run(None, {"text": np.array([SENTENCE], dtype=object)}), strict=True))
     json_headers = {"Content-Type": "application/json"}
     text = orjson.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]}]})
-    ids = orjson.dumps({"inputs": [{"name": name, "shape": list(value.shape), "datatype": "INT64",
-                                    "data": value.reshape(-1).tolist()} for name, value in features.items()]})
+    ids = orjson.dumps(
+        {
+            "inputs": [
+                {"name": name, "shape": list(value.shape), "datatype": "INT64", "data": value.reshape(-1).tolist()}
+                for name, value in features.items()
+            ]
+        }
+    )
     return {"raw text": (text, json_headers), "token ids": (ids, json_headers)}
 
 
@@ -70,9 +80,23 @@ def main() -> None:
         urls = {}
         for name, bundle in bundles.items():
             port = PORTS[name]
-            servers.append(subprocess.Popen([sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port",
-                                             str(port), "--log-level", "warning"],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            servers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "paritybundle.cli",
+                        "serve",
+                        str(bundle),
+                        "--port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             wait_ready(port, servers[-1])
             model = "text" if name == "raw text" else "text-ids"
             urls[name] = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
@@ -82,12 +106,23 @@ def main() -> None:
                 body, headers = bodies[name]
                 rates[name].append(asyncio.run(_load(urls[name], body, headers)))
         text_rate, ids_rate = statistics.median(rates["raw text"]), statistics.median(rates["token ids"])
-        print_table(f"raw text vs token ids: 1-sentence requests, concurrency {CONCURRENCY}, median of {REPS}", [
-            ("requests/s", f"{text_rate:,.0f} (raw text)", f"{ids_rate:,.0f} (token ids)",
-             f"{text_rate / ids_rate:.2f}x (>= 0.8x)"),
-            ("runs", " / ".join(f"{r:,.0f}" for r in rates["raw text"]),
-             " / ".join(f"{r:,.0f}" for r in rates["token ids"]), "-"),
-        ])
+        print_table(
+            f"raw text vs token ids: 1-sentence requests, concurrency {CONCURRENCY}, median of {REPS}",
+            [
+                (
+                    "requests/s",
+                    f"{text_rate:,.0f} (raw text)",
+                    f"{ids_rate:,.0f} (token ids)",
+                    f"{text_rate / ids_rate:.2f}x (>= 0.8x)",
+                ),
+                (
+                    "runs",
+                    " / ".join(f"{r:,.0f}" for r in rates["raw text"]),
+                    " / ".join(f"{r:,.0f}" for r in rates["token ids"]),
+                    "-",
+                ),
+            ],
+        )
     finally:
         for server in servers:
             server.terminate()

@@ -107,16 +107,25 @@ def _report(timeline: dict, rate: float, client: np.ndarray) -> None:
     totals = np.array([r["done"] - r["enter"] for r in requests])
     order = np.argsort(totals)
     print(f"\n## request timeline, concurrency {CONCURRENCY}, gc settled after start-up: {SETTLE}\n")
-    print(f"client: {rate:,.0f} req/s, latency p50 {np.percentile(client, 50):.2f} ms, p99 "
-          f"{np.percentile(client, 99):.2f} ms; server time (infer) p50 {np.percentile(totals, 50) * 1e3:.2f} ms, "
-          f"p99 {np.percentile(totals, 99) * 1e3:.2f} ms\n")
-    print("| request | read body | decode + validate | queue + batch + ORT | encode answer | total | "
-          "collections overlapping |")
+    print(
+        f"client: {rate:,.0f} req/s, latency p50 {np.percentile(client, 50):.2f} ms, p99 "
+        f"{np.percentile(client, 99):.2f} ms; server time (infer) p50 {np.percentile(totals, 50) * 1e3:.2f} ms, "
+        f"p99 {np.percentile(totals, 99) * 1e3:.2f} ms\n"
+    )
+    print(
+        "| request | read body | decode + validate | queue + batch + ORT | encode answer | total | "
+        "collections overlapping |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, rank in (("median", 0.50), ("p99", 0.99)):
         r = requests[order[int(rank * (len(order) - 1))]]
-        stages = [r["read"] - r["enter"], r["decoded"] - r["read"], r["answered"] - r["decoded"],
-                  r["done"] - r["answered"], r["done"] - r["enter"]]
+        stages = [
+            r["read"] - r["enter"],
+            r["decoded"] - r["read"],
+            r["answered"] - r["decoded"],
+            r["done"] - r["answered"],
+            r["done"] - r["enter"],
+        ]
         overlapping = [(g, e - s) for g, s, e in collections if s < r["done"] and e > r["enter"]]
         paused = ", ".join(f"gen{g} {d * 1e3:.2f} ms" for g, d in overlapping) or "none"
         print(f"| {label} | " + " | ".join(f"{t * 1e3:.3f} ms" for t in stages) + f" | {paused} |")

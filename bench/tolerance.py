@@ -27,8 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 GPU_DATA = TESTS / "data" / "gpu-references"
 # How each measured GPU setting is described to paritybundle (as tests/test_gpu_references.py does).
-GPU_SETTINGS = {"cpu_torch": ("cpu", "fp32"), "gpu_strict": ("cuda", "fp32"), "gpu_default": ("cuda", "fp32"),
-                "gpu_tf32": ("cuda", "tf32"), "gpu_bf16_autocast": ("cuda", "bf16")}
+GPU_SETTINGS = {
+    "cpu_torch": ("cpu", "fp32"),
+    "gpu_strict": ("cuda", "fp32"),
+    "gpu_default": ("cuda", "fp32"),
+    "gpu_tf32": ("cuda", "tf32"),
+    "gpu_bf16_autocast": ("cuda", "bf16"),
+}
 NOISE_LEVELS = (0.001, 0.01, 0.05)
 
 
@@ -60,24 +65,40 @@ def digits_rows(work: Path) -> list[tuple[str, ...]]:
     for threads in (1, 2):
         for level in ("disable", "basic", "extended", "all"):
             for batch in (1, 7, 64, None):
-                report = paritybundle.check(bundle, settings=SessionOverrides(intra_op_num_threads=threads,
-                                                                              graph_optimization_level=level),
-                                            batch_size=batch)
+                report = paritybundle.check(
+                    bundle,
+                    settings=SessionOverrides(intra_op_num_threads=threads, graph_optimization_level=level),
+                    batch_size=batch,
+                )
                 worst_error = max(worst_error, max(o.stats.max_abs for o in report.outputs))
                 worst_share = max(worst_share, max(o.stats.max_tolerance_ratio for o in report.outputs))
                 verdicts.add(report.passed)
                 runs += 1
-    rows.append((f"ORT threads 1/2 x optimisation disable/basic/extended/all x batch 1/7/64/all ({runs} runs)",
-                 f"{worst_error:.2g}", f"at most {worst_share:.1%}", "pass" if verdicts == {True} else "FAIL"))
-    defects = {"noise": ("weights + 0.1% noise (manifest re-hashed)", lambda b: tools.perturb_weights(b, 0.001)),
-               "fp16": ("weights rounded to fp16", tools.round_weights_to_fp16)}
+    rows.append(
+        (
+            f"ORT threads 1/2 x optimisation disable/basic/extended/all x batch 1/7/64/all ({runs} runs)",
+            f"{worst_error:.2g}",
+            f"at most {worst_share:.1%}",
+            "pass" if verdicts == {True} else "FAIL",
+        )
+    )
+    defects = {
+        "noise": ("weights + 0.1% noise (manifest re-hashed)", lambda b: tools.perturb_weights(b, 0.001)),
+        "fp16": ("weights rounded to fp16", tools.round_weights_to_fp16),
+    }
     for folder, (label, damage) in defects.items():
         copy = tools.copy_bundle(bundle, work / folder)
         damage(copy)
         report = paritybundle.check(copy)
         stats = report.outputs[0].stats
-        rows.append((label, f"{stats.max_abs:.2g}", _share(report),
-                     f"**fail** ({stats.violations} of {stats.elements} elements)" if not report.passed else "pass"))
+        rows.append(
+            (
+                label,
+                f"{stats.max_abs:.2g}",
+                _share(report),
+                f"**fail** ({stats.violations} of {stats.elements} elements)" if not report.passed else "pass",
+            )
+        )
     return rows
 
 
@@ -85,14 +106,24 @@ def gpu_rows(work: Path) -> list[tuple[str, ...]]:
     """Per precision preset: the worst share legitimate GPU noise uses, and the defects caught."""
     measured = gpu_measurements(work)
     rows = []
-    presets = {"cpu, fp32": ["cpu_torch"], "cuda, fp32": ["gpu_strict", "gpu_default"], "cuda, tf32": ["gpu_tf32"],
-               "cuda, bf16": ["gpu_bf16_autocast"]}
+    presets = {
+        "cpu, fp32": ["cpu_torch"],
+        "cuda, fp32": ["gpu_strict", "gpu_default"],
+        "cuda, tf32": ["gpu_tf32"],
+        "cuda, bf16": ["gpu_bf16_autocast"],
+    }
     for preset, tags in presets.items():
         shares = [measured[(model, tag)]["share"] for model, tag in measured if tag in tags]
         caught = [measured[(model, tag)]["caught"] for model, tag in measured if tag in tags]
         smallest = max(caught) if None not in caught else None
-        rows.append((preset, f"{max(shares):.0%}", f"{1 / max(shares):.1f}x",
-                     f"{smallest:.1%} weight noise" if smallest is not None else "none of 0.1/1/5%"))
+        rows.append(
+            (
+                preset,
+                f"{max(shares):.0%}",
+                f"{1 / max(shares):.1f}x",
+                f"{smallest:.1%} weight noise" if smallest is not None else "none of 0.1/1/5%",
+            )
+        )
     return rows
 
 
@@ -114,12 +145,25 @@ def gpu_measurements(work: Path) -> dict[tuple[str, str], dict[str, float | None
         model, _ = make_refs.build(name)
         model.load_state_dict({k[3:]: torch.from_numpy(refs[k]) for k in refs.files if k.startswith("w::")})
         onnx_path = work / f"{name}.onnx"
-        torch.onnx.export(model.eval(), (torch.from_numpy(refs["input"]),), str(onnx_path), dynamo=False,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+        torch.onnx.export(
+            model.eval(),
+            (torch.from_numpy(refs["input"]),),
+            str(onnx_path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+        )
         for tag, (device, precision) in GPU_SETTINGS.items():
-            spec = ExportSpec(model=str(onnx_path), reference_inputs={"x": refs["input"]},
-                              research_outputs={"y": refs[tag]}, name=name, reference_device=device,
-                              reference_precision=precision, max_reference_samples=None)
+            spec = ExportSpec(
+                model=str(onnx_path),
+                reference_inputs={"x": refs["input"]},
+                research_outputs={"y": refs[tag]},
+                name=name,
+                reference_device=device,
+                reference_precision=precision,
+                max_reference_samples=None,
+            )
             bundle = export_spec(spec, work / f"{name}-{tag}").path
             report = paritybundle.check(bundle)
             caught = None
@@ -129,8 +173,10 @@ def gpu_measurements(work: Path) -> dict[tuple[str, str], dict[str, float | None
                 if not paritybundle.check(copy).passed:
                     caught = level
                     break
-            results[(name, tag)] = {"share": report.outputs[0].stats.max_tolerance_ratio if report.passed else float("inf"),
-                                    "caught": caught}
+            results[(name, tag)] = {
+                "share": report.outputs[0].stats.max_tolerance_ratio if report.passed else float("inf"),
+                "caught": caught,
+            }
     return results
 
 
@@ -144,9 +190,15 @@ def main() -> None:
     (work / "digits").mkdir()
     (work / "gpu").mkdir()
     try:
-        print_table("default tolerance on the digits CNN (references on cpu, fp32)", digits_rows(work / "digits"),
-                    header=("case", "max abs error", "worst element's share of its tolerance", "verdict"))
-        print_table("presets against the H100 references (tests/data/gpu-references)", gpu_rows(work / "gpu"),
-                    header=("references", "worst share used by legitimate noise", "headroom", "smallest defect caught"))
+        print_table(
+            "default tolerance on the digits CNN (references on cpu, fp32)",
+            digits_rows(work / "digits"),
+            header=("case", "max abs error", "worst element's share of its tolerance", "verdict"),
+        )
+        print_table(
+            "presets against the H100 references (tests/data/gpu-references)",
+            gpu_rows(work / "gpu"),
+            header=("references", "worst share used by legitimate noise", "headroom", "smallest defect caught"),
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)

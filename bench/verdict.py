@@ -28,9 +28,13 @@ def _run(case) -> tuple[bool, float]:
     if case.command[0] == "diff":
         report = diff(case.bundle, case.other)
         return report.passed, margin(report)
-    options = dict(zip(case.command[1::2], case.command[2::2], strict=False))  # option/value pairs; a trailing switch has none
-    settings = SessionOverrides(intra_op_num_threads=int(options["--threads"]) if "--threads" in options else None,
-                                graph_optimization_level=options.get("--optimization"))
+    options = dict(
+        zip(case.command[1::2], case.command[2::2], strict=False)
+    )  # option/value pairs; a trailing switch has none
+    settings = SessionOverrides(
+        intra_op_num_threads=int(options["--threads"]) if "--threads" in options else None,
+        graph_optimization_level=options.get("--optimization"),
+    )
     report = paritybundle.check(case.bundle, settings=settings)
     return report.passed, margin(report)
 
@@ -67,8 +71,11 @@ def main() -> list[tuple[str, str, str, str]]:
             if not case.defect and case.bundle not in powers:
                 powers[case.bundle] = detected_perturbation(case.bundle, work / "power")
             rows.append((case.name, f"{verdict} (should {expected})", f"{worst:.3g}", powers.get(case.bundle, "")))
-    print_table("verdict: defect and benign cases", rows,
-                header=("case", "verdict", "margin (share of tolerance)", "smallest weight noise detected"))
+    print_table(
+        "verdict: defect and benign cases",
+        rows,
+        header=("case", "verdict", "margin (share of tolerance)", "smallest weight noise detected"),
+    )
     return rows
 
 

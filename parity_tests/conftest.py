@@ -18,10 +18,17 @@ def pytest_addoption(parser):
     group.addoption("--bundle", help="The bundle (directory or .tar.gz) to check. Required.")
     group.addoption("--url", default=None, help="Check this live V2 endpoint instead of local ONNX Runtime.")
     group.addoption("--model", default=None, help="With --url: the model name on the server (default: the bundle's).")
-    group.addoption("--key", default=os.environ.get("PARITYBUNDLE_PUBLIC_KEY"),
-                    help="Public key the bundle's signature must verify with (default: $PARITYBUNDLE_PUBLIC_KEY).")
-    group.addoption("--env-policy", default="strict", choices=("strict", "warn", "ignore"),
-                    help="Drift policy for a local check (default: strict).")
+    group.addoption(
+        "--key",
+        default=os.environ.get("PARITYBUNDLE_PUBLIC_KEY"),
+        help="Public key the bundle's signature must verify with (default: $PARITYBUNDLE_PUBLIC_KEY).",
+    )
+    group.addoption(
+        "--env-policy",
+        default="strict",
+        choices=("strict", "warn", "ignore"),
+        help="Drift policy for a local check (default: strict).",
+    )
 
 
 def _manifest(config):
@@ -40,12 +47,25 @@ def pytest_generate_tests(metafunc):
         if "output_name" in metafunc.fixturenames:
             metafunc.parametrize("output_name", [o.name for o in manifest.outputs])
         if "score_output" in metafunc.fixturenames:
-            metafunc.parametrize("score_output", [o.name for o in manifest.outputs if o.kind == "scores"] or
-                                 [pytest.param(None, marks=pytest.mark.skip(reason="no output is of kind 'scores'"))])
+            metafunc.parametrize(
+                "score_output",
+                [o.name for o in manifest.outputs if o.kind == "scores"]
+                or [pytest.param(None, marks=pytest.mark.skip(reason="no output is of kind 'scores'"))],
+            )
         if "stage_name" in metafunc.fixturenames:
             stages = ["preprocess", "model", "merge"] if manifest.preprocessing is not None else []
-            metafunc.parametrize("stage_name", stages or [pytest.param(None, marks=pytest.mark.skip(
-                reason="the bundle has no preprocessing, so pipeline.onnx is the model: no stages to check apart"))])
+            metafunc.parametrize(
+                "stage_name",
+                stages
+                or [
+                    pytest.param(
+                        None,
+                        marks=pytest.mark.skip(
+                            reason="the bundle has no preprocessing, so pipeline.onnx is the model: no stages to check apart"
+                        ),
+                    )
+                ],
+            )
 
 
 @pytest.fixture(scope="session")

@@ -51,16 +51,19 @@ def _comparison(report, name):
 def test_output_parity(report, output_name):
     """Every element within atol + rtol * |research| for this output."""
     comparison = _comparison(report, output_name)
-    assert comparison.stats is not None and comparison.stats.violations == 0 and not comparison.problem, \
+    assert comparison.stats is not None and comparison.stats.violations == 0 and not comparison.problem, (
         explain_failure(comparison)
+    )
 
 
 def test_decision_agreement(report, score_output):
     """argmax agreement with research at or above the bundle's minimum."""
     decision = _comparison(report, score_output).decision
     assert decision is not None, "no decision statistics for this output"
-    assert decision.passed, (f"argmax agrees on {decision.agreement:.2%} of {decision.samples} samples, below "
-                             f"{decision.min_agreement:.0%}; disagreeing samples: {decision.disagreeing_samples}")
+    assert decision.passed, (
+        f"argmax agrees on {decision.agreement:.2%} of {decision.samples} samples, below "
+        f"{decision.min_agreement:.0%}; disagreeing samples: {decision.disagreeing_samples}"
+    )
 
 
 def test_stage(options, report, stage_name):

@@ -20,9 +20,11 @@ from paritybundle.training import export_spec  # noqa: E402
 
 def main(target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    specs = {"digits": lambda: _load_example("digits").make_spec(epochs=2),
-             "wine": lambda: _load_example("wine").make_spec(),
-             "digit-images": lambda: _load_example("digit_images").make_spec(epochs=3)}
+    specs = {
+        "digits": lambda: _load_example("digits").make_spec(epochs=2),
+        "wine": lambda: _load_example("wine").make_spec(),
+        "digit-images": lambda: _load_example("digit_images").make_spec(epochs=3),
+    }
     for name, make in specs.items():
         if not (target / name / "bundle.json").exists():
             export_spec(make(), target / name, force=True)

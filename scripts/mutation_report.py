@@ -15,8 +15,9 @@ import sys
 
 
 def main() -> int:
-    listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], capture_output=True,
-                             text=True).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"], capture_output=True, text=True
+    ).stdout
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for line in listing.splitlines():
         match = re.match(r"\s*(paritybundle\.[\w.]+?)\.x[_ǁ].*__mutmut_\d+: (.+)$", line.strip())
@@ -36,8 +37,11 @@ def main() -> int:
 def _row(module: str, c: collections.Counter) -> str:
     killed = c["killed"] + c["timeout"]
     mutants = sum(c.values())
-    return (f"| {module} | {mutants} | {killed} | {c['survived']} | {c['no tests']} | "
-            f"{killed / mutants:.0%} |" if mutants else f"| {module} | 0 | | | | |")
+    return (
+        f"| {module} | {mutants} | {killed} | {c['survived']} | {c['no tests']} | {killed / mutants:.0%} |"
+        if mutants
+        else f"| {module} | 0 | | | | |"
+    )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ def wine_bundle(tmp_path_factory) -> Path:
     """The tabular example (raw columns, NaN, a category) exported through its own spec."""
     from paritybundle.training import export_spec
 
-    return _prebuilt("wine", tmp_path_factory) or export_spec(_load_example("wine").make_spec(),
-                                                              tmp_path_factory.mktemp("bundles") / "wine").path
+    return (
+        _prebuilt("wine", tmp_path_factory)
+        or export_spec(_load_example("wine").make_spec(), tmp_path_factory.mktemp("bundles") / "wine").path
+    )
 
 
 @pytest.fixture(scope="session")

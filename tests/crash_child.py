@@ -20,10 +20,13 @@ model_path = work / "linear.onnx"
 if not model_path.exists():
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(1024, 4096)).astype(np.float32) * 0.01
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "linear",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1024])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4096])],
-                              [numpy_helper.from_array(weight, "W")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4096])],
+        [numpy_helper.from_array(weight, "W")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(model_path))

@@ -15,7 +15,7 @@ def reference_rows(bundle: Path) -> tuple[dict[str, np.ndarray], dict[str, np.nd
     source = BundleReferences(open_bundle(bundle))
     inputs: dict[str, list[np.ndarray]] = {}
     outputs: dict[str, list[np.ndarray]] = {}
-    for batch in source.batches(10 ** 9):
+    for batch in source.batches(10**9):
         for name, array in batch.parts["inputs"].items():
             inputs.setdefault(name, []).append(array)
         for name, array in batch.parts["outputs"].items():
@@ -84,8 +84,9 @@ def scored_outputs(path: Path, bundle: Path) -> tuple[object, dict[str, np.ndarr
     return table, output_arrays(table, open_bundle(bundle).manifest)
 
 
-def write_capture(bundle: Path, directory: Path, *, files: int, requests_per_file: int, altered: dict | None = None,
-                  seed: int = 3) -> Path:
+def write_capture(
+    bundle: Path, directory: Path, *, files: int, requests_per_file: int, altered: dict | None = None, seed: int = 3
+) -> Path:
     """A capture as `bundle serve --capture` writes it (the writer's own encoding), without a server:
     requests of 1-3 reference rows each, answered with research's outputs; ``altered`` maps a request
     id to an amount added to its served outputs (a runtime that answered otherwise)."""
@@ -111,11 +112,18 @@ def write_capture(bundle: Path, directory: Path, *, files: int, requests_per_fil
             picks = rng.integers(0, total, size=int(rng.integers(1, 4)))
             request_id = f"req-{number:05d}"
             shift = (altered or {}).get(request_id, 0.0)
-            records.append(Captured(request_id=request_id, received_at=1.7e9 + number,
-                                    inputs={n: a[picks] for n, a in inputs.items()},
-                                    outputs={n: a[picks] + shift for n, a in outputs.items()}))
+            records.append(
+                Captured(
+                    request_id=request_id,
+                    received_at=1.7e9 + number,
+                    inputs={n: a[picks] for n, a in inputs.items()},
+                    outputs={n: a[picks] + shift for n, a in outputs.items()},
+                )
+            )
             number += 1
         batch = chunk_batch(chunk_of(records, manifest), manifest, digest, arrow_schema)
-        pq.write_table(__import__("pyarrow").Table.from_batches([batch], schema=arrow_schema),
-                       directory / f"capture-{part:05d}.parquet")
+        pq.write_table(
+            __import__("pyarrow").Table.from_batches([batch], schema=arrow_schema),
+            directory / f"capture-{part:05d}.parquet",
+        )
     return directory

@@ -20,10 +20,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(url: str, timeout: float, *, process: subprocess.Popen | None = None, log: Path | None = None,
-             interval: float = 0.3) -> None:
+def wait_for(
+    url: str, timeout: float, *, process: subprocess.Popen | None = None, log: Path | None = None, interval: float = 0.3
+) -> None:
     """Until ``url`` answers 200; fails the test past ``timeout`` seconds, or at once when ``process`` (the
     server behind it) exited, quoting the end of its ``log``."""
+
     def tail() -> str:
         return f": {log.read_text()[-3000:]}" if log is not None else ""
 
@@ -54,14 +56,16 @@ def wait_gone(pid: int, timeout: float = 30) -> None:
     raise AssertionError(f"process {pid} did not exit within {timeout} s")
 
 
-def http(method: str, url: str, body: bytes | str | dict | None = None, timeout: float = 30,
-         headers: dict | None = None) -> tuple[int, object]:
+def http(
+    method: str, url: str, body: bytes | str | dict | None = None, timeout: float = 30, headers: dict | None = None
+) -> tuple[int, object]:
     if isinstance(body, dict):
         body = json.dumps(body)
     if isinstance(body, str):
         body = body.encode()
-    request = urllib.request.Request(url, data=body, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw, status = response.read(), response.status
@@ -95,8 +99,11 @@ class Server:
             except OSError:
                 time.sleep(0.1)
                 continue
-            if until == "live" or (until == "ready" and status == 200) or (
-                    until == "settled" and (status == 200 or body.get("status") == "failed")):
+            if (
+                until == "live"
+                or (until == "ready" and status == 200)
+                or (until == "settled" and (status == 200 or body.get("status") == "failed"))
+            ):
                 return
             time.sleep(0.1)
         raise AssertionError(f"server not {until} after {timeout} s: {self.log.read_text()}")
@@ -109,7 +116,9 @@ def running_server(bundle: Path, tmp_path: Path, *args: str, until: str = "ready
     with open(log, "w") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port", str(port), *args],
-            stdout=sink, stderr=subprocess.STDOUT)
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     server = Server(process, port, log)
     try:
         server.wait(until)
@@ -130,9 +139,11 @@ def torch_blocked_server(bundle: Path, tmp_path: Path):
     becomes ready and answers there never imported torch."""
     port = free_port()
     log = tmp_path / f"serve-{port}.log"
-    script = ('import sys; sys.modules["torch"] = None; sys.modules["onnxscript"] = None\n'
-              'from paritybundle.cli import main\n'
-              f'main(["serve", {str(bundle)!r}, "--port", "{port}"])\n')
+    script = (
+        'import sys; sys.modules["torch"] = None; sys.modules["onnxscript"] = None\n'
+        "from paritybundle.cli import main\n"
+        f'main(["serve", {str(bundle)!r}, "--port", "{port}"])\n'
+    )
     with open(log, "w") as sink:
         process = subprocess.Popen([sys.executable, "-c", script], stdout=sink, stderr=subprocess.STDOUT)
     server = Server(process, port, log)

@@ -17,8 +17,21 @@ from paritybundle.bundle.manifest import Tolerance
 from paritybundle.parity import accumulator as accumulator_module
 from paritybundle.parity.accumulator import OutputAccumulator
 
-STAT_FIELDS = ("elements", "max_abs", "p99_abs", "max_rel", "p99_rel", "violations", "nonfinite_mismatches",
-               "worst_sample", "worst_index", "worst_serve", "worst_research", "required_atol", "max_tolerance_ratio")
+STAT_FIELDS = (
+    "elements",
+    "max_abs",
+    "p99_abs",
+    "max_rel",
+    "p99_rel",
+    "violations",
+    "nonfinite_mismatches",
+    "worst_sample",
+    "worst_index",
+    "worst_serve",
+    "worst_research",
+    "required_atol",
+    "max_tolerance_ratio",
+)
 
 
 def assert_same_comparison(merged, whole, mean_rel: float = 1e-12) -> None:
@@ -42,14 +55,21 @@ def same(a, b) -> bool:
 
 
 def judge(total: int, scores: bool) -> OutputAccumulator:
-    return OutputAccumulator("y", Tolerance(atol=1e-3, rtol=1e-3), total, scores=scores, histogram=True,
-                             min_decision_agreement=0.9)
+    return OutputAccumulator(
+        "y", Tolerance(atol=1e-3, rtol=1e-3), total, scores=scores, histogram=True, min_decision_agreement=0.9
+    )
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.integers(1, 120), width=st.integers(1, 5), cuts=st.lists(st.integers(0, 120), max_size=5),
-       noise=st.sampled_from([0.0, 1e-5, 1e-2, 1.0]), keep_all=st.booleans(), scores=st.booleans(),
-       seed=st.integers(0, 2 ** 16))
+@given(
+    rows=st.integers(1, 120),
+    width=st.integers(1, 5),
+    cuts=st.lists(st.integers(0, 120), max_size=5),
+    noise=st.sampled_from([0.0, 1e-5, 1e-2, 1.0]),
+    keep_all=st.booleans(),
+    scores=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_shards_merged_equal_one_pass(rows, width, cuts, noise, keep_all, scores, seed):
     rng = np.random.default_rng(seed)
     research = rng.normal(size=(rows, width)).astype(np.float32)
@@ -57,17 +77,17 @@ def test_shards_merged_equal_one_pass(rows, width, cuts, noise, keep_all, scores
     if rows > 3:
         serve[rows // 2, 0] = np.nan  # a NaN mismatch: an infinite error, counted apart
     previous = accumulator_module.KEEP_ALL_ELEMENTS
-    accumulator_module.KEEP_ALL_ELEMENTS = 10 ** 9 if keep_all else 8  # the top-1% regime on small sets too
+    accumulator_module.KEEP_ALL_ELEMENTS = 10**9 if keep_all else 8  # the top-1% regime on small sets too
     try:
         whole = judge(serve.size, scores)
         for first in range(0, rows, 7):
-            whole.add(serve[first:first + 7], research[first:first + 7], first)
+            whole.add(serve[first : first + 7], research[first : first + 7], first)
         bounds = sorted({0, rows, *[c for c in cuts if c < rows]})
         shards = []
         for start, end in itertools.pairwise(bounds):
             shard = judge(serve.size, scores)  # sized by the whole set, numbered in it
             for first in range(start, end, 7):
-                shard.add(serve[first:min(first + 7, end)], research[first:min(first + 7, end)], first)
+                shard.add(serve[first : min(first + 7, end)], research[first : min(first + 7, end)], first)
             shards.append(shard)
         merged = shards[0]
         for shard in shards[1:]:

@@ -28,10 +28,9 @@ def _errors_of(result):
 
 
 def _stream(serve, research, batch_rows, total=None):
-    accumulator = OutputAccumulator("y", Tolerance(atol=10.0, rtol=0.0),
-                                    research.size if total is None else total)
+    accumulator = OutputAccumulator("y", Tolerance(atol=10.0, rtol=0.0), research.size if total is None else total)
     for start in range(0, len(research), batch_rows):
-        accumulator.add(serve[start:start + batch_rows], research[start:start + batch_rows], start)
+        accumulator.add(serve[start : start + batch_rows], research[start : start + batch_rows], start)
     return accumulator.finish()
 
 
@@ -118,7 +117,7 @@ def test_streaming_keeps_about_the_largest_one_percent_not_everything(monkeypatc
     accumulator = OutputAccumulator("y", Tolerance(atol=10.0, rtol=0.0), research.size)
     batch = 100
     for start in range(0, len(research), batch):
-        rows = research[start:start + batch]
+        rows = research[start : start + batch]
         accumulator.add(rows + rng.normal(size=rows.shape) * 1e-3, rows, start)
     top_one_percent = research.size // 100 + 1
     retained = sum(b.size for b in accumulator.top_abs)
@@ -141,9 +140,22 @@ def test_an_empty_output_passes_with_all_statistics_zero():
     result = compare_output("y", np.zeros((0, 3)), np.zeros((0, 3)), TIGHT, scores=True)
     assert result.passed and result.decision is None
     assert result.stats.model_dump() == {
-        "elements": 0, "max_abs": 0, "mean_abs": 0, "p99_abs": 0, "max_rel": 0, "mean_rel": 0, "p99_rel": 0,
-        "violations": 0, "nonfinite_mismatches": 0, "worst_sample": None, "worst_index": None,
-        "worst_serve": None, "worst_research": None, "required_atol": 0, "max_tolerance_ratio": 0}
+        "elements": 0,
+        "max_abs": 0,
+        "mean_abs": 0,
+        "p99_abs": 0,
+        "max_rel": 0,
+        "mean_rel": 0,
+        "p99_rel": 0,
+        "violations": 0,
+        "nonfinite_mismatches": 0,
+        "worst_sample": None,
+        "worst_index": None,
+        "worst_serve": None,
+        "worst_research": None,
+        "required_atol": 0,
+        "max_tolerance_ratio": 0,
+    }
 
 
 def test_a_zero_dimensional_output_has_no_worst_sample():
@@ -160,10 +172,13 @@ def test_identical_outputs_still_name_where_the_largest_error_is():
     assert result.stats.required_atol is None and result.stats.max_tolerance_ratio == 0
 
 
-@pytest.mark.parametrize("serve, research", [
-    (np.array([1.0000001, 2.0]), np.array([1, 2])),  # float serving an integer output
-    (np.array([1, 2]), np.array([1.0000001, 2.0])),  # and the other way round
-])
+@pytest.mark.parametrize(
+    "serve, research",
+    [
+        (np.array([1.0000001, 2.0]), np.array([1, 2])),  # float serving an integer output
+        (np.array([1, 2]), np.array([1.0000001, 2.0])),  # and the other way round
+    ],
+)
 def test_an_integer_on_either_side_makes_the_comparison_exact(serve, research):
     result = compare_output("y", serve, research, Tolerance(atol=1.0, rtol=0.0))
     assert result.stats.violations == 1
@@ -179,11 +194,14 @@ def test_exact_outputs_are_never_judged_as_scores():
     assert accumulator.finish().decision is None  # one exact batch makes the whole output exact
 
 
-@pytest.mark.parametrize("serve, research", [
-    (np.array(["1", "2"]), np.array(["1", "3"])),
-    (np.array(["1", "2"]), np.array([1.0, 3.0])),  # text on one side only
-    (np.array([1.0, 2.0]), np.array(["1", "3"])),
-])
+@pytest.mark.parametrize(
+    "serve, research",
+    [
+        (np.array(["1", "2"]), np.array(["1", "3"])),
+        (np.array(["1", "2"]), np.array([1.0, 3.0])),  # text on one side only
+        (np.array([1.0, 2.0]), np.array(["1", "3"])),
+    ],
+)
 def test_text_on_either_side_is_compared_exactly_and_reports_no_numbers(serve, research):
     result = compare_output("y", serve, research, TIGHT)
     assert not result.passed and result.stats.violations >= 1
@@ -221,8 +239,14 @@ def _scores_batch(rows, flip_rows=(), tie_rows=()):
 
 
 def test_decisions_add_up_over_batches_with_samples_numbered_globally():
-    accumulator = OutputAccumulator("y", Tolerance(atol=10.0, rtol=0.0), 60, scores=True,
-                                    tie_tolerance=Tolerance(atol=1e-3, rtol=0.0), min_decision_agreement=0.5)
+    accumulator = OutputAccumulator(
+        "y",
+        Tolerance(atol=10.0, rtol=0.0),
+        60,
+        scores=True,
+        tie_tolerance=Tolerance(atol=1e-3, rtol=0.0),
+        min_decision_agreement=0.5,
+    )
     first = _scores_batch(10, flip_rows=[2], tie_rows=[4])
     second = _scores_batch(10, flip_rows=[1, 3], tie_rows=[5, 6])
     accumulator.add(*first, 0)
@@ -234,8 +258,7 @@ def test_decisions_add_up_over_batches_with_samples_numbered_globally():
 
 
 def test_disagreeing_samples_are_listed_up_to_the_limit_across_batches():
-    accumulator = OutputAccumulator("y", Tolerance(atol=10.0, rtol=0.0), 10**6, scores=True,
-                                    tie_tolerance=TIGHT)
+    accumulator = OutputAccumulator("y", Tolerance(atol=10.0, rtol=0.0), 10**6, scores=True, tie_tolerance=TIGHT)
     rows = MAX_LISTED_SAMPLES
     for batch in range(3):
         accumulator.add(*_scores_batch(rows, flip_rows=range(rows)), batch * rows)
@@ -271,16 +294,24 @@ def test_compare_output_checks_decisions_only_for_scores_and_with_the_given_shar
 
 def test_above_the_baseline_means_strictly_more_than_factor_times_it():
     research = np.array([1.0, 2.0])
-    at_bound = compare_output("y", research + [0.5, 0], research, Tolerance(atol=1.0, rtol=0.0),
-                              baseline_max_abs=0.05, baseline_factor=10.0)
+    at_bound = compare_output(
+        "y", research + [0.5, 0], research, Tolerance(atol=1.0, rtol=0.0), baseline_max_abs=0.05, baseline_factor=10.0
+    )
     assert at_bound.stats.max_abs == 0.5 and not at_bound.above_baseline
-    above = compare_output("y", research + [0.5000001, 0], research, Tolerance(atol=1.0, rtol=0.0),
-                           baseline_max_abs=0.05, baseline_factor=10.0)
+    above = compare_output(
+        "y",
+        research + [0.5000001, 0],
+        research,
+        Tolerance(atol=1.0, rtol=0.0),
+        baseline_max_abs=0.05,
+        baseline_factor=10.0,
+    )
     assert above.above_baseline
     assert not compare_output("y", research + [0.9, 0], research, Tolerance(atol=1.0, rtol=0.0)).above_baseline
     # A zero baseline is floored at 1e-6, so float noise is not flagged.
-    assert not compare_output("y", research + [5e-6, 0], research, Tolerance(atol=1.0, rtol=0.0),
-                              baseline_max_abs=0.0, baseline_factor=10.0).above_baseline
+    assert not compare_output(
+        "y", research + [5e-6, 0], research, Tolerance(atol=1.0, rtol=0.0), baseline_max_abs=0.0, baseline_factor=10.0
+    ).above_baseline
 
 
 # --- the element-wise helpers -----------------------------------------------------------------------
@@ -325,7 +356,7 @@ def test_largest_picks_the_k_largest_of_any_shape(k):
     values = np.random.default_rng(k).normal(size=(100, 60))
     picked = largest(values, k)
     assert picked.ndim == 1 and picked.size == min(k, values.size)
-    assert sorted(picked.tolist()) == (sorted(values.reshape(-1).tolist())[values.size - k:] if k else [])
+    assert sorted(picked.tolist()) == (sorted(values.reshape(-1).tolist())[values.size - k :] if k else [])
 
 
 def test_percentile99_is_numpys_linear_interpolation():
@@ -341,7 +372,8 @@ def test_percentile99_is_numpys_linear_interpolation():
 
 
 def test_float32_outputs_are_subtracted_in_float64_so_the_error_does_not_overflow():
-    result = compare_output("y", np.array([3e38], np.float32), np.array([-3e38], np.float32),
-                            Tolerance(atol=1e39, rtol=0.0))
+    result = compare_output(
+        "y", np.array([3e38], np.float32), np.array([-3e38], np.float32), Tolerance(atol=1e39, rtol=0.0)
+    )
     assert result.passed and result.stats.nonfinite_mismatches == 0
     assert result.stats.max_abs == pytest.approx(6e38, rel=1e-6)

@@ -28,9 +28,12 @@ BUDGET = ErrorBudget(p50=0.1, p99=0.5, max=1.0)
 
 
 def _policy(min_agreement: float = 0.98, budgets: dict[str, ErrorBudget] | None = None) -> TolerancePolicy:
-    approximation = Approximation(serving_graph="int8.onnx", serving_precision="int8",
-                                  min_decision_agreement=min_agreement,
-                                  score_error={"logits": BUDGET} if budgets is None else budgets)
+    approximation = Approximation(
+        serving_graph="int8.onnx",
+        serving_precision="int8",
+        min_decision_agreement=min_agreement,
+        score_error={"logits": BUDGET} if budgets is None else budgets,
+    )
     return default_policy().model_copy(update={"approximation": approximation})
 
 
@@ -61,11 +64,14 @@ def test_errors_within_every_quantile_pass_and_the_median_is_reported():
     assert c.tolerance == Tolerance(atol=1.0, rtol=0.0)  # the budget's max is the element-wise bound
 
 
-@pytest.mark.parametrize("which, errors, expected", [
-    ("p50", np.r_[np.full(200, 0.11), np.zeros(199)], "p50 0.11 > 0.1"),
-    ("p99", np.r_[np.full(8, 0.6), np.zeros(392)], "p99 0.6 > 0.5"),
-    ("max", np.r_[[1.01], np.zeros(399)], "max 1.01 > 1"),
-])
+@pytest.mark.parametrize(
+    "which, errors, expected",
+    [
+        ("p50", np.r_[np.full(200, 0.11), np.zeros(199)], "p50 0.11 > 0.1"),
+        ("p99", np.r_[np.full(8, 0.6), np.zeros(392)], "p99 0.6 > 0.5"),
+        ("max", np.r_[[1.01], np.zeros(399)], "max 1.01 > 1"),
+    ],
+)
 def test_each_quantile_over_its_budget_fails(which, errors, expected):
     research, serve = _errors(np.resize(errors, 400))
     c = _judge(LOGITS, research, serve)
@@ -102,8 +108,9 @@ def test_labels_of_an_approximating_graph_are_judged_by_their_agreement():
     assert c.passed and c.decision.labels and c.decision.agreement == 0.98 and c.budget is None
     c = _judge(LABEL, research, serve, _policy(min_agreement=0.985))
     assert not c.passed
-    assert explain_failure(c) == ("output 'label' failed: labels agree on 98.00% of samples, below 98.50% "
-                                  "(flipped samples: [5, 50]).")
+    assert explain_failure(c) == (
+        "output 'label' failed: labels agree on 98.00% of samples, below 98.50% (flipped samples: [5, 50])."
+    )
     # Without an approximation a changed label fails whatever the share.
     plain = judge_for(LABEL, default_policy(), research.size)
     plain.add(serve, research)
@@ -144,7 +151,7 @@ def test_the_median_beyond_the_kept_elements_is_bounded_by_its_bin(monkeypatch):
     research, serve = _errors(errors)
     c = _judge(LOGITS, research, serve, _policy(budgets={"logits": ErrorBudget(p50=1.0, p99=1.0, max=1.0)}))
     true_median = float(np.percentile(errors, 50, method="higher"))
-    assert c.budget.p50_is_bound and true_median <= c.budget.p50_abs <= true_median * 10 ** 0.25
+    assert c.budget.p50_is_bound and true_median <= c.budget.p50_abs <= true_median * 10**0.25
 
 
 def test_median_bound_edges():
@@ -152,7 +159,7 @@ def test_median_bound_edges():
     histogram.add(np.array([0.0, 0.0, 0.0, 1e-3]))
     assert histogram.median_bound() == 0.0
     histogram.add(np.array([1e-3, 1e-3]))  # 3 zeros, 3 of 1e-3: the higher middle is 1e-3
-    assert 1e-3 <= histogram.median_bound() <= 1e-3 * 10 ** 0.25
+    assert 1e-3 <= histogram.median_bound() <= 1e-3 * 10**0.25
     infinite = _Histogram()
     infinite.add(np.array([np.inf, np.inf, 1.0]))
     assert infinite.median_bound() == np.inf
@@ -204,8 +211,9 @@ def test_int8_is_an_accepted_reference_precision():
 
 
 def test_a_lone_row_missing_the_budget_is_blamed_on_quantized_batching():
-    alone = StageResult(stage="rows alone", file="pipeline.onnx, reference rows 0, 9 one request each", passed=False,
-                        outputs=[])
+    alone = StageResult(
+        stage="rows alone", file="pipeline.onnx, reference rows 0, 9 one request each", passed=False, outputs=[]
+    )
     sentence = diagnose([alone], True, "int8")
     assert sentence.startswith("batch composition: the int8 serving graph meets its approximation budget")
     assert "BatchNorm" not in sentence and "BatchNorm" in diagnose([alone], True)
@@ -214,7 +222,7 @@ def test_a_lone_row_missing_the_budget_is_blamed_on_quantized_batching():
 def test_the_median_bound_is_the_upper_edge_of_the_median_values_bin():
     histogram = _Histogram()
     histogram.add(np.array([0.0, 0.0, 1e-3, 1e-2, 1e-1]))  # five values: the median is the third, 1e-3
-    assert histogram.median_bound() == pytest.approx(10 ** -2.75)
+    assert histogram.median_bound() == pytest.approx(10**-2.75)
 
 
 def test_an_even_count_takes_the_higher_middle_value_as_its_median():

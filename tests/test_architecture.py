@@ -50,8 +50,8 @@ def test_no_module_is_much_over_400_lines():
 
 
 def test_logical_lines_ignore_wrapping_and_count_what_is_said():
-    one_line = 'x = call(a, b, c)  # why\n'
-    wrapped = 'x = call(\n    a,\n    b,\n    c,\n)  # why\n'
+    one_line = "x = call(a, b, c)  # why\n"
+    wrapped = "x = call(\n    a,\n    b,\n    c,\n)  # why\n"
     assert logical_lines(one_line) == logical_lines(wrapped) == 1
     assert logical_lines('# a comment\ndef f():\n    """One.\n\n    Three."""\n    return 1\n') == 1 + 1 + 3 + 1
 
@@ -120,6 +120,8 @@ def test_a_live_endpoint_is_a_target_whose_client_is_passed_in(digits_bundle, lo
     client = InProcess()
     report = check_endpoint(digits_bundle, client, url="in-process://digits", request_batch=7)
     assert report and client.checked == "digits" and report.settings.url == "in-process://digits"
-    assert loop_calls == [("BundleReferences", ["EndpointTarget", "NoneType", "NoneType"]),
-                          ("InMemoryReferences", ["EndpointTarget"]),  # the sampled rows, one request each
-                          ("InMemoryReferences", ["NoneType"])]  # their answers, judged together
+    assert loop_calls == [
+        ("BundleReferences", ["EndpointTarget", "NoneType", "NoneType"]),
+        ("InMemoryReferences", ["EndpointTarget"]),  # the sampled rows, one request each
+        ("InMemoryReferences", ["NoneType"]),
+    ]  # their answers, judged together

@@ -70,18 +70,21 @@ def _special(name, kind, linkname=""):
     return info, None
 
 
-@pytest.mark.parametrize("member, message", [
-    (_file("/etc/evil"), "absolute path"),
-    (_file("../evil"), "climbs out"),
-    (_file("reference/../../evil"), "climbs out"),
-    (_special("link", tarfile.SYMTYPE, "/etc/passwd"), "is a symlink"),
-    (_special("hard", tarfile.LNKTYPE, "model.onnx"), "is a hard link"),
-    (_special("dev", tarfile.CHRTYPE), "is a device"),
-    (_special("fifo", tarfile.FIFOTYPE), "is a FIFO"),
-    (_file("model.onnx"), "appears twice"),
-    (_file("unlisted.bin"), "not listed in bundle.json"),
-    (_file("a\\b"), "backslash"),
-])
+@pytest.mark.parametrize(
+    "member, message",
+    [
+        (_file("/etc/evil"), "absolute path"),
+        (_file("../evil"), "climbs out"),
+        (_file("reference/../../evil"), "climbs out"),
+        (_special("link", tarfile.SYMTYPE, "/etc/passwd"), "is a symlink"),
+        (_special("hard", tarfile.LNKTYPE, "model.onnx"), "is a hard link"),
+        (_special("dev", tarfile.CHRTYPE), "is a device"),
+        (_special("fifo", tarfile.FIFOTYPE), "is a FIFO"),
+        (_file("model.onnx"), "appears twice"),
+        (_file("unlisted.bin"), "not listed in bundle.json"),
+        (_file("a\\b"), "backslash"),
+    ],
+)
 def test_unsafe_members_are_refused(archive, tmp_path, member, message):
     evil = _rewrite(archive, tmp_path, extra=[member])
     with pytest.raises(BundleInvalid, match=message):

@@ -42,8 +42,11 @@ ROWS = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
 
 
 def test_export_refuses_a_model_that_uses_batch_statistics(tmp_path):
-    with pytest.raises(ExportParityError, match=r"batch dependence: .*rows run alone \(16 sampled of 200\) differ "
-                                                r".*BatchNorm with track_running_stats=False"):
+    with pytest.raises(
+        ExportParityError,
+        match=r"batch dependence: .*rows run alone \(16 sampled of 200\) differ "
+        r".*BatchNorm with track_running_stats=False",
+    ):
         paritybundle.export(BatchStatistics().eval(), tmp_path / "bundle", reference_inputs=ROWS, name="bn")
     assert not (tmp_path / "bundle").exists()
 
@@ -65,8 +68,9 @@ def made_before(tmp_path_factory):
     saved = export_module.refuse_batch_dependence
     export_module.refuse_batch_dependence = lambda *args, **kwargs: None
     try:
-        return paritybundle.export(BatchStatistics().eval(), tmp_path_factory.mktemp("old") / "bn",
-                                   reference_inputs=ROWS, name="bn").path
+        return paritybundle.export(
+            BatchStatistics().eval(), tmp_path_factory.mktemp("old") / "bn", reference_inputs=ROWS, name="bn"
+        ).path
     finally:
         export_module.refuse_batch_dependence = saved
 
@@ -98,8 +102,10 @@ def test_check_url_fails_it_against_a_stack_that_serves_it_anyway(made_before):
             return None
 
         def infer_all(self, name, manifest, inputs, batch):
-            parts = [runtime.predict({k: v[i:i + batch] for k, v in inputs.items()})
-                     for i in range(0, len(next(iter(inputs.values()))), batch)]
+            parts = [
+                runtime.predict({k: v[i : i + batch] for k, v in inputs.items()})
+                for i in range(0, len(next(iter(inputs.values()))), batch)
+            ]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     report = check_endpoint(made_before, ServesAnything(), url="http://in-process", request_batch=1024)

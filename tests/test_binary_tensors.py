@@ -39,8 +39,9 @@ def pixels(digits_bundle):
 
 
 def _post(client, model: str, inputs, outputs=None, **parameters):
-    body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs,
-                                                                             parameters=parameters or None)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(
+        inputs, outputs=outputs, parameters=parameters or None
+    )
     headers = {"Content-Type": "application/octet-stream"}
     if json_size is not None:
         headers[HEADER] = str(json_size)
@@ -63,8 +64,10 @@ def test_tritonclient_defaults_binary_both_ways_match_the_json_answer(digits_cli
     response = _post(digits_client, "digits", [_pixels_input(rows)])  # binary in; no outputs named: binary out
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/octet-stream"
-    as_json = digits_client.post("/v2/models/digits/infer", json={"inputs": [
-        {"name": "pixels", "shape": [64, 64], "datatype": "FP32", "data": rows.reshape(-1).tolist()}]}).json()
+    as_json = digits_client.post(
+        "/v2/models/digits/infer",
+        json={"inputs": [{"name": "pixels", "shape": [64, 64], "datatype": "FP32", "data": rows.reshape(-1).tolist()}]},
+    ).json()
     expected = np.asarray(as_json["outputs"][0]["data"], np.float32).reshape(as_json["outputs"][0]["shape"])
     np.testing.assert_array_equal(_result(response).as_numpy(as_json["outputs"][0]["name"]), expected)
 
@@ -81,13 +84,16 @@ def test_each_output_is_answered_as_it_asks(digits_client, pixels):
         assert (HEADER in response.headers) is binary_data
 
 
-@pytest.mark.parametrize("mangle, message", [
-    (lambda body, size: (body, str(len(body) + 5)), "Inference-Header-Content-Length is"),
-    (lambda body, size: (body, "twelve"), "is not a number"),
-    (lambda body, size: (body + b"\0\0\0\0", str(size)), "bytes follow the JSON"),
-    (lambda body, size: (body[:-4], str(size)), "declares 1024 bytes of binary data, but only 1020"),
-    (lambda body, size: (body[size:], None), "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda body, size: (body, str(len(body) + 5)), "Inference-Header-Content-Length is"),
+        (lambda body, size: (body, "twelve"), "is not a number"),
+        (lambda body, size: (body + b"\0\0\0\0", str(size)), "bytes follow the JSON"),
+        (lambda body, size: (body[:-4], str(size)), "declares 1024 bytes of binary data, but only 1020"),
+        (lambda body, size: (body[size:], None), "not valid JSON"),
+    ],
+)
 def test_malformed_binary_requests_are_400_with_one_sentence(digits_client, pixels, mangle, message):
     body, size = httpclient.InferenceServerClient.generate_request_body([_pixels_input(pixels[:4])])
     body, header = mangle(body, size)
@@ -99,10 +105,16 @@ def test_malformed_binary_requests_are_400_with_one_sentence(digits_client, pixe
 
 
 def test_binary_size_that_disagrees_with_the_shape_is_400(digits_client, pixels):
-    header = json.dumps({"inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": 64 * 4}}]}).encode()
-    response = digits_client.post("/v2/models/digits/infer", content=header + pixels[:1].tobytes(),
-                                  headers={HEADER: str(len(header))})
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "pixels", "shape": [2, 64], "datatype": "FP32", "parameters": {"binary_data_size": 64 * 4}}
+            ]
+        }
+    ).encode()
+    response = digits_client.post(
+        "/v2/models/digits/infer", content=header + pixels[:1].tobytes(), headers={HEADER: str(len(header))}
+    )
     assert response.status_code == 400 and "shape needs 128 x 4" in response.json()["error"]
 
 
@@ -115,14 +127,21 @@ def echo_bundle(tmp_path_factory):
     import paritybundle
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["text"], ["echo"])], "echo",
+        [helper.make_node("Identity", ["text"], ["echo"])],
+        "echo",
         [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
-        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"])])
+        [helper.make_tensor_value_info("echo", TensorProto.STRING, ["batch"])],
+    )
     folder = tmp_path_factory.mktemp("echo")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "echo.onnx"))
     text = np.array(["héllo", "", "wörld ✓", "a\x00b"], dtype=object)
-    result = paritybundle.export(str(folder / "echo.onnx"), folder / "bundle", name="echo", reference_inputs={"text": text},
-                                 research_outputs={"echo": text})
+    result = paritybundle.export(
+        str(folder / "echo.onnx"),
+        folder / "bundle",
+        name="echo",
+        reference_inputs={"text": text},
+        research_outputs={"echo": text},
+    )
     return result.path
 
 
@@ -137,21 +156,45 @@ def test_bytes_tensors_travel_binary_both_ways(echo_bundle):
         assert [v.decode("utf-8") for v in echoed] == list(text)
         json_item = httpclient.InferInput("text", [4], "BYTES")
         json_item.set_data_from_numpy(text, binary_data=False)
-        as_json = _post(client, "echo", [json_item], outputs=[httpclient.InferRequestedOutput("echo", binary_data=False)])
+        as_json = _post(
+            client, "echo", [json_item], outputs=[httpclient.InferRequestedOutput("echo", binary_data=False)]
+        )
         assert as_json.json()["outputs"][0]["data"] == list(text)
 
 
 def test_bytes_that_are_not_utf8_are_400(echo_bundle):
     with TestClient(create_app(ServeOptions(bundle=str(echo_bundle)))) as client:
         payload = (2).to_bytes(4, "little") + b"\xff\xfe"
-        header = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                         "parameters": {"binary_data_size": len(payload)}}]}).encode()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "text",
+                        "shape": [1],
+                        "datatype": "BYTES",
+                        "parameters": {"binary_data_size": len(payload)},
+                    }
+                ]
+            }
+        ).encode()
         response = client.post("/v2/models/echo/infer", content=header + payload, headers={HEADER: str(len(header))})
         assert response.status_code == 400 and "not UTF-8" in response.json()["error"]
 
 
-_DTYPES = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-           "uint64", "bool"]
+_DTYPES = [
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+]
 
 
 @settings(max_examples=200, deadline=None)
@@ -183,19 +226,24 @@ def test_arbitrary_bytes_decode_or_are_a_bad_request(raw, count, dtype):
 
 
 def test_payloads_are_cut_in_input_order():
-    items = [RequestInput(name="a", shape=[2], datatype="INT8", parameters={"binary_data_size": 2}),
-             RequestInput(name="b", shape=[1], datatype="INT8", data=[5]),
-             RequestInput(name="c", shape=[3], datatype="INT8", parameters={"binary_data_size": 3})]
+    items = [
+        RequestInput(name="a", shape=[2], datatype="INT8", parameters={"binary_data_size": 2}),
+        RequestInput(name="b", shape=[1], datatype="INT8", data=[5]),
+        RequestInput(name="c", shape=[3], datatype="INT8", parameters={"binary_data_size": 3}),
+    ]
     cut = binary.payloads(items, memoryview(b"\x01\x02\x03\x04\x05"))
     assert bytes(cut["a"]) == b"\x01\x02" and bytes(cut["c"]) == b"\x03\x04\x05" and "b" not in cut
     with pytest.raises(BadRequest, match="neither data nor"):
         binary.payloads([RequestInput(name="a", shape=[1], datatype="INT8")], memoryview(b""))
     with pytest.raises(BadRequest, match="both data and binary_data_size"):
-        binary.payloads([RequestInput(name="a", shape=[1], datatype="INT8", data=[1],
-                                      parameters={"binary_data_size": 1})], memoryview(b"\x01"))
+        binary.payloads(
+            [RequestInput(name="a", shape=[1], datatype="INT8", data=[1], parameters={"binary_data_size": 1})],
+            memoryview(b"\x01"),
+        )
     with pytest.raises(BadRequest, match="non-negative integer"):
-        binary.payloads([RequestInput(name="a", shape=[1], datatype="INT8", parameters={"binary_data_size": -1})],
-                        memoryview(b""))
+        binary.payloads(
+            [RequestInput(name="a", shape=[1], datatype="INT8", parameters={"binary_data_size": -1})], memoryview(b"")
+        )
 
 
 def test_server_metadata_lists_the_extension(digits_client):

@@ -25,9 +25,11 @@ def _run_blocked(*args):
 
 
 def test_serving_import_does_not_load_torch():
-    probe = "import paritybundle, paritybundle.check.checks, paritybundle.reports.terminal, paritybundle.cli, " \
-            "paritybundle.runtime.drift, paritybundle.commands.rehearsal, paritybundle.serving.app, sys; " \
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxscript'))))"
+    probe = (
+        "import paritybundle, paritybundle.check.checks, paritybundle.reports.terminal, paritybundle.cli, "
+        "paritybundle.runtime.drift, paritybundle.commands.rehearsal, paritybundle.serving.app, sys; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxscript'))))"
+    )
     result = subprocess.run([sys.executable, "-c", "import json; " + probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
@@ -49,7 +51,9 @@ def test_a_bundle_with_preprocessing_checks_by_stage_with_torch_import_blocked(w
 
 def test_export_without_torch_says_how_to_install_it(tmp_path):
     script = tmp_path / "train.py"
-    script.write_text("from paritybundle import ExportSpec\ndef make_spec():\n    return ExportSpec(model=None, reference_inputs=[[1.0]], name='x')\n")
+    script.write_text(
+        "from paritybundle import ExportSpec\ndef make_spec():\n    return ExportSpec(model=None, reference_inputs=[[1.0]], name='x')\n"
+    )
     result = _run_blocked("export", f"{script}:make_spec", "-o", tmp_path / "b")
     assert result.returncode == 2
     assert "pip install 'paritybundle[train]'" in result.stderr and "Traceback" not in result.stderr
@@ -62,6 +66,8 @@ def test_serve_works_with_torch_import_blocked(digits_bundle, tmp_path):
 
     with torch_blocked_server(digits_bundle, tmp_path) as server:
         row = np.zeros((1, 64), np.float32)
-        status, _ = server.post("/v2/models/digits/infer", {"inputs": [
-            {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": row.reshape(-1).tolist()}]})
+        status, _ = server.post(
+            "/v2/models/digits/infer",
+            {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": row.reshape(-1).tolist()}]},
+        )
         assert status == 200

@@ -30,8 +30,9 @@ from paritybundle.errors import BundleInvalid, UsageError
 def _keypair(directory):
     private, public = directory / "k.pem", directory / "k.pub"
     subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)
-    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True, capture_output=True
+    )
     return private, public
 
 
@@ -62,7 +63,8 @@ def test_a_path_that_does_not_exist_is_a_usage_error_saying_what_to_pass(tmp_pat
     missing = tmp_path / "nowhere"
     assert _refusal(open_bundle, missing, error=UsageError) == (
         f"bundle path {missing} does not exist; pass the directory that `bundle export` wrote or an archive "
-        "from `bundle pack`.")
+        "from `bundle pack`."
+    )
 
 
 def test_a_fifo_as_the_bundle_is_refused_without_reading_it(tmp_path):
@@ -70,13 +72,16 @@ def test_a_fifo_as_the_bundle_is_refused_without_reading_it(tmp_path):
     os.mkfifo(fifo)
     error = _returns_within(10, open_bundle, fifo)
     assert isinstance(error, UsageError)
-    assert str(error) == (f"{fifo} is neither a bundle directory nor an archive file; pass the directory that "
-                          "`bundle export` wrote or an archive from `bundle pack`.")
+    assert str(error) == (
+        f"{fifo} is neither a bundle directory nor an archive file; pass the directory that "
+        "`bundle export` wrote or an archive from `bundle pack`."
+    )
 
 
 def test_a_directory_without_a_manifest_is_named_as_incomplete(tmp_path):
     assert _refusal(open_bundle, tmp_path) == (
-        f"{tmp_path} has no {MANIFEST_NAME}; it is not a paritybundle bundle or it is incomplete.")
+        f"{tmp_path} has no {MANIFEST_NAME}; it is not a paritybundle bundle or it is incomplete."
+    )
 
 
 def test_a_broken_manifest_is_named_by_its_full_path_by_every_opener(bundle_copy):
@@ -109,8 +114,9 @@ def test_a_small_file_may_reach_its_limit_but_not_pass_it(tmp_path):
     assert read_small_file(path, 100, missing="gone") == b"x" * 100
     with pytest.raises(BundleInvalid) as raised:
         read_small_file(path, 99, missing="gone")
-    assert str(raised.value) == ("f.json is 100 bytes, larger than any the bundle format writes (99); "
-                                 "the bundle is refused.")
+    assert str(raised.value) == (
+        "f.json is 100 bytes, larger than any the bundle format writes (99); the bundle is refused."
+    )
     with pytest.raises(BundleInvalid) as raised:
         read_small_file(tmp_path / "absent", 99, missing="the file is gone; re-export.")
     assert str(raised.value) == "the file is gone; re-export."
@@ -130,7 +136,8 @@ def test_each_file_refusal_names_the_file_and_what_to_do(bundle_copy):
     (bundle_copy / target).write_bytes(original + b"#")
     assert _refusal(verify, bundle_copy) == (
         f"{target} is {len(original) + 1} bytes but the manifest says {expected.bytes}; "
-        "the file was truncated or altered, re-export the bundle.")
+        "the file was truncated or altered, re-export the bundle."
+    )
 
     altered = bytearray(original)
     altered[0] ^= 1
@@ -140,21 +147,25 @@ def test_each_file_refusal_names_the_file_and_what_to_do(bundle_copy):
     actual = hashlib.sha256(bytes(altered)).hexdigest()
     assert _refusal(verify, bundle_copy) == (
         f"{target} does not match its sha256 in {MANIFEST_NAME} (expected {expected.sha256[:12]}..., "
-        f"got {actual[:12]}...); the file was altered, re-export the bundle.")
+        f"got {actual[:12]}...); the file was altered, re-export the bundle."
+    )
 
     (bundle_copy / target).unlink()
     assert _refusal(verify, bundle_copy) == (
-        f"{target} is listed in {MANIFEST_NAME} but missing from {bundle_copy}; the bundle is incomplete.")
+        f"{target} is listed in {MANIFEST_NAME} but missing from {bundle_copy}; the bundle is incomplete."
+    )
 
     (bundle_copy / target).write_bytes(original)
     (bundle_copy / "notes.txt").write_text("hi")
     assert _refusal(verify, bundle_copy) == (
-        f"notes.txt is in {bundle_copy} but not listed in {MANIFEST_NAME}; remove it or re-export the bundle.")
+        f"notes.txt is in {bundle_copy} but not listed in {MANIFEST_NAME}; remove it or re-export the bundle."
+    )
 
     (bundle_copy / "notes.txt").unlink()
     (bundle_copy / "link").symlink_to(bundle_copy / target)
     assert _refusal(verify, bundle_copy) == (
-        f"{bundle_copy} contains link (symlink), which a bundle never holds; re-export the bundle.")
+        f"{bundle_copy} contains link (symlink), which a bundle never holds; re-export the bundle."
+    )
 
 
 def test_a_verified_bundle_hands_out_only_listed_paths(bundle_copy):
@@ -182,8 +193,11 @@ def signed(bundle_copy, tmp_path_factory):
 
 def test_a_signed_bundle_is_used_from_a_private_verified_snapshot(signed):
     directory, public = signed
-    for bundle in (open_bundle(directory, public), verify(directory, public),
-                   open_bundle_loading(directory, public, lambda b: b)[1]):
+    for bundle in (
+        open_bundle(directory, public),
+        verify(directory, public),
+        open_bundle_loading(directory, public, lambda b: b)[1],
+    ):
         assert isinstance(bundle, VerifiedBundle)
         assert bundle.source == directory and bundle.root != directory
         assert bundle.root.name.startswith("paritybundle-verified-")
@@ -207,7 +221,8 @@ def test_a_signature_is_required_when_a_key_is_given(bundle_copy, tmp_path):
     _, public = _keypair(tmp_path)
     assert _refusal(open_bundle, bundle_copy, public) == (
         "the bundle has no bundle.sig, but a signature is required; sign it with `bundle sign BUNDLE "
-        "--key PRIVATE_KEY`.")
+        "--key PRIVATE_KEY`."
+    )
 
 
 def test_hashing_with_a_copy_makes_nested_private_folders(tmp_path):

@@ -53,10 +53,17 @@ def test_dropout_and_batchnorm_left_in_training_mode_fail(bundle_copy, digits_sp
     was_training = model.training
     model.train()
     try:
-        torch.onnx.export(model, (torch.zeros(4, 64),), str(bundle_copy / "pipeline.onnx"), dynamo=False,
-                          input_names=["pixels"], output_names=["logits"],
-                          dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
-                          training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(4, 64),),
+            str(bundle_copy / "pipeline.onnx"),
+            dynamo=False,
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+            training=torch.onnx.TrainingMode.TRAINING,
+            do_constant_folding=False,
+        )
     finally:
         model.train(was_training)
     rehash(bundle_copy)

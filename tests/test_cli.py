@@ -63,8 +63,10 @@ def test_check_json_report_is_written_and_parses(digits_bundle, tmp_path, capsys
 
 
 def test_check_with_ort_settings_and_override(digits_bundle, capsys):
-    code, out, _ = run(["check", digits_bundle, "--threads", "1", "--optimization", "basic",
-                        "--output-tolerance", "logits:1e-3:1e-2"], capsys)
+    code, out, _ = run(
+        ["check", digits_bundle, "--threads", "1", "--optimization", "basic", "--output-tolerance", "logits:1e-3:1e-2"],
+        capsys,
+    )
     assert code == 0 and "optimization basic" in out and "0.001 / 0.01 *" in out
 
 
@@ -133,13 +135,15 @@ def test_export_spec_missing_attribute_exits_2(tmp_path, capsys):
 
 
 def test_export_spec_by_module_name(tmp_path, capsys, monkeypatch):
-    (tmp_path / "my_training.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_training.py").write_text(
+        textwrap.dedent("""
         import numpy as np, torch
         from paritybundle import ExportSpec
         def make_spec():
             torch.manual_seed(0)
             return ExportSpec(model=torch.nn.Linear(3, 2), reference_inputs=np.ones((4, 3), np.float32), name="lin")
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     code, out, _ = run(["export", "my_training:make_spec", "-o", tmp_path / "b", "--max-samples", "2"], capsys)
     assert code == 0 and "2 reference samples" in out
@@ -158,13 +162,15 @@ def test_a_bug_is_exit_70_with_the_traceback_and_a_request_to_report_it(digits_b
     code, _, err = run(["check", str(digits_bundle)], capsys)
     assert code == 70
     assert "Traceback" in err and "ZeroDivisionError: a bug" in err
-    assert ("internal error: this is a bug in paritybundle; please report it with the traceback above."
-            in " ".join(err.split()))  # rich wraps the line at the terminal width
+    assert "internal error: this is a bug in paritybundle; please report it with the traceback above." in " ".join(
+        err.split()
+    )  # rich wraps the line at the terminal width
 
 
 def test_a_model_the_exporter_cannot_convert_exits_5_with_the_exporters_reason(tmp_path, capsys):
     """Not the caller's typo (2), not parity (1): the exporter failed, and its reason is the sentence."""
-    (tmp_path / "train.py").write_text(textwrap.dedent("""
+    (tmp_path / "train.py").write_text(
+        textwrap.dedent("""
         import numpy as np, torch
         from paritybundle import ExportSpec
         class DataDependent(torch.nn.Module):
@@ -172,7 +178,8 @@ def test_a_model_the_exporter_cannot_convert_exits_5_with_the_exporters_reason(t
                 return x * 2 if x.sum() > 0 else x
         def make_spec():
             return ExportSpec(model=DataDependent(), reference_inputs=np.ones((4, 3), np.float32), name="dd")
-    """))
+    """)
+    )
     code, _, err = run(["export", f"{tmp_path / 'train.py'}:make_spec", "-o", tmp_path / "b"], capsys)
     assert code == 5 and "could not convert DataDependent" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
@@ -181,21 +188,28 @@ def test_a_model_the_exporter_cannot_convert_exits_5_with_the_exporters_reason(t
 def test_export_then_check_through_the_installed_command(tmp_path, digits_example):
     """The real console script, in a subprocess, as a user runs it (a CPU-cheap model)."""
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys; sys.path.insert(0, {str(digits_example.__file__.rsplit('/', 1)[0])!r})
+    script.write_text(
+        textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(digits_example.__file__.rsplit("/", 1)[0])!r})
         from train import make_spec as full
         def make_spec():
             return full(epochs=1)
-    """))
+    """)
+    )
     bundle = tmp_path / "digits"
     # The console script pip installed beside this interpreter, not `python -m`: its entry point is under test.
     command = Path(sys.executable).parent / "bundle"
     assert command.is_file(), f"the `bundle` console script is not installed at {command}"
-    exported = subprocess.run([str(command), "export", f"{script}:make_spec", "-o", str(bundle)],
-                              capture_output=True, text=True, timeout=300)
+    exported = subprocess.run(
+        [str(command), "export", f"{script}:make_spec", "-o", str(bundle)], capture_output=True, text=True, timeout=300
+    )
     assert exported.returncode == 0, exported.stderr
     checked = subprocess.run([str(command), "check", str(bundle)], capture_output=True, text=True, timeout=120)
     assert checked.returncode == 0 and "PARITY HOLDS" in checked.stdout, checked.stdout + checked.stderr
-    perturbed = subprocess.run([str(Path(sys.executable).parent / "paritybundle"), "verify", str(bundle)],
-                               capture_output=True, text=True, timeout=60)
+    perturbed = subprocess.run(
+        [str(Path(sys.executable).parent / "paritybundle"), "verify", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert perturbed.returncode == 0  # the second name of the same entry point

@@ -23,12 +23,15 @@ from bundle_tools import copy_bundle, perturb_weights, rehash  # noqa: E402
 from paritybundle.cli import main  # noqa: E402
 
 WINE_SPEC = "examples/wine/train.py:make_spec"  # relative, as users type it: workers get the absolute path
+
+
 @pytest.fixture(scope="module")
 def capture(wine_bundle, tmp_path_factory):
     """Six files of wine traffic; three requests in three files answered otherwise (as another runtime would)."""
     altered = {"req-00007": 0.5, "req-00031": 2.0, "req-00052": 0.05}
-    directory = write_capture(wine_bundle, tmp_path_factory.mktemp("capture"), files=6, requests_per_file=10,
-                              altered=altered)
+    directory = write_capture(
+        wine_bundle, tmp_path_factory.mktemp("capture"), files=6, requests_per_file=10, altered=altered
+    )
     return directory, altered
 
 
@@ -43,24 +46,44 @@ def test_capture_shards_judged_apart_and_merged_equal_the_local_check(capture, w
     runtime = load(wine_bundle)
     shards = plan_shards(directory, runtime.manifest)
     assert [s.first for s in shards] == list(np.cumsum([0] + [s.samples for s in shards[:-1]]))
-    results = [judge_capture(read_capture(s.file, runtime.manifest), s, runtime.manifest, {}, runner=runtime.runner)
-               for s in shards]
+    results = [
+        judge_capture(read_capture(s.file, runtime.manifest), s, runtime.manifest, {}, runner=runtime.runner)
+        for s in shards
+    ]
     comparisons, requests, samples = merge_shards(results)
     assert samples == whole.settings.samples
     for merged, local in zip(comparisons, whole.outputs, strict=True):
         # The local check ran ONNX Runtime on all rows at once, the shards file by file.
         assert_same_comparison(merged, local, mean_rel=1e-5)
-    assert not whole.passed and set(whole.failing_requests["scores"]) <= {f"{r}{s}" for r in altered for s in ("", "[1]", "[2]")}
+    assert not whole.passed and set(whole.failing_requests["scores"]) <= {
+        f"{r}{s}" for r in altered for s in ("", "[1]", "[2]")
+    }
     assert sorted(requests[s] for s in whole.outputs[0].failing_samples) == sorted(
-        r for r in whole.failing_requests["scores"])
+        r for r in whole.failing_requests["scores"]
+    )
 
 
 def test_check_on_ray_reports_what_the_local_check_reports(ray_cluster, capture, wine_bundle, tmp_path):
     directory, _ = capture
     local, distributed = tmp_path / "local.json", tmp_path / "ray.json"
     assert main(["check", str(wine_bundle), "--references", str(directory), "--json", str(local)]) == 1
-    assert main(["check", str(wine_bundle), "--references", str(directory), "--engine", "ray", "--workers", "2",
-                 "--json", str(distributed)]) == 1
+    assert (
+        main(
+            [
+                "check",
+                str(wine_bundle),
+                "--references",
+                str(directory),
+                "--engine",
+                "ray",
+                "--workers",
+                "2",
+                "--json",
+                str(distributed),
+            ]
+        )
+        == 1
+    )
     here, there = json.loads(local.read_text()), json.loads(distributed.read_text())
     assert there["settings"]["engine"] == "ray" and there["settings"]["workers"]
     assert there["failing_requests"] == here["failing_requests"] and there["passed"] is here["passed"] is False
@@ -69,8 +92,15 @@ def test_check_on_ray_reports_what_the_local_check_reports(ray_cluster, capture,
             assert same(merged["stats"][name], whole["stats"][name]), name
         assert merged["failing_samples"] == whole["failing_samples"]
     assert there["settings"]["samples"] == here["settings"]["samples"]
-    for name in ("onnxruntime_version", "providers", "graph_optimization_level", "intra_op_num_threads", "batch_size",
-                 "source", "capture"):  # what the workers ran under, as the local check reports its own
+    for name in (
+        "onnxruntime_version",
+        "providers",
+        "graph_optimization_level",
+        "intra_op_num_threads",
+        "batch_size",
+        "source",
+        "capture",
+    ):  # what the workers ran under, as the local check reports its own
         assert there["settings"][name] == here["settings"][name], name
 
 
@@ -94,8 +124,22 @@ def test_replay_on_ray_equals_the_local_replay(ray_cluster, capture, wine_bundle
     directory, _ = capture
     local, distributed = tmp_path / "local.json", tmp_path / "ray.json"
     assert main(["replay", WINE_SPEC, str(directory), "--bundle", str(wine_bundle), "--json", str(local)]) == 1
-    assert main(["replay", WINE_SPEC, str(directory), "--bundle", str(wine_bundle), "--engine", "ray",
-                 "--json", str(distributed)]) == 1
+    assert (
+        main(
+            [
+                "replay",
+                WINE_SPEC,
+                str(directory),
+                "--bundle",
+                str(wine_bundle),
+                "--engine",
+                "ray",
+                "--json",
+                str(distributed),
+            ]
+        )
+        == 1
+    )
     here, there = json.loads(local.read_text()), json.loads(distributed.read_text())
     assert there["settings"]["source"] == "replay" and there["settings"]["engine"] == "ray"
     assert there["failing_requests"] == here["failing_requests"]

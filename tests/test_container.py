@@ -33,7 +33,9 @@ def docker_client():
         client = docker.from_env()
         client.ping()
     except Exception as exc:
-        skip_or_fail(f"no Docker engine answers ({type(exc).__name__}); scripts/docker-ci.sh start runs one, as .ci/run does")
+        skip_or_fail(
+            f"no Docker engine answers ({type(exc).__name__}); scripts/docker-ci.sh start runs one, as .ci/run does"
+        )
     return client
 
 
@@ -97,8 +99,11 @@ def test_context_only_writes_bundle_wheelhouse_and_dockerfile(digits_bundle, tmp
     assert (context / "Dockerfile").read_text() == dockerfile_text()
     assert sorted(p.name for p in (context / "bundle").iterdir()) == sorted(p.name for p in digits_bundle.iterdir())
     wheels = {p.name.split("-")[0].lower().replace("_", "-") for p in (context / "wheelhouse").glob("*.whl")}
-    pins = {line.split("==")[0] for line in (digits_bundle / "requirements-serve.txt").read_text().splitlines()
-            if "==" in line and not line.startswith("#")}
+    pins = {
+        line.split("==")[0]
+        for line in (digits_bundle / "requirements-serve.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     assert pins <= wheels and "paritybundle" in wheels and "torch" not in wheels
     assert "docker build --build-arg BASE_IMAGE=" in capsys.readouterr().out
 
@@ -142,8 +147,9 @@ def test_a_missing_base_image_is_one_sentence_and_exit_2(docker_client, digits_b
     assert "base image 'paritybundle-no-such-base:0' is not present locally and cannot be pulled" in err
 
 
-def test_a_base_image_with_another_python_is_refused_before_building(docker_client, base_image, digits_bundle, tmp_path,
-                                                                    capsys):
+def test_a_base_image_with_another_python_is_refused_before_building(
+    docker_client, base_image, digits_bundle, tmp_path, capsys
+):
     """The base image's Python is probed: the wheels are for it, and a minor version other than the lock's
     (which the in-image check would refuse after minutes) is refused at once, exit 4."""
     import io
@@ -152,8 +158,10 @@ def test_a_base_image_with_another_python_is_refused_before_building(docker_clie
     shim = b"#!/bin/sh\necho '3.12.1|x86_64|glibc 2.36'\n"
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as archive:
-        for name, data in (("Dockerfile", f"FROM {base_image}\nCOPY python3 /usr/local/bin/python3\n".encode()),
-                           ("python3", shim)):
+        for name, data in (
+            ("Dockerfile", f"FROM {base_image}\nCOPY python3 /usr/local/bin/python3\n".encode()),
+            ("python3", shim),
+        ):
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o755
             archive.addfile(info, io.BytesIO(data))
@@ -177,7 +185,9 @@ def test_a_base_image_with_another_python_is_refused_before_building(docker_clie
         remove_image(docker_client, no_python)
 
 
-def test_the_serving_image_builds_runs_and_reproduces_research_over_http(docker_client, base_image, wine_bundle, capsys):
+def test_the_serving_image_builds_runs_and_reproduces_research_over_http(
+    docker_client, base_image, wine_bundle, capsys
+):
     from serving_tools import free_port
 
     tag = "paritybundle-test-wine:1"
@@ -201,8 +211,9 @@ def test_the_serving_image_builds_runs_and_reproduces_research_over_http(docker_
         # deploy/kubernetes/parity-check-job.yaml's command, from a second container of the same image.
         container.reload()
         address = container.attrs["NetworkSettings"]["IPAddress"]
-        job = docker_client.containers.run(tag, ["bundle", "check", "/srv/bundle", "--url", f"http://{address}:8080"],
-                                           read_only=True, detach=True)
+        job = docker_client.containers.run(
+            tag, ["bundle", "check", "/srv/bundle", "--url", f"http://{address}:8080"], read_only=True, detach=True
+        )
         assert job.wait(timeout=120)["StatusCode"] == 0, job.logs()[-2000:]
         assert b"PARITY HOLDS" in job.logs()
         job.remove()
@@ -235,18 +246,43 @@ def test_an_image_whose_in_image_check_fails_is_never_tagged(docker_client, base
 def test_the_training_image_exports_a_bundle_into_a_mounted_volume(docker_client, base_image, tmp_path):
     """Dockerfile.train, built hermetically from a wheelhouse (pip cannot reach the index inside a build here)."""
     wheelhouse = ROOT / "wheelhouse"
-    download = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "-c", str(ROOT / "constraints.txt"),
-                               "-d", str(wheelhouse), f"{ROOT}[train,examples]", "setuptools>=68"],
-                              capture_output=True, text=True)
+    download = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "-c",
+            str(ROOT / "constraints.txt"),
+            "-d",
+            str(wheelhouse),
+            f"{ROOT}[train,examples]",
+            "setuptools>=68",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert download.returncode == 0, download.stderr[-2000:]
     tag = "paritybundle-test-train:1"
     try:
-        docker_client.images.build(path=str(ROOT), dockerfile="Dockerfile.train", tag=tag, rm=True, forcerm=True,
-                                   buildargs={"BASE_IMAGE": base_image})
+        docker_client.images.build(
+            path=str(ROOT),
+            dockerfile="Dockerfile.train",
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            buildargs={"BASE_IMAGE": base_image},
+        )
         out = tmp_path / "out"
         out.mkdir()
-        logs = docker_client.containers.run(tag, ["examples/wine/train.py:make_spec", "-o", "/out/wine"], remove=True,
-                                            volumes={str(out): {"bind": "/out", "mode": "rw"}}, stderr=True)
+        logs = docker_client.containers.run(
+            tag,
+            ["examples/wine/train.py:make_spec", "-o", "/out/wine"],
+            remove=True,
+            volumes={str(out): {"bind": "/out", "mode": "rw"}},
+            stderr=True,
+        )
         assert re.search(rb"exported wine v1 to /out/wine", logs), logs[-2000:]
         # The bundle made in the training image passes the strict check out here.
         assert main(["check", str(out / "wine")]) == 0

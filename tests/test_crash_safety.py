@@ -21,8 +21,13 @@ KILL_POINTS = int(os.environ.get("PARITYBUNDLE_KILL_POINTS", "30"))
 
 
 def _child(work: Path, target: Path, *extra: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, str(CHILD), str(work), str(target), *extra],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(CHILD), str(work), str(target), *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert process.stdout.readline().strip() == "READY", process.stderr.read()
     return process
 
@@ -72,8 +77,10 @@ def test_sigkill_never_leaves_a_partial_bundle(tmp_path, force):
             full = _child(work, target)
             full.communicate("go\n", timeout=300)
     key = f"sigkill kill points ({'replacing' if force else 'fresh'})"
-    HOSTILE_COUNTS[key] = f"{KILL_POINTS} tried: {outcomes['complete']} complete, {outcomes['absent']} absent, " \
-                          f"{outcomes['partial']} partial; {mid_write} landed mid-write"
+    HOSTILE_COUNTS[key] = (
+        f"{KILL_POINTS} tried: {outcomes['complete']} complete, {outcomes['absent']} absent, "
+        f"{outcomes['partial']} partial; {mid_write} landed mid-write"
+    )
     assert outcomes["partial"] == 0, outcomes
     if force:  # the old bundle and the new are exchanged in one step: the target is never missing
         assert outcomes["absent"] == 0, outcomes

@@ -34,7 +34,9 @@ def test_every_manifest_parses_and_has_the_expected_kinds():
 
 def test_servers_listen_where_the_image_serves_and_probe_readiness_on_parity():
     port = int(next(line.split()[1] for line in dockerfile_text().splitlines() if line.startswith("EXPOSE")))
-    user = int(next(line.split()[1] for line in dockerfile_text().splitlines() if line.startswith("USER")).split(":")[0])
+    user = int(
+        next(line.split()[1] for line in dockerfile_text().splitlines() if line.startswith("USER")).split(":")[0]
+    )
     servers = [(name, kind, c) for name, kind, c in containers() if kind in ("Deployment", "InferenceService")]
     assert len(servers) == 2
     for name, _kind, c in servers:
@@ -44,7 +46,9 @@ def test_servers_listen_where_the_image_serves_and_probe_readiness_on_parity():
         assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live", name
     for name, _, c in containers():
         context = c["securityContext"]
-        assert context["runAsNonRoot"] is True and context["runAsUser"] == user and context["readOnlyRootFilesystem"], name
+        assert context["runAsNonRoot"] is True and context["runAsUser"] == user and context["readOnlyRootFilesystem"], (
+            name
+        )
     kserve = next(c for _, kind, c in servers if kind == "InferenceService")
     assert kserve["name"] == "kserve-container"
 

@@ -89,7 +89,9 @@ def test_a_moved_fitted_constant_is_shown_and_tied_to_the_changed_outputs(wine_p
     assert "as expected (--expect-change)" in capsys.readouterr().out
 
 
-def test_incompatible_specs_are_called_out_first_and_fail_even_when_change_is_expected(wine_pair, digits_bundle, capsys):
+def test_incompatible_specs_are_called_out_first_and_fail_even_when_change_is_expected(
+    wine_pair, digits_bundle, capsys
+):
     a, _ = wine_pair
     report = diff(a, digits_bundle, expect_change=True)
     assert not report.compatibility.compatible and not report.passed and report.behaviour == []
@@ -104,16 +106,19 @@ def spec(name, dtype="float32", shape=("batch", 4), nonfinite=False):
     return TensorSpec(name=name, dtype=dtype, shape=list(shape), allow_nonfinite=nonfinite)
 
 
-@pytest.mark.parametrize("a_spec,b_spec,breaking", [
-    (spec("x"), spec("x", shape=("n", 4)), False),                  # a renamed symbolic dim
-    (spec("x", shape=(8, 4)), spec("x"), False),                    # B accepts any batch: fine
-    (spec("x"), spec("x", shape=(8, 4)), True),                     # B fixes a dim A left free
-    (spec("x"), spec("x", shape=("batch", 5)), True),               # another feature count
-    (spec("x"), spec("x", dtype="float64"), True),                  # another dtype
-    (spec("x"), spec("x", shape=("batch", 4, 1)), True),            # another rank
-    (spec("x", nonfinite=True), spec("x"), True),                   # NaN accepted by A, refused by B
-    (spec("x"), spec("x", nonfinite=True), False),                  # B accepts more
-])
+@pytest.mark.parametrize(
+    "a_spec,b_spec,breaking",
+    [
+        (spec("x"), spec("x", shape=("n", 4)), False),  # a renamed symbolic dim
+        (spec("x", shape=(8, 4)), spec("x"), False),  # B accepts any batch: fine
+        (spec("x"), spec("x", shape=(8, 4)), True),  # B fixes a dim A left free
+        (spec("x"), spec("x", shape=("batch", 5)), True),  # another feature count
+        (spec("x"), spec("x", dtype="float64"), True),  # another dtype
+        (spec("x"), spec("x", shape=("batch", 4, 1)), True),  # another rank
+        (spec("x", nonfinite=True), spec("x"), True),  # NaN accepted by A, refused by B
+        (spec("x"), spec("x", nonfinite=True), False),  # B accepts more
+    ],
+)
 def test_input_compatibility_rules(digits_bundle, a_spec, b_spec, breaking):
     manifest = read_manifest(digits_bundle)
     a = manifest.model_copy(update={"inputs": [a_spec]})
@@ -137,8 +142,12 @@ def test_environment_lock_differences_are_classified(wine_pair, tmp_path):
     b = copy_bundle(a, tmp_path / "b")
     lock_path = b / "environment.lock.json"
     lock = parse_lock(lock_path.read_bytes(), source="lock")
-    changed = lock.model_copy(update={"onnxruntime": lock.onnxruntime.model_copy(update={"version": "1.17.0"}),
-                                      "python": lock.python.model_copy(update={"version": "3.12.1"})})
+    changed = lock.model_copy(
+        update={
+            "onnxruntime": lock.onnxruntime.model_copy(update={"version": "1.17.0"}),
+            "python": lock.python.model_copy(update={"version": "3.12.1"}),
+        }
+    )
     lock_path.write_text(changed.to_json())
     rehash(b)
     report = diff(a, b)
@@ -170,8 +179,16 @@ def test_json_and_html_reports(wine_pair, tmp_path, capsys):
 
     page = Collect()
     page.feed((tmp_path / "d.html").read_text())
-    assert page.headings == ["Compatibility", "Input and output specs", "Preprocessing", "Graphs", "Tolerance policy",
-                             "Provenance", "How strong each verdict is", "Environment locks",
-                             "Behaviour (judged by A's tolerance)"]
+    assert page.headings == [
+        "Compatibility",
+        "Input and output specs",
+        "Preprocessing",
+        "Graphs",
+        "Tolerance policy",
+        "Provenance",
+        "How strong each verdict is",
+        "Environment locks",
+        "Behaviour (judged by A's tolerance)",
+    ]
     assert "script" not in page.tags and any("mean moved by up to 0.3" in t for t in page.text)
     capsys.readouterr()

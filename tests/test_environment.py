@@ -36,8 +36,11 @@ def test_lock_records_what_changes_numerics(digits_bundle):
 
 def test_requirements_serve_pins_exactly_the_locked_serving_closure(digits_bundle):
     lock = environment.parse_lock((digits_bundle / "environment.lock.json").read_bytes(), source="lock")
-    pins = [line for line in (digits_bundle / "requirements-serve.txt").read_text().splitlines()
-            if line and not line.startswith("#")]
+    pins = [
+        line
+        for line in (digits_bundle / "requirements-serve.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert pins == [f"{name}=={version}" for name, version in lock.serving.items()]
     assert all("==" in pin for pin in pins)
 
@@ -54,19 +57,23 @@ def test_no_drift_in_the_exporting_environment(digits_bundle):
     assert report.environment.policy == "strict" and report.environment.count("critical") == 0
 
 
-@pytest.mark.parametrize("change, what", [
-    (lambda d: d["onnxruntime"].update(version="1.0.0"), "onnxruntime"),
-    (lambda d: d["platform"].update(machine="aarch64"), "cpu architecture"),
-    (lambda d: d["python"].update(version="3.7.1"), "python"),
-])
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        (lambda d: d["onnxruntime"].update(version="1.0.0"), "onnxruntime"),
+        (lambda d: d["platform"].update(machine="aarch64"), "cpu architecture"),
+        (lambda d: d["python"].update(version="3.7.1"), "python"),
+    ],
+)
 def test_strict_policy_refuses_critical_drift_before_inference(bundle_copy, change, what, monkeypatch):
     _edit_lock(bundle_copy, change)
     import onnxruntime
 
     runs = []
     real_run = onnxruntime.InferenceSession.run
-    monkeypatch.setattr(onnxruntime.InferenceSession, "run",
-                        lambda self, *a, **k: runs.append(a) or real_run(self, *a, **k))
+    monkeypatch.setattr(
+        onnxruntime.InferenceSession, "run", lambda self, *a, **k: runs.append(a) or real_run(self, *a, **k)
+    )
     with pytest.raises(EnvironmentRefused, match=f"differs critically from the bundle's lock: {what}"):
         paritybundle.check(bundle_copy)
     assert runs == []  # refused before any inference ran
@@ -75,8 +82,9 @@ def test_strict_policy_refuses_critical_drift_before_inference(bundle_copy, chan
 
 
 def test_warn_policy_passes_and_reports_the_drift(bundle_copy):
-    _edit_lock(bundle_copy, lambda d: (d["onnxruntime"].update(version="1.0.0"),
-                                       d["platform"].update(machine="aarch64")))
+    _edit_lock(
+        bundle_copy, lambda d: (d["onnxruntime"].update(version="1.0.0"), d["platform"].update(machine="aarch64"))
+    )
     report = paritybundle.check(bundle_copy, env_policy="warn")
     assert report.passed and report.environment.policy == "warn"
     critical = {item.what: item for item in report.environment.items if item.severity == "critical"}
@@ -91,13 +99,15 @@ def test_ignore_policy_still_records_the_drift(bundle_copy):
 
 def test_drift_is_classified():
     here = environment.capture(with_closure=False)
-    locked = here.model_copy(update={
-        "distributions": {**here.distributions, "numpy": "1.26.4", "pydantic": "0.1", "only-for-training": "1.0"},
-        "serving": {"numpy": "1.26.4", "pydantic": "0.1", "onnxruntime": here.onnxruntime.version},
-        # One numeric flag changed either way: the lock had one this CPU lacks, or lacks one it has.
-        "cpu": here.cpu.model_copy(update={"numeric_flags": sorted(set(here.cpu.numeric_flags) ^ {"amx_bf16"})}),
-        "threads": {"OMP_NUM_THREADS": "64"},
-    })
+    locked = here.model_copy(
+        update={
+            "distributions": {**here.distributions, "numpy": "1.26.4", "pydantic": "0.1", "only-for-training": "1.0"},
+            "serving": {"numpy": "1.26.4", "pydantic": "0.1", "onnxruntime": here.onnxruntime.version},
+            # One numeric flag changed either way: the lock had one this CPU lacks, or lacks one it has.
+            "cpu": here.cpu.model_copy(update={"numeric_flags": sorted(set(here.cpu.numeric_flags) ^ {"amx_bf16"})}),
+            "threads": {"OMP_NUM_THREADS": "64"},
+        }
+    )
     items = {item.what: item.severity for item in drift.diff_environments(locked, here, ["CPUExecutionProvider"])}
     numpy_major_differs = here.distributions["numpy"].split(".")[0] != "1"
     assert items["numpy"] == ("critical" if numpy_major_differs else "notable")

@@ -16,7 +16,9 @@ class TinyMLP(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -31,8 +33,14 @@ def _leftovers(directory):
 
 def test_export_writes_the_full_layout_and_verifies(digits_bundle):
     manifest = open_bundle(digits_bundle).manifest
-    assert set(manifest.files) == {"pipeline.onnx", "model.onnx", "reference/inputs.npz", "reference/outputs.npz",
-                                   "environment.lock.json", "requirements-serve.txt"}
+    assert set(manifest.files) == {
+        "pipeline.onnx",
+        "model.onnx",
+        "reference/inputs.npz",
+        "reference/outputs.npz",
+        "environment.lock.json",
+        "requirements-serve.txt",
+    }
     assert manifest.inputs[0].name == "pixels" and manifest.inputs[0].shape == ["batch", 64]
     assert manifest.outputs[0].name == "logits" and manifest.outputs[0].kind == "scores"
     assert 0 < manifest.export_errors["logits"].max_abs < manifest.tolerance.default.atol
@@ -75,8 +83,13 @@ class WideTanh(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 512), torch.nn.Tanh(), torch.nn.Linear(512, 512),
-                                       torch.nn.Tanh(), torch.nn.Linear(512, 3))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 512),
+            torch.nn.Tanh(),
+            torch.nn.Linear(512, 512),
+            torch.nn.Tanh(),
+            torch.nn.Linear(512, 3),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -85,8 +98,14 @@ class WideTanh(torch.nn.Module):
 def test_export_fails_closed_when_ort_disagrees_and_writes_nothing(tmp_path):
     # A zero tolerance cannot absorb the real float32 noise between torch and ORT.
     with pytest.raises(ExportParityError, match="no bundle was written: output 'output' failed"):
-        paritybundle.export(WideTanh(), tmp_path / "b", reference_inputs=X, name="tiny",
-                            tolerance=Tolerance(atol=0, rtol=0), exporter="torchscript")
+        paritybundle.export(
+            WideTanh(),
+            tmp_path / "b",
+            reference_inputs=X,
+            name="tiny",
+            tolerance=Tolerance(atol=0, rtol=0),
+            exporter="torchscript",
+        )
     assert _leftovers(tmp_path) == []
 
 
@@ -157,8 +176,9 @@ class TwoInTwoOut(torch.nn.Module):
 def test_several_named_inputs_and_outputs(tmp_path):
     rng = np.random.default_rng(1)
     inputs = {"left": rng.normal(size=(9, 3)).astype(np.float32), "right": rng.normal(size=(9, 5)).astype(np.float32)}
-    result = paritybundle.export(TwoInTwoOut(), tmp_path / "b", reference_inputs=inputs, name="two",
-                                 output_names=["probs", "total"])
+    result = paritybundle.export(
+        TwoInTwoOut(), tmp_path / "b", reference_inputs=inputs, name="two", output_names=["probs", "total"]
+    )
     assert [s.name for s in result.manifest.inputs] == ["left", "right"]
     assert {s.name: s.kind for s in result.manifest.outputs} == {"probs": "scores", "total": "values"}
     assert paritybundle.check(tmp_path / "b")
@@ -169,8 +189,14 @@ def test_external_data_export_shares_one_weights_file_between_both_graphs(tmp_pa
     wide = torch.nn.Sequential(torch.nn.Linear(4, 512), torch.nn.ReLU(), torch.nn.Linear(512, 3))  # 1 MB of weights
     result = paritybundle.export(wide, tmp_path / "b", reference_inputs=X, name="tiny", external_data=True)
     files = set(result.manifest.files)
-    data_files = files - {"pipeline.onnx", "model.onnx", "reference/inputs.npz", "reference/outputs.npz",
-                          "environment.lock.json", "requirements-serve.txt"}
+    data_files = files - {
+        "pipeline.onnx",
+        "model.onnx",
+        "reference/inputs.npz",
+        "reference/outputs.npz",
+        "environment.lock.json",
+        "requirements-serve.txt",
+    }
     assert len(data_files) == 1, files  # model.onnx and pipeline.onnx refer to the same side file
     from paritybundle.bundle.external_data import external_locations
 

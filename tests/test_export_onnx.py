@@ -19,11 +19,16 @@ X = RNG.normal(size=(50, 4)).astype(np.float32)
 
 def _softmax_linear(path):
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["z"]),
-         helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)],
-        "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"]),
+            helper.make_node("Add", ["h", "B"], ["z"]),
+            helper.make_node("Softmax", ["z"], ["probabilities"], axis=1),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")])
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -39,8 +44,9 @@ def _research(x):
 
 def test_existing_onnx_model_is_bundled_and_checks(tmp_path):
     model = _softmax_linear(tmp_path / "linear.onnx")
-    spec = ExportSpec(model=str(model), reference_inputs={"x": X}, research_outputs={"probabilities": _research(X)},
-                      name="linear")
+    spec = ExportSpec(
+        model=str(model), reference_inputs={"x": X}, research_outputs={"probabilities": _research(X)}, name="linear"
+    )
     result = export_spec(spec, tmp_path / "b")
     manifest = result.manifest
     assert manifest.stages.exporter == "existing ONNX (linear.onnx)" and manifest.outputs[0].kind == "scores"
@@ -51,7 +57,9 @@ def test_existing_onnx_model_is_bundled_and_checks(tmp_path):
 def test_existing_onnx_model_that_disagrees_with_research_is_refused(tmp_path):
     model = _softmax_linear(tmp_path / "linear.onnx")
     wrong = _research(X)[:, ::-1].copy()  # research that this graph does not reproduce
-    spec = ExportSpec(model=str(model), reference_inputs={"x": X}, research_outputs={"probabilities": wrong}, name="linear")
+    spec = ExportSpec(
+        model=str(model), reference_inputs={"x": X}, research_outputs={"probabilities": wrong}, name="linear"
+    )
     with pytest.raises(ExportParityError, match="disagrees with the research outputs"):
         export_spec(spec, tmp_path / "b")
     assert not (tmp_path / "b").exists()
@@ -65,7 +73,11 @@ def test_existing_onnx_model_needs_research_outputs(tmp_path):
 
 def test_research_outputs_must_match_the_reference_count(tmp_path):
     model = _softmax_linear(tmp_path / "linear.onnx")
-    spec = ExportSpec(model=str(model), reference_inputs={"x": X}, research_outputs={"probabilities": _research(X)[:10]},
-                      name="linear")
+    spec = ExportSpec(
+        model=str(model),
+        reference_inputs={"x": X},
+        research_outputs={"probabilities": _research(X)[:10]},
+        name="linear",
+    )
     with pytest.raises(SpecError, match="one row per reference sample"):
         export_spec(spec, tmp_path / "b")

@@ -35,8 +35,13 @@ SETTINGS = {
 
 
 # The README's preset table, row by row: the worst share of its tolerance legitimate noise may use.
-PRESET_ROW = {"cpu_torch": "cpu, fp32", "gpu_strict": "cuda, fp32", "gpu_default": "cuda, fp32",
-              "gpu_tf32": "cuda, tf32", "gpu_bf16_autocast": "cuda or cpu, bf16 / fp16"}
+PRESET_ROW = {
+    "cpu_torch": "cpu, fp32",
+    "gpu_strict": "cuda, fp32",
+    "gpu_default": "cuda, fp32",
+    "gpu_tf32": "cuda, tf32",
+    "gpu_bf16_autocast": "cuda or cpu, bf16 / fp16",
+}
 
 
 def _readme_shares() -> dict[str, float]:
@@ -72,16 +77,30 @@ def exported(request, tmp_path_factory):
     model, _ = make_refs.build(name)
     model.load_state_dict({k[3:]: torch.from_numpy(refs[k]) for k in refs.files if k.startswith("w::")})
     path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
-    torch.onnx.export(model.eval(), (torch.from_numpy(refs["input"]),), str(path), dynamo=False,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    torch.onnx.export(
+        model.eval(),
+        (torch.from_numpy(refs["input"]),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+    )
     return name, path, refs
 
 
 def _bundle(exported, tag, directory):
     name, onnx_path, refs = exported
     device, precision = SETTINGS[tag]
-    spec = ExportSpec(model=str(onnx_path), reference_inputs={"x": refs["input"]}, research_outputs={"y": refs[tag]},
-                      name=name, reference_device=device, reference_precision=precision, max_reference_samples=None)
+    spec = ExportSpec(
+        model=str(onnx_path),
+        reference_inputs={"x": refs["input"]},
+        research_outputs={"y": refs[tag]},
+        name=name,
+        reference_device=device,
+        reference_precision=precision,
+        max_reference_samples=None,
+    )
     return export_spec(spec, directory / f"{name}-{tag}").path
 
 

@@ -140,7 +140,9 @@ def signed_bundle(digits_bundle, tmp_path_factory):
     directory = tmp_path_factory.mktemp("signed")
     private, public = directory / "k.pem", directory / "k.pub"
     subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)
-    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True, capture_output=True
+    )
     bundle = directory / "bundle"
     shutil.copytree(digits_bundle, bundle)
     sign(bundle, private)
@@ -220,8 +222,10 @@ def test_random_v2_bodies_get_4xx_never_5xx(client, data):
 
 
 SERVING_MODULES = [p for p in Path(paritybundle.__file__).parent.rglob("*.py") if "training" not in p.parts]
-FORBIDDEN = re.compile(r"import pickle|from pickle|pickle\.loads?\(|cPickle|\bdill\b|joblib\.load|torch\.load|"
-                       r"allow_pickle\s*=\s*True|(?<![.\w])eval\(|(?<![.\w])exec\(|import torch|from torch")
+FORBIDDEN = re.compile(
+    r"import pickle|from pickle|pickle\.loads?\(|cPickle|\bdill\b|joblib\.load|torch\.load|"
+    r"allow_pickle\s*=\s*True|(?<![.\w])eval\(|(?<![.\w])exec\(|import torch|from torch"
+)
 
 
 @pytest.mark.parametrize("module", SERVING_MODULES, ids=lambda p: p.name)
@@ -253,8 +257,11 @@ def test_rehashed_byte_flips_in_a_bundle_with_preprocessing_end_cleanly(wine_bun
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "b"
         shutil.copytree(wine_bundle, bundle)
-        victim = data.draw(st.sampled_from(["preprocess.onnx", "pipeline.onnx", "model.onnx", "reference/features.npz",
-                                            "reference/inputs.npz"]))
+        victim = data.draw(
+            st.sampled_from(
+                ["preprocess.onnx", "pipeline.onnx", "model.onnx", "reference/features.npz", "reference/inputs.npz"]
+            )
+        )
         raw = bytearray((bundle / victim).read_bytes())
         raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
         (bundle / victim).write_bytes(bytes(raw))
@@ -289,8 +296,11 @@ def test_a_graph_name_that_is_not_utf8_ends_cleanly_in_diff_and_testdata(wine_bu
 @given(st.data())
 def test_mutated_preprocessing_manifest_sections_end_cleanly(wine_bundle, data):
     manifest = json.loads((wine_bundle / "bundle.json").read_text())
-    _mutate(manifest["preprocessing"], data,
-            json_values | st.sampled_from(["features", "alcohol", "scores", [0, 99], [2, 1]]))
+    _mutate(
+        manifest["preprocessing"],
+        data,
+        json_values | st.sampled_from(["features", "alcohol", "scores", [0, 99], [2, 1]]),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "b"
         shutil.copytree(wine_bundle, bundle)
@@ -354,10 +364,10 @@ def _wine_body(row, replace: dict | None = None) -> bytes:
 
 
 hostile_requests = st.one_of(
-    st.just({'"data": ["': '"data": ["\\ud83d'}),                      # a lone surrogate in a category
-    st.just({'"data": ["': '"data": [5, "'}),                          # a number among strings
-    st.just({'"shape": [1]': '"shape": [2]'}),                         # a shape that does not match the data
-    st.just({'"datatype": "FP32"': '"datatype": "INT64"'}),            # a datatype the model does not take
+    st.just({'"data": ["': '"data": ["\\ud83d'}),  # a lone surrogate in a category
+    st.just({'"data": ["': '"data": [5, "'}),  # a number among strings
+    st.just({'"shape": [1]': '"shape": [2]'}),  # a shape that does not match the data
+    st.just({'"datatype": "FP32"': '"datatype": "INT64"'}),  # a datatype the model does not take
     st.just({'"inputs": [': '"inputs": [{"name": "extra", "shape": [1], "datatype": "FP32", "data": [1]}, '}),
     st.text(max_size=8).map(lambda t: {'"name": "': '"name": "' + t}),  # a renamed input
     st.floats(allow_nan=False).map(lambda f: {'"data": [': f'"data": [{json.dumps(f * 1e300)}, '}),
@@ -386,9 +396,14 @@ def test_one_hostile_request_among_good_ones_never_costs_them_their_answer(wine_
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http_client:
-                return await asyncio.gather(*(http_client.post("/v2/models/wine/infer", content=body,
-                                                               headers={"Content-Type": "application/json"})
-                                              for body in bodies))
+                return await asyncio.gather(
+                    *(
+                        http_client.post(
+                            "/v2/models/wine/infer", content=body, headers={"Content-Type": "application/json"}
+                        )
+                        for body in bodies
+                    )
+                )
 
     answers = asyncio.run(send_all())
     _count("batches with one hostile request")

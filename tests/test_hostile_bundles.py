@@ -57,8 +57,12 @@ def test_testdata_never_follows_external_data_out_of_the_bundle(digits_bundle, t
 def test_every_command_reading_a_graph_refuses_external_data_outside_the_bundle(digits_bundle, tmp_path, capsys):
     bundle = copy_bundle(digits_bundle, tmp_path / "b")
     _external_weight(bundle, "../../etc/passwd")
-    for command in (["check", str(bundle)], ["diff", str(digits_bundle), str(bundle)],
-                    ["testdata", str(bundle), "-o", str(tmp_path / "td")], ["serve", str(bundle), "--port", "0"]):
+    for command in (
+        ["check", str(bundle)],
+        ["diff", str(digits_bundle), str(bundle)],
+        ["testdata", str(bundle), "-o", str(tmp_path / "td")],
+        ["serve", str(bundle), "--port", "0"],
+    ):
         assert main(command) == 3, command
         assert "outside the bundle" in capsys.readouterr().err, command
     shutil.rmtree(bundle)
@@ -154,7 +158,9 @@ def test_a_graph_swapped_while_a_signed_bundle_loads_never_runs(digits_bundle, t
     rows = np.load(bundle / "reference" / "inputs.npz")["pixels"][:4]
     expected = paritybundle.load(bundle).predict(rows)["logits"]
     loaded = refused = 0
-    with _Swapper(bundle / "pipeline.onnx", [(bundle / "pipeline.onnx").read_bytes(), (other / "pipeline.onnx").read_bytes()]):
+    with _Swapper(
+        bundle / "pipeline.onnx", [(bundle / "pipeline.onnx").read_bytes(), (other / "pipeline.onnx").read_bytes()]
+    ):
         for _ in range(40):
             try:
                 runtime = paritybundle.load(bundle, public_key=keys / "ec.pub")
@@ -166,10 +172,18 @@ def test_a_graph_swapped_while_a_signed_bundle_loads_never_runs(digits_bundle, t
     assert loaded and refused
 
 
-@pytest.mark.parametrize("key, says", [("rsa.pub", "elliptic-curve keys"), ("ec.pem", "is a private key"),
-                                       ("rsa.pem", "is a private key"), ("garbage", "not a public key in PEM")])
-def test_a_key_in_the_wrong_format_is_a_usage_error_not_a_tampered_bundle(digits_bundle, tmp_path, keys, key, says,
-                                                                          capsys):
+@pytest.mark.parametrize(
+    "key, says",
+    [
+        ("rsa.pub", "elliptic-curve keys"),
+        ("ec.pem", "is a private key"),
+        ("rsa.pem", "is a private key"),
+        ("garbage", "not a public key in PEM"),
+    ],
+)
+def test_a_key_in_the_wrong_format_is_a_usage_error_not_a_tampered_bundle(
+    digits_bundle, tmp_path, keys, key, says, capsys
+):
     """Was: exit 3, 'the bundle was changed after signing ... do not deploy it'."""
     bundle = _signed_copy(digits_bundle, tmp_path / "b", keys)
     (keys / "garbage").write_text("not a key\n")
@@ -218,9 +232,9 @@ def test_a_member_declaring_more_than_the_manifest_is_refused_before_it_is_unpac
 
     bomb = tmp_path / "bomb.tar.gz"
     info = tarfile.TarInfo("model.onnx")
-    info.size = 256 * 1024 ** 2
+    info.size = 256 * 1024**2
     _archive(bomb, [_member("bundle.json", (digits_bundle / "bundle.json").read_bytes()), (info, _Zeros(info.size))])
-    assert bomb.stat().st_size < 2 * 1024 ** 2
+    assert bomb.stat().st_size < 2 * 1024**2
     with pytest.raises(BundleInvalid, match=r"'model.onnx' declares 268435456 bytes but bundle.json says \d+"):
         extract(bomb)
 
@@ -229,9 +243,11 @@ def test_a_member_before_the_manifest_is_refused(digits_bundle, tmp_path, capsys
     """Was: an unlisted member placed before bundle.json was unpacked (whatever its size) before the
     manifest could say it is not one of the bundle's files."""
     payload = tarfile.TarInfo("payload.bin")
-    payload.size = 64 * 1024 ** 2
-    evil = _archive(tmp_path / "evil.tar.gz", [(payload, _Zeros(payload.size)),
-                                               _member("bundle.json", (digits_bundle / "bundle.json").read_bytes())])
+    payload.size = 64 * 1024**2
+    evil = _archive(
+        tmp_path / "evil.tar.gz",
+        [(payload, _Zeros(payload.size)), _member("bundle.json", (digits_bundle / "bundle.json").read_bytes())],
+    )
     assert main(["verify", str(evil)]) == 3
     assert "'payload.bin' comes before bundle.json" in capsys.readouterr().err
 
@@ -243,10 +259,10 @@ def test_an_oversized_extended_header_is_refused_before_tarfile_reads_it(tmp_pat
     info = tarfile.TarInfo("bundle.json")
     info.size = 2
     if kind == "GNU long name":
-        info.name = "a" * (32 * 1024 ** 2)
+        info.name = "a" * (32 * 1024**2)
         path = _archive(tmp_path / "evil.tar.gz", [(info, io.BytesIO(b"{}"))], tarfile.GNU_FORMAT)
     else:
-        value = "1" * 160_000 if kind.startswith("pax digits") else "x" * (32 * 1024 ** 2)
+        value = "1" * 160_000 if kind.startswith("pax digits") else "x" * (32 * 1024**2)
         info.pax_headers = {"comment": value}
         path = _archive(tmp_path / "evil.tar.gz", [(info, io.BytesIO(b"{}"))])
     assert main(["verify", str(path)]) == 3
@@ -255,8 +271,9 @@ def test_an_oversized_extended_header_is_refused_before_tarfile_reads_it(tmp_pat
 
 def test_a_bundle_path_that_is_not_a_file_or_directory_is_refused_at_once(tmp_path):
     """Was: `bundle verify /dev/zero` never returned."""
-    done = subprocess.run([sys.executable, "-m", "paritybundle.cli", "verify", "/dev/zero"], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "paritybundle.cli", "verify", "/dev/zero"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2 and "neither a bundle directory nor an archive file" in done.stderr
 
 
@@ -270,12 +287,13 @@ def _npz_declaring(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]]) -
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for name, (shape, dtype) in arrays.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array_header_1_0(member, {"descr": np.dtype(dtype).str, "fortran_order": False,
-                                                              "shape": shape})
+                np.lib.format.write_array_header_1_0(
+                    member, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
+                )
                 chunk = bytes(1024 * 1024)
                 left = int(np.prod(shape)) * np.dtype(dtype).itemsize
                 while left > 0:
-                    member.write(chunk[:min(left, len(chunk))])
+                    member.write(chunk[: min(left, len(chunk))])
                     left -= len(chunk)
 
 
@@ -310,10 +328,17 @@ def test_a_large_declared_reference_set_streams_within_the_budget(digits_bundle,
     assert source.rows_per_pass(64) == 64
 
 
-@pytest.mark.parametrize("problem, array", [
-    ("a datetime", ("<M8[s]", (64, 64))), ("big-endian", (">f4", (64, 64))), ("a structured dtype", ([("a", "<f4")], (64, 64))),
-    ("complex", ("<c8", (64, 64))), ("0-d", ("<f4", ())), ("another width", ("<f4", (64, 63))),
-])
+@pytest.mark.parametrize(
+    "problem, array",
+    [
+        ("a datetime", ("<M8[s]", (64, 64))),
+        ("big-endian", (">f4", (64, 64))),
+        ("a structured dtype", ([("a", "<f4")], (64, 64))),
+        ("complex", ("<c8", (64, 64))),
+        ("0-d", ("<f4", ())),
+        ("another width", ("<f4", (64, 63))),
+    ],
+)
 def test_reference_arrays_must_be_what_the_manifest_declares(digits_bundle, tmp_path, problem, array, capsys):
     """Was: testdata crashed (exit 70) on datetime, structured and big-endian arrays, and passed
     complex, string and 0-d ones silently; check compared whatever was there."""
@@ -332,10 +357,14 @@ def test_a_sparse_manifest_is_refused_by_its_size_before_it_is_read(digits_bundl
     """Was: a sparse 4 GiB bundle.json was read whole (4.1 GiB of memory) before the 16 MiB limit applied."""
     bundle = copy_bundle(digits_bundle, tmp_path / "b")
     with open(bundle / "bundle.json", "r+b") as handle:
-        handle.truncate(4 * 1024 ** 3)
+        handle.truncate(4 * 1024**3)
     limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 1024 ** 3, 3 * 1024 ** 3)); "
-    done = subprocess.run([sys.executable, "-c", limit + "from paritybundle.cli import main; main()", "verify", str(bundle)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", limit + "from paritybundle.cli import main; main()", "verify", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 3 and "larger than any the bundle format writes" in done.stderr, done.stderr[-500:]
 
 
@@ -348,16 +377,25 @@ def _with_manifest(digits_bundle: Path, target: Path, text: str) -> Path:
     return bundle
 
 
-@pytest.mark.parametrize("edit, says", [
-    (lambda t: t.replace('"name": "digits"', '"name": "digits", "name": "evil"', 1), "appears twice"),
-    (lambda t: t.replace('"format_version": 1', '"format_version": 1, "format_version": 1', 1), "appears twice"),
-    (lambda t: re_sub(r'"bytes": (\d+)', r'"bytes": "\1"', t, 1), "valid integer"),
-    (lambda t: re_sub(r'"samples": (\d+)', r'"samples": \1.0', t, 1), "valid integer"),
-    (lambda t: t.replace('"intra_op_num_threads": 0', '"intra_op_num_threads": 100000', 1), "less than or equal to 1024"),
-    (lambda t: re_sub(r'"atol": [^,]+', '"atol": NaN', t, 1), "finite number"),
-    (lambda t: t.replace('"params": {', '"params": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ", 1), "nested too deeply"),
-    (lambda t: t.replace('"params": {', '"params": {"huge": ' + "9" * 5000 + ", ", 1), "digits"),
-])
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda t: t.replace('"name": "digits"', '"name": "digits", "name": "evil"', 1), "appears twice"),
+        (lambda t: t.replace('"format_version": 1', '"format_version": 1, "format_version": 1', 1), "appears twice"),
+        (lambda t: re_sub(r'"bytes": (\d+)', r'"bytes": "\1"', t, 1), "valid integer"),
+        (lambda t: re_sub(r'"samples": (\d+)', r'"samples": \1.0', t, 1), "valid integer"),
+        (
+            lambda t: t.replace('"intra_op_num_threads": 0', '"intra_op_num_threads": 100000', 1),
+            "less than or equal to 1024",
+        ),
+        (lambda t: re_sub(r'"atol": [^,]+', '"atol": NaN', t, 1), "finite number"),
+        (
+            lambda t: t.replace('"params": {', '"params": {"deep": ' + "[" * 100_000 + "]" * 100_000 + ", ", 1),
+            "nested too deeply",
+        ),
+        (lambda t: t.replace('"params": {', '"params": {"huge": ' + "9" * 5000 + ", ", 1), "digits"),
+    ],
+)
 def test_a_manifest_that_is_not_strictly_valid_is_refused_in_one_sentence(digits_bundle, tmp_path, edit, says, capsys):
     """Was: duplicate keys accepted (last wins), "168609" coerced to a number, 100000 threads handed
     to ONNX Runtime (the check hung, 2.1 GiB in 30 s), a 5000-digit integer or deep nesting exit 70."""
@@ -376,8 +414,11 @@ def re_sub(pattern: str, replacement: str, text: str, count: int) -> str:
 
 
 extreme_numbers = st.one_of(
-    st.integers(min_value=-(2 ** 70), max_value=2 ** 70), st.sampled_from([0, -1, 2 ** 31, 2 ** 63, 10 ** 30]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["1", "1e3", "NaN", True, None]))
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, -1, 2**31, 2**63, 10**30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["1", "1e3", "NaN", True, None]),
+)
 
 
 @settings(max_examples=150, deadline=20000, suppress_health_check=list(HealthCheck))
@@ -457,8 +498,10 @@ def test_staging_of_a_killed_run_is_removed_and_a_live_ones_is_kept(digits_bundl
 
     parent = tmp_path / "out"
     parent.mkdir()
-    holder = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); " \
-             "print('locked', flush=True); time.sleep(600)"
+    holder = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(600)"
+    )
     for name in ("td", "b.tar.gz"):
         dead, live = parent / f".{name}.partial-dead", parent / f".{name}.partial-live"
         dead.mkdir()

@@ -63,8 +63,22 @@ class _GroupServer:
         self.log = tmp_path / f"serve-{self.port}.log"
         with open(self.log, "w") as sink:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port", str(self.port),
-                 "--capture", str(directory), *args], stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "paritybundle.cli",
+                    "serve",
+                    str(bundle),
+                    "--port",
+                    str(self.port),
+                    "--capture",
+                    str(directory),
+                    *args,
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()
@@ -100,8 +114,14 @@ class _GroupServer:
             self.process.wait()
 
 
-@pytest.mark.parametrize("how", ["SIGINT to the process group (Ctrl-C)", "SIGTERM to the process group (systemd)",
-                                 "SIGTERM to the server (docker stop)"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "SIGINT to the process group (Ctrl-C)",
+        "SIGTERM to the process group (systemd)",
+        "SIGTERM to the server (docker stop)",
+    ],
+)
 def test_an_ordinary_stop_keeps_every_captured_row(wine_bundle, tmp_path, how):
     """Was: SIGINT or SIGTERM to the process group left 0 of 240 rows and no file."""
     _counted("capture")
@@ -194,9 +214,17 @@ def test_a_link_planted_at_the_writers_name_is_never_followed(wine_bundle, tmp_p
     victim.write_text("precious")
     events = []
     manifest_bytes = (wine_bundle / "bundle.json").read_bytes()
-    files = capture_files.CaptureFiles({"directory": str(directory), "manifest_bytes": manifest_bytes,
-                                        "max_file_bytes": 1 << 20, "max_total_bytes": 1 << 30,
-                                        "rotate_seconds": 60.0, "pid": os.getpid()}, events.append)
+    files = capture_files.CaptureFiles(
+        {
+            "directory": str(directory),
+            "manifest_bytes": manifest_bytes,
+            "max_file_bytes": 1 << 20,
+            "max_total_bytes": 1 << 30,
+            "rotate_seconds": 60.0,
+            "pid": os.getpid(),
+        },
+        events.append,
+    )
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     for second in (stamp, time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() + 1))):
         (directory / f".capture-{second}-{os.getpid()}-000001-guessed{PARTIAL_SUFFIX}").symlink_to(victim)
@@ -204,9 +232,12 @@ def test_a_link_planted_at_the_writers_name_is_never_followed(wine_bundle, tmp_p
     raw = dict(np.load(wine_bundle / "reference" / "inputs.npz", allow_pickle=False))
     outputs = dict(np.load(wine_bundle / "reference" / "outputs.npz", allow_pickle=False))
     # The frame the server would send for one request.
-    frame = capture_files.encode_request([*manifest.inputs, *manifest.outputs],
-                                         [*(raw[s.name][:1] for s in manifest.inputs),
-                                          *(outputs[s.name][:1] for s in manifest.outputs)], "r0", time.time())
+    frame = capture_files.encode_request(
+        [*manifest.inputs, *manifest.outputs],
+        [*(raw[s.name][:1] for s in manifest.inputs), *(outputs[s.name][:1] for s in manifest.outputs)],
+        "r0",
+        time.time(),
+    )
     request = capture_files.decode_request(frame, manifest.inputs, manifest.outputs)
     files.write(capture_files.chunk_of([request], manifest), len(frame))
     files.close()
@@ -229,8 +260,10 @@ def _request(bundle: Path, rows: int):
     raw = dict(np.load(bundle / "reference" / "inputs.npz", allow_pickle=False))
     outputs = dict(np.load(bundle / "reference" / "outputs.npz", allow_pickle=False))
     picks = np.arange(rows) % len(next(iter(raw.values())))
-    return ({s.name: raw[s.name][picks] for s in manifest.inputs},
-            {s.name: outputs[s.name][picks] for s in manifest.outputs})
+    return (
+        {s.name: raw[s.name][picks] for s in manifest.inputs},
+        {s.name: outputs[s.name][picks] for s in manifest.outputs},
+    )
 
 
 def test_the_queue_is_bounded_in_bytes_while_the_writer_stalls(digits_bundle, tmp_path):
@@ -296,19 +329,22 @@ def test_a_huge_request_id_is_captured_as_its_start_and_digest(digits_bundle, tm
 # --- 9. options that must be refused ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--max-batch-delay-ms", "nan"], "--max-batch-delay-ms must be a number of milliseconds"),
-    (["--max-batch-delay-ms", "inf"], "--max-batch-delay-ms must be a number of milliseconds"),
-    (["--capture", "{dir}", "--capture-rotate-seconds", "nan"], "--capture-rotate-seconds must be"),
-    (["--capture", "{dir}", "--capture-rotate-seconds", "inf"], "--capture-rotate-seconds must be"),
-    (["--capture", "{dir}", "--capture-rate", "nan"], "--capture-rate must be above 0"),
-    (["--capture", "{dir}", "--capture-max-bytes", str(10**30)], "--capture-max-bytes must be between"),
-    (["--capture", "{dir}", "--capture-queue", str(10**30)], "--capture-queue must be between"),
-    (["--capture", "{dir}", "--capture-queue-bytes", "10"], "--capture-queue-bytes must be between"),
-    (["--capture", "{dir}", "--capture-max-total-bytes", "2048"], "must be at least twice"),
-    (["--capture-rate", "0.5"], "add --capture DIR"),
-    (["--max-answer-bytes", "0"], "--max-answer-bytes must be positive"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-batch-delay-ms", "nan"], "--max-batch-delay-ms must be a number of milliseconds"),
+        (["--max-batch-delay-ms", "inf"], "--max-batch-delay-ms must be a number of milliseconds"),
+        (["--capture", "{dir}", "--capture-rotate-seconds", "nan"], "--capture-rotate-seconds must be"),
+        (["--capture", "{dir}", "--capture-rotate-seconds", "inf"], "--capture-rotate-seconds must be"),
+        (["--capture", "{dir}", "--capture-rate", "nan"], "--capture-rate must be above 0"),
+        (["--capture", "{dir}", "--capture-max-bytes", str(10**30)], "--capture-max-bytes must be between"),
+        (["--capture", "{dir}", "--capture-queue", str(10**30)], "--capture-queue must be between"),
+        (["--capture", "{dir}", "--capture-queue-bytes", "10"], "--capture-queue-bytes must be between"),
+        (["--capture", "{dir}", "--capture-max-total-bytes", "2048"], "must be at least twice"),
+        (["--capture-rate", "0.5"], "add --capture DIR"),
+        (["--max-answer-bytes", "0"], "--max-answer-bytes must be positive"),
+    ],
+)
 def test_serve_options_out_of_range_are_exit_2(wine_bundle, tmp_path, capsys, args, message):
     _counted("options")
     directory = tmp_path / "capture"

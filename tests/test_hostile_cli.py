@@ -53,8 +53,9 @@ def test_pack_takes_any_creation_time_the_manifest_holds(digits_bundle, tmp_path
     assert main(["verify", str(tmp_path / "b.tar.gz")]) == 0
 
 
-def test_a_graph_that_fails_at_run_time_is_the_bundles_fault_in_check_and_a_finding_in_diff(digits_bundle, tmp_path,
-                                                                                             capsys):
+def test_a_graph_that_fails_at_run_time_is_the_bundles_fault_in_check_and_a_finding_in_diff(
+    digits_bundle, tmp_path, capsys
+):
     """Was: ONNX Runtime failing in session.run (the graph loads, running it does not) was exit 70."""
     import numpy as np
 
@@ -88,31 +89,38 @@ def test_unwritable_outputs_are_usage_errors(digits_bundle, digits_example, tmp_
     blocker = tmp_path / "file"
     blocker.write_text("")
     script = tmp_path / "spec.py"
-    script.write_text("import numpy as np, torch\nfrom paritybundle import ExportSpec\n"
-                      "def make_spec():\n    return ExportSpec(model=torch.nn.Linear(3, 2), "
-                      "reference_inputs=np.ones((4, 3), np.float32), name='lin')\n")
-    for command in (["export", f"{script}:make_spec", "-o", str(blocker / "b")],
-                    ["pack", str(digits_bundle), "-o", str(blocker / "b.tar.gz")],
-                    ["testdata", str(digits_bundle), "-o", str(blocker / "td")],
-                    ["build-image", str(digits_bundle), "--context", str(blocker / "ctx")],
-                    ["check", str(digits_bundle), "--json", str(blocker / "r.json")]):
+    script.write_text(
+        "import numpy as np, torch\nfrom paritybundle import ExportSpec\n"
+        "def make_spec():\n    return ExportSpec(model=torch.nn.Linear(3, 2), "
+        "reference_inputs=np.ones((4, 3), np.float32), name='lin')\n"
+    )
+    for command in (
+        ["export", f"{script}:make_spec", "-o", str(blocker / "b")],
+        ["pack", str(digits_bundle), "-o", str(blocker / "b.tar.gz")],
+        ["testdata", str(digits_bundle), "-o", str(blocker / "td")],
+        ["build-image", str(digits_bundle), "--context", str(blocker / "ctx")],
+        ["check", str(digits_bundle), "--json", str(blocker / "r.json")],
+    ):
         assert main(command) == 2, command
         err = capsys.readouterr().err
         assert "cannot write" in err and "Traceback" not in err, (command, err)
 
 
-@pytest.mark.parametrize("args, says", [
-    (["check", "{b}", "--atol", "nan", "--rtol", "0"], "finite numbers"),
-    (["check", "{b}", "--atol", "inf", "--rtol", "0"], "finite numbers"),
-    (["check", "{b}", "--output-tolerance", "logits:nan:0"], "finite numbers"),
-    (["check", "{b}", "--threads", "100000"], "thread count"),
-    (["serve", "{b}", "--log-level", "bogus"], "--log-level 'bogus'"),
-    (["serve", "{b}", "--port", "-1"], "is not a port"),
-    (["serve", "{b}", "--port", "99999"], "is not a port"),
-    (["serve", "{b}", "--host", "no-such-host.invalid", "--port", "0"], "cannot listen on no-such-host.invalid"),
-    (["serve", "{b}", "--header-timeout", "0"], "--header-timeout"),
-    (["rehearse", "{b}", "--python", "/nonexistent/python"], "cannot run --python"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["check", "{b}", "--atol", "nan", "--rtol", "0"], "finite numbers"),
+        (["check", "{b}", "--atol", "inf", "--rtol", "0"], "finite numbers"),
+        (["check", "{b}", "--output-tolerance", "logits:nan:0"], "finite numbers"),
+        (["check", "{b}", "--threads", "100000"], "thread count"),
+        (["serve", "{b}", "--log-level", "bogus"], "--log-level 'bogus'"),
+        (["serve", "{b}", "--port", "-1"], "is not a port"),
+        (["serve", "{b}", "--port", "99999"], "is not a port"),
+        (["serve", "{b}", "--host", "no-such-host.invalid", "--port", "0"], "cannot listen on no-such-host.invalid"),
+        (["serve", "{b}", "--header-timeout", "0"], "--header-timeout"),
+        (["rehearse", "{b}", "--python", "/nonexistent/python"], "cannot run --python"),
+    ],
+)
 def test_bad_options_are_one_sentence_and_exit_2(digits_bundle, args, says, capsys):
     assert main([a.replace("{b}", str(digits_bundle)) for a in args]) == 2
     err = capsys.readouterr().err
@@ -125,8 +133,12 @@ def test_serve_on_a_port_in_use_is_a_usage_error_before_anything_listens(digits_
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "paritybundle.cli", "serve", str(digits_bundle), "--port", str(port)],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "paritybundle.cli", "serve", str(digits_bundle), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == 2, done.stderr[-1000:]
     assert re.search(rf"cannot listen on 127.0.0.1:{port} \(Address already in use\)", done.stderr)
     assert "parity holds" not in done.stderr and "Traceback" not in done.stderr

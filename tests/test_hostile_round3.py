@@ -31,8 +31,11 @@ def small_answers(digits_bundle):
 
 def _pixels_body(digits_bundle, rows: int, outputs=None, **parameters) -> dict:
     pixels = np.load(digits_bundle / "reference" / "inputs.npz")["pixels"][:rows]
-    body = {"inputs": [{"name": "pixels", "shape": list(pixels.shape), "datatype": "FP32",
-                        "data": pixels.reshape(-1).tolist()}]}
+    body = {
+        "inputs": [
+            {"name": "pixels", "shape": list(pixels.shape), "datatype": "FP32", "data": pixels.reshape(-1).tolist()}
+        ]
+    }
     if outputs is not None:
         body["outputs"] = outputs
     if parameters:
@@ -43,8 +46,9 @@ def _pixels_body(digits_bundle, rows: int, outputs=None, **parameters) -> dict:
 def test_an_output_named_twice_is_a_400(small_answers, digits_bundle):
     """Was: a 0.49 MB request naming `logits` 4,000 times got a 789 MB answer."""
     _counted("server")
-    answer = small_answers.post("/v2/models/digits/infer",
-                                json=_pixels_body(digits_bundle, 1, [{"name": "logits"}] * 4000))
+    answer = small_answers.post(
+        "/v2/models/digits/infer", json=_pixels_body(digits_bundle, 1, [{"name": "logits"}] * 4000)
+    )
     assert answer.status_code == 400
     assert answer.json() == {"error": "output 'logits' is asked for more than once; name each output once."}
 
@@ -62,8 +66,9 @@ def test_an_answer_past_the_limit_is_a_413_naming_it_before_it_is_built(small_an
     _counted("server")
     fits = small_answers.post("/v2/models/digits/infer", json=_pixels_body(digits_bundle, 4, binary_data_output=binary))
     assert fits.status_code == 200
-    answer = small_answers.post("/v2/models/digits/infer", json=_pixels_body(digits_bundle, 400,
-                                                                             binary_data_output=binary))
+    answer = small_answers.post(
+        "/v2/models/digits/infer", json=_pixels_body(digits_bundle, 400, binary_data_output=binary)
+    )
     assert answer.status_code == 413
     assert "over this server's limit of 4096 (--max-answer-bytes)" in answer.json()["error"]
 
@@ -75,12 +80,17 @@ def test_the_answer_bound_is_never_below_what_is_built():
     from paritybundle.bundle.manifest import TensorSpec
     from paritybundle.serving.wire import output_json
 
-    worst = {"float64": np.array([-2.2250738585072014e-308, -1.7976931348623157e308]),
-             "float32": np.array([-1.1754944e-38, np.float32(-3.4028235e38)], np.float32),
-             "float16": np.array([-6.1e-05, -65504.0], np.float16),
-             "int64": np.array([np.iinfo(np.int64).min] * 2), "uint64": np.array([np.iinfo(np.uint64).max] * 2),
-             "int32": np.array([np.iinfo(np.int32).min] * 2), "int8": np.array([-128] * 2, np.int8),
-             "bool": np.array([False, False]), "string": np.array(["\x01\x02", "é" * 3], dtype=object)}
+    worst = {
+        "float64": np.array([-2.2250738585072014e-308, -1.7976931348623157e308]),
+        "float32": np.array([-1.1754944e-38, np.float32(-3.4028235e38)], np.float32),
+        "float16": np.array([-6.1e-05, -65504.0], np.float16),
+        "int64": np.array([np.iinfo(np.int64).min] * 2),
+        "uint64": np.array([np.iinfo(np.uint64).max] * 2),
+        "int32": np.array([np.iinfo(np.int32).min] * 2),
+        "int8": np.array([-128] * 2, np.int8),
+        "bool": np.array([False, False]),
+        "string": np.array(["\x01\x02", "é" * 3], dtype=object),
+    }
     for dtype, values in worst.items():
         spec = TensorSpec(name="o", dtype=dtype, shape=["batch"])
         built = len(orjson.dumps(output_json("o", values, spec)))
@@ -96,8 +106,10 @@ def _score_input(wine_bundle, tmp_path):
     return write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
 
 
-@pytest.mark.parametrize("where", ["the input file", "the bundle", "a folder holding the input", "inside the bundle",
-                                   "the input through a link"])
+@pytest.mark.parametrize(
+    "where",
+    ["the input file", "the bundle", "a folder holding the input", "inside the bundle", "the input through a link"],
+)
 def test_score_force_never_replaces_its_own_input_or_bundle(wine_bundle, tmp_path, capsys, where):
     """Was: `-o in.parquet --force` replaced the input with scores; `-o BUNDLE --force` deleted the bundle."""
     import shutil
@@ -112,8 +124,13 @@ def test_score_force_never_replaces_its_own_input_or_bundle(wine_bundle, tmp_pat
     source = shutil.move(_score_input(wine_bundle, tmp_path), folder / "rows.parquet")
     link = tmp_path / "alias.parquet"
     link.symlink_to(source)
-    out = {"the input file": source, "the bundle": bundle, "a folder holding the input": folder,
-           "inside the bundle": bundle / "scores", "the input through a link": link}[where]
+    out = {
+        "the input file": source,
+        "the bundle": bundle,
+        "a folder holding the input": folder,
+        "inside the bundle": bundle / "scores",
+        "the input through a link": link,
+    }[where]
     before = {p: p.read_bytes() for p in [source, *bundle.rglob("*")] if p.is_file()}
     assert main(["score", str(bundle), str(source), "-o", str(out), "--force"]) == 2
     err = capsys.readouterr().err
@@ -122,11 +139,14 @@ def test_score_force_never_replaces_its_own_input_or_bundle(wine_bundle, tmp_pat
     assert {p for p in bundle.rglob("*") if p.is_file()} == {p for p in before if p != source}  # nothing added
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--batch-rows", str(10 ** 12)], "--batch-rows must be from 1 to"),
-    (["--workers", str(10 ** 12)], "--workers from 1 to"),
-    (["--id-column", "shape_list"], "a row id is one value per row"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-rows", str(10**12)], "--batch-rows must be from 1 to"),
+        (["--workers", str(10**12)], "--workers from 1 to"),
+        (["--id-column", "shape_list"], "a row id is one value per row"),
+    ],
+)
 def test_score_options_out_of_range_are_exit_2(wine_bundle, tmp_path, capsys, args, message):
     import pyarrow as pa
     from scoring_tools import reference_table, write_parquet
@@ -205,13 +225,18 @@ def test_a_manifest_or_signature_that_is_a_directory_is_exit_3(digits_bundle, tm
     bundle = copy_bundle(digits_bundle, tmp_path / "digits")
     private, public = tmp_path / "k.pem", tmp_path / "k.pub"
     subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)
-    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True, capture_output=True
+    )
     if name == "bundle.json":
         (bundle / name).unlink()
     (bundle / name).mkdir()
-    for command in (["verify", str(bundle), "--key", str(public)], ["check", str(bundle), "--key", str(public)],
-                    ["inspect", str(bundle)], ["sign", str(bundle), "--key", str(private)]):
+    for command in (
+        ["verify", str(bundle), "--key", str(public)],
+        ["check", str(bundle), "--key", str(public)],
+        ["inspect", str(bundle)],
+        ["sign", str(bundle), "--key", str(private)],
+    ):
         if name == "bundle.sig" and command[0] == "inspect":
             continue  # inspect reads no signature
         assert main(command) == 3, command
@@ -235,14 +260,19 @@ def wine_capture(wine_bundle, tmp_path_factory):
     directory = tmp_path_factory.mktemp("capture")
     options = CaptureOptions(directory=str(directory))
     prepare_directory(options)
-    writer = CaptureWriter(options, read_manifest(wine_bundle), (wine_bundle / "bundle.json").read_bytes(),
-                           CollectorRegistry())
+    writer = CaptureWriter(
+        options, read_manifest(wine_bundle), (wine_bundle / "bundle.json").read_bytes(), CollectorRegistry()
+    )
     raw = dict(np.load(wine_bundle / "reference" / "inputs.npz", allow_pickle=False))
     outputs = dict(np.load(wine_bundle / "reference" / "outputs.npz", allow_pickle=False))
     writer.start()
     for k in range(60):
-        writer.submit(f"r{k}", time.time(), {n: a[k:k + 1] for n, a in raw.items()},
-                      {n: a[k:k + 1] for n, a in outputs.items()})
+        writer.submit(
+            f"r{k}",
+            time.time(),
+            {n: a[k : k + 1] for n, a in raw.items()},
+            {n: a[k : k + 1] for n, a in outputs.items()},
+        )
     writer.stop()
     (file,) = directory.glob("capture-*.parquet")
     return file
@@ -266,21 +296,27 @@ def _null_at_0(table, name):
     return table.set_column(table.schema.get_field_index(name), name, pa.array(values, table.schema.field(name).type))
 
 
-@pytest.mark.parametrize("case, change, says", [
-    ("no row column", lambda t: t.drop_columns(["row"]), "has no int32 column 'row'"),
-    ("no request_id column", lambda t: t.drop_columns(["request_id"]), "has no string column 'request_id'"),
-    ("a null row", lambda t: _null_at_0(t, "row"), "rows without a 'row'"),
-    ("a null request_id", lambda t: _null_at_0(t, "request_id"), "rows without a 'request_id'"),
-])
-def test_a_capture_missing_or_nulling_its_request_columns_is_exit_2(wine_bundle, wine_capture, tmp_path, capsys,
-                                                                   case, change, says):
+@pytest.mark.parametrize(
+    "case, change, says",
+    [
+        ("no row column", lambda t: t.drop_columns(["row"]), "has no int32 column 'row'"),
+        ("no request_id column", lambda t: t.drop_columns(["request_id"]), "has no string column 'request_id'"),
+        ("a null row", lambda t: _null_at_0(t, "row"), "rows without a 'row'"),
+        ("a null request_id", lambda t: _null_at_0(t, "request_id"), "rows without a 'request_id'"),
+    ],
+)
+def test_a_capture_missing_or_nulling_its_request_columns_is_exit_2(
+    wine_bundle, wine_capture, tmp_path, capsys, case, change, says
+):
     """Was: KeyError (check, drift) and ValueError (check, replay), exit 70."""
     from paritybundle.cli import main
 
     altered = _altered_capture(wine_capture, tmp_path, change)
-    for command in (["check", str(wine_bundle), "--references", str(altered)],
-                    ["drift", str(wine_bundle), str(altered)],
-                    ["replay", "examples/wine/train.py:make_spec", str(altered)]):
+    for command in (
+        ["check", str(wine_bundle), "--references", str(altered)],
+        ["drift", str(wine_bundle), str(altered)],
+        ["replay", "examples/wine/train.py:make_spec", str(altered)],
+    ):
         _counted("captured files")
         assert main(command) == 2, (case, command)
         err = capsys.readouterr().err
@@ -297,15 +333,25 @@ def _dynamic_capture(digits_bundle, tmp_path, shapes):
     from paritybundle.runtime.capture import Captured, chunk_batch, chunk_of, schema
 
     inputs = [TensorSpec(name=f"x{i}", dtype="float32", shape=["batch", f"n{i}"]) for i in range(3)]
-    manifest = read_manifest(digits_bundle).model_copy(update={
-        "inputs": inputs, "outputs": [TensorSpec(name="y", dtype="float32", shape=["batch", 1])]})
-    records = [Captured(f"r{k}", 0.0, {f"x{i}": np.full((1, shape[i]), k, np.float32) for i in range(3)},
-                        {"y": np.full((1, 1), k, np.float32)}) for k, shape in enumerate(shapes)]
+    manifest = read_manifest(digits_bundle).model_copy(
+        update={"inputs": inputs, "outputs": [TensorSpec(name="y", dtype="float32", shape=["batch", 1])]}
+    )
+    records = [
+        Captured(
+            f"r{k}",
+            0.0,
+            {f"x{i}": np.full((1, shape[i]), k, np.float32) for i in range(3)},
+            {"y": np.full((1, 1), k, np.float32)},
+        )
+        for k, shape in enumerate(shapes)
+    ]
     arrow_schema = schema(manifest, manifest.model_dump_json().encode())
     path = tmp_path / "capture-shapes.parquet"
     with pq.ParquetWriter(path, arrow_schema) as writer:
         for start in range(0, len(records), 1000):
-            writer.write_batch(chunk_batch(chunk_of(records[start:start + 1000], manifest), manifest, "d", arrow_schema))
+            writer.write_batch(
+                chunk_batch(chunk_of(records[start : start + 1000], manifest), manifest, "d", arrow_schema)
+            )
     return path, manifest
 
 
@@ -358,13 +404,21 @@ def _wine_binary_body(wine_bundle, strings: int, shape: list[int]) -> tuple[byte
     inputs = []
     for spec in read_manifest(wine_bundle).inputs:
         if spec.dtype == "string":
-            inputs.append({"name": spec.name, "shape": shape, "datatype": "BYTES",
-                           "parameters": {"binary_data_size": 4 * strings}})
+            inputs.append(
+                {
+                    "name": spec.name,
+                    "shape": shape,
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": 4 * strings},
+                }
+            )
         else:
             inputs.append({"name": spec.name, "shape": [1], "datatype": "FP32", "data": [1.0]})
     header = json.dumps({"inputs": inputs}).encode()
-    return header + bytes(4 * strings), {"Inference-Header-Content-Length": str(len(header)),
-                                         "Content-Type": "application/octet-stream"}
+    return header + bytes(4 * strings), {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def test_a_bytes_tensor_of_the_wrong_shape_is_refused_before_it_is_decoded(wine_client, wine_bundle, monkeypatch):
@@ -389,8 +443,7 @@ def test_a_large_body_is_decoded_off_the_event_loop(wine_client, wine_bundle, mo
     _counted("server")
     threads = []
     real = handlers.decode_body
-    monkeypatch.setattr(handlers, "decode_body",
-                        lambda *a: threads.append(threading.current_thread().name) or real(*a))
+    monkeypatch.setattr(handlers, "decode_body", lambda *a: threads.append(threading.current_thread().name) or real(*a))
     small, headers = _wine_binary_body(wine_bundle, 1, [1])
     large, _ = _wine_binary_body(wine_bundle, 1_000_000, [1_000_000])  # 4 MB: past the 1 MiB line
     assert wine_client.post("/v2/models/wine/infer", content=small, headers=headers).status_code == 200
@@ -426,8 +479,10 @@ def test_a_local_ray_that_fails_to_start_is_exit_2_saying_so(wine_bundle, tmp_pa
     _counted("score")
 
     def overloaded(*args, **kwargs):  # the sentence ray/_private/node.py raises, as it raises it
-        raise Exception("The current node timed out during startup. This could happen because some of the raylet "
-                        "failed to startup or the GCS has become overloaded.")
+        raise Exception(
+            "The current node timed out during startup. This could happen because some of the raylet "
+            "failed to startup or the GCS has become overloaded."
+        )
 
     monkeypatch.setattr(ray, "init", overloaded)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

@@ -36,8 +36,9 @@ class EmbeddingBag(torch.nn.Module):
 @pytest.fixture(scope="module")
 def embedding_bundle(tmp_path_factory):
     ids = np.random.default_rng(0).integers(0, 50, size=(64, 6), dtype=np.int64)
-    return paritybundle.export(EmbeddingBag(), tmp_path_factory.mktemp("emb") / "emb", reference_inputs={"ids": ids},
-                               name="emb").path
+    return paritybundle.export(
+        EmbeddingBag(), tmp_path_factory.mktemp("emb") / "emb", reference_inputs={"ids": ids}, name="emb"
+    ).path
 
 
 def test_the_graph_tells_which_inputs_index_a_table(embedding_bundle):
@@ -175,26 +176,35 @@ class _Hostile(BaseHTTPRequestHandler):
             return self._json(b'{"name": "digits", "platform": "x", "inputs": 5, "outputs": []}')
         if mode == "nested":
             return self._json(b'{"name": "digits", "inputs": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
-        self._json(json.dumps({"name": "digits", "platform": "x",
-                               "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
-                               "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]}).encode())
+        self._json(
+            json.dumps(
+                {
+                    "name": "digits",
+                    "platform": "x",
+                    "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
+                    "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+                }
+            ).encode()
+        )
 
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
         mode = type(self).mode
         if mode == "huge-declared":
-            self._json(b"", length=3 * 1024 ** 3)
+            self._json(b"", length=3 * 1024**3)
         elif mode == "huge-streamed":
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()  # no length: read until closed
             try:
-                self.wfile.write(b'{"outputs": [' + b" " * (100 * 1024 ** 2))
+                self.wfile.write(b'{"outputs": [' + b" " * (100 * 1024**2))
             except OSError:
                 pass  # the client stopped reading, as it should
         else:
-            self._json(b'{"model_name": "digits", "outputs": [{"name": "logits", "shape": [1, 10], "datatype": "FP32", '
-                       b'"data": "not a list"}]}')
+            self._json(
+                b'{"model_name": "digits", "outputs": [{"name": "logits", "shape": [1, 10], "datatype": "FP32", '
+                b'"data": "not a list"}]}'
+            )
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -212,11 +222,16 @@ def hostile_endpoint():
     server.server_close()
 
 
-@pytest.mark.parametrize("mode, says", [
-    ("inputs-is-a-number", "without V2 model metadata"), ("nested", "is not JSON"),
-    ("huge-declared", "refused unread"), ("huge-streamed", "stopped reading"),
-    ("bad-response", "not a V2 inference response"),
-])
+@pytest.mark.parametrize(
+    "mode, says",
+    [
+        ("inputs-is-a-number", "without V2 model metadata"),
+        ("nested", "is not JSON"),
+        ("huge-declared", "refused unread"),
+        ("huge-streamed", "stopped reading"),
+        ("bad-response", "not a V2 inference response"),
+    ],
+)
 def test_an_endpoint_answering_badly_is_one_sentence_and_exit_2(digits_bundle, hostile_endpoint, mode, says, capsys):
     """Was: a 3 GiB answer took 6.2 GiB of memory (no cap); nested or "inputs": 5 metadata was exit 70."""
     from paritybundle.cli import main
@@ -256,11 +271,15 @@ def test_the_timeout_is_one_deadline_for_the_whole_check(digits_bundle, hostile_
     assert "did not answer within the check's deadline of 1.5 s" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--url", "http://[::1"], "not a valid URL"), (["--url", "http://127.0.0.1:99999"], "not a valid URL"),
-    (["--url", "http://127.0.0.1:9", "--timeout", "-1"], "positive number of seconds"),
-    (["--url", "http://127.0.0.1:9", "--timeout", "nan"], "positive number of seconds"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--url", "http://[::1"], "not a valid URL"),
+        (["--url", "http://127.0.0.1:99999"], "not a valid URL"),
+        (["--url", "http://127.0.0.1:9", "--timeout", "-1"], "positive number of seconds"),
+        (["--url", "http://127.0.0.1:9", "--timeout", "nan"], "positive number of seconds"),
+    ],
+)
 def test_bad_url_options_are_usage_errors(digits_bundle, args, says, capsys):
     from paritybundle.cli import main
 
@@ -308,8 +327,8 @@ def test_concurrent_large_bodies_are_bounded_by_the_in_flight_budget(digits_bund
     rows = np.ones((1, 64), np.float32).tolist()[0]
     # ~15 MB of JSON: rows of a valid request padded with whitespace, which JSON allows.
     body = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": rows}]})
-    body = (body[:-1] + " " * (15 * 1024 ** 2) + "}").encode()
-    with running_server(digits_bundle, tmp_path, "--max-inflight-bytes", str(32 * 1024 ** 2)) as server:
+    body = (body[:-1] + " " * (15 * 1024**2) + "}").encode()
+    with running_server(digits_bundle, tmp_path, "--max-inflight-bytes", str(32 * 1024**2)) as server:
         before = _peak_rss_kib(server.process.pid)
         answers = _concurrently(server.url + "/v2/models/digits/infer", [body] * 64)
         statuses = sorted(status for status, _ in answers)
@@ -326,8 +345,10 @@ def test_a_body_that_trickles_is_cut_off_and_the_server_stays_ready(digits_bundl
 
     with running_server(digits_bundle, tmp_path, "--body-timeout", "1") as server:
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"inputs\"")
+        sock.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"inputs"'
+        )
         time.sleep(2.5)
         try:
             answer = sock.recv(65536)

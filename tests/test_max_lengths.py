@@ -40,25 +40,37 @@ IDS = np.random.default_rng(0).integers(0, 100, size=(40, 20))
 
 @pytest.fixture(scope="module")
 def sequence_bundle(tmp_path_factory):
-    return paritybundle.export(PositionTable().eval(), tmp_path_factory.mktemp("seq") / "seq",
-                               reference_inputs={"ids": IDS}, name="seq",
-                               dynamic_axes={"ids": {1: "sequence"}}).path
+    return paritybundle.export(
+        PositionTable().eval(),
+        tmp_path_factory.mktemp("seq") / "seq",
+        reference_inputs={"ids": IDS},
+        name="seq",
+        dynamic_axes={"ids": {1: "sequence"}},
+    ).path
 
 
 def test_export_records_the_longest_sequence_the_graph_runs(sequence_bundle):
     runtime = paritybundle.load(sequence_bundle)
     assert runtime.manifest.inputs[0].max_dims == {"sequence": 64}
     assert runtime.predict({"ids": np.ones((1, 64), np.int64)})["output"].shape == (1, 3)
-    with pytest.raises(InputValidationError, match=r"input 'ids' has 65 along 'sequence', over this model's maximum "
-                                                   r"of 64"):
+    with pytest.raises(
+        InputValidationError,
+        match=r"input 'ids' has 65 along 'sequence', over this model's maximum "
+        r"of 64",
+    ):
         runtime.predict({"ids": np.ones((1, 65), np.int64)})
     with pytest.raises(IndexError):  # research refuses it too
         PositionTable().eval()(torch.ones((1, 65), dtype=torch.int64))
 
 
 def test_a_graph_without_a_limit_records_none(tmp_path):
-    result = paritybundle.export(NoPositions().eval(), tmp_path / "free", reference_inputs={"ids": IDS},
-                                 name="free", dynamic_axes={"ids": {1: "sequence"}})
+    result = paritybundle.export(
+        NoPositions().eval(),
+        tmp_path / "free",
+        reference_inputs={"ids": IDS},
+        name="free",
+        dynamic_axes={"ids": {1: "sequence"}},
+    )
     assert result.manifest.inputs[0].max_dims is None
     assert "max_dims" not in json.loads((result.path / "bundle.json").read_text())["inputs"][0]
 

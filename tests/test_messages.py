@@ -16,12 +16,15 @@ def test_a_custom_op_at_export_names_the_cause_and_what_to_install_not_re_export
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
     graph = helper.make_graph([helper.make_node("Negate2", ["x"], ["y"], domain="ai.onnx.contrib")], "g", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)]
+    )
     model.ir_version = 8
     (tmp_path / "custom.onnx").write_bytes(model.SerializeToString())
     rows = np.ones((4, 2), np.float32)
-    spec = ExportSpec(model=str(tmp_path / "custom.onnx"), reference_inputs={"x": rows}, research_outputs={"y": -rows},
-                      name="custom")
+    spec = ExportSpec(
+        model=str(tmp_path / "custom.onnx"), reference_inputs={"x": rows}, research_outputs={"y": -rows}, name="custom"
+    )
     with pytest.raises(ExportError) as caught:
         export_spec(spec, tmp_path / "bundle")
     message = str(caught.value)
@@ -32,8 +35,10 @@ def test_a_custom_op_at_export_names_the_cause_and_what_to_install_not_re_export
 
 
 def test_a_missing_locale_is_named_with_how_to_install_it():
-    advice = load_advice("[ONNXRuntimeError] : 1 : FAIL : Failed to construct locale with name:en_US.UTF-8:locale::"
-                         "facet::_S_create_c_locale name not valid:Please, install necessary language-pack-XX")
+    advice = load_advice(
+        "[ONNXRuntimeError] : 1 : FAIL : Failed to construct locale with name:en_US.UTF-8:locale::"
+        "facet::_S_create_c_locale name not valid:Please, install necessary language-pack-XX"
+    )
     assert advice is not None and "locale-gen en_US.UTF-8" in advice
     assert load_advice("Type Error: Type (tensor(double)) of input parameter (x) is invalid") is None
 
@@ -51,8 +56,10 @@ def test_diff_counts_changed_decisions_per_direction_out_of_its_own_samples(digi
     for run in report.behaviour:
         decision = run.outputs[0].decision
         if decision.agreeing < decision.samples:
-            assert (f"logits: {decision.samples - decision.agreeing} of {decision.samples} decisions change"
-                    in report.verdict)
+            assert (
+                f"logits: {decision.samples - decision.agreeing} of {decision.samples} decisions change"
+                in report.verdict
+            )
     assert "predictions flip" not in report.verdict
 
 
@@ -88,17 +95,24 @@ def test_diff_shows_a_scikit_learn_setting_edited_without_a_fitted_value_moving(
     from paritybundle.commands.diff import diff
 
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"height": rng.normal(170, 10, 80).astype(np.float32),
-                          "city": rng.choice(["paris", "lyon", "nice"], 80)})
+    frame = pd.DataFrame(
+        {"height": rng.normal(170, 10, 80).astype(np.float32), "city": rng.choice(["paris", "lyon", "nice"], 80)}
+    )
     bundles = []
     for unknown in ("ignore", "infrequent_if_exist"):
-        transformer = ColumnTransformer([
-            ("numbers", StandardScaler(), ["height"]),
-            ("city", OneHotEncoder(handle_unknown=unknown, sparse_output=False), ["city"])]).fit(frame)
+        transformer = ColumnTransformer(
+            [
+                ("numbers", StandardScaler(), ["height"]),
+                ("city", OneHotEncoder(handle_unknown=unknown, sparse_output=False), ["city"]),
+            ]
+        ).fit(frame)
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(4, 2)).eval()
-        bundles.append(paritybundle.export(model, tmp_path / unknown, preprocess=transformer, reference_inputs=frame,
-                                           name="sk").path)
+        bundles.append(
+            paritybundle.export(
+                model, tmp_path / unknown, preprocess=transformer, reference_inputs=frame, name="sk"
+            ).path
+        )
     report = diff(*bundles)
     changes = [c.summary for c in report.preprocessing.statistics]
     assert any("handle_unknown" in c and "'ignore' -> 'infrequent_if_exist'" in c for c in changes), changes

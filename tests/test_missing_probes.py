@@ -19,8 +19,10 @@ from paritybundle.cli import main
 from paritybundle.reports.strength import coverage_lines
 
 RNG = np.random.default_rng(0)
-TRAIN = {"income": RNG.normal(50_000, 10_000, 500).astype(np.float32),
-         "age": RNG.uniform(20, 70, 500).astype(np.float32)}
+TRAIN = {
+    "income": RNG.normal(50_000, 10_000, 500).astype(np.float32),
+    "age": RNG.uniform(20, 70, 500).astype(np.float32),
+}
 TRAIN["income"][::10] = np.nan
 REFERENCES = {name: values[1::10][:40].copy() for name, values in TRAIN.items()}  # income never missing
 
@@ -70,8 +72,10 @@ def test_diff_of_bundles_whose_references_never_miss_a_value_fails_naming_the_un
     assert all(run.passed for run in report.behaviour)  # both runs agree: neither takes the missing path
     assert not report.passed and not report.reproduces
     (sentence,) = report.unexercised
-    assert "the fitted impute of 'income' changed" in sentence and "neither reference set holds a missing 'income'" \
-        in sentence
+    assert (
+        "the fitted impute of 'income' changed" in sentence
+        and "neither reference set holds a missing 'income'" in sentence
+    )
     assert main(["diff", str(a), str(b)]) == 1
     out = capsys.readouterr().out.replace("\n", " ")
     assert "DIFFERS: B is not shown to reproduce A" in out and "it can replace A" not in out

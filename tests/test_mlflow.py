@@ -32,9 +32,25 @@ def tracking(tmp_path_factory):
     log = root / "server.log"
     with open(log, "w") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], stdout=sink, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     uri = f"http://127.0.0.1:{port}"
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     try:
@@ -69,12 +85,16 @@ def test_export_logs_the_bundle_with_params_metrics_and_tags(exported):
     assert run.data.params["paritybundle.onnxruntime"] == manifest.runtime.onnxruntime_version
     output = manifest.outputs[0].name
     assert run.data.params[f"paritybundle.tolerance.{output}"].startswith("atol=")
-    assert run.data.metrics[f"paritybundle.export_error.{output}"] == pytest.approx(manifest.export_errors[output].max_abs)
+    assert run.data.metrics[f"paritybundle.export_error.{output}"] == pytest.approx(
+        manifest.export_errors[output].max_abs
+    )
     assert run.data.metrics["paritybundle.reference_samples"] == manifest.reference.samples
     import hashlib
 
-    assert run.data.tags["paritybundle.manifest_sha256"] == hashlib.sha256(
-        (exported["bundle"] / "bundle.json").read_bytes()).hexdigest()
+    assert (
+        run.data.tags["paritybundle.manifest_sha256"]
+        == hashlib.sha256((exported["bundle"] / "bundle.json").read_bytes()).hexdigest()
+    )
     listed = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "bundle")}
     assert "bundle/bundle.json" in listed and "bundle/pipeline.onnx" in listed
 
@@ -123,11 +143,27 @@ def test_mlflow_models_serve_answers_like_the_bundle(exported, tracking, tmp_pat
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/digits-parity/1",
-                                    "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"],
-                                   stdout=sink, stderr=subprocess.STDOUT,
-                                   # MLflow execs `uvicorn` by name: the one beside this interpreter.
-                                   env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                "models:/digits-parity/1",
+                "--env-manager",
+                "local",
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            # MLflow execs `uvicorn` by name: the one beside this interpreter.
+            env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"},
+        )
     try:
         wait_for(f"http://127.0.0.1:{port}/ping", 120, process=process, log=log)
         pixels = np.load(bundle / "reference" / "inputs.npz")["pixels"][:3]
@@ -160,8 +196,11 @@ def test_altered_registered_artifacts_are_refused_by_pull_and_load(exported, tra
     from paritybundle.mlflow import log_model
 
     info = log_model(exported["bundle"], registered_model_name="digits-altered")
-    stored = [p for p in tracking["artifacts"].rglob("pipeline.onnx")
-              if info.model_id in str(p) or (info.run_id and info.run_id in str(p))]
+    stored = [
+        p
+        for p in tracking["artifacts"].rglob("pipeline.onnx")
+        if info.model_id in str(p) or (info.run_id and info.run_id in str(p))
+    ]
     assert stored, list(tracking["artifacts"].rglob("pipeline.onnx"))
     for path in stored:
         data = bytearray(path.read_bytes())
@@ -232,8 +271,9 @@ def test_pull_into_a_path_under_a_file_is_exit_2(exported, tmp_path, capsys):
     assert "is not a directory that can be made" in err and "Traceback" not in err
 
 
-def test_pull_from_a_store_holding_a_symlinked_folder_is_exit_2_and_leaves_nothing(exported, tracking, tmp_path,
-                                                                                  capsys):
+def test_pull_from_a_store_holding_a_symlinked_folder_is_exit_2_and_leaves_nothing(
+    exported, tracking, tmp_path, capsys
+):
     """Was: requests.HTTPError, exit 70, and a paritybundle-pull-* folder left beside the target."""
     from bundle_tools import HOSTILE_COUNTS
 

@@ -33,8 +33,12 @@ class _Structured(torch.nn.Module):
 
     def forward(self, left, right):
         y = self.linear(left - right)
-        return {"logits": y, "stats": Pair(y.mean(dim=1, keepdim=True), y.std(dim=1, keepdim=True)),
-                "extra": (y * 2, (y + 1,)), "unused": None}
+        return {
+            "logits": y,
+            "stats": Pair(y.mean(dim=1, keepdim=True), y.std(dim=1, keepdim=True)),
+            "extra": (y * 2, (y + 1,)),
+            "unused": None,
+        }
 
 
 def _rows(count: int = 8, seed: int = 0) -> np.ndarray:
@@ -43,8 +47,9 @@ def _rows(count: int = 8, seed: int = 0) -> np.ndarray:
 
 def test_dicts_namedtuples_and_nested_tuples_are_flattened_and_named(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="paritybundle.export"):
-        result = paritybundle.export(_Structured().eval(), tmp_path / "b", name="s",
-                                     reference_inputs={"left": _rows(), "right": _rows(seed=1)})
+        result = paritybundle.export(
+            _Structured().eval(), tmp_path / "b", name="s", reference_inputs={"left": _rows(), "right": _rows(seed=1)}
+        )
     names = [o.name for o in result.manifest.outputs]
     assert names == ["logits", "stats.mean", "stats.spread", "extra.0", "extra.1.0"]
     assert "unused: NoneType, not a tensor" in caplog.text  # dropped, with a notice
@@ -52,9 +57,13 @@ def test_dicts_namedtuples_and_nested_tuples_are_flattened_and_named(tmp_path, c
 
 
 def test_output_names_still_override_the_derived_ones(tmp_path):
-    result = paritybundle.export(_Structured().eval(), tmp_path / "b", name="s",
-                                 reference_inputs={"left": _rows(), "right": _rows(seed=1)},
-                                 output_names=["a", "b", "c", "d", "e"])
+    result = paritybundle.export(
+        _Structured().eval(),
+        tmp_path / "b",
+        name="s",
+        reference_inputs={"left": _rows(), "right": _rows(seed=1)},
+        output_names=["a", "b", "c", "d", "e"],
+    )
     assert [o.name for o in result.manifest.outputs] == ["a", "b", "c", "d", "e"]
 
 
@@ -78,7 +87,8 @@ def test_a_key_naming_no_parameter_is_exit_2_listing_the_parameters(tmp_path, ca
         "    def forward(self, left, right):\n        return self.l(left + right)\n"
         "def make_spec():\n"
         "    x = np.ones((4, 3), np.float32)\n"
-        "    return ExportSpec(model=M(), reference_inputs={'left': x, 'rihgt': x}, name='m')\n")
+        "    return ExportSpec(model=M(), reference_inputs={'left': x, 'rihgt': x}, name='m')\n"
+    )
     assert main(["export", f"{spec_file}:make_spec", "-o", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "'rihgt' names no parameter of M.forward (left, right)" in err
@@ -104,18 +114,22 @@ class _ClassesFirst(torch.nn.Module):
         return self.linear(x).T  # [classes, batch]
 
 
-@pytest.mark.parametrize("model, samples, message", [
-    (_Scalar, 8, "output 'output_1' is a single number"),
-    (_ClassesFirst, 32, "first axis is not the batch"),   # was: a bundle that failed its own check
-    (_ClassesFirst, 300, "first axis is not the batch"),  # was: exit 70 concatenating chunks of 256
-])
+@pytest.mark.parametrize(
+    "model, samples, message",
+    [
+        (_Scalar, 8, "output 'output_1' is a single number"),
+        (_ClassesFirst, 32, "first axis is not the batch"),  # was: a bundle that failed its own check
+        (_ClassesFirst, 300, "first axis is not the batch"),  # was: exit 70 concatenating chunks of 256
+    ],
+)
 def test_outputs_serving_cannot_split_are_exit_2_with_what_to_do(model, samples, message, tmp_path, capsys):
     spec_file = tmp_path / "train.py"
     spec_file.write_text(
         "import numpy as np\nfrom paritybundle import ExportSpec\n"
         f"from test_model_conventions import {model.__name__}\n"
         f"def make_spec():\n    return ExportSpec(model={model.__name__}(), name='m',\n"
-        f"        reference_inputs=np.random.default_rng(0).normal(size=({samples}, 3)).astype(np.float32))\n")
+        f"        reference_inputs=np.random.default_rng(0).normal(size=({samples}, 3)).astype(np.float32))\n"
+    )
     assert main(["export", f"{spec_file}:make_spec", "-o", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -138,8 +152,7 @@ class _Shaped(torch.nn.Module):
 
 
 @settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rank=st.integers(1, 4), data=st.data(),
-       samples=st.sampled_from([1, 2, 3, 255, 256, 257, 1023, 1024, 1025]))
+@given(rank=st.integers(1, 4), data=st.data(), samples=st.sampled_from([1, 2, 3, 255, 256, 257, 1023, 1024, 1025]))
 def test_every_output_shape_is_supported_end_to_end_or_refused_with_exit_2(rank, data, samples, tmp_path_factory):
     """Around the chunk sizes (256 rows per torch call, 1024 per ONNX Runtime call): never exit 70, never a
     bundle that fails its own check."""
@@ -196,7 +209,8 @@ def test_export_failure_gives_the_exporters_cause_and_verbose_the_trace(tmp_path
         "        return self.gru(packed)[1][-1]\n"
         "def make_spec():\n"
         "    x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype(np.float32)\n"
-        "    return ExportSpec(model=GRUPacked(), reference_inputs=(x, np.array([5, 3, 2, 4])), name='gru')\n")
+        "    return ExportSpec(model=GRUPacked(), reference_inputs=(x, np.array([5, 3, 2, 4])), name='gru')\n"
+    )
     assert main(["export", f"{spec_file}:make_spec", "-o", str(tmp_path / "b")]) == 5
     err = capsys.readouterr().err
     assert "could not convert GRUPacked: TypeError:" in err  # the cause, not the banner

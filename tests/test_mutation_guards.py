@@ -27,8 +27,13 @@ def _lock(**changes):
         "cpu": {"model": "cpu", "numeric_flags": ["avx2", "fma"]},
         "threads": {},
         "onnxruntime": {"version": "1.32.0", "providers": ["CPUExecutionProvider"]},
-        "distributions": {"numpy": "2.4.6", "onnx": "1.23.2", "onnxruntime": "1.32.0", "torch": "2.13.0",
-                          "paritybundle": "0.1.0"},
+        "distributions": {
+            "numpy": "2.4.6",
+            "onnx": "1.23.2",
+            "onnxruntime": "1.32.0",
+            "torch": "2.13.0",
+            "paritybundle": "0.1.0",
+        },
         "serving": {"numpy": "2.4.6", "onnx": "1.23.2", "onnxruntime": "1.32.0"},
         "paritybundle": "0.1.0",
         "torch": None,
@@ -44,27 +49,48 @@ def _lock(**changes):
 
 # Each row: what changed between the lock and this environment -> the one drift item it must give.
 DRIFT_TABLE = [
-    (dict(python__implementation="PyPy"), ("python implementation", "CPython", "PyPy", "critical", "a different interpreter")),
+    (
+        dict(python__implementation="PyPy"),
+        ("python implementation", "CPython", "PyPy", "critical", "a different interpreter"),
+    ),
     (dict(python__version="3.12.1"), ("python", "3.11.7", "3.12.1", "critical", "another Python minor version")),
     (dict(python__version="3.11.9"), ("python", "3.11.7", "3.11.9", "info", "a Python patch release")),
-    (dict(platform__machine="aarch64"), ("cpu architecture", "x86_64", "aarch64", "critical", "other kernels and rounding")),
+    (
+        dict(platform__machine="aarch64"),
+        ("cpu architecture", "x86_64", "aarch64", "critical", "other kernels and rounding"),
+    ),
     (dict(platform__system="Darwin"), ("os", "Linux", "Darwin", "notable", "another operating system")),
     (dict(platform__libc="musl 1.2"), ("libc", "glibc 2.36", "musl 1.2", "notable", "math library differences")),
     (dict(platform__release="6.8.0"), ("kernel release", "6.1.0", "6.8.0", "info", "rarely affects numerics")),
-    (dict(cpu__numeric_flags=["avx2"]), ("cpu features", "fma", "-", "notable",
-                                         "ONNX Runtime and numpy pick other kernels (missing here: fma)")),
-    (dict(cpu__numeric_flags=["avx2", "avx512f", "fma"]), ("cpu features", "-", "avx512f", "notable",
-                                                           "ONNX Runtime and numpy pick other kernels (new here: avx512f)")),
-    (dict(onnxruntime__version="1.31.0"), ("onnxruntime", "1.32.0", "1.31.0", "critical",
-                                           "the runtime that executes the graph")),
-    (dict(onnxruntime__providers=["CPUExecutionProvider", "CUDAExecutionProvider"]),
-     ("available execution providers", "CPUExecutionProvider", "CPUExecutionProvider, CUDAExecutionProvider", "info",
-      "only the validated providers matter")),
+    (
+        dict(cpu__numeric_flags=["avx2"]),
+        ("cpu features", "fma", "-", "notable", "ONNX Runtime and numpy pick other kernels (missing here: fma)"),
+    ),
+    (
+        dict(cpu__numeric_flags=["avx2", "avx512f", "fma"]),
+        ("cpu features", "-", "avx512f", "notable", "ONNX Runtime and numpy pick other kernels (new here: avx512f)"),
+    ),
+    (
+        dict(onnxruntime__version="1.31.0"),
+        ("onnxruntime", "1.32.0", "1.31.0", "critical", "the runtime that executes the graph"),
+    ),
+    (
+        dict(onnxruntime__providers=["CPUExecutionProvider", "CUDAExecutionProvider"]),
+        (
+            "available execution providers",
+            "CPUExecutionProvider",
+            "CPUExecutionProvider, CUDAExecutionProvider",
+            "info",
+            "only the validated providers matter",
+        ),
+    ),
     (dict(distributions__numpy="1.26.4"), ("numpy", "2.4.6", "1.26.4", "critical", "another numpy major version")),
     (dict(distributions__numpy="2.3.0"), ("numpy", "2.4.6", "2.3.0", "notable", "a serving dependency")),
     (dict(distributions__onnx="1.22.0"), ("onnx", "1.23.2", "1.22.0", "notable", "a serving dependency")),
-    (dict(threads={"OMP_NUM_THREADS": "4"}), ("thread variables", "(none)", "OMP_NUM_THREADS=4", "info",
-                                              "thread counts move results by float32 noise only")),
+    (
+        dict(threads={"OMP_NUM_THREADS": "4"}),
+        ("thread variables", "(none)", "OMP_NUM_THREADS=4", "info", "thread counts move results by float32 noise only"),
+    ),
 ]
 
 
@@ -90,21 +116,30 @@ def test_a_missing_serving_dependency_and_a_validated_provider_are_named():
 
 
 def test_training_only_packages_are_info_and_listed_eight_at_most():
-    locked = _lock(distributions={**_lock().distributions, **{f"trainpkg{k}": "1.0" for k in range(10)},
-                                  "moved": "1.0"})
+    locked = _lock(
+        distributions={**_lock().distributions, **{f"trainpkg{k}": "1.0" for k in range(10)}, "moved": "1.0"}
+    )
     running = _lock(distributions={**_lock().distributions, "moved": "2.0"})
     items = [i for i in drift.diff_environments(locked, running) if i.what == "training-only packages"]
     absent, moved = items
     assert (absent.locked, absent.running, absent.severity) == ("10 installed", "absent", "info")
-    assert absent.reason == ("not needed to serve: trainpkg0, trainpkg1, trainpkg2, trainpkg3, trainpkg4, trainpkg5, "
-                             "trainpkg6, trainpkg7 and 2 more")
-    assert (moved.locked, moved.running, moved.reason) == ("1 at other versions", "changed", "not needed to serve: moved 1.0->2.0")
+    assert absent.reason == (
+        "not needed to serve: trainpkg0, trainpkg1, trainpkg2, trainpkg3, trainpkg4, trainpkg5, "
+        "trainpkg6, trainpkg7 and 2 more"
+    )
+    assert (moved.locked, moved.running, moved.reason) == (
+        "1 at other versions",
+        "changed",
+        "not needed to serve: moved 1.0->2.0",
+    )
 
 
 def test_torch_absent_on_the_serving_side_is_info():
     torch_info = environment.TorchInfo(version="2.13.0", cuda=None, cudnn=None, device_name=None)
     locked = _lock().model_copy(update={"torch": torch_info})
-    running = _lock().model_copy(update={"distributions": {k: v for k, v in _lock().distributions.items() if k != "torch"}})
+    running = _lock().model_copy(
+        update={"distributions": {k: v for k, v in _lock().distributions.items() if k != "torch"}}
+    )
     items = {i.what: i for i in drift.diff_environments(locked, running)}
     assert (items["torch"].locked, items["torch"].running, items["torch"].severity) == ("2.13.0", None, "info")
     assert items["torch"].reason == "absent on the serving side by design"
@@ -125,26 +160,35 @@ def test_items_come_most_severe_first_and_strict_refuses_only_critical():
 
 
 def test_several_cpu_features_threads_and_providers_are_each_listed():
-    running = _lock(cpu__numeric_flags=["avx512f", "sse4"], threads={"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "2"},
-                    onnxruntime__providers=["CUDAExecutionProvider", "TensorrtExecutionProvider"])
+    running = _lock(
+        cpu__numeric_flags=["avx512f", "sse4"],
+        threads={"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "2"},
+        onnxruntime__providers=["CUDAExecutionProvider", "TensorrtExecutionProvider"],
+    )
     locked = _lock(onnxruntime__providers=["CPUExecutionProvider", "CoreMLExecutionProvider"])
     items = {i.what: i for i in drift.diff_environments(locked, running)}
     features = items["cpu features"]
     assert (features.locked, features.running) == ("avx2 fma", "avx512f sse4")
-    assert features.reason == ("ONNX Runtime and numpy pick other kernels (missing here: avx2 fma, "
-                               "new here: avx512f sse4)")
+    assert features.reason == (
+        "ONNX Runtime and numpy pick other kernels (missing here: avx2 fma, new here: avx512f sse4)"
+    )
     assert items["thread variables"].running == "MKL_NUM_THREADS=2 OMP_NUM_THREADS=4"
     providers = items["available execution providers"]
-    assert (providers.locked, providers.running) == ("CPUExecutionProvider, CoreMLExecutionProvider",
-                                                     "CUDAExecutionProvider, TensorrtExecutionProvider")
+    assert (providers.locked, providers.running) == (
+        "CPUExecutionProvider, CoreMLExecutionProvider",
+        "CUDAExecutionProvider, TensorrtExecutionProvider",
+    )
 
 
 def test_numpy_absent_is_a_major_change_and_dependencies_after_onnxruntime_are_still_compared():
-    locked = _lock(serving={"numpy": "2.4.6", "onnxruntime": "1.32.0", "protobuf": "5.0"},
-                   distributions={**_lock().distributions, "protobuf": "5.0"})
+    locked = _lock(
+        serving={"numpy": "2.4.6", "onnxruntime": "1.32.0", "protobuf": "5.0"},
+        distributions={**_lock().distributions, "protobuf": "5.0"},
+    )
     # The onnxruntime distribution differs too: it is reported from the runtime itself, not as a package.
-    running = _lock(distributions={**{k: v for k, v in _lock().distributions.items() if k != "numpy"},
-                                   "onnxruntime": "1.31.0"})
+    running = _lock(
+        distributions={**{k: v for k, v in _lock().distributions.items() if k != "numpy"}, "onnxruntime": "1.31.0"}
+    )
     items = {i.what: i for i in drift.diff_environments(locked, running)}
     assert (items["numpy"].running, items["numpy"].severity) == (None, "critical")
     assert items["protobuf"].reason == "a serving dependency (not installed)"
@@ -186,7 +230,8 @@ def test_policy_messages_list_every_policy_and_every_critical_difference():
     assert str(refused.value) == (
         "this environment differs critically from the bundle's lock: python implementation CPython -> PyPy "
         "(a different interpreter); onnxruntime 1.32.0 -> 1.31.0 (the runtime that executes the graph). Install "
-        "the bundle's requirements-serve.txt (or run `bundle rehearse`), or pass --env-policy warn to check anyway.")
+        "the bundle's requirements-serve.txt (or run `bundle rehearse`), or pass --env-policy warn to check anyway."
+    )
 
 
 # --- the tolerance boundary and the tie rule ---------------------------------------------------------
@@ -221,8 +266,13 @@ def test_a_loose_value_override_does_not_loosen_the_tie_rule():
     research = np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
     served = np.array([[1.0, 0.0], [1.0, 0.0]], dtype=np.float32)  # sample 0 flips, far from a tie
     spec = TensorSpec(name="y", dtype="float32", shape=["batch", 2], kind="scores")
-    policy = TolerancePolicy(reference_device="cpu", reference_precision="fp32", default=Tolerance(atol=1e-4, rtol=1e-3),
-                             min_decision_agreement=1.0, baseline_factor=100.0)
+    policy = TolerancePolicy(
+        reference_device="cpu",
+        reference_precision="fp32",
+        default=Tolerance(atol=1e-4, rtol=1e-3),
+        min_decision_agreement=1.0,
+        baseline_factor=100.0,
+    )
     judge = judge_for(spec, policy, research.size, overrides={"y": Tolerance(atol=10.0, rtol=0.0)})
     judge.add(served, research)
     result = judge.finish()
@@ -237,7 +287,7 @@ def test_the_accumulator_streams_to_the_same_verdict_as_one_pass():
     whole = compare_output("y", served, research, Tolerance(atol=1e-3, rtol=0.0), scores=True)
     streamed = OutputAccumulator("y", Tolerance(atol=1e-3, rtol=0.0), research.size, scores=True)
     for start in range(0, 50, 7):
-        streamed.add(served[start:start + 7], research[start:start + 7], start)
+        streamed.add(served[start : start + 7], research[start : start + 7], start)
     result = streamed.finish()
     streamed_stats, whole_stats = result.stats.model_dump(), whole.stats.model_dump()
     for mean in ("mean_abs", "mean_rel"):  # summed in another order: equal to the last bits only
@@ -285,12 +335,19 @@ def _verify(paritybundle, bundle):
 from paritybundle.parity import tolerance as tol  # noqa: E402
 
 
-@pytest.mark.parametrize("device, precision, expected", [
-    ("cpu", "fp32", (1e-4, 1e-3)), ("cuda", "fp32", (3e-4, 1e-3)), ("cuda", "tf32", (1e-3, 2e-3)),
-    ("cuda", "bf16", (1e-2, 1e-2)), ("cuda", "fp16", (1e-2, 1e-2)),
-    ("rocm", "fp32", (3e-4, 1e-3)),  # any accelerator counts as cuda
-    ("cpu", "bf16", (1e-2, 1e-2)), ("cpu", "tf32", (1e-3, 2e-3)),  # reduced precision on a CPU: as noisy
-])
+@pytest.mark.parametrize(
+    "device, precision, expected",
+    [
+        ("cpu", "fp32", (1e-4, 1e-3)),
+        ("cuda", "fp32", (3e-4, 1e-3)),
+        ("cuda", "tf32", (1e-3, 2e-3)),
+        ("cuda", "bf16", (1e-2, 1e-2)),
+        ("cuda", "fp16", (1e-2, 1e-2)),
+        ("rocm", "fp32", (3e-4, 1e-3)),  # any accelerator counts as cuda
+        ("cpu", "bf16", (1e-2, 1e-2)),
+        ("cpu", "tf32", (1e-3, 2e-3)),  # reduced precision on a CPU: as noisy
+    ],
+)
 def test_each_reference_setting_gets_its_preset(device, precision, expected):
     preset = tol.default_tolerance(device, precision)
     assert (preset.atol, preset.rtol, preset.equal_nan) == (*expected, True)
@@ -299,12 +356,15 @@ def test_each_reference_setting_gets_its_preset(device, precision, expected):
 def test_an_unknown_precision_is_a_usage_error_listing_the_known_ones():
     from paritybundle.errors import UsageError
 
-    with pytest.raises(UsageError, match=r"unknown reference precision 'int4'; use one of fp32, tf32, bf16, fp16, int8\."):
+    with pytest.raises(
+        UsageError, match=r"unknown reference precision 'int4'; use one of fp32, tf32, bf16, fp16, int8\."
+    ):
         tol.default_tolerance("cpu", "int4")
 
 
-@pytest.mark.parametrize("precision, agreement", [("fp32", 1.0), ("tf32", 1.0), ("bf16", 0.99), ("fp16", 0.99),
-                                                  ("int8", 0.99)])
+@pytest.mark.parametrize(
+    "precision, agreement", [("fp32", 1.0), ("tf32", 1.0), ("bf16", 0.99), ("fp16", 0.99), ("int8", 0.99)]
+)
 def test_the_default_policy_for_a_precision(precision, agreement):
     policy = tol.default_policy("cuda", precision, per_output={"y": Tolerance(atol=1, rtol=1)})
     assert (policy.reference_device, policy.reference_precision) == ("cuda", precision)
@@ -342,8 +402,14 @@ def test_scaled_tolerance_never_goes_below_the_noise_floor():
 
 
 def test_scaled_tolerance_keeps_the_preset_when_the_share_or_the_floor_reaches_it():
-    assert tol.scaled_tolerance(PRESET, spread=0.1, max_abs=1.0, export_error=0.0) == (PRESET, "preset")  # share == atol
-    assert tol.scaled_tolerance(PRESET, spread=1e-3, max_abs=1e-3, export_error=1e-5) == (PRESET, "preset")  # floor == atol
+    assert tol.scaled_tolerance(PRESET, spread=0.1, max_abs=1.0, export_error=0.0) == (
+        PRESET,
+        "preset",
+    )  # share == atol
+    assert tol.scaled_tolerance(PRESET, spread=1e-3, max_abs=1e-3, export_error=1e-5) == (
+        PRESET,
+        "preset",
+    )  # floor == atol
     equal_nan = Tolerance(atol=1e-4, rtol=1e-3, equal_nan=False)
     scaled, _ = tol.scaled_tolerance(equal_nan, spread=0.02, max_abs=0.01, export_error=0.0)
     assert scaled.equal_nan is False
@@ -351,12 +417,18 @@ def test_scaled_tolerance_keeps_the_preset_when_the_share_or_the_floor_reaches_i
 
 def test_scale_policy_scales_float_outputs_keeps_caller_ones_and_skips_exact_ones():
     policy = tol.default_policy()
-    research = {"tiny": np.linspace(0, 0.02, 200), "big": np.linspace(-30, 30, 200), "set": np.linspace(0, 0.02, 200),
-                "ids": np.arange(5), "text": np.array(["a", "b"])}
+    research = {
+        "tiny": np.linspace(0, 0.02, 200),
+        "big": np.linspace(-30, 30, 200),
+        "set": np.linspace(0, 0.02, 200),
+        "ids": np.arange(5),
+        "text": np.array(["a", "b"]),
+    }
     scaled = tol.scale_policy(policy, research, {"tiny": 0.0}, set_by_caller={"set"})
     assert set(scaled.scales) == {"tiny", "big", "set"}  # integers and strings are compared exactly: no scale
     assert scaled.scales["tiny"].rule == "spread" and scaled.per_output["tiny"].atol == pytest.approx(
-        0.001 * scaled.scales["tiny"].spread)
+        0.001 * scaled.scales["tiny"].spread
+    )
     assert scaled.scales["big"].rule == "preset" and "big" not in scaled.per_output
     assert scaled.scales["set"].rule == "caller" and "set" not in scaled.per_output
     assert scaled.scales["set"].spread == scaled.scales["tiny"].spread and scaled.scales["big"].max_abs == 30.0
@@ -364,8 +436,12 @@ def test_scale_policy_scales_float_outputs_keeps_caller_ones_and_skips_exact_one
 
 
 def test_tolerance_exceeds_outputs_names_outputs_whose_atol_reaches_their_spread():
-    policy = tol.scale_policy(tol.default_policy(), {"flat": np.full(10, 1e-9) + np.linspace(0, 1e-9, 10),
-                                                     "wide": np.linspace(0, 10, 10), "const": np.ones(10)}, {}, {"flat"})
+    policy = tol.scale_policy(
+        tol.default_policy(),
+        {"flat": np.full(10, 1e-9) + np.linspace(0, 1e-9, 10), "wide": np.linspace(0, 10, 10), "const": np.ones(10)},
+        {},
+        {"flat"},
+    )
     assert tol.tolerance_exceeds_outputs(policy) == ["flat"]  # kept the preset 1e-4 over a spread of 1e-9
     tight = Tolerance(atol=1e-12, rtol=0.0)
     assert tol.tolerance_exceeds_outputs(policy, {"flat": tight}) == []
@@ -384,24 +460,43 @@ MASK = TensorSpec(name="mask", dtype="int64", shape=["batch", "seq"])
 TEXT = TensorSpec(name="text", dtype="string", shape=["batch"])
 
 
-@pytest.mark.parametrize("specs, inputs, message", [
-    ([X, TEXT], np.zeros((1, 3)), "this model takes 2 inputs (x, text); pass a mapping of name to array."),
-    ([X], {}, "input 'x' is missing; this model takes x."),
-    ([X], {"x": np.zeros((1, 3)), "y": 1}, "input 'y' is not an input of this model; it takes x."),
-    ([X], {"x": np.zeros((1, 3), np.int64)}, None),  # same kind cast: fine
-    ([X], {"x": np.array([["a", "b", "c"]])}, "input 'x' must be float32, got <U1; convert it before sending."),
-    ([X], {"x": np.zeros((1, 3), np.complex64)}, "input 'x' must be float32, got complex64; convert it before sending."),
-    ([X], {"x": np.zeros((2, 4), np.float32)},
-     "input 'x' must have shape [batch, 3], got [2, 4] (dimension 1 is 4, expected 3)."),
-    ([X], {"x": np.zeros((3,), np.float32)}, "input 'x' must have 2 dimensions [batch, 3], got shape [3]."),
-    ([X], {"x": np.array([[1.0, np.nan, 0.0]], np.float32)},
-     "input 'x' contains NaN or infinity, which this model does not accept."),
-    ([IDS, MASK], {"ids": np.zeros((2, 5), np.int64), "mask": np.zeros((2, 6), np.int64)},
-     "input 'mask' has 6 along 'seq', but another input has 5; all inputs must agree on it."),
-    ([TEXT], {"text": np.array([1, 2])}, "input 'text' must hold strings, got int64."),
-    ([TEXT], {"text": np.array(["ok", "\ud800"], dtype=object)},
-     "input 'text' holds a string that is not valid Unicode ('\\ud800': a lone surrogate); send text that encodes as UTF-8."),
-])
+@pytest.mark.parametrize(
+    "specs, inputs, message",
+    [
+        ([X, TEXT], np.zeros((1, 3)), "this model takes 2 inputs (x, text); pass a mapping of name to array."),
+        ([X], {}, "input 'x' is missing; this model takes x."),
+        ([X], {"x": np.zeros((1, 3)), "y": 1}, "input 'y' is not an input of this model; it takes x."),
+        ([X], {"x": np.zeros((1, 3), np.int64)}, None),  # same kind cast: fine
+        ([X], {"x": np.array([["a", "b", "c"]])}, "input 'x' must be float32, got <U1; convert it before sending."),
+        (
+            [X],
+            {"x": np.zeros((1, 3), np.complex64)},
+            "input 'x' must be float32, got complex64; convert it before sending.",
+        ),
+        (
+            [X],
+            {"x": np.zeros((2, 4), np.float32)},
+            "input 'x' must have shape [batch, 3], got [2, 4] (dimension 1 is 4, expected 3).",
+        ),
+        ([X], {"x": np.zeros((3,), np.float32)}, "input 'x' must have 2 dimensions [batch, 3], got shape [3]."),
+        (
+            [X],
+            {"x": np.array([[1.0, np.nan, 0.0]], np.float32)},
+            "input 'x' contains NaN or infinity, which this model does not accept.",
+        ),
+        (
+            [IDS, MASK],
+            {"ids": np.zeros((2, 5), np.int64), "mask": np.zeros((2, 6), np.int64)},
+            "input 'mask' has 6 along 'seq', but another input has 5; all inputs must agree on it.",
+        ),
+        ([TEXT], {"text": np.array([1, 2])}, "input 'text' must hold strings, got int64."),
+        (
+            [TEXT],
+            {"text": np.array(["ok", "\ud800"], dtype=object)},
+            "input 'text' holds a string that is not valid Unicode ('\\ud800': a lone surrogate); send text that encodes as UTF-8.",
+        ),
+    ],
+)
 def test_each_input_rule_says_exactly_what_is_wrong(specs, inputs, message):
     if message is None:
         arrays = validation.validate_inputs(specs, inputs)
@@ -427,11 +522,15 @@ def test_nonfinite_values_pass_where_allowed_or_unchecked():
 
 def test_index_bounds_are_inclusive_and_named():
     ids = TensorSpec(name="ids", dtype="int64", shape=["batch"])
-    assert validation.validate_inputs([ids], {"ids": np.array([0, 9])}, bounds={"ids": (0, 9)})["ids"].tolist() == [0, 9]
+    assert validation.validate_inputs([ids], {"ids": np.array([0, 9])}, bounds={"ids": (0, 9)})["ids"].tolist() == [
+        0,
+        9,
+    ]
     with pytest.raises(InputValidationError) as caught:
         validation.validate_inputs([ids], {"ids": np.array([0, 10])}, bounds={"ids": (0, 9)})
-    assert str(caught.value) == ("input 'ids' has values outside 0..9, the rows of the table the model looks them up "
-                                 "in (got 0..10).")
+    assert str(caught.value) == (
+        "input 'ids' has values outside 0..9, the rows of the table the model looks them up in (got 0..10)."
+    )
     with pytest.raises(InputValidationError, match=r"outside 0\.\.9, .*\(got -1\.\.0\)"):
         validation.validate_inputs([ids], {"ids": np.array([-1, 0])}, bounds={"ids": (0, 9)})
 
@@ -474,12 +573,21 @@ def test_printable_escapes_control_characters_and_keeps_text():
     assert strict.printable("\u202e") == "\\u202e"  # a bidi override, not printable
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b'{"a": 1, "a": 2}', "bundle.json is not a valid manifest (the key 'a' appears twice in one object); re-export the bundle."),
-    (b"\xff", "bundle.json is not a valid manifest: not valid JSON"),
-    (b"[" * 100000 + b"]" * 100000, "bundle.json is not a valid manifest: nested too deeply; re-export the bundle."),
-    (b'{"n": 1' + b"0" * 5000 + b"}", "bundle.json is not a valid manifest (Exceeds the limit"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            b'{"a": 1, "a": 2}',
+            "bundle.json is not a valid manifest (the key 'a' appears twice in one object); re-export the bundle.",
+        ),
+        (b"\xff", "bundle.json is not a valid manifest: not valid JSON"),
+        (
+            b"[" * 100000 + b"]" * 100000,
+            "bundle.json is not a valid manifest: nested too deeply; re-export the bundle.",
+        ),
+        (b'{"n": 1' + b"0" * 5000 + b"}", "bundle.json is not a valid manifest (Exceeds the limit"),
+    ],
+)
 def test_strict_json_refuses_what_json_loads_would_let_through(raw, message):
     with pytest.raises(BundleInvalid) as caught:
         strict.load_json_document(raw, "bundle.json", "manifest")
@@ -493,7 +601,9 @@ def test_validation_summary_names_where_and_what_for_at_most_five_problems():
     from paritybundle.bundle.manifest import TensorSpec as Spec
 
     try:
-        Spec.model_validate({"name": "", "dtype": "complex", "shape": [-1, "x" * 200], "kind": "?", "extra": 1, "more": 2})
+        Spec.model_validate(
+            {"name": "", "dtype": "complex", "shape": [-1, "x" * 200], "kind": "?", "extra": 1, "more": 2}
+        )
     except ValidationError as exc:
         summary = strict.validation_summary(exc)
     # Six problems: name, dtype, shape, kind, extra, more; five are shown, the sixth counted.
@@ -563,14 +673,14 @@ def test_the_shipped_limits_are_the_documented_ones():
     from paritybundle.serving.state import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_INFLIGHT_BYTES
 
     security = (Path(__file__).resolve().parents[1] / "SECURITY.md").read_text()
-    assert archive.DEFAULT_MAX_UNPACKED_BYTES == 64 * 1024 ** 3 and "more than 64 GiB unpacked" in security
+    assert archive.DEFAULT_MAX_UNPACKED_BYTES == 64 * 1024**3 and "more than 64 GiB unpacked" in security
     assert archive.DEFAULT_MAX_UNPACK_SECONDS == 600.0 and "more than 600 s" in security
     assert archive.MAX_EXTENDED_HEADER_BYTES == 8 * 1024 and archive.MAX_MEMBERS == 10_000
-    assert MAX_MANIFEST_BYTES == 16 * 1024 ** 2 and "16 MiB" in security
-    assert MAX_SIGNATURE_BYTES == 1024 ** 2
-    assert STREAM_ABOVE_BYTES == 256 * 1024 ** 2
-    assert DEFAULT_MAX_BODY_BYTES == 16 * 1024 ** 2 and "| request body (`--max-body-bytes`) | 16 MiB |" in security
-    assert DEFAULT_MAX_INFLIGHT_BYTES == 64 * 1024 ** 2 and "(`--max-inflight-bytes`) | 64 MiB |" in security
+    assert MAX_MANIFEST_BYTES == 16 * 1024**2 and "16 MiB" in security
+    assert MAX_SIGNATURE_BYTES == 1024**2
+    assert STREAM_ABOVE_BYTES == 256 * 1024**2
+    assert DEFAULT_MAX_BODY_BYTES == 16 * 1024**2 and "| request body (`--max-body-bytes`) | 16 MiB |" in security
+    assert DEFAULT_MAX_INFLIGHT_BYTES == 64 * 1024**2 and "(`--max-inflight-bytes`) | 64 MiB |" in security
 
 
 def test_unpack_limits_come_from_the_environment_when_set(monkeypatch):
@@ -593,8 +703,9 @@ def test_a_check_far_above_the_export_time_error_passes_with_a_notice(bundle_cop
     assert report.passed
     (output,) = report.outputs
     assert output.above_baseline and output.stats.max_abs > 100 * max(output.baseline_max_abs, 1e-6)
-    assert any(n.startswith(f"output '{output.name}': serving error") and "the export-time error" in n
-               for n in report.notices), report.notices
+    assert any(
+        n.startswith(f"output '{output.name}': serving error") and "the export-time error" in n for n in report.notices
+    ), report.notices
     untouched = paritybundle.check(digits_bundle, tolerance=Tolerance(atol=1.0, rtol=0.0))
     assert not untouched.outputs[0].above_baseline and not any("export-time error" in n for n in untouched.notices)
 
@@ -603,8 +714,9 @@ def test_a_check_far_above_the_export_time_error_passes_with_a_notice(bundle_cop
 
 
 def test_string_outputs_match_exactly_and_report_no_numbers():
-    result = compare_output("s", np.array([["a", "b"], ["c", "d"]]), np.array([["a", "x"], ["c", "d"]]),
-                            Tolerance(atol=0.0, rtol=0.1))
+    result = compare_output(
+        "s", np.array([["a", "b"], ["c", "d"]]), np.array([["a", "x"], ["c", "d"]]), Tolerance(atol=0.0, rtol=0.1)
+    )
     s = result.stats
     assert not result.passed and (s.elements, s.violations, s.nonfinite_mismatches) == (4, 1, 1)
     assert (s.worst_index, s.worst_serve, s.worst_research) == ([0, 1], None, None)
@@ -639,7 +751,10 @@ def test_a_shape_difference_is_a_problem_naming_the_batch():
     acc.add(np.zeros((1, 2)), np.zeros((1, 2)), 0)
     acc.add(np.zeros((1, 3)), np.zeros((1, 2)), 7)
     result = acc.finish()
-    assert not result.passed and result.problem == "shape [1, 3] differs from the research shape [1, 2] (batch from sample 7)"
+    assert (
+        not result.passed
+        and result.problem == "shape [1, 3] differs from the research shape [1, 2] (batch from sample 7)"
+    )
     first = OutputAccumulator("y", Tolerance(atol=0.0, rtol=0.1), 4)
     first.add(np.zeros((1, 3)), np.zeros((1, 2)), 0)
     assert first.finish().problem == "shape [1, 3] differs from the research shape [1, 2]"
@@ -663,37 +778,57 @@ def _item(spec, shape, data, datatype=None):
     return RequestInput(name=spec.name, shape=shape, datatype=datatype or v2_datatype(spec), data=data)
 
 
-@pytest.mark.parametrize("spec, shape, data, datatype, message, status", [
-    (F32, [1, 2], [1, 2], "FP64", "input 'x' has datatype FP64, but the model expects FP32.", 400),
-    (F32, [1, -2], [1, 2], None, "input 'x' has a negative dimension in shape [1, -2].", 400),
-    (F32, [9, 2], [0.0] * 18, None, "input 'x' has a batch of 9, over this server's limit of 8; split the request.", 413),
-    (F32, [1, 2], [1.0, 2.0, 3.0], None, "input 'x' has 3 values, but shape [1, 2] needs 2.", 400),
-    (F32, [1, 2], [[1.0], [2.0, 3.0]], None, "input 'x' has ragged or non-numeric data; send 2 FP32 values in row-major order.", 400),
-    (F32, [1, 2], ["a", "b"], None, "input 'x' must hold numbers for FP32, got strings.", 400),
-    (F32, [1, 2], [True, False], None, "input 'x' must hold numbers, got true/false.", 400),
-    (F32, [1, 2], [1e39, 1.0], None, "input 'x' has values too large for FP32.", 400),
-    (I8, [2], [1, 200], None, "input 'n' has values outside the range of INT8.", 400),
-    (I8, [2], [1, 2.5], None, "input 'n' must hold integers for INT8.", 400),
-    (U64, [1], [-1], None, "input 'u' has values outside the range of UINT64.", 400),
-    (FLAG, [2], [1, 0], None, "input 'flag' is BOOL and must hold true/false.", 400),
-    (WORDS, [2], ["a", 1], None, "input 'w' is BYTES and must hold strings.", 400),
-    (F32, [1, 2], None, None, "input 'x' has no data.", 400),
-])
+@pytest.mark.parametrize(
+    "spec, shape, data, datatype, message, status",
+    [
+        (F32, [1, 2], [1, 2], "FP64", "input 'x' has datatype FP64, but the model expects FP32.", 400),
+        (F32, [1, -2], [1, 2], None, "input 'x' has a negative dimension in shape [1, -2].", 400),
+        (
+            F32,
+            [9, 2],
+            [0.0] * 18,
+            None,
+            "input 'x' has a batch of 9, over this server's limit of 8; split the request.",
+            413,
+        ),
+        (F32, [1, 2], [1.0, 2.0, 3.0], None, "input 'x' has 3 values, but shape [1, 2] needs 2.", 400),
+        (
+            F32,
+            [1, 2],
+            [[1.0], [2.0, 3.0]],
+            None,
+            "input 'x' has ragged or non-numeric data; send 2 FP32 values in row-major order.",
+            400,
+        ),
+        (F32, [1, 2], ["a", "b"], None, "input 'x' must hold numbers for FP32, got strings.", 400),
+        (F32, [1, 2], [True, False], None, "input 'x' must hold numbers, got true/false.", 400),
+        (F32, [1, 2], [1e39, 1.0], None, "input 'x' has values too large for FP32.", 400),
+        (I8, [2], [1, 200], None, "input 'n' has values outside the range of INT8.", 400),
+        (I8, [2], [1, 2.5], None, "input 'n' must hold integers for INT8.", 400),
+        (U64, [1], [-1], None, "input 'u' has values outside the range of UINT64.", 400),
+        (FLAG, [2], [1, 0], None, "input 'flag' is BOOL and must hold true/false.", 400),
+        (WORDS, [2], ["a", 1], None, "input 'w' is BYTES and must hold strings.", 400),
+        (F32, [1, 2], None, None, "input 'x' has no data.", 400),
+    ],
+)
 def test_each_wire_rule_is_one_sentence_and_its_status(spec, shape, data, datatype, message, status):
     with pytest.raises(BadRequest) as caught:
         decode(_item(spec, shape, data, datatype), spec, max_batch=8)
     assert (caught.value.message, caught.value.status) == (message, status)
 
 
-@pytest.mark.parametrize("spec, data, expected", [
-    (F32, [1, 2], np.array([[1.0, 2.0]], np.float32)),          # JSON integers for floats: exact
-    (F32, [0.1, -2.5], np.array([[0.1, -2.5]], np.float32)),
-    (I8, [-128, 127], np.array([-128, 127], np.int8)),
-    (I8, [3.0, -4.0], np.array([3, -4], np.int8)),              # whole floats for integers
-    (U64, [2 ** 64 - 1], np.array([2 ** 64 - 1], np.uint64)),
-    (FLAG, [True, False], np.array([True, False])),
-    (WORDS, ["é", ""], np.array(["é", ""], dtype=object)),
-])
+@pytest.mark.parametrize(
+    "spec, data, expected",
+    [
+        (F32, [1, 2], np.array([[1.0, 2.0]], np.float32)),  # JSON integers for floats: exact
+        (F32, [0.1, -2.5], np.array([[0.1, -2.5]], np.float32)),
+        (I8, [-128, 127], np.array([-128, 127], np.int8)),
+        (I8, [3.0, -4.0], np.array([3, -4], np.int8)),  # whole floats for integers
+        (U64, [2**64 - 1], np.array([2**64 - 1], np.uint64)),
+        (FLAG, [True, False], np.array([True, False])),
+        (WORDS, ["é", ""], np.array(["é", ""], dtype=object)),
+    ],
+)
 def test_well_formed_data_arrives_exactly(spec, data, expected):
     shape = list(expected.shape)
     decoded = decode(_item(spec, shape, data), spec, max_batch=8)
@@ -708,9 +843,14 @@ def test_the_decoder_checks_names_duplicates_and_the_specs():
     cases = [
         ([_item(F32, [1, 2], [1.0, 2.0])], "input 'n' is missing; m takes x, n."),
         ([_item(F32, [1, 2], [1.0, 2.0]), _item(F32, [1, 2], [1.0, 2.0])], "input 'x' is given twice."),
-        ([RequestInput(name="z", shape=[1], datatype="FP32", data=[1.0])], "input 'z' is not an input of m; it takes x, n."),
-        ([_item(F32, [1, 3], [1.0, 2.0, 3.0]), _item(I8, [1], [3])],
-         "input 'x' must have shape [batch, 2], got [1, 3] (dimension 1 is 3, expected 2)."),
+        (
+            [RequestInput(name="z", shape=[1], datatype="FP32", data=[1.0])],
+            "input 'z' is not an input of m; it takes x, n.",
+        ),
+        (
+            [_item(F32, [1, 3], [1.0, 2.0, 3.0]), _item(I8, [1], [3])],
+            "input 'x' must have shape [batch, 2], got [1, 3] (dimension 1 is 3, expected 2).",
+        ),
     ]
     for items, message in cases:
         with pytest.raises(BadRequest) as caught:
@@ -719,6 +859,8 @@ def test_the_decoder_checks_names_duplicates_and_the_specs():
     bounded = InputDecoder([I8], model="m", max_batch=8, bounds={"n": (0, 5)})
     with pytest.raises(BadRequest, match=r"^input 'n' has values outside 0\.\.5"):
         bounded([_item(I8, [1], [6])])
-    binary = decoder([_item(F32, [1, 2], None, "FP32"), _item(I8, [1], [3])],
-                     {"x": memoryview(np.array([1.5, 2.5], "<f4").tobytes())})
+    binary = decoder(
+        [_item(F32, [1, 2], None, "FP32"), _item(I8, [1], [3])],
+        {"x": memoryview(np.array([1.5, 2.5], "<f4").tobytes())},
+    )
     assert binary["x"].tolist() == [[1.5, 2.5]]

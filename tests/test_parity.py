@@ -111,8 +111,11 @@ def test_baseline_far_exceeded_is_flagged_but_passes():
 
 
 @settings(max_examples=200, deadline=None)
-@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
-                  elements=st.floats(-1e6, 1e6, width=32)))
+@given(
+    hnp.arrays(
+        np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6), elements=st.floats(-1e6, 1e6, width=32)
+    )
+)
 def test_any_finite_array_matches_itself_and_a_shifted_copy_fails(array):
     assert compare_output("y", array.copy(), array, TIGHT)
     shifted = array.astype(np.float64) + 1.0 + 2e-3 * np.abs(array.astype(np.float64))

@@ -17,9 +17,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_suite(tmp_path, *args):
     report = tmp_path / "parity.xml"
-    result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "parity_tests"), "-p", "no:cacheprovider",
-                             "-q", f"--junitxml={report}", *map(str, args)], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "parity_tests"),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"--junitxml={report}",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     outcomes = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
@@ -31,9 +45,14 @@ def test_a_good_bundle_passes_every_check_with_one_result_each(wine_bundle, tmp_
     result, outcomes = run_suite(tmp_path, "--bundle", wine_bundle)
     assert result.returncode == 0, result.stdout[-3000:]
     assert outcomes == {
-        "test_integrity": "passed", "test_signature": "skipped", "test_environment": "passed",
-        "test_output_parity[scores]": "passed", "test_decision_agreement[scores]": "passed",
-        "test_stage[preprocess]": "passed", "test_stage[model]": "passed", "test_stage[merge]": "passed",
+        "test_integrity": "passed",
+        "test_signature": "skipped",
+        "test_environment": "passed",
+        "test_output_parity[scores]": "passed",
+        "test_decision_agreement[scores]": "passed",
+        "test_stage[preprocess]": "passed",
+        "test_stage[model]": "passed",
+        "test_stage[merge]": "passed",
     }
 
 
@@ -76,6 +95,11 @@ def test_a_live_endpoint(wine_bundle, tmp_path):
 
 
 def test_without_bundle_it_says_what_to_pass(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "parity_tests"), "-p", "no:cacheprovider", "-q"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "parity_tests"), "-p", "no:cacheprovider", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode != 0 and "parity_tests needs --bundle PATH" in result.stdout + result.stderr

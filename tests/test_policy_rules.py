@@ -87,10 +87,12 @@ def test_tolerance_overrides_apply_to_named_outputs_and_refuse_unknown_ones(digi
     assert everywhere == {name: loose for name in names}
     with pytest.raises(UsageError) as raised:
         tolerance_overrides(manifest, None, {"nope": loose})
-    assert str(raised.value) == (f"tolerance override names output 'nope', but the bundle's outputs are "
-                                 f"{', '.join(names)}.")
-    two = manifest.model_copy(update={"outputs": [*manifest.outputs, manifest.outputs[0].model_copy(
-        update={"name": "extra"})]})
+    assert str(raised.value) == (
+        f"tolerance override names output 'nope', but the bundle's outputs are {', '.join(names)}."
+    )
+    two = manifest.model_copy(
+        update={"outputs": [*manifest.outputs, manifest.outputs[0].model_copy(update={"name": "extra"})]}
+    )
     with pytest.raises(UsageError) as raised:
         tolerance_overrides(two, None, {"nope": loose})
     assert str(raised.value).endswith(f"are {names[0]}, extra.")
@@ -160,8 +162,9 @@ def test_a_margin_exactly_twice_the_bound_is_a_tie():
     assert (below.ties, below.agreeing, below.disagreeing_samples) == (0, 0, [0])
 
 
-@pytest.mark.parametrize("shape, per_position", [((), False), ((0, 3), False), ((2, 0), False), ((2, 4, 0), True),
-                                                 ((0, 4, 3), True)])
+@pytest.mark.parametrize(
+    "shape, per_position", [((), False), ((0, 3), False), ((2, 0), False), ((2, 4, 0), True), ((0, 4, 3), True)]
+)
 def test_nothing_to_decide_is_full_agreement_with_no_ties(shape, per_position):
     empty = np.zeros(shape)
     decision = decision_agreement(empty, empty, Tolerance(atol=0.0, rtol=0.0), 0.5)
@@ -201,8 +204,9 @@ def test_a_manifest_may_be_exactly_the_limit_but_not_a_byte_more(digits_bundle):
     assert parse_manifest(padded, source="m.json").name == parse_manifest(raw).name
     with pytest.raises(BundleInvalid) as raised:
         parse_manifest(padded + b" ", source="m.json")
-    assert str(raised.value) == (f"m.json is {MAX_MANIFEST_BYTES + 1} bytes, larger than any manifest; "
-                                 "the bundle is not valid.")
+    assert str(raised.value) == (
+        f"m.json is {MAX_MANIFEST_BYTES + 1} bytes, larger than any manifest; the bundle is not valid."
+    )
 
 
 def test_a_manifest_that_is_not_json_is_named_a_manifest(digits_bundle):
@@ -225,8 +229,9 @@ def test_the_manifest_is_written_with_two_space_indents(digits_bundle):
 
 
 def test_a_reference_set_without_groups_is_one_group_with_its_own_files():
-    references = ReferenceSet(inputs="i.npz", outputs="o.npz", features="f.npz", samples=4, device="cpu",
-                              precision="fp32")
+    references = ReferenceSet(
+        inputs="i.npz", outputs="o.npz", features="f.npz", samples=4, device="cpu", precision="fp32"
+    )
     (group,) = references.all_groups()
     assert (group.inputs, group.outputs, group.features, group.samples) == ("i.npz", "o.npz", "f.npz", 4)
 
@@ -234,13 +239,22 @@ def test_a_reference_set_without_groups_is_one_group_with_its_own_files():
 def test_a_sample_numbered_across_groups_is_located_in_its_group():
     from paritybundle.bundle.manifest import ReferenceGroup
 
-    groups = [ReferenceGroup(inputs="i.npz", outputs="o.npz", samples=3),
-              ReferenceGroup(inputs="reference/group_1/i.npz", outputs="reference/group_1/o.npz", samples=2)]
+    groups = [
+        ReferenceGroup(inputs="i.npz", outputs="o.npz", samples=3),
+        ReferenceGroup(inputs="reference/group_1/i.npz", outputs="reference/group_1/o.npz", samples=2),
+    ]
     references = ReferenceSet(inputs="i.npz", outputs="o.npz", samples=5, device="cpu", precision="fp32", groups=groups)
     assert [references.locate(k) for k in range(5)] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
     assert references.locate(7) == (1, 4)  # past the end: the last group, counted on
-    three = references.model_copy(update={"samples": 6, "groups": [*groups, ReferenceGroup(
-        inputs="reference/group_2/i.npz", outputs="reference/group_2/o.npz", samples=1)]})
+    three = references.model_copy(
+        update={
+            "samples": 6,
+            "groups": [
+                *groups,
+                ReferenceGroup(inputs="reference/group_2/i.npz", outputs="reference/group_2/o.npz", samples=1),
+            ],
+        }
+    )
     assert [three.locate(k) for k in (2, 3, 4, 5)] == [(0, 2), (1, 0), (1, 1), (2, 0)]
     single = ReferenceSet(inputs="i.npz", outputs="o.npz", samples=4, device="cpu", precision="fp32")
     assert single.locate(3) == (0, 3)
@@ -254,8 +268,10 @@ def test_a_duplicate_key_is_named_by_its_first_80_characters():
     raw = b'{"' + key.encode() + b'": 1, "' + key.encode() + b'": 2}'
     with pytest.raises(BundleInvalid) as raised:
         strict.load_json_document(raw, "m.json", "manifest")
-    assert str(raised.value) == f"m.json is not a valid manifest (the key '{'k' * 80}' appears twice in one object); " \
-                                "re-export the bundle."
+    assert (
+        str(raised.value) == f"m.json is not a valid manifest (the key '{'k' * 80}' appears twice in one object); "
+        "re-export the bundle."
+    )
 
 
 def test_a_duplicate_key_is_named_by_at_most_80_characters_and_the_reason_by_200():

@@ -63,12 +63,17 @@ def test_check_passes_every_stage_under_other_threads_and_optimization_levels(bu
     bundle = request.getfixturevalue(bundle_fixture)
     for threads in (1, 2):
         for level in ("disable", "basic", "all"):
-            report = paritybundle.check(bundle, settings=SessionSettings(intra_op_num_threads=threads,
-                                                                         graph_optimization_level=level))
+            report = paritybundle.check(
+                bundle, settings=SessionSettings(intra_op_num_threads=threads, graph_optimization_level=level)
+            )
             assert report.passed, (threads, level, report.diagnosis)
-            assert [(s.stage, s.passed) for s in report.stages] == [("preprocess", True), ("model", True),
-                                                                    ("pipeline", True), ("merge", True),
-                                                                    ("rows alone", True)]
+            assert [(s.stage, s.passed) for s in report.stages] == [
+                ("preprocess", True),
+                ("model", True),
+                ("pipeline", True),
+                ("merge", True),
+                ("rows alone", True),
+            ]
             assert report.diagnosis is None
 
 
@@ -104,6 +109,7 @@ def test_a_category_dropped_from_the_vocabulary_names_the_column(wine_bundle, tm
         attributes = {a.name: a for a in encoder.attribute}
         del attributes["keys_strings"].strings[0]
         del attributes["values_int64s"].ints[0]
+
     edit_preprocess(bundle, drop_first_category)
     code, out = check_cli(bundle, capsys)
     assert code == 1 and "column 'color_band'" in out and "preprocessing diverged" in out
@@ -125,6 +131,7 @@ def test_a_changed_interpolation_names_preprocessing(image_bundle, tmp_path, cap
         for attribute in resize.attribute:
             if attribute.name == "mode":
                 attribute.s = b"nearest"
+
     edit_preprocess(bundle, nearest)
     code, out = check_cli(bundle, capsys)
     assert code == 1 and "preprocessing diverged" in out and "column 'image'" in out
@@ -135,10 +142,12 @@ def test_a_changed_model_is_the_models_fault_on_correct_features(wine_bundle, tm
 
     def perturb(model):
         from onnx import numpy_helper
+
         for init in model.graph.initializer:
             array = numpy_helper.to_array(init)
             if array.ndim == 2:
                 init.CopyFrom(numpy_helper.from_array(array * 1.01, init.name))
+
     edit_preprocess(bundle, perturb, graph_file="model.onnx")
     code, out = check_cli(bundle, capsys)
     assert code == 1 and "the model diverged on correct features" in out
@@ -149,8 +158,11 @@ def test_a_changed_model_is_the_models_fault_on_correct_features(wine_bundle, tm
 
 def test_a_pipeline_that_differs_from_its_stages_is_blamed_on_the_merge(wine_bundle, tmp_path, capsys):
     bundle = copy_bundle(wine_bundle, tmp_path / "b")
-    edit_preprocess(bundle, lambda m: replace_initializer(m, "preprocess/alcohol/0_standardize/std", lambda a: a * 2),
-                    graph_file="pipeline.onnx")
+    edit_preprocess(
+        bundle,
+        lambda m: replace_initializer(m, "preprocess/alcohol/0_standardize/std", lambda a: a * 2),
+        graph_file="pipeline.onnx",
+    )
     code, out = check_cli(bundle, capsys)
     assert code == 1 and "only the merged pipeline diverges" in out
     report = paritybundle.check(bundle)
@@ -175,8 +187,13 @@ def test_export_fails_closed_when_a_step_graph_disagrees_with_its_research_path(
 def test_unfitted_preprocessing_is_refused(tmp_path):
     torch = require("torch")
     with pytest.raises(SpecError, match="not fitted"):
-        paritybundle.export(torch.nn.Linear(1, 1), tmp_path / "out", preprocess=pp.Pipeline([pp.Standardize()]),
-                            reference_inputs=np.ones((3, 1), np.float32), name="x")
+        paritybundle.export(
+            torch.nn.Linear(1, 1),
+            tmp_path / "out",
+            preprocess=pp.Pipeline([pp.Standardize()]),
+            reference_inputs=np.ones((3, 1), np.float32),
+            name="x",
+        )
 
 
 # --- serving raw inputs ------------------------------------------------------------------------
@@ -264,14 +281,20 @@ def test_a_fitted_scikit_learn_column_transformer_is_frozen_through_skl2onnx(tmp
 
     rng = np.random.default_rng(0)
     n = 120
-    frame = pd.DataFrame({"height": rng.normal(170, 10, n).astype(np.float32),
-                          "weight": rng.normal(70, 12, n).astype(np.float32),
-                          "city": rng.choice(["paris", "lyon", "nice"], n)})
+    frame = pd.DataFrame(
+        {
+            "height": rng.normal(170, 10, n).astype(np.float32),
+            "weight": rng.normal(70, 12, n).astype(np.float32),
+            "city": rng.choice(["paris", "lyon", "nice"], n),
+        }
+    )
     frame.loc[::9, "weight"] = np.nan
-    transformer = ColumnTransformer([
-        ("numbers", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), ["height", "weight"]),
-        ("city", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["city"]),
-    ]).fit(frame)
+    transformer = ColumnTransformer(
+        [
+            ("numbers", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), ["height", "weight"]),
+            ("city", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["city"]),
+        ]
+    ).fit(frame)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     result = paritybundle.export(model, tmp_path / "sk", preprocess=transformer, reference_inputs=frame, name="sk")
@@ -302,10 +325,19 @@ def test_a_torch_module_is_accepted_as_preprocessing(tmp_path):
 
     x = np.abs(np.random.default_rng(0).normal(size=(64, 3))).astype(np.float32)
     torch.manual_seed(0)
-    result = paritybundle.export(torch.nn.Linear(3, 2), tmp_path / "t", preprocess=Scaler([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]),
-                                 reference_inputs={"x": x}, name="t")
+    result = paritybundle.export(
+        torch.nn.Linear(3, 2),
+        tmp_path / "t",
+        preprocess=Scaler([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]),
+        reference_inputs={"x": x},
+        name="t",
+    )
     manifest = result.manifest
-    assert manifest.preprocessing.source == "torch" and manifest.preprocessing.columns[0].steps[0].params["std"] == [1.0, 2.0, 3.0]
+    assert manifest.preprocessing.source == "torch" and manifest.preprocessing.columns[0].steps[0].params["std"] == [
+        1.0,
+        2.0,
+        3.0,
+    ]
     assert paritybundle.check(result.path).passed
 
 

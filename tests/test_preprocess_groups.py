@@ -94,8 +94,16 @@ def test_an_image_is_preprocessed_and_a_tabular_column_passes_through(model_clas
     pre = images.make_preprocessing(x_train)
     age = np.random.default_rng(0).uniform(18, 90, (80, 1)).astype(np.float32)
     model = model_class().eval()
-    bundle = export_spec(paritybundle.ExportSpec(model=model, preprocess=pre, name="mixed", output_names=["logits"],
-                                                 reference_inputs={"image": x_test[:80], "age": age}), tmp_path / "b").path
+    bundle = export_spec(
+        paritybundle.ExportSpec(
+            model=model,
+            preprocess=pre,
+            name="mixed",
+            output_names=["logits"],
+            reference_inputs={"image": x_test[:80], "age": age},
+        ),
+        tmp_path / "b",
+    ).path
     manifest = read_manifest(bundle)
     assert sorted(s.name for s in manifest.inputs) == ["age", "image"]
     columns = {c.input: c for c in manifest.preprocessing.columns}
@@ -124,11 +132,17 @@ def test_columns_preprocess_some_columns_and_the_rest_pass_through(tmp_path, cap
     from paritybundle import preprocess as pp
 
     rng = np.random.default_rng(1)
-    raw = {"price": rng.lognormal(size=200).astype(np.float32), "region": rng.choice(["n", "s", "e"], 200),
-           "store": rng.integers(0, 50, (200, 1)), "weekday": rng.integers(0, 7, (200, 1)).astype(np.float32)}
+    raw = {
+        "price": rng.lognormal(size=200).astype(np.float32),
+        "region": rng.choice(["n", "s", "e"], 200),
+        "store": rng.integers(0, 50, (200, 1)),
+        "weekday": rng.integers(0, 7, (200, 1)).astype(np.float32),
+    }
     pre = pp.Columns({"price": [pp.Log1p(), pp.Standardize()], "region": [pp.OneHot()]}).fit(raw)
-    bundle = export_spec(paritybundle.ExportSpec(model=Tabular(5).eval(), preprocess=pre, reference_inputs=raw,
-                                                 name="tabular"), tmp_path / "b").path
+    bundle = export_spec(
+        paritybundle.ExportSpec(model=Tabular(5).eval(), preprocess=pre, reference_inputs=raw, name="tabular"),
+        tmp_path / "b",
+    ).path
     capsys.readouterr()
     assert main(["check", str(bundle)]) == 0
     out = " ".join(capsys.readouterr().out.split())
@@ -156,7 +170,10 @@ def test_a_tokenized_text_and_a_numeric_feature_reach_one_model(tmp_path, capsys
     sentences = spec.reference_inputs["text"][:40]
     price = np.linspace(1, 40, 40, dtype=np.float32)[:, None]
     spec.model, spec.output_names = TextAndPrice(spec.model).eval(), ["logits"]
-    spec.reference_inputs = {"text": sentences + ["bad \x00 text"], "price": np.concatenate([price, np.zeros((1, 1), np.float32)])}
+    spec.reference_inputs = {
+        "text": sentences + ["bad \x00 text"],
+        "price": np.concatenate([price, np.zeros((1, 1), np.float32)]),
+    }
     bundle = export_spec(spec, tmp_path / "b").path  # the NUL text is left out, and its price with it
     manifest = read_manifest(bundle)
     probes = len(manifest.coverage.probe_reasons)
@@ -166,8 +183,9 @@ def test_a_tokenized_text_and_a_numeric_feature_reach_one_model(tmp_path, capsys
     out = " ".join(capsys.readouterr().out.split())
     assert "column text -> input_ids" in out and "column price -> price" in out and "PARITY HOLDS" in out
     served = paritybundle.load(bundle).predict({"text": ["A great film!"], "price": np.array([[3.0]], np.float32)})
-    tokens = spec.preprocess(["A great film!"], padding="max_length", truncation=True,
-                             max_length=text.MAX_LENGTH, return_tensors="pt")
+    tokens = spec.preprocess(
+        ["A great film!"], padding="max_length", truncation=True, max_length=text.MAX_LENGTH, return_tensors="pt"
+    )
     with torch.no_grad():
         research = spec.model(**tokens, price=torch.tensor([[3.0]])).numpy()
     np.testing.assert_allclose(served["logits"], research, atol=1e-5, rtol=1e-4)
@@ -189,8 +207,15 @@ def test_a_torch_preprocessing_module_reads_the_inputs_its_forward_names(tmp_pat
 
     _, x_test, _, _ = images.load_images()
     age = np.linspace(20, 60, 40, dtype=np.float32)[:, None]
-    bundle = export_spec(paritybundle.ExportSpec(model=Model().eval(), preprocess=Scale(), name="torch-pre",
-                                                 reference_inputs={"image": x_test[:40], "age": age}), tmp_path / "b").path
+    bundle = export_spec(
+        paritybundle.ExportSpec(
+            model=Model().eval(),
+            preprocess=Scale(),
+            name="torch-pre",
+            reference_inputs={"image": x_test[:40], "age": age},
+        ),
+        tmp_path / "b",
+    ).path
     capsys.readouterr()
     assert main(["check", str(bundle)]) == 0
     assert "column age -> age" in " ".join(capsys.readouterr().out.split())
@@ -203,8 +228,9 @@ def test_a_scikit_learn_transformer_reads_the_columns_it_was_fitted_on_and_the_r
     from sklearn.preprocessing import StandardScaler
 
     rng = np.random.default_rng(2)
-    frame = pd.DataFrame({"height": rng.normal(170, 10, 120).astype(np.float32),
-                          "weight": rng.normal(70, 8, 120).astype(np.float32)})
+    frame = pd.DataFrame(
+        {"height": rng.normal(170, 10, 120).astype(np.float32), "weight": rng.normal(70, 8, 120).astype(np.float32)}
+    )
     scaler = ColumnTransformer([("scale", StandardScaler(), ["height", "weight"])]).fit(frame)
     visits = rng.integers(0, 9, (120, 1)).astype(np.float32)
 
@@ -218,8 +244,10 @@ def test_a_scikit_learn_transformer_reads_the_columns_it_was_fitted_on_and_the_r
             return self.layer(torch.cat([features, visits], dim=1))
 
     raw = {"height": frame["height"].to_numpy(), "weight": frame["weight"].to_numpy(), "visits": visits}
-    bundle = export_spec(paritybundle.ExportSpec(model=Model().eval(), preprocess=scaler, reference_inputs=raw,
-                                                 name="sklearn-partial"), tmp_path / "b").path
+    bundle = export_spec(
+        paritybundle.ExportSpec(model=Model().eval(), preprocess=scaler, reference_inputs=raw, name="sklearn-partial"),
+        tmp_path / "b",
+    ).path
     capsys.readouterr()
     assert main(["check", str(bundle)]) == 0
     out = " ".join(capsys.readouterr().out.split())

@@ -20,8 +20,10 @@ ORT_SETTINGS = [(threads, level) for threads in (1, 2) for level in ("disable", 
 def run_graph(preprocessor, raw, threads=1, level="all"):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                                        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
     session = ort.InferenceSession(preprocessor.to_onnx(raw, 20).SerializeToString(), options)
     return session.run(None, raw)[0]
 
@@ -56,8 +58,13 @@ def test_numeric_steps_graph_matches_research(make_steps, threads, level):
 
 
 @settings(max_examples=40, deadline=None)
-@given(hnp.arrays(np.float32, st.tuples(st.integers(2, 30), st.integers(1, 4)),
-                  elements=st.one_of(st.floats(-1e4, 1e4, width=32), st.just(float("nan")))))
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(2, 30), st.integers(1, 4)),
+        elements=st.one_of(st.floats(-1e4, 1e4, width=32), st.just(float("nan"))),
+    )
+)
 def test_impute_then_standardize_agree_on_any_finite_or_missing_data(data):
     if np.isnan(data).all(axis=0).any():
         with pytest.raises(SpecError, match="no observed"):
@@ -106,7 +113,9 @@ def test_category_vocabulary_is_ordered_by_frequency_and_unseen_values_go_to_the
 def test_columns_of_mixed_types_concatenate_in_order_with_recorded_slices():
     rng = np.random.default_rng(1)
     data = {"age": rng.integers(18, 90, 40), "income": rng.lognormal(10, 1, 40), "city": rng.choice(["x", "y"], 40)}
-    pre = pp.Columns({"age": [pp.Standardize()], "income": [pp.Log1p(), pp.MinMaxScale()], "city": [pp.OneHot()]}).fit(data)
+    pre = pp.Columns({"age": [pp.Standardize()], "income": [pp.Log1p(), pp.MinMaxScale()], "city": [pp.OneHot()]}).fit(
+        data
+    )
     assert [(c.input, c.features) for c in pre.columns()] == [("age", [0, 1]), ("income", [1, 2]), ("city", [2, 5])]
     assert_close(pre.transform(data), run_graph(pre, data))
 
@@ -123,9 +132,15 @@ def test_columns_refuse_wrong_kinds_with_the_column_named():
         pp.Pipeline([pp.Standardize()]).transform(np.ones((2, 1)))
 
 
-IMAGE_CASES = [("nearest", False, (5, 6)), ("nearest", False, (16, 16)), ("linear", False, (5, 6)),
-               ("linear", False, (16, 16)), ("linear", True, (3, 5)), ("cubic", False, (16, 12)),
-               ("cubic", True, (4, 4))]
+IMAGE_CASES = [
+    ("nearest", False, (5, 6)),
+    ("nearest", False, (16, 16)),
+    ("linear", False, (5, 6)),
+    ("linear", False, (16, 16)),
+    ("linear", True, (3, 5)),
+    ("cubic", False, (16, 12)),
+    ("cubic", True, (4, 4)),
+]
 
 
 @pytest.mark.parametrize("interpolation,antialias,size", IMAGE_CASES)
@@ -133,8 +148,16 @@ IMAGE_CASES = [("nearest", False, (5, 6)), ("nearest", False, (16, 16)), ("linea
 def test_image_steps_graph_matches_research(interpolation, antialias, size, threads, level):
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
-    pre = pp.Pipeline([pp.ToFloatCHW(), pp.ChannelOrder("RGB", "BGR"), pp.Scale(1 / 255),
-                       pp.Resize(size, interpolation, antialias), pp.Normalize()], input="image").fit(images)
+    pre = pp.Pipeline(
+        [
+            pp.ToFloatCHW(),
+            pp.ChannelOrder("RGB", "BGR"),
+            pp.Scale(1 / 255),
+            pp.Resize(size, interpolation, antialias),
+            pp.Normalize(),
+        ],
+        input="image",
+    ).fit(images)
     research = pre.transform(images)
     assert research.shape == (6, 3, *size)
     assert_close(research, run_graph(pre, {"image": images}, threads, level), atol=1e-5)
@@ -167,8 +190,9 @@ def test_antialias_differs_from_torch_at_the_borders_as_documented():
     torch = require("torch", reason="torch (the training extra) is the cross-reference here")
     images = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
     ours = pp.Resize((3, 3), "linear", antialias=True).transform(images)
-    theirs = torch.nn.functional.interpolate(torch.from_numpy(images), size=(3, 3), mode="bilinear",
-                                             align_corners=False, antialias=True).numpy()
+    theirs = torch.nn.functional.interpolate(
+        torch.from_numpy(images), size=(3, 3), mode="bilinear", align_corners=False, antialias=True
+    ).numpy()
     difference = np.abs(ours - theirs)
     assert 0.01 < difference.max() < 0.1  # the docstring says up to 0.047 on [0, 1] data
     # Interior pixels (whose filter window does not reach the border) agree.
@@ -185,10 +209,15 @@ def test_resize_weights_rows_sum_to_one_and_nearest_picks_one_pixel():
 
 
 def test_bad_step_settings_are_refused_in_one_sentence():
-    for make, words in ((lambda: pp.Resize((0, 4)), "size"), (lambda: pp.Resize((4, 4), "area"), "interpolation"),
-                        (lambda: pp.Resize((4, 4), "nearest", antialias=True), "antialias"),
-                        (lambda: pp.ChannelOrder("RGB", "RGA"), "ChannelOrder"), (lambda: pp.Impute("mode"), "strategy"),
-                        (lambda: pp.Clip(), "bounds"), (lambda: pp.MinMaxScale((1, 0)), "low < high"),
-                        (lambda: pp.Normalize(mean=[0.5]), "both")):
+    for make, words in (
+        (lambda: pp.Resize((0, 4)), "size"),
+        (lambda: pp.Resize((4, 4), "area"), "interpolation"),
+        (lambda: pp.Resize((4, 4), "nearest", antialias=True), "antialias"),
+        (lambda: pp.ChannelOrder("RGB", "RGA"), "ChannelOrder"),
+        (lambda: pp.Impute("mode"), "strategy"),
+        (lambda: pp.Clip(), "bounds"),
+        (lambda: pp.MinMaxScale((1, 0)), "low < high"),
+        (lambda: pp.Normalize(mean=[0.5]), "both"),
+    ):
         with pytest.raises(SpecError, match=words):
             make()

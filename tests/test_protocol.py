@@ -21,8 +21,10 @@ INT64 = TensorSpec(name="n", dtype="int64", shape=["batch"])
 @given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=3, max_size=3))
 def test_float32_sent_as_json_arrives_bit_identical(values):
     original = np.asarray(values, dtype=np.float32)
-    for encoded in (json.dumps([float(v) for v in original]),        # the exact double of each float32
-                    "[" + ",".join(str(v) for v in original) + "]"):  # numpy's shortest float32 repr
+    for encoded in (
+        json.dumps([float(v) for v in original]),  # the exact double of each float32
+        "[" + ",".join(str(v) for v in original) + "]",
+    ):  # numpy's shortest float32 repr
         item = RequestInput(name="x", shape=[1, 3], datatype="FP32", data=json.loads(encoded))
         received = input_array(item, FP32, max_batch=8)
         assert received.dtype == np.float32
@@ -34,11 +36,14 @@ def test_nested_data_is_accepted_in_row_major_order():
     np.testing.assert_array_equal(input_array(item, FP32, max_batch=8), [[1, 2, 3], [4, 5, 6]])
 
 
-@pytest.mark.parametrize("data, message", [
-    ([1.5, 2.0], "must hold integers"),
-    ([2 ** 70, 1], "outside the range"),
-    ([True, False], "must hold integers, got true/false"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ([1.5, 2.0], "must hold integers"),
+        ([2**70, 1], "outside the range"),
+        ([True, False], "must hold integers, got true/false"),
+    ],
+)
 def test_integer_inputs_refuse_inexact_values(data, message):
     with pytest.raises(BadRequest, match=message):
         input_array(RequestInput(name="n", shape=[2], datatype="INT64", data=data), INT64, max_batch=8)

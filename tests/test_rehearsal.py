@@ -25,6 +25,8 @@ def test_rehearsal_reports_pips_reason_and_leaves_the_bundle_alone(bundle_copy, 
     requirements.write_text(requirements.read_text() + "paritybundle-no-such-package-xyz==0.0.1\n")
     rehash(bundle_copy)
     before = sorted(p.relative_to(bundle_copy) for p in bundle_copy.rglob("*"))
-    with pytest.raises(EnvironmentRefused, match="installing requirements-serve.txt .* failed.*paritybundle-no-such-package-xyz"):
+    with pytest.raises(
+        EnvironmentRefused, match="installing requirements-serve.txt .* failed.*paritybundle-no-such-package-xyz"
+    ):
         rehearse(bundle_copy)
     assert sorted(p.relative_to(bundle_copy) for p in bundle_copy.rglob("*")) == before

@@ -21,8 +21,16 @@ def cases(path):
 def test_junit_has_one_case_per_check(wine_bundle, tmp_path, capsys):
     assert main(["check", str(wine_bundle), "--junit", str(tmp_path / "j.xml")]) == 0
     suite, found = cases(tmp_path / "j.xml")
-    assert {"integrity", "environment", "parity[scores]", "decision[scores]", "stage[preprocess].column[alcohol]",
-            "stage[preprocess].column[color_band]", "stage[model].output[scores]", "stage[merge].output[scores]"} <= set(found)
+    assert {
+        "integrity",
+        "environment",
+        "parity[scores]",
+        "decision[scores]",
+        "stage[preprocess].column[alcohol]",
+        "stage[preprocess].column[color_band]",
+        "stage[model].output[scores]",
+        "stage[merge].output[scores]",
+    } <= set(found)
     assert suite.get("failures") == "0" and int(suite.get("tests")) == len(found)
     capsys.readouterr()
 
@@ -33,8 +41,13 @@ def test_junit_marks_the_failing_checks(image_bundle, tmp_path, capsys):
     assert main(["check", str(bundle), "--junit", str(tmp_path / "j.xml")]) == 1
     suite, found = cases(tmp_path / "j.xml")
     failing = {name for name, case in found.items() if case.find("failure") is not None}
-    assert failing == {"parity[logits]", "decision[logits]", "stage[preprocess].column[image]",
-                       "stage[preprocess].output[pixels]", "stage[rows alone].output[logits]"}
+    assert failing == {
+        "parity[logits]",
+        "decision[logits]",
+        "stage[preprocess].column[image]",
+        "stage[preprocess].output[pixels]",
+        "stage[rows alone].output[logits]",
+    }
     assert "preprocessing diverged" in suite.find("system-out").text
     capsys.readouterr()
 
@@ -87,7 +100,11 @@ def test_html_page_renders_in_headless_chromium(wine_bundle, tmp_path, capsys):
     assert "PARITY HOLDS" in dom.stdout and dom.stdout.count("<svg") == 2 and "stroke-dasharray" in dom.stdout
     assert "column color_band" in dom.stdout
     shot = tmp_path / "report.png"
-    subprocess.run([browser, *flags, "--window-size=1300,1600", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [browser, *flags, "--window-size=1300,1600", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000  # not a blank page
     capsys.readouterr()

@@ -40,8 +40,21 @@ def test_local_scores_are_research_outputs_with_ids_kept_columns_and_a_report(wi
     source = write_parquet(reference_table(wine_bundle, repeat=3), tmp_path / "rows", files=3)
     (source / "_SUCCESS").write_text("")  # what Spark leaves beside its parts: not an input
     out = tmp_path / "scores"
-    code = main(["score", str(wine_bundle), str(source), "-o", str(out), "--keep", "customer",
-                 "--batch-rows", "50", "--json", str(tmp_path / "report.json")])
+    code = main(
+        [
+            "score",
+            str(wine_bundle),
+            str(source),
+            "-o",
+            str(out),
+            "--keep",
+            "customer",
+            "--batch-rows",
+            "50",
+            "--json",
+            str(tmp_path / "report.json"),
+        ]
+    )
     assert code == 0
     table, outputs = scored_outputs(out, wine_bundle)
     rows = table.num_rows
@@ -84,18 +97,31 @@ def test_list_columns_for_image_inputs_and_a_wrong_length_names_column_and_row(d
     assert not (tmp_path / "ragged-scores").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: t.drop_columns(["hue"]), r"has no column 'hue', an input of the model"),
-    (lambda t: t.set_column(t.schema.get_field_index("proline"), "proline", pa.array(["x"] * t.num_rows)),
-     r"column 'proline' of .* holds string, but input 'proline' is float32"),
-    (lambda t: t.set_column(t.schema.get_field_index("color_band"), "color_band", pa.array(range(t.num_rows))),
-     r"column 'color_band' of .* holds int64, but input 'color_band' is string"),
-    (lambda t: t.set_column(t.schema.get_field_index("color_band"), "color_band",
-                            pa.array(["red"] * 5 + [None] + ["red"] * (t.num_rows - 6))),
-     r"rows\.parquet, rows 0\.\.\d+: column 'color_band' has a missing value at row 5"),
-])
-def test_a_missing_or_mistyped_column_is_exit_2_naming_it_and_nothing_is_written(wine_bundle, tmp_path, change, message,
-                                                                                    capsys):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.drop_columns(["hue"]), r"has no column 'hue', an input of the model"),
+        (
+            lambda t: t.set_column(t.schema.get_field_index("proline"), "proline", pa.array(["x"] * t.num_rows)),
+            r"column 'proline' of .* holds string, but input 'proline' is float32",
+        ),
+        (
+            lambda t: t.set_column(t.schema.get_field_index("color_band"), "color_band", pa.array(range(t.num_rows))),
+            r"column 'color_band' of .* holds int64, but input 'color_band' is string",
+        ),
+        (
+            lambda t: t.set_column(
+                t.schema.get_field_index("color_band"),
+                "color_band",
+                pa.array(["red"] * 5 + [None] + ["red"] * (t.num_rows - 6)),
+            ),
+            r"rows\.parquet, rows 0\.\.\d+: column 'color_band' has a missing value at row 5",
+        ),
+    ],
+)
+def test_a_missing_or_mistyped_column_is_exit_2_naming_it_and_nothing_is_written(
+    wine_bundle, tmp_path, change, message, capsys
+):
     source = write_parquet(change(reference_table(wine_bundle)), tmp_path / "rows.parquet")
     out = tmp_path / "scores"
     assert main(["score", str(wine_bundle), str(source), "-o", str(out)]) == 2
@@ -107,11 +133,13 @@ def test_unreadable_inputs_are_exit_2(wine_bundle, tmp_path, capsys):
     (tmp_path / "junk.parquet").write_bytes(b"PAR1 this is not parquet")
     (tmp_path / "rows.txt").write_text("a,b\n")
     (tmp_path / "empty").mkdir()
-    for source, message in ((tmp_path / "junk.parquet", "cannot be read as a table"),
-                            (tmp_path / "rows.txt", "neither Parquet"),
-                            (tmp_path / "empty", "holds no Parquet"),
-                            (tmp_path / "absent", "does not exist"),
-                            (Path("/dev/zero"), "is neither a file nor a folder")):
+    for source, message in (
+        (tmp_path / "junk.parquet", "cannot be read as a table"),
+        (tmp_path / "rows.txt", "neither Parquet"),
+        (tmp_path / "empty", "holds no Parquet"),
+        (tmp_path / "absent", "does not exist"),
+        (Path("/dev/zero"), "is neither a file nor a folder"),
+    ):
         assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "scores")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "scores").exists()
@@ -130,7 +158,9 @@ def test_a_tampered_bundle_is_exit_3_before_any_row(digits_bundle, tmp_path, cap
     assert not (tmp_path / "scores").exists()
 
 
-def test_a_bundle_failing_parity_here_is_exit_1_naming_the_worker_and_nothing_is_written(digits_bundle, tmp_path, capsys):
+def test_a_bundle_failing_parity_here_is_exit_1_naming_the_worker_and_nothing_is_written(
+    digits_bundle, tmp_path, capsys
+):
     bundle = copy_bundle(digits_bundle, tmp_path / "bundle")
     perturb_weights(bundle, 0.05)
     rehash(bundle)
@@ -140,7 +170,10 @@ def test_a_bundle_failing_parity_here_is_exit_1_naming_the_worker_and_nothing_is
     failed = caught.value.report
     assert not failed.passed and failed.exit_code == 1 and failed.workers[0].verdict == "failed"
     assert failed.workers[0].rows_scored == 0 and not (tmp_path / "scores").exists()
-    assert main(["score", str(bundle), str(source), "-o", str(tmp_path / "scores"), "--json", str(tmp_path / "r.json")]) == 1
+    assert (
+        main(["score", str(bundle), str(source), "-o", str(tmp_path / "scores"), "--json", str(tmp_path / "r.json")])
+        == 1
+    )
     assert json.loads((tmp_path / "r.json").read_text())["workers"][0]["exit_code"] == 1
 
 
@@ -149,9 +182,24 @@ def test_a_drifted_environment_is_exit_4_and_its_report_says_where(wine_bundle, 
     its path): the gate refuses before the first row."""
     source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
     env = dict(os.environ, PYTHONPATH=str(fake_numpy_path(tmp_path)))
-    run = subprocess.run([sys.executable, "-m", "paritybundle.cli", "score", str(wine_bundle), str(source),
-                          "-o", str(tmp_path / "scores"), "--json", str(tmp_path / "r.json")],
-                         env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "paritybundle.cli",
+            "score",
+            str(wine_bundle),
+            str(source),
+            "-o",
+            str(tmp_path / "scores"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 4, run.stderr
     assert "numpy" in run.stderr and "refused to score" in run.stderr and "Traceback" not in run.stderr
     [worker] = json.loads((tmp_path / "r.json").read_text())["workers"]
@@ -159,7 +207,9 @@ def test_a_drifted_environment_is_exit_4_and_its_report_says_where(wine_bundle, 
     assert not (tmp_path / "scores").exists()
 
 
-def test_output_is_replaced_only_with_force_and_only_by_a_job_that_succeeded(wine_bundle, digits_bundle, tmp_path, capsys):
+def test_output_is_replaced_only_with_force_and_only_by_a_job_that_succeeded(
+    wine_bundle, digits_bundle, tmp_path, capsys
+):
     source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
     out = tmp_path / "scores"
     assert main(["score", str(wine_bundle), str(source), "-o", str(out)]) == 0
@@ -188,12 +238,14 @@ def test_keep_and_id_options_are_checked_against_the_input(wine_bundle, tmp_path
 
 def test_local_scoring_imports_neither_ray_nor_pyspark_nor_torch(wine_bundle, tmp_path):
     source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
-    script = ('import sys\n'
-              'for name in ("ray", "pyspark", "torch", "onnxscript"): sys.modules[name] = None\n'
-              'from paritybundle.cli import main\n'
-              f'code = main(["score", {str(wine_bundle)!r}, {str(source)!r}, "-o", {str(tmp_path / "s")!r}])\n'
-              'import paritybundle.ray, paritybundle.spark\n'  # the API modules import neither until called
-              'sys.exit(code)\n')
+    script = (
+        "import sys\n"
+        'for name in ("ray", "pyspark", "torch", "onnxscript"): sys.modules[name] = None\n'
+        "from paritybundle.cli import main\n"
+        f'code = main(["score", {str(wine_bundle)!r}, {str(source)!r}, "-o", {str(tmp_path / "s")!r}])\n'
+        "import paritybundle.ray, paritybundle.spark\n"  # the API modules import neither until called
+        "sys.exit(code)\n"
+    )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "s" / "part-00000.parquet").is_file()
@@ -201,9 +253,11 @@ def test_local_scoring_imports_neither_ray_nor_pyspark_nor_torch(wine_bundle, tm
 
 def test_an_engine_that_is_not_installed_is_one_sentence(wine_bundle, tmp_path):
     source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
-    script = ('import sys\nsys.modules["ray"] = None\nfrom paritybundle.cli import main\n'
-              f'sys.exit(main(["score", {str(wine_bundle)!r}, {str(source)!r}, "-o", {str(tmp_path / "s")!r}, '
-              '"--engine", "ray"]))\n')
+    script = (
+        'import sys\nsys.modules["ray"] = None\nfrom paritybundle.cli import main\n'
+        f'sys.exit(main(["score", {str(wine_bundle)!r}, {str(source)!r}, "-o", {str(tmp_path / "s")!r}, '
+        '"--engine", "ray"]))\n'
+    )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "pip install 'paritybundle[ray]'" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "s").exists()
@@ -215,7 +269,10 @@ def test_what_pandas_writes_is_taken_as_it_is(wine_bundle, tmp_path):
     frame["color_band"] = frame["color_band"].astype("category")
     frame["magnesium"] = frame["magnesium"].fillna(0).round().astype("int64")
     frame.to_parquet(tmp_path / "rows.parquet")
-    assert pq.read_schema(tmp_path / "rows.parquet").field("color_band").type.id == pa.dictionary(pa.int32(), pa.string()).id
+    assert (
+        pq.read_schema(tmp_path / "rows.parquet").field("color_band").type.id
+        == pa.dictionary(pa.int32(), pa.string()).id
+    )
     report = score(wine_bundle, tmp_path / "rows.parquet", tmp_path / "scores.parquet")
     assert report.rows_scored == len(frame)
 
@@ -228,15 +285,21 @@ def test_engine_options_go_with_their_engine(wine_bundle, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.parametrize("module, engine, option, address, message", [
-    ("ray", "ray", "--ray-address", "127.0.0.1:1", "cannot reach Ray at 127.0.0.1:1"),
-    ("pyspark", "spark", "--spark-master", "spark://127.0.0.1:1", "Spark master"),
-])
-def test_an_unreachable_cluster_is_exit_2_within_seconds(wine_bundle, tmp_path, capsys, module, engine, option, address,
-                                                        message):
+@pytest.mark.parametrize(
+    "module, engine, option, address, message",
+    [
+        ("ray", "ray", "--ray-address", "127.0.0.1:1", "cannot reach Ray at 127.0.0.1:1"),
+        ("pyspark", "spark", "--spark-master", "spark://127.0.0.1:1", "Spark master"),
+    ],
+)
+def test_an_unreachable_cluster_is_exit_2_within_seconds(
+    wine_bundle, tmp_path, capsys, module, engine, option, address, message
+):
     require(module)
     source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
-    assert main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--engine", engine,
-                 option, address]) == 2
+    assert (
+        main(["score", str(wine_bundle), str(source), "-o", str(tmp_path / "s"), "--engine", engine, option, address])
+        == 2
+    )
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()

@@ -42,6 +42,7 @@ def assert_research(bundle: Path, outputs: dict[str, np.ndarray], repeat: int = 
 
 # ---------------------------------------------------------------- Ray
 
+
 def test_ray_job_scores_research_outputs_and_reports_every_worker(ray_cluster, wine_bundle, tmp_path):
     source = write_parquet(reference_table(wine_bundle, repeat=4), tmp_path / "rows", files=4)
     out = tmp_path / "scores"
@@ -61,7 +62,9 @@ def test_ray_job_scores_research_outputs_and_reports_every_worker(ray_cluster, w
 def test_ray_worker_with_a_drifted_environment_stops_the_job_exit_4(ray_cluster, wine_bundle, tmp_path):
     source = write_parquet(reference_table(wine_bundle), tmp_path / "rows.parquet")
     drifted = {"runtime_env": {"env_vars": {"PYTHONPATH": str(fake_numpy_path(tmp_path))}}}
-    with pytest.raises(EnvironmentRefused, match=r"worker ray-\w+ on node \w+ .*refused to score: .*numpy 2?[\d.]* -> 99\.0\.0") as caught:
+    with pytest.raises(
+        EnvironmentRefused, match=r"worker ray-\w+ on node \w+ .*refused to score: .*numpy 2?[\d.]* -> 99\.0\.0"
+    ) as caught:
         score(wine_bundle, source, tmp_path / "scores", engine="ray", workers=1, engine_options=drifted)
     [worker] = caught.value.report.workers
     assert worker.verdict == "failed" and worker.exit_code == 4 and worker.rows_scored == 0
@@ -79,8 +82,10 @@ def test_ray_worker_refuses_a_bundle_altered_on_its_way_exit_3(ray_cluster, digi
     verified = open_bundle(digits_bundle)
     shipment = ship(verified)
     altered = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(shipment.archive), mode="r:gz") as original, \
-            tarfile.open(fileobj=altered, mode="w:gz", format=tarfile.PAX_FORMAT) as copy:
+    with (
+        tarfile.open(fileobj=io.BytesIO(shipment.archive), mode="r:gz") as original,
+        tarfile.open(fileobj=altered, mode="w:gz", format=tarfile.PAX_FORMAT) as copy,
+    ):
         for member in original.getmembers():
             data = original.extractfile(member).read()
             if member.name == "model.onnx":
@@ -90,8 +95,19 @@ def test_ray_worker_refuses_a_bundle_altered_on_its_way_exit_3(ray_cluster, digi
     source = write_parquet(reference_table(digits_bundle), tmp_path / "rows.parquet")
     plan = plan_columns(verified.manifest, __import__("pyarrow.parquet").parquet.read_schema(source))
     (tmp_path / "out").mkdir()
-    rows, records, failure = run_job(shipment, plan, [str(source)], "parquet", str(tmp_path / "out"), address=None,
-                                     workers=1, batch_rows=1000, settings=None, env_policy="strict", public_key=None)
+    rows, records, failure = run_job(
+        shipment,
+        plan,
+        [str(source)],
+        "parquet",
+        str(tmp_path / "out"),
+        address=None,
+        workers=1,
+        batch_rows=1000,
+        settings=None,
+        env_policy="strict",
+        public_key=None,
+    )
     assert rows == 0 and records[0].verdict == "failed" and records[0].exit_code == 3
     error = job_error("ray", records, failure)
     assert isinstance(error, BundleInvalid) and "model.onnx" in str(error) and "refused to score" in str(error)
@@ -113,8 +129,13 @@ def test_ray_bad_row_and_parity_failure_keep_their_exit_codes(ray_cluster, digit
     perturb_weights(bundle, 0.05)
     rehash(bundle)
     with pytest.raises(ParityFailure, match=r"worker ray-\w+ on node .*refused to score: .*logits"):
-        score(bundle, write_parquet(reference_table(digits_bundle), tmp_path / "d.parquet"), tmp_path / "b",
-              engine="ray", workers=1)
+        score(
+            bundle,
+            write_parquet(reference_table(digits_bundle), tmp_path / "d.parquet"),
+            tmp_path / "b",
+            engine="ray",
+            workers=1,
+        )
     assert not (tmp_path / "b").exists()
 
 
@@ -136,6 +157,7 @@ def test_ray_python_api_gives_a_gated_dataset(ray_cluster, digits_bundle, tmp_pa
 
 
 # ---------------------------------------------------------------- Spark
+
 
 def _java_or_skip() -> None:
     try:
@@ -204,7 +226,8 @@ def test_spark_worker_with_a_drifted_environment_stops_the_job_exit_4(wine_bundl
         f"spark_master='local[2]', engine_options={{'spark.executorEnv.PYTHONPATH': {str(fake_numpy_path(tmp_path))!r}}})\n"
         "except ParityBundleError as exc:\n"
         "    print(type(exc).__name__, exc.report.workers == [], exc)\n"
-        "    sys.exit(exc.exit_code)\n")
+        "    sys.exit(exc.exit_code)\n"
+    )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 4, run.stdout + run.stderr[-3000:]
     assert run.stdout.startswith("EnvironmentRefused") and "refused to score" in run.stdout and "99.0.0" in run.stdout

@@ -33,7 +33,9 @@ def pixels(digits_bundle):
 
 
 def body_for(rows: np.ndarray) -> dict:
-    return {"inputs": [{"name": "pixels", "shape": list(rows.shape), "datatype": "FP32", "data": rows.reshape(-1).tolist()}]}
+    return {
+        "inputs": [{"name": "pixels", "shape": list(rows.shape), "datatype": "FP32", "data": rows.reshape(-1).tolist()}]
+    }
 
 
 def test_health_and_metadata(server):
@@ -74,8 +76,9 @@ def test_infer_matches_in_process_prediction_bit_for_bit(server, digits_bundle, 
 
 
 def _row_json(values: str, count: int = 64, shape=(1, 64), datatype="FP32", name="pixels") -> str:
-    return json.dumps({"inputs": [{"name": name, "shape": list(shape), "datatype": datatype,
-                                   "data": "PLACEHOLDER"}]}).replace('"PLACEHOLDER"', values)
+    return json.dumps(
+        {"inputs": [{"name": name, "shape": list(shape), "datatype": datatype, "data": "PLACEHOLDER"}]}
+    ).replace('"PLACEHOLDER"', values)
 
 
 ONES = "[" + ",".join(["1"] * 64) + "]"
@@ -120,8 +123,10 @@ def test_malformed_requests_get_4xx_with_an_error_and_the_server_stays_ready(ser
 def test_body_declared_over_the_limit_is_413_before_it_is_read(server):
     # Read the answer after the headers and a little body, as a client honouring early errors does.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 17000000\r\n\r\n" + b" " * 1024)
+        sock.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 17000000\r\n\r\n" + b" " * 1024
+        )
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
             chunk = sock.recv(65536)  # headers and body may arrive in separate packets
@@ -147,7 +152,7 @@ def test_wrong_method_is_4xx(server):
 def test_concurrent_requests_get_their_own_results(server, digits_bundle, pixels):
     runtime = paritybundle.load(digits_bundle)
     tolerance = runtime.manifest.tolerance.default
-    rows = [pixels[i:i + 1 + i % 3] for i in range(96)]  # 1-3 rows each, all different
+    rows = [pixels[i : i + 1 + i % 3] for i in range(96)]  # 1-3 rows each, all different
 
     def ask(chunk):
         return chunk, server.post("/v2/models/digits/infer", body_for(chunk))
@@ -161,9 +166,16 @@ def test_concurrent_requests_get_their_own_results(server, digits_bundle, pixels
         assert np.all(np.abs(served - alone) <= tolerance.atol + tolerance.rtol * np.abs(alone))
     metrics = http("GET", server.url + "/metrics")[1]
     # Some ONNX Runtime calls carried more than one request's rows.
-    count_le_1 = float(next(line.split()[-1] for line in metrics.splitlines()
-                            if line.startswith('paritybundle_batch_rows_bucket{le="1.0"}')))
-    total = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("paritybundle_batch_rows_count")))
+    count_le_1 = float(
+        next(
+            line.split()[-1]
+            for line in metrics.splitlines()
+            if line.startswith('paritybundle_batch_rows_bucket{le="1.0"}')
+        )
+    )
+    total = float(
+        next(line.split()[-1] for line in metrics.splitlines() if line.startswith("paritybundle_batch_rows_count"))
+    )
     assert total > 0 and count_le_1 < total
 
 
@@ -214,8 +226,11 @@ def test_check_url_errors_are_clear(digits_bundle, tmp_path, capsys):
 
     # A plain HTTP file server is not a V2 server.
     port = free_port()
-    files = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                              "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    files = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(50):
             try:
@@ -262,7 +277,9 @@ def test_sigterm_lets_in_flight_requests_finish(digits_bundle, tmp_path, pixels)
     # A 1.5 s batching delay keeps the request in flight when SIGTERM arrives.
     with running_server(digits_bundle, tmp_path, "--max-batch-delay-ms", "1500") as slow:
         answers = []
-        worker = threading.Thread(target=lambda: answers.append(slow.post("/v2/models/digits/infer", body_for(pixels[:1]))))
+        worker = threading.Thread(
+            target=lambda: answers.append(slow.post("/v2/models/digits/infer", body_for(pixels[:1])))
+        )
         worker.start()
         time.sleep(0.5)
         slow.process.send_signal(signal.SIGTERM)

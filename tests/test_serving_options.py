@@ -49,8 +49,13 @@ def test_export_validating_on_a_provider_that_is_not_here_is_exit_2(tmp_path):
 
     model = torch.nn.Linear(3, 2).eval()
     with pytest.raises(UsageError, match="CUDAExecutionProvider is not available") as caught:
-        paritybundle.export(model, tmp_path / "b", name="m", reference_inputs=np.ones((4, 3), np.float32),
-                            providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        paritybundle.export(
+            model,
+            tmp_path / "b",
+            name="m",
+            reference_inputs=np.ones((4, 3), np.float32),
+            providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        )
     assert caught.value.exit_code == 2 and not (tmp_path / "b").exists()
 
 
@@ -67,20 +72,34 @@ def column_bundle(tmp_path_factory):
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"size": rng.normal(size=60).astype(np.float32),
-                          "colour": rng.choice(["red", "green", "blue"], 60)})
+    frame = pd.DataFrame(
+        {"size": rng.normal(size=60).astype(np.float32), "colour": rng.choice(["red", "green", "blue"], 60)}
+    )
     labels = (frame["size"] > 0).astype(int) + (frame["colour"] == "red")
-    model = Pipeline([("columns", ColumnTransformer([("num", StandardScaler(), ["size"]),
-                                                     ("cat", OneHotEncoder(), ["colour"])])),
-                      ("clf", LogisticRegression(max_iter=500))]).fit(frame, labels)
-    onnx_model = convert_sklearn(model, initial_types=[("size", FloatTensorType([None, 1])),
-                                                       ("colour", StringTensorType([None, 1]))],
-                                 options={id(model): {"zipmap": False}}, target_opset=17)
+    model = Pipeline(
+        [
+            ("columns", ColumnTransformer([("num", StandardScaler(), ["size"]), ("cat", OneHotEncoder(), ["colour"])])),
+            ("clf", LogisticRegression(max_iter=500)),
+        ]
+    ).fit(frame, labels)
+    onnx_model = convert_sklearn(
+        model,
+        initial_types=[("size", FloatTensorType([None, 1])), ("colour", StringTensorType([None, 1]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=17,
+    )
     folder = tmp_path_factory.mktemp("columns")
     (folder / "model.onnx").write_bytes(onnx_model.SerializeToString())
-    result = paritybundle.export(str(folder / "model.onnx"), folder / "bundle", name="columns",
-                                 reference_inputs={"size": frame[["size"]].to_numpy(), "colour": frame[["colour"]].to_numpy()},
-                                 research_outputs={"label": model.predict(frame), "probabilities": model.predict_proba(frame).astype(np.float32)})
+    result = paritybundle.export(
+        str(folder / "model.onnx"),
+        folder / "bundle",
+        name="columns",
+        reference_inputs={"size": frame[["size"]].to_numpy(), "colour": frame[["colour"]].to_numpy()},
+        research_outputs={
+            "label": model.predict(frame),
+            "probabilities": model.predict_proba(frame).astype(np.float32),
+        },
+    )
     return result.path, frame, model
 
 

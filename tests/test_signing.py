@@ -18,8 +18,9 @@ from paritybundle.errors import BundleInvalid, UsageError
 def _keypair(directory, name="signing"):
     private, public = directory / f"{name}.pem", directory / f"{name}.pub"
     subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)
-    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True, capture_output=True
+    )
     return private, public
 
 

@@ -18,8 +18,17 @@ def test_verified_bundle_lists_every_file(digits_bundle):
     assert on_disk - {"bundle.json"} == set(verified.manifest.files)
 
 
-@pytest.mark.parametrize("victim", ["pipeline.onnx", "model.onnx", "reference/inputs.npz",
-                                    "reference/outputs.npz", "environment.lock.json", "requirements-serve.txt"])
+@pytest.mark.parametrize(
+    "victim",
+    [
+        "pipeline.onnx",
+        "model.onnx",
+        "reference/inputs.npz",
+        "reference/outputs.npz",
+        "environment.lock.json",
+        "requirements-serve.txt",
+    ],
+)
 def test_flipped_byte_is_refused_naming_the_file(bundle_copy, victim):
     path = bundle_copy / victim
     data = bytearray(path.read_bytes())
@@ -154,8 +163,9 @@ def test_a_signed_bundle_is_verified_before_onnx_runtime_opens_anything(bundle_c
 
     private, public = tmp_path / "k.pem", tmp_path / "k.pub"
     subprocess.run(["openssl", "ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", str(private)], check=True)
-    subprocess.run(["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["openssl", "ec", "-in", str(private), "-pubout", "-out", str(public)], check=True, capture_output=True
+    )
     sign(bundle_copy, private)
     _flip_middle_byte(bundle_copy / "pipeline.onnx")
     opened = []

@@ -17,8 +17,14 @@ def wide_bundle(tmp_path_factory):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(512, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8))
     x = np.random.default_rng(0).normal(size=(20_000, 512)).astype(np.float32)
-    return paritybundle.export(model, tmp_path_factory.mktemp("wide") / "b", reference_inputs=x, name="wide",
-                               max_reference_samples=None, exporter="torchscript").path
+    return paritybundle.export(
+        model,
+        tmp_path_factory.mktemp("wide") / "b",
+        reference_inputs=x,
+        name="wide",
+        max_reference_samples=None,
+        exporter="torchscript",
+    ).path
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +40,15 @@ def test_streamed_statistics_equal_the_whole_array_ones(wide_bundle):
     streamed = paritybundle.check(wide_bundle, batch_size=777).outputs[0]
     assert whole.passed and streamed.passed
     a, b = whole.stats, streamed.stats
-    assert (a.elements, a.violations, a.worst_index, a.max_abs, a.max_rel, a.p99_abs, a.p99_rel) == \
-           (b.elements, b.violations, b.worst_index, b.max_abs, b.max_rel, b.p99_abs, b.p99_rel)
+    assert (a.elements, a.violations, a.worst_index, a.max_abs, a.max_rel, a.p99_abs, a.p99_rel) == (
+        b.elements,
+        b.violations,
+        b.worst_index,
+        b.max_abs,
+        b.max_rel,
+        b.p99_abs,
+        b.p99_rel,
+    )
     assert b.mean_abs == pytest.approx(a.mean_abs, rel=1e-9) and b.mean_rel == pytest.approx(a.mean_rel, rel=1e-9)
     assert whole.decision.agreement == streamed.decision.agreement
 
@@ -77,8 +90,10 @@ def test_running_top_one_percent_gives_the_exact_p99(monkeypatch):
     serve = research + rng.normal(scale=1e-6, size=research.shape) * rng.pareto(1.5, size=research.shape)
     accumulator = OutputAccumulator("y", Tolerance(atol=1e-4, rtol=1e-3), research.size)
     for start in range(0, 30_000, 1234):
-        accumulator.add(serve[start:start + 1234], research[start:start + 1234], start)
+        accumulator.add(serve[start : start + 1234], research[start : start + 1234], start)
     stats = accumulator.finish().stats
     errors = np.abs(serve - research)
     assert stats.p99_abs == pytest.approx(float(np.percentile(errors, 99)), rel=1e-12)
-    assert stats.p99_rel == pytest.approx(float(np.percentile(errors / np.maximum(np.abs(research), 1e-12), 99)), rel=1e-12)
+    assert stats.p99_rel == pytest.approx(
+        float(np.percentile(errors / np.maximum(np.abs(research), 1e-12), 99)), rel=1e-12
+    )

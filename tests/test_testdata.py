@@ -59,11 +59,26 @@ def test_onnx_backend_test_runner_passes_on_the_directory_with_onnxruntime(wine_
     tol = read_manifest(wine_bundle).tolerance.default
     runner = runner_module.Runner(onnxruntime.backend, parent_module=__name__)
     # The runner has no public entry for one directory; this is how its own model tests are registered.
-    runner._add_model_test(TestCase(name="test_paritybundle_wine", model_name="wine", url=None, model_dir=str(folder),
-                                    model=None, data_sets=None, kind="real", rtol=tol.rtol, atol=tol.atol), "Real")
-    suite = unittest.TestSuite(case(name) for case in runner.test_cases.values()
-                               for name in unittest.defaultTestLoader.getTestCaseNames(case)
-                               if name == "test_paritybundle_wine_cpu")
+    runner._add_model_test(
+        TestCase(
+            name="test_paritybundle_wine",
+            model_name="wine",
+            url=None,
+            model_dir=str(folder),
+            model=None,
+            data_sets=None,
+            kind="real",
+            rtol=tol.rtol,
+            atol=tol.atol,
+        ),
+        "Real",
+    )
+    suite = unittest.TestSuite(
+        case(name)
+        for case in runner.test_cases.values()
+        for name in unittest.defaultTestLoader.getTestCaseNames(case)
+        if name == "test_paritybundle_wine_cpu"
+    )
     result = unittest.TextTestRunner(verbosity=0).run(suite)
     assert result.testsRun == 1 and result.wasSuccessful(), result.failures + result.errors
 
@@ -128,11 +143,14 @@ def test_hostile_test_data_is_exit_3_with_the_file_named(digits_bundle, tmp_path
     cases = {
         "random bytes": lambda folder: (folder / "input_0.pb").write_bytes(os.urandom(64)),
         "wrong dtype": lambda folder: (folder / "input_0.pb").write_bytes(
-            numpy_helper.from_array(np.full((100, 64), "x", dtype=object), "pixels").SerializeToString()),
+            numpy_helper.from_array(np.full((100, 64), "x", dtype=object), "pixels").SerializeToString()
+        ),
         "wrong name": lambda folder: (folder / "input_0.pb").write_bytes(
-            numpy_helper.from_array(np.zeros((3, 64), np.float32), "other").SerializeToString()),
+            numpy_helper.from_array(np.zeros((3, 64), np.float32), "other").SerializeToString()
+        ),
         "output shape": lambda folder: (folder / "output_0.pb").write_bytes(
-            numpy_helper.from_array(np.zeros((3, 7), np.float32), "logits").SerializeToString()),
+            numpy_helper.from_array(np.zeros((3, 7), np.float32), "logits").SerializeToString()
+        ),
         "missing output": lambda folder: (folder / "output_0.pb").unlink(),
     }
     for label, corrupt in cases.items():

@@ -26,8 +26,15 @@ from paritybundle.errors import ExportParityError, InputValidationError, SpecErr
 from paritybundle.training import export_spec  # noqa: E402
 
 example = _load_example("text")
-TEXTS = ["A great film!", "Awful day.", "The cat sat on the mat, very happy 😀", "İstanbul’da ÇOK güzel — café!",
-         "猫が好き and the worst story", "  tabs\tand\nnew lines  ", "x" * 300]
+TEXTS = [
+    "A great film!",
+    "Awful day.",
+    "The cat sat on the mat, very happy 😀",
+    "İstanbul’da ÇOK güzel — café!",
+    "猫が好き and the worst story",
+    "  tabs\tand\nnew lines  ",
+    "x" * 300,
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +52,9 @@ def research_logits(spec, texts):
     import torch
 
     tokenizer = spec.preprocess
-    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                      return_tensors="pt")
+    batch = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+    )
     with torch.no_grad():
         return spec.model(**batch).logits.numpy()
 
@@ -113,8 +121,9 @@ def test_a_tokenizer_the_graph_does_not_reproduce_is_refused_naming_the_text(tmp
             def rewrite(t):
                 return t.replace("film", "movie")
 
-            return super().__call__([rewrite(t) for t in text] if isinstance(text, list) else rewrite(text),
-                                    *args, **kwargs)
+            return super().__call__(
+                [rewrite(t) for t in text] if isinstance(text, list) else rewrite(text), *args, **kwargs
+            )
 
     spec.preprocess.__class__ = Rewriting
     with pytest.raises(ExportParityError) as caught:
@@ -131,8 +140,9 @@ def test_a_tokenizer_it_cannot_convert_is_refused_with_a_sentence(tmp_path):
 
     unigram = Tokenizer(models.Unigram([("<unk>", 0.0), ("▁the", -1.0), ("▁cat", -2.0)], unk_id=0))
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=unigram, unk_token="<unk>", pad_token="<unk>",
-                                        model_max_length=16)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=unigram, unk_token="<unk>", pad_token="<unk>", model_max_length=16
+    )
     spec = example.make_spec(steps=1)
     spec.preprocess = tokenizer
     with pytest.raises(SpecError, match="SentencePiece Unigram model.*tokenize this one outside the bundle"):
@@ -140,7 +150,9 @@ def test_a_tokenizer_it_cannot_convert_is_refused_with_a_sentence(tmp_path):
     spec = example.make_spec(steps=1)
     spec.reference_inputs = {"text": ["fine", "nul\x00inside"]}
     export_spec(spec, tmp_path / "c")  # the NUL text is left out of the references, with a warning
-    assert read_manifest(tmp_path / "c").reference.samples == 1 + len(read_manifest(tmp_path / "c").coverage.probe_reasons)
+    assert read_manifest(tmp_path / "c").reference.samples == 1 + len(
+        read_manifest(tmp_path / "c").coverage.probe_reasons
+    )
 
 
 # --- serving raw text ------------------------------------------------------------------------------------
@@ -190,13 +202,16 @@ def test_served_with_torch_and_transformers_blocked_over_json_and_binary(which, 
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-c", BLOCKED_SERVER, str(bert_bundle), str(port)],
-                                   stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-c", BLOCKED_SERVER, str(bert_bundle), str(port)], stdout=sink, stderr=subprocess.STDOUT
+        )
     server = Server(process, port, log)
     try:
         server.wait("ready")
-        status, answer = server.post(f"/v2/models/{model}/infer", {"inputs": [
-            {"name": "text", "shape": [len(TEXTS)], "datatype": "BYTES", "data": TEXTS}]})
+        status, answer = server.post(
+            f"/v2/models/{model}/infer",
+            {"inputs": [{"name": "text", "shape": [len(TEXTS)], "datatype": "BYTES", "data": TEXTS}]},
+        )
         assert status == 200, answer
         as_json = np.array(answer["outputs"][0]["data"], np.float32).reshape(len(TEXTS), 2)
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
@@ -206,8 +221,10 @@ def test_served_with_torch_and_transformers_blocked_over_json_and_binary(which, 
         np.testing.assert_array_equal(binary, as_json)
         spec = getattr(example, make)(steps=30)
         np.testing.assert_allclose(as_json, research_logits(spec, TEXTS), atol=1e-5, rtol=1e-4)
-        status, answer = server.post(f"/v2/models/{model}/infer", {"inputs": [
-            {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["bad \u0000 text"]}]})
+        status, answer = server.post(
+            f"/v2/models/{model}/infer",
+            {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["bad \u0000 text"]}]},
+        )
         assert status == 400 and "U+0000" in answer["error"]
         assert check_url(bert_bundle, server.url).passed
     finally:
@@ -229,16 +246,45 @@ def test_random_hostile_text_tokenizes_as_research_does_or_is_refused(bert_bundl
     spec = example.make_spec(steps=1)
     tokenizer = spec.preprocess
     rng = np.random.default_rng(7)
-    pieces = (list("abcdefgh XYZ .,!?'\t\n$^`~") + ["é", "ü", "猫", "😀", "👍🏽", "\u200b", "\ufffd", "\x07", "ﬁ", "Ⅻ",
-              "e\u0301", "\u00a0", "’", "—", "¿", "\u2028", "ą", "Σ", "ß", "İ", "،", "ـ", "\u0483", "\x7f"]
-              + example.POSITIVE + example.NEUTRAL)
+    pieces = (
+        list("abcdefgh XYZ .,!?'\t\n$^`~")
+        + [
+            "é",
+            "ü",
+            "猫",
+            "😀",
+            "👍🏽",
+            "\u200b",
+            "\ufffd",
+            "\x07",
+            "ﬁ",
+            "Ⅻ",
+            "e\u0301",
+            "\u00a0",
+            "’",
+            "—",
+            "¿",
+            "\u2028",
+            "ą",
+            "Σ",
+            "ß",
+            "İ",
+            "،",
+            "ـ",
+            "\u0483",
+            "\x7f",
+        ]
+        + example.POSITIVE
+        + example.NEUTRAL
+    )
     texts = ["".join(rng.choice(pieces, rng.integers(0, 120))) for _ in range(300)]
     options = ort.SessionOptions()
     options.register_custom_ops_library(custom_op_library("onnxruntime-extensions"))
     session = ort.InferenceSession(str(bert_bundle / "preprocess.onnx"), options)
     frozen = session.run(["input_ids", "attention_mask"], {"text": np.array(texts, dtype=object)})
-    research = tokenizer(texts, padding="max_length", truncation=True, max_length=example.MAX_LENGTH,
-                         return_tensors="np")
+    research = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=example.MAX_LENGTH, return_tensors="np"
+    )
     np.testing.assert_array_equal(frozen[0], research["input_ids"])
     np.testing.assert_array_equal(frozen[1], research["attention_mask"])
 
@@ -256,8 +302,10 @@ def test_captured_text_is_checked_and_its_drift_is_measured_in_tokens(bert_bundl
     odd = ["★ ☃ ✓ 😀 film", "straße ★★ ☃ the cat", "✓ ✓ ✓ great"] * 4  # words the vocabulary lacks
     with running_server(bert_bundle, tmp_path, "--capture", str(capture)) as server:
         for text in TEXTS[:4] + odd:
-            status, answer = server.post("/v2/models/text/infer", {"inputs": [
-                {"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]})
+            status, answer = server.post(
+                "/v2/models/text/infer",
+                {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [text]}]},
+            )
             assert status == 200, answer
     capsys.readouterr()
     assert main(["check", str(bert_bundle), "--references", str(capture)]) == 0
@@ -280,8 +328,12 @@ def test_batch_scoring_reads_a_string_column_and_refuses_unproven_text(bert_bund
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"id": [1, 2, 3], "text": TEXTS[:3]}), tmp_path / "rows.parquet")
-    assert main(["score", str(bert_bundle), str(tmp_path / "rows.parquet"), "-o", str(tmp_path / "scores"),
-                 "--keep", "id"]) == 0
+    assert (
+        main(
+            ["score", str(bert_bundle), str(tmp_path / "rows.parquet"), "-o", str(tmp_path / "scores"), "--keep", "id"]
+        )
+        == 0
+    )
     scored = pq.read_table(tmp_path / "scores").to_pydict()
     spec = example.make_spec(steps=30)
     np.testing.assert_allclose(np.array(scored["logits"]), research_logits(spec, TEXTS[:3]), atol=1e-5, rtol=1e-4)
@@ -342,10 +394,13 @@ def test_a_tokenizer_that_swaps_two_words_is_caught_and_localised_to_it(bert_bun
     assert "preprocess.onnx" in out and "column 'text'" in out and "PARITY FAILS" in out
 
 
-@pytest.mark.parametrize("edit, said", [
-    (lambda m: m["inputs"][0]["text"].update(refused_chars="ff-0"), "refused_chars"),
-    (lambda m: m["runtime"].update(custom_ops=["/tmp/evil.so"]), "custom_ops"),
-])
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        (lambda m: m["inputs"][0]["text"].update(refused_chars="ff-0"), "refused_chars"),
+        (lambda m: m["runtime"].update(custom_ops=["/tmp/evil.so"]), "custom_ops"),
+    ],
+)
 def test_a_hostile_manifest_cannot_name_a_library_or_break_the_refusal(bert_bundle, tmp_path, capsys, edit, said):
     import json
 
@@ -373,12 +428,22 @@ def test_a_distilbert_classifier_reads_only_ids_and_mask(tmp_path, capsys):
     example.bert_tokenizer(folder)  # writes vocab.txt
     tokenizer = DistilBertTokenizerFast(str(folder / "vocab.txt"), model_max_length=32)
     torch.manual_seed(0)
-    model = DistilBertForSequenceClassification(DistilBertConfig(
-        vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64,
-        num_labels=2)).eval()
+    model = DistilBertForSequenceClassification(
+        DistilBertConfig(
+            vocab_size=tokenizer.vocab_size,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            num_labels=2,
+        )
+    ).eval()
     texts = example.sentences(60, seed=1)[0]
-    bundle = export_spec(paritybundle.ExportSpec(model=model, preprocess=tokenizer, reference_inputs={"text": texts},
-                                                 name="distil"), tmp_path / "b").path
+    bundle = export_spec(
+        paritybundle.ExportSpec(model=model, preprocess=tokenizer, reference_inputs={"text": texts}, name="distil"),
+        tmp_path / "b",
+    ).path
     assert [f.name for f in read_manifest(bundle).preprocessing.features] == ["input_ids", "attention_mask"]
     capsys.readouterr()
     assert main(["check", str(bundle)]) == 0
@@ -397,6 +462,7 @@ def test_reference_texts_serving_refuses_are_left_out_by_the_same_rule(tmp_path,
     manifest = read_manifest(bundle)
     assert manifest.reference.samples == 20 + len(manifest.coverage.probe_reasons)
     assert manifest.preprocessing.columns[0].steps[0].params["probes_left_out"] == [
-        "text probe: empty text (refused at serving: it is empty)"]
+        "text probe: empty text (refused at serving: it is empty)"
+    ]
     capsys.readouterr()
     assert main(["check", str(bundle)]) == 0

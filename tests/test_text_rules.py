@@ -35,8 +35,10 @@ def test_text_of_proven_characters_passes(text):
     assert conform(text_spec(), np.array([text], dtype=object)).tolist() == [text]
 
 
-@pytest.mark.parametrize("text, code, offset", [("ab\x00cd", "U+0000", 2), ("café", "U+00E9", 3),
-                                                ("x \U00030000", "U+30000", 2), ("\U0010ffff", "U+10FFFF", 0)])
+@pytest.mark.parametrize(
+    "text, code, offset",
+    [("ab\x00cd", "U+0000", 2), ("café", "U+00E9", 3), ("x \U00030000", "U+30000", 2), ("\U0010ffff", "U+10FFFF", 0)],
+)
 def test_text_holding_a_refused_character_is_refused_naming_it(text, code, offset):
     with pytest.raises(InputValidationError) as caught:
         conform(text_spec(), np.array(["fine", text], dtype=object))

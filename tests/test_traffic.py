@@ -71,16 +71,25 @@ def traffic(wine_bundle, tmp_path_factory):
             picks = rng.integers(0, total, size=int(rng.integers(1, 4))).tolist()
             unseen, huge = k % 8 == 3, k % 8 == 5
             request_id = f"req-{k:04d}"
-            status, answer = http("POST", f"{server.url}/v2/models/{manifest.name}/infer",
-                                  _request(manifest, rows, picks, request_id, unseen=unseen, huge=huge))
+            status, answer = http(
+                "POST",
+                f"{server.url}/v2/models/{manifest.name}/infer",
+                _request(manifest, rows, picks, request_id, unseen=unseen, huge=huge),
+            )
             assert status == 200, answer
             sent[request_id] = len(picks)
             (unseen_ids if unseen else huge_ids if huge else set()).add(request_id)
         status, metrics = http("GET", f"{server.url}/metrics")
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(timeout=60)
-    return {"dir": directory, "sent": sent, "unseen": unseen_ids, "huge": huge_ids, "manifest": manifest,
-            "metrics": metrics}
+    return {
+        "dir": directory,
+        "sent": sent,
+        "unseen": unseen_ids,
+        "huge": huge_ids,
+        "manifest": manifest,
+        "metrics": metrics,
+    }
 
 
 def test_the_capture_holds_every_request_in_whole_parquet_files(traffic):
@@ -176,7 +185,9 @@ def test_drift_passes_on_traffic_like_the_reference_set(wine_bundle, tmp_path):
     outputs = dict(np.load(wine_bundle / "reference" / "outputs.npz"))
     served = {name: values[picks] for name, values in outputs.items()}
     arrow_schema = schema(manifest, raw)
-    batch = chunk_batch(chunk_of([Captured("r", time.time(), inputs, served)], manifest), manifest, "digest", arrow_schema)
+    batch = chunk_batch(
+        chunk_of([Captured("r", time.time(), inputs, served)], manifest), manifest, "digest", arrow_schema
+    )
     with pq.ParquetWriter(tmp_path / "capture-1.parquet", arrow_schema) as writer:
         writer.write_batch(batch)
     report = input_drift(wine_bundle, tmp_path)
@@ -210,7 +221,9 @@ def _writer(wine_bundle, directory, **options):
     capture = CaptureOptions(directory=str(directory), **options)
     prepare_directory(capture)
     registry = CollectorRegistry()
-    return CaptureWriter(capture, read_manifest(wine_bundle), (wine_bundle / "bundle.json").read_bytes(), registry), registry
+    return CaptureWriter(
+        capture, read_manifest(wine_bundle), (wine_bundle / "bundle.json").read_bytes(), registry
+    ), registry
 
 
 def _one_request(wine_bundle):
@@ -276,9 +289,23 @@ def test_sigkill_leaves_only_whole_files_and_the_next_start_clears_the_partial_o
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "paritybundle.cli", "serve", str(wine_bundle), "--port",
-                                    str(port), "--capture", str(directory), "--capture-rotate-seconds", "0.3"],
-                                   stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "paritybundle.cli",
+                "serve",
+                str(wine_bundle),
+                "--port",
+                str(port),
+                "--capture",
+                str(directory),
+                "--capture-rotate-seconds",
+                "0.3",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -294,8 +321,10 @@ def test_sigkill_leaves_only_whole_files_and_the_next_start_clears_the_partial_o
         k = 0
         until = time.monotonic() + 2.5  # files rotate every 0.3 s: some complete, one being written
         while time.monotonic() < until:
-            assert http("POST", f"{url}/v2/models/{manifest.name}/infer",
-                        _request(manifest, rows, [k % 5], f"k{k}"))[0] == 200
+            assert (
+                http("POST", f"{url}/v2/models/{manifest.name}/infer", _request(manifest, rows, [k % 5], f"k{k}"))[0]
+                == 200
+            )
             k += 1
         writer = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
         os.kill(process.pid, signal.SIGKILL)
@@ -319,8 +348,10 @@ def test_an_unwritable_capture_directory_is_refused_before_serving(wine_bundle, 
     blocker.write_text("")
     assert main(["serve", str(wine_bundle), "--port", str(free_port()), "--capture", str(blocker / "sub")]) == 2
     assert f"cannot write captured traffic to {blocker / 'sub'}" in capsys.readouterr().err
-    assert main(["serve", str(wine_bundle), "--port", str(free_port()), "--capture", str(tmp_path),
-                 "--capture-rate", "0"]) == 2
+    assert (
+        main(["serve", str(wine_bundle), "--port", str(free_port()), "--capture", str(tmp_path), "--capture-rate", "0"])
+        == 2
+    )
 
 
 def test_the_next_bundle_draws_its_references_from_production_and_then_covers_it(traffic, tmp_path, capsys):
@@ -338,7 +369,8 @@ def test_the_next_bundle_draws_its_references_from_production_and_then_covers_it
     # The reference set now runs 'violet', but the model was never fitted on it: that is still said.
     assert columns["color_band"]["findings"] == [
         f"{columns['color_band']['unfitted_share']:.0%} of 'color_band' is outside the vocabulary its preprocessing "
-        "was fitted on"]
+        "was fitted on"
+    ]
 
 
 def _altered(traffic, tmp_path, change):
@@ -356,17 +388,28 @@ def _replace(table, name, values, arrow_type=None):
     return table.set_column(index, field, pa.array(values, field.type))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: _replace(t, "output.scores.shape", [[4]] * t.num_rows),
-     "a capture file's column 'scores' holds a sample of 3 values where its shape [4] says 4; the file was altered."),
-    (lambda t: _replace(t, "input.alcohol", [[1.0, 2.0]] * t.num_rows),
-     "a capture file's column 'alcohol' holds a sample of 2 values where its shape [] says 1; the file was altered."),
-    (lambda t: _replace(t, "output.scores.shape", [[-3]] * t.num_rows),
-     "a capture file records a dimension outside 0..1099511627776; it was altered."),
-    (lambda t: _replace(t, "input.alcohol", [["x"]] * t.num_rows, pa.list_(pa.string())),
-     "holds 'input.alcohol' as lists of string, not of float"),
-    (lambda t: t.drop_columns(["input.color_band"]), "has no column 'input.color_band'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda t: _replace(t, "output.scores.shape", [[4]] * t.num_rows),
+            "a capture file's column 'scores' holds a sample of 3 values where its shape [4] says 4; the file was altered.",
+        ),
+        (
+            lambda t: _replace(t, "input.alcohol", [[1.0, 2.0]] * t.num_rows),
+            "a capture file's column 'alcohol' holds a sample of 2 values where its shape [] says 1; the file was altered.",
+        ),
+        (
+            lambda t: _replace(t, "output.scores.shape", [[-3]] * t.num_rows),
+            "a capture file records a dimension outside 0..1099511627776; it was altered.",
+        ),
+        (
+            lambda t: _replace(t, "input.alcohol", [["x"]] * t.num_rows, pa.list_(pa.string())),
+            "holds 'input.alcohol' as lists of string, not of float",
+        ),
+        (lambda t: t.drop_columns(["input.color_band"]), "has no column 'input.color_band'"),
+    ],
+)
 def test_an_altered_capture_is_one_sentence_and_exit_2(traffic, wine_bundle, tmp_path, capsys, change, message):
     folder = _altered(traffic, tmp_path, change)
     for command in (["check", str(wine_bundle), "--references", str(folder)], ["drift", str(wine_bundle), str(folder)]):
@@ -380,27 +423,47 @@ def test_requests_of_several_sequence_lengths_come_back_in_one_group_per_shape(w
     from paritybundle.bundle.manifest import TensorSpec
     from paritybundle.runtime.capture import Captured, chunk_batch, chunk_of, read_capture, schema
 
-    manifest = read_manifest(wine_bundle).model_copy(update={
-        "inputs": [TensorSpec(name="tokens", dtype="int64", shape=["batch", "seq"]),
-                   TensorSpec(name="lang", dtype="string", shape=["batch"])],
-        "outputs": [TensorSpec(name="logits", dtype="float32", shape=["batch", "seq", 3])]})
+    manifest = read_manifest(wine_bundle).model_copy(
+        update={
+            "inputs": [
+                TensorSpec(name="tokens", dtype="int64", shape=["batch", "seq"]),
+                TensorSpec(name="lang", dtype="string", shape=["batch"]),
+            ],
+            "outputs": [TensorSpec(name="logits", dtype="float32", shape=["batch", "seq", 3])],
+        }
+    )
     requests = []
     for k, (rows, seq) in enumerate([(2, 4), (1, 7), (3, 4), (1, 7)]):
         tokens = np.arange(rows * seq, dtype=np.int64).reshape(rows, seq) + 100 * k
         logits = np.full((rows, seq, 3), float(k), np.float32)
-        requests.append(Captured(f"r{k}", 1.7e9 + k, {"tokens": tokens, "lang": np.array([f"l{k}"] * rows, dtype=object)},
-                                 {"logits": logits}))
+        requests.append(
+            Captured(
+                f"r{k}",
+                1.7e9 + k,
+                {"tokens": tokens, "lang": np.array([f"l{k}"] * rows, dtype=object)},
+                {"logits": logits},
+            )
+        )
     arrow_schema = schema(manifest, b"{}")
     with pq.ParquetWriter(tmp_path / "capture-1.parquet", arrow_schema) as writer:
         writer.write_batch(chunk_batch(chunk_of(requests[:2], manifest), manifest, "d", arrow_schema))
         writer.write_batch(chunk_batch(chunk_of(requests[2:], manifest), manifest, "d", arrow_schema))
     data = read_capture(tmp_path, manifest)
     assert data.samples == 7 and [data.request_of(p) for p in range(7)] == [
-        "r0", "r0[1]", "r1", "r2", "r2[1]", "r2[2]", "r3"]
+        "r0",
+        "r0[1]",
+        "r1",
+        "r2",
+        "r2[1]",
+        "r2[2]",
+        "r3",
+    ]
     shapes = sorted((g.inputs["tokens"].shape, g.outputs["logits"].shape, g.positions.tolist()) for g in data.groups)
     assert shapes == [((2, 7), (2, 7, 3), [2, 6]), ((5, 4), (5, 4, 3), [0, 1, 3, 4, 5])]
     long = next(g for g in data.groups if g.inputs["tokens"].shape[1] == 7)
-    np.testing.assert_array_equal(long.inputs["tokens"], np.vstack([requests[1].inputs["tokens"], requests[3].inputs["tokens"]]))
+    np.testing.assert_array_equal(
+        long.inputs["tokens"], np.vstack([requests[1].inputs["tokens"], requests[3].inputs["tokens"]])
+    )
     assert long.inputs["lang"].tolist() == ["l1", "l3"]
     assert long.outputs["logits"][:, 0, 0].tolist() == [1.0, 3.0]
     assert data.order.tolist() == [0, 1, 3, 4, 5, 2, 6]  # groups by shape, shortest first; arrival order within
@@ -409,6 +472,8 @@ def test_requests_of_several_sequence_lengths_come_back_in_one_group_per_shape(w
 def test_a_replay_that_cannot_run_still_leaves_its_junit_report(wine_bundle, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     junit = tmp_path / "replay.xml"
-    assert main(["replay", WINE_SPEC, str(tmp_path / "empty"), "--bundle", str(wine_bundle), "--junit", str(junit)]) == 2
+    assert (
+        main(["replay", WINE_SPEC, str(tmp_path / "empty"), "--bundle", str(wine_bundle), "--junit", str(junit)]) == 2
+    )
     text = junit.read_text()
     assert 'name="bundle replay"' in text and 'type="exit 2"' in text and "holds no captured traffic" in text

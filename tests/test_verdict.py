@@ -31,20 +31,36 @@ def cases(tmp_path_factory):
     return {case.name: case for case in build_cases(tmp_path_factory.mktemp("verdict"))}
 
 
-CASE_NAMES = [case for case in (
-    "tiny logits, another seed's graph (check)", "tiny logits, another seed (diff)", "rare-event scorer x1.2",
-    "two rare categories swapped, never in the caller's rows", "weights + 0.1% noise", "weights rounded to fp16",
-    "tiny logits untouched", "rare-event scorer untouched", "rare categories untouched", "digits untouched",
-    "digits, --threads 1", "digits, --optimization disable", "region, --threads 1 --optimization disable",
-    "two exports of the same model (diff)")]
+CASE_NAMES = [
+    case
+    for case in (
+        "tiny logits, another seed's graph (check)",
+        "tiny logits, another seed (diff)",
+        "rare-event scorer x1.2",
+        "two rare categories swapped, never in the caller's rows",
+        "weights + 0.1% noise",
+        "weights rounded to fp16",
+        "tiny logits untouched",
+        "rare-event scorer untouched",
+        "rare categories untouched",
+        "digits untouched",
+        "digits, --threads 1",
+        "digits, --optimization disable",
+        "region, --threads 1 --optimization disable",
+        "two exports of the same model (diff)",
+    )
+]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_defects_fail_and_benign_cases_pass(cases, name, capsys):
     """Each defect exits 1, each benign case exits 0, through the CLI as a pipeline runs it."""
     case = cases[name]
-    args = ["diff", str(case.bundle), str(case.other)] if case.command[0] == "diff" else \
-        [case.command[0], str(case.bundle), *case.command[1:]]
+    args = (
+        ["diff", str(case.bundle), str(case.other)]
+        if case.command[0] == "diff"
+        else [case.command[0], str(case.bundle), *case.command[1:]]
+    )
     assert main(args) == (1 if case.defect else 0), capsys.readouterr().out[-3000:]
 
 
@@ -61,12 +77,15 @@ def test_the_defects_fail_by_a_wide_margin_and_the_benign_pass_by_one(cases):
 # --- scale-aware tolerance ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spread, max_abs, error, rule", [
-    (2e-9, 1e-9, 1e-16, "spread"),    # tiny logits: 0.1% of their spread, far below the preset
-    (3e-4, 4e-4, 1e-7, "noise"),      # rare-event scores: the measured noise is the floor
-    (40.0, 29.0, 7e-6, "preset"),     # logits of order 10: the preset is the tighter bound
-    (1.0, 0.65, 4e-3, "preset"),      # bf16 GPU noise: the floor reaches past the preset, which stays
-])
+@pytest.mark.parametrize(
+    "spread, max_abs, error, rule",
+    [
+        (2e-9, 1e-9, 1e-16, "spread"),  # tiny logits: 0.1% of their spread, far below the preset
+        (3e-4, 4e-4, 1e-7, "noise"),  # rare-event scores: the measured noise is the floor
+        (40.0, 29.0, 7e-6, "preset"),  # logits of order 10: the preset is the tighter bound
+        (1.0, 0.65, 4e-3, "preset"),  # bf16 GPU noise: the floor reaches past the preset, which stays
+    ],
+)
 def test_the_absolute_tolerance_follows_the_output_and_never_goes_below_its_noise(spread, max_abs, error, rule):
     preset = Tolerance(atol=1e-4, rtol=1e-3)
     tolerance, chosen = scaled_tolerance(preset, spread, max_abs, error)
@@ -86,8 +105,13 @@ def test_the_policy_and_its_reasons_are_recorded_per_output(cases):
 
 
 def test_a_caller_tolerance_is_kept_and_a_loose_one_is_reported(tmp_path, capsys):
-    bundle = paritybundle.export(TinyLogits(0), tmp_path / "b", reference_inputs=tiny_images(), name="tiny",
-                                 per_output_tolerance={"output": Tolerance(atol=1e-4, rtol=1e-3)}).path
+    bundle = paritybundle.export(
+        TinyLogits(0),
+        tmp_path / "b",
+        reference_inputs=tiny_images(),
+        name="tiny",
+        per_output_tolerance={"output": Tolerance(atol=1e-4, rtol=1e-3)},
+    ).path
     manifest = paritybundle.load(bundle).manifest
     assert manifest.tolerance.scales["output"].rule == "caller"
     assert manifest.tolerance.for_output("output").atol == 1e-4
@@ -108,8 +132,9 @@ def test_flips_between_near_equal_scores_fail_once_over_one_percent_of_samples()
     from paritybundle.parity.accumulator import OutputAccumulator
     from paritybundle.parity.explain import explain_failure
 
-    accumulator = OutputAccumulator("scores", Tolerance(atol=1e-4, rtol=1e-3), research.size, scores=True,
-                                    max_tie_share=0.01)
+    accumulator = OutputAccumulator(
+        "scores", Tolerance(atol=1e-4, rtol=1e-3), research.size, scores=True, max_tie_share=0.01
+    )
     accumulator.add(serve, research)
     result = accumulator.finish()
     assert not result.passed
@@ -133,8 +158,9 @@ def test_a_reference_set_that_detects_nothing_says_why_and_can_be_refused(tmp_pa
     power = paritybundle.load(weak).manifest.power
     assert power.detected is None and power.reasons
     with pytest.raises(WeakReferencesError, match="does not detect even a 1% weight perturbation"):
-        paritybundle.export(RareEvent(), tmp_path / "refused", reference_inputs=rare_inputs(), name="rare",
-                            require_power=True)
+        paritybundle.export(
+            RareEvent(), tmp_path / "refused", reference_inputs=rare_inputs(), name="rare", require_power=True
+        )
     assert not (tmp_path / "refused").exists()
     one_class = paritybundle.export(TinyLogits(0), tmp_path / "few", reference_inputs=tiny_images(n=3), name="few").path
     reasons = paritybundle.load(one_class).manifest.power.reasons
@@ -160,12 +186,14 @@ def test_the_selection_covers_every_class_category_nan_and_extreme_within_the_bu
     regions = np.array(list(rng.choice(["north", "south"], size=n)), dtype="<U6")
     regions[550] = "island"
     columns = {"amount": amount, "region": regions}
-    pre = pp.Columns({"amount": [pp.Impute("median"), pp.Standardize()], "region": [pp.OneHot()]},
-                     output="features").fit(columns)
+    pre = pp.Columns(
+        {"amount": [pp.Impute("median"), pp.Standardize()], "region": [pp.OneHot()]}, output="features"
+    ).fit(columns)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(pre.transform(columns).shape[1], 4))
-    bundle = paritybundle.export(model, tmp_path / "b", preprocess=pre, reference_inputs=columns, name="cov",
-                                 max_reference_samples=40).path
+    bundle = paritybundle.export(
+        model, tmp_path / "b", preprocess=pre, reference_inputs=columns, name="cov", max_reference_samples=40
+    ).path
     manifest = paritybundle.load(bundle).manifest
     coverage = manifest.coverage
     assert coverage.selection == "covering" and coverage.candidates == 600 and coverage.selected == 40
@@ -213,8 +241,21 @@ def test_probe_rows_are_validated_at_export_fail_closed(tmp_path, monkeypatch):
 
 def test_strength_is_in_the_json_junit_html_and_diff(cases, tmp_path, capsys):
     digits = cases["digits untouched"].bundle
-    assert main(["check", str(digits), "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "r.xml"),
-                 "--html", str(tmp_path / "r.html")]) == 0
+    assert (
+        main(
+            [
+                "check",
+                str(digits),
+                "--json",
+                str(tmp_path / "r.json"),
+                "--junit",
+                str(tmp_path / "r.xml"),
+                "--html",
+                str(tmp_path / "r.html"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["power"]["detected"] == 0.001 and report["coverage"]["selected"] > 0
     assert report["outputs"][0]["decision"]["max_tie_share"] == 0.01

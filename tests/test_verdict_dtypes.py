@@ -19,9 +19,15 @@ from paritybundle.errors import ParityBundleError, SpecError
 from paritybundle.training import ExportSpec, export_spec
 
 DTYPES = ["float16", "float32", "float64", "int32", "int64", "bool", "string"]
-_ONNX = {"float16": TensorProto.FLOAT16, "float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
-         "int32": TensorProto.INT32, "int64": TensorProto.INT64, "bool": TensorProto.BOOL,
-         "string": TensorProto.STRING}
+_ONNX = {
+    "float16": TensorProto.FLOAT16,
+    "float32": TensorProto.FLOAT,
+    "float64": TensorProto.DOUBLE,
+    "int32": TensorProto.INT32,
+    "int64": TensorProto.INT64,
+    "bool": TensorProto.BOOL,
+    "string": TensorProto.STRING,
+}
 
 
 def _identity_graph(path, dtype: str, fixed_label: bool = False) -> None:
@@ -48,8 +54,13 @@ def test_a_bundle_that_exports_passes_its_own_check(tmp_path_factory, graph, inp
     """The property: export refuses (one sentence, exit 2 or 1) or its bundle's own check passes."""
     work = tmp_path_factory.mktemp("dtypes")
     _identity_graph(work / "m.onnx", graph)
-    spec = ExportSpec(model=str(work / "m.onnx"), reference_inputs={"x": _values(inputs)},
-                      research_outputs={"y": _values(research)}, name="dtypes", require_power=False)
+    spec = ExportSpec(
+        model=str(work / "m.onnx"),
+        reference_inputs={"x": _values(inputs)},
+        research_outputs={"y": _values(research)},
+        name="dtypes",
+        require_power=False,
+    )
     try:
         result = export_spec(spec, work / "bundle")
     except ParityBundleError as exc:
@@ -62,13 +73,28 @@ def test_a_bundle_that_exports_passes_its_own_check(tmp_path_factory, graph, inp
     assert declared.research_dtype == (None if research == graph else research)
 
 
-@pytest.mark.parametrize("graph, research", [("float32", "float64"), ("float64", "float32"), ("float16", "float32"),
-                                             ("int64", "int32"), ("int32", "int64"), ("int64", "float64"),
-                                             ("bool", "int64"), ("float32", "int64")])
+@pytest.mark.parametrize(
+    "graph, research",
+    [
+        ("float32", "float64"),
+        ("float64", "float32"),
+        ("float16", "float32"),
+        ("int64", "int32"),
+        ("int32", "int64"),
+        ("int64", "float64"),
+        ("bool", "int64"),
+        ("float32", "int64"),
+    ],
+)
 def test_benign_research_dtypes_export_and_pass(tmp_path, graph, research):
     _identity_graph(tmp_path / "m.onnx", graph)
-    spec = ExportSpec(model=str(tmp_path / "m.onnx"), reference_inputs={"x": _values(graph)},
-                      research_outputs={"y": _values(research)}, name="benign", require_power=False)
+    spec = ExportSpec(
+        model=str(tmp_path / "m.onnx"),
+        reference_inputs={"x": _values(graph)},
+        research_outputs={"y": _values(research)},
+        name="benign",
+        require_power=False,
+    )
     result = export_spec(spec, tmp_path / "bundle")
     assert paritybundle.check(result.path).passed
     assert {o.name: o.research_dtype for o in result.manifest.outputs} == {"y": research}
@@ -76,10 +102,18 @@ def test_benign_research_dtypes_export_and_pass(tmp_path, graph, research):
 
 def test_scores_for_a_label_output_are_refused_naming_predict(tmp_path):
     _identity_graph(tmp_path / "m.onnx", "int64")
-    spec = ExportSpec(model=str(tmp_path / "m.onnx"), reference_inputs={"x": _values("int64")},
-                      research_outputs={"y": _values("int64") * 0.37}, name="label", require_power=False)
-    with pytest.raises(SpecError, match=r"research output 'y' holds float64 values, but the graph's 'y' is int64: "
-                                        r"pass what research decided for it \(e\.g\. scikit-learn's predict\(\)"):
+    spec = ExportSpec(
+        model=str(tmp_path / "m.onnx"),
+        reference_inputs={"x": _values("int64")},
+        research_outputs={"y": _values("int64") * 0.37},
+        name="label",
+        require_power=False,
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"research output 'y' holds float64 values, but the graph's 'y' is int64: "
+        r"pass what research decided for it \(e\.g\. scikit-learn's predict\(\)",
+    ):
         export_spec(spec, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
 
@@ -87,8 +121,13 @@ def test_scores_for_a_label_output_are_refused_naming_predict(tmp_path):
 def test_a_label_declared_one_row_gets_a_batch_axis(tmp_path):
     _identity_graph(tmp_path / "m.onnx", "float32", fixed_label=True)
     labels = _values("float32")[:, 0].copy()
-    spec = ExportSpec(model=str(tmp_path / "m.onnx"), reference_inputs={"x": labels},
-                      research_outputs={"y": labels}, name="label1", require_power=False)
+    spec = ExportSpec(
+        model=str(tmp_path / "m.onnx"),
+        reference_inputs={"x": labels},
+        research_outputs={"y": labels},
+        name="label1",
+        require_power=False,
+    )
     result = export_spec(spec, tmp_path / "bundle")
     assert result.manifest.outputs[0].shape[0] == "batch"
     assert paritybundle.check(result.path).passed
@@ -104,9 +143,13 @@ def test_a_scikit_learn_tree_with_float64_probabilities_passes_its_check(tmp_pat
     tree = DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y)
     onx = skl2onnx.to_onnx(tree, x[:1], options={id(tree): {"zipmap": False}})
     (tmp_path / "tree.onnx").write_bytes(onx.SerializeToString())
-    spec = ExportSpec(model=str(tmp_path / "tree.onnx"), reference_inputs={"X": x},
-                      research_outputs={"label": tree.predict(x), "probabilities": tree.predict_proba(x)},
-                      name="tree", require_power=False)
+    spec = ExportSpec(
+        model=str(tmp_path / "tree.onnx"),
+        reference_inputs={"X": x},
+        research_outputs={"label": tree.predict(x), "probabilities": tree.predict_proba(x)},
+        name="tree",
+        require_power=False,
+    )
     result = export_spec(spec, tmp_path / "bundle")
     assert paritybundle.check(result.path).passed
     assert {o.name: o.research_dtype for o in result.manifest.outputs} == {"label": None, "probabilities": "float64"}
@@ -162,6 +205,7 @@ def test_a_one_sided_clip_exports_and_checks(tmp_path, clip):
 
     data = {"a": np.linspace(-1, 2, 40, dtype=np.float32), "b": np.linspace(1, 2, 40, dtype=np.float32)}
     pre = pp.Columns({"a": [pp.Clip(**clip), pp.Standardize()], "b": [pp.Standardize()]}).fit(data)
-    result = paritybundle.export(torch.nn.Linear(2, 1), tmp_path / "bundle", preprocess=pre, reference_inputs=data,
-                                 name="clip")
+    result = paritybundle.export(
+        torch.nn.Linear(2, 1), tmp_path / "bundle", preprocess=pre, reference_inputs=data, name="clip"
+    )
     assert paritybundle.check(result.path).passed

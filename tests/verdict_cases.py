@@ -27,8 +27,9 @@ class TinyLogits(torch.nn.Module):
     def __init__(self, seed: int) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        )
         self.head = torch.nn.Linear(8, 10)
         with torch.no_grad():
             self.head.weight.mul_(1e-8)
@@ -94,8 +95,9 @@ def export_region(directory: Path, **options) -> Path:
     pre = pp.Columns({"amount": [pp.Standardize()], "region": [pp.OneHot()]}, output="features").fit(train)
     model = RegionModel(features=pre.transform(train).shape[1])
     reference = region_data(64, seed=2, with_rare=False)
-    return paritybundle.export(model, directory, preprocess=pre, reference_inputs=reference, name="region",
-                               **options).path
+    return paritybundle.export(
+        model, directory, preprocess=pre, reference_inputs=reference, name="region", **options
+    ).path
 
 
 def swap_categories(bundle: Path, first: str, second: str) -> None:
@@ -190,8 +192,12 @@ def build_cases(work: Path) -> list[Case]:
         Case("digits untouched", digits, False),
         Case("digits, --threads 1", digits, False, ("check", "--threads", "1")),
         Case("digits, --optimization disable", digits, False, ("check", "--optimization", "disable")),
-        Case("region, --threads 1 --optimization disable", region, False,
-             ("check", "--threads", "1", "--optimization", "disable")),
+        Case(
+            "region, --threads 1 --optimization disable",
+            region,
+            False,
+            ("check", "--threads", "1", "--optimization", "disable"),
+        ),
         Case("two exports of the same model (diff)", tiny_a, False, ("diff",), tiny_again),
     ]
 

@@ -22,8 +22,12 @@ def _batch_statistics_bundle(out: Path) -> Path:
     import paritybundle
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16, track_running_stats=False),
-                                torch.nn.ReLU(), torch.nn.Linear(16, 5)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16),
+        torch.nn.BatchNorm1d(16, track_running_stats=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 5),
+    ).eval()
     rows = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
     export_module = importlib.import_module("paritybundle.training.export")
     saved = export_module.refuse_batch_dependence
@@ -41,7 +45,10 @@ def _imputer_bundle(out: Path, fill: str) -> Path:
     from paritybundle import preprocess as pp
 
     rng = np.random.default_rng(0)
-    train = {"income": rng.normal(50_000, 10_000, 500).astype(np.float32), "age": rng.uniform(20, 70, 500).astype(np.float32)}
+    train = {
+        "income": rng.normal(50_000, 10_000, 500).astype(np.float32),
+        "age": rng.uniform(20, 70, 500).astype(np.float32),
+    }
     train["income"][::10] = np.nan
     references = {name: values[1::10][:40].copy() for name, values in train.items()}
     impute = pp.Impute("median") if fill == "median" else pp.Impute("constant", fill_value=0.0)
@@ -51,8 +58,9 @@ def _imputer_bundle(out: Path, fill: str) -> Path:
     saved = coverage.missing_value_step
     coverage.missing_value_step = lambda column: None
     try:
-        return paritybundle.export(torch.nn.Linear(2, 3).eval(), out, preprocess=pre, reference_inputs=references,
-                                   name="income").path
+        return paritybundle.export(
+            torch.nn.Linear(2, 3).eval(), out, preprocess=pre, reference_inputs=references, name="income"
+        ).path
     finally:
         coverage.missing_value_step = saved
 
@@ -71,8 +79,9 @@ def _forest_bundle(out: Path) -> Path:
     graph = out.parent / "forest.onnx"
     graph.write_bytes(to_onnx(forest, x[:1], options={"zipmap": False}).SerializeToString())
     research = {"label": forest.predict(x).astype(np.int64), "probabilities": forest.predict_proba(x)}
-    return paritybundle.export(str(graph), out, reference_inputs={"X": x}, research_outputs=research,
-                               name="forest").path
+    return paritybundle.export(
+        str(graph), out, reference_inputs={"X": x}, research_outputs=research, name="forest"
+    ).path
 
 
 def _int8_bundle(out: Path) -> Path:
@@ -97,9 +106,15 @@ def _int8_bundle(out: Path) -> Path:
         quantize_dynamic(str(research_graph), str(serving), weight_type=QuantType.QInt8)
         return serving
 
-    return paritybundle.export(model.eval(), out, reference_inputs=rows, name="int8", serving_model=quantize,
-                               min_decision_agreement=0.95,
-                               score_error=paritybundle.ErrorBudget(p50=1.0, p99=4.0, max=8.0)).path
+    return paritybundle.export(
+        model.eval(),
+        out,
+        reference_inputs=rows,
+        name="int8",
+        serving_model=quantize,
+        min_decision_agreement=0.95,
+        score_error=paritybundle.ErrorBudget(p50=1.0, p99=4.0, max=8.0),
+    ).path
 
 
 def _favour_first_class(bundle: Path, by: float) -> None:

@@ -36,27 +36,37 @@ def load_images() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     digits = load_digits()
     intensity = digits.images / 16.0  # 0..1
     images = np.clip(np.rint(intensity[..., None] * COLOUR * 255), 0, 255).astype(np.uint8)
-    return train_test_split(images, digits.target.astype(np.int64), test_size=0.25, random_state=SEED,
-                            stratify=digits.target)
+    return train_test_split(
+        images, digits.target.astype(np.int64), test_size=0.25, random_state=SEED, stratify=digits.target
+    )
 
 
 def make_preprocessing(train_images: np.ndarray) -> pp.Pipeline:
-    return pp.Pipeline([
-        pp.ToFloatCHW(),
-        pp.ChannelOrder("RGB", "BGR"),
-        pp.Scale(1 / 255),
-        pp.Resize(SIZE, interpolation="linear"),
-        pp.Normalize(),
-    ], input="image", output="pixels").fit(train_images)
+    return pp.Pipeline(
+        [
+            pp.ToFloatCHW(),
+            pp.ChannelOrder("RGB", "BGR"),
+            pp.Scale(1 / 255),
+            pp.Resize(SIZE, interpolation="linear"),
+            pp.Normalize(),
+        ],
+        input="image",
+        output="pixels",
+    ).fit(train_images)
 
 
 class DigitNet(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.layers = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 16, kernel_size=3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(16, 32, kernel_size=3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, 10),
+            torch.nn.Conv2d(3, 16, kernel_size=3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(32 * 4 * 4, 10),
         )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -73,7 +83,7 @@ def train(pixels: np.ndarray, labels: np.ndarray, epochs: int = EPOCHS) -> Digit
     for _ in range(epochs):
         order = torch.randperm(len(xs), generator=generator)
         for start in range(0, len(xs), 64):
-            batch = order[start:start + 64]
+            batch = order[start : start + 64]
             optimizer.zero_grad()
             loss_fn(model(xs[batch]), ys[batch]).backward()
             optimizer.step()

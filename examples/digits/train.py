@@ -69,7 +69,7 @@ def train(x_train: np.ndarray, y_train: np.ndarray, epochs: int = EPOCHS) -> Dig
     for _ in range(epochs):
         order = torch.randperm(len(xs), generator=generator)
         for start in range(0, len(xs), 64):
-            batch = order[start:start + 64]
+            batch = order[start : start + 64]
             optimizer.zero_grad()
             loss_fn(model(xs[batch]), ys[batch]).backward()
             optimizer.step()

@@ -25,8 +25,32 @@ from paritybundle import ExportSpec
 SEED = 0
 POSITIVE = ["good", "great", "happy", "lovely", "fine", "best"]
 NEGATIVE = ["bad", "terrible", "sad", "awful", "poor", "worst"]
-NEUTRAL = ["the", "a", "cat", "dog", "film", "movie", "sat", "on", "mat", "was", "very", "and", "it", "is", "this",
-           "big", "small", "red", "blue", "over", "under", "quickly", "story", "day"]
+NEUTRAL = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "film",
+    "movie",
+    "sat",
+    "on",
+    "mat",
+    "was",
+    "very",
+    "and",
+    "it",
+    "is",
+    "this",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "over",
+    "under",
+    "quickly",
+    "story",
+    "day",
+]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 MAX_LENGTH = 32
@@ -66,13 +90,15 @@ def gpt2_tokenizer(folder: Path, max_length: int = MAX_LENGTH):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     bpe.train_from_iterator(sentences(500)[0], trainer)
     model = json.loads(bpe.to_str())["model"]
     (folder / "vocab.json").write_text(json.dumps(model["vocab"]))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(
-        m if isinstance(m, str) else " ".join(m) for m in model["merges"]) + "\n")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(m if isinstance(m, str) else " ".join(m) for m in model["merges"]) + "\n"
+    )
     tokenizer = GPT2TokenizerFast(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
     tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; research batches need one
     return tokenizer
@@ -81,25 +107,42 @@ def gpt2_tokenizer(folder: Path, max_length: int = MAX_LENGTH):
 def bert_model(vocab_size: int):
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config)
 
 
 def gpt2_model(vocab_size: int, pad_token_id: int):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=2,
-                        pad_token_id=pad_token_id, bos_token_id=pad_token_id,
-                        eos_token_id=pad_token_id, use_cache=False)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        num_labels=2,
+        pad_token_id=pad_token_id,
+        bos_token_id=pad_token_id,
+        eos_token_id=pad_token_id,
+        use_cache=False,
+    )
     return GPT2ForSequenceClassification(config)
 
 
 def train(model, tokenizer, texts: list[str], labels: np.ndarray, steps: int = 60):
     """A few Adam steps on the generated sentences: seconds on a CPU, enough for both classes to be predicted."""
     torch.manual_seed(SEED)
-    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                      return_tensors="pt")
+    batch = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+    )
     target = torch.as_tensor(labels)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
@@ -115,13 +158,19 @@ def train(model, tokenizer, texts: list[str], labels: np.ndarray, steps: int = 6
 def make_spec(*, lowercase: bool = True, max_length: int = MAX_LENGTH, steps: int = 60) -> ExportSpec:
     """The BERT-family classifier with its WordPiece tokenizer in the bundle."""
     torch.manual_seed(SEED)
-    tokenizer = bert_tokenizer(Path(tempfile.mkdtemp(prefix="text-example-")), lowercase=lowercase,
-                               max_length=max_length)
+    tokenizer = bert_tokenizer(
+        Path(tempfile.mkdtemp(prefix="text-example-")), lowercase=lowercase, max_length=max_length
+    )
     texts, labels = sentences(300)
     model = train(bert_model(tokenizer.vocab_size), tokenizer, texts, labels, steps)
     reference, _ = sentences(120, seed=SEED + 1)
-    return ExportSpec(model=model, preprocess=tokenizer, reference_inputs={"text": reference}, name="text",
-                      metrics={"train_accuracy": accuracy(model, tokenizer, texts, labels)})
+    return ExportSpec(
+        model=model,
+        preprocess=tokenizer,
+        reference_inputs={"text": reference},
+        name="text",
+        metrics={"train_accuracy": accuracy(model, tokenizer, texts, labels)},
+    )
 
 
 def make_gpt2_spec(steps: int = 60) -> ExportSpec:
@@ -136,7 +185,8 @@ def make_gpt2_spec(steps: int = 60) -> ExportSpec:
 
 def accuracy(model, tokenizer, texts: list[str], labels: np.ndarray) -> float:
     with torch.no_grad():
-        batch = tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                          return_tensors="pt")
+        batch = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+        )
         predicted = model(**batch).logits.argmax(-1).numpy()
     return float((predicted == labels).mean())

@@ -100,8 +100,11 @@ def make_spec(epochs: int = EPOCHS) -> ExportSpec:
         version="1",
         params={"epochs": epochs, "seed": SEED, "hidden": 32, "skewed_log1p": list(SKEWED)},
         metrics={"test_accuracy": float((predicted == y_test).mean())},
-        data_hashes={"sklearn_wine_train": hashlib.sha256(
-            b"".join(np.ascontiguousarray(v).tobytes() for v in train_columns.values())).hexdigest()},
+        data_hashes={
+            "sklearn_wine_train": hashlib.sha256(
+                b"".join(np.ascontiguousarray(v).tobytes() for v in train_columns.values())
+            ).hexdigest()
+        },
         source_path=__file__,
     )
 

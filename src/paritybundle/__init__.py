@@ -47,10 +47,28 @@ if TYPE_CHECKING:
 
 
 __all__ = [
-    "BundleInvalid", "CheckReport", "EnvironmentRefused", "ErrorBudget", "ExportError", "ExportParityError",
-    "ExportResult", "ExportSpec", "InputValidationError", "Manifest", "ParityBundleError",
-    "ParityFailure", "ServingRuntime", "SessionOverrides", "SessionSettings", "SpecError", "Tolerance", "UsageError",
-    "check", "export", "load", "verify",
+    "BundleInvalid",
+    "CheckReport",
+    "EnvironmentRefused",
+    "ErrorBudget",
+    "ExportError",
+    "ExportParityError",
+    "ExportResult",
+    "ExportSpec",
+    "InputValidationError",
+    "Manifest",
+    "ParityBundleError",
+    "ParityFailure",
+    "ServingRuntime",
+    "SessionOverrides",
+    "SessionSettings",
+    "SpecError",
+    "Tolerance",
+    "UsageError",
+    "check",
+    "export",
+    "load",
+    "verify",
 ]
 
 
@@ -64,10 +82,13 @@ def check(path: Any, *args: Any, mlflow_run: str | None = None, **kwargs: Any) -
     return report
 
 
-check.__doc__ = (_check.__doc__ or "") + """
+check.__doc__ = (
+    (_check.__doc__ or "")
+    + """
     With ``mlflow_run=RUN_ID`` the report is also logged to that MLflow run (reports as artifacts,
     per-output metrics, the verdict as a tag); see :mod:`paritybundle.mlflow`.
 """
+)
 
 _TRAINING_NAMES = {"export", "ExportSpec", "ExportResult"}
 

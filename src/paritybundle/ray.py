@@ -18,10 +18,19 @@ from .runtime.load import Settings
 from .scoring.prepare import prepare
 
 
-def score(dataset: Any, bundle: str | os.PathLike[str], *, keep: list[str] | tuple[str, ...] = (),
-          id_column: str | None = None, workers: int = 2, batch_rows: int = 65_536, settings: Settings = None,
-          env_policy: str = DEFAULT_POLICY, public_key: str | os.PathLike[str] | None = None,
-          ray_remote_args: dict[str, Any] | None = None) -> Any:
+def score(
+    dataset: Any,
+    bundle: str | os.PathLike[str],
+    *,
+    keep: list[str] | tuple[str, ...] = (),
+    id_column: str | None = None,
+    workers: int = 2,
+    batch_rows: int = 65_536,
+    settings: Settings = None,
+    env_policy: str = DEFAULT_POLICY,
+    public_key: str | os.PathLike[str] | None = None,
+    ray_remote_args: dict[str, Any] | None = None,
+) -> Any:
     """``dataset`` (a ``ray.data.Dataset`` whose columns are the bundle's inputs) scored by ``workers``
     gated actors: a lazy ``ray.data.Dataset`` of the row id, the ``keep`` columns and one column per output.
 
@@ -38,8 +47,23 @@ def score(dataset: Any, bundle: str | os.PathLike[str], *, keep: list[str] | tup
     from .scoring.ray_engine import ray_module, score_dataset
 
     ray_module()
-    shipment, plan = prepare(bundle, dataset.schema().base_schema, keep=keep, id_column=id_column,
-                             env_policy=env_policy, public_key=public_key, source="the dataset")
-    return score_dataset(dataset, shipment, plan, workers=workers, batch_rows=batch_rows, settings=settings,
-                         env_policy=env_policy, public_key=None if public_key is None else str(public_key),
-                         ray_remote_args=ray_remote_args)
+    shipment, plan = prepare(
+        bundle,
+        dataset.schema().base_schema,
+        keep=keep,
+        id_column=id_column,
+        env_policy=env_policy,
+        public_key=public_key,
+        source="the dataset",
+    )
+    return score_dataset(
+        dataset,
+        shipment,
+        plan,
+        workers=workers,
+        batch_rows=batch_rows,
+        settings=settings,
+        env_policy=env_policy,
+        public_key=None if public_key is None else str(public_key),
+        ray_remote_args=ray_remote_args,
+    )

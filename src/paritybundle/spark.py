@@ -18,9 +18,16 @@ from .runtime.load import Settings
 from .scoring.prepare import prepare
 
 
-def score(dataframe: Any, bundle: str | os.PathLike[str], *, keep: list[str] | tuple[str, ...] = (),
-          id_column: str | None = None, settings: Settings = None, env_policy: str = DEFAULT_POLICY,
-          public_key: str | os.PathLike[str] | None = None) -> Any:
+def score(
+    dataframe: Any,
+    bundle: str | os.PathLike[str],
+    *,
+    keep: list[str] | tuple[str, ...] = (),
+    id_column: str | None = None,
+    settings: Settings = None,
+    env_policy: str = DEFAULT_POLICY,
+    public_key: str | os.PathLike[str] | None = None,
+) -> Any:
     """``dataframe`` (whose columns are the bundle's inputs) scored by gated Python workers: a lazy
     DataFrame of the row id, the ``keep`` columns and one column per output.
 
@@ -38,7 +45,20 @@ def score(dataframe: Any, bundle: str | os.PathLike[str], *, keep: list[str] | t
     spark_modules()
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    shipment, plan = prepare(bundle, to_arrow_schema(dataframe.schema), keep=keep, id_column=id_column,
-                             env_policy=env_policy, public_key=public_key, source="the DataFrame")
-    return score_dataframe(dataframe, shipment, plan, settings=settings, env_policy=env_policy,
-                           public_key=None if public_key is None else str(public_key))
+    shipment, plan = prepare(
+        bundle,
+        to_arrow_schema(dataframe.schema),
+        keep=keep,
+        id_column=id_column,
+        env_policy=env_policy,
+        public_key=public_key,
+        source="the DataFrame",
+    )
+    return score_dataframe(
+        dataframe,
+        shipment,
+        plan,
+        settings=settings,
+        env_policy=env_policy,
+        public_key=None if public_key is None else str(public_key),
+    )

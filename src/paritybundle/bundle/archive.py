@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 
 MAX_MEMBERS = 10_000
 # Unpacked bytes allowed per archive; PARITYBUNDLE_MAX_UNPACKED_BYTES overrides (models can be big).
-DEFAULT_MAX_UNPACKED_BYTES = 64 * 1024 ** 3
+DEFAULT_MAX_UNPACKED_BYTES = 64 * 1024**3
 _COPY_CHUNK = 1024 * 1024
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+
 
 def write_archive(verified: VerifiedBundle, raw: BinaryIO) -> None:
     """A verified bundle as ``.tar.gz`` bytes into ``raw``: ``bundle.json`` first (readers require it), then
@@ -42,7 +43,7 @@ def write_archive(verified: VerifiedBundle, raw: BinaryIO) -> None:
     bundle always packs to the same content (``bundle pack``; the bundle a scoring job ships to workers)."""
     # gzip and tar store an unsigned 32-bit mtime (1970-2106): a created_at outside it is clamped,
     # not refused (the manifest, which keeps the real time, is inside the archive).
-    mtime = min(max(int(verified.manifest.created_at.timestamp()), 0), 2 ** 32 - 1)
+    mtime = min(max(int(verified.manifest.created_at.timestamp()), 0), 2**32 - 1)
     names = [MANIFEST_NAME] + ([n for n in (SIGNATURE_NAME,) if (verified.root / n).is_file()])
     names += sorted(verified.manifest.files)
     with gzip.GzipFile(fileobj=raw, mode="wb", mtime=mtime) as compressed:
@@ -109,8 +110,9 @@ def extract(archive: Path) -> Path:
         raise
     except (tarfile.TarError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         shutil.rmtree(target, ignore_errors=True)
-        raise BundleInvalid(f"{archive} is not a readable bundle archive ({type(exc).__name__}: {exc}); "
-                            "recreate it with `bundle pack`.") from None
+        raise BundleInvalid(
+            f"{archive} is not a readable bundle archive ({type(exc).__name__}: {exc}); recreate it with `bundle pack`."
+        ) from None
     return target
 
 
@@ -135,14 +137,17 @@ class _BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_gnulong(tarfile_)
 
     def _proc_sparse(self, tarfile_):  # noqa: ANN001
-        raise BundleInvalid("the archive holds a GNU sparse member, which `bundle pack` never writes; "
-                            "the archive is refused.")
+        raise BundleInvalid(
+            "the archive holds a GNU sparse member, which `bundle pack` never writes; the archive is refused."
+        )
 
 
 def _refuse_large_header(info: tarfile.TarInfo) -> None:
     if info.size > MAX_EXTENDED_HEADER_BYTES:
-        raise BundleInvalid(f"the archive has an extended header of {info.size} bytes (a bundle's are under "
-                            f"{MAX_EXTENDED_HEADER_BYTES}); the archive is refused.")
+        raise BundleInvalid(
+            f"the archive has an extended header of {info.size} bytes (a bundle's are under "
+            f"{MAX_EXTENDED_HEADER_BYTES}); the archive is refused."
+        )
 
 
 def max_unpack_seconds() -> float:
@@ -182,41 +187,64 @@ def _extract_into(archive: Path, target: Path, limit_bytes: int) -> None:
                 (target / relative).mkdir(parents=True, exist_ok=True, mode=0o700)
                 continue
             if not member.isreg():
-                kind = ("symlink" if member.issym() else "hard link" if member.islnk() else
-                        "FIFO" if member.isfifo() else "device" if member.isdev() else "special file")
+                kind = (
+                    "symlink"
+                    if member.issym()
+                    else "hard link"
+                    if member.islnk()
+                    else "FIFO"
+                    if member.isfifo()
+                    else "device"
+                    if member.isdev()
+                    else "special file"
+                )
                 raise BundleInvalid(f"archive member {relative!r} is a {kind}; bundles hold regular files only.")
             if manifest is None:
                 if relative != MANIFEST_NAME:
-                    raise BundleInvalid(f"archive member {relative!r} comes before {MANIFEST_NAME}; a bundle archive "
-                                        "starts with its manifest (recreate it with `bundle pack`).")
+                    raise BundleInvalid(
+                        f"archive member {relative!r} comes before {MANIFEST_NAME}; a bundle archive "
+                        "starts with its manifest (recreate it with `bundle pack`)."
+                    )
                 declared = MAX_MANIFEST_BYTES
             elif relative == SIGNATURE_NAME:
                 declared = MAX_SIGNATURE_BYTES
             elif relative not in manifest.files:
-                raise BundleInvalid(f"archive member {relative!r} is not listed in {MANIFEST_NAME}; the archive is refused.")
+                raise BundleInvalid(
+                    f"archive member {relative!r} is not listed in {MANIFEST_NAME}; the archive is refused."
+                )
             else:
                 declared = manifest.files[relative].bytes
                 if member.size != declared:
-                    raise BundleInvalid(f"archive member {relative!r} declares {member.size} bytes but {MANIFEST_NAME} "
-                                        f"says {declared}; the archive is refused before unpacking it.")
+                    raise BundleInvalid(
+                        f"archive member {relative!r} declares {member.size} bytes but {MANIFEST_NAME} "
+                        f"says {declared}; the archive is refused before unpacking it."
+                    )
             if member.size > declared:
-                raise BundleInvalid(f"archive member {relative!r} declares {member.size} bytes, more than a "
-                                    f"{relative} can hold; the archive is refused.")
+                raise BundleInvalid(
+                    f"archive member {relative!r} declares {member.size} bytes, more than a "
+                    f"{relative} can hold; the archive is refused."
+                )
             total += member.size
             if total > limit_bytes:
-                raise BundleInvalid(f"{archive} unpacks to more than {limit_bytes} bytes; the archive is refused "
-                                    "(set PARITYBUNDLE_MAX_UNPACKED_BYTES to allow more).")
+                raise BundleInvalid(
+                    f"{archive} unpacks to more than {limit_bytes} bytes; the archive is refused "
+                    "(set PARITYBUNDLE_MAX_UNPACKED_BYTES to allow more)."
+                )
             destination = target / relative
             destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             _copy_member(tar, member, destination, relative, deadline)
             if manifest is None:
                 manifest = parse_manifest(destination.read_bytes(), source=f"{archive}:{MANIFEST_NAME}")
             if time.monotonic() > deadline:
-                raise BundleInvalid(f"unpacking {archive} took over {max_unpack_seconds():g} s; the archive is refused "
-                                    "(set PARITYBUNDLE_MAX_UNPACK_SECONDS to allow more).")
+                raise BundleInvalid(
+                    f"unpacking {archive} took over {max_unpack_seconds():g} s; the archive is refused "
+                    "(set PARITYBUNDLE_MAX_UNPACK_SECONDS to allow more)."
+                )
 
 
-def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, destination: Path, relative: str, deadline: float) -> None:
+def _copy_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, destination: Path, relative: str, deadline: float
+) -> None:
     source = tar.extractfile(member)
     assert source is not None  # a regular file always has data
     written = 0
@@ -226,6 +254,8 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, destination: Pat
             if written > member.size:
                 raise BundleInvalid(f"archive member {relative!r} holds more data than it declares.")
             if time.monotonic() > deadline:
-                raise BundleInvalid(f"unpacking {relative!r} took too long; the archive is refused "
-                                    "(set PARITYBUNDLE_MAX_UNPACK_SECONDS to allow more).")
+                raise BundleInvalid(
+                    f"unpacking {relative!r} took too long; the archive is refused "
+                    "(set PARITYBUNDLE_MAX_UNPACK_SECONDS to allow more)."
+                )
             sink.write(chunk)

@@ -23,7 +23,7 @@ def mentions_external_data(path: Path) -> bool:
         while chunk := handle.read(_CHUNK):
             if _MARKER in tail + chunk[: len(_MARKER)] or _MARKER in chunk:
                 return True
-            tail = chunk[-len(_MARKER):]
+            tail = chunk[-len(_MARKER) :]
     return False
 
 
@@ -37,7 +37,9 @@ def load_graph(path: Path, label: str):
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors alike
-        raise BundleInvalid(f"{label} is not a readable ONNX model ({type(exc).__name__}); re-export the bundle.") from None
+        raise BundleInvalid(
+            f"{label} is not a readable ONNX model ({type(exc).__name__}); re-export the bundle."
+        ) from None
 
 
 def proto_text(value: str | bytes) -> str:
@@ -100,9 +102,12 @@ def check_external_data(model_file: str, root: Path, listed: set[str]) -> None:
     for location in external_locations(path):
         pure = PurePosixPath(location)
         if not location or location.startswith("/") or "\\" in location or pure.is_absolute() or ".." in pure.parts:
-            raise BundleInvalid(f"{model_file} keeps weights at {location!r}, outside the bundle; "
-                                "external data must be files inside it. The bundle is refused.")
+            raise BundleInvalid(
+                f"{model_file} keeps weights at {location!r}, outside the bundle; "
+                "external data must be files inside it. The bundle is refused."
+            )
         relative = _within(base, location)
         if relative not in listed:
-            raise BundleInvalid(f"{model_file} keeps weights in {location!r}, which the manifest does not list; "
-                                "the bundle is refused.")
+            raise BundleInvalid(
+                f"{model_file} keeps weights in {location!r}, which the manifest does not list; the bundle is refused."
+            )

@@ -13,9 +13,9 @@ UNLISTED_FILES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 # A sigstore bundle of one signature is a few KiB.
 MAX_SIGNATURE_BYTES = 1024 * 1024
 
-PIPELINE_FILE = "pipeline.onnx"        # preprocess -> model, one graph: what serving runs
-MODEL_FILE = "model.onnx"              # the model alone (input: features)
-PREPROCESS_FILE = "preprocess.onnx"    # the frozen preprocessing alone (absent if none)
+PIPELINE_FILE = "pipeline.onnx"  # preprocess -> model, one graph: what serving runs
+MODEL_FILE = "model.onnx"  # the model alone (input: features)
+PREPROCESS_FILE = "preprocess.onnx"  # the frozen preprocessing alone (absent if none)
 LOCK_FILE = "environment.lock.json"
 REQUIREMENTS_FILE = "requirements-serve.txt"
 INPUTS_FILE = "reference/inputs.npz"

@@ -22,15 +22,27 @@ from .policy import Approximation, ErrorBudget, MeasuredError, OutputScale, Tole
 from .strength import CategoryCoverage, Coverage, Power, RangeCoverage
 from .strict import BundleDocument, load_json_document, validation_summary
 
-__all__ = ["Approximation", "CategoryCoverage", "Coverage", "ErrorBudget", "MeasuredError", "OutputScale", "Power",
-           "RangeCoverage", "Tolerance", "TolerancePolicy", "load_json_document", "validation_summary"]
+__all__ = [
+    "Approximation",
+    "CategoryCoverage",
+    "Coverage",
+    "ErrorBudget",
+    "MeasuredError",
+    "OutputScale",
+    "Power",
+    "RangeCoverage",
+    "Tolerance",
+    "TolerancePolicy",
+    "load_json_document",
+    "validation_summary",
+]
 
 FORMAT_VERSION = 1
 # Bounds on the numbers a manifest gives: each is far beyond any real bundle, and each keeps a
 # hostile value from reaching a loop or the runtime (100000 intra-op threads hung the check).
-MAX_FILE_BYTES = 2 ** 50
-MAX_DIMENSION = 2 ** 40
-MAX_SAMPLES = 2 ** 40
+MAX_FILE_BYTES = 2**50
+MAX_DIMENSION = 2**40
+MAX_SAMPLES = 2**40
 MAX_THREADS = 1024
 # A manifest is small; anything bigger is not one of ours and is not parsed.
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
@@ -40,8 +52,19 @@ _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 # The dtypes a bundle's tensors may declare (numpy names).
 TensorDType = Literal[
-    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-    "uint8", "uint16", "uint32", "uint64", "bool", "string",
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "string",
 ]
 
 
@@ -127,7 +150,9 @@ class TensorSpec(BundleDocument):
     def _dims(cls, shape: list[int | str]) -> list[int | str]:
         for dim in shape:
             if isinstance(dim, int) and not 0 <= dim <= MAX_DIMENSION:
-                raise ValueError(f"fixed dimensions must be between 0 and {MAX_DIMENSION}; use a name for a variable one")
+                raise ValueError(
+                    f"fixed dimensions must be between 0 and {MAX_DIMENSION}; use a name for a variable one"
+                )
             if isinstance(dim, str) and not 0 < len(dim) <= 128:
                 raise ValueError("a symbolic dimension is a name of 1-128 characters")
         return shape
@@ -224,8 +249,9 @@ class ReferenceSet(BundleDocument):
 
     def all_groups(self) -> list[ReferenceGroup]:
         """Every group; a set without ``groups`` is one group of the top-level files."""
-        return list(self.groups) or [ReferenceGroup(inputs=self.inputs, outputs=self.outputs, features=self.features,
-                                                    samples=self.samples)]
+        return list(self.groups) or [
+            ReferenceGroup(inputs=self.inputs, outputs=self.outputs, features=self.features, samples=self.samples)
+        ]
 
     def locate(self, sample: int) -> tuple[int, int]:
         """``(group, index within it)`` of a sample numbered across the whole set."""
@@ -345,8 +371,14 @@ class Manifest(BundleDocument):
     def _relative_paths(cls, files: dict[str, FileDigest]) -> dict[str, FileDigest]:
         for path in files:
             parts = PurePosixPath(path).parts
-            if (not path or path.startswith("/") or "\\" in path or ".." in parts
-                    or "." in parts or path != str(PurePosixPath(path))):
+            if (
+                not path
+                or path.startswith("/")
+                or "\\" in path
+                or ".." in parts
+                or "." in parts
+                or path != str(PurePosixPath(path))
+            ):
                 raise ValueError(f"file path {path!r} must be a plain relative path inside the bundle")
             if path in UNLISTED_FILES:
                 raise ValueError(f"{path} must not be listed in its own manifest")
@@ -354,14 +386,24 @@ class Manifest(BundleDocument):
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        referenced = [self.stages.pipeline, self.stages.model, self.reference.inputs,
-                      self.reference.outputs, self.environment_lock, self.serve_requirements]
+        referenced = [
+            self.stages.pipeline,
+            self.stages.model,
+            self.reference.inputs,
+            self.reference.outputs,
+            self.environment_lock,
+            self.serve_requirements,
+        ]
         referenced += [p for p in (self.stages.preprocess, self.reference.features) if p]
         referenced += [p for g in self.reference.groups for p in (g.inputs, g.outputs, g.features) if p]
         for path in referenced:
             if path not in self.files:
                 raise ValueError(f"{path} is referenced but not listed in files")
-        staged = (self.stages.preprocess is not None, self.reference.features is not None, self.preprocessing is not None)
+        staged = (
+            self.stages.preprocess is not None,
+            self.reference.features is not None,
+            self.preprocessing is not None,
+        )
         if len(set(staged)) != 1:
             raise ValueError("stages.preprocess, reference.features and preprocessing must be present together")
         output_names = {o.name for o in self.outputs}
@@ -409,4 +451,6 @@ def parse_manifest(raw: bytes, *, source: str = MANIFEST_NAME) -> Manifest:
         # acceptable where the format says so (created_at).
         return Manifest.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        raise BundleInvalid(f"{source} is not a valid manifest: {validation_summary(exc)}; re-export the bundle.") from None
+        raise BundleInvalid(
+            f"{source} is not a valid manifest: {validation_summary(exc)}; re-export the bundle."
+        ) from None

@@ -64,16 +64,19 @@ class ArrayStream:
             with zipfile.ZipFile(path) as archive:
                 names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
                 if sorted(names) != sorted(expected) or len(archive.namelist()) != len(names):
-                    raise BundleInvalid(f"{label} holds arrays {sorted(names)} but the manifest declares "
-                                        f"{sorted(expected)}; re-export the bundle.")
+                    raise BundleInvalid(
+                        f"{label} holds arrays {sorted(names)} but the manifest declares "
+                        f"{sorted(expected)}; re-export the bundle."
+                    )
                 for name in expected:
                     with archive.open(f"{name}.npy") as member:
                         self.headers[name] = self._header(member, name)
         except BundleInvalid:
             raise
         except Exception as exc:  # zipfile, numpy's header parser (SyntaxError, ValueError, ...)
-            raise BundleInvalid(f"{label} is truncated or not a numpy .npz ({type(exc).__name__}); "
-                                "re-export the bundle.") from None
+            raise BundleInvalid(
+                f"{label} is truncated or not a numpy .npz ({type(exc).__name__}); re-export the bundle."
+            ) from None
         rows = {name: shape[0] if shape else 1 for name, (shape, _) in self.headers.items()}
         if len(set(rows.values())) > 1:
             raise BundleInvalid(f"{label} holds arrays of different lengths {rows}; re-export the bundle.")
@@ -83,9 +86,13 @@ class ArrayStream:
     def _header(self, member, name: str) -> tuple[tuple[int, ...], np.dtype]:
         shape, fortran_order, dtype = _read_header(member)
         if dtype.hasobject:
-            raise BundleInvalid(f"{self.label} contains pickled objects, which paritybundle never loads; re-export the bundle.")
+            raise BundleInvalid(
+                f"{self.label} contains pickled objects, which paritybundle never loads; re-export the bundle."
+            )
         if fortran_order and len(shape) > 1:
-            raise BundleInvalid(f"{self.label}: array {name!r} is in Fortran order, which bundles never use; re-export.")
+            raise BundleInvalid(
+                f"{self.label}: array {name!r} is in Fortran order, which bundles never use; re-export."
+            )
         return shape, dtype
 
     def elements_per_row(self, name: str) -> int:
@@ -108,15 +115,21 @@ class ArrayStream:
             wanted = "a unicode string" if spec.dtype == "string" else spec.dtype
             matches = dtype.kind == "U" if spec.dtype == "string" else dtype == np.dtype(spec.dtype)
             if not matches or not dtype.isnative:
-                raise BundleInvalid(f"{self.label}: array {spec.name!r} is {dtype.str}, but the manifest declares "
-                                    f"{wanted}; re-export the bundle.")
+                raise BundleInvalid(
+                    f"{self.label}: array {spec.name!r} is {dtype.str}, but the manifest declares "
+                    f"{wanted}; re-export the bundle."
+                )
             if len(shape) != len(spec.shape) or not shape:
-                raise BundleInvalid(f"{self.label}: array {spec.name!r} has shape {list(shape)}, but the manifest "
-                                    f"declares {spec.shape}; re-export the bundle.")
+                raise BundleInvalid(
+                    f"{self.label}: array {spec.name!r} has shape {list(shape)}, but the manifest "
+                    f"declares {spec.shape}; re-export the bundle."
+                )
             for axis, (dim, size) in enumerate(zip(spec.shape, shape, strict=True)):
                 if isinstance(dim, int) and dim != size:
-                    raise BundleInvalid(f"{self.label}: array {spec.name!r} has {size} along axis {axis}, but the "
-                                        f"manifest declares {dim}; re-export the bundle.")
+                    raise BundleInvalid(
+                        f"{self.label}: array {spec.name!r} has {size} along axis {axis}, but the "
+                        f"manifest declares {dim}; re-export the bundle."
+                    )
 
     def batches(self, batch_rows: int):
         """Yield ``(first_row, {name: rows})`` for consecutive batches of ``batch_rows`` rows."""
@@ -137,8 +150,9 @@ class ArrayStream:
             except BundleInvalid:
                 raise
             except Exception as exc:
-                raise BundleInvalid(f"{self.label} cannot be read ({type(exc).__name__}: {exc}); "
-                                    "re-export the bundle.") from None
+                raise BundleInvalid(
+                    f"{self.label} cannot be read ({type(exc).__name__}: {exc}); re-export the bundle."
+                ) from None
             finally:
                 for member in members.values():
                     member.close()
@@ -210,8 +224,10 @@ class ReferenceSet:
             yield pieces[0][0], {part: arrays for part, (_, arrays) in zip(parts, pieces, strict=True)}
 
 
-def open_reference_groups(bundle: VerifiedBundle, parts: Sequence[ReferencePart] = ("inputs", "outputs"),
-                          ) -> list[ReferenceSet]:
+def open_reference_groups(
+    bundle: VerifiedBundle,
+    parts: Sequence[ReferencePart] = ("inputs", "outputs"),
+) -> list[ReferenceSet]:
     """The bundle's reference set as streams, one :class:`ReferenceSet` per group of shapes (headers read
     and validated against the specs and the declared rows, no data yet).
 
@@ -220,8 +236,11 @@ def open_reference_groups(bundle: VerifiedBundle, parts: Sequence[ReferencePart]
             declared names, unreadable ``.npz`` files, or parts that disagree on rows.
     """
     manifest = bundle.manifest
-    specs = {"inputs": list(manifest.inputs), "outputs": list(manifest.outputs),
-             "features": list(manifest.preprocessing.features) if manifest.preprocessing else []}
+    specs = {
+        "inputs": list(manifest.inputs),
+        "outputs": list(manifest.outputs),
+        "features": list(manifest.preprocessing.features) if manifest.preprocessing else [],
+    }
     sets = []
     for group in manifest.reference.all_groups():
         files = {"inputs": group.inputs, "outputs": group.outputs, "features": group.features}
@@ -233,8 +252,10 @@ def open_reference_groups(bundle: VerifiedBundle, parts: Sequence[ReferencePart]
             stream = ArrayStream(bundle.path(file), [s.name for s in specs[part]], label=file)
             stream.check_specs(specs[part])
             if stream.rows != group.samples:
-                raise BundleInvalid(f"{file} holds {stream.rows} samples, but the manifest declares "
-                                    f"{group.samples}; re-export the bundle.")
+                raise BundleInvalid(
+                    f"{file} holds {stream.rows} samples, but the manifest declares "
+                    f"{group.samples}; re-export the bundle."
+                )
             streams[part] = stream
         sets.append(ReferenceSet(streams))
     return sets

@@ -51,8 +51,10 @@ def verify_signature(root: Path, public_key: str | os.PathLike[str]) -> None:
     key = elliptic_public_key(public_key)
     signature = root / SIGNATURE_NAME
     if not signature.is_file() or signature.is_symlink():
-        raise BundleInvalid(f"the bundle has no {SIGNATURE_NAME}, but a signature is required; "
-                            "sign it with `bundle sign BUNDLE --key PRIVATE_KEY`.")
+        raise BundleInvalid(
+            f"the bundle has no {SIGNATURE_NAME}, but a signature is required; "
+            "sign it with `bundle sign BUNDLE --key PRIVATE_KEY`."
+        )
     ms = model_signing()
     try:
         ms.verifying.Config().use_elliptic_key_verifier(public_key=str(key)).verify(root / MANIFEST_NAME, signature)
@@ -83,13 +85,17 @@ def elliptic_public_key(path: str | os.PathLike[str]) -> Path:
         loaded = serialization.load_pem_public_key(data)
     except Exception:  # ValueError, UnsupportedAlgorithm: anything that is not a PEM public key
         if b"PRIVATE KEY" in data:
-            raise UsageError(f"{key} is a private key; --key takes the public one "
-                             "(openssl ec -in PRIVATE.pem -pubout -out key.pub).") from None
-        raise UsageError(f"{key} is not a public key in PEM; pass the elliptic-curve public key the bundle "
-                         "was signed for.") from None
+            raise UsageError(
+                f"{key} is a private key; --key takes the public one (openssl ec -in PRIVATE.pem -pubout -out key.pub)."
+            ) from None
+        raise UsageError(
+            f"{key} is not a public key in PEM; pass the elliptic-curve public key the bundle was signed for."
+        ) from None
     if not isinstance(loaded, ec.EllipticCurvePublicKey):
-        raise UsageError(f"{key} is a {type(loaded).__name__.replace('_', '')} key; bundle signatures use "
-                         "elliptic-curve keys (P-256/384/521).")
+        raise UsageError(
+            f"{key} is a {type(loaded).__name__.replace('_', '')} key; bundle signatures use "
+            "elliptic-curve keys (P-256/384/521)."
+        )
     return key
 
 

@@ -108,13 +108,17 @@ def bundle_directory(path: str | os.PathLike[str]) -> Path:
     """The directory to read: the path itself, or where its archive was safely unpacked."""
     root = Path(path)
     if not root.exists():
-        raise UsageError(f"bundle path {root} does not exist; pass the directory that `bundle export` wrote "
-                         "or an archive from `bundle pack`.")
+        raise UsageError(
+            f"bundle path {root} does not exist; pass the directory that `bundle export` wrote "
+            "or an archive from `bundle pack`."
+        )
     if root.is_dir():
         return root
     if not root.is_file():  # a device, FIFO or socket would be read forever (`bundle verify /dev/zero`)
-        raise UsageError(f"{root} is neither a bundle directory nor an archive file; pass the directory that "
-                         "`bundle export` wrote or an archive from `bundle pack`.")
+        raise UsageError(
+            f"{root} is neither a bundle directory nor an archive file; pass the directory that "
+            "`bundle export` wrote or an archive from `bundle pack`."
+        )
     from .archive import unpacked
 
     return unpacked(root)
@@ -132,8 +136,11 @@ def manifest_bytes(root: Path) -> bytes:
     Raises:
         BundleInvalid: no manifest, not a regular file, or larger than any manifest.
     """
-    return read_small_file(root / MANIFEST_NAME, MAX_MANIFEST_BYTES, missing=(
-        f"{root} has no {MANIFEST_NAME}; it is not a paritybundle bundle or it is incomplete."))
+    return read_small_file(
+        root / MANIFEST_NAME,
+        MAX_MANIFEST_BYTES,
+        missing=(f"{root} has no {MANIFEST_NAME}; it is not a paritybundle bundle or it is incomplete."),
+    )
 
 
 def read_small_file(path: Path, limit: int, *, missing: str) -> bytes:
@@ -149,8 +156,10 @@ def read_small_file(path: Path, limit: int, *, missing: str) -> bytes:
         raise BundleInvalid(f"{path.name} is not a regular file; the bundle is refused.")
     with os.fdopen(fd, "rb") as handle:
         if status.st_size > limit:
-            raise BundleInvalid(f"{path.name} is {status.st_size} bytes, larger than any the bundle format writes "
-                                f"({limit}); the bundle is refused.")
+            raise BundleInvalid(
+                f"{path.name} is {status.st_size} bytes, larger than any the bundle format writes "
+                f"({limit}); the bundle is refused."
+            )
         # read(n) allocates n bytes up front: ask for what fstat says is there, and one more to see growth.
         raw = handle.read(status.st_size + 1)
     if len(raw) > status.st_size:
@@ -172,7 +181,9 @@ def verify_files(root: Path, manifest: Manifest, copy_to: Path | None = None) ->
     listed = set(manifest.files)
     missing = sorted(listed - present)
     if missing:
-        raise BundleInvalid(f"{missing[0]} is listed in {MANIFEST_NAME} but missing from {root}; the bundle is incomplete.")
+        raise BundleInvalid(
+            f"{missing[0]} is listed in {MANIFEST_NAME} but missing from {root}; the bundle is incomplete."
+        )
     extra = sorted(present - listed - UNLISTED_FILES)
     if extra:
         raise BundleInvalid(
@@ -235,9 +246,14 @@ def _verified_snapshot(root: Path, public_key: str | os.PathLike[str], source: P
     snapshot = private_directory("paritybundle-verified-")
     raw = manifest_bytes(root)
     (snapshot / MANIFEST_NAME).write_bytes(raw)
-    signature = read_small_file(root / SIGNATURE_NAME, MAX_SIGNATURE_BYTES, missing=(
-        f"the bundle has no {SIGNATURE_NAME}, but a signature is required; sign it with `bundle sign BUNDLE "
-        "--key PRIVATE_KEY`."))
+    signature = read_small_file(
+        root / SIGNATURE_NAME,
+        MAX_SIGNATURE_BYTES,
+        missing=(
+            f"the bundle has no {SIGNATURE_NAME}, but a signature is required; sign it with `bundle sign BUNDLE "
+            "--key PRIVATE_KEY`."
+        ),
+    )
     (snapshot / SIGNATURE_NAME).write_bytes(signature)
     verify_signature(snapshot, public_key)
     manifest = parse_manifest(raw, source=str(root / MANIFEST_NAME))
@@ -245,8 +261,9 @@ def _verified_snapshot(root: Path, public_key: str | os.PathLike[str], source: P
     return VerifiedBundle(root=snapshot, manifest=manifest, source=source)
 
 
-def open_bundle_loading(path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None,
-                        load: Callable[[VerifiedBundle], Loaded]) -> tuple[VerifiedBundle, Loaded]:
+def open_bundle_loading(
+    path: str | os.PathLike[str], public_key: str | os.PathLike[str] | None, load: Callable[[VerifiedBundle], Loaded]
+) -> tuple[VerifiedBundle, Loaded]:
     """:func:`open_bundle`, with ``load(bundle)`` (creating ONNX Runtime sessions) run while the files hash.
 
     For a large model, hashing and loading each take about a second per GiB, and both

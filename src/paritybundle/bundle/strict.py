@@ -30,8 +30,10 @@ def printable(text: object) -> str:
     """``text`` with control characters shown as escapes (``\\x1b``), for logs and terminals: a
     bundle's strings are data, and an escape sequence in a manifest must not reach a terminal."""
     # (Codec names are case-insensitive, and "X" is printable anyway: this line's mutants are equivalent.)
-    return "".join(ch if ch.isprintable() or ch in " \n\t" else ch.encode("unicode_escape").decode("ascii")  # pragma: no mutate
-                   for ch in str(text))
+    return "".join(
+        ch if ch.isprintable() or ch in " \n\t" else ch.encode("unicode_escape").decode("ascii")  # pragma: no mutate
+        for ch in str(text)
+    )
 
 
 def load_json_document(raw: bytes, source: str, kind: str) -> Any:
@@ -63,6 +65,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def validation_summary(exc: ValidationError) -> str:
     """The first few problems of a pydantic error, ``where: what`` each, for one sentence."""
     problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])[:120] or '(top level)'}: {err['msg'][:200]}" for err in exc.errors()[:5])
+        f"{'.'.join(str(p) for p in err['loc'])[:120] or '(top level)'}: {err['msg'][:200]}" for err in exc.errors()[:5]
+    )
     more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
     return problems + more

@@ -55,8 +55,9 @@ class BundleWriter:
                 f"{self.target} already exists; pass --force (force=True) to replace it, or choose another path."
             )
         if self.target.exists() and (self.target.is_symlink() or not self.target.is_dir()):
-            raise UsageError(f"{self.target} exists and is not a bundle directory; --force replaces a bundle, "
-                             "choose another path.")
+            raise UsageError(
+                f"{self.target} exists and is not a bundle directory; --force replaces a bundle, choose another path."
+            )
         self._staging, self._lock = make_staging(self.target)
         return self
 
@@ -174,7 +175,9 @@ def publish(staging: Path, target: Path, *, force: bool) -> None:
     """
     if target.exists() or target.is_symlink():
         if not force:
-            raise BundleExistsError(f"{target} appeared while writing; another export (or writer) won, nothing was replaced.")
+            raise BundleExistsError(
+                f"{target} appeared while writing; another export (or writer) won, nothing was replaced."
+            )
         if _exchange(staging, target):
             shutil.rmtree(staging, ignore_errors=True)  # now the old one
             _fsync_dir(target.parent)
@@ -184,8 +187,10 @@ def publish(staging: Path, target: Path, *, force: bool) -> None:
         try:
             os.rename(staging, target)
         except OSError as exc:
-            raise BundleExistsError(f"could not move the new bundle into {target} ({exc.strerror}); another "
-                                    "writer may have written it at the same moment.") from None
+            raise BundleExistsError(
+                f"could not move the new bundle into {target} ({exc.strerror}); another "
+                "writer may have written it at the same moment."
+            ) from None
     _fsync_dir(target.parent)
 
 
@@ -215,7 +220,9 @@ def _replace_in_two_steps(staging: Path, target: Path) -> None:
         os.rename(staging, target)
     except OSError as exc:
         os.rename(replaced / "old", target)
-        raise BundleExistsError(f"could not move the new bundle into {target} ({exc.strerror}); another "
-                                "writer may have written it at the same moment.") from None
+        raise BundleExistsError(
+            f"could not move the new bundle into {target} ({exc.strerror}); another "
+            "writer may have written it at the same moment."
+        ) from None
     finally:
         shutil.rmtree(replaced, ignore_errors=True)

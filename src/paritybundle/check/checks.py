@@ -87,8 +87,15 @@ def check(
     started = time.perf_counter()
     _check_batch_size(batch_size)
     runtime = load(path, settings, env_policy, public_key)
-    return check_runtime(runtime, tolerance=tolerance, per_output_tolerance=per_output_tolerance,
-                         batch_size=batch_size, started=started, progress=progress, histograms=histograms)
+    return check_runtime(
+        runtime,
+        tolerance=tolerance,
+        per_output_tolerance=per_output_tolerance,
+        batch_size=batch_size,
+        started=started,
+        progress=progress,
+        histograms=histograms,
+    )
 
 
 def check_runtime(
@@ -111,25 +118,42 @@ def check_runtime(
     started = time.perf_counter() if started is None else started
     manifest = runtime.manifest
     overrides = tolerance_overrides(manifest, tolerance, per_output_tolerance)
-    serve = RunnerTarget(runtime.runner, batch_size, refuse=lambda exc: BundleInvalid(
-        f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}"))
+    serve = RunnerTarget(
+        runtime.runner,
+        batch_size,
+        refuse=lambda exc: BundleInvalid(
+            f"{manifest.reference.inputs} does not match the manifest's input specs: {exc}"
+        ),
+    )
     staged = stages and manifest.preprocessing is not None
     source = BundleReferences(runtime.bundle, ("inputs", "features", "outputs") if staged else ("inputs", "outputs"))
     alone = RowsAlone(source.rows, [s.name for s in manifest.inputs], [s.name for s in manifest.outputs])
     if staged:
         stage_check = StagedCheck(runtime, serve, source, batch_size, overrides, tolerance, histograms)
-        samples = _run(source, [*stage_check.comparisons, *alone.comparisons], source.rows_per_pass(batch_size),
-                       progress)
+        samples = _run(
+            source, [*stage_check.comparisons, *alone.comparisons], source.rows_per_pass(batch_size), progress
+        )
         comparisons, stage_results = stage_check.finish()
     else:
         judges = output_judges(manifest, source, overrides, histograms)
-        samples = _run(source, [Comparison(Run(serve, Part("inputs")), Part("outputs"), list(judges.items())),
-                                *alone.comparisons], source.rows_per_pass(batch_size), progress)
+        samples = _run(
+            source,
+            [Comparison(Run(serve, Part("inputs")), Part("outputs"), list(judges.items())), *alone.comparisons],
+            source.rows_per_pass(batch_size),
+            progress,
+        )
         comparisons, stage_results = [j.finish() for j in judges.values()], []
     one_by_one = alone.finish(serve, lambda rows: output_judges(manifest, rows, overrides), manifest.stages.pipeline)
     stage_results = [*stage_results, *([one_by_one] if one_by_one is not None else [])]
-    return make_report(runtime.bundle, comparisons, overrides, local_settings(runtime, batch_size, samples),
-                       runtime.drift, started, stage_results)
+    return make_report(
+        runtime.bundle,
+        comparisons,
+        overrides,
+        local_settings(runtime, batch_size, samples),
+        runtime.drift,
+        started,
+        stage_results,
+    )
 
 
 def check_endpoint(
@@ -166,15 +190,37 @@ def check_endpoint(
     source = BundleReferences(bundle)
     judges = output_judges(manifest, source, overrides, histograms)
     alone = RowsAlone(source.rows, [s.name for s in manifest.inputs], [s.name for s in manifest.outputs])
-    samples = _run(source, [Comparison(Run(endpoint, Part("inputs")), Part("outputs"), list(judges.items())),
-                            *alone.comparisons], request_batch, progress)
-    one_by_one = alone.finish(EndpointTarget(client, name, manifest, 1),
-                              lambda rows: output_judges(manifest, rows, overrides), f"{url} ({name})")
-    settings = CheckSettings(onnxruntime_version=None, providers=[], graph_optimization_level=None,
-                             intra_op_num_threads=None, batch_size=request_batch, samples=samples,
-                             source="url", url=url, model=name)
-    return make_report(bundle, [j.finish() for j in judges.values()], overrides, settings, None, started,
-                       [one_by_one] if one_by_one is not None else [])
+    samples = _run(
+        source,
+        [Comparison(Run(endpoint, Part("inputs")), Part("outputs"), list(judges.items())), *alone.comparisons],
+        request_batch,
+        progress,
+    )
+    one_by_one = alone.finish(
+        EndpointTarget(client, name, manifest, 1),
+        lambda rows: output_judges(manifest, rows, overrides),
+        f"{url} ({name})",
+    )
+    settings = CheckSettings(
+        onnxruntime_version=None,
+        providers=[],
+        graph_optimization_level=None,
+        intra_op_num_threads=None,
+        batch_size=request_batch,
+        samples=samples,
+        source="url",
+        url=url,
+        model=name,
+    )
+    return make_report(
+        bundle,
+        [j.finish() for j in judges.values()],
+        overrides,
+        settings,
+        None,
+        started,
+        [one_by_one] if one_by_one is not None else [],
+    )
 
 
 def check_testdata(
@@ -205,54 +251,105 @@ def check_testdata(
     overrides = tolerance_overrides(manifest, tolerance, per_output_tolerance)
     order = [i.name for i in runtime.runner.session.get_inputs()]
     source = TestdataReferences(folder, manifest.inputs, manifest.outputs, order)
+
     def mismatch(name: str, served: np.ndarray, expected: np.ndarray, batch: Batch) -> None:
-        raise BundleInvalid(f"{batch.label}: output {name!r} has shape {list(expected.shape)} in the test data "
-                            f"but the pipeline gives {list(served.shape)}.")
+        raise BundleInvalid(
+            f"{batch.label}: output {name!r} has shape {list(expected.shape)} in the test data "
+            f"but the pipeline gives {list(served.shape)}."
+        )
 
     # The source validated each set against the specs.
-    comparisons, samples = runtime_on_source(runtime, source, overrides, batch_size=batch_size,
-                                             rows_per_pass=max(source.rows, 1), histograms=histograms,
-                                             on_shape_mismatch=mismatch)
-    return make_report(runtime.bundle, comparisons, overrides,
-                       local_settings(runtime, batch_size, samples, source="testdata", testdata=str(folder)),
-                       runtime.drift, started)
+    comparisons, samples = runtime_on_source(
+        runtime,
+        source,
+        overrides,
+        batch_size=batch_size,
+        rows_per_pass=max(source.rows, 1),
+        histograms=histograms,
+        on_shape_mismatch=mismatch,
+    )
+    return make_report(
+        runtime.bundle,
+        comparisons,
+        overrides,
+        local_settings(runtime, batch_size, samples, source="testdata", testdata=str(folder)),
+        runtime.drift,
+        started,
+    )
 
 
-def runtime_on_source(runtime: ServingRuntime, source: Any, overrides: Mapping[str, Tolerance], *,
-                      batch_size: int | None, rows_per_pass: int, histograms: bool = False,
-                      on_shape_mismatch: Callable[..., None] | None = None) -> tuple[list[OutputComparison], int]:
+def runtime_on_source(
+    runtime: ServingRuntime,
+    source: Any,
+    overrides: Mapping[str, Tolerance],
+    *,
+    batch_size: int | None,
+    rows_per_pass: int,
+    histograms: bool = False,
+    on_shape_mismatch: Callable[..., None] | None = None,
+) -> tuple[list[OutputComparison], int]:
     """``runtime``'s pipeline on a source's ``inputs``, judged against the source's ``outputs`` under the
     bundle's policy (ONNX test data, captured traffic): the comparisons and the samples run."""
     judges = output_judges(runtime.manifest, source, overrides, histograms)
-    comparison = Comparison(Run(RunnerTarget(runtime.runner, batch_size), Part("inputs")), Part("outputs"),
-                            list(judges.items()), on_shape_mismatch=on_shape_mismatch)
+    comparison = Comparison(
+        Run(RunnerTarget(runtime.runner, batch_size), Part("inputs")),
+        Part("outputs"),
+        list(judges.items()),
+        on_shape_mismatch=on_shape_mismatch,
+    )
     samples = engine.run(source, [comparison], rows_per_pass=rows_per_pass)
     return [j.finish() for j in judges.values()], samples
 
 
-def compare_in_memory(runner: Runner, policy: TolerancePolicy,
-                      inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
-                      research: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], *,
-                      refuse: Callable[[InputValidationError], Any] | None = None) -> list[OutputComparison]:
+def compare_in_memory(
+    runner: Runner,
+    policy: TolerancePolicy,
+    inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+    research: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+    *,
+    refuse: Callable[[InputValidationError], Any] | None = None,
+) -> list[OutputComparison]:
     """``runner`` on in-memory ``inputs`` against ``research``, judged under ``policy`` (export's
     fail-closed validation, before anything is written). Both may be lists of groups, pairwise."""
     if isinstance(inputs, Mapping):
         source = InMemoryReferences({"inputs": inputs, "outputs": research})
     else:
         source = InMemoryReferences([{"inputs": i, "outputs": r} for i, r in zip(inputs, research, strict=True)])  # type: ignore[arg-type]
-    judges = {spec.name: judge_for(spec, policy, source.total_elements("outputs", spec.name)) for spec in runner.outputs}
-    engine.run(source, [Comparison(Run(RunnerTarget(runner, None, refuse=refuse), Part("inputs")), Part("outputs"),
-                                   list(judges.items()))], rows_per_pass=max(source.rows, 1))
+    judges = {
+        spec.name: judge_for(spec, policy, source.total_elements("outputs", spec.name)) for spec in runner.outputs
+    }
+    engine.run(
+        source,
+        [
+            Comparison(
+                Run(RunnerTarget(runner, None, refuse=refuse), Part("inputs")), Part("outputs"), list(judges.items())
+            )
+        ],
+        rows_per_pass=max(source.rows, 1),
+    )
     return [j.finish() for j in judges.values()]
 
 
-def output_judges(manifest: Manifest, source: Any, overrides: Mapping[str, Tolerance],
-                  histograms: bool = False, outputs: Sequence[TensorSpec] | None = None) -> dict[str, Any]:
+def output_judges(
+    manifest: Manifest,
+    source: Any,
+    overrides: Mapping[str, Tolerance],
+    histograms: bool = False,
+    outputs: Sequence[TensorSpec] | None = None,
+) -> dict[str, Any]:
     """One judge per declared output (or per spec of ``outputs``) under the bundle's policy."""
     baselines = export_baselines(manifest)
-    return {spec.name: judge_for(spec, manifest.tolerance, source.total_elements("outputs", spec.name),
-                                 overrides=overrides, baselines=baselines, histogram=histograms)
-            for spec in (manifest.outputs if outputs is None else outputs)}
+    return {
+        spec.name: judge_for(
+            spec,
+            manifest.tolerance,
+            source.total_elements("outputs", spec.name),
+            overrides=overrides,
+            baselines=baselines,
+            histogram=histograms,
+        )
+        for spec in (manifest.outputs if outputs is None else outputs)
+    }
 
 
 def local_settings(runtime: ServingRuntime, batch_size: int | None, samples: int, **source: Any) -> CheckSettings:
@@ -276,4 +373,3 @@ def _check_batch_size(batch_size: int | None) -> None:
 def _run(source: Any, comparisons: Sequence[Comparison], rows_per_pass: int, progress: bool) -> int:
     with progress_bar("checking references", progress, source.rows) as advance:
         return engine.run(source, comparisons, rows_per_pass=rows_per_pass, advance=advance)
-

@@ -122,8 +122,13 @@ class _Evaluation:
         return self.runs[key]
 
 
-def run(source: Source, comparisons: Sequence[Comparison], *, rows_per_pass: int,
-        advance: Callable[[int], None] | None = None) -> int:
+def run(
+    source: Source,
+    comparisons: Sequence[Comparison],
+    *,
+    rows_per_pass: int,
+    advance: Callable[[int], None] | None = None,
+) -> int:
     """Feed every batch of ``source`` through ``comparisons``; returns the number of rows compared.
 
     ``advance(rows)`` is called after each batch (a progress bar). Targets and judges raise

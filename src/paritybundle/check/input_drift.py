@@ -104,9 +104,13 @@ class InputDriftReport(StrictModel):
         return self.passed
 
 
-def input_drift(path: str | os.PathLike[str], capture: str | os.PathLike[str], *,
-                thresholds: DriftThresholds | None = None,
-                public_key: str | os.PathLike[str] | None = None) -> InputDriftReport:
+def input_drift(
+    path: str | os.PathLike[str],
+    capture: str | os.PathLike[str],
+    *,
+    thresholds: DriftThresholds | None = None,
+    public_key: str | os.PathLike[str] | None = None,
+) -> InputDriftReport:
     """Captured traffic's inputs (and predicted classes) against the bundle's reference set and fit.
 
     Raises:
@@ -132,17 +136,33 @@ def input_drift(path: str | os.PathLike[str], capture: str | os.PathLike[str], *
             continue
         for label, prod_values, ref_values in _columns(spec, production, reference["inputs"][spec.name]):
             columns.append(_column_drift(label, spec, prod_values, ref_values, fitted.get(label), thresholds))
-    outputs = [_output_mix(spec, _concat([g.outputs[spec.name] for g in data.groups]),
-                           reference["outputs"][spec.name], thresholds)
-               for spec in manifest.outputs if spec.kind == "scores"]
+    outputs = [
+        _output_mix(
+            spec, _concat([g.outputs[spec.name] for g in data.groups]), reference["outputs"][spec.name], thresholds
+        )
+        for spec in manifest.outputs
+        if spec.kind == "scores"
+    ]
     findings = [f for c in columns for f in c.findings] + [f for o in outputs for f in o.findings]
-    summary = ("production's inputs stay inside what the reference set proves: no column past its threshold."
-               if not findings else "the reference set no longer proves production's inputs: " + "; ".join(findings) + ".")
+    summary = (
+        "production's inputs stay inside what the reference set proves: no column past its threshold."
+        if not findings
+        else "the reference set no longer proves production's inputs: " + "; ".join(findings) + "."
+    )
     return InputDriftReport(
-        passed=not findings, checked_at=datetime.now(timezone.utc), bundle=manifest.name, version=manifest.version,
-        capture=str(capture), samples=data.samples, requests=len(set(data.request_ids.tolist())),
+        passed=not findings,
+        checked_at=datetime.now(timezone.utc),
+        bundle=manifest.name,
+        version=manifest.version,
+        capture=str(capture),
+        samples=data.samples,
+        requests=len(set(data.request_ids.tolist())),
         reference_samples=int(next(iter(reference["inputs"].values())).shape[0]) if reference["inputs"] else 0,
-        thresholds=thresholds, columns=columns, outputs=outputs, summary=summary)
+        thresholds=thresholds,
+        columns=columns,
+        outputs=outputs,
+        summary=summary,
+    )
 
 
 # --- the reference side ---------------------------------------------------------------------------------
@@ -191,9 +211,14 @@ def _fitted(manifest: Manifest) -> dict[str, dict[str, object]]:
 
 def _columns(spec: TensorSpec, production: np.ndarray, reference: np.ndarray):
     """``(label, production values, reference values)`` per column of an input."""
-    if production.dtype != object and reference.dtype != object and production.ndim == 2 \
-            and production.shape[1:] == reference.shape[1:] and production.shape[1] <= MAX_COLUMNS_PER_INPUT \
-            and production.shape[1] > 1:
+    if (
+        production.dtype != object
+        and reference.dtype != object
+        and production.ndim == 2
+        and production.shape[1:] == reference.shape[1:]
+        and production.shape[1] <= MAX_COLUMNS_PER_INPUT
+        and production.shape[1] > 1
+    ):
         for j in range(production.shape[1]):
             yield f"{spec.name}[{j}]", production[:, j], reference[:, j]
     else:
@@ -209,23 +234,39 @@ def _flat(values: np.ndarray) -> np.ndarray:
 # --- one column -----------------------------------------------------------------------------------------
 
 
-def _column_drift(label: str, spec: TensorSpec, production: np.ndarray, reference: np.ndarray,
-                  fitted: Mapping[str, object] | None, thresholds: DriftThresholds) -> ColumnDrift:
+def _column_drift(
+    label: str,
+    spec: TensorSpec,
+    production: np.ndarray,
+    reference: np.ndarray,
+    fitted: Mapping[str, object] | None,
+    thresholds: DriftThresholds,
+) -> ColumnDrift:
     fitted = fitted or {}
     if spec.dtype == "string" or spec.dtype == "bool":
         return _category_drift(label, production.astype(str), reference.astype(str), fitted, thresholds)
     return _number_drift(label, production.astype(np.float64), reference.astype(np.float64), fitted, thresholds)
 
 
-def _text_drift(bundle: VerifiedBundle, spec: TensorSpec, production: Mapping[str, np.ndarray],
-                reference: Mapping[str, np.ndarray], thresholds: DriftThresholds) -> list[ColumnDrift]:
+def _text_drift(
+    bundle: VerifiedBundle,
+    spec: TensorSpec,
+    production: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    thresholds: DriftThresholds,
+) -> list[ColumnDrift]:
     """Text a frozen tokenizer reads, as the model sees it (through preprocess.onnx, fed every raw input):
     its length in tokens and, where the vocabulary has an unknown token, the share of its tokens unknown."""
     manifest = bundle.manifest
     assert manifest.preprocessing is not None and manifest.stages.preprocess is not None
     settings = next(c for c in manifest.preprocessing.columns if c.input == spec.name).steps[0].params
-    runner = stage_runner(bundle, manifest.stages.preprocess, manifest.inputs, manifest.preprocessing.features,
-                          recorded_settings(manifest))
+    runner = stage_runner(
+        bundle,
+        manifest.stages.preprocess,
+        manifest.inputs,
+        manifest.preprocessing.features,
+        recorded_settings(manifest),
+    )
 
     def measured(inputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         features = runner.run({name: (v.astype(object) if name == spec.name else v) for name, v in inputs.items()})
@@ -242,8 +283,10 @@ def _text_drift(bundle: VerifiedBundle, spec: TensorSpec, production: Mapping[st
         unknown = _number_drift(f"{spec.name} (unknown-token share)", prod_unknown, ref_unknown, {}, thresholds)
         rise = float(prod_unknown.mean() - ref_unknown.mean())
         if rise > thresholds.max_unseen_share:
-            unknown.findings.append(f"{_percent(float(prod_unknown.mean()))} of the tokens of {spec.name!r} are unknown "
-                                    f"to the vocabulary, against {_percent(float(ref_unknown.mean()))} in the reference set")
+            unknown.findings.append(
+                f"{_percent(float(prod_unknown.mean()))} of the tokens of {spec.name!r} are unknown "
+                f"to the vocabulary, against {_percent(float(ref_unknown.mean()))} in the reference set"
+            )
         columns.append(unknown)
     return columns
 
@@ -256,21 +299,26 @@ def _percent(share: float) -> str:
     return f"{share:.0%}" if share >= 0.01 else f"{share:.1%}"
 
 
-def _number_drift(label: str, production: np.ndarray, reference: np.ndarray, fitted: Mapping[str, object],
-                  thresholds: DriftThresholds) -> ColumnDrift:
+def _number_drift(
+    label: str, production: np.ndarray, reference: np.ndarray, fitted: Mapping[str, object], thresholds: DriftThresholds
+) -> ColumnDrift:
     nan, ref_nan = np.isnan(production), np.isnan(reference)
     prod, ref = production[~nan], reference[~ref_nan]
     findings, result = [], {}
     nan_share, ref_nan_share = _share(nan.sum(), production.size), _share(ref_nan.sum(), reference.size)
     if nan_share - ref_nan_share > thresholds.max_nan_increase:
-        findings.append(f"{_percent(nan_share)} of {label!r} is missing (NaN), against {_percent(ref_nan_share)} "
-                        "in the reference set")
+        findings.append(
+            f"{_percent(nan_share)} of {label!r} is missing (NaN), against {_percent(ref_nan_share)} "
+            "in the reference set"
+        )
     if ref.size:
         low, high = float(ref.min()), float(ref.max())
         outside = _share(((prod < low) | (prod > high)).sum(), production.size)
         result.update(reference_range=[low, high], outside_reference_range=outside)
         if outside > thresholds.max_out_of_range_share:
-            findings.append(f"{_percent(outside)} of {label!r} lies outside the reference set's range {low:g}..{high:g}")
+            findings.append(
+                f"{_percent(outside)} of {label!r} lies outside the reference set's range {low:g}..{high:g}"
+            )
         edges = np.unique(np.quantile(ref, np.linspace(0, 1, DECILES + 1)[1:-1]))
         ref_bins = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1)
         prod_bins = np.bincount(np.searchsorted(edges, prod, side="right"), minlength=edges.size + 1)
@@ -279,22 +327,35 @@ def _number_drift(label: str, production: np.ndarray, reference: np.ndarray, fit
         if psi > thresholds.max_psi and prod.size:
             findings.append(f"{label!r} is distributed differently from the reference set (PSI {psi:.2f})")
         bounds = [f"{low:g}"] + [f"{e:.3g}" for e in edges] + [f"{high:g}"]
-        result["histogram"] = Histogram(labels=[f"{a}..{b}" for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
-                                        reference=_shares(ref_bins), production=_shares(prod_bins))
+        result["histogram"] = Histogram(
+            labels=[f"{a}..{b}" for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+            reference=_shares(ref_bins),
+            production=_shares(prod_bins),
+        )
     fitted_range = fitted.get("range")
     if isinstance(fitted_range, list):
         low, high = fitted_range
         outside = _share(((prod < low) | (prod > high)).sum(), production.size)
         result.update(fitted_range=[low, high], outside_fitted_range=outside)
         if outside > thresholds.max_out_of_range_share:
-            findings.append(f"{_percent(outside)} of {label!r} lies outside the range its preprocessing was fitted "
-                            f"on ({low:g}..{high:g})")
-    return ColumnDrift(column=label, kind="number", samples=int(production.size), nan_share=nan_share,
-                       reference_nan_share=ref_nan_share, findings=findings, **result)
+            findings.append(
+                f"{_percent(outside)} of {label!r} lies outside the range its preprocessing was fitted "
+                f"on ({low:g}..{high:g})"
+            )
+    return ColumnDrift(
+        column=label,
+        kind="number",
+        samples=int(production.size),
+        nan_share=nan_share,
+        reference_nan_share=ref_nan_share,
+        findings=findings,
+        **result,
+    )
 
 
-def _category_drift(label: str, production: np.ndarray, reference: np.ndarray, fitted: Mapping[str, object],
-                    thresholds: DriftThresholds) -> ColumnDrift:
+def _category_drift(
+    label: str, production: np.ndarray, reference: np.ndarray, fitted: Mapping[str, object], thresholds: DriftThresholds
+) -> ColumnDrift:
     missing = {"", "nan", "None"}
     nan_share = _share(np.isin(production, list(missing)).sum(), production.size)
     ref_nan_share = _share(np.isin(reference, list(missing)).sum(), reference.size)
@@ -305,16 +366,19 @@ def _category_drift(label: str, production: np.ndarray, reference: np.ndarray, f
     findings = []
     if unseen_share > thresholds.max_unseen_share:
         examples = ", ".join(repr(v) for v, _ in Counter(unseen).most_common(3))
-        findings.append(f"{_percent(unseen_share)} of samples carry categories of {label!r} the reference set never "
-                        f"ran ({examples})")
+        findings.append(
+            f"{_percent(unseen_share)} of samples carry categories of {label!r} the reference set never "
+            f"ran ({examples})"
+        )
     unfitted_share = None
     vocabulary = fitted.get("vocabulary")
     if isinstance(vocabulary, list):
         fitted_set = set(vocabulary)
         unfitted_share = _share(sum(n for v, n in counts.items() if v not in fitted_set), production.size)
         if unfitted_share > thresholds.max_unseen_share and unfitted_share > unseen_share:
-            findings.append(f"{_percent(unfitted_share)} of {label!r} is outside the vocabulary its preprocessing was "
-                            "fitted on")
+            findings.append(
+                f"{_percent(unfitted_share)} of {label!r} is outside the vocabulary its preprocessing was fitted on"
+            )
     categories = sorted(known)
     ref_counts = Counter(reference.tolist())
     ref_bins = np.array([ref_counts[c] for c in categories] + [0])
@@ -322,13 +386,23 @@ def _category_drift(label: str, production: np.ndarray, reference: np.ndarray, f
     psi = _psi(ref_bins, prod_bins)
     if psi > thresholds.max_psi and not findings:
         findings.append(f"{label!r} is distributed differently from the reference set (PSI {psi:.2f})")
-    return ColumnDrift(column=label, kind="category", samples=int(production.size), nan_share=nan_share,
-                       reference_nan_share=ref_nan_share, psi=psi, unseen_share=unseen_share,
-                       unfitted_share=unfitted_share,
-                       top_unseen=dict(Counter(unseen).most_common(5)),
-                       histogram=Histogram(labels=categories + ["(never in the reference set)"],
-                                           reference=_shares(ref_bins), production=_shares(prod_bins)),
-                       findings=findings)
+    return ColumnDrift(
+        column=label,
+        kind="category",
+        samples=int(production.size),
+        nan_share=nan_share,
+        reference_nan_share=ref_nan_share,
+        psi=psi,
+        unseen_share=unseen_share,
+        unfitted_share=unfitted_share,
+        top_unseen=dict(Counter(unseen).most_common(5)),
+        histogram=Histogram(
+            labels=categories + ["(never in the reference set)"],
+            reference=_shares(ref_bins),
+            production=_shares(prod_bins),
+        ),
+        findings=findings,
+    )
 
 
 def _shares(counts: np.ndarray) -> list[float]:
@@ -347,6 +421,7 @@ def _psi(reference: np.ndarray, production: np.ndarray) -> float:
 
 def _output_mix(spec: TensorSpec, served: np.ndarray, research: np.ndarray, thresholds: DriftThresholds) -> OutputMix:
     """Predicted classes (argmax over the last axis) served in production against research's on the references."""
+
     def mix(scores: np.ndarray) -> Counter:
         if scores.dtype == object:
             return Counter(int(np.argmax(s)) for s in scores)
@@ -360,8 +435,10 @@ def _output_mix(spec: TensorSpec, served: np.ndarray, research: np.ndarray, thre
     shift = 0.5 * sum(abs(research_shares[str(c)] - served_shares[str(c)]) for c in classes)
     findings = []
     if shift > thresholds.max_class_shift:
-        findings.append(f"the classes {spec.name!r} predicts in production differ from research's on the reference set "
-                        f"(total variation {shift:.2f})")
-    return OutputMix(output=spec.name, research=research_shares, production=served_shares, shift=shift,
-                     findings=findings)
-
+        findings.append(
+            f"the classes {spec.name!r} predicts in production differ from research's on the reference set "
+            f"(total variation {shift:.2f})"
+        )
+    return OutputMix(
+        output=spec.name, research=research_shares, production=served_shares, shift=shift, findings=findings
+    )

@@ -85,28 +85,41 @@ class CheckReport(StrictModel):
         return [o.name for o in self.outputs if not o.passed]
 
 
-def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], overrides: dict[str, Tolerance],
-                settings: CheckSettings, drift: DriftReport | None, started: float,
-                stages: Sequence[StageResult] = ()) -> CheckReport:
+def make_report(
+    bundle: VerifiedBundle,
+    comparisons: list[OutputComparison],
+    overrides: dict[str, Tolerance],
+    settings: CheckSettings,
+    drift: DriftReport | None,
+    started: float,
+    stages: Sequence[StageResult] = (),
+) -> CheckReport:
     """The report of a finished comparison: verdict, notices, and where a failure arose."""
     manifest = bundle.manifest
     notices = [
         f"output {c.name!r}: serving error {c.stats.max_abs:.3g} is over {manifest.tolerance.baseline_factor:g}x "
         f"the export-time error {c.baseline_max_abs:.3g}; within tolerance, but this environment differs "
         "numerically from the one that validated the bundle."
-        for c in comparisons if c.passed and c.above_baseline and c.stats is not None and c.baseline_max_abs is not None
+        for c in comparisons
+        if c.passed and c.above_baseline and c.stats is not None and c.baseline_max_abs is not None
     ]
-    notices += [f"output {name!r}: the tolerance is larger than the outputs (its atol reaches the spread of the "
-                "research values): this check cannot tell models apart on it."
-                for name in tolerance_exceeds_outputs(manifest.tolerance, overrides)]
+    notices += [
+        f"output {name!r}: the tolerance is larger than the outputs (its atol reaches the spread of the "
+        "research values): this check cannot tell models apart on it."
+        for name in tolerance_exceeds_outputs(manifest.tolerance, overrides)
+    ]
     if manifest.reference.groups and settings.source in ("bundle", "url"):
         comparisons = [_with_group(c, manifest) for c in comparisons]
     return CheckReport(
         passed=all(comparisons) and all(stage.passed for stage in stages),
         checked_at=datetime.now(timezone.utc),
         duration_s=time.perf_counter() - started,
-        bundle=BundleIdentity(path=str(bundle.source or bundle.root), name=manifest.name, version=manifest.version,
-                              files_verified=len(manifest.files)),
+        bundle=BundleIdentity(
+            path=str(bundle.source or bundle.root),
+            name=manifest.name,
+            version=manifest.version,
+            files_verified=len(manifest.files),
+        ),
         settings=settings,
         reference={"device": manifest.reference.device, "precision": manifest.reference.precision},
         tolerance_overrides=overrides,
@@ -114,8 +127,13 @@ def make_report(bundle: VerifiedBundle, comparisons: list[OutputComparison], ove
         outputs=comparisons,
         notices=notices,
         stages=list(stages),
-        diagnosis=diagnose(stages, all(comparisons), manifest.tolerance.approximation.serving_precision
-                           if manifest.tolerance.approximation is not None else None),
+        diagnosis=diagnose(
+            stages,
+            all(comparisons),
+            manifest.tolerance.approximation.serving_precision
+            if manifest.tolerance.approximation is not None
+            else None,
+        ),
         power=manifest.power,
         coverage=manifest.coverage,
     )

@@ -45,7 +45,7 @@ class _Collector:
     def add(self, actual: np.ndarray, expected: np.ndarray, first_sample: int = 0) -> None:
         lo, hi = np.searchsorted(self.picks, [first_sample, first_sample + len(actual)])
         for k in self.picks[lo:hi]:
-            self.rows[int(k)] = np.array(actual[k - first_sample:k - first_sample + 1])
+            self.rows[int(k)] = np.array(actual[k - first_sample : k - first_sample + 1])
 
 
 def _stack(collectors: Mapping[str, _Collector], rows: list[int]) -> dict[str, np.ndarray]:
@@ -77,8 +77,10 @@ class RowsAlone:
     @property
     def comparisons(self) -> list[Comparison]:
         """Add these to the check's pass (they compare a part with itself, only to see its rows)."""
-        return [Comparison(Part("inputs"), Part("inputs"), list(self._inputs.items())),
-                Comparison(Part("outputs"), Part("outputs"), list(self._outputs.items()))]
+        return [
+            Comparison(Part("inputs"), Part("inputs"), list(self._inputs.items())),
+            Comparison(Part("outputs"), Part("outputs"), list(self._outputs.items())),
+        ]
 
     def finish(self, target: Target, judges_for: Callable[[Any], Mapping[str, Any]], file: str) -> StageResult | None:
         """Each collected row through ``target`` on its own, judged by ``judges_for(source)``; None when
@@ -93,17 +95,31 @@ class RowsAlone:
         for k in picked:
             by_shape.setdefault(tuple(c.rows[k].shape for c in self._inputs.values()), []).append(k)
         order = [k for rows in by_shape.values() for k in rows]
-        requests = InMemoryReferences([{"inputs": _stack(self._inputs, rows), "outputs": _stack(self._outputs, rows)}
-                                       for rows in by_shape.values()])
+        requests = InMemoryReferences(
+            [
+                {"inputs": _stack(self._inputs, rows), "outputs": _stack(self._outputs, rows)}
+                for rows in by_shape.values()
+            ]
+        )
         answers = {name: _Answers() for name in self._outputs}
-        engine.run(requests, [Comparison(Run(target, Part("inputs")), Part("outputs"), list(answers.items()))],
-                   rows_per_pass=1)
-        source = InMemoryReferences([{"served": {n: answers[n].rows(rows, order) for n in self._outputs},
-                                      "outputs": _stack(self._outputs, rows)} for rows in by_shape.values()])
+        engine.run(
+            requests, [Comparison(Run(target, Part("inputs")), Part("outputs"), list(answers.items()))], rows_per_pass=1
+        )
+        source = InMemoryReferences(
+            [
+                {
+                    "served": {n: answers[n].rows(rows, order) for n in self._outputs},
+                    "outputs": _stack(self._outputs, rows),
+                }
+                for rows in by_shape.values()
+            ]
+        )
         judges = judges_for(source)
-        engine.run(source, [Comparison(Part("served"), Part("outputs"), list(judges.items()))],
-                   rows_per_pass=len(picked))
+        engine.run(
+            source, [Comparison(Part("served"), Part("outputs"), list(judges.items()))], rows_per_pass=len(picked)
+        )
         outputs = [judge.finish() for judge in judges.values()]
         where = ", ".join(str(k) for k in order)  # in the order judged
-        return StageResult(stage=STAGE, file=f"{file}, reference rows {where} one request each",
-                           passed=all(outputs), outputs=outputs)
+        return StageResult(
+            stage=STAGE, file=f"{file}, reference rows {where} one request each", passed=all(outputs), outputs=outputs
+        )

@@ -82,8 +82,9 @@ def plan_shards(capture: str | Path, manifest: Manifest) -> list[Shard]:
         try:
             shapes = parquet.read_table(file, columns=[column("output", s.name) + ".shape" for s in manifest.outputs])
         except Exception as exc:  # pyarrow's own errors: a truncated or foreign file
-            raise UsageError(f"{file} is not a readable capture file of {manifest.name!r} "
-                             f"({type(exc).__name__}: {str(exc)[:200]}).") from None
+            raise UsageError(
+                f"{file} is not a readable capture file of {manifest.name!r} ({type(exc).__name__}: {str(exc)[:200]})."
+            ) from None
         counts.append(shapes.num_rows)
         for spec in manifest.outputs:
             rank = len(spec.shape) - 1
@@ -94,12 +95,23 @@ def plan_shards(capture: str | Path, manifest: Manifest) -> list[Shard]:
             dims = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.int64).reshape(-1, rank)
             totals[spec.name] += int(np.prod(dims, axis=1).sum())
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int) if counts else []
-    return [Shard(file=str(f), first=int(s), samples=n, totals=dict(totals)) for f, s, n in zip(files, starts, counts, strict=True)]
+    return [
+        Shard(file=str(f), first=int(s), samples=n, totals=dict(totals))
+        for f, s, n in zip(files, starts, counts, strict=True)
+    ]
 
 
-def judge_capture(data: CaptureData, shard: Shard, manifest: Manifest, overrides: Mapping[str, Tolerance], *,
-                  runner: Runner | None = None, research: Sequence[Mapping[str, np.ndarray]] | None = None,
-                  batch_size: int | None = 1024, histograms: bool = False) -> ShardResult:
+def judge_capture(
+    data: CaptureData,
+    shard: Shard,
+    manifest: Manifest,
+    overrides: Mapping[str, Tolerance],
+    *,
+    runner: Runner | None = None,
+    research: Sequence[Mapping[str, np.ndarray]] | None = None,
+    batch_size: int | None = 1024,
+    histograms: bool = False,
+) -> ShardResult:
     """One shard's judges: ``runner`` on its inputs against what production served (a check), or what
     production served against ``research``'s outputs per group (a replay)."""
     whole = _WholeSet(shard.totals)
@@ -108,19 +120,25 @@ def judge_capture(data: CaptureData, shard: Shard, manifest: Manifest, overrides
         if runner is None:
             raise ValueError("a shard is judged with a runner (a check) or research outputs (a replay)")
         source = InMemoryReferences(merged(data.groups), first=shard.first)
-        compared = Comparison(Run(RunnerTarget(runner, batch_size), Part("inputs")), Part("outputs"),
-                              list(judges.items()))
+        compared = Comparison(
+            Run(RunnerTarget(runner, batch_size), Part("inputs")), Part("outputs"), list(judges.items())
+        )
         rows_per_pass = batch_size or max(source.rows, 1)
     else:
-        source = InMemoryReferences([{"served": g.outputs, "outputs": dict(r)} for g, r in zip(data.groups, research, strict=True)],
-                                    first=shard.first)
+        source = InMemoryReferences(
+            [{"served": g.outputs, "outputs": dict(r)} for g, r in zip(data.groups, research, strict=True)],
+            first=shard.first,
+        )
         compared = Comparison(Part("served"), Part("outputs"), list(judges.items()))
         rows_per_pass = max(source.rows, 1)
     samples = engine.run(source, [compared], rows_per_pass=rows_per_pass)
     order = data.order
     named = set().union(*(judge.listed_samples() for judge in judges.values())) if judges else set()
-    requests = {index: data.request_of(int(order[index - shard.first]))
-                for index in named if 0 <= index - shard.first < order.size}
+    requests = {
+        index: data.request_of(int(order[index - shard.first]))
+        for index in named
+        if 0 <= index - shard.first < order.size
+    }
     return ShardResult(judges=judges, requests=requests, samples=samples)
 
 
@@ -136,4 +154,3 @@ def merge_shards(results: Sequence[ShardResult]) -> tuple[list[OutputComparison]
             merged_judges[name].merge(judge)
         requests.update(result.requests)
     return [j.finish() for j in merged_judges.values()], requests, sum(r.samples for r in ordered)
-

@@ -59,13 +59,19 @@ class InMemoryReferences:
     """Parts already in memory: ``{"inputs": {name: array}, "outputs": {...}, ...}`` with equal rows, or a
     list of such groups (each with its own shapes), compared group after group."""
 
-    def __init__(self, parts: Mapping[str, Mapping[str, np.ndarray]] | Sequence[Mapping[str, Mapping[str, np.ndarray]]],
-                 *, first: int = 0) -> None:
+    def __init__(
+        self,
+        parts: Mapping[str, Mapping[str, np.ndarray]] | Sequence[Mapping[str, Mapping[str, np.ndarray]]],
+        *,
+        first: int = 0,
+    ) -> None:
         # ``first``: the number of the first sample, when these rows are one shard of a larger set.
         self.first = first
         groups = [parts] if isinstance(parts, Mapping) else list(parts)
-        self.groups = [{part: {name: np.asarray(a) for name, a in arrays.items()} for part, arrays in group.items()}
-                       for group in groups]
+        self.groups = [
+            {part: {name: np.asarray(a) for name, a in arrays.items()} for part, arrays in group.items()}
+            for group in groups
+        ]
         self.rows = sum(_rows(group) for group in self.groups)
 
     def total_elements(self, part: str, name: str) -> int:
@@ -77,8 +83,10 @@ class InMemoryReferences:
             rows = _rows(group)
             label = f"reference group {index}" if len(self.groups) > 1 else None
             for first in range(0, max(rows, 1), rows_per_pass):
-                parts = {part: {name: a[first:first + rows_per_pass] for name, a in arrays.items()}
-                         for part, arrays in group.items()}
+                parts = {
+                    part: {name: a[first : first + rows_per_pass] for name, a in arrays.items()}
+                    for part, arrays in group.items()
+                }
                 yield Batch(first=offset + first, rows=_rows(parts), parts=parts, label=label)
             offset += rows
 
@@ -106,19 +114,35 @@ class TestdataReferences:
 
     __test__ = False  # not a pytest class, despite its name
 
-    def __init__(self, folder: str | Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                 input_order: Sequence[str]) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        input_order: Sequence[str],
+    ) -> None:
         root = Path(folder)
         self.folder = root
-        self.sets = sorted((p for p in root.glob(f"{SET_PREFIX}*") if p.is_dir()),
-                           key=lambda p: (len(p.name), p.name)) if root.is_dir() else []
+        self.sets = (
+            sorted((p for p in root.glob(f"{SET_PREFIX}*") if p.is_dir()), key=lambda p: (len(p.name), p.name))
+            if root.is_dir()
+            else []
+        )
         if not self.sets:
-            raise UsageError(f"{root} holds no {SET_PREFIX}K directories; pass a directory written by "
-                             "`bundle testdata` or in ONNX's test data layout.")
+            raise UsageError(
+                f"{root} holds no {SET_PREFIX}K directories; pass a directory written by "
+                "`bundle testdata` or in ONNX's test data layout."
+            )
         self.outputs, self.input_order = list(outputs), list(input_order)
         # Read once up front: the judges need the total element count, and sets are small.
-        self._loaded = [(path.name, _validated(path.name, inputs, _load_tensors(path, "input", self.input_order)),
-                         _load_tensors(path, "output", [s.name for s in self.outputs])) for path in self.sets]
+        self._loaded = [
+            (
+                path.name,
+                _validated(path.name, inputs, _load_tensors(path, "input", self.input_order)),
+                _load_tensors(path, "output", [s.name for s in self.outputs]),
+            )
+            for path in self.sets
+        ]
         self.rows = sum(_rows({"inputs": inputs}) for _, inputs, _ in self._loaded)
 
     def total_elements(self, part: str, name: str) -> int:
@@ -147,8 +171,9 @@ def _load_tensors(folder: Path, kind: str, names: list[str]) -> dict[str, np.nda
 
     files = sorted(folder.glob(f"{kind}_*.pb"))
     if len(files) != len(names):
-        raise BundleInvalid(f"{folder.name} has {len(files)} {kind} tensors, the bundle's graph has {len(names)} "
-                            f"({', '.join(names)}).")
+        raise BundleInvalid(
+            f"{folder.name} has {len(files)} {kind} tensors, the bundle's graph has {len(names)} ({', '.join(names)})."
+        )
     arrays = {}
     for position, name in enumerate(names):
         path = folder / f"{kind}_{position}.pb"
@@ -157,9 +182,13 @@ def _load_tensors(folder: Path, kind: str, names: list[str]) -> dict[str, np.nda
             tensor.ParseFromString(path.read_bytes())
             array = numpy_helper.to_array(tensor)
         except Exception as exc:  # protobuf DecodeError, onnx's own errors, a missing file
-            raise BundleInvalid(f"{folder.name}/{path.name} is not a readable TensorProto ({type(exc).__name__}).") from None
+            raise BundleInvalid(
+                f"{folder.name}/{path.name} is not a readable TensorProto ({type(exc).__name__})."
+            ) from None
         if tensor.name and tensor.name != name:
-            raise BundleInvalid(f"{folder.name}/{path.name} holds {tensor.name!r}, but position {position} of the "
-                                f"bundle's graph {kind}s is {name!r}.")
+            raise BundleInvalid(
+                f"{folder.name}/{path.name} holds {tensor.name!r}, but position {position} of the "
+                f"bundle's graph {kind}s is {name!r}."
+            )
         arrays[name] = array.astype(str) if array.dtype == object else array
     return arrays

@@ -33,9 +33,14 @@ class RunnerTarget:
             ``allow_nonfinite`` flags were derived from those very arrays.
     """
 
-    def __init__(self, runner: Runner, batch_size: int | None, *,
-                 refuse: Callable[[InputValidationError], Exception] | None = None,
-                 check_finite: bool = False) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        batch_size: int | None,
+        *,
+        refuse: Callable[[InputValidationError], Exception] | None = None,
+        check_finite: bool = False,
+    ) -> None:
         self.runner, self.batch_size, self.refuse, self.check_finite = runner, batch_size, refuse, check_finite
 
     def __call__(self, inputs: Arrays) -> dict[str, np.ndarray]:
@@ -52,8 +57,9 @@ class InferenceClient(Protocol):
 
     def check_model(self, name: str, manifest: Manifest) -> None: ...
 
-    def infer_all(self, name: str, manifest: Manifest, inputs: Mapping[str, np.ndarray],
-                  batch: int) -> dict[str, np.ndarray]: ...
+    def infer_all(
+        self, name: str, manifest: Manifest, inputs: Mapping[str, np.ndarray], batch: int
+    ) -> dict[str, np.ndarray]: ...
 
 
 class EndpointTarget:

@@ -56,33 +56,63 @@ def check_capture(
     data = _read(capture, runtime.bundle)
     overrides = tolerance_overrides(runtime.manifest, tolerance, per_output_tolerance)
     source = InMemoryReferences(merged(data.groups))
-    comparisons, samples = runtime_on_source(runtime, source, overrides, batch_size=batch_size,
-                                             rows_per_pass=batch_size or max(source.rows, 1), histograms=histograms)
+    comparisons, samples = runtime_on_source(
+        runtime,
+        source,
+        overrides,
+        batch_size=batch_size,
+        rows_per_pass=batch_size or max(source.rows, 1),
+        histograms=histograms,
+    )
     settings_used = local_settings(runtime, batch_size, samples, source="capture", capture=str(capture))
     return traffic_report(runtime.bundle, data, comparisons, overrides, settings_used, runtime.drift, started)
 
 
-def compare_replay(bundle: VerifiedBundle, data: CaptureData, research: Sequence[Mapping[str, np.ndarray]], *,
-                   tolerance: Tolerance | None = None, per_output_tolerance: TolerancesByOutput = None,
-                   capture: str = "", histograms: bool = False, started: float | None = None) -> CheckReport:
+def compare_replay(
+    bundle: VerifiedBundle,
+    data: CaptureData,
+    research: Sequence[Mapping[str, np.ndarray]],
+    *,
+    tolerance: Tolerance | None = None,
+    per_output_tolerance: TolerancesByOutput = None,
+    capture: str = "",
+    histograms: bool = False,
+    started: float | None = None,
+) -> CheckReport:
     """What production served (``data``'s outputs) against ``research``'s outputs for the same inputs,
     one mapping per group of ``data``; judged under the bundle's policy as a check is."""
     started = time.perf_counter() if started is None else started
     manifest = bundle.manifest
     overrides = tolerance_overrides(manifest, tolerance, per_output_tolerance)
-    source = InMemoryReferences([{"served": g.outputs, "outputs": dict(r)} for g, r in zip(data.groups, research, strict=True)])
+    source = InMemoryReferences(
+        [{"served": g.outputs, "outputs": dict(r)} for g, r in zip(data.groups, research, strict=True)]
+    )
     judges = output_judges(manifest, source, overrides, histograms)
-    engine.run(source, [Comparison(Part("served"), Part("outputs"), list(judges.items()))],
-               rows_per_pass=max(source.rows, 1))
-    settings = CheckSettings(onnxruntime_version=None, providers=[], graph_optimization_level=None,
-                             intra_op_num_threads=None, batch_size=None, samples=data.samples, source="replay",
-                             capture=capture)
+    engine.run(
+        source, [Comparison(Part("served"), Part("outputs"), list(judges.items()))], rows_per_pass=max(source.rows, 1)
+    )
+    settings = CheckSettings(
+        onnxruntime_version=None,
+        providers=[],
+        graph_optimization_level=None,
+        intra_op_num_threads=None,
+        batch_size=None,
+        samples=data.samples,
+        source="replay",
+        capture=capture,
+    )
     return traffic_report(bundle, data, [j.finish() for j in judges.values()], overrides, settings, None, started)
 
 
-def traffic_report(bundle: VerifiedBundle, data: CaptureData | Mapping[int, str], comparisons: list[OutputComparison],
-                   overrides: dict[str, Tolerance], settings: CheckSettings, drift: DriftReport | None,
-                   started: float) -> CheckReport:
+def traffic_report(
+    bundle: VerifiedBundle,
+    data: CaptureData | Mapping[int, str],
+    comparisons: list[OutputComparison],
+    overrides: dict[str, Tolerance],
+    settings: CheckSettings,
+    drift: DriftReport | None,
+    started: float,
+) -> CheckReport:
     """The check's report, with the requests each failing output failed on (``data``: the capture, or
     the request of each sample the comparisons name, as merged shards give it)."""
     report = make_report(bundle, comparisons, overrides, settings, drift, started)

@@ -59,8 +59,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option(
-        "--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     """paritybundle: export a model with its reference outputs, and prove serving reproduces them."""
 
@@ -88,14 +90,22 @@ out = _LazyConsole(highlight=False, soft_wrap=False, width=160, markup=False)
 err = _LazyConsole(stderr=True, highlight=False, markup=False)
 
 BundleArg = Annotated[Path, typer.Argument(help="The bundle directory.", show_default=False)]
-KeyOption = Annotated[Path | None, typer.Option(
-    "--key", help="Public key: bundle.sig must verify with it (default: $PARITYBUNDLE_PUBLIC_KEY).")]
-RequireSignatureOption = Annotated[bool, typer.Option(
-    "--require-signature", help="Fail unless a public key is configured and the signature verifies.")]
-EnvPolicyOption = Annotated[str, typer.Option(
-    "--env-policy", help="Drift policy: strict refuses critical drift (exit 4) before inference; warn; ignore.")]
-JsonOption = Annotated[Path | None, typer.Option(
-    "--json", help="Also write the report as JSON to this file ('-' for stdout).")]
+KeyOption = Annotated[
+    Path | None,
+    typer.Option("--key", help="Public key: bundle.sig must verify with it (default: $PARITYBUNDLE_PUBLIC_KEY)."),
+]
+RequireSignatureOption = Annotated[
+    bool, typer.Option("--require-signature", help="Fail unless a public key is configured and the signature verifies.")
+]
+EnvPolicyOption = Annotated[
+    str,
+    typer.Option(
+        "--env-policy", help="Drift policy: strict refuses critical drift (exit 4) before inference; warn; ignore."
+    ),
+]
+JsonOption = Annotated[
+    Path | None, typer.Option("--json", help="Also write the report as JSON to this file ('-' for stdout).")
+]
 
 
 def public_key(key: Path | None, require: bool) -> str | None:

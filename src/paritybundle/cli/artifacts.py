@@ -17,17 +17,64 @@ from .app import BundleArg, KeyOption, RequireSignatureOption, command, err, out
 
 @command("export")
 def export_command(
-    spec: Annotated[str, typer.Argument(help="path/to/file.py:name or module:name: an ExportSpec or a function returning one.")],
+    spec: Annotated[
+        str, typer.Argument(help="path/to/file.py:name or module:name: an ExportSpec or a function returning one.")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="The bundle directory to write.")],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at the output path.")] = False,
-    max_samples: Annotated[int | None, typer.Option("--max-samples", help="Keep at most this many reference samples.")] = None,
-    require_power: Annotated[bool, typer.Option("--require-power", help="Refuse (exit 2) unless the reference set detects a 1% weight perturbation.")] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="On failure, also print the full trace of the underlying error (torch's exporter, the training code).")] = False,
-    log_to_mlflow: Annotated[bool, typer.Option("--mlflow", help="Also log the bundle (files, params, metrics, tags) to MLflow: the active run, or a new one, on the tracking server MLFLOW_TRACKING_URI names.")] = False,
-    references_from: Annotated[Path | None, typer.Option("--references-from", help="Draw the reference rows from traffic captured by `bundle serve --capture` (instead of the spec's reference_inputs), with the same coverage rules.")] = None,
-    serving_graph: Annotated[Path | None, typer.Option("--serving-graph", help="Serve this .onnx instead of the research graph: an approximation by design (int8, fp16) of the same model, judged by decisions and an error budget (the spec's serving_model).")] = None,
-    score_error: Annotated[str | None, typer.Option("--score-error", metavar="P50,P99,MAX", help="With a serving graph: the absolute-error budget of every float output (the spec's score_error).")] = None,
-    min_decision_agreement: Annotated[float | None, typer.Option("--min-decision-agreement", help="The least share of decisions (argmax, labels) that must agree with research, e.g. 0.99.")] = None,
+    max_samples: Annotated[
+        int | None, typer.Option("--max-samples", help="Keep at most this many reference samples.")
+    ] = None,
+    require_power: Annotated[
+        bool,
+        typer.Option(
+            "--require-power", help="Refuse (exit 2) unless the reference set detects a 1% weight perturbation."
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "-v",
+            "--verbose",
+            help="On failure, also print the full trace of the underlying error (torch's exporter, the training code).",
+        ),
+    ] = False,
+    log_to_mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow",
+            help="Also log the bundle (files, params, metrics, tags) to MLflow: the active run, or a new one, on the tracking server MLFLOW_TRACKING_URI names.",
+        ),
+    ] = False,
+    references_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--references-from",
+            help="Draw the reference rows from traffic captured by `bundle serve --capture` (instead of the spec's reference_inputs), with the same coverage rules.",
+        ),
+    ] = None,
+    serving_graph: Annotated[
+        Path | None,
+        typer.Option(
+            "--serving-graph",
+            help="Serve this .onnx instead of the research graph: an approximation by design (int8, fp16) of the same model, judged by decisions and an error budget (the spec's serving_model).",
+        ),
+    ] = None,
+    score_error: Annotated[
+        str | None,
+        typer.Option(
+            "--score-error",
+            metavar="P50,P99,MAX",
+            help="With a serving graph: the absolute-error budget of every float output (the spec's score_error).",
+        ),
+    ] = None,
+    min_decision_agreement: Annotated[
+        float | None,
+        typer.Option(
+            "--min-decision-agreement",
+            help="The least share of decisions (argmax, labels) that must agree with research, e.g. 0.99.",
+        ),
+    ] = None,
 ) -> int:
     """Export a trained model, its reference set and environment as one bundle (atomically)."""
     from ..training import export_spec, load_spec
@@ -64,8 +111,10 @@ def export_command(
         raise
     m = result.manifest
     errors = ", ".join(f"{name} {e.max_abs:.2g}" for name, e in m.export_errors.items())
-    out.print(f"exported {m.name} v{m.version} to {result.path}: {m.reference.samples} reference samples, "
-              f"{len(m.files)} files; {m.export_error_label()} max abs error: {errors}")
+    out.print(
+        f"exported {m.name} v{m.version} to {result.path}: {m.reference.samples} reference samples, "
+        f"{len(m.files)} files; {m.export_error_label()} max abs error: {errors}"
+    )
     for line in approximation_lines(m.tolerance):
         out.print(line)
     if m.power is not None:
@@ -88,15 +137,21 @@ def _error_budget(text: str) -> object:
         p50, p99, largest = (float(part) for part in text.split(","))
         return ErrorBudget(p50=p50, p99=p99, max=largest)
     except (ValueError, ValidationError):
-        raise UsageError(f"--score-error {text!r} must be three finite numbers P50,P99,MAX with "
-                         "0 <= P50 <= P99 <= MAX, e.g. 0.02,0.1,0.5.") from None
+        raise UsageError(
+            f"--score-error {text!r} must be three finite numbers P50,P99,MAX with "
+            "0 <= P50 <= P99 <= MAX, e.g. 0.02,0.1,0.5."
+        ) from None
 
 
 @command("testdata")
 def testdata_command(
     bundle: BundleArg,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write (model.onnx, test_data_set_K/, Polygraphy JSON).")],
-    set_size: Annotated[int | None, typer.Option("--set-size", help="Samples per test_data_set_K (default: all in one set).")] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Directory to write (model.onnx, test_data_set_K/, Polygraphy JSON).")
+    ],
+    set_size: Annotated[
+        int | None, typer.Option("--set-size", help="Samples per test_data_set_K (default: all in one set).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
@@ -104,10 +159,13 @@ def testdata_command(
     """Write the reference set as ONNX test data (and Polygraphy JSON) beside the pipeline graph."""
     from ..commands.testdata import write_testdata
 
-    result = write_testdata(bundle, output, set_size=set_size, force=force,
-                            public_key=public_key(key, require_signature))
-    out.print(f"wrote {result.path}: model.onnx, {result.sets} test data set(s) of {result.samples} samples, "
-              "polygraphy_inputs.json, polygraphy_outputs.json")
+    result = write_testdata(
+        bundle, output, set_size=set_size, force=force, public_key=public_key(key, require_signature)
+    )
+    out.print(
+        f"wrote {result.path}: model.onnx, {result.sets} test data set(s) of {result.samples} samples, "
+        "polygraphy_inputs.json, polygraphy_outputs.json"
+    )
     return EXIT_OK
 
 
@@ -141,8 +199,13 @@ def sign_command(
 @command("rehearse")
 def rehearse_command(
     bundle: BundleArg,
-    package: Annotated[str | None, typer.Option("--package", help="paritybundle's wheel or source dir (default: where it was installed from).")] = None,
-    keep_venv: Annotated[Path | None, typer.Option("--keep-venv", help="Create the clean venv here and keep it.")] = None,
+    package: Annotated[
+        str | None,
+        typer.Option("--package", help="paritybundle's wheel or source dir (default: where it was installed from)."),
+    ] = None,
+    keep_venv: Annotated[
+        Path | None, typer.Option("--keep-venv", help="Create the clean venv here and keep it.")
+    ] = None,
     python: Annotated[str, typer.Option("--python", help="Interpreter that creates the venv.")] = sys.executable,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the rehearsal report as JSON.")] = None,
 ) -> int:
@@ -158,9 +221,11 @@ def rehearse_command(
     if report.check is not None:
         render_check(report.check, out)
     verdict = "PASSES" if report.passed else f"FAILS (exit {report.exit_code})"
-    out.print(f"rehearsal {verdict}: Python {report.python}, venv {report.venv_seconds:.1f} s, install "
-              f"{report.install_seconds:.1f} s, check {report.check_seconds:.1f} s"
-              + (f"; {report.message}" if report.message else ""))
+    out.print(
+        f"rehearsal {verdict}: Python {report.python}, venv {report.venv_seconds:.1f} s, install "
+        f"{report.install_seconds:.1f} s, check {report.check_seconds:.1f} s"
+        + (f"; {report.message}" if report.message else "")
+    )
     return report.exit_code
 
 
@@ -173,10 +238,25 @@ def _print_build_line(line: str) -> None:
 def build_image_command(
     bundle: BundleArg,
     tag: Annotated[str | None, typer.Option("-t", "--tag", help="Image tag, e.g. digits:1.")] = None,
-    base_image: Annotated[str, typer.Option("--base-image", help="Base image with Python and venv (present locally or pullable).")] = "python:3.11-slim",
-    wheelhouse: Annotated[Path | None, typer.Option("--wheelhouse", help="Use these wheels instead of downloading them (offline builds).")] = None,
-    package: Annotated[str | None, typer.Option("--package", help="paritybundle's wheel or source directory (default: where it was installed from).")] = None,
-    context: Annotated[Path | None, typer.Option("--context", help="Only write the build context (Dockerfile, bundle/, wheelhouse/) to this new directory, for your own builder.")] = None,
+    base_image: Annotated[
+        str, typer.Option("--base-image", help="Base image with Python and venv (present locally or pullable).")
+    ] = "python:3.11-slim",
+    wheelhouse: Annotated[
+        Path | None, typer.Option("--wheelhouse", help="Use these wheels instead of downloading them (offline builds).")
+    ] = None,
+    package: Annotated[
+        str | None,
+        typer.Option(
+            "--package", help="paritybundle's wheel or source directory (default: where it was installed from)."
+        ),
+    ] = None,
+    context: Annotated[
+        Path | None,
+        typer.Option(
+            "--context",
+            help="Only write the build context (Dockerfile, bundle/, wheelhouse/) to this new directory, for your own builder.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Do not stream the build's output.")] = False,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
@@ -187,20 +267,33 @@ def build_image_command(
     key_path = public_key(key, require_signature)
     if context is not None:
         write_context(bundle, context, wheelhouse=wheelhouse, package=package, public_key=key_path)
-        out.print(f"wrote the build context to {context}; build it with: docker build --build-arg BASE_IMAGE={base_image} "
-                  f"-t TAG {context}", soft_wrap=True)
+        out.print(
+            f"wrote the build context to {context}; build it with: docker build --build-arg BASE_IMAGE={base_image} "
+            f"-t TAG {context}",
+            soft_wrap=True,
+        )
         return EXIT_OK
     if not tag:
         raise UsageError("build-image needs -t TAG (or --context DIR to only write the build context).")
-    result = build_image(bundle, tag, base_image=base_image, wheelhouse=wheelhouse, package=package,
-                         public_key=key_path, progress=None if quiet else _print_build_line)
+    result = build_image(
+        bundle,
+        tag,
+        base_image=base_image,
+        wheelhouse=wheelhouse,
+        package=package,
+        public_key=key_path,
+        progress=None if quiet else _print_build_line,
+    )
     out.print(f"built {result.tag} ({result.image_id[:19]}) from {result.base_image}; parity held inside the image")
     return EXIT_OK
 
 
 @command("pull")
 def pull_command(
-    uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION (or models:/NAME@ALIAS) or runs:/RUN_ID/PATH of a logged bundle.")],
+    uri: Annotated[
+        str,
+        typer.Argument(help="models:/NAME/VERSION (or models:/NAME@ALIAS) or runs:/RUN_ID/PATH of a logged bundle."),
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="The bundle directory to write (must not exist).")],
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
@@ -209,6 +302,8 @@ def pull_command(
     from ..mlflow import pull
 
     bundle = pull(uri, output, public_key=public_key(key, require_signature))
-    out.print(f"pulled {bundle.manifest.name} v{bundle.manifest.version} from {uri} to {output}: "
-              f"{len(bundle.manifest.files)} files verified")
+    out.print(
+        f"pulled {bundle.manifest.name} v{bundle.manifest.version} from {uri} to {output}: "
+        f"{len(bundle.manifest.files)} files verified"
+    )
     return EXIT_OK

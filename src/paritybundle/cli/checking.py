@@ -50,8 +50,10 @@ def _output_tolerances(values: list[str]):
                 raise ValueError
             result[name] = Tolerance(atol=atol_value, rtol=rtol_value)
         except ValueError:
-            raise UsageError(f"--output-tolerance {value!r} must look like NAME:ATOL:RTOL with finite numbers >= 0, "
-                             "e.g. logits:1e-4:1e-3.") from None
+            raise UsageError(
+                f"--output-tolerance {value!r} must look like NAME:ATOL:RTOL with finite numbers >= 0, "
+                "e.g. logits:1e-4:1e-3."
+            ) from None
     return result
 
 
@@ -60,13 +62,32 @@ def _show_progress(json_path: Path | None) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI") and str(json_path) != "-"
 
 
-AtolOption = Annotated[float | None, typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")]
-RtolOption = Annotated[float | None, typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")]
-OutputToleranceOption = Annotated[list[str] | None, typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")]
-JunitOption = Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML report (one test case per check) to this file.")]
-HtmlOption = Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file.")]
-EngineOption = Annotated[str, typer.Option("--engine", help="local, or ray: judge captured traffic in shards on Ray workers (each gated first), statistics merged exactly.")]
-RayAddressOption = Annotated[str | None, typer.Option("--ray-address", help="With --engine ray: the cluster (default: start a local Ray).")]
+AtolOption = Annotated[
+    float | None, typer.Option("--atol", help="Override the absolute tolerance of every output (with --rtol).")
+]
+RtolOption = Annotated[
+    float | None, typer.Option("--rtol", help="Override the relative tolerance of every output (with --atol).")
+]
+OutputToleranceOption = Annotated[
+    list[str] | None, typer.Option("--output-tolerance", help="NAME:ATOL:RTOL for one output (repeatable).")
+]
+JunitOption = Annotated[
+    Path | None, typer.Option("--junit", help="Also write a JUnit XML report (one test case per check) to this file.")
+]
+HtmlOption = Annotated[
+    Path | None,
+    typer.Option("--html", help="Also write a self-contained HTML report (error plots per output) to this file."),
+]
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="local, or ray: judge captured traffic in shards on Ray workers (each gated first), statistics merged exactly.",
+    ),
+]
+RayAddressOption = Annotated[
+    str | None, typer.Option("--ray-address", help="With --engine ray: the cluster (default: start a local Ray).")
+]
 WorkersOption = Annotated[int, typer.Option("--workers", help="With --engine ray: shards judged at once.")]
 
 
@@ -87,23 +108,51 @@ def _junit_on_error(junit_path: Path | None, command_name: str) -> Iterator[None
 def check_command(
     bundle: BundleArg,
     json_path: JsonOption = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (0: automatic).")] = None,
-    optimization: Annotated[str | None, typer.Option("--optimization", help="Graph optimization level: disable, basic, extended, all.")] = None,
-    provider: Annotated[list[str] | None, typer.Option("--provider", help="Execution provider (repeatable, in priority order).")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (0: automatic).")
+    ] = None,
+    optimization: Annotated[
+        str | None, typer.Option("--optimization", help="Graph optimization level: disable, basic, extended, all.")
+    ] = None,
+    provider: Annotated[
+        list[str] | None, typer.Option("--provider", help="Execution provider (repeatable, in priority order).")
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Reference samples per ONNX Runtime call.")] = 1024,
     atol: AtolOption = None,
     rtol: RtolOption = None,
     output_tolerance: OutputToleranceOption = None,
     env_policy: EnvPolicyOption = "strict",
-    url: Annotated[str | None, typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="With --url: seconds the endpoint has for all the check's requests together, whatever it sends.")] = 300.0,
-    references: Annotated[Path | None, typer.Option("--references", help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`), or traffic captured by `bundle serve --capture` (this runtime against what production served), as the reference set.")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Send the references to this live V2 endpoint instead, e.g. http://host:8080."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="With --url: the model name on the server (default: the bundle's).")
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            help="With --url: seconds the endpoint has for all the check's requests together, whatever it sends.",
+        ),
+    ] = 300.0,
+    references: Annotated[
+        Path | None,
+        typer.Option(
+            "--references",
+            help="Use this ONNX test data directory (test_data_set_K/input_I.pb, output_O.pb; e.g. from `bundle testdata`), or traffic captured by `bundle serve --capture` (this runtime against what production served), as the reference set.",
+        ),
+    ] = None,
     junit_path: JunitOption = None,
     html_path: HtmlOption = None,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
-    mlflow_run: Annotated[str | None, typer.Option("--mlflow-run", help="Also log the reports, per-output metrics and the verdict to this MLflow run.")] = None,
+    mlflow_run: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow-run", help="Also log the reports, per-output metrics and the verdict to this MLflow run."
+        ),
+    ] = None,
     engine: EngineOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = 2,
@@ -112,11 +161,29 @@ def check_command(
     with _junit_on_error(junit_path, "bundle check"):
         cluster = _cluster(engine, ray_address, workers)
         if cluster is not None and (references is None or url is not None):
-            raise UsageError("--engine ray shards captured traffic across workers: pass --references CAPTURE "
-                             "(the bundle's own reference set is checked on one machine).")
-        report = _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
-                            url, model, timeout, references, resolve_public_key(key, require_signature),
-                            progress=_show_progress(json_path), histograms=html_path is not None, cluster=cluster)
+            raise UsageError(
+                "--engine ray shards captured traffic across workers: pass --references CAPTURE "
+                "(the bundle's own reference set is checked on one machine)."
+            )
+        report = _run_check(
+            bundle,
+            threads,
+            optimization,
+            provider,
+            batch_size,
+            atol,
+            rtol,
+            output_tolerance,
+            env_policy,
+            url,
+            model,
+            timeout,
+            references,
+            resolve_public_key(key, require_signature),
+            progress=_show_progress(json_path),
+            histograms=html_path is not None,
+            cluster=cluster,
+        )
     if mlflow_run is not None:
         from ..mlflow import log_check
 
@@ -155,9 +222,19 @@ def _emit_check(report, json_path: Path | None, junit_path: Path | None, html_pa
 
 @command("replay")
 def replay_command(
-    spec: Annotated[str, typer.Argument(help="path/to/file.py:name or module:name: the export spec the bundle was made from.")],
-    capture: Annotated[Path, typer.Argument(help="Traffic captured by `bundle serve --capture` (its directory, or one .parquet file).")],
-    bundle: Annotated[Path | None, typer.Option("--bundle", help="The bundle whose tolerance policy judges (verified); default: the manifest the server recorded in the capture.")] = None,
+    spec: Annotated[
+        str, typer.Argument(help="path/to/file.py:name or module:name: the export spec the bundle was made from.")
+    ],
+    capture: Annotated[
+        Path, typer.Argument(help="Traffic captured by `bundle serve --capture` (its directory, or one .parquet file).")
+    ],
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="The bundle whose tolerance policy judges (verified); default: the manifest the server recorded in the capture.",
+        ),
+    ] = None,
     atol: AtolOption = None,
     rtol: RtolOption = None,
     output_tolerance: OutputToleranceOption = None,
@@ -173,9 +250,13 @@ def replay_command(
     """Run the research path (torch) again on captured production inputs and judge what production served."""
     with _junit_on_error(junit_path, "bundle replay"):
         cluster = _cluster(engine, ray_address, workers)
-        options = dict(bundle=bundle, tolerance=_tolerance(atol, rtol),
-                       per_output_tolerance=_output_tolerances(output_tolerance or []),
-                       public_key=resolve_public_key(key, require_signature), histograms=html_path is not None)
+        options = dict(
+            bundle=bundle,
+            tolerance=_tolerance(atol, rtol),
+            per_output_tolerance=_output_tolerances(output_tolerance or []),
+            public_key=resolve_public_key(key, require_signature),
+            histograms=html_path is not None,
+        )
         if cluster is None:
             from ..training.replay import replay
 
@@ -187,60 +268,127 @@ def replay_command(
     return _emit_check(report, json_path, junit_path, html_path)
 
 
-def _run_check(bundle, threads, optimization, provider, batch_size, atol, rtol, output_tolerance, env_policy,
-               url, model, timeout, references, key, *, progress: bool, histograms: bool, cluster: dict | None = None):
+def _run_check(
+    bundle,
+    threads,
+    optimization,
+    provider,
+    batch_size,
+    atol,
+    rtol,
+    output_tolerance,
+    env_policy,
+    url,
+    model,
+    timeout,
+    references,
+    key,
+    *,
+    progress: bool,
+    histograms: bool,
+    cluster: dict | None = None,
+):
     """One library call, chosen by where the references go: a live endpoint, test data, or the bundle's own."""
-    tolerances = dict(tolerance=_tolerance(atol, rtol), per_output_tolerance=_output_tolerances(output_tolerance or []),
-                      public_key=key, histograms=histograms)
+    tolerances = dict(
+        tolerance=_tolerance(atol, rtol),
+        per_output_tolerance=_output_tolerances(output_tolerance or []),
+        public_key=key,
+        histograms=histograms,
+    )
     if url is not None and references is not None:
         raise UsageError("--url and --references are two different reference sources; pass one.")
     if url is not None:
         if threads is not None or optimization is not None or provider:
-            raise UsageError("--threads, --optimization and --provider set local ONNX Runtime; they do not apply with --url.")
+            raise UsageError(
+                "--threads, --optimization and --provider set local ONNX Runtime; they do not apply with --url."
+            )
         from ..commands.endpoint import check_url
 
-        return check_url(bundle, url, model=model, request_batch=min(batch_size, 256), timeout_s=timeout,
-                         progress=progress, **tolerances)
+        return check_url(
+            bundle,
+            url,
+            model=model,
+            request_batch=min(batch_size, 256),
+            timeout_s=timeout,
+            progress=progress,
+            **tolerances,
+        )
     if model is not None:
         raise UsageError("--model names the model on a live server; it goes with --url.")
     from ..check.checks import check, check_testdata
     from ..runtime.session import SessionOverrides
 
-    settings = SessionOverrides(providers=tuple(provider) if provider else None, graph_optimization_level=optimization,
-                                intra_op_num_threads=threads)
+    settings = SessionOverrides(
+        providers=tuple(provider) if provider else None,
+        graph_optimization_level=optimization,
+        intra_op_num_threads=threads,
+    )
     if references is not None:
         from ..runtime.capture import is_capture
 
         if is_capture(references) and cluster is not None:  # shards judged on Ray workers, merged here
             from ..commands.cluster_checks import check_capture_on_ray
 
-            return check_capture_on_ray(bundle, references, settings=settings, batch_size=batch_size,
-                                        env_policy=env_policy, **tolerances, **cluster)
+            return check_capture_on_ray(
+                bundle,
+                references,
+                settings=settings,
+                batch_size=batch_size,
+                env_policy=env_policy,
+                **tolerances,
+                **cluster,
+            )
         if cluster is not None:
-            raise UsageError(f"--engine ray shards captured traffic; {references} is not a capture from "
-                             "`bundle serve --capture`.")
+            raise UsageError(
+                f"--engine ray shards captured traffic; {references} is not a capture from `bundle serve --capture`."
+            )
         if is_capture(references):  # traffic from `bundle serve --capture`: this runtime vs what production served
             from ..check.traffic import check_capture
 
-            return check_capture(bundle, references, settings=settings, batch_size=batch_size, env_policy=env_policy,
-                                 **tolerances)
-        return check_testdata(bundle, references, settings=settings, batch_size=batch_size, env_policy=env_policy,
-                              **tolerances)
-    return check(bundle, settings=settings, batch_size=batch_size, env_policy=env_policy, progress=progress,
-                 **tolerances)
+            return check_capture(
+                bundle, references, settings=settings, batch_size=batch_size, env_policy=env_policy, **tolerances
+            )
+        return check_testdata(
+            bundle, references, settings=settings, batch_size=batch_size, env_policy=env_policy, **tolerances
+        )
+    return check(
+        bundle, settings=settings, batch_size=batch_size, env_policy=env_policy, progress=progress, **tolerances
+    )
 
 
 @command("drift")
 def drift_command(
     bundle: BundleArg,
-    capture: Annotated[Path, typer.Argument(help="Traffic captured by `bundle serve --capture` (its directory, or one .parquet file).")],
+    capture: Annotated[
+        Path, typer.Argument(help="Traffic captured by `bundle serve --capture` (its directory, or one .parquet file).")
+    ],
     json_path: JsonOption = None,
-    html_path: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML page (per-column histograms, reference vs production) to this file.")] = None,
-    max_psi: Annotated[float, typer.Option("--max-psi", help="Population stability index past which a column has drifted.")] = 0.25,
-    max_unseen: Annotated[float, typer.Option("--max-unseen", help="Share of samples with categories the reference set never ran.")] = 0.05,
-    max_out_of_range: Annotated[float, typer.Option("--max-out-of-range", help="Share of samples outside the reference set's (or the fitted) range.")] = 0.05,
-    max_nan_increase: Annotated[float, typer.Option("--max-nan-increase", help="Rise in the share of missing values over the reference set's.")] = 0.05,
-    max_class_shift: Annotated[float, typer.Option("--max-class-shift", help="Total variation between predicted-class mixes, production vs research.")] = 0.25,
+    html_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write a self-contained HTML page (per-column histograms, reference vs production) to this file.",
+        ),
+    ] = None,
+    max_psi: Annotated[
+        float, typer.Option("--max-psi", help="Population stability index past which a column has drifted.")
+    ] = 0.25,
+    max_unseen: Annotated[
+        float, typer.Option("--max-unseen", help="Share of samples with categories the reference set never ran.")
+    ] = 0.05,
+    max_out_of_range: Annotated[
+        float,
+        typer.Option("--max-out-of-range", help="Share of samples outside the reference set's (or the fitted) range."),
+    ] = 0.05,
+    max_nan_increase: Annotated[
+        float, typer.Option("--max-nan-increase", help="Rise in the share of missing values over the reference set's.")
+    ] = 0.05,
+    max_class_shift: Annotated[
+        float,
+        typer.Option(
+            "--max-class-shift", help="Total variation between predicted-class mixes, production vs research."
+        ),
+    ] = 0.25,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
 ) -> int:
@@ -248,8 +396,13 @@ def drift_command(
     from ..check.input_drift import DriftThresholds, input_drift
     from ..reports.terminal import render_input_drift
 
-    thresholds = DriftThresholds(max_psi=max_psi, max_unseen_share=max_unseen, max_out_of_range_share=max_out_of_range,
-                                 max_nan_increase=max_nan_increase, max_class_shift=max_class_shift)
+    thresholds = DriftThresholds(
+        max_psi=max_psi,
+        max_unseen_share=max_unseen,
+        max_out_of_range_share=max_out_of_range,
+        max_nan_increase=max_nan_increase,
+        max_class_shift=max_class_shift,
+    )
     report = input_drift(bundle, capture, thresholds=thresholds, public_key=resolve_public_key(key, require_signature))
     if html_path is not None:
         from ..reports.drift_page import drift_page
@@ -264,37 +417,120 @@ def serve_command(
     bundle: BundleArg,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
-    workers: Annotated[int, typer.Option("--workers", help="Server processes; each checks parity before it is ready.")] = 1,
-    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Rows per ONNX Runtime call when requests are batched (1: off).")] = 64,
-    max_batch_delay_ms: Annotated[float, typer.Option("--max-batch-delay-ms", help="Wait this long for more rows before a partial batch.")] = 0.0,
-    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Largest request body accepted (413 above).")] = 16 * 1024 * 1024,
-    max_request_batch: Annotated[int, typer.Option("--max-request-batch", help="Largest batch one request may send (413 above).")] = 1024,
-    max_inflight_bytes: Annotated[int, typer.Option("--max-inflight-bytes", help="Request bytes read and decoded at once across connections (503 above).")] = 64 * 1024 * 1024,
-    max_answer_bytes: Annotated[int, typer.Option("--max-answer-bytes", help="Largest answer built for one request, judged before it is built (413 above).")] = 64 * 1024 * 1024,
-    max_connections: Annotated[int, typer.Option("--max-connections", help="Connections or requests at once (503 above).")] = 1000,
-    header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds for a request's headers to arrive; slower connections are closed.")] = 10.0,
-    body_timeout: Annotated[float, typer.Option("--body-timeout", help="Seconds for a request's body to arrive after its headers; slower connections are closed.")] = 60.0,
-    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")] = None,
-    provider: Annotated[list[str] | None, typer.Option("--provider", help="Execution provider (repeatable, in priority order; default: as validated), e.g. CUDAExecutionProvider.")] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Server processes; each checks parity before it is ready.")
+    ] = 1,
+    max_batch_size: Annotated[
+        int, typer.Option("--max-batch-size", help="Rows per ONNX Runtime call when requests are batched (1: off).")
+    ] = 64,
+    max_batch_delay_ms: Annotated[
+        float, typer.Option("--max-batch-delay-ms", help="Wait this long for more rows before a partial batch.")
+    ] = 0.0,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", help="Largest request body accepted (413 above).")
+    ] = 16 * 1024 * 1024,
+    max_request_batch: Annotated[
+        int, typer.Option("--max-request-batch", help="Largest batch one request may send (413 above).")
+    ] = 1024,
+    max_inflight_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-inflight-bytes", help="Request bytes read and decoded at once across connections (503 above)."
+        ),
+    ] = 64 * 1024 * 1024,
+    max_answer_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-answer-bytes", help="Largest answer built for one request, judged before it is built (413 above)."
+        ),
+    ] = 64 * 1024 * 1024,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", help="Connections or requests at once (503 above).")
+    ] = 1000,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout", help="Seconds for a request's headers to arrive; slower connections are closed."
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout",
+            help="Seconds for a request's body to arrive after its headers; slower connections are closed.",
+        ),
+    ] = 60.0,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")
+    ] = None,
+    provider: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--provider",
+            help="Execution provider (repeatable, in priority order; default: as validated), e.g. CUDAExecutionProvider.",
+        ),
+    ] = None,
     env_policy: EnvPolicyOption = "strict",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
-    capture: Annotated[Path | None, typer.Option("--capture", help="Write a sampled share of requests (inputs, served outputs, request id, time) as Parquet files to this directory, for `bundle check --references`, `bundle replay` and `bundle drift`.")] = None,
-    capture_rate: Annotated[float | None, typer.Option("--capture-rate", help="With --capture: the share of requests written (0-1]; default 1.")] = None,
-    capture_max_bytes: Annotated[int | None, typer.Option("--capture-max-bytes", help="With --capture: complete a file once it holds this many bytes; default 64 MiB.")] = None,
-    capture_max_total_bytes: Annotated[int | None, typer.Option("--capture-max-total-bytes", help="With --capture: keep the directory's capture files under this, the oldest removed first; default 1 GiB.")] = None,
-    capture_rotate_seconds: Annotated[float | None, typer.Option("--capture-rotate-seconds", help="With --capture: complete a file at least this often; default 60.")] = None,
-    capture_queue: Annotated[int | None, typer.Option("--capture-queue", help="With --capture: requests waiting to be written; past it they are dropped and counted; default 8192.")] = None,
-    capture_queue_bytes: Annotated[int | None, typer.Option("--capture-queue-bytes", help="With --capture: bytes of requests waiting to be written; past it they are dropped and counted; default 64 MiB.")] = None,
+    capture: Annotated[
+        Path | None,
+        typer.Option(
+            "--capture",
+            help="Write a sampled share of requests (inputs, served outputs, request id, time) as Parquet files to this directory, for `bundle check --references`, `bundle replay` and `bundle drift`.",
+        ),
+    ] = None,
+    capture_rate: Annotated[
+        float | None,
+        typer.Option("--capture-rate", help="With --capture: the share of requests written (0-1]; default 1."),
+    ] = None,
+    capture_max_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--capture-max-bytes", help="With --capture: complete a file once it holds this many bytes; default 64 MiB."
+        ),
+    ] = None,
+    capture_max_total_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--capture-max-total-bytes",
+            help="With --capture: keep the directory's capture files under this, the oldest removed first; default 1 GiB.",
+        ),
+    ] = None,
+    capture_rotate_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--capture-rotate-seconds", help="With --capture: complete a file at least this often; default 60."
+        ),
+    ] = None,
+    capture_queue: Annotated[
+        int | None,
+        typer.Option(
+            "--capture-queue",
+            help="With --capture: requests waiting to be written; past it they are dropped and counted; default 8192.",
+        ),
+    ] = None,
+    capture_queue_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--capture-queue-bytes",
+            help="With --capture: bytes of requests waiting to be written; past it they are dropped and counted; default 64 MiB.",
+        ),
+    ] = None,
 ) -> int:
     """Serve the bundle over the Open Inference Protocol (V2); ready only after parity holds."""
     from ..serving.server import serve
     from ..serving.state import ServeOptions
 
-    capture_settings = dict(rate=capture_rate, max_file_bytes=capture_max_bytes, max_total_bytes=capture_max_total_bytes,
-                            rotate_seconds=capture_rotate_seconds, queue_requests=capture_queue,
-                            queue_bytes=capture_queue_bytes)
+    capture_settings = dict(
+        rate=capture_rate,
+        max_file_bytes=capture_max_bytes,
+        max_total_bytes=capture_max_total_bytes,
+        rotate_seconds=capture_rotate_seconds,
+        queue_requests=capture_queue,
+        queue_bytes=capture_queue_bytes,
+    )
     given = {name: value for name, value in capture_settings.items() if value is not None}
     captured = None
     if capture is not None:
@@ -302,12 +538,27 @@ def serve_command(
     elif given:
         raise UsageError("the --capture-* options set how traffic is captured; add --capture DIR, or drop them.")
 
-    serve(ServeOptions(bundle=str(bundle), env_policy=env_policy, max_batch_size=max_batch_size,
-                       max_batch_delay_ms=max_batch_delay_ms, max_body_bytes=max_body_bytes,
-                       max_request_batch=max_request_batch, intra_op_num_threads=threads,
-                       providers=list(provider) if provider else None,
-                       public_key=resolve_public_key(key, require_signature), max_inflight_bytes=max_inflight_bytes,
-                       max_answer_bytes=max_answer_bytes, capture=captured),
-          host=host, port=port, workers=workers, log_level=log_level, max_connections=max_connections,
-          header_timeout_s=header_timeout, body_timeout_s=body_timeout)
+    serve(
+        ServeOptions(
+            bundle=str(bundle),
+            env_policy=env_policy,
+            max_batch_size=max_batch_size,
+            max_batch_delay_ms=max_batch_delay_ms,
+            max_body_bytes=max_body_bytes,
+            max_request_batch=max_request_batch,
+            intra_op_num_threads=threads,
+            providers=list(provider) if provider else None,
+            public_key=resolve_public_key(key, require_signature),
+            max_inflight_bytes=max_inflight_bytes,
+            max_answer_bytes=max_answer_bytes,
+            capture=captured,
+        ),
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+    )
     return EXIT_OK

@@ -32,16 +32,20 @@ def verify_command(bundle: BundleArg, key: KeyOption = None, require_signature: 
     verified = verify(bundle, key_path)
     total = sum(d.bytes for d in verified.manifest.files.values())
     signed = f"; signature verified with {key_path}" if key_path else ""
-    out.print(f"{bundle}: {verified.manifest.name} v{verified.manifest.version}, "
-              f"{len(verified.manifest.files)} files ({total:,} bytes) match bundle.json{signed}")
+    out.print(
+        f"{bundle}: {verified.manifest.name} v{verified.manifest.version}, "
+        f"{len(verified.manifest.files)} files ({total:,} bytes) match bundle.json{signed}"
+    )
     return EXIT_OK
 
 
 @command("inspect")
 def inspect_command(
     bundle: BundleArg,
-    json_path: Annotated[Path | None, typer.Option(
-        "--json", help="Write the manifest as JSON to this file ('-' for stdout) instead of the table.")] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the manifest as JSON to this file ('-' for stdout) instead of the table."),
+    ] = None,
 ) -> int:
     """What is inside: specs, stages, tolerance, provenance, sizes (reads the manifest only)."""
     from ..bundle.store import read_manifest
@@ -59,8 +63,12 @@ def inspect_command(
 def env_command(
     first: Annotated[str, typer.Argument(help="BUNDLE, or 'diff' followed by BUNDLE.", metavar="[diff] BUNDLE")],
     second: Annotated[Path | None, typer.Argument(hidden=True)] = None,
-    json_path: Annotated[Path | None, typer.Option(
-        "--json", help="Write the lock (or drift) as JSON to this file ('-' for stdout) instead of the table.")] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="Write the lock (or drift) as JSON to this file ('-' for stdout) instead of the table."
+        ),
+    ] = None,
     env_policy: EnvPolicyOption = "warn",
 ) -> int:
     """`bundle env BUNDLE`: the training environment's lock. `bundle env diff BUNDLE`: its drift from here."""
@@ -86,7 +94,12 @@ def diff_command(
     bundle_b: Annotated[Path, typer.Argument(help="B: the candidate that would replace it.", metavar="B")],
     json_path: JsonOption = None,
     html_path: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML page.")] = None,
-    expect_change: Annotated[bool, typer.Option("--expect-change", help="B is meant to change outputs: report, exit 0 unless the specs are incompatible.")] = False,
+    expect_change: Annotated[
+        bool,
+        typer.Option(
+            "--expect-change", help="B is meant to change outputs: report, exit 0 unless the specs are incompatible."
+        ),
+    ] = False,
     key: KeyOption = None,
     require_signature: RequireSignatureOption = False,
 ) -> int:

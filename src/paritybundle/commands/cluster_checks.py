@@ -35,11 +35,20 @@ from ..scoring.gate import Shipment, Where, cached_gate, ship
 from ..scoring.worker_errors import error_from_text, expected_cause
 
 
-def check_capture_on_ray(bundle: str | os.PathLike[str], capture: str | os.PathLike[str], *, settings: Settings = None,
-                         tolerance: Tolerance | None = None, per_output_tolerance: TolerancesByOutput = None,
-                         batch_size: int | None = DEFAULT_BATCH_SIZE, env_policy: str = DEFAULT_POLICY,
-                         public_key: str | os.PathLike[str] | None = None, histograms: bool = False,
-                         address: str | None = None, workers: int = 2) -> CheckReport:
+def check_capture_on_ray(
+    bundle: str | os.PathLike[str],
+    capture: str | os.PathLike[str],
+    *,
+    settings: Settings = None,
+    tolerance: Tolerance | None = None,
+    per_output_tolerance: TolerancesByOutput = None,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
+    env_policy: str = DEFAULT_POLICY,
+    public_key: str | os.PathLike[str] | None = None,
+    histograms: bool = False,
+    address: str | None = None,
+    workers: int = 2,
+) -> CheckReport:
     """:func:`paritybundle.check.traffic.check_capture` with the capture's files judged on Ray workers.
 
     Raises:
@@ -53,19 +62,40 @@ def check_capture_on_ray(bundle: str | os.PathLike[str], capture: str | os.PathL
     shards = _shards(capture, verified.manifest)
     shipment = ship(verified)
     key = None if public_key is None else str(public_key)
-    results = _on_ray(_judge_check_shard, shards, address, workers,
-                      dict(shipment=shipment, settings=settings, env_policy=env_policy, public_key=key,
-                           overrides=overrides, batch_size=batch_size, histograms=histograms, capture=str(capture)))
+    results = _on_ray(
+        _judge_check_shard,
+        shards,
+        address,
+        workers,
+        dict(
+            shipment=shipment,
+            settings=settings,
+            env_policy=env_policy,
+            public_key=key,
+            overrides=overrides,
+            batch_size=batch_size,
+            histograms=histograms,
+            capture=str(capture),
+        ),
+    )
     comparisons, requests, samples = merge_shards(results)
     # What the first shard's worker ran under (every worker merged its own session settings the same way).
     used = results[0].settings.model_copy(update={"samples": samples, "workers": _workers(results)})
     return traffic_report(verified, requests, comparisons, overrides, used, None, started)
 
 
-def replay_on_ray(spec: str, capture: str | os.PathLike[str], *, bundle: str | os.PathLike[str] | None = None,
-                  tolerance: Tolerance | None = None, per_output_tolerance: TolerancesByOutput = None,
-                  public_key: str | os.PathLike[str] | None = None, histograms: bool = False,
-                  address: str | None = None, workers: int = 2) -> CheckReport:
+def replay_on_ray(
+    spec: str,
+    capture: str | os.PathLike[str],
+    *,
+    bundle: str | os.PathLike[str] | None = None,
+    tolerance: Tolerance | None = None,
+    per_output_tolerance: TolerancesByOutput = None,
+    public_key: str | os.PathLike[str] | None = None,
+    histograms: bool = False,
+    address: str | None = None,
+    workers: int = 2,
+) -> CheckReport:
     """:func:`paritybundle.training.replay.replay` with the research path run on Ray workers, shard by shard.
 
     ``spec`` is the export spec as ``file.py:name`` or ``module:name``: each worker loads it (the file or
@@ -75,16 +105,32 @@ def replay_on_ray(spec: str, capture: str | os.PathLike[str], *, bundle: str | o
 
     started = time.perf_counter()
     if not isinstance(spec, str):
-        raise UsageError("a replay on Ray takes the export spec as file.py:name or module:name, which each worker loads.")
+        raise UsageError(
+            "a replay on Ray takes the export spec as file.py:name or module:name, which each worker loads."
+        )
     verified, notices = judging_bundle(capture, bundle, public_key)
     overrides = tolerance_overrides(verified.manifest, tolerance, per_output_tolerance)
     shards = _shards(capture, verified.manifest)
-    results = _on_ray(_judge_replay_shard, shards, address, workers,
-                      dict(spec=absolute_spec(spec), manifest=verified.manifest, overrides=overrides, histograms=histograms))
+    results = _on_ray(
+        _judge_replay_shard,
+        shards,
+        address,
+        workers,
+        dict(spec=absolute_spec(spec), manifest=verified.manifest, overrides=overrides, histograms=histograms),
+    )
     comparisons, requests, samples = merge_shards(results)
-    used = CheckSettings(onnxruntime_version=None, providers=[], graph_optimization_level=None,
-                         intra_op_num_threads=None, batch_size=None, samples=samples, source="replay",
-                         capture=str(capture), engine="ray", workers=_workers(results))
+    used = CheckSettings(
+        onnxruntime_version=None,
+        providers=[],
+        graph_optimization_level=None,
+        intra_op_num_threads=None,
+        batch_size=None,
+        samples=samples,
+        source="replay",
+        capture=str(capture),
+        engine="ray",
+        workers=_workers(results),
+    )
     report = traffic_report(verified, requests, comparisons, overrides, used, None, started)
     update: dict[str, Any] = {"notices": notices + report.notices}
     if bundle is None:
@@ -108,7 +154,9 @@ def _shards(capture: str | os.PathLike[str], manifest: Manifest) -> list[Shard]:
     return [s for s in shards if s.samples]
 
 
-def _on_ray(function: Any, shards: list[Shard], address: str | None, workers: int, arguments: dict[str, Any]) -> list[ShardResult]:
+def _on_ray(
+    function: Any, shards: list[Shard], address: str | None, workers: int, arguments: dict[str, Any]
+) -> list[ShardResult]:
     """One Ray task per shard, at most ``workers`` at once; the results in capture order, or the error a
     worker raised (its class and message kept)."""
     from ..scoring.ray_engine import actor_cpus, connect, ray_module
@@ -152,15 +200,20 @@ def _worker_identity() -> dict[str, str]:
     import ray
 
     context = ray.get_runtime_context()
-    return {"worker": f"ray-{context.get_worker_id()[:12]}", "node": context.get_node_id()[:12],
-            "host": socket.gethostname()}
+    return {
+        "worker": f"ray-{context.get_worker_id()[:12]}",
+        "node": context.get_node_id()[:12],
+        "host": socket.gethostname(),
+    }
 
 
 def _workers(results: list[ShardResult]) -> list[str]:
     counts = Counter(
         f"{r.worker.get('worker')} on {r.worker.get('host')} (node {r.worker.get('node')}"
-        + (f", onnxruntime {r.worker['onnxruntime']}" if r.worker.get("onnxruntime") else "") + ")"
-        for r in results)
+        + (f", onnxruntime {r.worker['onnxruntime']}" if r.worker.get("onnxruntime") else "")
+        + ")"
+        for r in results
+    )
     return [f"{name}: {n} shard{'s' * (n != 1)}" for name, n in counts.items()]
 
 
@@ -168,16 +221,28 @@ def _judge_check_shard(shard: Shard, arguments: dict[str, Any]) -> ShardResult:
     """On a worker: pass the gate (once per process), then judge this runtime on one shard."""
     identity = _worker_identity()
     shipment: Shipment = arguments["shipment"]
-    gate, _ = cached_gate(shipment, Where(engine="ray", worker=identity["worker"], node=identity["node"]),
-                          settings=arguments["settings"], env_policy=arguments["env_policy"],
-                          public_key=arguments["public_key"])
+    gate, _ = cached_gate(
+        shipment,
+        Where(engine="ray", worker=identity["worker"], node=identity["node"]),
+        settings=arguments["settings"],
+        env_policy=arguments["env_policy"],
+        public_key=arguments["public_key"],
+    )
     runtime = gate.runtime
     data = read_capture(shard.file, runtime.manifest)
-    result = judge_capture(data, shard, runtime.manifest, arguments["overrides"], runner=runtime.runner,
-                           batch_size=arguments["batch_size"], histograms=arguments["histograms"])
+    result = judge_capture(
+        data,
+        shard,
+        runtime.manifest,
+        arguments["overrides"],
+        runner=runtime.runner,
+        batch_size=arguments["batch_size"],
+        histograms=arguments["histograms"],
+    )
     result.worker = {**identity, "onnxruntime": gate.record.onnxruntime_version or ""}
-    result.settings = local_settings(runtime, arguments["batch_size"], result.samples, source="capture",
-                                     capture=arguments["capture"], engine="ray")
+    result.settings = local_settings(
+        runtime, arguments["batch_size"], result.samples, source="capture", capture=arguments["capture"], engine="ray"
+    )
     return result
 
 
@@ -196,7 +261,8 @@ def _judge_replay_shard(shard: Shard, arguments: dict[str, Any]) -> ShardResult:
     manifest: Manifest = arguments["manifest"]
     data = read_capture(shard.file, manifest)
     research = research_outputs(_specs[spec_text], data, manifest)
-    result = judge_capture(data, shard, manifest, arguments["overrides"], research=research,
-                           histograms=arguments["histograms"])
+    result = judge_capture(
+        data, shard, manifest, arguments["overrides"], research=research, histograms=arguments["histograms"]
+    )
     result.worker = _worker_identity()
     return result

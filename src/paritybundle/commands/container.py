@@ -76,15 +76,22 @@ def platform_tags(target: TargetPython) -> list[str]:
 
 
 def _pip(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args], capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise ContainerError(f"pip could not prepare the wheelhouse: {pip_reason(result.stdout + result.stderr)}")
     return result.stdout
 
 
-def build_context(bundle: VerifiedBundle, folder: Path, *, wheelhouse: Path | None = None,
-                  package: str | None = None, target: TargetPython | None = None) -> Path:
+def build_context(
+    bundle: VerifiedBundle,
+    folder: Path,
+    *,
+    wheelhouse: Path | None = None,
+    package: str | None = None,
+    target: TargetPython | None = None,
+) -> Path:
     """Write the build context into ``folder``: ``Dockerfile``, ``bundle/``, ``wheelhouse/``.
 
     Args:
@@ -112,9 +119,22 @@ def build_context(bundle: VerifiedBundle, folder: Path, *, wheelhouse: Path | No
         target = target or TargetPython.of_lock(read_lock(bundle))
         major, minor = target.version.split(".")[:2]
         platforms = [arg for tag in platform_tags(target) for arg in ("--platform", tag)]
-        _pip("download", "--quiet", "--only-binary=:all:", "--python-version", f"{major}.{minor}",
-             "--implementation", "cp", "--abi", f"cp{major}{minor}", *platforms,
-             "-r", str(bundle.path(manifest.serve_requirements)), "-d", str(wheels))
+        _pip(
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "--python-version",
+            f"{major}.{minor}",
+            "--implementation",
+            "cp",
+            "--abi",
+            f"cp{major}{minor}",
+            *platforms,
+            "-r",
+            str(bundle.path(manifest.serve_requirements)),
+            "-d",
+            str(wheels),
+        )
     if not any(wheels.glob("paritybundle-*.whl")):
         source = package or package_source()
         if source.endswith(".whl"):
@@ -124,8 +144,14 @@ def build_context(bundle: VerifiedBundle, folder: Path, *, wheelhouse: Path | No
     return folder
 
 
-def write_context(path: str | os.PathLike[str], folder: Path, *, wheelhouse: Path | None = None,
-                  package: str | None = None, public_key: str | os.PathLike[str] | None = None) -> Path:
+def write_context(
+    path: str | os.PathLike[str],
+    folder: Path,
+    *,
+    wheelhouse: Path | None = None,
+    package: str | None = None,
+    public_key: str | os.PathLike[str] | None = None,
+) -> Path:
     """Verify the bundle and write its build context into the new directory ``folder`` (for your own builder).
 
     Raises:
@@ -168,22 +194,30 @@ def _ensure_base_image(client, base_image: str) -> None:
         client.images.pull(base_image)
     except docker.errors.APIError as exc:
         reason = " ".join(str(getattr(exc, "explanation", None) or exc).split())[:300]
-        raise ContainerError(f"base image {base_image!r} is not present locally and cannot be pulled ({reason}); "
-                             "pull or import it first, or pass --base-image.") from None
+        raise ContainerError(
+            f"base image {base_image!r} is not present locally and cannot be pulled ({reason}); "
+            "pull or import it first, or pass --base-image."
+        ) from None
 
 
-_PROBE = ("import platform, sys; print(platform.python_version(), platform.machine(), "
-          "' '.join(platform.libc_ver()).strip() or '-', sep='|')")
+_PROBE = (
+    "import platform, sys; print(platform.python_version(), platform.machine(), "
+    "' '.join(platform.libc_ver()).strip() or '-', sep='|')"
+)
 
 
 def image_python(client, base_image: str) -> TargetPython:
     """The Python inside ``base_image`` (one throwaway container), so the wheels fit it."""
     try:
-        raw = client.containers.run(base_image, ["python3", "-c", _PROBE], remove=True, entrypoint=[], network_disabled=True)
+        raw = client.containers.run(
+            base_image, ["python3", "-c", _PROBE], remove=True, entrypoint=[], network_disabled=True
+        )
     except Exception as exc:  # ContainerError (no python3), ImageNotFound, APIError
         reason = " ".join(str(exc).split())[:300]
-        raise ContainerError(f"base image {base_image!r} has no usable python3 ({reason}); choose an image with "
-                             "Python 3 and its venv module, e.g. python:3.11-slim.") from None
+        raise ContainerError(
+            f"base image {base_image!r} has no usable python3 ({reason}); choose an image with "
+            "Python 3 and its venv module, e.g. python:3.11-slim."
+        ) from None
     version, machine, libc = raw.decode().strip().splitlines()[-1].split("|")
     return TargetPython(version, machine, None if libc == "-" else libc)
 
@@ -197,13 +231,20 @@ def check_target(lock: EnvironmentLock, target: TargetPython, base_image: str) -
         raise EnvironmentRefused(
             f"base image {base_image!r} has Python {target.version} on {target.machine}, but the bundle was validated "
             f"with Python {lock.python.version} on {lock.platform.machine}; choose a base image with Python {locked} "
-            f"(e.g. python:{locked}-slim).")
+            f"(e.g. python:{locked}-slim)."
+        )
 
 
-def build_image(path: str | os.PathLike[str], tag: str, *, base_image: str = DEFAULT_BASE_IMAGE,
-                wheelhouse: Path | None = None, package: str | None = None,
-                public_key: str | os.PathLike[str] | None = None,
-                progress: Callable[[str], None] | None = None) -> ImageResult:
+def build_image(
+    path: str | os.PathLike[str],
+    tag: str,
+    *,
+    base_image: str = DEFAULT_BASE_IMAGE,
+    wheelhouse: Path | None = None,
+    package: str | None = None,
+    public_key: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ImageResult:
     """Build and tag the serving image of the bundle at ``path``.
 
     The bundle is verified first and the base image's Python probed (the wheels are
@@ -235,8 +276,15 @@ def _run_build(client, context: Path, tag: str, base_image: str, progress: Calla
     step_output: list[str] = []
     image_id = ""
     try:
-        stream = client.api.build(path=str(context), tag=tag, buildargs={"BASE_IMAGE": base_image},
-                                  rm=True, forcerm=True, pull=False, decode=True)
+        stream = client.api.build(
+            path=str(context),
+            tag=tag,
+            buildargs={"BASE_IMAGE": base_image},
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        )
         for chunk in stream:
             if "stream" in chunk:
                 for line in chunk["stream"].splitlines():
@@ -261,9 +309,12 @@ def _raise_build_error(error: str, step_output: list[str]) -> None:
     code = re.search(r"returned a non-zero code: (\d+)", message)
     if code and "bundle check" in message:
         exit_code = int(code.group(1))
-        important = [line.strip() for line in step_output
-                     if any(key in line for key in ("failed", "FAILS", "where:", "error:", "refused", "critical"))]
+        important = [
+            line.strip()
+            for line in step_output
+            if any(key in line for key in ("failed", "FAILS", "where:", "error:", "refused", "critical"))
+        ]
         detail = " ".join(important[-6:]) or " ".join(" ".join(step_output[-5:]).split())
-        text = (f"the in-image `bundle check` failed (exit {exit_code}), so no image was tagged: {detail[:1500]}")
+        text = f"the in-image `bundle check` failed (exit {exit_code}), so no image was tagged: {detail[:1500]}"
         raise (error_for_exit_code(exit_code) or ImageBuildError)(text)
     raise ImageBuildError(f"the image build failed: {message[:1500]}")

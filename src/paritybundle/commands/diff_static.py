@@ -53,12 +53,18 @@ def spec_differences(a: Manifest, b: Manifest) -> list[SpecDifference]:
             sa, sb = by_a.get(name), by_b.get(name)
             if sa is None:
                 breaking = kind == "input"
-                detail = ("B requires a new input that A's clients do not send" if breaking
-                          else "B adds an output (A's clients ignore it)")
+                detail = (
+                    "B requires a new input that A's clients do not send"
+                    if breaking
+                    else "B adds an output (A's clients ignore it)"
+                )
             elif sb is None:
                 breaking = True
-                detail = ("B no longer takes this input, and refuses requests that send it" if kind == "input"
-                          else "B no longer returns this output")
+                detail = (
+                    "B no longer takes this input, and refuses requests that send it"
+                    if kind == "input"
+                    else "B no longer returns this output"
+                )
             elif sa == sb:
                 continue
             else:
@@ -99,7 +105,11 @@ def _numbers(value: Any) -> np.ndarray | None:
         return None
     if isinstance(value, (int, float)):
         return np.array([value], dtype=np.float64)
-    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         return np.asarray(value, dtype=np.float64)
     return None
 
@@ -114,19 +124,33 @@ def _statistic_change(column: str, position: int, kind: str, key: str, va: Any, 
             relative = np.where(np.abs(na) > 0, change / np.abs(na), np.where(change > 0, np.inf, 0.0))
         worst = int(np.argmax(change))
         where = f" (feature {worst})" if na.size > 1 else ""
-        return StatisticChange(input=column, step=position, kind=kind, key=key,
-                               summary=f"{key} moved by up to {change.max():.4g}{where}: {na[worst]:.6g} -> {nb[worst]:.6g}",
-                               max_abs_change=float(change.max()), max_rel_change=float(relative.max()))
+        return StatisticChange(
+            input=column,
+            step=position,
+            kind=kind,
+            key=key,
+            summary=f"{key} moved by up to {change.max():.4g}{where}: {na[worst]:.6g} -> {nb[worst]:.6g}",
+            max_abs_change=float(change.max()),
+            max_rel_change=float(relative.max()),
+        )
     if isinstance(va, list) and isinstance(vb, list) and all(isinstance(v, str) for v in va + vb):
         added = [v for v in vb if v not in set(va)]
         removed = [v for v in va if v not in set(vb)]
-        parts = ([f"+{added[:10]}" + ("..." if len(added) > 10 else "")] if added else []) + \
-                ([f"-{removed[:10]}" + ("..." if len(removed) > 10 else "")] if removed else [])
+        parts = ([f"+{added[:10]}" + ("..." if len(added) > 10 else "")] if added else []) + (
+            [f"-{removed[:10]}" + ("..." if len(removed) > 10 else "")] if removed else []
+        )
         if not parts:
             parts = ["same categories in a new order (indices move)"]
-        return StatisticChange(input=column, step=position, kind=kind, key=key,
-                               summary=f"{key} ({len(va)} -> {len(vb)}): " + " ".join(parts))
-    return StatisticChange(input=column, step=position, kind=kind, key=key, summary=f"{key}: {_short(va)} -> {_short(vb)}")
+        return StatisticChange(
+            input=column,
+            step=position,
+            kind=kind,
+            key=key,
+            summary=f"{key} ({len(va)} -> {len(vb)}): " + " ".join(parts),
+        )
+    return StatisticChange(
+        input=column, step=position, kind=kind, key=key, summary=f"{key}: {_short(va)} -> {_short(vb)}"
+    )
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -146,8 +170,12 @@ def preprocessing_diff(a: Preprocessing | None, b: Preprocessing | None) -> Prep
     if a.source != b.source:
         structure.append(f"source {a.source} -> {b.source}")
     if [f.model_dump() for f in a.features] != [f.model_dump() for f in b.features]:
-        structure.append("features " + ", ".join(f"{f.name}{_shape(f)}" for f in a.features) + " -> " +
-                         ", ".join(f"{f.name}{_shape(f)}" for f in b.features))
+        structure.append(
+            "features "
+            + ", ".join(f"{f.name}{_shape(f)}" for f in a.features)
+            + " -> "
+            + ", ".join(f"{f.name}{_shape(f)}" for f in b.features)
+        )
     columns_a: dict[str, PreprocessColumn] = {c.input: c for c in a.columns}
     columns_b: dict[str, PreprocessColumn] = {c.input: c for c in b.columns}
     for name in list(columns_a) + [n for n in columns_b if n not in columns_a]:
@@ -181,10 +209,19 @@ def graph_summary(bundle: VerifiedBundle, file: str) -> GraphSummary:
     parameters = sum(math.prod(init.dims) for init in model.graph.initializer)
     size = bundle.manifest.files[file].bytes
     if mentions_external_data(path):
-        size += sum(bundle.manifest.files[loc].bytes for loc in set(external_locations(path)) if loc in bundle.manifest.files)
+        size += sum(
+            bundle.manifest.files[loc].bytes for loc in set(external_locations(path)) if loc in bundle.manifest.files
+        )
     opset = next((o.version for o in model.opset_import if proto_text(o.domain) in ("", "ai.onnx")), 0)
-    return GraphSummary(file=file, bytes=size, opset=opset, ir_version=model.ir_version, nodes=len(model.graph.node),
-                        parameters=int(parameters), operators=dict(sorted(operators.items())))
+    return GraphSummary(
+        file=file,
+        bytes=size,
+        opset=opset,
+        ir_version=model.ir_version,
+        nodes=len(model.graph.node),
+        parameters=int(parameters),
+        operators=dict(sorted(operators.items())),
+    )
 
 
 def _operator(domain: str, op_type: str) -> str:
@@ -201,8 +238,11 @@ def graph_diff(bundle_a: VerifiedBundle, bundle_b: VerifiedBundle, stage: str) -
     sa = graph_summary(bundle_a, fa) if fa else None
     sb = graph_summary(bundle_b, fb) if fb else None
     ops_a, ops_b = (sa.operators if sa else {}), (sb.operators if sb else {})
-    changes = {op: [ops_a.get(op, 0), ops_b.get(op, 0)] for op in sorted(set(ops_a) | set(ops_b))
-               if ops_a.get(op, 0) != ops_b.get(op, 0)}
+    changes = {
+        op: [ops_a.get(op, 0), ops_b.get(op, 0)]
+        for op in sorted(set(ops_a) | set(ops_b))
+        if ops_a.get(op, 0) != ops_b.get(op, 0)
+    }
     return GraphDiff(stage=stage, a=sa, b=sb, operator_changes=changes)  # type: ignore[arg-type]
 
 
@@ -210,15 +250,19 @@ def graph_diff(bundle_a: VerifiedBundle, bundle_b: VerifiedBundle, stage: str) -
 
 
 def _changes(pairs: list[tuple[str, Any, Any]]) -> list[FieldChange]:
-    return [FieldChange(what=what, a=None if va is None else str(va), b=None if vb is None else str(vb))
-            for what, va, vb in pairs if va != vb]
+    return [
+        FieldChange(what=what, a=None if va is None else str(va), b=None if vb is None else str(vb))
+        for what, va, vb in pairs
+        if va != vb
+    ]
 
 
 def tolerance_changes(a: TolerancePolicy, b: TolerancePolicy) -> list[FieldChange]:
     pairs: list[tuple[str, Any, Any]] = [
         ("reference device", a.reference_device, b.reference_device),
         ("reference precision", a.reference_precision, b.reference_precision),
-        ("default atol", a.default.atol, b.default.atol), ("default rtol", a.default.rtol, b.default.rtol),
+        ("default atol", a.default.atol, b.default.atol),
+        ("default rtol", a.default.rtol, b.default.rtol),
         ("default equal_nan", a.default.equal_nan, b.default.equal_nan),
         ("min decision agreement", a.min_decision_agreement, b.min_decision_agreement),
         ("max share of near ties", a.max_tie_share, b.max_tie_share),
@@ -226,8 +270,13 @@ def tolerance_changes(a: TolerancePolicy, b: TolerancePolicy) -> list[FieldChang
     ]
     for name in sorted(set(a.per_output) | set(b.per_output)):
         ta, tb = a.per_output.get(name), b.per_output.get(name)
-        pairs.append((f"output {name!r} tolerance", ta and f"atol {ta.atol:g}, rtol {ta.rtol:g}",
-                      tb and f"atol {tb.atol:g}, rtol {tb.rtol:g}"))
+        pairs.append(
+            (
+                f"output {name!r} tolerance",
+                ta and f"atol {ta.atol:g}, rtol {ta.rtol:g}",
+                tb and f"atol {tb.atol:g}, rtol {tb.rtol:g}",
+            )
+        )
     return _changes(pairs)
 
 
@@ -236,20 +285,33 @@ def strength_changes(a: Manifest, b: Manifest) -> list[FieldChange]:
 
     def rows(m: Manifest) -> str | None:
         c = m.coverage
-        return None if c is None else f"{c.selected} of {c.candidates} offered" + (f" + {c.probes} probes" if c.probes else "")
+        return (
+            None
+            if c is None
+            else f"{c.selected} of {c.candidates} offered" + (f" + {c.probes} probes" if c.probes else "")
+        )
 
     pairs: list[tuple[str, Any, Any]] = [
         ("detection power", a.power and a.power.sentence(), b.power and b.power.sentence()),
         ("reference rows", rows(a), rows(b)),
     ]
     for name in sorted(set(a.coverage.classes if a.coverage else {}) | set(b.coverage.classes if b.coverage else {})):
-        pairs.append((f"classes predicted ({name})", a.coverage and len(a.coverage.classes.get(name, [])),
-                      b.coverage and len(b.coverage.classes.get(name, []))))
-    for name in sorted(set(a.coverage.categories if a.coverage else {}) | set(b.coverage.categories if b.coverage else {})):
+        pairs.append(
+            (
+                f"classes predicted ({name})",
+                a.coverage and len(a.coverage.classes.get(name, [])),
+                b.coverage and len(b.coverage.classes.get(name, [])),
+            )
+        )
+    for name in sorted(
+        set(a.coverage.categories if a.coverage else {}) | set(b.coverage.categories if b.coverage else {})
+    ):
         seen = [m.coverage and m.coverage.categories.get(name) for m in (a, b)]
         pairs.append((f"categories of {name} in the rows", *[v and f"{v.seen} of {v.vocabulary}" for v in seen]))
-    return [FieldChange(what=what, a=None if va is None else str(va), b=None if vb is None else str(vb))
-            for what, va, vb in pairs]
+    return [
+        FieldChange(what=what, a=None if va is None else str(va), b=None if vb is None else str(vb))
+        for what, va, vb in pairs
+    ]
 
 
 def provenance_changes(a: Manifest, b: Manifest) -> list[FieldChange]:
@@ -266,7 +328,9 @@ def provenance_changes(a: Manifest, b: Manifest) -> list[FieldChange]:
     for key in sorted(set(pa.metrics) | set(pb.metrics)):
         va, vb = pa.metrics.get(key), pb.metrics.get(key)
         shown_b = None if vb is None else (f"{vb:.6g}" + (f" ({vb - va:+.4g})" if va is not None else ""))
-        pairs.append((f"metric {key}", None if va is None else f"{va:.6g}", shown_b if va != vb else vb and f"{vb:.6g}"))
+        pairs.append(
+            (f"metric {key}", None if va is None else f"{va:.6g}", shown_b if va != vb else vb and f"{vb:.6g}")
+        )
     for key in sorted(set(pa.data_hashes) | set(pb.data_hashes)):
         pairs.append((f"data {key}", pa.data_hashes.get(key), pb.data_hashes.get(key)))
     for key in sorted(set(a.producer.libraries) | set(b.producer.libraries)):

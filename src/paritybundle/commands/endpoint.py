@@ -44,6 +44,15 @@ def check_url(
         BundleInvalid: the local bundle fails integrity.
         EndpointError: unreachable, timed out, not a V2 server, or a model that does not match.
     """
-    return check_endpoint(path, V2Client(url, timeout_s=timeout_s), url=url, model=model, tolerance=tolerance,
-                          per_output_tolerance=per_output_tolerance, request_batch=request_batch,
-                          public_key=public_key, progress=progress, histograms=histograms)
+    return check_endpoint(
+        path,
+        V2Client(url, timeout_s=timeout_s),
+        url=url,
+        model=model,
+        tolerance=tolerance,
+        per_output_tolerance=per_output_tolerance,
+        request_batch=request_batch,
+        public_key=public_key,
+        progress=progress,
+        histograms=histograms,
+    )

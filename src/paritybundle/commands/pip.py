@@ -22,7 +22,7 @@ def package_source() -> str:
     if direct_url:
         url = json.loads(direct_url).get("url", "")
         if url.startswith("file://"):
-            path = Path(url[len("file://"):])
+            path = Path(url[len("file://") :])
             if path.exists():
                 return str(path)
     raise UsageError(

@@ -57,8 +57,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def rehearse(path: str | os.PathLike[str], *, python: str = sys.executable, package: str | None = None,
-             keep: str | os.PathLike[str] | None = None, extra_pip_args: tuple[str, ...] = ()) -> RehearsalReport:
+def rehearse(
+    path: str | os.PathLike[str],
+    *,
+    python: str = sys.executable,
+    package: str | None = None,
+    keep: str | os.PathLike[str] | None = None,
+    extra_pip_args: tuple[str, ...] = (),
+) -> RehearsalReport:
     """Build a clean venv from ``requirements-serve.txt`` and run ``bundle check`` inside it.
 
     Args:
@@ -89,20 +95,27 @@ def rehearse(path: str | os.PathLike[str], *, python: str = sys.executable, pack
         try:
             made = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True, env=env)
         except OSError as exc:
-            raise UsageError(f"cannot run --python {python} ({exc.strerror}); pass an interpreter that exists.") from None
+            raise UsageError(
+                f"cannot run --python {python} ({exc.strerror}); pass an interpreter that exists."
+            ) from None
         if made.returncode != 0:
             raise EnvironmentRefused(f"creating a virtual environment with {python} failed: {pip_reason(made.stderr)}")
         venv_python = str(venv / "bin" / "python")
         venv_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        for args, what in (((*_PIP, "-r", str(requirements), *extra_pip_args), "requirements-serve.txt"),
-                           ((*_PIP, "--no-deps", source, *extra_pip_args), f"paritybundle from {source}")):
+        for args, what in (
+            ((*_PIP, "-r", str(requirements), *extra_pip_args), "requirements-serve.txt"),
+            ((*_PIP, "--no-deps", source, *extra_pip_args), f"paritybundle from {source}"),
+        ):
             try:
-                installed = subprocess.run([venv_python, *args], capture_output=True, text=True, env=env,
-                                           timeout=INSTALL_TIMEOUT_S)
+                installed = subprocess.run(
+                    [venv_python, *args], capture_output=True, text=True, env=env, timeout=INSTALL_TIMEOUT_S
+                )
             except subprocess.TimeoutExpired:
-                raise EnvironmentRefused(f"installing {what} took over {INSTALL_TIMEOUT_S} s; is the package index reachable?") from None
+                raise EnvironmentRefused(
+                    f"installing {what} took over {INSTALL_TIMEOUT_S} s; is the package index reachable?"
+                ) from None
             if installed.returncode != 0:
                 raise EnvironmentRefused(
                     f"installing {what} into a clean environment failed, so this bundle cannot be served from its "
@@ -113,9 +126,22 @@ def rehearse(path: str | os.PathLike[str], *, python: str = sys.executable, pack
         started = time.perf_counter()
         report_path = venv.parent / f".{venv.name}-check.json" if keep else Path(parent) / "check.json"  # type: ignore[arg-type]
         checked = subprocess.run(
-            [venv_python, "-m", "paritybundle.cli", "check", str(bundle.root), "--env-policy", "strict",
-             "--json", str(report_path)],
-            capture_output=True, text=True, env=env, timeout=CHECK_TIMEOUT_S)
+            [
+                venv_python,
+                "-m",
+                "paritybundle.cli",
+                "check",
+                str(bundle.root),
+                "--env-policy",
+                "strict",
+                "--json",
+                str(report_path),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=CHECK_TIMEOUT_S,
+        )
         check_seconds = time.perf_counter() - started
         report = None
         if report_path.exists():
@@ -125,11 +151,21 @@ def rehearse(path: str | os.PathLike[str], *, python: str = sys.executable, pack
         if checked.returncode == 70:
             message = "the check inside the clean environment crashed: " + checked.stderr[-2000:]
         return RehearsalReport(
-            bundle=str(bundle.root), python=subprocess.run([venv_python, "-c", "import platform; print(platform.python_version())"],
-                                                           capture_output=True, text=True, env=env).stdout.strip(),
-            venv=str(venv) if keep else None, package_source=source, venv_seconds=venv_seconds,
-            install_seconds=install_seconds, check_seconds=check_seconds, exit_code=checked.returncode,
-            check=report, message=message,
+            bundle=str(bundle.root),
+            python=subprocess.run(
+                [venv_python, "-c", "import platform; print(platform.python_version())"],
+                capture_output=True,
+                text=True,
+                env=env,
+            ).stdout.strip(),
+            venv=str(venv) if keep else None,
+            package_source=source,
+            venv_seconds=venv_seconds,
+            install_seconds=install_seconds,
+            check_seconds=check_seconds,
+            exit_code=checked.returncode,
+            check=report,
+            message=message,
         )
     finally:
         if parent is not None:

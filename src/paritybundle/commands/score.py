@@ -35,12 +35,25 @@ MAX_BATCH_ROWS = 1 << 24
 MAX_WORKERS = 4096
 
 
-def score(bundle: str | os.PathLike[str], input: str | os.PathLike[str], output: str | os.PathLike[str], *,
-          engine: str = "local", keep: list[str] | tuple[str, ...] = (), id_column: str | None = None,
-          force: bool = False, settings: Settings = None, env_policy: str = DEFAULT_POLICY,
-          public_key: str | os.PathLike[str] | None = None, batch_rows: int = 65_536, workers: int = 2,
-          ray_address: str | None = None, spark_master: str | None = None, progress: bool = False,
-          engine_options: dict[str, Any] | None = None) -> ScoreReport:
+def score(
+    bundle: str | os.PathLike[str],
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    engine: str = "local",
+    keep: list[str] | tuple[str, ...] = (),
+    id_column: str | None = None,
+    force: bool = False,
+    settings: Settings = None,
+    env_policy: str = DEFAULT_POLICY,
+    public_key: str | os.PathLike[str] | None = None,
+    batch_rows: int = 65_536,
+    workers: int = 2,
+    ray_address: str | None = None,
+    spark_master: str | None = None,
+    progress: bool = False,
+    engine_options: dict[str, Any] | None = None,
+) -> ScoreReport:
     """Score a Parquet or CSV input with a bundle into Parquet at ``output``; the job's report.
 
     Args:
@@ -76,25 +89,41 @@ def score(bundle: str | os.PathLike[str], input: str | os.PathLike[str], output:
     records: list[WorkerRecord] = []
 
     def report(rows: int, error: ParityBundleError | None) -> ScoreReport:
-        return ScoreReport(passed=error is None, exit_code=0 if error is None else error.exit_code,
-                           error=None if error is None else str(error), engine=engine,  # type: ignore[arg-type]
-                           bundle=verified.manifest.name, bundle_version=verified.manifest.version,
-                           manifest_sha256=verified.manifest_sha256(), input=str(input), output=str(output),
-                           rows_scored=rows, columns=list(plan.schema.names), started_at=started_at,
-                           duration_s=round(time.perf_counter() - started, 3), workers=records)
+        return ScoreReport(
+            passed=error is None,
+            exit_code=0 if error is None else error.exit_code,
+            error=None if error is None else str(error),
+            engine=engine,  # type: ignore[arg-type]
+            bundle=verified.manifest.name,
+            bundle_version=verified.manifest.version,
+            manifest_sha256=verified.manifest_sha256(),
+            input=str(input),
+            output=str(output),
+            rows_scored=rows,
+            columns=list(plan.schema.names),
+            started_at=started_at,
+            duration_s=round(time.perf_counter() - started, 3),
+            workers=records,
+        )
 
     try:
         if engine == "local":
             worker, node = local_where()
             try:
-                gate = open_gate(verified.root, Where(engine="local", worker=worker, node=node), settings=settings,
-                                 env_policy=env_policy, public_key=public_key)
+                gate = open_gate(
+                    verified.root,
+                    Where(engine="local", worker=worker, node=node),
+                    settings=settings,
+                    env_policy=env_policy,
+                    public_key=public_key,
+                )
             except ParityBundleError as exc:
                 records.append(exc.record)  # type: ignore[attr-defined]
                 raise
             records.append(gate.record)
-            rows = score_local(gate, plan, data, staged.data, single_file=single_file, batch_rows=batch_rows,
-                               progress=progress)
+            rows = score_local(
+                gate, plan, data, staged.data, single_file=single_file, batch_rows=batch_rows, progress=progress
+            )
             records[0] = gate.record.model_copy(update={"rows_scored": rows})
         else:
             shipment = ship(verified)
@@ -103,11 +132,23 @@ def score(bundle: str | os.PathLike[str], input: str | os.PathLike[str], output:
                 from ..scoring.ray_engine import run_job
             else:
                 from ..scoring.spark_engine import run_job  # type: ignore[no-redef]
-            extra = ({"address": ray_address, "workers": workers, "ray_remote_args": engine_options}
-                     if engine == "ray" else {"master": spark_master, "conf": engine_options})
-            rows, found, failure = run_job(shipment, plan, files, data.format, str(staged.data), batch_rows=batch_rows,
-                                           settings=settings, env_policy=env_policy,
-                                           public_key=None if public_key is None else str(public_key), **extra)
+            extra = (
+                {"address": ray_address, "workers": workers, "ray_remote_args": engine_options}
+                if engine == "ray"
+                else {"master": spark_master, "conf": engine_options}
+            )
+            rows, found, failure = run_job(
+                shipment,
+                plan,
+                files,
+                data.format,
+                str(staged.data),
+                batch_rows=batch_rows,
+                settings=settings,
+                env_policy=env_policy,
+                public_key=None if public_key is None else str(public_key),
+                **extra,
+            )
             records.extend(found)
             if failure is not None or any(r.verdict == "failed" for r in records):
                 raise job_error(engine, records, failure)

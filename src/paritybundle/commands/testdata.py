@@ -48,8 +48,14 @@ class TestdataResult:
     samples: int
 
 
-def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str], *, set_size: int | None = None,
-                   force: bool = False, public_key: str | os.PathLike[str] | None = None) -> TestdataResult:
+def write_testdata(
+    bundle_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    set_size: int | None = None,
+    force: bool = False,
+    public_key: str | os.PathLike[str] | None = None,
+) -> TestdataResult:
     """Write a verified bundle's reference set as ONNX test data (and Polygraphy JSON) in ``out``.
 
     Args:
@@ -67,8 +73,10 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
     if target.exists() and not force:
         raise BundleExistsError(f"{target} already exists; choose another directory or pass --force to replace it.")
     if target.exists() and (target.is_symlink() or not target.is_dir()):
-        raise UsageError(f"{target} exists and is not a directory; --force replaces a directory written by "
-                         "`bundle testdata`, choose another path.")
+        raise UsageError(
+            f"{target} exists and is not a directory; --force replaces a directory written by "
+            "`bundle testdata`, choose another path."
+        )
     bundle = open_bundle(bundle_path, public_key)
     manifest = bundle.manifest
     # Staged beside the target and renamed into place: a failed run leaves nothing half-written.
@@ -91,7 +99,9 @@ def write_testdata(bundle_path: str | os.PathLike[str], out: str | os.PathLike[s
             feeds.append({name: batch[name] for name in order})
             results.append({spec.name: expected[spec.name] for spec in manifest.outputs})
             sets += 1
-        (staging / POLYGRAPHY_INPUTS).write_text(json.dumps([{n: _polygraphy_array(a) for n, a in f.items()} for f in feeds]))
+        (staging / POLYGRAPHY_INPUTS).write_text(
+            json.dumps([{n: _polygraphy_array(a) for n, a in f.items()} for f in feeds])
+        )
         (staging / POLYGRAPHY_OUTPUTS).write_text(json.dumps(_polygraphy_run_results(results)))
         publish(staging, target, force=force)  # exchanged with an old one: never a moment without a target
     except BaseException:
@@ -118,8 +128,10 @@ def _write_model(bundle: VerifiedBundle, folder: Path) -> list[str]:
     by_name = {proto_text(o.name): o for o in model.graph.output}
     declared_in, declared_out = [s.name for s in manifest.inputs], [s.name for s in manifest.outputs]
     if sorted(order) != sorted(declared_in) or not set(declared_out) <= set(by_name):
-        raise BundleInvalid(f"{manifest.stages.pipeline} has inputs {order} and outputs {list(by_name)}, but the manifest "
-                            f"declares {declared_in} -> {declared_out}; re-export the bundle.")
+        raise BundleInvalid(
+            f"{manifest.stages.pipeline} has inputs {order} and outputs {list(by_name)}, but the manifest "
+            f"declares {declared_in} -> {declared_out}; re-export the bundle."
+        )
     declared = [by_name[name] for name in declared_out]
     del model.graph.output[:]
     model.graph.output.extend(declared)
@@ -147,8 +159,15 @@ def _polygraphy_array(array: np.ndarray) -> dict[str, str]:
 
 
 def _polygraphy_run_results(results: list[dict[str, np.ndarray]]) -> dict[str, object]:
-    iterations = [{"outputs": {name: {"values": _polygraphy_array(a), "polygraphy_class": "LazyArray"}
-                               for name, a in outputs.items()},
-                   "runtime": None, "runner_name": RESEARCH_RUNNER, "polygraphy_class": "IterationResult"}
-                  for outputs in results]
+    iterations = [
+        {
+            "outputs": {
+                name: {"values": _polygraphy_array(a), "polygraphy_class": "LazyArray"} for name, a in outputs.items()
+            },
+            "runtime": None,
+            "runner_name": RESEARCH_RUNNER,
+            "polygraphy_class": "IterationResult",
+        }
+        for outputs in results
+    ]
     return {"lst": [[RESEARCH_RUNNER, iterations]], "polygraphy_class": "RunResults"}

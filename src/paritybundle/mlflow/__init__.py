@@ -55,19 +55,25 @@ def _reachable(mlflow: Any) -> None:
             if answer.status == 200:
                 return
     except OSError as exc:
-        raise UsageError(f"the MLflow tracking server at {uri} does not answer ({getattr(exc, 'reason', exc)}); "
-                         "start it or set MLFLOW_TRACKING_URI to one that runs.") from None
+        raise UsageError(
+            f"the MLflow tracking server at {uri} does not answer ({getattr(exc, 'reason', exc)}); "
+            "start it or set MLFLOW_TRACKING_URI to one that runs."
+        ) from None
     raise UsageError(f"the MLflow tracking server at {uri} is not healthy; check it and retry.")
 
 
 def bundle_params(manifest: Manifest) -> dict[str, str]:
     """What a run records of a bundle: identity, how it was made, and each output's tolerance."""
-    params = {"paritybundle.name": manifest.name, "paritybundle.version": manifest.version,
-              "paritybundle.opset": str(manifest.stages.opset), "paritybundle.exporter": manifest.stages.exporter,
-              "paritybundle.onnxruntime": manifest.runtime.onnxruntime_version,
-              "paritybundle.reference_samples": str(manifest.reference.samples),
-              "paritybundle.reference_device": manifest.reference.device,
-              "paritybundle.reference_precision": manifest.reference.precision}
+    params = {
+        "paritybundle.name": manifest.name,
+        "paritybundle.version": manifest.version,
+        "paritybundle.opset": str(manifest.stages.opset),
+        "paritybundle.exporter": manifest.stages.exporter,
+        "paritybundle.onnxruntime": manifest.runtime.onnxruntime_version,
+        "paritybundle.reference_samples": str(manifest.reference.samples),
+        "paritybundle.reference_device": manifest.reference.device,
+        "paritybundle.reference_precision": manifest.reference.precision,
+    }
     for output in manifest.outputs:
         tolerance = manifest.tolerance.for_output(output.name)
         params[f"paritybundle.tolerance.{output.name}"] = f"atol={tolerance.atol:g} rtol={tolerance.rtol:g}"
@@ -76,16 +82,22 @@ def bundle_params(manifest: Manifest) -> dict[str, str]:
 
 def bundle_metrics(manifest: Manifest) -> dict[str, float]:
     """Torch-vs-ONNX Runtime error per output at export, the reference set's size and detection power."""
-    metrics = {f"paritybundle.export_error.{name}": float(error.max_abs)
-               for name, error in manifest.export_errors.items()}
+    metrics = {
+        f"paritybundle.export_error.{name}": float(error.max_abs) for name, error in manifest.export_errors.items()
+    }
     metrics["paritybundle.reference_samples"] = float(manifest.reference.samples)
     if manifest.power is not None and manifest.power.detected is not None:
         metrics["paritybundle.smallest_perturbation_detected"] = float(manifest.power.detected)
     return metrics
 
 
-def log_bundle(bundle: str | os.PathLike[str], artifact_path: str = "bundle", *, run_id: str | None = None,
-               public_key: str | os.PathLike[str] | None = None) -> str:
+def log_bundle(
+    bundle: str | os.PathLike[str],
+    artifact_path: str = "bundle",
+    *,
+    run_id: str | None = None,
+    public_key: str | os.PathLike[str] | None = None,
+) -> str:
     """Log a verified bundle to the active run (or ``run_id``; a new run when neither): its files as
     artifacts under ``artifact_path``, params, metrics and tags. Returns the run id.
 
@@ -120,8 +132,10 @@ class _run:
             try:
                 return mlflow.MlflowClient().get_run(self.run_id)
             except mlflow.exceptions.MlflowException:
-                raise UsageError(f"MLflow run {self.run_id!r} does not exist on {mlflow.get_tracking_uri()}; "
-                                 "pass the id of a run there.") from None
+                raise UsageError(
+                    f"MLflow run {self.run_id!r} does not exist on {mlflow.get_tracking_uri()}; "
+                    "pass the id of a run there."
+                ) from None
         active = mlflow.active_run()
         if active is not None:
             return active
@@ -157,9 +171,14 @@ def log_check(report: CheckReport, run_id: str, artifact_path: str = "paritybund
         client.set_tag(run.info.run_id, "paritybundle.verdict", "passed" if report.passed else "failed")
 
 
-def log_model(bundle: str | os.PathLike[str], artifact_path: str = "model", *,
-              registered_model_name: str | None = None, run_id: str | None = None,
-              public_key: str | os.PathLike[str] | None = None) -> Any:
+def log_model(
+    bundle: str | os.PathLike[str],
+    artifact_path: str = "model",
+    *,
+    registered_model_name: str | None = None,
+    run_id: str | None = None,
+    public_key: str | os.PathLike[str] | None = None,
+) -> Any:
     """An MLflow Model of the bundle: ``mlflow.pyfunc.load_model(...)`` opens it through serving's gate.
 
     Returns MLflow's ``ModelInfo`` (its ``model_uri``; ``registered_model_version`` when registered).
@@ -171,8 +190,11 @@ def log_model(bundle: str | os.PathLike[str], artifact_path: str = "model", *,
 
     with _run(mlflow, run_id):
         info = mlflow.pyfunc.log_model(
-            name=artifact_path, loader_module="paritybundle.mlflow.loader", data_path=str(verified.root),
-            signature=signature_of(verified.manifest), registered_model_name=registered_model_name,
+            name=artifact_path,
+            loader_module="paritybundle.mlflow.loader",
+            data_path=str(verified.root),
+            signature=signature_of(verified.manifest),
+            registered_model_name=registered_model_name,
             pip_requirements=[f"paritybundle[capture]=={_version()}"],
         )
     return info
@@ -200,8 +222,10 @@ def pull(uri: str, out: str | os.PathLike[str], *, public_key: str | os.PathLike
         BundleInvalid: the downloaded bundle fails verification (exit 3).
     """
     if not uri.startswith(PULL_SCHEMES) or len(uri) <= len("runs:/"):
-        raise UsageError(f"{uri!r} is not a registry or run URI; pull from models:/NAME/VERSION, models:/NAME@ALIAS "
-                         "or runs:/RUN_ID/PATH.")
+        raise UsageError(
+            f"{uri!r} is not a registry or run URI; pull from models:/NAME/VERSION, models:/NAME@ALIAS "
+            "or runs:/RUN_ID/PATH."
+        )
     mlflow = _mlflow()
     target = Path(out)
     if target.exists() or target.is_symlink():
@@ -210,8 +234,10 @@ def pull(uri: str, out: str | os.PathLike[str], *, public_key: str | os.PathLike
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create {target}: {parent} is not a directory that can be made "
-                         f"({exc.strerror or exc}); choose another -o.") from None
+        raise UsageError(
+            f"cannot create {target}: {parent} is not a directory that can be made "
+            f"({exc.strerror or exc}); choose another -o."
+        ) from None
     _reachable(mlflow)
     work = Path(tempfile.mkdtemp(prefix=".paritybundle-pull-", dir=parent))  # beside OUT: the move is a rename
     try:
@@ -230,6 +256,7 @@ def pull(uri: str, out: str | os.PathLike[str], *, public_key: str | os.PathLike
 
 def _remove(path: Path) -> None:
     """Remove a download's working folder whatever it holds (read-only folders included), never failing."""
+
     def writable_then_retry(function: Any, name: str, _: Any) -> None:
         try:
             os.chmod(os.path.dirname(name), 0o700)

@@ -30,8 +30,10 @@ class BundleModel:
         self.runtime: ServingRuntime = load(root, None, os.environ.get("PARITYBUNDLE_MLFLOW_ENV_POLICY", "strict"))
         report = check_runtime(self.runtime)
         if not report.passed:
-            raise ParityFailure("parity fails, so this model will not load: " + " ".join(
-                explain_failure(o) for o in report.outputs if not o.passed))
+            raise ParityFailure(
+                "parity fails, so this model will not load: "
+                + " ".join(explain_failure(o) for o in report.outputs if not o.passed)
+            )
         self.report = report
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:

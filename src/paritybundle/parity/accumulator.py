@@ -70,11 +70,22 @@ class OutputAccumulator:
             approximates research by design may change a few labels.
     """
 
-    def __init__(self, name: str, tolerance: Tolerance, total_elements: int, *, scores: bool = False,
-                 min_decision_agreement: float = 1.0, baseline_max_abs: float | None = None,
-                 baseline_factor: float | None = None, tie_tolerance: Tolerance | None = None,
-                 histogram: bool = False, max_tie_share: float = 1.0, budget: ErrorBudget | None = None,
-                 decide_labels: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        tolerance: Tolerance,
+        total_elements: int,
+        *,
+        scores: bool = False,
+        min_decision_agreement: float = 1.0,
+        baseline_max_abs: float | None = None,
+        baseline_factor: float | None = None,
+        tie_tolerance: Tolerance | None = None,
+        histogram: bool = False,
+        max_tie_share: float = 1.0,
+        budget: ErrorBudget | None = None,
+        decide_labels: bool = False,
+    ) -> None:
         self.name, self.tolerance, self.total = name, tolerance, int(total_elements)
         self.histograms = (LogHistogram(), LogHistogram()) if histogram else None
         self.budget, self.decide_labels = budget, decide_labels
@@ -126,8 +137,9 @@ class OutputAccumulator:
         if self.problem is not None:
             return
         if serve.shape != research.shape:
-            self.problem = (f"shape {list(serve.shape)} differs from the research shape {list(research.shape)}"
-                            + (f" (batch from sample {first_sample})" if first_sample else ""))
+            self.problem = f"shape {list(serve.shape)} differs from the research shape {list(research.shape)}" + (
+                f" (batch from sample {first_sample})" if first_sample else ""
+            )
             return
         exact = is_exact_dtype(research) or is_exact_dtype(serve)
         text = serve.dtype.kind in "USO" or research.dtype.kind in "USO"
@@ -151,8 +163,11 @@ class OutputAccumulator:
                 index[0] += first_sample
             self.max_abs = float(flat_abs[worst])
             # A string is reported as no number on either side (not the zeros that stand in for it).
-            self.worst = (index, None if text else _as_float(serve.reshape(-1)[worst]),
-                          None if text else _as_float(research.reshape(-1)[worst]))
+            self.worst = (
+                index,
+                None if text else _as_float(serve.reshape(-1)[worst]),
+                None if text else _as_float(research.reshape(-1)[worst]),
+            )
         if not finite:
             self.nonfinite += int(np.isinf(flat_abs).sum())
 
@@ -229,10 +244,17 @@ class OutputAccumulator:
         *whole* set's count, so the largest of their union are the whole set's largest (the
         mergeable method the distributed checks rely on; memory per side: 1% of the whole set).
         """
-        if (other.name, other.total, other.tolerance, other.histograms is None, other.budget) != \
-                (self.name, self.total, self.tolerance, self.histograms is None, self.budget):
-            raise ValueError(f"cannot merge {other.name!r} judged over {other.total} elements into {self.name!r} "
-                             f"over {self.total}: shards must be judged as parts of one set, by the same rules")
+        if (other.name, other.total, other.tolerance, other.histograms is None, other.budget) != (
+            self.name,
+            self.total,
+            self.tolerance,
+            self.histograms is None,
+            self.budget,
+        ):
+            raise ValueError(
+                f"cannot merge {other.name!r} judged over {other.total} elements into {self.name!r} "
+                f"over {self.total}: shards must be judged as parts of one set, by the same rules"
+            )
         if self.problem is None and other.problem is not None:
             self.problem = other.problem
         if other.worst is not None and (self.worst is None or other.max_abs > self.max_abs):
@@ -259,7 +281,7 @@ class OutputAccumulator:
         self.agreeing += other.agreeing
         self.ties += other.ties
         self.per_position = self.per_position or other.per_position
-        self.disagreeing += other.disagreeing[:MAX_LISTED_SAMPLES - len(self.disagreeing)]
+        self.disagreeing += other.disagreeing[: MAX_LISTED_SAMPLES - len(self.disagreeing)]
         # Read by finish() only once a decision was counted, which exact outputs never count: for an output
         # of one dtype in every shard either value gives the same verdict (kept for a set that mixes them).
         self.exact = self.exact or other.exact  # pragma: no mutate
@@ -281,54 +303,97 @@ class OutputAccumulator:
 
     def finish(self) -> OutputComparison:
         if self.problem is not None:
-            return OutputComparison(name=self.name, passed=False, tolerance=self.tolerance, stats=None,
-                                    problem=self.problem)
+            return OutputComparison(
+                name=self.name, passed=False, tolerance=self.tolerance, stats=None, problem=self.problem
+            )
         n = self.elements
         if n == 0:
-            stats = ErrorStats(elements=0, max_abs=0, mean_abs=0, p99_abs=0, max_rel=0, mean_rel=0, p99_rel=0,
-                               violations=0, nonfinite_mismatches=0, worst_sample=None, worst_index=None,
-                               worst_serve=None, worst_research=None, required_atol=0, max_tolerance_ratio=0)
+            stats = ErrorStats(
+                elements=0,
+                max_abs=0,
+                mean_abs=0,
+                p99_abs=0,
+                max_rel=0,
+                mean_rel=0,
+                p99_rel=0,
+                violations=0,
+                nonfinite_mismatches=0,
+                worst_sample=None,
+                worst_index=None,
+                worst_serve=None,
+                worst_research=None,
+                required_atol=0,
+                max_tolerance_ratio=0,
+            )
         else:
             # p99 is taken over the `n` elements seen: a total declared larger only kept more than needed.
             index, worst_serve, worst_research = self.worst or (None, None, None)
             stats = ErrorStats(
-                elements=n, max_abs=self.max_abs, mean_abs=self.sum_abs / n,
+                elements=n,
+                max_abs=self.max_abs,
+                mean_abs=self.sum_abs / n,
                 p99_abs=self._p99(self.top_abs, n),
-                max_rel=self.max_rel, mean_rel=self.sum_rel / n,
+                max_rel=self.max_rel,
+                mean_rel=self.sum_rel / n,
                 p99_rel=self._p99(self.top_rel, n),
-                violations=self.violations, nonfinite_mismatches=self.nonfinite,
-                worst_sample=index[0] if index else None, worst_index=index or None,
-                worst_serve=worst_serve, worst_research=worst_research,
+                violations=self.violations,
+                nonfinite_mismatches=self.nonfinite,
+                worst_sample=index[0] if index else None,
+                worst_index=index or None,
+                worst_serve=worst_serve,
+                worst_research=worst_research,
                 # An infinite error makes the excess infinite too: no atol would pass.
                 required_atol=self.required,
                 max_tolerance_ratio=self.max_ratio,
             )
         decision = None
         if self.scores and not self.exact and self.samples:
-            decision = DecisionStats(samples=self.samples, agreeing=self.agreeing, ties=self.ties,
-                                     agreement=self.agreeing / self.samples, min_agreement=self.min_decision_agreement,
-                                     disagreeing_samples=self.disagreeing, max_tie_share=self.max_tie_share,
-                                     per_position=self.per_position)
+            decision = DecisionStats(
+                samples=self.samples,
+                agreeing=self.agreeing,
+                ties=self.ties,
+                agreement=self.agreeing / self.samples,
+                min_agreement=self.min_decision_agreement,
+                disagreeing_samples=self.disagreeing,
+                max_tie_share=self.max_tie_share,
+                per_position=self.per_position,
+            )
         if self.decide_labels and self.exact and n:
             # A label output of a graph that approximates research: the share of equal labels decides.
-            decision = DecisionStats(samples=n, agreeing=n - stats.violations, ties=0,
-                                     agreement=(n - stats.violations) / n, min_agreement=self.min_decision_agreement,
-                                     disagreeing_samples=[i for _, i in self.failing], per_position=n != self.rows,
-                                     labels=True)
+            decision = DecisionStats(
+                samples=n,
+                agreeing=n - stats.violations,
+                ties=0,
+                agreement=(n - stats.violations) / n,
+                min_agreement=self.min_decision_agreement,
+                disagreeing_samples=[i for _, i in self.failing],
+                per_position=n != self.rows,
+                labels=True,
+            )
         budget = self._budget_stats(n)
         if decision is not None and decision.labels:
             passed = decision.passed
         else:
-            passed = (stats.violations == 0 and (decision is None or decision.passed)
-                      and (budget is None or not budget.over(stats)))
+            passed = (
+                stats.violations == 0
+                and (decision is None or decision.passed)
+                and (budget is None or not budget.over(stats))
+            )
         above = False
         if self.baseline_max_abs is not None and self.baseline_factor is not None:
             # A floor of a few float32 ulps at 1.0 keeps a zero baseline from flagging noise.
             above = stats.max_abs > self.baseline_factor * max(self.baseline_max_abs, 1e-6)
         return OutputComparison(
-            name=self.name, passed=passed, tolerance=self.tolerance, stats=stats, decision=decision,
-            failing_samples=[i for _, i in self.failing], failing_sample_count=self.failing_count,
-            baseline_max_abs=self.baseline_max_abs, above_baseline=above, histogram=self._histogram(),
+            name=self.name,
+            passed=passed,
+            tolerance=self.tolerance,
+            stats=stats,
+            decision=decision,
+            failing_samples=[i for _, i in self.failing],
+            failing_sample_count=self.failing_count,
+            baseline_max_abs=self.baseline_max_abs,
+            above_baseline=above,
+            histogram=self._histogram(),
             budget=budget,
         )
 
@@ -348,8 +413,13 @@ class OutputAccumulator:
             return None
         absolute, relative = self.histograms
         edges = [HISTOGRAM_LOW + k * HISTOGRAM_STEP for k in range(LogHistogram.bins + 1)]
-        return ErrorHistogram(log10_edges=edges, abs_counts=absolute.counts.tolist(), abs_zero=absolute.zero,
-                              rel_counts=relative.counts.tolist(), rel_zero=relative.zero)
+        return ErrorHistogram(
+            log10_edges=edges,
+            abs_counts=absolute.counts.tolist(),
+            abs_zero=absolute.zero,
+            rel_counts=relative.counts.tolist(),
+            rel_zero=relative.zero,
+        )
 
 
 def _as_float(value: object) -> float | None:
@@ -393,7 +463,14 @@ def compare_output(
     """
     serve, research = np.asarray(serve), np.asarray(research)
     accumulator = OutputAccumulator(
-        name, tolerance, research.size, scores=scores, min_decision_agreement=min_decision_agreement,
-        baseline_max_abs=baseline_max_abs, baseline_factor=baseline_factor, tie_tolerance=tie_tolerance)
+        name,
+        tolerance,
+        research.size,
+        scores=scores,
+        min_decision_agreement=min_decision_agreement,
+        baseline_max_abs=baseline_max_abs,
+        baseline_factor=baseline_factor,
+        tie_tolerance=tie_tolerance,
+    )
     accumulator.add(serve, research)
     return accumulator.finish()

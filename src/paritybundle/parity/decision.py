@@ -8,7 +8,9 @@ from ..bundle.manifest import Tolerance
 from .results import MAX_LISTED_SAMPLES, DecisionStats
 
 
-def decision_agreement(serve: np.ndarray, research: np.ndarray, tolerance: Tolerance, min_agreement: float) -> DecisionStats:
+def decision_agreement(
+    serve: np.ndarray, research: np.ndarray, tolerance: Tolerance, min_agreement: float
+) -> DecisionStats:
     """Share of decisions whose argmax over the last axis agrees.
 
     A ``[batch, classes]`` output makes one decision per sample; a ``[batch, ..., classes]`` output
@@ -22,8 +24,15 @@ def decision_agreement(serve: np.ndarray, research: np.ndarray, tolerance: Toler
     samples = research.shape[0] if research.ndim else 0
     per_position = research.ndim > 2
     if samples == 0 or research.size == 0:  # a scalar, no rows, or no classes: nothing to decide
-        return DecisionStats(samples=0, agreeing=0, ties=0, agreement=1.0, min_agreement=min_agreement,
-                             disagreeing_samples=[], per_position=per_position)
+        return DecisionStats(
+            samples=0,
+            agreeing=0,
+            ties=0,
+            agreement=1.0,
+            min_agreement=min_agreement,
+            disagreeing_samples=[],
+            per_position=per_position,
+        )
     if per_position:
         flat_serve, flat_research = serve.reshape(-1, serve.shape[-1]), research.reshape(-1, research.shape[-1])
     else:

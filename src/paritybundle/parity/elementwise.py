@@ -91,7 +91,7 @@ def largest(values: np.ndarray, k: int) -> np.ndarray:
         if candidates.size >= k:
             flat = candidates
     # pragma: no mutate end
-    return np.partition(flat, flat.size - k)[flat.size - k:]
+    return np.partition(flat, flat.size - k)[flat.size - k :]
 
 
 def p99_position(n: int) -> tuple[int, float]:
@@ -104,7 +104,7 @@ def p99_position(n: int) -> tuple[int, float]:
 def p99_from_top(top: np.ndarray, n: int) -> float:
     """p99 of ``n`` values given (at least) their ``n - low`` largest."""
     low, fraction = p99_position(n)
-    ordered = np.sort(top)[-(n - low):]
+    ordered = np.sort(top)[-(n - low) :]
     lo_value = float(ordered[0])
     hi_value = float(ordered[1]) if ordered.size > 1 else lo_value
     return lo_value + (hi_value - lo_value) * fraction if fraction and hi_value != lo_value else lo_value

@@ -14,9 +14,15 @@ from ..errors import UsageError
 from .accumulator import OutputAccumulator
 
 
-def judge_for(spec: TensorSpec, policy: TolerancePolicy, total_elements: int, *,
-              overrides: Mapping[str, Tolerance] | None = None, baselines: Mapping[str, float] | None = None,
-              histogram: bool = False) -> OutputAccumulator:
+def judge_for(
+    spec: TensorSpec,
+    policy: TolerancePolicy,
+    total_elements: int,
+    *,
+    overrides: Mapping[str, Tolerance] | None = None,
+    baselines: Mapping[str, float] | None = None,
+    histogram: bool = False,
+) -> OutputAccumulator:
     """An accumulator judging output ``spec`` under ``policy`` (an override replaces its tolerance).
 
     The tie tolerance of a decision is the output's tolerance in the bundle (its scale-aware one),
@@ -33,11 +39,15 @@ def judge_for(spec: TensorSpec, policy: TolerancePolicy, total_elements: int, *,
         tolerance = Tolerance(atol=budget.max, rtol=0.0, equal_nan=tolerance.equal_nan)
     approximation = policy.approximation
     return OutputAccumulator(
-        spec.name, (overrides or {}).get(spec.name, tolerance), total_elements,
+        spec.name,
+        (overrides or {}).get(spec.name, tolerance),
+        total_elements,
         scores=spec.kind == "scores",
-        budget=budget, decide_labels=approximation is not None,
-        min_decision_agreement=(policy.min_decision_agreement if approximation is None
-                                else approximation.min_decision_agreement),
+        budget=budget,
+        decide_labels=approximation is not None,
+        min_decision_agreement=(
+            policy.min_decision_agreement if approximation is None else approximation.min_decision_agreement
+        ),
         baseline_max_abs=(baselines or {}).get(spec.name),
         baseline_factor=policy.baseline_factor,
         tie_tolerance=policy.for_output(spec.name),
@@ -51,8 +61,9 @@ def export_baselines(manifest: Manifest) -> dict[str, float]:
     return {name: error.max_abs for name, error in manifest.export_errors.items()}
 
 
-def tolerance_overrides(manifest: Manifest, tolerance: Tolerance | None,
-                        per_output: Mapping[str, Tolerance] | None) -> dict[str, Tolerance]:
+def tolerance_overrides(
+    manifest: Manifest, tolerance: Tolerance | None, per_output: Mapping[str, Tolerance] | None
+) -> dict[str, Tolerance]:
     """The check-time overrides, output name -> tolerance (``tolerance`` for every output first).
 
     Raises:
@@ -62,6 +73,8 @@ def tolerance_overrides(manifest: Manifest, tolerance: Tolerance | None,
     overrides = {name: tolerance for name in names} if tolerance is not None else {}
     for name, tol in (per_output or {}).items():
         if name not in names:
-            raise UsageError(f"tolerance override names output {name!r}, but the bundle's outputs are {', '.join(names)}.")
+            raise UsageError(
+                f"tolerance override names output {name!r}, but the bundle's outputs are {', '.join(names)}."
+            )
         overrides[name] = tol
     return overrides

@@ -49,8 +49,9 @@ class StageResult(StrictModel):
 class ColumnAccumulator:
     """Accumulates one column's slice of a feature array while the reference set streams."""
 
-    def __init__(self, input_name: str, feature: str, features: list[int] | None, tolerance: Tolerance,
-                 total_elements: int) -> None:
+    def __init__(
+        self, input_name: str, feature: str, features: list[int] | None, tolerance: Tolerance, total_elements: int
+    ) -> None:
         self.input, self.feature, self.features = input_name, feature, features
         self.accumulator = OutputAccumulator(input_name, tolerance, total_elements)
 
@@ -61,8 +62,9 @@ class ColumnAccumulator:
         self.accumulator.add(served, expected, first_sample)
 
     def finish(self) -> ColumnResult:
-        return ColumnResult(input=self.input, feature=self.feature, features=self.features,
-                            comparison=self.accumulator.finish())
+        return ColumnResult(
+            input=self.input, feature=self.feature, features=self.features, comparison=self.accumulator.finish()
+        )
 
 
 def column_accumulators(preprocessing: Preprocessing, tolerance: Tolerance, rows: int) -> list[ColumnAccumulator]:
@@ -79,7 +81,9 @@ def column_accumulators(preprocessing: Preprocessing, tolerance: Tolerance, rows
             if column.features is not None and len(targets) > 1:
                 continue  # slices are defined on a single feature array
             per_row = _elements_per_row(feature, column.features)
-            accumulators.append(ColumnAccumulator(column.input, feature.name, column.features, tolerance, rows * per_row))
+            accumulators.append(
+                ColumnAccumulator(column.input, feature.name, column.features, tolerance, rows * per_row)
+            )
     return accumulators
 
 
@@ -124,30 +128,43 @@ def diagnose(stages: Sequence[StageResult], outputs_passed: bool = True, approxi
     alone = by_name.get("rows alone")
     if alone is not None and not alone.passed and outputs_passed and all(s.passed for s in stages if s is not alone):
         if approximated is not None:
-            return (f"batch composition: the {approximated} serving graph meets its approximation budget on the "
-                    f"reference rows run together, but not run one request each ({alone.file}); quantized activations "
-                    "are scaled over the batch, so a lone row errs differently. Export measured the budget both ways "
-                    "on its machine: on this one the error is larger (CPU kernels differ); re-export here, or declare "
-                    "a budget with room for it.")
-        return (f"batch composition: the reference rows reproduce research when run together, but not run one "
-                f"request each ({alone.file}): a row's outputs depend on the rows batched with it (statistics over "
-                "the batch, e.g. BatchNorm with track_running_stats=False), and a server answers requests one by "
-                "one. Re-export it: export now refuses such a model.")
+            return (
+                f"batch composition: the {approximated} serving graph meets its approximation budget on the "
+                f"reference rows run together, but not run one request each ({alone.file}); quantized activations "
+                "are scaled over the batch, so a lone row errs differently. Export measured the budget both ways "
+                "on its machine: on this one the error is larger (CPU kernels differ); re-export here, or declare "
+                "a budget with room for it."
+            )
+        return (
+            f"batch composition: the reference rows reproduce research when run together, but not run one "
+            f"request each ({alone.file}): a row's outputs depend on the rows batched with it (statistics over "
+            "the batch, e.g. BatchNorm with track_running_stats=False), and a server answers requests one by "
+            "one. Re-export it: export now refuses such a model."
+        )
     pre, model, pipeline, merge = (by_name.get(n) for n in ("preprocess", "model", "pipeline", "merge"))
     if pre is None or model is None:
         return None
     if not pre.passed:
         columns = failing_columns(pre.columns)
-        what = describe_columns(columns) if columns else "; ".join(explain_failure(o) for o in pre.outputs if not o.passed)
-        model_part = ("the model reproduces research on the reference features, so the preprocessing is at fault"
-                      if model.passed else "the model also diverges on the reference features")
+        what = (
+            describe_columns(columns) if columns else "; ".join(explain_failure(o) for o in pre.outputs if not o.passed)
+        )
+        model_part = (
+            "the model reproduces research on the reference features, so the preprocessing is at fault"
+            if model.passed
+            else "the model also diverges on the reference features"
+        )
         return f"preprocessing diverged in {pre.file}: {what}; {model_part}."
     if not model.passed:
-        return (f"the model diverged on correct features: {pre.file} reproduces the reference features, but "
-                f"{model.file} on those features does not reproduce the research outputs.")
+        return (
+            f"the model diverged on correct features: {pre.file} reproduces the reference features, but "
+            f"{model.file} on those features does not reproduce the research outputs."
+        )
     if (pipeline is not None and not pipeline.passed) or (merge is not None and not merge.passed):
         file = pipeline.file if pipeline is not None else "the merged pipeline"
-        return (f"only the merged pipeline diverges: {pre.file} and {model.file} each reproduce research on their "
-                f"own, but {file} does not compute what they compute in sequence; the merge (or an optimisation "
-                "across the seam) is at fault.")
+        return (
+            f"only the merged pipeline diverges: {pre.file} and {model.file} each reproduce research on their "
+            f"own, but {file} does not compute what they compute in sequence; the merge (or an optimisation "
+            "across the seam) is at fault."
+        )
     return None

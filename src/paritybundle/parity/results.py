@@ -78,8 +78,11 @@ class BudgetStats(StrictModel):
 
     def over(self, stats: ErrorStats) -> list[str]:
         """``p50 0.031 > 0.02``-style statements of each quantile over its budget (empty: within it)."""
-        measured = (("p50", self.p50_abs, self.budget.p50), ("p99", stats.p99_abs, self.budget.p99),
-                    ("max", stats.max_abs, self.budget.max))
+        measured = (
+            ("p50", self.p50_abs, self.budget.p50),
+            ("p99", stats.p99_abs, self.budget.p99),
+            ("max", stats.max_abs, self.budget.max),
+        )
         return [f"{which} {value:.3g} > {limit:.3g}" for which, value, limit in measured if value > limit]
 
 

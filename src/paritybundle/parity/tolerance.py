@@ -132,8 +132,9 @@ def scaled_tolerance(preset: Tolerance, spread: float, max_abs: float, export_er
         >>> rule, tolerance.atol < 1e-10  # 1% of logits spread over 2e-9, not a fixed 1e-4
         ('spread', True)
     """
-    floor = max(NOISE_FACTOR * export_error if math.isfinite(export_error) else 0.0,
-                FLOAT32_ULPS * _FLOAT32_EPS * max_abs)
+    floor = max(
+        NOISE_FACTOR * export_error if math.isfinite(export_error) else 0.0, FLOAT32_ULPS * _FLOAT32_EPS * max_abs
+    )
     share = SPREAD_SHARE * spread
     if min(share, preset.atol) >= preset.atol or floor >= preset.atol:
         return preset, "preset"
@@ -141,8 +142,9 @@ def scaled_tolerance(preset: Tolerance, spread: float, max_abs: float, export_er
     return Tolerance(atol=atol, rtol=preset.rtol, equal_nan=preset.equal_nan), rule
 
 
-def scale_policy(policy: TolerancePolicy, research: dict[str, np.ndarray], export_errors: dict[str, float],
-                 set_by_caller: set[str]) -> TolerancePolicy:
+def scale_policy(
+    policy: TolerancePolicy, research: dict[str, np.ndarray], export_errors: dict[str, float], set_by_caller: set[str]
+) -> TolerancePolicy:
     """``policy`` with a per-output tolerance derived from each output's research values and measured
     error, recorded with the scale behind it; outputs whose tolerance the caller set keep it."""
     per_output, scales = dict(policy.per_output), {}

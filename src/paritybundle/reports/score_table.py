@@ -15,14 +15,27 @@ def render_score(report, console: Console) -> None:
     for column in ("worker", "node", "host", "onnxruntime", "cpu features", "gate", "gate s", "rows"):
         table.add_column(column, justify="right" if column in ("gate s", "rows") else "left")
     for w in report.workers:
-        table.add_row(_text(w.worker), _text(w.node), _text(w.host), _text(w.onnxruntime_version or "-"),
-                      _text(" ".join(w.cpu_features) or "-"),
-                      Text("passed", style="green") if w.verdict == "passed" else Text(f"failed (exit {w.exit_code})", style="red"),
-                      f"{w.gate_seconds:.2f}", str(w.rows_scored))
+        table.add_row(
+            _text(w.worker),
+            _text(w.node),
+            _text(w.host),
+            _text(w.onnxruntime_version or "-"),
+            _text(" ".join(w.cpu_features) or "-"),
+            Text("passed", style="green")
+            if w.verdict == "passed"
+            else Text(f"failed (exit {w.exit_code})", style="red"),
+            f"{w.gate_seconds:.2f}",
+            str(w.rows_scored),
+        )
     if report.workers:
         console.print(table)
     if report.passed:
-        console.print(_text(f"scored {report.rows_scored} rows into {report.output} in {report.duration_s:.1f}s; every "
-                            f"worker passed its parity gate first.", style="bold green"))
+        console.print(
+            _text(
+                f"scored {report.rows_scored} rows into {report.output} in {report.duration_s:.1f}s; every "
+                f"worker passed its parity gate first.",
+                style="bold green",
+            )
+        )
     else:
         console.print(_text(f"nothing written to {report.output} (the error follows).", style="bold red"))

@@ -34,17 +34,21 @@ def approximation_lines(policy: TolerancePolicy) -> list[str]:
     a = policy.approximation
     if a is None:
         return []
-    lines = [f"approximation by design: the serving graph ({a.serving_graph}, {a.serving_precision}) is judged by "
-             f"decisions (at least {a.min_decision_agreement:.2%} agree with research, labels equal) and a declared "
-             "absolute-error budget, not the element-wise tolerance"]
+    lines = [
+        f"approximation by design: the serving graph ({a.serving_graph}, {a.serving_precision}) is judged by "
+        f"decisions (at least {a.min_decision_agreement:.2%} agree with research, labels equal) and a declared "
+        "absolute-error budget, not the element-wise tolerance"
+    ]
     for name in sorted(set(a.score_error) | set(a.measured)):
         budget, measured = a.score_error.get(name), a.measured.get(name)
         text = f"{name}: "
         if budget is not None:
             text += f"budget p50 {budget.p50:.3g}, p99 {budget.p99:.3g}, max {budget.max:.3g}"
         if measured is not None and measured.max is not None:
-            text += (f"{'; ' if budget is not None else ''}measured at export p50 {measured.p50:.3g}, "
-                     f"p99 {measured.p99:.3g}, max {measured.max:.3g}")
+            text += (
+                f"{'; ' if budget is not None else ''}measured at export p50 {measured.p50:.3g}, "
+                f"p99 {measured.p99:.3g}, max {measured.max:.3g}"
+            )
         if measured is not None and measured.agreement is not None:
             text += f"{'; ' if text != f'{name}: ' else ''}decisions agree {measured.agreement:.2%}"
         lines.append(text)
@@ -57,9 +61,11 @@ def budget_lines(outputs: Sequence[OutputComparison]) -> list[str]:
     for c in outputs:
         if c.budget is not None and c.stats is not None:
             b = c.budget.budget
-            lines.append(f"output {c.name!r}, approximation by design: error p50 "
-                         f"{'<= ' if c.budget.p50_is_bound else ''}{c.budget.p50_abs:.3g} (budget {b.p50:.3g}), "
-                         f"p99 {c.stats.p99_abs:.3g} ({b.p99:.3g}), max {c.stats.max_abs:.3g} ({b.max:.3g})")
+            lines.append(
+                f"output {c.name!r}, approximation by design: error p50 "
+                f"{'<= ' if c.budget.p50_is_bound else ''}{c.budget.p50_abs:.3g} (budget {b.p50:.3g}), "
+                f"p99 {c.stats.p99_abs:.3g} ({b.p99:.3g}), max {c.stats.max_abs:.3g} ({b.max:.3g})"
+            )
     return lines
 
 
@@ -72,10 +78,15 @@ def tolerance_lines(policy: TolerancePolicy) -> list[str]:
         tolerance = policy.for_output(name)
         rule = _RULES[scale.rule].format(device=policy.reference_device, precision=policy.reference_precision)
         bias = bias_resolution(policy, name)
-        lines.append(f"{name}: atol {tolerance.atol:.3g}, rtol {tolerance.rtol:g} (atol from {rule}; values spread "
-                     f"{scale.spread:.3g}, largest magnitude {scale.max_abs:.3g})"
-                     + (f"; detects its values all scaled by more than x{1 + bias:.6g} (a {bias:.3%} bias)"
-                        if bias is not None else ""))
+        lines.append(
+            f"{name}: atol {tolerance.atol:.3g}, rtol {tolerance.rtol:g} (atol from {rule}; values spread "
+            f"{scale.spread:.3g}, largest magnitude {scale.max_abs:.3g})"
+            + (
+                f"; detects its values all scaled by more than x{1 + bias:.6g} (a {bias:.3%} bias)"
+                if bias is not None
+                else ""
+            )
+        )
     for name, tolerance in policy.per_output.items():
         if name not in policy.scales:
             lines.append(f"{name}: atol {tolerance.atol:g}, rtol {tolerance.rtol:g}")
@@ -92,12 +103,17 @@ def coverage_lines(coverage: Coverage | None) -> list[str]:
     """What the reference set covers, a line per aspect."""
     if coverage is None:
         return ["coverage: not recorded (this bundle was exported before paritybundle recorded it)"]
-    how = ("all the rows offered" if coverage.selection == "all"
-           else f"{coverage.selected} covering rows of {coverage.candidates} offered")
+    how = (
+        "all the rows offered"
+        if coverage.selection == "all"
+        else f"{coverage.selected} covering rows of {coverage.candidates} offered"
+    )
     lines = [f"reference rows: {how}" + (f", and {coverage.probes} probe rows" if coverage.probes else "")]
     for name, classes in coverage.classes.items():
-        lines.append(f"classes predicted ({name}): {len(classes)}: {', '.join(map(str, classes[:20]))}"
-                     + (" ..." if len(classes) > 20 else ""))
+        lines.append(
+            f"classes predicted ({name}): {len(classes)}: {', '.join(map(str, classes[:20]))}"
+            + (" ..." if len(classes) > 20 else "")
+        )
     for name, seen in coverage.categories.items():
         probed = f"; probed: {', '.join(repr(c) for c in seen.probed)}" if seen.probed else ""
         lines.append(f"categories of {name}: {seen.seen} of {seen.vocabulary} in the rows{probed}")
@@ -105,13 +121,18 @@ def coverage_lines(coverage: Coverage | None) -> list[str]:
         lines.append(f"NaN in {name}: {count} rows")
     for name, span in coverage.ranges.items():
         reference = f"{span.reference[0]:.4g}..{span.reference[1]:.4g}" if span.reference else "no finite value"
-        lines.append(f"range of {name}: fitted {span.fitted[0]:.4g}..{span.fitted[1]:.4g}, reference rows {reference} "
-                     f"({span.share:.0%} of it){', bounds probed' if span.probed else ''}")
+        lines.append(
+            f"range of {name}: fitted {span.fitted[0]:.4g}..{span.fitted[1]:.4g}, reference rows {reference} "
+            f"({span.share:.0%} of it){', bounds probed' if span.probed else ''}"
+        )
     lines += [f"probe: {reason}" for reason in coverage.probe_reasons]
     return lines
 
 
 def strength_lines(manifest: Manifest) -> list[str]:
     """Everything above, for ``bundle inspect``."""
-    return ([power_sentence(manifest.power)] + [f"  {line}" for line in tolerance_lines(manifest.tolerance)]
-            + coverage_lines(manifest.coverage))
+    return (
+        [power_sentence(manifest.power)]
+        + [f"  {line}" for line in tolerance_lines(manifest.tolerance)]
+        + coverage_lines(manifest.coverage)
+    )

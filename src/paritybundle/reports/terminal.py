@@ -62,23 +62,45 @@ def _worst_sample(c: OutputComparison) -> str:
 
 
 def check_table(report: CheckReport) -> Table:
-    table = Table(title=f"parity: {report.bundle.name} v{report.bundle.version} "
-                        f"({report.settings.samples} {'captured' if report.settings.source in ('capture', 'replay') else 'reference'} samples)", title_justify="left")
-    for column in ("output", "max abs", "mean abs", "p99 abs", "max rel", "p99 rel",
-                   "violations", "worst sample", "of tol", "argmax agree", "atol / rtol", "verdict"):
+    table = Table(
+        title=f"parity: {report.bundle.name} v{report.bundle.version} "
+        f"({report.settings.samples} {'captured' if report.settings.source in ('capture', 'replay') else 'reference'} samples)",
+        title_justify="left",
+    )
+    for column in (
+        "output",
+        "max abs",
+        "mean abs",
+        "p99 abs",
+        "max rel",
+        "p99 rel",
+        "violations",
+        "worst sample",
+        "of tol",
+        "argmax agree",
+        "atol / rtol",
+        "verdict",
+    ):
         table.add_column(column, justify="left" if column in ("output", "verdict") else "right")
     for c in report.outputs:
         s = c.stats
         verdict = _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red")
         table.add_row(
             c.name,
-            number_text(s and s.max_abs), number_text(s and s.mean_abs), number_text(s and s.p99_abs),
-            number_text(s and s.max_rel), number_text(s and s.p99_rel),
+            number_text(s and s.max_abs),
+            number_text(s and s.mean_abs),
+            number_text(s and s.p99_abs),
+            number_text(s and s.max_rel),
+            number_text(s and s.p99_rel),
             f"{s.violations}/{s.elements}" if s else "-",
             _worst_sample(c),
             "-" if s is None else _share(s.max_tolerance_ratio),
             _decision(c),
-            (f"budget, max {c.tolerance.atol:g}" if c.budget is not None else f"{c.tolerance.atol:g} / {c.tolerance.rtol:g}")
+            (
+                f"budget, max {c.tolerance.atol:g}"
+                if c.budget is not None
+                else f"{c.tolerance.atol:g} / {c.tolerance.rtol:g}"
+            )
             + (" *" if c.name in report.tolerance_overrides else ""),
             verdict,
         )
@@ -89,14 +111,21 @@ _SEVERITY_STYLE = {"critical": "bold red", "notable": "yellow", "info": "dim"}
 
 
 def drift_table(drift: DriftReport) -> Table:
-    title = (f"environment vs lock (policy {drift.policy}): {drift.count('critical')} critical, "
-             f"{drift.count('notable')} notable, {drift.count('info')} info")
+    title = (
+        f"environment vs lock (policy {drift.policy}): {drift.count('critical')} critical, "
+        f"{drift.count('notable')} notable, {drift.count('info')} info"
+    )
     table = Table(title=title, title_justify="left")
     for column in ("severity", "what", "locked", "here", "why it matters"):
         table.add_column(column)
     for item in drift.items:
-        table.add_row(_text(item.severity, style=_SEVERITY_STYLE[item.severity]), _text(item.what),
-                      _text(item.locked or "-"), _text(item.running or "-"), _text(item.reason))
+        table.add_row(
+            _text(item.severity, style=_SEVERITY_STYLE[item.severity]),
+            _text(item.what),
+            _text(item.locked or "-"),
+            _text(item.running or "-"),
+            _text(item.reason),
+        )
     return table
 
 
@@ -109,15 +138,21 @@ def render_drift(drift: DriftReport, console: Console) -> None:
 
 def render_lock(lock: EnvironmentLock, console: Console) -> None:
     """`bundle env`: the lock, readably."""
-    console.print(f"python {lock.python.version} ({lock.python.implementation}) on {lock.platform.system} "
-                  f"{lock.platform.machine}, {lock.platform.libc or 'libc unknown'}, kernel {lock.platform.release}")
+    console.print(
+        f"python {lock.python.version} ({lock.python.implementation}) on {lock.platform.system} "
+        f"{lock.platform.machine}, {lock.platform.libc or 'libc unknown'}, kernel {lock.platform.release}"
+    )
     console.print(f"cpu: {lock.cpu.model or 'unknown'}; numeric features: {' '.join(lock.cpu.numeric_flags) or '-'}")
     console.print(f"onnxruntime {lock.onnxruntime.version} (providers: {', '.join(lock.onnxruntime.providers)})")
     if lock.torch:
-        console.print(f"torch {lock.torch.version}, CUDA {lock.torch.cuda or '-'}, cuDNN {lock.torch.cudnn or '-'}, "
-                      f"device {lock.torch.device_name or 'cpu'}")
-    console.print(f"threads: {' '.join(f'{k}={v}' for k, v in lock.threads.items()) or '(defaults)'}; "
-                  f"paritybundle {lock.paritybundle}")
+        console.print(
+            f"torch {lock.torch.version}, CUDA {lock.torch.cuda or '-'}, cuDNN {lock.torch.cudnn or '-'}, "
+            f"device {lock.torch.device_name or 'cpu'}"
+        )
+    console.print(
+        f"threads: {' '.join(f'{k}={v}' for k, v in lock.threads.items()) or '(defaults)'}; "
+        f"paritybundle {lock.paritybundle}"
+    )
     table = Table(title=f"distributions ({len(lock.distributions)}; serving pins marked *)", title_justify="left")
     table.add_column("name")
     table.add_column("version")
@@ -128,18 +163,26 @@ def render_lock(lock: EnvironmentLock, console: Console) -> None:
 
 def stage_table(report: CheckReport, stages: list[StageResult] | None = None) -> Table:
     """Each stage on its own, and the preprocessing per raw input (column)."""
-    table = Table(title="stages: preprocessing per raw input vs the reference features; model on the reference "
-                        "features; merged pipeline; merge = pipeline vs the two stages run in sequence",
-                  title_justify="left")
+    table = Table(
+        title="stages: preprocessing per raw input vs the reference features; model on the reference "
+        "features; merged pipeline; merge = pipeline vs the two stages run in sequence",
+        title_justify="left",
+    )
     for column in ("stage", "file", "compared", "max abs", "violations", "worst sample", "of tol", "verdict"):
         table.add_column(column, justify="left" if column in ("stage", "file", "compared", "verdict") else "right")
 
     def row(stage: str, file: str, what: str, c: OutputComparison) -> None:
         s = c.stats
-        table.add_row(stage, file, _text(what), number_text(s and s.max_abs), f"{s.violations}/{s.elements}" if s else "-",
-                      _worst_sample(c),
-                      "-" if s is None else _share(s.max_tolerance_ratio),
-                      _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red"))
+        table.add_row(
+            stage,
+            file,
+            _text(what),
+            number_text(s and s.max_abs),
+            f"{s.violations}/{s.elements}" if s else "-",
+            _worst_sample(c),
+            "-" if s is None else _share(s.max_tolerance_ratio),
+            _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red"),
+        )
 
     for stage in report.stages if stages is None else stages:
         if stage.stage == "preprocess" and stage.columns:
@@ -179,28 +222,39 @@ def render_check(report: CheckReport, console: Console) -> None:
     settings = report.settings
     if settings.source in ("capture", "replay"):
         what = "this runtime" if settings.source == "capture" else "the research model, replayed,"
-        console.print(f"{what} against what production served: {settings.samples} captured samples from "
-                      f"{settings.capture}; {report.bundle.files_verified} files verified; {report.duration_s:.2f} s")
+        console.print(
+            f"{what} against what production served: {settings.samples} captured samples from "
+            f"{settings.capture}; {report.bundle.files_verified} files verified; {report.duration_s:.2f} s"
+        )
         for worker in settings.workers:  # a check sharded on a cluster: who judged what
             console.print(_text(f"judged on {settings.engine}: {worker}"))
     elif settings.source == "testdata":
-        console.print(f"references from ONNX test data in {settings.testdata} ({settings.samples} samples); "
-                      f"onnxruntime {settings.onnxruntime_version}; {report.bundle.files_verified} files verified; "
-                      f"{report.duration_s:.2f} s")
+        console.print(
+            f"references from ONNX test data in {settings.testdata} ({settings.samples} samples); "
+            f"onnxruntime {settings.onnxruntime_version}; {report.bundle.files_verified} files verified; "
+            f"{report.duration_s:.2f} s"
+        )
     elif settings.source == "url":
-        console.print(f"answers from {settings.url} (model {settings.model}), {settings.batch_size} samples per request; "
-                      f"references made on {report.reference['device']} ({report.reference['precision']}); "
-                      f"{report.bundle.files_verified} files verified; {report.duration_s:.2f} s")
+        console.print(
+            f"answers from {settings.url} (model {settings.model}), {settings.batch_size} samples per request; "
+            f"references made on {report.reference['device']} ({report.reference['precision']}); "
+            f"{report.bundle.files_verified} files verified; {report.duration_s:.2f} s"
+        )
     else:
         console.print(
-        f"onnxruntime {settings.onnxruntime_version}, {', '.join(settings.providers)}, "
-        f"optimization {settings.graph_optimization_level}, threads {settings.intra_op_num_threads or 'auto'}, "
-        f"batch {settings.batch_size or 'all'}; references made on {report.reference['device']} "
-        f"({report.reference['precision']}); {report.bundle.files_verified} files verified; {report.duration_s:.2f} s"
+            f"onnxruntime {settings.onnxruntime_version}, {', '.join(settings.providers)}, "
+            f"optimization {settings.graph_optimization_level}, threads {settings.intra_op_num_threads or 'auto'}, "
+            f"batch {settings.batch_size or 'all'}; references made on {report.reference['device']} "
+            f"({report.reference['precision']}); {report.bundle.files_verified} files verified; {report.duration_s:.2f} s"
         )
-    failed = report.failed_outputs + [f"stage {s.stage}" for s in report.stages if not s.passed and s.stage != "pipeline"]
-    verdict = _text("PARITY HOLDS", style="bold green") if report.passed else _text(
-        f"PARITY FAILS: {', '.join(failed)}", style="bold red")
+    failed = report.failed_outputs + [
+        f"stage {s.stage}" for s in report.stages if not s.passed and s.stage != "pipeline"
+    ]
+    verdict = (
+        _text("PARITY HOLDS", style="bold green")
+        if report.passed
+        else _text(f"PARITY FAILS: {', '.join(failed)}", style="bold red")
+    )
     console.print(verdict)
 
 
@@ -246,37 +300,54 @@ def preprocessing_table(manifest: Manifest) -> Table:
         for position, step in enumerate(column.steps):
             params = step.params
             if "vocabulary" in params:
-                state = (f"vocabulary {len(params['vocabulary'])} + OOV bucket at index {params.get('oov_index')}: "
-                         f"{_summary(params['vocabulary'])}")
+                state = (
+                    f"vocabulary {len(params['vocabulary'])} + OOV bucket at index {params.get('oov_index')}: "
+                    f"{_summary(params['vocabulary'])}"
+                )
             else:
-                state = "; ".join(f"{key} {_summary(value)}" for key, value in params.items()
-                                  if key not in ("counts", "missing_share_in_training")) or "-"
-            table.add_row(column.input if position == 0 else "", where if position == 0 else "", step.kind, step.nan,
-                          _text(state))
+                state = (
+                    "; ".join(
+                        f"{key} {_summary(value)}"
+                        for key, value in params.items()
+                        if key not in ("counts", "missing_share_in_training")
+                    )
+                    or "-"
+                )
+            table.add_row(
+                column.input if position == 0 else "", where if position == 0 else "", step.kind, step.nan, _text(state)
+            )
     return table
 
 
 def render_manifest(manifest: Manifest, console: Console) -> None:
     """`bundle inspect`: specs, stages, tolerance, provenance, sizes."""
     m = manifest
-    console.print(_text(f"{m.name} v{m.version}", style="bold"),
-                  f"created {m.created_at.isoformat()} by paritybundle {m.producer.version}")
+    console.print(
+        _text(f"{m.name} v{m.version}", style="bold"),
+        f"created {m.created_at.isoformat()} by paritybundle {m.producer.version}",
+    )
     console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(m.producer.libraries.items())))
     console.print(_spec_table("inputs", m.inputs))
     console.print(_spec_table("outputs", m.outputs))
-    console.print(f"stages: pipeline {m.stages.pipeline}, model {m.stages.model}, preprocess "
-                  f"{m.stages.preprocess or '(none)'}; opset {m.stages.opset}; exporter {m.stages.exporter}")
+    console.print(
+        f"stages: pipeline {m.stages.pipeline}, model {m.stages.model}, preprocess "
+        f"{m.stages.preprocess or '(none)'}; opset {m.stages.opset}; exporter {m.stages.exporter}"
+    )
     if m.preprocessing is not None:
         console.print(preprocessing_table(m))
     tol = m.tolerance
-    lines = [f"tolerance: preset atol {tol.default.atol:g}, rtol {tol.default.rtol:g}, equal_nan {tol.default.equal_nan} "
-             f"(references made on {tol.reference_device}, {tol.reference_precision}); "
-             f"argmax agreement >= {tol.min_decision_agreement:.0%}{' (research graph)' if tol.approximation else ''}, near ties on at most {tol.max_tie_share:.0%} of "
-             f"samples; notice above {tol.baseline_factor:g}x export error"]
+    lines = [
+        f"tolerance: preset atol {tol.default.atol:g}, rtol {tol.default.rtol:g}, equal_nan {tol.default.equal_nan} "
+        f"(references made on {tol.reference_device}, {tol.reference_precision}); "
+        f"argmax agreement >= {tol.min_decision_agreement:.0%}{' (research graph)' if tol.approximation else ''}, near ties on at most {tol.max_tie_share:.0%} of "
+        f"samples; notice above {tol.baseline_factor:g}x export error"
+    ]
     lines += [f"  {line}" for line in tolerance_lines(tol)]
     console.print("\n".join(lines))
-    console.print(f"runtime validated with: onnxruntime {m.runtime.onnxruntime_version}, "
-                  f"{', '.join(m.runtime.providers)}, optimization {m.runtime.graph_optimization_level}")
+    console.print(
+        f"runtime validated with: onnxruntime {m.runtime.onnxruntime_version}, "
+        f"{', '.join(m.runtime.providers)}, optimization {m.runtime.graph_optimization_level}"
+    )
     errors = Table(title=f"export-time error, {m.export_error_label()}", title_justify="left")
     for column in ("output", "max abs", "mean abs", "max rel"):
         errors.add_column(column)
@@ -285,10 +356,13 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
     console.print(errors)
     p = m.provenance
     git = f"{p.git.commit[:12]}{' (dirty)' if p.git.dirty else ''}" if p.git else "(not in a git checkout)"
-    console.print(f"provenance: git {git}; params {p.params or '{}'}; metrics {p.metrics or '{}'}; "
-                  f"data {p.data_hashes or '{}'}")
-    console.print(f"reference set: {m.reference.samples} samples"
-                  + (f" in {len(m.reference.groups)} groups of shapes" if m.reference.groups else ""))
+    console.print(
+        f"provenance: git {git}; params {p.params or '{}'}; metrics {p.metrics or '{}'}; data {p.data_hashes or '{}'}"
+    )
+    console.print(
+        f"reference set: {m.reference.samples} samples"
+        + (f" in {len(m.reference.groups)} groups of shapes" if m.reference.groups else "")
+    )
     for index, group in enumerate(m.reference.groups):
         shapes = ", ".join(f"{name} {shape}" for name, shape in group.shapes.items())
         console.print(_text(f"  group {index}: {group.samples} samples; per sample {shapes}"))
@@ -307,15 +381,20 @@ def _field_table(title: str, changes, a_label: str = "A", b_label: str = "B") ->
     for column in ("what", a_label, b_label):
         table.add_column(column)
     for change in changes:
-        table.add_row(_text(change.what), _text(change.a if change.a is not None else "-"),
-                      _text(change.b if change.b is not None else "-"))
+        table.add_row(
+            _text(change.what),
+            _text(change.a if change.a is not None else "-"),
+            _text(change.b if change.b is not None else "-"),
+        )
     return table
 
 
 def render_diff(report, console: Console) -> None:
     """`bundle diff A B`: compatibility first, then what changed, then what it did to outputs."""
     a, b = report.a, report.b
-    console.print(_text(f"diff: A = {a.name} v{a.version} ({a.path})  ->  B = {b.name} v{b.version} ({b.path})", style="bold"))
+    console.print(
+        _text(f"diff: A = {a.name} v{a.version} ({a.path})  ->  B = {b.name} v{b.version} ({b.path})", style="bold")
+    )
     compat = report.compatibility
     if compat.compatible:
         console.print(_text("compatible: B can replace A behind the same endpoint", style="green"))
@@ -330,10 +409,18 @@ def render_diff(report, console: Console) -> None:
         for column in ("kind", "name", "A", "B", "breaks A's clients", "detail"):
             table.add_column(column)
         for d in report.specs:
+
             def text(spec) -> Text:
                 return _text("-" if spec is None else f"{spec.dtype}[{', '.join(map(str, spec.shape))}]")
-            table.add_row(d.kind, _text(d.name), text(d.a), text(d.b),
-                          _text("yes", style="red") if d.breaking else "no", _text(d.detail))
+
+            table.add_row(
+                d.kind,
+                _text(d.name),
+                text(d.a),
+                text(d.b),
+                _text("yes", style="red") if d.breaking else "no",
+                _text(d.detail),
+            )
         console.print(table)
     else:
         console.print("input/output specs: identical")
@@ -348,28 +435,47 @@ def render_diff(report, console: Console) -> None:
             for column in ("input", "step", "what moved", "max abs", "max rel"):
                 table.add_column(column)
             for s in pre.statistics:
-                table.add_row(_text(s.input), f"{s.step} {s.kind}", _text(s.summary), number_text(s.max_abs_change),
-                              number_text(s.max_rel_change))
+                table.add_row(
+                    _text(s.input),
+                    f"{s.step} {s.kind}",
+                    _text(s.summary),
+                    number_text(s.max_abs_change),
+                    number_text(s.max_rel_change),
+                )
             console.print(table)
     graphs = Table(title="graphs", title_justify="left")
-    for column in ("stage", "A: nodes / parameters / opset / bytes", "B: nodes / parameters / opset / bytes",
-                   "operator counts that changed (A -> B)"):
+    for column in (
+        "stage",
+        "A: nodes / parameters / opset / bytes",
+        "B: nodes / parameters / opset / bytes",
+        "operator counts that changed (A -> B)",
+    ):
         graphs.add_column(column)
     for g in report.graphs:
+
         def summary(s) -> str:
             return "-" if s is None else f"{s.nodes} / {s.parameters:,} / {s.opset} / {s.bytes:,}"
+
         changes = ", ".join(f"{op} {n[0]}->{n[1]}" for op, n in g.operator_changes.items()) or "none"
         graphs.add_row(g.stage, summary(g.a), summary(g.b), _text(changes))
     console.print(graphs)
-    console.print(_field_table("tolerance policy changes", report.tolerance) if report.tolerance
-                  else "tolerance policy: identical")
+    console.print(
+        _field_table("tolerance policy changes", report.tolerance)
+        if report.tolerance
+        else "tolerance policy: identical"
+    )
     if report.environment:
         table = Table(title="environment lock differences (A -> B)", title_justify="left")
         for column in ("severity", "what", "A", "B", "why it matters"):
             table.add_column(column)
         for item in report.environment:
-            table.add_row(_text(item.severity, style=_SEVERITY_STYLE[item.severity]), _text(item.what),
-                          _text(item.locked or "-"), _text(item.running or "-"), _text(item.reason))
+            table.add_row(
+                _text(item.severity, style=_SEVERITY_STYLE[item.severity]),
+                _text(item.what),
+                _text(item.locked or "-"),
+                _text(item.running or "-"),
+                _text(item.reason),
+            )
         console.print(table)
     else:
         console.print("environment locks: identical")
@@ -383,16 +489,38 @@ def render_diff(report, console: Console) -> None:
             table.add_column(column)
         for run in report.behaviour:
             if run.problem:
-                table.add_row(_text(run.description), str(run.samples), "-", "-", "-", "-", "-",
-                              _text(f"FAIL: {run.problem}", style="bold red"))
+                table.add_row(
+                    _text(run.description),
+                    str(run.samples),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    _text(f"FAIL: {run.problem}", style="bold red"),
+                )
             for c in run.outputs:
                 s, d = c.stats, c.decision
-                flips = "-" if d is None else f"{d.samples - d.agreeing}" + (
-                    f" (samples {', '.join(map(str, d.disagreeing_samples[:8]))}{', ...' if len(d.disagreeing_samples) > 8 else ''})"
-                    if d.disagreeing_samples else "")
-                table.add_row(_text(run.description), str(run.samples), c.name, number_text(s and s.max_abs),
-                              f"{s.violations}/{s.elements}" if s else "-", "-" if s is None else _share(s.max_tolerance_ratio),
-                              _text(flips), _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red"))
+                flips = (
+                    "-"
+                    if d is None
+                    else f"{d.samples - d.agreeing}"
+                    + (
+                        f" (samples {', '.join(map(str, d.disagreeing_samples[:8]))}{', ...' if len(d.disagreeing_samples) > 8 else ''})"
+                        if d.disagreeing_samples
+                        else ""
+                    )
+                )
+                table.add_row(
+                    _text(run.description),
+                    str(run.samples),
+                    c.name,
+                    number_text(s and s.max_abs),
+                    f"{s.violations}/{s.elements}" if s else "-",
+                    "-" if s is None else _share(s.max_tolerance_ratio),
+                    _text(flips),
+                    _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red"),
+                )
         console.print(table)
     style = "bold green" if report.passed else "bold red"
     console.print(_text(("OK: " if report.passed else "DIFFERS: ") + report.verdict, style=style))
@@ -400,8 +528,11 @@ def render_diff(report, console: Console) -> None:
 
 def render_input_drift(report, console: Console) -> None:
     """``bundle drift``: one row per column, then the findings and the closing sentence."""
-    table = Table(title=f"input drift: {report.bundle} v{report.version} ({report.samples} captured samples, "
-                        f"{report.reference_samples} reference samples)", title_justify="left")
+    table = Table(
+        title=f"input drift: {report.bundle} v{report.version} ({report.samples} captured samples, "
+        f"{report.reference_samples} reference samples)",
+        title_justify="left",
+    )
     for column in ("column", "kind", "NaN", "PSI", "outside reference", "outside fitted", "unseen", "verdict"):
         table.add_column(column, justify="left" if column in ("column", "kind") else "right")
 
@@ -409,11 +540,22 @@ def render_input_drift(report, console: Console) -> None:
         return "-" if value is None else f"{value:.1%}"
 
     for c in report.columns:
-        table.add_row(_text(c.column), c.kind, pct(c.nan_share), "-" if c.psi is None else f"{c.psi:.3f}",
-                      pct(c.outside_reference_range), pct(c.outside_fitted_range), pct(c.unseen_share),
-                      Text("DRIFT", style="red") if c.findings else Text("ok", style="green"))
+        table.add_row(
+            _text(c.column),
+            c.kind,
+            pct(c.nan_share),
+            "-" if c.psi is None else f"{c.psi:.3f}",
+            pct(c.outside_reference_range),
+            pct(c.outside_fitted_range),
+            pct(c.unseen_share),
+            Text("DRIFT", style="red") if c.findings else Text("ok", style="green"),
+        )
     console.print(table)
     for output in report.outputs:
-        console.print(_text(f"predicted classes of {output.output}: total variation {output.shift:.2f} from research's"
-                            + (" (DRIFT)" if output.findings else "")))
+        console.print(
+            _text(
+                f"predicted classes of {output.output}: total variation {output.shift:.2f} from research's"
+                + (" (DRIFT)" if output.findings else "")
+            )
+        )
     console.print(_text(report.summary, style="bold green" if report.passed else "bold red"))

@@ -46,9 +46,19 @@ FILE_GLOB = "capture-*.parquet"
 PARTIAL_SUFFIX = ".parquet.partial"
 INSTALL_HINT = "reading or writing captured traffic needs pyarrow: pip install 'paritybundle[capture]'."
 _ARROW_TYPES = {
-    "float16": "float16", "float32": "float32", "float64": "float64", "int8": "int8", "int16": "int16",
-    "int32": "int32", "int64": "int64", "uint8": "uint8", "uint16": "uint16", "uint32": "uint32",
-    "uint64": "uint64", "bool": "bool_", "string": "string",
+    "float16": "float16",
+    "float32": "float32",
+    "float64": "float64",
+    "int8": "int8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "uint8": "uint8",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+    "bool": "bool_",
+    "string": "string",
 }
 
 
@@ -71,15 +81,26 @@ def schema(manifest: Manifest, manifest_bytes: bytes) -> Any:
     """The Arrow schema of a capture of ``manifest``'s bundle; the file's metadata keeps the bundle's
     ``bundle.json`` itself (``replay`` judges under its policy when no bundle is given)."""
     pa, _ = pyarrow_modules()
-    fields = [pa.field("request_id", pa.string()), pa.field("row", pa.int32()),
-              pa.field("received_at", pa.timestamp("us", tz="UTC")), pa.field("bundle", pa.string()),
-              pa.field("version", pa.string()), pa.field("manifest_sha256", pa.string())]
+    fields = [
+        pa.field("request_id", pa.string()),
+        pa.field("row", pa.int32()),
+        pa.field("received_at", pa.timestamp("us", tz="UTC")),
+        pa.field("bundle", pa.string()),
+        pa.field("version", pa.string()),
+        pa.field("manifest_sha256", pa.string()),
+    ]
     for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
         for spec in specs:
             fields.append(pa.field(column(kind, spec.name), pa.list_(getattr(pa, _ARROW_TYPES[spec.dtype])())))
             fields.append(pa.field(column(kind, spec.name) + ".shape", pa.list_(pa.int32())))
-    return pa.schema(fields, metadata={"paritybundle.capture": FORMAT_VERSION, "paritybundle.manifest": manifest_bytes,
-                                       "paritybundle.manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()})
+    return pa.schema(
+        fields,
+        metadata={
+            "paritybundle.capture": FORMAT_VERSION,
+            "paritybundle.manifest": manifest_bytes,
+            "paritybundle.manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        },
+    )
 
 
 def embedded_manifest(file: Path) -> tuple[bytes, str]:
@@ -135,11 +156,19 @@ def chunk_of(records: Sequence[Captured], manifest: Manifest) -> Chunk:
         for spec in specs:
             arrays = [(r.inputs if kind == "input" else r.outputs)[spec.name] for r in records]
             fixed = all(isinstance(d, int) for d in spec.shape[1:])
-            tensors[column(kind, spec.name)] = (np.concatenate(arrays, axis=0) if fixed and len(arrays) > 1 else
-                                                np.asarray(arrays[0]) if fixed else arrays)
-    return Chunk(ids=np.array([r.request_id for r in records], dtype=object),
-                 stamps=np.fromiter((int(r.received_at * 1e6) for r in records), dtype=np.int64, count=len(records)),
-                 rows=rows, tensors=tensors)
+            tensors[column(kind, spec.name)] = (
+                np.concatenate(arrays, axis=0)
+                if fixed and len(arrays) > 1
+                else np.asarray(arrays[0])
+                if fixed
+                else arrays
+            )
+    return Chunk(
+        ids=np.array([r.request_id for r in records], dtype=object),
+        stamps=np.fromiter((int(r.received_at * 1e6) for r in records), dtype=np.int64, count=len(records)),
+        rows=rows,
+        tensors=tensors,
+    )
 
 
 def chunk_batch(chunk: Chunk, manifest: Manifest, digest: str, arrow_schema: Any) -> Any:
@@ -149,8 +178,13 @@ def chunk_batch(chunk: Chunk, manifest: Manifest, digest: str, arrow_schema: Any
     single = total == chunk.requests  # every request one row
     columns: list[Any] = [
         pa.array(chunk.ids if single else np.repeat(chunk.ids, rows), pa.string()),
-        pa.array(np.zeros(total, np.int32) if single else
-                 np.concatenate([np.arange(n, dtype=np.int32) for n in rows]) if total else np.zeros(0, np.int32)),
+        pa.array(
+            np.zeros(total, np.int32)
+            if single
+            else np.concatenate([np.arange(n, dtype=np.int32) for n in rows])
+            if total
+            else np.zeros(0, np.int32)
+        ),
         pa.array(chunk.stamps if single else np.repeat(chunk.stamps, rows), pa.timestamp("us", tz="UTC")),
         pa.array([manifest.name] * total, pa.string()),
         pa.array([manifest.version] * total, pa.string()),
@@ -162,8 +196,9 @@ def chunk_batch(chunk: Chunk, manifest: Manifest, digest: str, arrow_schema: Any
     return pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
 
 
-def _list_columns(pa: Any, arrays: np.ndarray | list[np.ndarray], spec: TensorSpec, rows: np.ndarray,
-                  total: int) -> list[Any]:
+def _list_columns(
+    pa: Any, arrays: np.ndarray | list[np.ndarray], spec: TensorSpec, rows: np.ndarray, total: int
+) -> list[Any]:
     """``(values, shape)`` list columns for one tensor: a stacked ``[samples, ...]`` array, or the
     requests' arrays when their shapes vary."""
     rank = len(spec.shape) - 1
@@ -177,16 +212,22 @@ def _list_columns(pa: Any, arrays: np.ndarray | list[np.ndarray], spec: TensorSp
         per_row = np.fromiter((math.prod(a.shape[1:]) for a in arrays), dtype=np.int64, count=len(arrays))
         offsets = np.zeros(total + 1, dtype=np.int64)
         np.cumsum(np.repeat(per_row, rows), out=offsets[1:])
-        shape_values = (np.concatenate([np.tile(np.asarray(a.shape[1:], dtype=np.int32), int(n))
-                                        for a, n in zip(arrays, rows, strict=True)]) if rank else np.zeros(0, np.int32))
+        shape_values = (
+            np.concatenate(
+                [np.tile(np.asarray(a.shape[1:], dtype=np.int32), int(n)) for a, n in zip(arrays, rows, strict=True)]
+            )
+            if rank
+            else np.zeros(0, np.int32)
+        )
     arrow_type = getattr(pa, _ARROW_TYPES[spec.dtype])()
     if spec.dtype == "string":
         flat = pa.array([str(v) for v in flat_values], arrow_type)
     else:
         flat = pa.array(flat_values, arrow_type)
     values = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat)
-    shape_lists = pa.ListArray.from_arrays(pa.array(np.arange(total + 1, dtype=np.int32) * rank),
-                                           pa.array(shape_values, pa.int32()))
+    shape_lists = pa.ListArray.from_arrays(
+        pa.array(np.arange(total + 1, dtype=np.int32) * rank), pa.array(shape_values, pa.int32())
+    )
     return [values, shape_lists]
 
 
@@ -235,8 +276,9 @@ def capture_files(path: str | os.PathLike[str]) -> list[Path]:
         return [root]
     files = sorted(root.glob(FILE_GLOB)) if root.is_dir() else []
     if not files:
-        raise UsageError(f"{root} holds no captured traffic ({FILE_GLOB}); pass the directory given to "
-                         "`bundle serve --capture`.")
+        raise UsageError(
+            f"{root} holds no captured traffic ({FILE_GLOB}); pass the directory given to `bundle serve --capture`."
+        )
     return files
 
 
@@ -259,47 +301,67 @@ def read_capture(path: str | os.PathLike[str], manifest: Manifest, *, outputs: b
         try:
             tables.append(parquet.read_table(file))
         except Exception as exc:  # pyarrow's own errors: a truncated or foreign file
-            raise UsageError(f"{file} is not a readable capture file ({type(exc).__name__}: {str(exc)[:200]}).") from None
+            raise UsageError(
+                f"{file} is not a readable capture file ({type(exc).__name__}: {str(exc)[:200]})."
+            ) from None
     try:
         table = pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
     except pa.ArrowInvalid:
-        raise UsageError(f"the capture files in {path} hold different columns: they come from servers of different "
-                         "bundles; pass one bundle's capture.") from None
+        raise UsageError(
+            f"the capture files in {path} hold different columns: they come from servers of different "
+            "bundles; pass one bundle's capture."
+        ) from None
     kinds = [("input", manifest.inputs)] + ([("output", manifest.outputs)] if outputs else [])
     for name, wanted_type in (("request_id", pa.string()), ("row", pa.int32()), ("manifest_sha256", pa.string())):
         if name not in table.column_names or table.schema.field(name).type != wanted_type:
-            raise UsageError(f"the capture in {path} has no {wanted_type} column {name!r}: it was not written by "
-                             "`bundle serve --capture`, or was altered.")
+            raise UsageError(
+                f"the capture in {path} has no {wanted_type} column {name!r}: it was not written by "
+                "`bundle serve --capture`, or was altered."
+            )
         if table[name].null_count:
-            raise UsageError(f"the capture in {path} has {table[name].null_count} rows without a {name!r}: it was "
-                             "altered; every captured sample names its request.")
+            raise UsageError(
+                f"the capture in {path} has {table[name].null_count} rows without a {name!r}: it was "
+                "altered; every captured sample names its request."
+            )
     for kind, specs in kinds:
         for spec in specs:
             for name in (column(kind, spec.name), column(kind, spec.name) + ".shape"):
                 if name not in table.column_names:
-                    raise UsageError(f"the capture in {path} has no column {name!r}: it was served by a bundle with "
-                                     f"other {kind}s than {manifest.name!r}.")
+                    raise UsageError(
+                        f"the capture in {path} has no column {name!r}: it was served by a bundle with "
+                        f"other {kind}s than {manifest.name!r}."
+                    )
     for kind, specs in kinds:
         for spec in specs:
             wanted = pa.list_(getattr(pa, _ARROW_TYPES[spec.dtype])())
-            for name, expected in ((column(kind, spec.name), wanted), (column(kind, spec.name) + ".shape", pa.list_(pa.int32()))):
+            for name, expected in (
+                (column(kind, spec.name), wanted),
+                (column(kind, spec.name) + ".shape", pa.list_(pa.int32())),
+            ):
                 found = table.schema.field(name).type
                 if found != expected:
                     what = str(getattr(found, "value_type", found))
-                    raise UsageError(f"the capture in {path} holds {name!r} as lists of {what}, not of "
-                                     f"{expected.value_type}: it was not written by `bundle serve --capture` for "
-                                     f"{manifest.name!r}.")
+                    raise UsageError(
+                        f"the capture in {path} holds {name!r} as lists of {what}, not of "
+                        f"{expected.value_type}: it was not written by `bundle serve --capture` for "
+                        f"{manifest.name!r}."
+                    )
     samples = table.num_rows
-    shapes = {(kind, spec.name): _shapes(table[column(kind, spec.name) + ".shape"], len(spec.shape) - 1, samples)
-              for kind, specs in kinds for spec in specs}
+    shapes = {
+        (kind, spec.name): _shapes(table[column(kind, spec.name) + ".shape"], len(spec.shape) - 1, samples)
+        for kind, specs in kinds
+        for spec in specs
+    }
     key = np.concatenate(list(shapes.values()), axis=1) if shapes else np.zeros((samples, 0), np.int64)
     for spec in manifest.inputs:
         sizes = shapes[("input", spec.name)].prod(axis=1) if shapes[("input", spec.name)].shape[1] else None
         if sizes is not None and (sizes == 0).any():
             empty = int((sizes == 0).sum())
-            raise UsageError(f"the capture in {path} holds {empty} sample(s) whose input {spec.name!r} has no values "
-                             f"(a dimension of 0, first at sample {int(np.flatnonzero(sizes == 0)[0])}); such a sample "
-                             "proves nothing about the model. Remove them, or capture traffic that carries values.")
+            raise UsageError(
+                f"the capture in {path} holds {empty} sample(s) whose input {spec.name!r} has no values "
+                f"(a dimension of 0, first at sample {int(np.flatnonzero(sizes == 0)[0])}); such a sample "
+                "proves nothing about the model. Remove them, or capture traffic that carries values."
+            )
     groups = []
     if samples:
         if key.shape[1]:
@@ -311,20 +373,26 @@ def read_capture(path: str | os.PathLike[str], manifest: Manifest, *, outputs: b
         # and each column combined once, its groups taken from it.
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(unique) + 1))
-        columns = {(kind, spec.name): _ListColumn(table[column(kind, spec.name)], spec)
-                   for kind, specs in kinds for spec in specs}
+        columns = {
+            (kind, spec.name): _ListColumn(table[column(kind, spec.name)], spec)
+            for kind, specs in kinds
+            for spec in specs
+        }
         for index in range(len(unique)):
-            positions = order[bounds[index]:bounds[index + 1]]
+            positions = order[bounds[index] : bounds[index + 1]]
             parts: dict[str, dict[str, np.ndarray]] = {"input": {}, "output": {}}
             for kind, specs in kinds:
                 for spec in specs:
                     shape = tuple(int(d) for d in shapes[(kind, spec.name)][positions[0]])
                     parts[kind][spec.name] = columns[(kind, spec.name)].stack(positions, shape)
             groups.append(CaptureGroup(inputs=parts["input"], outputs=parts["output"], positions=positions))
-    return CaptureData(files=files, groups=groups,
-                       request_ids=np.asarray(table["request_id"].to_numpy(zero_copy_only=False), dtype=object),
-                       rows=table["row"].to_numpy(zero_copy_only=False),
-                       digests=sorted(set(table["manifest_sha256"].to_pylist())))
+    return CaptureData(
+        files=files,
+        groups=groups,
+        request_ids=np.asarray(table["request_id"].to_numpy(zero_copy_only=False), dtype=object),
+        rows=table["row"].to_numpy(zero_copy_only=False),
+        digests=sorted(set(table["manifest_sha256"].to_pylist())),
+    )
 
 
 def _shapes(chunked: Any, rank: int, samples: int) -> np.ndarray:
@@ -332,8 +400,9 @@ def _shapes(chunked: Any, rank: int, samples: int) -> np.ndarray:
         return np.zeros((samples, 0), np.int64)
     flat = chunked.combine_chunks().flatten().to_numpy(zero_copy_only=False)
     if flat.size != samples * rank:
-        raise UsageError("a capture file holds shapes of another rank than the bundle's; it was served by "
-                         "another bundle.")
+        raise UsageError(
+            "a capture file holds shapes of another rank than the bundle's; it was served by another bundle."
+        )
     if flat.size and (flat.min() < 0 or flat.max() > MAX_DIMENSION):
         raise UsageError(f"a capture file records a dimension outside 0..{MAX_DIMENSION}; it was altered.")
     return flat.reshape(samples, rank).astype(np.int64)
@@ -357,12 +426,17 @@ class _ListColumn:
         starts, ends = self.offsets[positions], self.offsets[positions + 1]
         wrong = (ends - starts) != size
         if wrong.any():
-            raise UsageError(f"a capture file's column {self.spec.name!r} holds a sample of "
-                             f"{int((ends - starts)[wrong][0])} values where its shape {list(shape)} says {size}; "
-                             "the file was altered.")
-        if positions.size == len(self.offsets) - 1 and self.offsets[0] == 0 and \
-                np.array_equal(positions, np.arange(positions.size)):  # every sample, in order: no gather
-            picked = self.values[:self.offsets[-1]]
+            raise UsageError(
+                f"a capture file's column {self.spec.name!r} holds a sample of "
+                f"{int((ends - starts)[wrong][0])} values where its shape {list(shape)} says {size}; "
+                "the file was altered."
+            )
+        if (
+            positions.size == len(self.offsets) - 1
+            and self.offsets[0] == 0
+            and np.array_equal(positions, np.arange(positions.size))
+        ):  # every sample, in order: no gather
+            picked = self.values[: self.offsets[-1]]
         else:
             picked = self.values[(starts[:, None] + np.arange(size)).reshape(-1)] if size else self.values[:0]
         return picked.reshape((positions.size, *shape))

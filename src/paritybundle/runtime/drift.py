@@ -56,14 +56,22 @@ def _minor(version: str | None) -> str | None:
     return ".".join(version.split(".")[:2]) if version else None
 
 
-def diff_environments(lock: EnvironmentLock, running: EnvironmentLock,
-                      validated_providers: list[str] | None = None) -> list[DriftItem]:
+def diff_environments(
+    lock: EnvironmentLock, running: EnvironmentLock, validated_providers: list[str] | None = None
+) -> list[DriftItem]:
     """Every difference between ``lock`` and ``running``, classified, most severe first."""
     items: list[DriftItem] = []
 
     def add(what: str, locked: Any, now: Any, severity: Severity, reason: str) -> None:
-        items.append(DriftItem(what=what, locked=None if locked is None else str(locked),
-                               running=None if now is None else str(now), severity=severity, reason=reason))
+        items.append(
+            DriftItem(
+                what=what,
+                locked=None if locked is None else str(locked),
+                running=None if now is None else str(now),
+                severity=severity,
+                reason=reason,
+            )
+        )
 
     lp, rp = lock.python, running.python
     if lp.implementation != rp.implementation:
@@ -73,8 +81,13 @@ def diff_environments(lock: EnvironmentLock, running: EnvironmentLock,
     elif lp.version != rp.version:
         add("python", lp.version, rp.version, "info", "a Python patch release")
     if lock.platform.machine != running.platform.machine:
-        add("cpu architecture", lock.platform.machine, running.platform.machine, "critical",
-            "other kernels and rounding")
+        add(
+            "cpu architecture",
+            lock.platform.machine,
+            running.platform.machine,
+            "critical",
+            "other kernels and rounding",
+        )
     if lock.platform.system != running.platform.system:
         add("os", lock.platform.system, running.platform.system, "notable", "another operating system")
     if lock.platform.libc != running.platform.libc:
@@ -85,19 +98,38 @@ def diff_environments(lock: EnvironmentLock, running: EnvironmentLock,
     if locked_flags != running_flags:
         missing = sorted(locked_flags - running_flags)
         extra = sorted(running_flags - locked_flags)
-        add("cpu features", " ".join(missing) or "-", " ".join(extra) or "-", "notable",
-            "ONNX Runtime and numpy pick other kernels (" + ", ".join(
-                [f"missing here: {' '.join(missing)}"] * bool(missing) + [f"new here: {' '.join(extra)}"] * bool(extra)) + ")")
+        add(
+            "cpu features",
+            " ".join(missing) or "-",
+            " ".join(extra) or "-",
+            "notable",
+            "ONNX Runtime and numpy pick other kernels ("
+            + ", ".join(
+                [f"missing here: {' '.join(missing)}"] * bool(missing) + [f"new here: {' '.join(extra)}"] * bool(extra)
+            )
+            + ")",
+        )
     if lock.onnxruntime.version != running.onnxruntime.version:
-        add("onnxruntime", lock.onnxruntime.version, running.onnxruntime.version, "critical",
-            "the runtime that executes the graph")
+        add(
+            "onnxruntime",
+            lock.onnxruntime.version,
+            running.onnxruntime.version,
+            "critical",
+            "the runtime that executes the graph",
+        )
     for provider in validated_providers or []:
         if provider not in running.onnxruntime.providers:
-            add(f"execution provider {provider}", "available", "missing", "critical",
-                "the bundle was validated with it")
+            add(
+                f"execution provider {provider}", "available", "missing", "critical", "the bundle was validated with it"
+            )
     if set(lock.onnxruntime.providers) != set(running.onnxruntime.providers):
-        add("available execution providers", ", ".join(lock.onnxruntime.providers),
-            ", ".join(running.onnxruntime.providers), "info", "only the validated providers matter")
+        add(
+            "available execution providers",
+            ", ".join(lock.onnxruntime.providers),
+            ", ".join(running.onnxruntime.providers),
+            "info",
+            "only the validated providers matter",
+        )
 
     for name, version in lock.serving.items():
         now = running.distributions.get(name)
@@ -109,22 +141,33 @@ def diff_environments(lock: EnvironmentLock, running: EnvironmentLock,
             continue  # reported above from the runtime itself
         else:
             add(name, version, now, "notable", "a serving dependency" + (" (not installed)" if now is None else ""))
-    training_only = {n: v for n, v in lock.distributions.items()
-                     if n not in lock.serving and n != SELF and n not in TOOLING}
+    training_only = {
+        n: v for n, v in lock.distributions.items() if n not in lock.serving and n != SELF and n not in TOOLING
+    }
     absent = sorted(n for n in training_only if n not in running.distributions)
     moved = sorted(n for n, v in training_only.items() if n in running.distributions and running.distributions[n] != v)
     if absent:
         shown = ", ".join(absent[:8]) + (f" and {len(absent) - 8} more" if len(absent) > 8 else "")
-        add("training-only packages", f"{len(absent)} installed", "absent", "info",
-            f"not needed to serve: {shown}")
+        add("training-only packages", f"{len(absent)} installed", "absent", "info", f"not needed to serve: {shown}")
     if moved:
         shown = ", ".join(f"{n} {training_only[n]}->{running.distributions[n]}" for n in moved[:8])
-        add("training-only packages", f"{len(moved)} at other versions", "changed", "info", f"not needed to serve: {shown}")
+        add(
+            "training-only packages",
+            f"{len(moved)} at other versions",
+            "changed",
+            "info",
+            f"not needed to serve: {shown}",
+        )
     if lock.torch is not None and "torch" not in running.distributions:
         add("torch", lock.torch.version, None, "info", "absent on the serving side by design")
     if lock.threads != running.threads:
-        add("thread variables", _env_text(lock.threads), _env_text(running.threads), "info",
-            "thread counts move results by float32 noise only")
+        add(
+            "thread variables",
+            _env_text(lock.threads),
+            _env_text(running.threads),
+            "info",
+            "thread counts move results by float32 noise only",
+        )
     order = {"critical": 0, "notable": 1, "info": 2}
     return sorted(items, key=lambda item: order[item.severity])
 

@@ -51,8 +51,9 @@ class ServingRuntime:
     def manifest(self) -> Manifest:
         return self.bundle.manifest
 
-    def predict(self, inputs: Mapping[str, Any] | np.ndarray | Any, *,
-                batch_size: int | None = DEFAULT_BATCH_SIZE) -> dict[str, np.ndarray]:
+    def predict(
+        self, inputs: Mapping[str, Any] | np.ndarray | Any, *, batch_size: int | None = DEFAULT_BATCH_SIZE
+    ) -> dict[str, np.ndarray]:
         """Run raw inputs through the pipeline; returns output name -> array.
 
         ``inputs``: a mapping input name -> array, one array for a single-input model, or a pandas
@@ -64,8 +65,12 @@ class ServingRuntime:
         return self.runner.run(self.runner.validate(from_columns(self.manifest.inputs, inputs)), batch_size)
 
 
-def load(path: str | os.PathLike[str], settings: Settings = None, env_policy: str = DEFAULT_POLICY,
-         public_key: str | os.PathLike[str] | None = None) -> ServingRuntime:
+def load(
+    path: str | os.PathLike[str],
+    settings: Settings = None,
+    env_policy: str = DEFAULT_POLICY,
+    public_key: str | os.PathLike[str] | None = None,
+) -> ServingRuntime:
     """Verify a bundle, apply the drift policy, and load its pipeline into ONNX Runtime.
 
     Args:
@@ -95,7 +100,9 @@ def load(path: str | os.PathLike[str], settings: Settings = None, env_policy: st
     return ServingRuntime(bundle=bundle, settings=chosen, drift=drift, runner=runner)
 
 
-def load_verified(bundle: VerifiedBundle, settings: Settings = None, env_policy: str = DEFAULT_POLICY) -> ServingRuntime:
+def load_verified(
+    bundle: VerifiedBundle, settings: Settings = None, env_policy: str = DEFAULT_POLICY
+) -> ServingRuntime:
     """:func:`load` for a bundle already opened with :func:`~paritybundle.bundle.store.open_bundle`:
     its files are not hashed a second time."""
     chosen = session_settings(bundle.manifest, settings)
@@ -109,8 +116,9 @@ def read_lock(bundle: VerifiedBundle) -> _lock.EnvironmentLock:
     return _lock.parse_lock(bundle.path(relative).read_bytes(), source=relative)
 
 
-def environment_drift(bundle: VerifiedBundle, policy: str, providers: list[str],
-                      here: _lock.EnvironmentLock | None = None) -> DriftReport:
+def environment_drift(
+    bundle: VerifiedBundle, policy: str, providers: list[str], here: _lock.EnvironmentLock | None = None
+) -> DriftReport:
     """Compare this environment (``here``, captured now if not given) with the bundle's lock and
     judge it under ``policy``.
 

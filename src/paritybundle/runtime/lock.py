@@ -21,13 +21,48 @@ from ..bundle.strict import StrictModel, load_json_document, validation_summary
 from ..errors import BundleInvalid
 
 # The serving core: what `bundle check` and `bundle serve` import.
-SERVING_ROOTS = ("onnxruntime", "onnx", "numpy", "pydantic", "typer", "rich", "packaging",
-                 "starlette", "uvicorn", "prometheus-client", "uvloop", "httptools", "orjson")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS",
-                    "OPENBLAS_CORETYPE")
+SERVING_ROOTS = (
+    "onnxruntime",
+    "onnx",
+    "numpy",
+    "pydantic",
+    "typer",
+    "rich",
+    "packaging",
+    "starlette",
+    "uvicorn",
+    "prometheus-client",
+    "uvloop",
+    "httptools",
+    "orjson",
+)
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "ORT_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+)
 # CPU features whose presence changes which kernels (and so which rounding) run.
-NUMERIC_CPU_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-                     "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+NUMERIC_CPU_FLAGS = (
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+    "sve2",
+)
 SELF = "paritybundle"
 # Installer tooling: present in every venv at whatever version, never imported to serve.
 TOOLING = frozenset({"pip", "setuptools", "wheel", "distribute"})
@@ -215,8 +250,9 @@ def _onnxruntime_info() -> RuntimeInfo:
     return RuntimeInfo(version=onnxruntime.__version__, providers=list(onnxruntime.get_available_providers()))
 
 
-def capture(torch_info: TorchInfo | None = None, *, with_closure: bool = True,
-            extra_roots: tuple[str, ...] = ()) -> EnvironmentLock:
+def capture(
+    torch_info: TorchInfo | None = None, *, with_closure: bool = True, extra_roots: tuple[str, ...] = ()
+) -> EnvironmentLock:
     """The running environment, in the lockfile's shape.
 
     Args:
@@ -230,8 +266,12 @@ def capture(torch_info: TorchInfo | None = None, *, with_closure: bool = True,
     installed = installed_distributions()
     return EnvironmentLock(
         python=PythonInfo(version=platform.python_version(), implementation=platform.python_implementation()),
-        platform=PlatformInfo(system=platform.system(), release=platform.release(), machine=platform.machine(),
-                              libc=f"{libc_name} {libc_version}".strip()),
+        platform=PlatformInfo(
+            system=platform.system(),
+            release=platform.release(),
+            machine=platform.machine(),
+            libc=f"{libc_name} {libc_version}".strip(),
+        ),
         cpu=cpu_info(),
         threads={name: os.environ[name] for name in THREAD_VARIABLES if name in os.environ},
         onnxruntime=_onnxruntime_info(),
@@ -244,9 +284,12 @@ def capture(torch_info: TorchInfo | None = None, *, with_closure: bool = True,
 
 def parse_lock(raw: bytes, *, source: str) -> EnvironmentLock:
     """Parse a lockfile; anything malformed is a bundle error (exit 3)."""
-    load_json_document(raw, source, "environment lock")  # duplicate keys, huge integers, deep nesting: refused with one sentence
+    load_json_document(
+        raw, source, "environment lock"
+    )  # duplicate keys, huge integers, deep nesting: refused with one sentence
     try:
         return EnvironmentLock.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        raise BundleInvalid(f"{source} is not a valid environment lock ({validation_summary(exc)}); "
-                            "re-export the bundle.") from None
+        raise BundleInvalid(
+            f"{source} is not a valid environment lock ({validation_summary(exc)}); re-export the bundle."
+        ) from None

@@ -29,16 +29,21 @@ class Runner:
     def __post_init__(self) -> None:
         self._output_names = [o.name for o in self.outputs]
 
-    def validate(self, inputs: Mapping[str, Any] | np.ndarray, *, check_finite: bool = True,
-                 check_utf8: bool = True) -> dict[str, np.ndarray]:
+    def validate(
+        self, inputs: Mapping[str, Any] | np.ndarray, *, check_finite: bool = True, check_utf8: bool = True
+    ) -> dict[str, np.ndarray]:
         """:func:`~paritybundle.runtime.validation.validate_inputs` against this runner's input specs.
 
         Raises:
             InputValidationError: naming the input and what is wrong.
         """
-        return validate_inputs(self.inputs, inputs, check_finite=check_finite, bounds=self.bounds, check_utf8=check_utf8)
+        return validate_inputs(
+            self.inputs, inputs, check_finite=check_finite, bounds=self.bounds, check_utf8=check_utf8
+        )
 
-    def run(self, inputs: Mapping[str, np.ndarray], batch_size: int | None = DEFAULT_BATCH_SIZE) -> dict[str, np.ndarray]:
+    def run(
+        self, inputs: Mapping[str, np.ndarray], batch_size: int | None = DEFAULT_BATCH_SIZE
+    ) -> dict[str, np.ndarray]:
         """Run validated inputs through the session, ``batch_size`` samples at a time.
 
         Raises:
@@ -70,4 +75,4 @@ def iter_batches(inputs: Mapping[str, np.ndarray], batch_size: int) -> Iterator[
     """Slices of every input along the first axis (views, no copies)."""
     total = _batch_length(inputs)
     for start in range(0, total, batch_size):
-        yield {name: array[start:start + batch_size] for name, array in inputs.items()}
+        yield {name: array[start : start + batch_size] for name, array in inputs.items()}

@@ -20,8 +20,19 @@ from ..errors import BundleInvalid, ExportError, UsageError
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 _ONNX_ELEM_TO_NUMPY = {
-    1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64",
-    8: "string", 9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64",
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "string",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
 }
 
 
@@ -70,10 +81,15 @@ class SessionOverrides:
 
     def apply(self, recorded: SessionSettings) -> SessionSettings:
         """``recorded`` with these overrides applied (validated as any SessionSettings)."""
-        changes = {name: value for name, value in (
-            ("providers", tuple(self.providers) if self.providers else None),
-            ("graph_optimization_level", self.graph_optimization_level),
-            ("intra_op_num_threads", self.intra_op_num_threads)) if value is not None}
+        changes = {
+            name: value
+            for name, value in (
+                ("providers", tuple(self.providers) if self.providers else None),
+                ("graph_optimization_level", self.graph_optimization_level),
+                ("intra_op_num_threads", self.intra_op_num_threads),
+            )
+            if value is not None
+        }
         return replace(recorded, **changes)
 
 
@@ -106,8 +122,14 @@ def onnxruntime_version() -> str:
     return onnxruntime.__version__
 
 
-def create_session(model_path: Path | bytes, settings: SessionSettings, *, label: str | None = None,
-                   at_export: bool = False, quiet: bool = False) -> Any:
+def create_session(
+    model_path: Path | bytes,
+    settings: SessionSettings,
+    *,
+    label: str | None = None,
+    at_export: bool = False,
+    quiet: bool = False,
+) -> Any:
     """Build an ONNX Runtime session for a verified model file (or a serialised model in memory).
 
     ``at_export``: the graph was just made (export's validation): a failure is the export's, not a
@@ -149,9 +171,11 @@ def create_session(model_path: Path | bytes, settings: SessionSettings, *, label
         what = label or getattr(model_path, "name", "the model")
         advice = load_advice(reason)
         if at_export:
-            raise ExportError(f"ONNX Runtime cannot load {what} in the training environment: {reason}; "
-                              f"{advice or 'the graph the exporter made is not one this onnxruntime runs'}. "
-                              "Nothing was written.") from None
+            raise ExportError(
+                f"ONNX Runtime cannot load {what} in the training environment: {reason}; "
+                f"{advice or 'the graph the exporter made is not one this onnxruntime runs'}. "
+                "Nothing was written."
+            ) from None
         raise BundleInvalid(f"ONNX Runtime cannot load {what}: {reason}; {advice or 're-export the bundle'}.") from None
 
 
@@ -166,16 +190,22 @@ def custom_op_library(distribution: str) -> str:
     import sys
 
     if distribution != "onnxruntime-extensions":
-        raise BundleInvalid(f"the bundle needs custom operators from {distribution!r}, which paritybundle does not "
-                            "know; re-export it.")
+        raise BundleInvalid(
+            f"the bundle needs custom operators from {distribution!r}, which paritybundle does not know; re-export it."
+        )
     # Looked up on sys.path as the import system would, without its machinery (nothing is imported).
-    libraries = [library for entry in sys.path for library in sorted(
-        (Path(entry or ".") / "onnxruntime_extensions").glob("_extensions_pydll*"))
-                 if library.suffix in (".so", ".pyd", ".dylib")]
+    libraries = [
+        library
+        for entry in sys.path
+        for library in sorted((Path(entry or ".") / "onnxruntime_extensions").glob("_extensions_pydll*"))
+        if library.suffix in (".so", ".pyd", ".dylib")
+    ]
     if not libraries:
-        raise UsageError("this bundle's frozen tokenizer runs on onnxruntime-extensions' operators, which are not "
-                         "installed here; install the version its requirements-serve.txt pins "
-                         "(pip install -r BUNDLE/requirements-serve.txt).")
+        raise UsageError(
+            "this bundle's frozen tokenizer runs on onnxruntime-extensions' operators, which are not "
+            "installed here; install the version its requirements-serve.txt pins "
+            "(pip install -r BUNDLE/requirements-serve.txt)."
+        )
     return str(libraries[0])
 
 
@@ -183,11 +213,15 @@ def load_advice(reason: str) -> str | None:
     """What to do about an ONNX Runtime load failure whose cause is this machine, not the model file."""
     lowered = reason.lower()
     if "no op registered" in lowered or "not a registered function/op" in lowered or "ai.onnx.contrib" in lowered:
-        return ("the graph uses an operator this onnxruntime does not register (a custom op, such as "
-                "onnxruntime-extensions' ai.onnx.contrib domain): install the package that provides it here "
-                "(pip install onnxruntime-extensions), or convert without it")
+        return (
+            "the graph uses an operator this onnxruntime does not register (a custom op, such as "
+            "onnxruntime-extensions' ai.onnx.contrib domain): install the package that provides it here "
+            "(pip install onnxruntime-extensions), or convert without it"
+        )
     if "locale" in lowered:
-        return ("the graph needs a locale this machine does not have (scikit-learn's TF-IDF lowercasing, "
-                "StringNormalizer): install it (apt-get install locales, then locale-gen en_US.UTF-8) or set the "
-                "converter's locale option to one installed (locale -a lists them)")
+        return (
+            "the graph needs a locale this machine does not have (scikit-learn's TF-IDF lowercasing, "
+            "StringNormalizer): install it (apt-get install locales, then locale-gen en_US.UTF-8) or set the "
+            "converter's locale option to one installed (locale -a lists them)"
+        )
     return None

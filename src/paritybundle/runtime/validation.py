@@ -18,9 +18,15 @@ from ..bundle.manifest import TensorSpec, TextRules
 from ..errors import InputValidationError
 
 
-def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.ndarray, *,
-                    check_finite: bool = True, model: str = "this model",
-                    bounds: Mapping[str, tuple[int, int]] | None = None, check_utf8: bool = True) -> dict[str, np.ndarray]:
+def validate_inputs(
+    specs: Sequence[TensorSpec],
+    inputs: Mapping[str, Any] | np.ndarray,
+    *,
+    check_finite: bool = True,
+    model: str = "this model",
+    bounds: Mapping[str, tuple[int, int]] | None = None,
+    check_utf8: bool = True,
+) -> dict[str, np.ndarray]:
     """Check names, dtypes and shapes against ``specs``; return arrays in spec dtypes, in spec order.
 
     A single array is accepted for a single-input model. Values of the same kind are
@@ -52,8 +58,10 @@ def validate_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any] | np.
         raise InputValidationError(f"input {unknown[0]!r} is not an input of {model}; it takes {', '.join(expected)}.")
     bound: dict[str, int] = {}
     bounds = bounds or {}
-    return {spec.name: conform(spec, inputs[spec.name], bound, check_finite, bounds.get(spec.name), check_utf8)
-            for spec in specs}
+    return {
+        spec.name: conform(spec, inputs[spec.name], bound, check_finite, bounds.get(spec.name), check_utf8)
+        for spec in specs
+    }
 
 
 def from_columns(specs: Sequence[TensorSpec], inputs: Any) -> Any:
@@ -62,8 +70,12 @@ def from_columns(specs: Sequence[TensorSpec], inputs: Any) -> Any:
     ``[batch, 1]`` where the spec wants one feature per row. Anything else is returned as it is."""
     if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):  # a DataFrame, without importing pandas
         names = [str(c) for c in inputs.columns]
-        if len(specs) == 1 and specs[0].name not in names and len(specs[0].shape) == 2 \
-                and specs[0].shape[1] == len(names):
+        if (
+            len(specs) == 1
+            and specs[0].name not in names
+            and len(specs[0].shape) == 2
+            and specs[0].shape[1] == len(names)
+        ):
             return {specs[0].name: inputs.to_numpy()}
         inputs = {name: inputs[column].to_numpy() for name, column in zip(names, inputs.columns, strict=True)}
     if isinstance(inputs, Mapping):
@@ -99,8 +111,14 @@ def check_shape(spec: TensorSpec, shape: Sequence[int]) -> None:
             )
 
 
-def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, check_finite: bool = True,
-            limits: tuple[int, int] | None = None, check_utf8: bool = True) -> np.ndarray:
+def conform(
+    spec: TensorSpec,
+    value: Any,
+    bound: dict[str, int] | None = None,
+    check_finite: bool = True,
+    limits: tuple[int, int] | None = None,
+    check_utf8: bool = True,
+) -> np.ndarray:
     """One input against its spec (``bound``: symbolic dimension sizes seen so far, shared across inputs;
     ``limits``: the inclusive range of an integer input that indexes a table)."""
     bound = {} if bound is None else bound
@@ -129,7 +147,8 @@ def conform(spec: TensorSpec, value: Any, bound: dict[str, int] | None = None, c
         if array.min() < low or array.max() > high:
             raise InputValidationError(
                 f"input {spec.name!r} has values outside {low}..{high}, the rows of the table the model looks "
-                f"them up in (got {array.min()}..{array.max()}).")
+                f"them up in (got {array.min()}..{array.max()})."
+            )
     if check_finite and array.dtype.kind == "f" and not spec.allow_nonfinite and not np.isfinite(array).all():
         raise InputValidationError(f"input {spec.name!r} contains NaN or infinity, which this model does not accept.")
     check_shape(spec, array.shape)
@@ -152,7 +171,8 @@ def _require_utf8(name: str, strings: np.ndarray) -> None:
             except UnicodeEncodeError:
                 raise InputValidationError(
                     f"input {name!r} holds a string that is not valid Unicode ({value!r}: a lone surrogate); "
-                    "send text that encodes as UTF-8.") from None
+                    "send text that encodes as UTF-8."
+                ) from None
 
 
 # The longest text a frozen tokenizer is given. Its graph splits a text into characters to normalise them:
@@ -175,19 +195,25 @@ def text_refusal(rules: TextRules, text: str) -> str | None:
     """Why serving refuses ``text`` (the rest of a sentence whose subject is the text), or None: the one rule,
     also what export leaves out of a reference set, so a bundle never fails its own check on its texts."""
     if len(text) > MAX_TEXT_CHARS:
-        return (f"is {len(text):,} characters; a text a frozen tokenizer reads is at most {MAX_TEXT_CHARS:,} "
-                "characters when served (the model reads only its first tokens): send its beginning.")
+        return (
+            f"is {len(text):,} characters; a text a frozen tokenizer reads is at most {MAX_TEXT_CHARS:,} "
+            "characters when served (the model reads only its first tokens): send its beginning."
+        )
     if rules.empty_refused and text == "":
-        return ("is empty, which this bundle's tokenizer turns into no tokens at all: there is nothing for the model "
-                "to read, and what it would answer is not what research computed; send text.")
+        return (
+            "is empty, which this bundle's tokenizer turns into no tokens at all: there is nothing for the model "
+            "to read, and what it would answer is not what research computed; send text."
+        )
     found = refused_pattern(rules.refused_chars).search(text)
     if found is None:
         return None
     char = found.group()
     shown = repr(char) if char.isprintable() else "a control character"
-    return (f"holds {shown} (U+{ord(char):04X}) at offset {found.start()}, a character the bundle's frozen tokenizer "
-            "was not proven to read as research's tokenizer does; remove or replace it before sending (bundle inspect "
-            "lists the refused characters).")
+    return (
+        f"holds {shown} (U+{ord(char):04X}) at offset {found.start()}, a character the bundle's frozen tokenizer "
+        "was not proven to read as research's tokenizer does; remove or replace it before sending (bundle inspect "
+        "lists the refused characters)."
+    )
 
 
 @functools.lru_cache(maxsize=8)

@@ -66,13 +66,21 @@ def per_sample_shape(spec: TensorSpec, kind: str) -> tuple[int, ...]:
     """The fixed shape of one sample of ``spec``; a usage error for a symbolic dimension past the batch axis."""
     rest = spec.shape[1:]
     if any(not isinstance(d, int) for d in rest):
-        raise UsageError(f"{kind} {spec.name!r} has shape {spec.shape}: batch scoring needs every dimension but the "
-                         "first fixed (a variable-length input cannot be a column of a table).")
+        raise UsageError(
+            f"{kind} {spec.name!r} has shape {spec.shape}: batch scoring needs every dimension but the "
+            "first fixed (a variable-length input cannot be a column of a table)."
+        )
     return tuple(int(d) for d in rest)  # type: ignore[arg-type]
 
 
-def plan_columns(manifest: Manifest, schema: Any, *, keep: Sequence[str] = (), id_column: str | None = None,
-                 source: str = "the input") -> ColumnPlan:
+def plan_columns(
+    manifest: Manifest,
+    schema: Any,
+    *,
+    keep: Sequence[str] = (),
+    id_column: str | None = None,
+    source: str = "the input",
+) -> ColumnPlan:
     """Match ``schema`` (an Arrow schema) against ``manifest``'s inputs; the plan, or a usage error naming the column.
 
     Raises:
@@ -86,16 +94,23 @@ def plan_columns(manifest: Manifest, schema: Any, *, keep: Sequence[str] = (), i
         if len(spec.shape) == 0:
             raise UsageError(f"input {spec.name!r} is a scalar without a batch axis; it cannot be scored row by row.")
         if spec.name not in names:
-            raise UsageError(f"{source} has no column {spec.name!r}, an input of the model "
-                             f"(it takes {', '.join(s.name for s in manifest.inputs)}); its columns are "
-                             f"{', '.join(schema.names[:20])}.")
+            raise UsageError(
+                f"{source} has no column {spec.name!r}, an input of the model "
+                f"(it takes {', '.join(s.name for s in manifest.inputs)}); its columns are "
+                f"{', '.join(schema.names[:20])}."
+            )
         shape = per_sample_shape(spec, "input")
         arrow_type = _decoded(pa, schema.field(spec.name).type)
-        listed = pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or \
-            pa.types.is_fixed_size_list(arrow_type)
+        listed = (
+            pa.types.is_list(arrow_type)
+            or pa.types.is_large_list(arrow_type)
+            or pa.types.is_fixed_size_list(arrow_type)
+        )
         if not listed and math.prod(shape) != 1:
-            raise UsageError(f"column {spec.name!r} holds one value per row, but input {spec.name!r} takes "
-                             f"{math.prod(shape)} per sample (shape {list(shape)}); store each sample as a list.")
+            raise UsageError(
+                f"column {spec.name!r} holds one value per row, but input {spec.name!r} takes "
+                f"{math.prod(shape)} per sample (shape {list(shape)}); store each sample as a list."
+            )
         values = _decoded(pa, arrow_type.value_type) if listed else arrow_type
         _require_type(spec, values, source)
         inputs.append(InputColumn(spec=spec, per_sample=shape, listed=listed))
@@ -107,8 +122,10 @@ def plan_columns(manifest: Manifest, schema: Any, *, keep: Sequence[str] = (), i
     if id_column is not None:
         id_type = _decoded(pa, schema.field(id_column).type)
         if pa.types.is_nested(id_type) or pa.types.is_null(id_type):
-            raise UsageError(f"--id-column {id_column!r} holds {id_type} values; a row id is one value per row "
-                             "(a number or a string). Pass such a column, or leave --id-column out.")
+            raise UsageError(
+                f"--id-column {id_column!r} holds {id_type} values; a row id is one value per row "
+                "(a number or a string). Pass such a column, or leave --id-column out."
+            )
     outputs = tuple(manifest.outputs)
     for spec in outputs:
         per_sample_shape(spec, "output")
@@ -118,11 +135,18 @@ def plan_columns(manifest: Manifest, schema: Any, *, keep: Sequence[str] = (), i
     taken: set[str] = set()
     for field in fields:
         if field.name in taken:
-            raise UsageError(f"the scored table would have two columns named {field.name!r}; keep fewer columns, "
-                             "or rename the one in the input.")
+            raise UsageError(
+                f"the scored table would have two columns named {field.name!r}; keep fewer columns, "
+                "or rename the one in the input."
+            )
         taken.add(field.name)
-    return ColumnPlan(inputs=tuple(inputs), outputs=outputs, keep=tuple(n for n in keep if n != id_column),
-                      id_column=id_column, schema=pa.schema(fields))
+    return ColumnPlan(
+        inputs=tuple(inputs),
+        outputs=outputs,
+        keep=tuple(n for n in keep if n != id_column),
+        id_column=id_column,
+        schema=pa.schema(fields),
+    )
 
 
 def _decoded(pa: Any, arrow_type: Any) -> Any:
@@ -141,8 +165,10 @@ def _require_type(spec: TensorSpec, values: Any, source: str) -> None:
     else:  # floats: integer columns convert exactly enough (what pandas and CSV readers make of whole numbers)
         fits = pa.types.is_floating(values) or pa.types.is_integer(values) or pa.types.is_decimal(values)
     if not fits:
-        raise UsageError(f"column {spec.name!r} of {source} holds {values}, but input {spec.name!r} is {spec.dtype}; "
-                         "convert the column before scoring.")
+        raise UsageError(
+            f"column {spec.name!r} of {source} holds {values}, but input {spec.name!r} is {spec.dtype}; "
+            "convert the column before scoring."
+        )
 
 
 def _output_field(pa: Any, spec: TensorSpec) -> Any:
@@ -169,9 +195,13 @@ def inputs_of(plan: ColumnPlan, table: Any, first_row: int = 0) -> dict[str, np.
         if pa.types.is_dictionary(data.type):
             data = data.dictionary_decode()
         rows = len(data)
-        if data.null_count and (column.listed or spec.dtype in ("string", "bool") or not spec.dtype.startswith("float")):
-            raise InputValidationError(f"column {spec.name!r} has a missing value at row {first_row + _first_null(data)}, "
-                                       f"and input {spec.name!r} ({spec.dtype}) cannot hold one.")
+        if data.null_count and (
+            column.listed or spec.dtype in ("string", "bool") or not spec.dtype.startswith("float")
+        ):
+            raise InputValidationError(
+                f"column {spec.name!r} has a missing value at row {first_row + _first_null(data)}, "
+                f"and input {spec.name!r} ({spec.dtype}) cannot hold one."
+            )
         if column.listed:
             values = _list_values(data, spec, math.prod(column.per_sample), first_row)
             array = _to_numpy(values, spec).reshape((rows, *column.per_sample))
@@ -189,18 +219,23 @@ def _list_values(data: Any, spec: TensorSpec, width: int, first_row: int) -> Any
     pa, _ = pyarrow_modules()
     if pa.types.is_fixed_size_list(data.type):
         if data.type.list_size != width:
-            raise InputValidationError(f"column {spec.name!r} holds lists of {data.type.list_size} values, but input "
-                                       f"{spec.name!r} takes {width} per sample.")
+            raise InputValidationError(
+                f"column {spec.name!r} holds lists of {data.type.list_size} values, but input "
+                f"{spec.name!r} takes {width} per sample."
+            )
         return data.flatten()
     lengths = data.value_lengths().to_numpy(zero_copy_only=False)
     wrong = np.flatnonzero(lengths != width)
     if wrong.size:
         row = int(wrong[0])
-        raise InputValidationError(f"column {spec.name!r} holds {int(lengths[row])} values at row {first_row + row}, "
-                                   f"but input {spec.name!r} takes {width} per sample.")
+        raise InputValidationError(
+            f"column {spec.name!r} holds {int(lengths[row])} values at row {first_row + row}, "
+            f"but input {spec.name!r} takes {width} per sample."
+        )
     if data.values.null_count:
-        raise InputValidationError(f"column {spec.name!r} has a missing value inside a list; input {spec.name!r} "
-                                   "cannot hold one.")
+        raise InputValidationError(
+            f"column {spec.name!r} has a missing value inside a list; input {spec.name!r} cannot hold one."
+        )
     return data.flatten()
 
 

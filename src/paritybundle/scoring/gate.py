@@ -108,8 +108,14 @@ def received(shipment: Shipment) -> Path:
     return path
 
 
-def open_gate(bundle: str | os.PathLike[str] | Shipment, where: Where, *, settings: Settings = None,
-              env_policy: str = DEFAULT_POLICY, public_key: str | os.PathLike[str] | None = None) -> Gate:
+def open_gate(
+    bundle: str | os.PathLike[str] | Shipment,
+    where: Where,
+    *,
+    settings: Settings = None,
+    env_policy: str = DEFAULT_POLICY,
+    public_key: str | os.PathLike[str] | None = None,
+) -> Gate:
     """Verify, apply the drift policy and check parity here; the gate, or the check's error naming this worker.
 
     Raises:
@@ -121,27 +127,41 @@ def open_gate(bundle: str | os.PathLike[str] | Shipment, where: Where, *, settin
         path = received(bundle) if isinstance(bundle, Shipment) else bundle
         runtime = load(path, settings, env_policy, public_key)
         if isinstance(bundle, Shipment) and runtime.bundle.manifest_sha256() != bundle.manifest_sha256:
-            raise BundleInvalid(f"the bundle this worker received is not the one the driver verified "
-                                f"(bundle.json sha256 {runtime.bundle.manifest_sha256()[:12]}, expected "
-                                f"{bundle.manifest_sha256[:12]}).")
+            raise BundleInvalid(
+                f"the bundle this worker received is not the one the driver verified "
+                f"(bundle.json sha256 {runtime.bundle.manifest_sha256()[:12]}, expected "
+                f"{bundle.manifest_sha256[:12]})."
+            )
         report = check_runtime(runtime)
         if not report.passed:
-            raise ParityFailure(f"the bundle's reference check fails on this worker's runtime: {failure_summary(report)}")
+            raise ParityFailure(
+                f"the bundle's reference check fails on this worker's runtime: {failure_summary(report)}"
+            )
     except ParityBundleError as exc:
         record = _record(where, started, verdict="failed", code=exc.exit_code, message=str(exc))
         raise refusal(record, exc) from None
-    drift = [f"{item.severity}: {item.what} {item.locked} -> {item.running}"
-             for item in runtime.drift.items if item.severity != "info"]
-    record = _record(where, started, verdict="passed", code=0, message=None, drift=drift,
-                     samples=report.settings.samples)
+    drift = [
+        f"{item.severity}: {item.what} {item.locked} -> {item.running}"
+        for item in runtime.drift.items
+        if item.severity != "info"
+    ]
+    record = _record(
+        where, started, verdict="passed", code=0, message=None, drift=drift, samples=report.settings.samples
+    )
     return Gate(runtime=runtime, record=record, report=report)
 
 
 _gates: dict[tuple[str, str, str | None, str], Gate | ParityBundleError] = {}
 
 
-def cached_gate(shipment: Shipment, where: Where, *, settings: Settings = None, env_policy: str = DEFAULT_POLICY,
-                public_key: str | None = None) -> tuple[Gate, bool]:
+def cached_gate(
+    shipment: Shipment,
+    where: Where,
+    *,
+    settings: Settings = None,
+    env_policy: str = DEFAULT_POLICY,
+    public_key: str | None = None,
+) -> tuple[Gate, bool]:
     """This process's gate for ``shipment`` under ``env_policy``: opened on first use, then kept, as is a
     refusal, raised again (engines reuse worker processes; the check runs once per process).
     Returns the gate and whether this call opened it."""
@@ -176,20 +196,43 @@ def failure_summary(report: CheckReport) -> str:
         if output.problem is not None:
             parts.append(f"{output.name}: {output.problem}")
         elif output.stats is not None and output.stats.violations:
-            parts.append(f"{output.name}: max abs error {output.stats.max_abs:.3g}, {output.stats.violations} "
-                         "elements beyond tolerance")
+            parts.append(
+                f"{output.name}: max abs error {output.stats.max_abs:.3g}, {output.stats.violations} "
+                "elements beyond tolerance"
+            )
         elif output.decision is not None:
-            parts.append(f"{output.name}: decisions agree on {output.decision.agreement:.1%} of "
-                         f"{output.decision.unit} (at least {output.decision.min_agreement:.1%} required)")
+            parts.append(
+                f"{output.name}: decisions agree on {output.decision.agreement:.1%} of "
+                f"{output.decision.unit} (at least {output.decision.min_agreement:.1%} required)"
+            )
     return "; ".join(parts) or (report.diagnosis or "a stage of the pipeline failed")
 
 
-def _record(where: Where, started: float, *, verdict: Literal["passed", "failed"], code: int, message: str | None,
-            drift: list[str] | None = None, samples: int = 0) -> WorkerRecord:
+def _record(
+    where: Where,
+    started: float,
+    *,
+    verdict: Literal["passed", "failed"],
+    code: int,
+    message: str | None,
+    drift: list[str] | None = None,
+    samples: int = 0,
+) -> WorkerRecord:
     cpu = cpu_info()
-    return WorkerRecord(worker=where.worker, engine=where.engine, node=where.node, host=socket.gethostname(),
-                        pid=os.getpid(), cpu_model=cpu.model, cpu_features=list(cpu.numeric_flags),
-                        onnxruntime_version=onnxruntime_version(), python=platform.python_version(),
-                        verdict=verdict, exit_code=code, message=message, drift=drift or [],
-                        reference_samples=samples, gate_seconds=round(time.perf_counter() - started, 4))
-
+    return WorkerRecord(
+        worker=where.worker,
+        engine=where.engine,
+        node=where.node,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        cpu_model=cpu.model,
+        cpu_features=list(cpu.numeric_flags),
+        onnxruntime_version=onnxruntime_version(),
+        python=platform.python_version(),
+        verdict=verdict,
+        exit_code=code,
+        message=message,
+        drift=drift or [],
+        reference_samples=samples,
+        gate_seconds=round(time.perf_counter() - started, 4),
+    )

@@ -46,9 +46,17 @@ class InputData:
         import pyarrow.dataset as ds
 
         options = ds.ParquetFragmentScanOptions(pre_buffer=False) if self.format == "parquet" else None
-        scanner = unreadable(self.path, lambda: self.dataset.scanner(
-            columns=columns, batch_size=rows, use_threads=False, batch_readahead=1, fragment_readahead=1,
-            fragment_scan_options=options))
+        scanner = unreadable(
+            self.path,
+            lambda: self.dataset.scanner(
+                columns=columns,
+                batch_size=rows,
+                use_threads=False,
+                batch_readahead=1,
+                fragment_readahead=1,
+                fragment_scan_options=options,
+            ),
+        )
         batches = scanner.to_batches()
         while True:
             batch = unreadable(self.path, lambda: next(batches, None))
@@ -66,8 +74,10 @@ def unreadable(path: Path, read: Any) -> Any:
         return read()
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
         reason = " ".join(str(exc).split())[:400]
-        raise UsageError(f"{path} cannot be read as a table ({reason}); pass Parquet files, or CSV with a header "
-                         "row, whose columns are the model's inputs.") from None
+        raise UsageError(
+            f"{path} cannot be read as a table ({reason}); pass Parquet files, or CSV with a header "
+            "row, whose columns are the model's inputs."
+        ) from None
 
 
 def input_files(path: str | os.PathLike[str]) -> tuple[list[Path], str]:
@@ -80,7 +90,9 @@ def input_files(path: str | os.PathLike[str]) -> tuple[list[Path], str]:
     if root.is_file():
         form = FORMATS.get(root.suffix.lower())
         if form is None:
-            raise UsageError(f"{root} is neither Parquet (.parquet) nor CSV (.csv); convert it, or name it by its format.")
+            raise UsageError(
+                f"{root} is neither Parquet (.parquet) nor CSV (.csv); convert it, or name it by its format."
+            )
         return [root], form
     if not root.is_dir():
         what = "is neither a file nor a folder" if root.exists() else "does not exist"
@@ -108,8 +120,10 @@ def _walk(root: Path) -> Iterator[Path]:
     while stack:
         folder, depth = stack.pop()
         if depth > MAX_INPUT_DEPTH:
-            raise UsageError(f"{root} nests folders more than {MAX_INPUT_DEPTH} levels deep; pass the folder that "
-                             "holds the data files.")
+            raise UsageError(
+                f"{root} nests folders more than {MAX_INPUT_DEPTH} levels deep; pass the folder that "
+                "holds the data files."
+            )
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:

@@ -24,8 +24,17 @@ def local_where() -> tuple[str, str]:
     return "local", socket.gethostname()
 
 
-def score_local(gate: Gate, plan: ColumnPlan, data: InputData, out: Path, *, single_file: bool,
-                batch_rows: int = 65_536, rows_per_file: int = ROWS_PER_FILE, progress: bool = False) -> int:
+def score_local(
+    gate: Gate,
+    plan: ColumnPlan,
+    data: InputData,
+    out: Path,
+    *,
+    single_file: bool,
+    batch_rows: int = 65_536,
+    rows_per_file: int = ROWS_PER_FILE,
+    progress: bool = False,
+) -> int:
     """Score ``data`` into ``out`` (one file, or part files in that folder); returns the rows scored."""
     _, parquet = pyarrow_modules()
     scorer = Scorer(gate, plan)
@@ -52,4 +61,3 @@ def score_local(gate: Gate, plan: ColumnPlan, data: InputData, out: Path, *, sin
         if writer is not None:
             writer.close()
     return scorer.rows
-

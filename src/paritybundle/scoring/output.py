@@ -42,11 +42,15 @@ def refuse_overlap(target: Path, **protected: str | os.PathLike[str]) -> None:
         source = Path(path).resolve()
         if out == source or out in source.parents:
             relation = "is" if out == source else "contains"
-            raise UsageError(f"-o {target} {relation} the job's {what} ({path}); writing the scores there would "
-                             f"destroy it. Choose an output path outside it.")
+            raise UsageError(
+                f"-o {target} {relation} the job's {what} ({path}); writing the scores there would "
+                f"destroy it. Choose an output path outside it."
+            )
         if source in out.parents:
-            raise UsageError(f"-o {target} lies inside the job's {what} ({path}); the scores would change it. "
-                             "Choose an output path outside it.")
+            raise UsageError(
+                f"-o {target} lies inside the job's {what} ({path}); the scores would change it. "
+                "Choose an output path outside it."
+            )
 
 
 class StagedOutput:

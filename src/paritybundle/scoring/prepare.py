@@ -12,8 +12,16 @@ from .columns import ColumnPlan, plan_columns
 from .gate import Shipment, ship
 
 
-def prepare(bundle: str | os.PathLike[str], schema: Any, *, keep: Sequence[str], id_column: str | None,
-            env_policy: str, public_key: str | os.PathLike[str] | None, source: str) -> tuple[Shipment, ColumnPlan]:
+def prepare(
+    bundle: str | os.PathLike[str],
+    schema: Any,
+    *,
+    keep: Sequence[str],
+    id_column: str | None,
+    env_policy: str,
+    public_key: str | os.PathLike[str] | None,
+    source: str,
+) -> tuple[Shipment, ColumnPlan]:
     """The bundle verified here and packed for the workers, and ``schema`` (Arrow) matched to its inputs.
 
     Raises:

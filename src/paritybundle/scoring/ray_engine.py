@@ -50,16 +50,24 @@ def connect(address: str | None, workers: int) -> bool:
     actors and the read tasks beside them; True when this call started it (and should shut it down)."""
     ray = ray_module()
     if address:  # ray.init would retry an address nothing answers on for minutes
-        require_reachable(address, "ray://", "Ray", "--ray-address (the head node's GCS address, e.g. "
-                          "10.0.0.5:6379, or ray://host:10001)")
+        require_reachable(
+            address,
+            "ray://",
+            "Ray",
+            "--ray-address (the head node's GCS address, e.g. 10.0.0.5:6379, or ray://host:10001)",
+        )
     if ray.is_initialized():
         return False
     try:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=max(os.cpu_count() or 1, workers + 1), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, workers + 1),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
     except Exception as exc:  # noqa: BLE001 - Ray reports a node that failed to start as a bare Exception
         # ("The current node timed out during startup ... the GCS has become overloaded"): a fault of the
         # machine or the cluster, never of the job, so one sentence and exit 2, whatever its class.
@@ -67,8 +75,10 @@ def connect(address: str | None, workers: int) -> bool:
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         if address:
             raise UsageError(f"cannot reach Ray at {address} ({reason}); check --ray-address.") from None
-        raise UsageError(f"a local Ray could not be started ({reason}); free memory and CPU on this machine, or "
-                         "pass --ray-address of a running cluster.") from None
+        raise UsageError(
+            f"a local Ray could not be started ({reason}); free memory and CPU on this machine, or "
+            "pass --ray-address of a running cluster."
+        ) from None
     return True
 
 
@@ -101,8 +111,16 @@ def new_ledger() -> Any:
 class GatedScorer:
     """The actor ``map_batches`` runs: gate in the constructor, then one scored Arrow table per batch."""
 
-    def __init__(self, shipment: Shipment, plan: ColumnPlan, ledger: Any, settings: Settings, env_policy: str,
-                 public_key: str | None, batch_size: int | None) -> None:
+    def __init__(
+        self,
+        shipment: Shipment,
+        plan: ColumnPlan,
+        ledger: Any,
+        settings: Settings,
+        env_policy: str,
+        public_key: str | None,
+        batch_size: int | None,
+    ) -> None:
         import ray
 
         context = ray.get_runtime_context()
@@ -129,9 +147,19 @@ class GatedScorer:
         return scored
 
 
-def score_dataset(dataset: Any, shipment: Shipment, plan: ColumnPlan, *, workers: int = 2, batch_rows: int = 65_536,
-                  settings: Settings = None, env_policy: str = "strict", public_key: str | None = None,
-                  ledger: Any = None, ray_remote_args: dict[str, Any] | None = None) -> Any:
+def score_dataset(
+    dataset: Any,
+    shipment: Shipment,
+    plan: ColumnPlan,
+    *,
+    workers: int = 2,
+    batch_rows: int = 65_536,
+    settings: Settings = None,
+    env_policy: str = "strict",
+    public_key: str | None = None,
+    ledger: Any = None,
+    ray_remote_args: dict[str, Any] | None = None,
+) -> Any:
     """``dataset`` scored by a pool of ``workers`` gated actors (lazy, as Ray Data is).
 
     Each actor asks for one CPU where the cluster has a CPU to spare for the read tasks beside the pool,
@@ -141,9 +169,21 @@ def score_dataset(dataset: Any, shipment: Shipment, plan: ColumnPlan, *, workers
     args = {"num_cpus": actor_cpus(workers), **(ray_remote_args or {})}
     pool = ray_module().data.ActorPoolStrategy(size=workers)
     return dataset.map_batches(
-        GatedScorer, batch_format="pyarrow", batch_size=batch_rows, compute=pool,
-        fn_constructor_kwargs=dict(shipment=shipment, plan=plan, ledger=ledger, settings=settings,
-                                   env_policy=env_policy, public_key=public_key, batch_size=None), **args)
+        GatedScorer,
+        batch_format="pyarrow",
+        batch_size=batch_rows,
+        compute=pool,
+        fn_constructor_kwargs=dict(
+            shipment=shipment,
+            plan=plan,
+            ledger=ledger,
+            settings=settings,
+            env_policy=env_policy,
+            public_key=public_key,
+            batch_size=None,
+        ),
+        **args,
+    )
 
 
 def actor_cpus(workers: int) -> float:
@@ -159,9 +199,21 @@ def read_dataset(files: list[str], form: str, columns: list[str]) -> Any:
     return ray.data.read_parquet(files).select_columns(columns)
 
 
-def run_job(shipment: Shipment, plan: ColumnPlan, files: list[str], form: str, out: str, *, address: str | None,
-            workers: int, batch_rows: int, settings: Settings, env_policy: str,
-            public_key: str | None, ray_remote_args: dict[str, Any] | None = None) -> tuple[int, list[WorkerRecord], BaseException | None]:
+def run_job(
+    shipment: Shipment,
+    plan: ColumnPlan,
+    files: list[str],
+    form: str,
+    out: str,
+    *,
+    address: str | None,
+    workers: int,
+    batch_rows: int,
+    settings: Settings,
+    env_policy: str,
+    public_key: str | None,
+    ray_remote_args: dict[str, Any] | None = None,
+) -> tuple[int, list[WorkerRecord], BaseException | None]:
     """Read, score and write on Ray; (rows scored, worker records, the error that stopped it or None)."""
     ray = ray_module()
     started = connect(address, workers)
@@ -170,9 +222,18 @@ def run_job(shipment: Shipment, plan: ColumnPlan, files: list[str], form: str, o
     try:
         ledger = new_ledger()
         dataset = read_dataset(files, form, plan.read_columns)
-        scored = score_dataset(dataset, shipment, plan, workers=workers, batch_rows=batch_rows, settings=settings,
-                               env_policy=env_policy, public_key=public_key, ledger=ledger,
-                               ray_remote_args=ray_remote_args)
+        scored = score_dataset(
+            dataset,
+            shipment,
+            plan,
+            workers=workers,
+            batch_rows=batch_rows,
+            settings=settings,
+            env_policy=env_policy,
+            public_key=public_key,
+            ledger=ledger,
+            ray_remote_args=ray_remote_args,
+        )
         error: BaseException | None = None
         try:
             with warnings.catch_warnings():  # "the operator received fewer inputs than actors": a small input

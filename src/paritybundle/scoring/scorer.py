@@ -30,8 +30,11 @@ class Scorer:
             inputs = runner.validate(inputs_of(self.plan, batch, first_row), check_utf8=False)
             outputs = runner.run(inputs, self.batch_size)
         except InputValidationError as exc:
-            place = f"{where}, rows {first_row}..{first_row + batch.num_rows - 1}" if where else \
-                f"rows {first_row}..{first_row + batch.num_rows - 1}"
+            place = (
+                f"{where}, rows {first_row}..{first_row + batch.num_rows - 1}"
+                if where
+                else f"rows {first_row}..{first_row + batch.num_rows - 1}"
+            )
             raise type(exc)(f"{place}: {exc}") from None
         if row_ids is None and self.plan.id_column is None:
             row_ids = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)

@@ -50,8 +50,10 @@ def session(master: str | None, conf: dict[str, str] | None = None) -> tuple[Any
     active = sql.SparkSession.getActiveSession()
     if active is not None:
         if master is not None:
-            raise UsageError(f"a SparkSession is already active in this process; it is used as it is, so pass no "
-                             f"Spark master (got {master!r}).")
+            raise UsageError(
+                f"a SparkSession is already active in this process; it is used as it is, so pass no "
+                f"Spark master (got {master!r})."
+            )
         return active, False
     if master is not None and master.startswith("spark://"):  # Spark retries an unanswered master for minutes
         require_reachable(master, "spark://", "the Spark master", "--spark-master")
@@ -64,7 +66,9 @@ def session(master: str | None, conf: dict[str, str] | None = None) -> tuple[Any
         spark = builder.getOrCreate()
     except Exception as exc:  # no Java, a master that cannot be reached: Py4J's and Spark's own errors
         reason = " ".join(str(exc).split())[:300]
-        raise UsageError(f"cannot start Spark on {master or 'local[*]'} ({reason}); check Java 17 and --spark-master.") from None
+        raise UsageError(
+            f"cannot start Spark on {master or 'local[*]'} ({reason}); check Java 17 and --spark-master."
+        ) from None
     spark.sparkContext.setLogLevel("ERROR")
     return spark, True
 
@@ -90,8 +94,17 @@ def _gate(shipment: Shipment, settings: Settings, env_policy: str, public_key: s
     return gate
 
 
-def score_partitions(batches: Iterator[Any], *, shipment: Any, plan: ColumnPlan, settings: Settings, env_policy: str,
-                     public_key: str | None, records: Any, batch_size: int | None = None) -> Iterator[Any]:
+def score_partitions(
+    batches: Iterator[Any],
+    *,
+    shipment: Any,
+    plan: ColumnPlan,
+    settings: Settings,
+    env_policy: str,
+    public_key: str | None,
+    records: Any,
+    batch_size: int | None = None,
+) -> Iterator[Any]:
     """The function ``mapInArrow`` runs: gate once per process, then each record batch scored."""
     import pyarrow as pa
 
@@ -103,7 +116,9 @@ def score_partitions(batches: Iterator[Any], *, shipment: Any, plan: ColumnPlan,
     for batch in batches:
         table = pa.Table.from_batches([batch])
         ids = table.column(ROW_ID_COLUMN).to_numpy() if plan.id_column is None else None
-        scored = scorer(table, scorer.rows, ids, where=f"worker {gate.record.worker} (rows numbered in its own share)").cast(target)
+        scored = scorer(
+            table, scorer.rows, ids, where=f"worker {gate.record.worker} (rows numbered in its own share)"
+        ).cast(target)
         rows += batch.num_rows
         yield from scored.to_batches()
     records.add([{"worker": gate.record.worker, "rows": rows}])
@@ -122,8 +137,16 @@ def spark_schema_of(schema: Any) -> Any:
     return pa.schema(fields)
 
 
-def score_dataframe(frame: Any, shipment: Shipment, plan: ColumnPlan, *, settings: Settings = None,
-                    env_policy: str = "strict", public_key: str | None = None, records: Any = None) -> Any:
+def score_dataframe(
+    frame: Any,
+    shipment: Shipment,
+    plan: ColumnPlan,
+    *,
+    settings: Settings = None,
+    env_policy: str = "strict",
+    public_key: str | None = None,
+    records: Any = None,
+) -> Any:
     """``frame`` scored by gated Python workers (lazy, as Spark is)."""
     from functools import partial
 
@@ -137,24 +160,46 @@ def score_dataframe(frame: Any, shipment: Shipment, plan: ColumnPlan, *, setting
     if records is None:
         records = spark.sparkContext.accumulator([], _Records())
     shipped = spark.sparkContext.broadcast(shipment)
-    function = partial(score_partitions, shipment=shipped, plan=plan, settings=settings, env_policy=env_policy,
-                       public_key=public_key, records=records)
+    function = partial(
+        score_partitions,
+        shipment=shipped,
+        plan=plan,
+        settings=settings,
+        env_policy=env_policy,
+        public_key=public_key,
+        records=records,
+    )
     return frame.mapInArrow(function, from_arrow_schema(spark_schema_of(plan.schema)))
 
 
-def run_job(shipment: Shipment, plan: ColumnPlan, files: list[str], form: str, out: str, *, master: str | None,
-            conf: dict[str, str] | None, batch_rows: int, settings: Settings, env_policy: str,
-            public_key: str | None) -> tuple[int, list[WorkerRecord], BaseException | None]:
+def run_job(
+    shipment: Shipment,
+    plan: ColumnPlan,
+    files: list[str],
+    form: str,
+    out: str,
+    *,
+    master: str | None,
+    conf: dict[str, str] | None,
+    batch_rows: int,
+    settings: Settings,
+    env_policy: str,
+    public_key: str | None,
+) -> tuple[int, list[WorkerRecord], BaseException | None]:
     """Read, score and write on Spark; (rows scored, worker records, the error that stopped it or None)."""
     settings_conf = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(batch_rows), **(conf or {})}
     spark, made = session(master, settings_conf)
     try:
         reader = spark.read
-        frame = reader.parquet(*files) if form == "parquet" else \
-            reader.option("header", True).option("inferSchema", True).csv(list(files))
+        frame = (
+            reader.parquet(*files)
+            if form == "parquet"
+            else reader.option("header", True).option("inferSchema", True).csv(list(files))
+        )
         records = spark.sparkContext.accumulator([], _Records())
-        scored = score_dataframe(frame, shipment, plan, settings=settings, env_policy=env_policy,
-                                 public_key=public_key, records=records)
+        scored = score_dataframe(
+            frame, shipment, plan, settings=settings, env_policy=env_policy, public_key=public_key, records=records
+        )
         written = Path(out) / "spark-output"
         error: BaseException | None = None
         try:
@@ -171,7 +216,9 @@ def run_job(shipment: Shipment, plan: ColumnPlan, files: list[str], form: str, o
             spark.stop()
 
 
-def _rows_and_records(entries: list[dict], error: BaseException | None) -> tuple[int, list[WorkerRecord], BaseException | None]:
+def _rows_and_records(
+    entries: list[dict], error: BaseException | None
+) -> tuple[int, list[WorkerRecord], BaseException | None]:
     records: dict[str, WorkerRecord] = {}
     for entry in entries:
         if "verdict" in entry:

@@ -55,8 +55,14 @@ class MicroBatcher:
         on_batch: called with each batch's row count (for metrics).
     """
 
-    def __init__(self, run: Callable[[Arrays], Arrays], max_batch_size: int = 64, max_batch_delay_ms: float = 0.0,
-                 on_batch: Callable[[int], None] | None = None, inline_below_s: float = 0.001) -> None:
+    def __init__(
+        self,
+        run: Callable[[Arrays], Arrays],
+        max_batch_size: int = 64,
+        max_batch_delay_ms: float = 0.0,
+        on_batch: Callable[[int], None] | None = None,
+        inline_below_s: float = 0.001,
+    ) -> None:
         self._run = run
         self.max_batch_size = max(1, max_batch_size)
         self.max_batch_delay = max(0.0, max_batch_delay_ms) / 1000.0
@@ -139,7 +145,9 @@ class MicroBatcher:
             start = 0
             for pending in batch:
                 stop = start + pending.rows
-                _deliver(pending, {name: value[start:stop] for name, value in outputs.items()} if len(batch) > 1 else outputs)
+                _deliver(
+                    pending, {name: value[start:stop] for name, value in outputs.items()} if len(batch) > 1 else outputs
+                )
                 start = stop
 
     async def _execute(self, inputs: Arrays) -> Arrays:

@@ -39,8 +39,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     except ValueError:
         raise BadRequest("the Inference-Header-Content-Length header is not a number.") from None
     if not 0 < length <= len(body):
-        raise BadRequest(f"Inference-Header-Content-Length is {length}, but the body has {len(body)} bytes; "
-                         "it must give the length of the JSON part.")
+        raise BadRequest(
+            f"Inference-Header-Content-Length is {length}, but the body has {len(body)} bytes; "
+            "it must give the length of the JSON part."
+        )
     view = memoryview(body)
     return bytes(view[:length]), view[length:]
 
@@ -74,13 +76,17 @@ def payloads(items: Sequence[RequestInput], tensor_bytes: memoryview) -> dict[st
         if item.data is not None:
             raise BadRequest(f"input {item.name!r} has both data and binary_data_size; send one of them.")
         if offset + size > len(tensor_bytes):
-            raise BadRequest(f"input {item.name!r} declares {size} bytes of binary data, but only "
-                             f"{len(tensor_bytes) - offset} follow the JSON.")
-        cut[item.name] = tensor_bytes[offset:offset + size]
+            raise BadRequest(
+                f"input {item.name!r} declares {size} bytes of binary data, but only "
+                f"{len(tensor_bytes) - offset} follow the JSON."
+            )
+        cut[item.name] = tensor_bytes[offset : offset + size]
         offset += size
     if offset != len(tensor_bytes):
-        raise BadRequest(f"{len(tensor_bytes) - offset} bytes follow the JSON and the binary inputs; "
-                         "binary_data_size must account for every byte after Inference-Header-Content-Length.")
+        raise BadRequest(
+            f"{len(tensor_bytes) - offset} bytes follow the JSON and the binary inputs; "
+            "binary_data_size must account for every byte after Inference-Header-Content-Length."
+        )
     return cut
 
 
@@ -95,8 +101,10 @@ def decode_bytes(name: str, data: memoryview, dtype: str, count: int) -> np.ndar
         return _decode_strings(name, data, count)
     wire = np.dtype(dtype).newbyteorder("<")
     if len(data) != count * wire.itemsize:
-        raise BadRequest(f"input {name!r} has {len(data)} bytes of binary data, but its shape needs "
-                         f"{count} x {wire.itemsize} = {count * wire.itemsize}.")
+        raise BadRequest(
+            f"input {name!r} has {len(data)} bytes of binary data, but its shape needs "
+            f"{count} x {wire.itemsize} = {count * wire.itemsize}."
+        )
     if dtype == "bool":
         raw = np.frombuffer(data, dtype=np.uint8)
         if raw.size and raw.max() > 1:
@@ -116,13 +124,15 @@ def _decode_strings(name: str, data: memoryview, count: int) -> np.ndarray:
         (length,) = _LENGTH.unpack_from(raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise BadRequest(f"input {name!r}: BYTES element {len(values)} declares {length} bytes, past the end "
-                             "of the data.")
+            raise BadRequest(
+                f"input {name!r}: BYTES element {len(values)} declares {length} bytes, past the end of the data."
+            )
         try:
-            values.append(raw[offset:offset + length].decode("utf-8"))
+            values.append(raw[offset : offset + length].decode("utf-8"))
         except UnicodeDecodeError:
-            raise BadRequest(f"input {name!r}: BYTES element {len(values)} is not UTF-8 text; this model's "
-                             "strings are text.") from None
+            raise BadRequest(
+                f"input {name!r}: BYTES element {len(values)} is not UTF-8 text; this model's strings are text."
+            ) from None
         offset += length
     if offset != len(raw):
         raise BadRequest(f"input {name!r}: {len(raw) - offset} bytes follow its {count} BYTES elements.")

@@ -82,19 +82,24 @@ class CaptureOptions:
         if not (math.isfinite(self.rate) and 0.0 < self.rate <= 1.0):
             raise UsageError(f"--capture-rate must be above 0 and at most 1, got {self.rate}.")
         if not (math.isfinite(self.rotate_seconds) and 0 < self.rotate_seconds <= MAX_ROTATE_SECONDS):
-            raise UsageError(f"--capture-rotate-seconds must be a number of seconds above 0 and at most "
-                             f"{MAX_ROTATE_SECONDS:.0f} (a week), got {self.rotate_seconds}.")
+            raise UsageError(
+                f"--capture-rotate-seconds must be a number of seconds above 0 and at most "
+                f"{MAX_ROTATE_SECONDS:.0f} (a week), got {self.rotate_seconds}."
+            )
         for option, value, low, high in (
-                ("--capture-max-bytes", self.max_file_bytes, 1024, MAX_SIZE_OPTION),
-                ("--capture-max-total-bytes", self.max_total_bytes, 1024, MAX_SIZE_OPTION),
-                ("--capture-queue", self.queue_requests, 1, MAX_QUEUE_REQUESTS),
-                ("--capture-queue-bytes", self.queue_bytes, 1024, MAX_SIZE_OPTION)):
+            ("--capture-max-bytes", self.max_file_bytes, 1024, MAX_SIZE_OPTION),
+            ("--capture-max-total-bytes", self.max_total_bytes, 1024, MAX_SIZE_OPTION),
+            ("--capture-queue", self.queue_requests, 1, MAX_QUEUE_REQUESTS),
+            ("--capture-queue-bytes", self.queue_bytes, 1024, MAX_SIZE_OPTION),
+        ):
             if not low <= value <= high:
                 raise UsageError(f"{option} must be between {low} and {high}, got {value}.")
         if self.max_total_bytes < 2 * self.max_file_bytes:
-            raise UsageError(f"--capture-max-total-bytes ({self.max_total_bytes}) must be at least twice "
-                             f"--capture-max-bytes ({self.max_file_bytes}): the file being written and the last "
-                             "complete one.")
+            raise UsageError(
+                f"--capture-max-total-bytes ({self.max_total_bytes}) must be at least twice "
+                f"--capture-max-bytes ({self.max_file_bytes}): the file being written and the last "
+                "complete one."
+            )
 
 
 def prepare_directory(options: CaptureOptions) -> Path:
@@ -110,8 +115,10 @@ def prepare_directory(options: CaptureOptions) -> Path:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as exc:
-        raise UsageError(f"cannot write captured traffic to {directory} ({exc.strerror or exc}); pass a directory "
-                         "this server can create files in.") from None
+        raise UsageError(
+            f"cannot write captured traffic to {directory} ({exc.strerror or exc}); pass a directory "
+            "this server can create files in."
+        ) from None
     for stale in directory.glob(f".capture-*{PARTIAL_SUFFIX}"):
         pid = stale.name.split("-")[2] if stale.name.count("-") >= 3 else ""
         if not pid.isdigit() or not _alive(int(pid)):
@@ -127,11 +134,18 @@ def _refuse_shared(directory: Path) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise UsageError(f"--capture {directory} is not a directory; pass a directory for the capture files.")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_uid != os.geteuid():
-        who = "other users" if info.st_mode & stat.S_IWOTH else "its group" if info.st_mode & stat.S_IWGRP else \
-            f"its owner (uid {info.st_uid}), who is not this server's user"
-        raise UsageError(f"the capture directory {directory} can be written by {who} (mode "
-                         f"{stat.S_IMODE(info.st_mode):04o}): a link planted there could redirect what the server "
-                         "writes. Pass a directory only this server's user owns and can write to (chmod go-w).")
+        who = (
+            "other users"
+            if info.st_mode & stat.S_IWOTH
+            else "its group"
+            if info.st_mode & stat.S_IWGRP
+            else f"its owner (uid {info.st_uid}), who is not this server's user"
+        )
+        raise UsageError(
+            f"the capture directory {directory} can be written by {who} (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}): a link planted there could redirect what the server "
+            "writes. Pass a directory only this server's user owns and can write to (chmod go-w)."
+        )
 
 
 def _alive(pid: int) -> bool:
@@ -146,22 +160,30 @@ def _alive(pid: int) -> bool:
 
 class CaptureMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.rows = Counter("paritybundle_captured_rows", "Samples in completed captured traffic files.",
-                            registry=registry)
-        self.requests = Counter("paritybundle_captured_requests", "Requests in completed captured traffic files.",
-                                registry=registry)
-        self.dropped = Counter("paritybundle_capture_dropped", "Sampled requests not captured, by reason.",
-                               ["reason"], registry=registry)
+        self.rows = Counter(
+            "paritybundle_captured_rows", "Samples in completed captured traffic files.", registry=registry
+        )
+        self.requests = Counter(
+            "paritybundle_captured_requests", "Requests in completed captured traffic files.", registry=registry
+        )
+        self.dropped = Counter(
+            "paritybundle_capture_dropped", "Sampled requests not captured, by reason.", ["reason"], registry=registry
+        )
         self.queued = Gauge("paritybundle_capture_queue", "Requests waiting to be written.", registry=registry)
-        self.queued_bytes = Gauge("paritybundle_capture_queue_bytes", "Bytes of requests waiting to be written.",
-                                  registry=registry)
+        self.queued_bytes = Gauge(
+            "paritybundle_capture_queue_bytes", "Bytes of requests waiting to be written.", registry=registry
+        )
         self.files = Counter("paritybundle_capture_files", "Capture files completed.", registry=registry)
-        self.removed_files = Counter("paritybundle_capture_removed_files",
-                                     "Oldest capture files removed to keep the directory under its cap.",
-                                     registry=registry)
-        self.removed_bytes = Counter("paritybundle_capture_removed_bytes",
-                                     "Bytes of capture files removed to keep the directory under its cap.",
-                                     registry=registry)
+        self.removed_files = Counter(
+            "paritybundle_capture_removed_files",
+            "Oldest capture files removed to keep the directory under its cap.",
+            registry=registry,
+        )
+        self.removed_bytes = Counter(
+            "paritybundle_capture_removed_bytes",
+            "Bytes of capture files removed to keep the directory under its cap.",
+            registry=registry,
+        )
         self.queue_full = self.dropped.labels("queue_full")
         self.write_error = self.dropped.labels("write_error")
         self.writer_died = self.dropped.labels("writer_died")
@@ -178,8 +200,9 @@ class CaptureWriter:
     ``queue_requests`` of them, captures are dropped and counted; requests never wait.
     """
 
-    def __init__(self, options: CaptureOptions, manifest: Manifest, manifest_bytes: bytes,
-                 registry: CollectorRegistry) -> None:
+    def __init__(
+        self, options: CaptureOptions, manifest: Manifest, manifest_bytes: bytes, registry: CollectorRegistry
+    ) -> None:
         self.options, self.manifest, self.manifest_bytes = options, manifest, manifest_bytes
         self.directory = Path(options.directory)
         self.metrics = CaptureMetrics(registry)
@@ -203,14 +226,25 @@ class CaptureWriter:
         # A session of its own: Ctrl-C in a terminal and `kill -- -PGID` reach the server only, which then
         # hands over what it buffered and closes the pipe (the writer completing its file). Before this, the
         # writer died with the server's process group and took every buffered row with it.
-        self._process = subprocess.Popen([sys.executable, "-m", "paritybundle.serving.capture_files"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "paritybundle.serving.capture_files"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
         assert self._process.stdin is not None
-        send_settings(self._process.stdin, {"directory": str(self.directory), "manifest_bytes": self.manifest_bytes,
-                                   "max_file_bytes": self.options.max_file_bytes,
-                                   "max_total_bytes": self.options.max_total_bytes,
-                                   "rotate_seconds": self.options.rotate_seconds,
-                                   "stop_grace_seconds": STOP_GRACE_SECONDS, "pid": os.getpid()})
+        send_settings(
+            self._process.stdin,
+            {
+                "directory": str(self.directory),
+                "manifest_bytes": self.manifest_bytes,
+                "max_file_bytes": self.options.max_file_bytes,
+                "max_total_bytes": self.options.max_total_bytes,
+                "rotate_seconds": self.options.rotate_seconds,
+                "stop_grace_seconds": STOP_GRACE_SECONDS,
+                "pid": os.getpid(),
+            },
+        )
         self._fd = self._process.stdin.fileno()
         try:  # a larger pipe absorbs bursts while the writer encodes (Linux; the default is 64 KiB)
             import fcntl
@@ -221,22 +255,33 @@ class CaptureWriter:
         os.set_blocking(self._fd, False)
         self._reader.start()
 
-    def submit(self, request_id: str | None, received_at: float, inputs: Mapping[str, np.ndarray],
-               outputs: Mapping[str, np.ndarray]) -> None:
+    def submit(
+        self,
+        request_id: str | None,
+        received_at: float,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+    ) -> None:
         """Called on the request path (the event loop): sample, then buffer or drop. Never blocks."""
         if self.options.rate < 1.0 and self._random.random() >= self.options.rate:
             return
         arrays = [*(inputs[n] for n in self._inputs), *(outputs[n] for n in self._outputs)]
-        if (len(self._frames) >= self._limit or self._fd < 0
-                or len(self._buffer) + sum(a.nbytes for a in arrays if a.dtype != object) > self._limit_bytes):
+        if (
+            len(self._frames) >= self._limit
+            or self._fd < 0
+            or len(self._buffer) + sum(a.nbytes for a in arrays if a.dtype != object) > self._limit_bytes
+        ):
             self.metrics.queue_full.inc()
             return
         if request_id is None:
             self._made_ids += 1
             request_id = f"{self._id_prefix}-{self._made_ids:010d}"
         elif len(request_id) > MAX_CAPTURED_ID_CHARS:  # written once per row: its start, and its digest
-            request_id = (request_id[:128] + "...sha256:" +
-                          hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest())
+            request_id = (
+                request_id[:128]
+                + "...sha256:"
+                + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
+            )
         data = encode_request(self._specs, arrays, request_id, received_at)
         if len(self._buffer) + FRAME.size + len(data) > self._limit_bytes:  # strings counted now
             self.metrics.queue_full.inc()
@@ -349,5 +394,7 @@ class CaptureWriter:
         if lost > 0:
             self.metrics.writer_died.inc(lost)
             self._accounted += lost
-            self._warn(f"the capture writer process ended (exit {process.returncode}) holding {lost} requests "
-                       "that no file has; they are lost")
+            self._warn(
+                f"the capture writer process ended (exit {process.returncode}) holding {lost} requests "
+                "that no file has; they are lost"
+            )

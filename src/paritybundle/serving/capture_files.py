@@ -97,7 +97,7 @@ def encode_request(specs: list[TensorSpec], arrays: list[Any], request_id: str, 
 def decode_request(data: bytes, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Captured:
     received_at, length = _HEAD.unpack_from(data, 0)
     offset = _HEAD.size
-    request_id = data[offset:offset + length].decode()
+    request_id = data[offset : offset + length].decode()
     offset += length
     arrays: list[np.ndarray] = []
     for spec in [*inputs, *outputs]:
@@ -109,7 +109,7 @@ def decode_request(data: bytes, inputs: list[TensorSpec], outputs: list[TensorSp
             for _ in range(math.prod(shape)):
                 (size,) = _LENGTH.unpack_from(data, offset)
                 offset += _LENGTH.size
-                texts.append(data[offset:offset + size].decode())
+                texts.append(data[offset : offset + size].decode())
                 offset += size
             values = np.empty(len(texts), dtype=object)
             values[:] = texts
@@ -120,8 +120,12 @@ def decode_request(data: bytes, inputs: list[TensorSpec], outputs: list[TensorSp
             values = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
             offset += size
         arrays.append(values)
-    return Captured(request_id, received_at, dict(zip((s.name for s in inputs), arrays[:len(inputs)], strict=True)),
-                    dict(zip((s.name for s in outputs), arrays[len(inputs):], strict=True)))
+    return Captured(
+        request_id,
+        received_at,
+        dict(zip((s.name for s in inputs), arrays[: len(inputs)], strict=True)),
+        dict(zip((s.name for s in outputs), arrays[len(inputs) :], strict=True)),
+    )
 
 
 def _read_exact(fd: int, size: int) -> bytes:
@@ -217,14 +221,16 @@ class CaptureFiles:
         # The server's pid names the file: a file of a server that died is known as stale by the next start.
         # The random part makes the name one nobody can plant a link at in advance; O_EXCL|O_NOFOLLOW refuses
         # one anyway.
-        partial = self.directory / (f".capture-{stamp}-{self.pid}-{self.sequence:06d}-{secrets.token_hex(8)}"
-                                    f"{PARTIAL_SUFFIX}")
+        partial = self.directory / (
+            f".capture-{stamp}-{self.pid}-{self.sequence:06d}-{secrets.token_hex(8)}{PARTIAL_SUFFIX}"
+        )
         self.sink = os.fdopen(os.open(partial, _OPEN_FLAGS, 0o644), "wb")
         self.partial = partial
         # Dictionary encoding only where values repeat (the bundle's name, version, digest): tried on every
         # column it was 3.6x the cost of writing a float request (5.1 vs 1.4 us) for larger files.
-        self.writer = parquet.ParquetWriter(self.sink, self.schema, compression="zstd",
-                                            use_dictionary=["bundle", "version", "manifest_sha256"])
+        self.writer = parquet.ParquetWriter(
+            self.sink, self.schema, compression="zstd", use_dictionary=["bundle", "version", "manifest_sha256"]
+        )
         self.opened = time.monotonic()
 
     def close(self) -> None:
@@ -245,7 +251,9 @@ class CaptureFiles:
         except Exception as exc:  # noqa: BLE001 - the disk refused the footer or the rename
             sink.close()
             self.report({"dropped": requests})
-            self.report({"warning": f"a capture file could not be completed, its {requests} requests are dropped: {exc}"})
+            self.report(
+                {"warning": f"a capture file could not be completed, its {requests} requests are dropped: {exc}"}
+            )
             partial.unlink(missing_ok=True)
             return
         # Reported when the file is complete: what the counters say is what a reader will find.
@@ -343,14 +351,15 @@ def main() -> int:
         # and a file that has grown old while traffic is quiet is completed.
         ended = not receive(0.25)
         if stop.since is not None and not stop.handled:  # asked to stop: what came so far is made safe now,
-            stop.handled = True                          # the frames already in the pipe included
+            stop.handled = True  # the frames already in the pipe included
             while not ended and select.select([stdin], [], [], 0)[0]:
                 ended = not receive(0)
             write_pending()
             files.close()
         now = time.monotonic()
-        if pending and (ended or len(pending) >= 4096 or elements >= 1 << 26 or cost >= CHUNK_BYTES
-                        or now - last >= 1.0):
+        if pending and (
+            ended or len(pending) >= 4096 or elements >= 1 << 26 or cost >= CHUNK_BYTES or now - last >= 1.0
+        ):
             write_pending()
         if ended or (stop.since is not None and now - stop.since >= grace):
             write_pending()

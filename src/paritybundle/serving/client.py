@@ -51,8 +51,10 @@ class V2Client:
         self._deadline: float | None = None  # monotonic; set by the first call
 
     def _late(self, path: str) -> EndpointError:
-        return EndpointError(f"{self.base}{path} did not answer within the check's deadline of {self.timeout_s:g} s "
-                             "(--timeout, for all its requests together).")
+        return EndpointError(
+            f"{self.base}{path} did not answer within the check's deadline of {self.timeout_s:g} s "
+            "(--timeout, for all its requests together)."
+        )
 
     def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One request, all of it (connect, send, headers, body) before the client's deadline."""
@@ -86,8 +88,12 @@ class V2Client:
             sockets.append(connection.sock)
             if expired.is_set():  # the deadline passed while connecting, before the socket was known
                 raise TimeoutError
-            connection.request(method, self._prefix + path, body=data,
-                               headers={"Content-Type": "application/json", "Accept": "application/json"})
+            connection.request(
+                method,
+                self._prefix + path,
+                body=data,
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+            )
             response = connection.getresponse()
             raw = self._read_body(response, path)
             status = response.status
@@ -106,20 +112,26 @@ class V2Client:
             return status, json.loads(raw) if raw else None
         except (ValueError, RecursionError):
             snippet = raw[:120].decode("utf-8", "replace")
-            raise EndpointError(f"{self.base}{path} answered HTTP {status} with something that is not JSON "
-                                f"({snippet!r}); is this a V2 inference server?") from None
+            raise EndpointError(
+                f"{self.base}{path} answered HTTP {status} with something that is not JSON "
+                f"({snippet!r}); is this a V2 inference server?"
+            ) from None
 
     def _read_body(self, response: http.client.HTTPResponse, path: str) -> bytes:
         declared = response.getheader("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_answer_bytes:
-            raise EndpointError(f"{self.base}{path} announced an answer of {declared} bytes, more than "
-                                f"{self.max_answer_bytes} any answer to these requests needs; refused unread.")
+            raise EndpointError(
+                f"{self.base}{path} announced an answer of {declared} bytes, more than "
+                f"{self.max_answer_bytes} any answer to these requests needs; refused unread."
+            )
         chunks, size = [], 0
         while chunk := response.read(_CHUNK):
             size += len(chunk)
             if size > self.max_answer_bytes:
-                raise EndpointError(f"{self.base}{path} answered more than {self.max_answer_bytes} bytes, more "
-                                    "than any answer to these requests needs; the check stopped reading.")
+                raise EndpointError(
+                    f"{self.base}{path} answered more than {self.max_answer_bytes} bytes, more "
+                    "than any answer to these requests needs; the check stopped reading."
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -136,30 +148,38 @@ class V2Client:
         """The server knows the model, is ready, and its inputs and outputs match the bundle's."""
         status, meta = self._call("GET", f"/v2/models/{name}")
         if status == 404:
-            raise EndpointError(f"{self.base} does not serve a model named {name!r} ({self._error_text(meta)}); "
-                                "pass --model with the name it serves.")
+            raise EndpointError(
+                f"{self.base} does not serve a model named {name!r} ({self._error_text(meta)}); "
+                "pass --model with the name it serves."
+            )
         try:
             if status != 200:
                 raise ValueError(f"HTTP {status}")
             metadata = ModelMetadata.model_validate(meta)
         except (ValueError, ValidationError) as exc:
             reason = _validation_text(exc) if isinstance(exc, ValidationError) else self._error_text(meta)
-            raise EndpointError(f"{self.base}/v2/models/{name} answered HTTP {status} without V2 model metadata "
-                                f"({reason}); is this a V2 inference server?") from None
+            raise EndpointError(
+                f"{self.base}/v2/models/{name} answered HTTP {status} without V2 model metadata "
+                f"({reason}); is this a V2 inference server?"
+            ) from None
         served_inputs = {i.name for i in metadata.inputs}
         served_outputs = {o.name for o in metadata.outputs}
         missing = [s.name for s in manifest.inputs if s.name not in served_inputs]
         missing += [s.name for s in manifest.outputs if s.name not in served_outputs]
         if missing:
-            raise EndpointError(f"model {name!r} at {self.base} has no tensor {missing[0]!r}; it is not this bundle's "
-                                f"model (it has inputs {sorted(served_inputs)}, outputs {sorted(served_outputs)}).")
+            raise EndpointError(
+                f"model {name!r} at {self.base} has no tensor {missing[0]!r}; it is not this bundle's "
+                f"model (it has inputs {sorted(served_inputs)}, outputs {sorted(served_outputs)})."
+            )
         status, ready = self._call("GET", f"/v2/models/{name}/ready")
         if status != 200:
             raise EndpointError(f"model {name!r} at {self.base} is not ready ({self._error_text(ready)}).")
 
     def infer(self, name: str, manifest: Manifest, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        body = {"inputs": [_request_input(spec, inputs[spec.name]) for spec in manifest.inputs],
-                "outputs": [{"name": spec.name} for spec in manifest.outputs]}
+        body = {
+            "inputs": [_request_input(spec, inputs[spec.name]) for spec in manifest.inputs],
+            "outputs": [{"name": spec.name} for spec in manifest.outputs],
+        }
         status, answer = self._call("POST", f"/v2/models/{name}/infer", body)
         if status != 200:
             raise EndpointError(f"inference at {self.base} answered HTTP {status}: {self._error_text(answer)}.")
@@ -168,17 +188,23 @@ class V2Client:
             by_name = {o.name: o for o in response.outputs}
             return {spec.name: _response_array(by_name[spec.name], spec) for spec in manifest.outputs}
         except ValidationError as exc:
-            raise EndpointError(f"inference at {self.base} answered something that is not a V2 inference response "
-                                f"({_validation_text(exc)}).") from None
+            raise EndpointError(
+                f"inference at {self.base} answered something that is not a V2 inference response "
+                f"({_validation_text(exc)})."
+            ) from None
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise EndpointError(f"inference at {self.base} answered something that is not a V2 inference response "
-                                f"for this model ({type(exc).__name__}: {str(exc)[:200]}).") from None
+            raise EndpointError(
+                f"inference at {self.base} answered something that is not a V2 inference response "
+                f"for this model ({type(exc).__name__}: {str(exc)[:200]})."
+            ) from None
 
-    def infer_all(self, name: str, manifest: Manifest, inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    def infer_all(
+        self, name: str, manifest: Manifest, inputs: dict[str, np.ndarray], batch: int
+    ) -> dict[str, np.ndarray]:
         total = int(next(iter(inputs.values())).shape[0])
         parts: dict[str, list[np.ndarray]] = {spec.name: [] for spec in manifest.outputs}
         for start in range(0, total, batch):
-            answer = self.infer(name, manifest, {k: v[start:start + batch] for k, v in inputs.items()})
+            answer = self.infer(name, manifest, {k: v[start : start + batch] for k, v in inputs.items()})
             for key, value in answer.items():
                 parts[key].append(value)
         return {key: np.concatenate(chunks, axis=0) for key, chunks in parts.items()}
@@ -186,8 +212,12 @@ class V2Client:
 
 def _request_input(spec: TensorSpec, array: np.ndarray) -> dict[str, Any]:
     data = array.reshape(-1)
-    return {"name": spec.name, "shape": list(array.shape), "datatype": v2_datatype(spec),
-            "data": [str(v) for v in data] if spec.dtype == "string" else data.tolist()}
+    return {
+        "name": spec.name,
+        "shape": list(array.shape),
+        "datatype": v2_datatype(spec),
+        "data": [str(v) for v in data] if spec.dtype == "string" else data.tolist(),
+    }
 
 
 def _response_array(output: Any, spec: TensorSpec) -> np.ndarray:

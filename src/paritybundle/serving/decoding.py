@@ -33,14 +33,21 @@ warnings.filterwarnings("ignore", message="overflow encountered in cast", catego
 class InputDecoder:
     """A model's request inputs -> validated arrays; made once per server (its specs never change)."""
 
-    def __init__(self, specs: Sequence[TensorSpec], *, model: str, max_batch: int,
-                 bounds: Mapping[str, tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[TensorSpec],
+        *,
+        model: str,
+        max_batch: int,
+        bounds: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
         self.specs, self.model, self.max_batch = list(specs), model, max_batch
         self.by_name = {s.name: s for s in self.specs}
         self.bounds = dict(bounds or {})
 
-    def __call__(self, items: Sequence[RequestInput],
-                 binary: Mapping[str, memoryview] | None = None) -> dict[str, np.ndarray]:
+    def __call__(
+        self, items: Sequence[RequestInput], binary: Mapping[str, memoryview] | None = None
+    ) -> dict[str, np.ndarray]:
         """Every mismatch is a ``BadRequest`` naming the input. ``binary``: the bytes of inputs sent
         with the binary tensor data extension (:func:`.binary.payloads`)."""
         by_name = self.by_name
@@ -51,15 +58,18 @@ class InputDecoder:
                 raise BadRequest(f"input {item.name!r} is not an input of {self.model}; it takes {', '.join(by_name)}.")
             if item.name in arrays:
                 raise BadRequest(f"input {item.name!r} is given twice.")
-            arrays[item.name] = decode(item, spec, max_batch=self.max_batch,
-                                       payload=binary.get(item.name) if binary else None)
+            arrays[item.name] = decode(
+                item, spec, max_batch=self.max_batch, payload=binary.get(item.name) if binary else None
+            )
         if len(arrays) != len(self.specs):
             missing = next(s.name for s in self.specs if s.name not in arrays)
             raise BadRequest(f"input {missing!r} is missing; {self.model} takes {', '.join(by_name)}.")
         bound: dict[str, int] = {}  # symbolic dimensions shared between inputs
         try:
-            return {spec.name: conform(spec, arrays[spec.name], bound, limits=self.bounds.get(spec.name))
-                    for spec in self.specs}
+            return {
+                spec.name: conform(spec, arrays[spec.name], bound, limits=self.bounds.get(spec.name))
+                for spec in self.specs
+            }
         except InputValidationError as exc:
             raise BadRequest(str(exc)) from None
 
@@ -82,8 +92,11 @@ def decode(item: RequestInput, spec: TensorSpec, *, max_batch: int, payload: mem
     if any(d < 0 for d in item.shape):
         raise BadRequest(f"input {name!r} has a negative dimension in shape {item.shape}.")
     if item.shape and item.shape[0] > max_batch:
-        raise BadRequest(f"input {name!r} has a batch of {item.shape[0]}, over this server's limit of {max_batch}; "
-                         "split the request.", status=413)
+        raise BadRequest(
+            f"input {name!r} has a batch of {item.shape[0]}, over this server's limit of {max_batch}; "
+            "split the request.",
+            status=413,
+        )
     try:  # rank and fixed dimensions first: a tensor of the wrong shape is refused before it is decoded
         check_shape(spec, item.shape)
     except InputValidationError as exc:
@@ -112,8 +125,9 @@ def decode(item: RequestInput, spec: TensorSpec, *, max_batch: int, payload: mem
                 raise BadRequest(f"input {name!r} must hold numbers for {expected}, got {_kind(raw)}.")
             array = _to_dtype(raw.reshape(-1), spec, name)
     except ValueError:
-        raise BadRequest(f"input {name!r} has ragged or non-numeric data; send {count} {expected} values "
-                         "in row-major order.") from None
+        raise BadRequest(
+            f"input {name!r} has ragged or non-numeric data; send {count} {expected} values in row-major order."
+        ) from None
     if array.size != count:
         raise BadRequest(f"input {name!r} has {array.size} values, but shape {item.shape} needs {count}.")
     return array.reshape(item.shape)
@@ -166,5 +180,3 @@ def _to_dtype(raw: np.ndarray, spec: TensorSpec, name: str) -> np.ndarray:
     if target.kind == "f" and cast.size and not np.isfinite(cast).all() and (np.isinf(cast) & np.isfinite(raw)).any():
         raise BadRequest(f"input {name!r} has values too large for {NUMPY_TO_V2[spec.dtype]}.")
     return cast
-
-

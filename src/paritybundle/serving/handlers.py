@@ -38,8 +38,9 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
-def binary_response(answer: dict[str, Any], outputs: dict[str, Any], specs: dict[str, Any],
-                    as_bytes: list[bool]) -> Response:
+def binary_response(
+    answer: dict[str, Any], outputs: dict[str, Any], specs: dict[str, Any], as_bytes: list[bool]
+) -> Response:
     """The JSON header, then each binary output's bytes in the order listed; the header's length in
     ``Inference-Header-Content-Length``."""
     chunks = []
@@ -49,8 +50,11 @@ def binary_response(answer: dict[str, Any], outputs: dict[str, Any], specs: dict
             entry["parameters"] = {binary.BINARY_SIZE: len(data)}
             chunks.append(data)
     header = orjson.dumps(answer)
-    return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def error_response(message: str, status: int) -> Response:
@@ -78,7 +82,9 @@ def _unknown_model(state: ServerState, name: str, version: str | None) -> Respon
     if name != state.name:
         return error_response(f"model {name!r} is not served here; this server serves {state.name!r}.", 404)
     if version is not None and version != state.version:
-        return error_response(f"model {name!r} has no version {version!r}; this server serves version {state.version!r}.", 404)
+        return error_response(
+            f"model {name!r} has no version {version!r}; this server serves version {state.version!r}.", 404
+        )
     return None
 
 
@@ -105,17 +111,27 @@ async def model_metadata(request: Request) -> Response:
         return state.metrics.observe("metadata", problem, began)
     manifest = state.manifest
     assert manifest is not None  # _unknown_model answered otherwise
-    return state.metrics.observe("metadata", json_response({
-        "name": manifest.name,
-        "versions": [manifest.version],
-        "platform": "onnxruntime_onnx",
-        "inputs": [tensor_metadata(s) for s in manifest.inputs],
-        "outputs": [tensor_metadata(s) for s in manifest.outputs],
-        "parameters": {"ready": state.ready, "status": state.status, "reason": state.reason,
-                       "parity": state.parity_summary,
-                       # the largest size of each limited symbolic dimension (-1 in "shape"): a longer request is a 400
-                       "max_dims": {s.name: s.max_dims for s in manifest.inputs if s.max_dims}},
-    }), began)
+    return state.metrics.observe(
+        "metadata",
+        json_response(
+            {
+                "name": manifest.name,
+                "versions": [manifest.version],
+                "platform": "onnxruntime_onnx",
+                "inputs": [tensor_metadata(s) for s in manifest.inputs],
+                "outputs": [tensor_metadata(s) for s in manifest.outputs],
+                "parameters": {
+                    "ready": state.ready,
+                    "status": state.status,
+                    "reason": state.reason,
+                    "parity": state.parity_summary,
+                    # the largest size of each limited symbolic dimension (-1 in "shape"): a longer request is a 400
+                    "max_dims": {s.name: s.max_dims for s in manifest.inputs if s.max_dims},
+                },
+            }
+        ),
+        began,
+    )
 
 
 async def model_ready(request: Request) -> Response:
@@ -189,8 +205,9 @@ def decode_body(state: ServerState, body: bytes, header_length: str | None) -> t
     return inference, state.decode(inference.inputs, binary.payloads(inference.inputs, tensor_bytes))
 
 
-def requested_outputs(asked: list[RequestOutput] | None, specs: dict[str, Any],
-                      model: str) -> list[tuple[str, dict[str, Any] | None]]:
+def requested_outputs(
+    asked: list[RequestOutput] | None, specs: dict[str, Any], model: str
+) -> list[tuple[str, dict[str, Any] | None]]:
     """``(name, parameters)`` of each output to answer: all of them when none are named; otherwise each
     named one once (a name asked for twice is refused: the answer is never larger than the model's)."""
     if not asked:
@@ -198,8 +215,9 @@ def requested_outputs(asked: list[RequestOutput] | None, specs: dict[str, Any],
     seen: set[str] = set()
     for output in asked:
         if output.name not in specs:
-            raise BadRequest(f"output {printable(output.name)[:200]!r} is not an output of {model}; it has "
-                             f"{', '.join(specs)}.")
+            raise BadRequest(
+                f"output {printable(output.name)[:200]!r} is not an output of {model}; it has {', '.join(specs)}."
+            )
         if output.name in seen:
             raise BadRequest(f"output {output.name!r} is asked for more than once; name each output once.")
         seen.add(output.name)
@@ -232,13 +250,22 @@ async def infer(request: Request) -> Response:
         outputs = await state.batcher.submit(arrays)
         size = answer_bytes([outputs[n] for n, _ in wanted], [output_specs[n].dtype for n, _ in wanted], as_bytes)
         if size > options.max_answer_bytes:
-            raise BadRequest(f"the answer would take up to {size} bytes, over this server's limit of "
-                             f"{options.max_answer_bytes} (--max-answer-bytes); send fewer rows per request, ask for "
-                             "fewer outputs, or ask for binary data.", 413)
+            raise BadRequest(
+                f"the answer would take up to {size} bytes, over this server's limit of "
+                f"{options.max_answer_bytes} (--max-answer-bytes); send fewer rows per request, ask for "
+                "fewer outputs, or ask for binary data.",
+                413,
+            )
         if state.capture is not None:  # sampled onto a bounded queue; never blocks this request
             state.capture.submit(inference.id, received_at, arrays, outputs)
-        answer = {"model_name": manifest.name, "model_version": manifest.version,
-                  "outputs": [output_json(n, outputs[n], output_specs[n], as_bytes=b) for (n, _), b in zip(wanted, as_bytes, strict=True)]}
+        answer = {
+            "model_name": manifest.name,
+            "model_version": manifest.version,
+            "outputs": [
+                output_json(n, outputs[n], output_specs[n], as_bytes=b)
+                for (n, _), b in zip(wanted, as_bytes, strict=True)
+            ],
+        }
         if inference.id is not None:
             answer["id"] = inference.id
         if not any(as_bytes):
@@ -252,16 +279,18 @@ async def infer(request: Request) -> Response:
     except InputValidationError as exc:
         return observe("infer", error_response(str(exc), 400), began)
     except _Busy:
-        busy = error_response(f"this server is reading {state.options.max_inflight_bytes} bytes of requests already; "
-                              "retry shortly.", 503)
+        busy = error_response(
+            f"this server is reading {state.options.max_inflight_bytes} bytes of requests already; retry shortly.", 503
+        )
         busy.headers["Retry-After"] = "1"
         return observe("infer", busy, began)
     except ClientDisconnect:
         return observe("infer", error_response("the client disconnected.", 400), began)
     except Exception:
         log.exception("internal error while answering an inference request")
-        return observe("infer", error_response("internal error in paritybundle; the server log has the traceback.", 500),
-                       began)
+        return observe(
+            "infer", error_response("internal error in paritybundle; the server log has the traceback.", 500), began
+        )
     finally:
         if held and state.bodies is not None:
             state.bodies.give_back(sum(held))

@@ -38,8 +38,17 @@ DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 # The most bytes one element can take in a JSON answer: orjson writes a float's shortest round-trip
 # form (at most 24 characters, "-2.2250738585072014e-308"), an int64 at most 20, then a comma.
-_JSON_ELEMENT_BYTES = {"bool": 6, "int8": 5, "uint8": 4, "int16": 7, "uint16": 6, "int32": 12, "uint32": 11,
-                       "int64": 21, "uint64": 21}
+_JSON_ELEMENT_BYTES = {
+    "bool": 6,
+    "int8": 5,
+    "uint8": 4,
+    "int16": 7,
+    "uint16": 6,
+    "int32": 12,
+    "uint32": 11,
+    "int64": 21,
+    "uint64": 21,
+}
 _JSON_FLOAT_BYTES = 25
 # A request body must arrive within this of its headers, however it trickles.
 DEFAULT_BODY_TIMEOUT_S = 60.0
@@ -93,8 +102,10 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         """``(headers, body)`` seconds, from the environment, so that uvicorn's worker processes (which
         build this class themselves) agree with the process that read the options."""
         if cls._timeouts is None:
-            cls._timeouts = (float(os.environ.get(ENV_HEADER_TIMEOUT, DEFAULT_HEADER_TIMEOUT_S)),
-                             float(os.environ.get(ENV_BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT_S)))
+            cls._timeouts = (
+                float(os.environ.get(ENV_HEADER_TIMEOUT, DEFAULT_HEADER_TIMEOUT_S)),
+                float(os.environ.get(ENV_BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT_S)),
+            )
         return cls._timeouts
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -111,7 +122,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         if self.parser.get_http_version() == "0.9":  # a request line with no version: HTTP/0.9 has no status
-            self._refused = True                     # line, no headers, no way to say what went wrong
+            self._refused = True  # line, no headers, no way to say what went wrong
             self.send_400_response("HTTP/0.9 requests are not served; send HTTP/1.1 (or 1.0).")
             return
         self._header_timer = self.loop.call_later(self.timeouts()[1], self._headers_too_slow)  # now for the body

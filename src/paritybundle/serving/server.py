@@ -39,14 +39,19 @@ def preflight(options: ServeOptions, *, load: bool) -> ServingRuntime | None:
     Parity is checked by the server itself after it starts (it then stays not ready).
     """
     if min(options.max_batch_size, options.max_request_batch, options.max_body_bytes, options.max_answer_bytes) < 1:
-        raise UsageError("--max-batch-size, --max-request-batch, --max-body-bytes and --max-answer-bytes must be "
-                         "positive.")
+        raise UsageError(
+            "--max-batch-size, --max-request-batch, --max-body-bytes and --max-answer-bytes must be positive."
+        )
     if options.max_inflight_bytes < options.max_body_bytes:
-        raise UsageError("--max-inflight-bytes must be at least --max-body-bytes, or no request of the largest "
-                         "size could ever be read.")
+        raise UsageError(
+            "--max-inflight-bytes must be at least --max-body-bytes, or no request of the largest "
+            "size could ever be read."
+        )
     if not (math.isfinite(options.max_batch_delay_ms) and 0 <= options.max_batch_delay_ms <= MAX_BATCH_DELAY_MS):
-        raise UsageError(f"--max-batch-delay-ms must be a number of milliseconds from 0 to {MAX_BATCH_DELAY_MS:.0f}, "
-                         f"got {options.max_batch_delay_ms}.")
+        raise UsageError(
+            f"--max-batch-delay-ms must be a number of milliseconds from 0 to {MAX_BATCH_DELAY_MS:.0f}, "
+            f"got {options.max_batch_delay_ms}."
+        )
     capture = options.capture_options
     if capture is not None:  # an unwritable directory is exit 2 now, not dropped traffic later
         prepare_directory(capture)
@@ -60,9 +65,17 @@ def preflight(options: ServeOptions, *, load: bool) -> ServingRuntime | None:
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
-def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, workers: int = 1,
-          log_level: str = "info", max_connections: int = DEFAULT_MAX_CONNECTIONS,
-          header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
+def serve(
+    options: ServeOptions,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    workers: int = 1,
+    log_level: str = "info",
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+) -> None:
     """Serve a bundle until SIGINT/SIGTERM.
 
     Args:
@@ -88,8 +101,14 @@ def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, w
     os.environ[ENV_BODY_TIMEOUT] = repr(float(body_timeout_s))
     # ws="none": the V2 protocol has no websockets, and uvicorn's "auto" imports a websockets
     # implementation into every server (~9 ms of start-up) to serve none.
-    common = dict(log_level=log_level, access_log=False, ws="none", http=HeaderDeadlineProtocol,
-                  limit_concurrency=max_connections, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    common = dict(
+        log_level=log_level,
+        access_log=False,
+        ws="none",
+        http=HeaderDeadlineProtocol,
+        limit_concurrency=max_connections,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
     if workers == 1:
         # The session opened (while the files hashed) before the port is bound is the one served.
         runtime = preflight(options, load=True)
@@ -102,16 +121,29 @@ def serve(options: ServeOptions, *, host: str = "127.0.0.1", port: int = 8080, w
         os.environ[ENV_OPTIONS] = options.to_json()
         os.environ[ENV_LOG_LEVEL] = log_level
         try:
-            uvicorn.run("paritybundle.serving.app:app_from_environment", factory=True, workers=workers,
-                        host=host, port=port, **common)
+            uvicorn.run(
+                "paritybundle.serving.app:app_from_environment",
+                factory=True,
+                workers=workers,
+                host=host,
+                port=port,
+                **common,
+            )
         except SystemExit as exc:
             if exc.code == 3:  # uvicorn's STARTUP_FAILURE: the address was taken in between
                 raise UsageError(f"cannot listen on {host}:{port}; choose another --host or --port.") from None
             raise
 
 
-def _check_options(host: str, port: int, workers: int, log_level: str, max_connections: int,
-                   header_timeout_s: float, body_timeout_s: float) -> None:
+def _check_options(
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    max_connections: int,
+    header_timeout_s: float,
+    body_timeout_s: float,
+) -> None:
     if workers < 1:
         raise UsageError("--workers must be at least 1.")
     if not 0 <= port <= 65535:
@@ -130,19 +162,22 @@ def _check_options(host: str, port: int, workers: int, log_level: str, max_conne
 def _listen(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (what uvicorn would bind), or a usage error saying why not."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                              flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError) as exc:
-        raise UsageError(f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc}); "
-                         "check --host.") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc}); check --host."
+        ) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop what "
-                         "listens there.") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop what listens there."
+        ) from None
     sock.set_inheritable(True)
     return sock

@@ -72,8 +72,9 @@ class ServeOptions:
     @property
     def session(self) -> SessionOverrides:
         """The session settings this server changes; the rest are the bundle's own."""
-        return SessionOverrides(providers=tuple(self.providers) if self.providers else None,
-                                intra_op_num_threads=self.intra_op_num_threads)
+        return SessionOverrides(
+            providers=tuple(self.providers) if self.providers else None, intra_op_num_threads=self.intra_op_num_threads
+        )
 
 
 def open_serving_runtime(options: ServeOptions) -> ServingRuntime:
@@ -87,17 +88,35 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("paritybundle_requests", "Requests answered, by endpoint and HTTP status.",
-                                ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("paritybundle_request_latency_seconds", "Time to answer, by endpoint.",
-                                 ["endpoint"], registry=self.registry,
-                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
-        self.batch_rows = Histogram("paritybundle_batch_rows", "Rows per ONNX Runtime call.", registry=self.registry,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
-        self.parity = Gauge("paritybundle_parity_verdict",
-                            "Start-up parity check: 1 holds, 0 fails, -1 not yet known.", registry=self.registry)
-        self.startup = Gauge("paritybundle_startup_seconds", "Seconds from the start of serving (after imports) to ready.",
-                             registry=self.registry)
+        self.requests = Counter(
+            "paritybundle_requests",
+            "Requests answered, by endpoint and HTTP status.",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "paritybundle_request_latency_seconds",
+            "Time to answer, by endpoint.",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+        )
+        self.batch_rows = Histogram(
+            "paritybundle_batch_rows",
+            "Rows per ONNX Runtime call.",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        )
+        self.parity = Gauge(
+            "paritybundle_parity_verdict",
+            "Start-up parity check: 1 holds, 0 fails, -1 not yet known.",
+            registry=self.registry,
+        )
+        self.startup = Gauge(
+            "paritybundle_startup_seconds",
+            "Seconds from the start of serving (after imports) to ready.",
+            registry=self.registry,
+        )
         self.parity.set(-1)
         # labels() looks the child up under a lock each call; the children are kept.
         self._counters: dict[tuple[str, int], Any] = {}
@@ -165,22 +184,35 @@ class ServerState:
         self.parity_summary = {
             "passed": report.passed,
             "samples": report.settings.samples,
-            "outputs": {o.name: {"passed": o.passed, "max_abs": o.stats.max_abs if o.stats else None}
-                        for o in report.outputs},
+            "outputs": {
+                o.name: {"passed": o.passed, "max_abs": o.stats.max_abs if o.stats else None} for o in report.outputs
+            },
         }
         elapsed = time.perf_counter() - started
         if not report.passed:
-            self._fail("parity fails, so this server will not serve: " + " ".join(
-                [explain_failure(o) for o in report.outputs if not o.passed]
-                + ([f"Where: {report.diagnosis}"] if report.diagnosis else [])))
+            self._fail(
+                "parity fails, so this server will not serve: "
+                + " ".join(
+                    [explain_failure(o) for o in report.outputs if not o.passed]
+                    + ([f"Where: {report.diagnosis}"] if report.diagnosis else [])
+                )
+            )
             log.error("not ready after %.2f s: %s", elapsed, printable(self.reason))
             return
         options, metrics = self.options, self.metrics
-        self.batcher = MicroBatcher(lambda inputs: runtime.runner.run(inputs, None), options.max_batch_size,
-                                    options.max_batch_delay_ms, on_batch=metrics.batch_rows.observe)
+        self.batcher = MicroBatcher(
+            lambda inputs: runtime.runner.run(inputs, None),
+            options.max_batch_size,
+            options.max_batch_delay_ms,
+            on_batch=metrics.batch_rows.observe,
+        )
         self.batcher.start()
-        self.decode = InputDecoder(runtime.manifest.inputs, model=runtime.manifest.name,
-                                   max_batch=options.max_request_batch, bounds=runtime.runner.bounds)
+        self.decode = InputDecoder(
+            runtime.manifest.inputs,
+            model=runtime.manifest.name,
+            max_batch=options.max_request_batch,
+            bounds=runtime.runner.bounds,
+        )
         capture = options.capture_options
         if capture is not None:
             manifest_bytes = (runtime.bundle.root / "bundle.json").read_bytes()  # verified (a signed one: the snapshot)
@@ -191,9 +223,14 @@ class ServerState:
         self.ready, self.status, self.reason = True, "ready", None
         metrics.parity.set(1)
         metrics.startup.set(elapsed)
-        log.info("ready in %.2f s: %s v%s, parity holds on %d reference samples (%s)", elapsed, self.name,
-                 printable(self.version), report.settings.samples,
-                 printable(", ".join(f"{o.name} max abs {o.stats.max_abs:.2g}" for o in report.outputs if o.stats)))
+        log.info(
+            "ready in %.2f s: %s v%s, parity holds on %d reference samples (%s)",
+            elapsed,
+            self.name,
+            printable(self.version),
+            report.settings.samples,
+            printable(", ".join(f"{o.name} max abs {o.stats.max_abs:.2g}" for o in report.outputs if o.stats)),
+        )
 
     def _fail(self, reason: str) -> None:
         self.status, self.reason = "failed", reason

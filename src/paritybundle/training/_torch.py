@@ -51,8 +51,10 @@ def is_module(value: Any) -> bool:
 def require_module(model: Any) -> None:
     """Refuse a model that is not a ``torch.nn.Module`` (nor an ``.onnx`` path)."""
     if not isinstance(model, import_torch().nn.Module):
-        raise SpecError(f"the export spec's model is a {type(model).__name__}, not a torch.nn.Module "
-                        "(or a path to an .onnx file with research_outputs).")
+        raise SpecError(
+            f"the export spec's model is a {type(model).__name__}, not a torch.nn.Module "
+            "(or a path to an .onnx file with research_outputs)."
+        )
 
 
 def model_device(model: Any) -> Any:
@@ -69,8 +71,9 @@ def precision(model: Any, device: Any) -> str:
         return "bf16"
     if torch.float16 in dtypes:
         return "fp16"
-    if device.type != "cpu" and (torch.get_float32_matmul_precision() != "highest"
-                                 or getattr(torch.backends.cuda.matmul, "allow_tf32", False)):
+    if device.type != "cpu" and (
+        torch.get_float32_matmul_precision() != "highest" or getattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    ):
         return "tf32"
     return "fp32"
 
@@ -162,11 +165,15 @@ def _call(model: Any, tensors: list[Any], convention: Convention | None) -> Any:
 
 
 def _raised(exc: Exception, what: str = "the reference inputs") -> SpecError:
-    return SpecError(f"the model raised on {what} ({type(exc).__name__}: {first_paragraph(exc)}); "
-                     "check their shape and dtype match what forward() expects.")
+    return SpecError(
+        f"the model raised on {what} ({type(exc).__name__}: {first_paragraph(exc)}); "
+        "check their shape and dtype match what forward() expects."
+    )
 
 
-def plan_outputs(model: Any, inputs: Mapping[str, np.ndarray], device: Any, convention: Convention | None) -> OutputPlan:
+def plan_outputs(
+    model: Any, inputs: Mapping[str, np.ndarray], device: Any, convention: Convention | None
+) -> OutputPlan:
     """Run the model on 2 and 3 reference rows and decide its outputs: every tensor leaf of the result,
     caches and non-tensor leaves dropped (with a notice). Refuses outputs serving could not split per sample.
 
@@ -190,34 +197,47 @@ def plan_outputs(model: Any, inputs: Mapping[str, np.ndarray], device: Any, conv
         if (path and isinstance(path[0], str) and path[0] in CACHE_KEYS) or type(leaf).__name__.endswith("Cache"):
             label = output_name(result, path[:1]) if path else name
             if not any(d.startswith(f"{label}:") for d in dropped):
-                dropped.append(f"{label}: a key/value cache, not a result; pass use_cache=False (to forward or the "
-                               "config) or export a wrapper that returns what serving should answer")
+                dropped.append(
+                    f"{label}: a key/value cache, not a result; pass use_cache=False (to forward or the "
+                    "config) or export a wrapper that returns what serving should answer"
+                )
             continue
         if not isinstance(leaf, torch.Tensor):
             dropped.append(f"{name}: {type(leaf).__name__}, not a tensor")
             continue
         if leaf.ndim == 0:
-            raise SpecError(f"output {name!r} is a single number (0-d) for the whole batch, so serving cannot answer "
-                            "each request with its own value; return per-sample values shaped [batch, ...] "
-                            "(a loss: do not pass labels; a statistic: compute it outside the model).")
+            raise SpecError(
+                f"output {name!r} is a single number (0-d) for the whole batch, so serving cannot answer "
+                "each request with its own value; return per-sample values shaped [batch, ...] "
+                "(a loss: do not pass labels; a statistic: compute it outside the model)."
+            )
         other = _follow(results[1], path)
         if leaf.shape[0] != 2 or not isinstance(other, torch.Tensor) or other.ndim == 0 or other.shape[0] != 3:
             shapes = f"{list(leaf.shape)} for 2 samples and {list(getattr(other, 'shape', []))} for 3"
-            raise SpecError(f"output {name!r} has shape {shapes}: its first axis is not the batch, and serving splits "
-                            "and batches requests along the first axis; return it batch-first (e.g. y.T or "
-                            "y.movedim(batch_axis, 0)).")
+            raise SpecError(
+                f"output {name!r} has shape {shapes}: its first axis is not the batch, and serving splits "
+                "and batches requests along the first axis; return it batch-first (e.g. y.T or "
+                "y.movedim(batch_axis, 0))."
+            )
         kept.append(path)
         names.append(name)
     if not kept:
-        raise SpecError(f"the model returned {type(result).__name__} without a tensor in it; paritybundle exports "
-                        "models whose result holds tensors (a tensor, tuple, dict, ModelOutput or namedtuple).")
+        raise SpecError(
+            f"the model returned {type(result).__name__} without a tensor in it; paritybundle exports "
+            "models whose result holds tensors (a tensor, tuple, dict, ModelOutput or namedtuple)."
+        )
     if len(set(names)) != len(names):
         raise SpecError(f"the model's outputs would be named {names}, with repeats; pass output_names.")
     return OutputPlan(tuple(kept), tuple(names), tuple(dropped))
 
 
-def run_model(model: Any, inputs: Mapping[str, np.ndarray], device: Any, convention: Convention | None = None,
-              plan: OutputPlan | None = None) -> list[np.ndarray]:
+def run_model(
+    model: Any,
+    inputs: Mapping[str, np.ndarray],
+    device: Any,
+    convention: Convention | None = None,
+    plan: OutputPlan | None = None,
+) -> list[np.ndarray]:
     """The model on ``inputs``, ``_TORCH_BATCH`` samples at a time under ``no_grad``; the outputs
     ``plan`` picks (every tensor of a plain tensor/tuple result without one) as numpy."""
     torch = import_torch()
@@ -232,8 +252,12 @@ def run_model(model: Any, inputs: Mapping[str, np.ndarray], device: Any, convent
             except Exception as exc:
                 raise _raised(exc) from exc
             tensors = plan.pick(result) if plan is not None else _flatten_outputs(result)
-            outputs = [t.detach().float().cpu().numpy() if t.dtype in (torch.float16, torch.bfloat16)
-                       else t.detach().cpu().numpy() for t in tensors]
+            outputs = [
+                t.detach().float().cpu().numpy()
+                if t.dtype in (torch.float16, torch.bfloat16)
+                else t.detach().cpu().numpy()
+                for t in tensors
+            ]
             if parts and len(outputs) != len(parts):
                 raise SpecError("the model returned a different number of outputs for different batches.")
             if not parts:
@@ -250,12 +274,19 @@ def _flatten_outputs(result: Any) -> list[Any]:
         return [result]
     if isinstance(result, (tuple, list)) and result and all(isinstance(r, torch.Tensor) for r in result):
         return list(result)
-    raise SpecError(f"the preprocessing module returned {type(result).__name__}; return a tensor "
-                    "or a tuple/list of tensors.")
+    raise SpecError(
+        f"the preprocessing module returned {type(result).__name__}; return a tensor or a tuple/list of tensors."
+    )
 
 
-def check_deterministic(model: Any, inputs: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray],
-                        device: Any, convention: Convention | None = None, plan: OutputPlan | None = None) -> None:
+def check_deterministic(
+    model: Any,
+    inputs: Mapping[str, np.ndarray],
+    research: Mapping[str, np.ndarray],
+    device: Any,
+    convention: Convention | None = None,
+    plan: OutputPlan | None = None,
+) -> None:
     """Refuse a model whose eval-mode outputs change between two identical calls."""
     probe = {name: a[:_TORCH_BATCH] for name, a in inputs.items()}
     again = run_model(model, probe, device, convention, plan)
@@ -303,9 +334,19 @@ def quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(spec: Any, model: Any, inputs: Mapping[str, np.ndarray], output_names: list[str],
-                path: Path, device: Any, *, min_opset: int | None = None, convention: Convention | None = None,
-                plan: OutputPlan | None = None, dynamic_axes: Mapping[str, Mapping[int, str]] | None = None) -> None:
+def export_onnx(
+    spec: Any,
+    model: Any,
+    inputs: Mapping[str, np.ndarray],
+    output_names: list[str],
+    path: Path,
+    device: Any,
+    *,
+    min_opset: int | None = None,
+    convention: Convention | None = None,
+    plan: OutputPlan | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+) -> None:
     """torch's ONNX exporter (``spec.exporter``): the batch axis and ``dynamic_axes`` stay dynamic (named
     in the graph), inputs reach ``forward`` as ``convention`` says, ``plan`` picks the outputs. The
     exporter's failure is an ExportError whose message carries the underlying cause (the exception
@@ -318,8 +359,9 @@ def export_onnx(spec: Any, model: Any, inputs: Mapping[str, np.ndarray], output_
     example = {name: a[:4] if a.shape[0] >= 2 else np.concatenate([a, a], axis=0) for name, a in inputs.items()}
     args = tuple(_tensors(example, device))
     names = list(inputs)
-    axes = {name: {0: "batch", **{int(k): str(v) for k, v in (dynamic_axes or {}).get(name, {}).items()}}
-            for name in names}
+    axes = {
+        name: {0: "batch", **{int(k): str(v) for k, v in (dynamic_axes or {}).get(name, {}).items()}} for name in names
+    }
     exported = _adapter(model, convention, plan)
     try:
         with quiet_exporter():
@@ -328,13 +370,25 @@ def export_onnx(spec: Any, model: Any, inputs: Mapping[str, np.ndarray], output_
                 dims = {dim: torch.export.Dim(dim) for axis_names in axes.values() for dim in axis_names.values()}
                 shapes = tuple({axis: dims[dim] for axis, dim in axes[name].items()} for name in names)
                 program = torch.onnx.export(
-                    exported, args, None, dynamo=True, input_names=names, output_names=output_names,
-                    dynamic_shapes=(shapes,) if exported is not model else shapes, opset_version=opset, verbose=False,
+                    exported,
+                    args,
+                    None,
+                    dynamo=True,
+                    input_names=names,
+                    output_names=output_names,
+                    dynamic_shapes=(shapes,) if exported is not model else shapes,
+                    opset_version=opset,
+                    verbose=False,
                 )
                 program.save(str(path), external_data=_use_external_data(spec, model))
             else:
                 torch.onnx.export(
-                    exported, args, str(path), dynamo=False, input_names=names, output_names=output_names,
+                    exported,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    input_names=names,
+                    output_names=output_names,
                     dynamic_axes={**axes, **{n: {0: "batch"} for n in output_names}},
                     opset_version=opset or max(min_opset or 0, 17),
                 )
@@ -351,8 +405,10 @@ def export_onnx(spec: Any, model: Any, inputs: Mapping[str, np.ndarray], output_
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # torch's exporter wraps the real failure in banners: "Failed to export the model with torch.export.
 # This is step 1/3 ...", then advice on how to report it. Those lines say where, not why.
-_BANNER = re.compile(r"^(Failed to (export|convert|decompose)|This is step \d|Next steps|- |\(Refer to|If you |"
-                     r"Please |For more information|Traceback|The above exception|Exception raised|You can suppress)")
+_BANNER = re.compile(
+    r"^(Failed to (export|convert|decompose)|This is step \d|Next steps|- |\(Refer to|If you |"
+    r"Please |For more information|Traceback|The above exception|Exception raised|You can suppress)"
+)
 
 
 def exporter_cause(exc: BaseException, limit: int = 600) -> str:
@@ -376,7 +432,7 @@ def exporter_cause(exc: BaseException, limit: int = 600) -> str:
 
 # Models with at least this many bytes of parameters keep their weights in a side file
 # (model.onnx.data): protobuf cannot hold 2 GB, and a small model.onnx is cheap to parse.
-EXTERNAL_DATA_ABOVE_BYTES = 512 * 1024 ** 2
+EXTERNAL_DATA_ABOVE_BYTES = 512 * 1024**2
 
 
 def _use_external_data(spec: Any, model: Any) -> bool:

@@ -47,9 +47,12 @@ from ..runtime import lock as environment
 from ..runtime.session import SessionSettings, onnxruntime_version
 
 
-def write_reference_set(writer: BundleWriter, groups: Sequence[Mapping[str, np.ndarray]],
-                        research: Sequence[Mapping[str, np.ndarray]],
-                        features: Sequence[Mapping[str, np.ndarray]] | None) -> None:
+def write_reference_set(
+    writer: BundleWriter,
+    groups: Sequence[Mapping[str, np.ndarray]],
+    research: Sequence[Mapping[str, np.ndarray]],
+    features: Sequence[Mapping[str, np.ndarray]] | None,
+) -> None:
     """The reference arrays, group by group (:func:`~paritybundle.bundle.layout.group_files`), read back:
     a reference set that cannot round-trip must not ship."""
     for index, (inputs, outputs) in enumerate(zip(groups, research, strict=True)):
@@ -61,23 +64,41 @@ def write_reference_set(writer: BundleWriter, groups: Sequence[Mapping[str, np.n
         ArrayStream(writer.path(inputs_file), list(inputs), label=inputs_file).read_all()
 
 
-def reference_set(groups: Sequence[Mapping[str, np.ndarray]], *, staged: bool, device: str,
-                  precision: str) -> ReferenceSet:
+def reference_set(
+    groups: Sequence[Mapping[str, np.ndarray]], *, staged: bool, device: str, precision: str
+) -> ReferenceSet:
     """The manifest's reference section for what :func:`write_reference_set` wrote."""
     samples = [len(next(iter(g.values()))) for g in groups]
     listed = []
     if len(groups) > 1:
         for index, (group, count) in enumerate(zip(groups, samples, strict=True)):
             inputs_file, features_file, outputs_file = group_files(index)
-            listed.append(ReferenceGroup(inputs=inputs_file, outputs=outputs_file,
-                                         features=features_file if staged else None, samples=count,
-                                         shapes={name: [int(d) for d in a.shape[1:]] for name, a in group.items()}))
-    return ReferenceSet(inputs=INPUTS_FILE, outputs=OUTPUTS_FILE, features=FEATURES_FILE if staged else None,
-                        samples=sum(samples), device=device, precision=precision, groups=listed)
+            listed.append(
+                ReferenceGroup(
+                    inputs=inputs_file,
+                    outputs=outputs_file,
+                    features=features_file if staged else None,
+                    samples=count,
+                    shapes={name: [int(d) for d in a.shape[1:]] for name, a in group.items()},
+                )
+            )
+    return ReferenceSet(
+        inputs=INPUTS_FILE,
+        outputs=OUTPUTS_FILE,
+        features=FEATURES_FILE if staged else None,
+        samples=sum(samples),
+        device=device,
+        precision=precision,
+        groups=listed,
+    )
 
 
-def write_environment(writer: BundleWriter, torch_info: environment.TorchInfo | None,
-                      providers: Sequence[str] = (), custom_ops: Sequence[str] = ()) -> None:
+def write_environment(
+    writer: BundleWriter,
+    torch_info: environment.TorchInfo | None,
+    providers: Sequence[str] = (),
+    custom_ops: Sequence[str] = (),
+) -> None:
     """The environment lock of this (training) process, and the serving pins derived from it (for the
     execution ``providers`` export validated with, and the ``custom_ops`` packages its graphs need)."""
     lock = environment.capture(torch_info, extra_roots=tuple(custom_ops))
@@ -85,12 +106,24 @@ def write_environment(writer: BundleWriter, torch_info: environment.TorchInfo | 
     writer.write_bytes(REQUIREMENTS_FILE, environment.serve_requirements_text(lock, tuple(providers)).encode())
 
 
-def assemble_manifest(writer: BundleWriter, spec: Any, *, input_specs: list[TensorSpec], output_specs: list[TensorSpec],
-                      opset: int, exporter: str, policy: TolerancePolicy, settings: SessionSettings,
-                      groups: Sequence[Mapping[str, np.ndarray]],
-                      reference_device: str, reference_precision: str, comparisons: list[OutputComparison],
-                      preprocessing: Preprocessing | None, power: Power | None = None,
-                      coverage: Coverage | None = None) -> Manifest:
+def assemble_manifest(
+    writer: BundleWriter,
+    spec: Any,
+    *,
+    input_specs: list[TensorSpec],
+    output_specs: list[TensorSpec],
+    opset: int,
+    exporter: str,
+    policy: TolerancePolicy,
+    settings: SessionSettings,
+    groups: Sequence[Mapping[str, np.ndarray]],
+    reference_device: str,
+    reference_precision: str,
+    comparisons: list[OutputComparison],
+    preprocessing: Preprocessing | None,
+    power: Power | None = None,
+    coverage: Coverage | None = None,
+) -> Manifest:
     """``bundle.json`` for everything staged in ``writer`` (hashed now, so call it last)."""
     staged = preprocessing is not None
     return Manifest(
@@ -101,16 +134,23 @@ def assemble_manifest(writer: BundleWriter, spec: Any, *, input_specs: list[Tens
         producer=Producer(version=_version("paritybundle"), libraries=_library_versions()),
         provenance=Provenance(
             git=_git_info(spec.source_path),
-            params=dict(spec.params), metrics={k: float(v) for k, v in spec.metrics.items()},
+            params=dict(spec.params),
+            metrics={k: float(v) for k, v in spec.metrics.items()},
             data_hashes=dict(spec.data_hashes),
         ),
         inputs=input_specs,
         outputs=output_specs,
-        stages=Stages(pipeline=PIPELINE_FILE, model=MODEL_FILE, preprocess=PREPROCESS_FILE if staged else None,
-                      opset=opset, exporter=exporter),
+        stages=Stages(
+            pipeline=PIPELINE_FILE,
+            model=MODEL_FILE,
+            preprocess=PREPROCESS_FILE if staged else None,
+            opset=opset,
+            exporter=exporter,
+        ),
         tolerance=policy,
         runtime=RuntimeSettings(
-            onnxruntime_version=onnxruntime_version(), providers=list(settings.providers),
+            onnxruntime_version=onnxruntime_version(),
+            providers=list(settings.providers),
             graph_optimization_level=settings.graph_optimization_level,  # type: ignore[arg-type]
             intra_op_num_threads=settings.intra_op_num_threads,
             custom_ops=list(settings.custom_ops),  # type: ignore[arg-type]
@@ -118,7 +158,8 @@ def assemble_manifest(writer: BundleWriter, spec: Any, *, input_specs: list[Tens
         reference=reference_set(groups, staged=staged, device=reference_device, precision=reference_precision),
         export_errors={
             c.name: OutputError(max_abs=c.stats.max_abs, mean_abs=c.stats.mean_abs, max_rel=c.stats.max_rel)
-            for c in comparisons if c.stats is not None
+            for c in comparisons
+            if c.stats is not None
         },
         preprocessing=preprocessing,
         power=power,
@@ -144,12 +185,17 @@ def _git_info(source_path: str | None) -> GitInfo | None:
     """Commit and dirty flag of the git checkout holding the training code, if any."""
     where = Path(source_path).resolve().parent if source_path else Path.cwd()
     try:
-        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return None
-        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return GitInfo(commit=commit.stdout.strip(), dirty=bool(status.stdout.strip()))

@@ -30,8 +30,9 @@ from ..runtime.runner import Runner
 PROBE_ROWS = 512
 
 
-def refuse_batch_dependence(runner: Runner, groups: Sequence[Mapping[str, np.ndarray]], policy: TolerancePolicy,
-                            label: str) -> None:
+def refuse_batch_dependence(
+    runner: Runner, groups: Sequence[Mapping[str, np.ndarray]], policy: TolerancePolicy, label: str
+) -> None:
     """Raise when a row's outputs from ``runner``'s graph (``label``) change with the rows batched beside it.
 
     Raises:
@@ -47,8 +48,9 @@ def refuse_batch_dependence(runner: Runner, groups: Sequence[Mapping[str, np.nda
         except InputValidationError:
             return  # the validation that follows names what does not fit
         picks = sampled_rows(rows)
-        alone = compare_in_memory(runner, policy, [_rows(head, [k]) for k in picks],
-                                  [_rows(together, [k]) for k in picks])
+        alone = compare_in_memory(
+            runner, policy, [_rows(head, [k]) for k in picks], [_rows(together, [k]) for k in picks]
+        )
         backwards = np.arange(rows)[::-1]
         reversed_order = compare_in_memory(runner, policy, _rows(head, backwards), _rows(together, backwards))
         failed = [(c, "run alone") for c in alone if not c.passed]
@@ -60,7 +62,8 @@ def refuse_batch_dependence(runner: Runner, groups: Sequence[Mapping[str, np.nda
                 "answers each request on its own, so research's outputs would hold only at research's batch. The "
                 "model computes statistics over the batch: BatchNorm with track_running_stats=False, a "
                 "normalisation over axis 0, or a layer left in training mode. Make each row's outputs depend on "
-                "that row alone (running statistics, LayerNorm or InstanceNorm).")
+                "that row alone (running statistics, LayerNorm or InstanceNorm)."
+            )
 
 
 def _rows(arrays: Mapping[str, np.ndarray], rows: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
@@ -72,6 +75,8 @@ def _how(comparison: OutputComparison, way: str, sampled: int, rows: int) -> str
     stats = comparison.stats
     moved = f", by up to {stats.max_abs:.3g}" if stats is not None else ""
     if way == "run alone":
-        return (f"output {comparison.name!r}: rows run alone ({sampled} sampled of {rows}) differ from the same rows "
-                f"run together{moved}")
+        return (
+            f"output {comparison.name!r}: rows run alone ({sampled} sampled of {rows}) differ from the same rows "
+            f"run together{moved}"
+        )
     return f"output {comparison.name!r}: the {rows} rows run in reverse order differ from the same rows in order{moved}"

@@ -30,13 +30,17 @@ class Convention:
 class Signature:
     """The parameters of ``forward`` that reference inputs may fill."""
 
-    positional: tuple[str, ...]   # positional-or-keyword (and positional-only) parameters, in order
-    keywords: tuple[str, ...]     # every parameter a keyword can name
+    positional: tuple[str, ...]  # positional-or-keyword (and positional-only) parameters, in order
+    keywords: tuple[str, ...]  # every parameter a keyword can name
     var_positional: bool
     var_keyword: bool
 
     def listing(self) -> str:
-        names = list(self.keywords) + (["*args"] if self.var_positional else []) + (["**kwargs"] if self.var_keyword else [])
+        names = (
+            list(self.keywords)
+            + (["*args"] if self.var_positional else [])
+            + (["**kwargs"] if self.var_keyword else [])
+        )
         return ", ".join(names) or "no parameters"
 
 
@@ -73,7 +77,8 @@ def convention_for(model: Any, raw: Any, input_names: Any) -> Convention:
                 f"reference input {'keys' if len(unknown) > 1 else 'key'} {', '.join(map(repr, unknown))} "
                 f"{'name' if len(unknown) > 1 else 'names'} no parameter of {type(model).__name__}.forward "
                 f"({signature.listing()}); each key is passed by keyword, so name the parameter it feeds "
-                "(or pass a tuple, in forward's order).")
+                "(or pass a tuple, in forward's order)."
+            )
         return Convention(tuple(keys), by_keyword=True)
     if isinstance(raw, tuple):
         count = len(raw)
@@ -85,15 +90,18 @@ def convention_for(model: Any, raw: Any, input_names: Any) -> Convention:
         if signature is None:
             return Convention(tuple(f"input_{k}" for k in range(count)))
         if count > len(signature.positional) and not signature.var_positional:
-            raise SpecError(f"the reference inputs are a tuple of {count}, but {type(model).__name__}.forward takes "
-                            f"{len(signature.positional)} positional parameters ({signature.listing()}).")
+            raise SpecError(
+                f"the reference inputs are a tuple of {count}, but {type(model).__name__}.forward takes "
+                f"{len(signature.positional)} positional parameters ({signature.listing()})."
+            )
         names = list(signature.positional[:count])
         names += [f"input_{k}" for k in range(len(names), count)]
         return Convention(tuple(names))
     names = [str(n) for n in (input_names or ["input"])]
     if len(names) != 1:
-        raise SpecError(f"{len(names)} input names given but one reference array; pass a mapping name -> array "
-                        "or a tuple.")
+        raise SpecError(
+            f"{len(names)} input names given but one reference array; pass a mapping name -> array or a tuple."
+        )
     return Convention(tuple(names))
 
 
@@ -105,7 +113,8 @@ def features_convention(model: Any, preprocessor: Any, features: Any) -> Convent
     if not mode:
         return None
     signature = signature_of(model)
-    if mode == "where named" and (signature is None or (not signature.var_keyword and
-                                                        any(name not in signature.keywords for name in features))):
+    if mode == "where named" and (
+        signature is None or (not signature.var_keyword and any(name not in signature.keywords for name in features))
+    ):
         return None
     return convention_for(model, features, None)

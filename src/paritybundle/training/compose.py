@@ -32,8 +32,10 @@ def merge(preprocess: Any, model: Any) -> Any:
     import onnx.compose
 
     if _default_opset(preprocess) != _default_opset(model):
-        raise ExportError(f"the preprocessing graph uses opset {_default_opset(preprocess)} but the model uses "
-                          f"{_default_opset(model)}; they cannot be merged.")
+        raise ExportError(
+            f"the preprocessing graph uses opset {_default_opset(preprocess)} but the model uses "
+            f"{_default_opset(model)}; they cannot be merged."
+        )
     feature_names = [o.name for o in preprocess.graph.output]
     model_inputs = [i.name for i in model.graph.input]
     if sorted(feature_names) != sorted(model_inputs):
@@ -45,8 +47,13 @@ def merge(preprocess: Any, model: Any) -> Any:
         if opset.domain in domains and opset.domain not in ("", "ai.onnx") and domains[opset.domain] != opset.version:
             opset.version = domains[opset.domain]
     try:
-        merged = onnx.compose.merge_models(prefixed, model, io_map=[(n, n) for n in feature_names],
-                                           producer_name="paritybundle", doc_string="preprocess -> model")
+        merged = onnx.compose.merge_models(
+            prefixed,
+            model,
+            io_map=[(n, n) for n in feature_names],
+            producer_name="paritybundle",
+            doc_string="preprocess -> model",
+        )
     except Exception as exc:  # onnx raises ValueError/ValidationError for graphs that do not fit together
         raise ExportError(f"merging preprocessing and model into one graph failed: {exc}") from None
     return merged

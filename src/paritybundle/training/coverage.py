@@ -59,8 +59,13 @@ def score_like(research: Mapping[str, np.ndarray], declared: Sequence[str] | Non
     return [name for name, a in research.items() if is_score_like(name, a)]
 
 
-def select_rows(raw: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray], scores: Sequence[str],
-                budget: int | None, seed: int = 0) -> np.ndarray:
+def select_rows(
+    raw: Mapping[str, np.ndarray],
+    research: Mapping[str, np.ndarray],
+    scores: Sequence[str],
+    budget: int | None,
+    seed: int = 0,
+) -> np.ndarray:
     """Indices of the rows to keep, sorted: covering rows first in priority, then a random rest."""
     rows = len(next(iter(raw.values())))
     if budget is None or rows <= budget:
@@ -83,7 +88,9 @@ def select_rows(raw: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray
     for values in raw.values():
         if values.dtype.kind in "fiu":
             for column in _columns(values):
-                finite = np.where(np.isfinite(column), column, np.nan) if column.dtype.kind == "f" else column.astype(float)
+                finite = (
+                    np.where(np.isfinite(column), column, np.nan) if column.dtype.kind == "f" else column.astype(float)
+                )
                 if np.isnan(finite).all():
                     continue
                 wanted.setdefault(int(np.nanargmin(finite)))
@@ -152,8 +159,11 @@ def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColu
             for category in categories:
                 if category not in present:
                     # np.full, not full_like: the rows' string dtype may be too narrow for this category.
-                    add(column.input, np.full(values[:1].shape, category),
-                        f"{column.input} = {category!r}: in the fitted vocabulary, never in the reference rows")
+                    add(
+                        column.input,
+                        np.full(values[:1].shape, category),
+                        f"{column.input} = {category!r}: in the fitted vocabulary, never in the reference rows",
+                    )
             continue
         imputer = missing_value_step(column)
         if imputer is not None and values.dtype.kind == "f":
@@ -166,8 +176,11 @@ def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColu
                 row = values[:1].copy()
                 row.reshape(1, -1)[:, feature] = np.nan
                 label = f"{column.input}[{feature}]" if values.ndim > 1 else column.input
-                add(column.input, row, f"{label} = NaN: missing, replaced by the fitted {imputer}; never missing in "
-                                       "the reference rows")
+                add(
+                    column.input,
+                    row,
+                    f"{label} = NaN: missing, replaced by the fitted {imputer}; never missing in the reference rows",
+                )
         bounds = fitted_bounds(column)
         if bounds is None or values.dtype.kind != "f":
             continue
@@ -175,8 +188,10 @@ def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColu
             observed = values.reshape(len(values), -1)[:, feature] if values.ndim > 1 else values
             observed = observed[np.isfinite(observed)]
             span = (high - low) or 1.0
-            for bound, beyond, reaches in ((low, low - BEYOND_SHARE * span, observed.size and observed.min() <= low),
-                                           (high, high + BEYOND_SHARE * span, observed.size and observed.max() >= high)):
+            for bound, beyond, reaches in (
+                (low, low - BEYOND_SHARE * span, observed.size and observed.min() <= low),
+                (high, high + BEYOND_SHARE * span, observed.size and observed.max() >= high),
+            ):
                 if reaches:
                     continue
                 for value, where in ((bound, "at"), (beyond, "just beyond")):
@@ -190,9 +205,17 @@ def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColu
     return probes
 
 
-def describe(raw: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray], scores: Sequence[str], *,
-             candidates: int, selected: int, probes: Probes, columns: Sequence[PreprocessColumn],
-             selection: str) -> Coverage:
+def describe(
+    raw: Mapping[str, np.ndarray],
+    research: Mapping[str, np.ndarray],
+    scores: Sequence[str],
+    *,
+    candidates: int,
+    selected: int,
+    probes: Probes,
+    columns: Sequence[PreprocessColumn],
+    selection: str,
+) -> Coverage:
     """What the reference set (selected rows and probes together, as ``raw``/``research``) covers."""
     rows = len(next(iter(raw.values())))
     classes = {name: sorted(int(c) for c in np.unique(np.asarray(research[name]).argmax(axis=-1))) for name in scores}
@@ -204,28 +227,49 @@ def describe(raw: Mapping[str, np.ndarray], research: Mapping[str, np.ndarray], 
         vocab = vocabulary(column)
         if vocab is not None and values.dtype.kind in "US":
             seen = set(np.unique(values[:selected]).tolist())
-            probed = [r.split(" = ", 1)[1].split(":", 1)[0].strip("'") for r in probes.reasons
-                      if r.startswith(f"{column.input} = ")]
-            categories[column.input] = CategoryCoverage(vocabulary=len(vocab), seen=sum(c in seen for c in vocab),
-                                                        probed=probed)
+            probed = [
+                r.split(" = ", 1)[1].split(":", 1)[0].strip("'")
+                for r in probes.reasons
+                if r.startswith(f"{column.input} = ")
+            ]
+            categories[column.input] = CategoryCoverage(
+                vocabulary=len(vocab), seen=sum(c in seen for c in vocab), probed=probed
+            )
         bounds = fitted_bounds(column)
         if bounds is not None and values.dtype.kind == "f":
             for feature, (low, high) in enumerate(zip(*bounds, strict=True)):
                 observed = values.reshape(rows, -1)[:selected, feature]
                 observed = observed[np.isfinite(observed)]
                 label = f"{column.input}[{feature}]" if values.ndim > 1 else column.input
-                covered = (0.0 if not observed.size or high <= low else
-                           float(max(0.0, min(observed.max(), high) - max(observed.min(), low)) / (high - low)))
+                covered = (
+                    0.0
+                    if not observed.size or high <= low
+                    else float(max(0.0, min(observed.max(), high) - max(observed.min(), low)) / (high - low))
+                )
                 ranges[label] = RangeCoverage(
                     fitted=[float(low), float(high)],
                     reference=[float(observed.min()), float(observed.max())] if observed.size else None,
-                    share=min(covered, 1.0), probed=any(r.startswith(f"{label} = ") and not r.startswith(f"{label} = NaN")
-                                                        for r in probes.reasons))
-    nan_rows = {name: int(np.isnan(values.reshape(rows, -1)).any(axis=1).sum())
-                for name, values in raw.items() if values.dtype.kind == "f" and np.isnan(values).any()}
-    return Coverage(candidates=candidates, selected=selected, probes=probes.rows, selection=selection,  # type: ignore[arg-type]
-                    classes=classes, categories=categories, nan_rows=nan_rows, ranges=ranges,
-                    probe_reasons=probes.reasons)
+                    share=min(covered, 1.0),
+                    probed=any(
+                        r.startswith(f"{label} = ") and not r.startswith(f"{label} = NaN") for r in probes.reasons
+                    ),
+                )
+    nan_rows = {
+        name: int(np.isnan(values.reshape(rows, -1)).any(axis=1).sum())
+        for name, values in raw.items()
+        if values.dtype.kind == "f" and np.isnan(values).any()
+    }
+    return Coverage(
+        candidates=candidates,
+        selected=selected,
+        probes=probes.rows,
+        selection=selection,  # type: ignore[arg-type]
+        classes=classes,
+        categories=categories,
+        nan_rows=nan_rows,
+        ranges=ranges,
+        probe_reasons=probes.reasons,
+    )
 
 
 def merge(parts: Sequence[Coverage], *, candidates: int, selected: int) -> Coverage:
@@ -237,6 +281,11 @@ def merge(parts: Sequence[Coverage], *, candidates: int, selected: int) -> Cover
             classes.setdefault(name, set()).update(seen)
         for name, count in part.nan_rows.items():
             nan_rows[name] = nan_rows.get(name, 0) + count
-    return Coverage(candidates=candidates, selected=selected, probes=0,
-                    selection="all" if selected == candidates else "covering",
-                    classes={name: sorted(seen) for name, seen in classes.items()}, nan_rows=nan_rows)
+    return Coverage(
+        candidates=candidates,
+        selected=selected,
+        probes=0,
+        selection="all" if selected == candidates else "covering",
+        classes={name: sorted(seen) for name, seen in classes.items()},
+        nan_rows=nan_rows,
+    )

@@ -58,8 +58,16 @@ class ExportResult:
     was_training: bool
 
 
-def export(model: Any, out: str | Path, *, reference_inputs: Any, name: str, version: str = "1",
-           force: bool = False, **options: Any) -> ExportResult:
+def export(
+    model: Any,
+    out: str | Path,
+    *,
+    reference_inputs: Any,
+    name: str,
+    version: str = "1",
+    force: bool = False,
+    **options: Any,
+) -> ExportResult:
     """Export a trained torch model and its reference set as a bundle at ``out``.
 
     Args:
@@ -119,8 +127,10 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
     device = _torch.model_device(model)
     with _torch.eval_mode(model) as was_training:
         if was_training:
-            message = (f"model {type(model).__name__} was in training mode; it is exported in eval mode "
-                       "(dropout off, batch-norm running statistics), as serving will run it.")
+            message = (
+                f"model {type(model).__name__} was in training mode; it is exported in eval mode "
+                "(dropout off, batch-norm running statistics), as serving will run it."
+            )
             # logging's last-resort handler prints warnings even where nothing configured logging.
             log.warning(message)
         plan = _torch.plan_outputs(model, model_groups[0], device, convention)
@@ -142,12 +152,31 @@ def export_spec(spec: ExportSpec, out: str | Path, *, force: bool = False) -> Ex
         reference_precision = spec.reference_precision or _torch.precision(model, device)
         with BundleWriter(out, force=force) as writer:
             model_path = writer.path(MODEL_FILE)
-            _torch.export_onnx(spec, model, staged[0].features if staged is not None else groups[0], names, model_path,
-                               device, min_opset=MIN_OPSET if staged is not None else None, convention=convention,
-                               plan=plan, dynamic_axes=dynamic)
-            manifest = _write_bundle(writer, spec, groups, research, reference_device, reference_precision,
-                                     exporter=f"torch.onnx ({spec.exporter})", torch_info=_torch.torch_info(device),
-                                     research_label="torch", staged=staged, coverage=covered)
+            _torch.export_onnx(
+                spec,
+                model,
+                staged[0].features if staged is not None else groups[0],
+                names,
+                model_path,
+                device,
+                min_opset=MIN_OPSET if staged is not None else None,
+                convention=convention,
+                plan=plan,
+                dynamic_axes=dynamic,
+            )
+            manifest = _write_bundle(
+                writer,
+                spec,
+                groups,
+                research,
+                reference_device,
+                reference_precision,
+                exporter=f"torch.onnx ({spec.exporter})",
+                torch_info=_torch.torch_info(device),
+                research_label="torch",
+                staged=staged,
+                coverage=covered,
+            )
             path = writer.commit(manifest)
     log.info("exported %s v%s to %s", spec.name, spec.version, path)
     return ExportResult(path=path, manifest=manifest, was_training=was_training)
@@ -164,33 +193,43 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
         raise SpecError(f"ONNX model {source} does not exist.")
     _validate_common(spec)
     if spec.research_outputs is None:
-        raise SpecError("an ONNX model needs research_outputs: the outputs the research framework computed "
-                        "on reference_inputs (name -> array), which the bundle will be held to.")
+        raise SpecError(
+            "an ONNX model needs research_outputs: the outputs the research framework computed "
+            "on reference_inputs (name -> array), which the bundle will be held to."
+        )
     groups = normalise_inputs(spec)
     declared = spec.research_outputs
     if len(groups) > 1:
         if not isinstance(declared, (list, tuple)) or len(declared) != len(groups):
-            raise SpecError(f"reference_inputs holds {len(groups)} groups, so research_outputs must be a list of "
-                            f"{len(groups)} mappings (name -> array), one per group.")
+            raise SpecError(
+                f"reference_inputs holds {len(groups)} groups, so research_outputs must be a list of "
+                f"{len(groups)} mappings (name -> array), one per group."
+            )
     else:
         declared = [declared] if isinstance(declared, Mapping) else declared
     if not isinstance(declared, (list, tuple)) or not all(isinstance(d, Mapping) for d in declared):
-        raise SpecError("research_outputs must map each output name to an array (a list of such mappings "
-                        "for reference groups).")
+        raise SpecError(
+            "research_outputs must map each output name to an array (a list of such mappings for reference groups)."
+        )
     research = [{str(k): to_numpy(v, str(k)) for k, v in d.items()} for d in declared]
     if spec.preprocess is not None:
-        raise SpecError("preprocess is for torch models; an existing ONNX model takes the raw inputs its graph reads "
-                        "(convert preprocessing and model together, e.g. one scikit-learn Pipeline).")
+        raise SpecError(
+            "preprocess is for torch models; an existing ONNX model takes the raw inputs its graph reads "
+            "(convert preprocessing and model together, e.g. one scikit-learn Pipeline)."
+        )
     for k, (inputs, outputs) in enumerate(zip(groups, research, strict=True)):
         counts = {name: a.shape[0] for name, a in outputs.items()}
         if set(counts.values()) != {length(inputs)}:
             where = f" of group {k}" if len(groups) > 1 else ""
-            raise SpecError(f"research_outputs{where} must have one row per reference sample ({length(inputs)}), "
-                            f"got {counts}.")
+            raise SpecError(
+                f"research_outputs{where} must have one row per reference sample ({length(inputs)}), got {counts}."
+            )
         if list(outputs) != list(research[0]):
             raise SpecError(f"research_outputs of group {k} name {list(outputs)}, group 0 names {list(research[0])}.")
     if spec.output_names is not None and list(spec.output_names) != list(research[0]):
-        raise SpecError(f"output_names {list(spec.output_names)} differ from the research_outputs keys {list(research[0])}.")
+        raise SpecError(
+            f"output_names {list(spec.output_names)} differ from the research_outputs keys {list(research[0])}."
+        )
     candidates = sum(length(g) for g in groups)
     pools = [coverage.candidate_rows(length(g)) for g in groups]
     groups = [g if pool is None else take(g, pool) for g, pool in zip(groups, pools, strict=True)]
@@ -201,18 +240,37 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
         copy_onnx_with_data(source, writer.path(MODEL_FILE), spec.external_data)
         # An int8 graph made its research outputs in int8 (unless the caller says what made them).
         precision = spec.reference_precision or ("int8" if serving_precision(source) == "int8" else "fp32")
-        manifest = _write_bundle(writer, spec, groups, research, spec.reference_device or "cpu",
-                                 precision, exporter=f"existing ONNX ({source.name})",
-                                 torch_info=None, research_label="the research outputs", coverage=covered)
+        manifest = _write_bundle(
+            writer,
+            spec,
+            groups,
+            research,
+            spec.reference_device or "cpu",
+            precision,
+            exporter=f"existing ONNX ({source.name})",
+            torch_info=None,
+            research_label="the research outputs",
+            coverage=covered,
+        )
         path = writer.commit(manifest)
     log.info("exported %s v%s to %s", spec.name, spec.version, path)
     return ExportResult(path=path, manifest=manifest, was_training=False)
 
 
-def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str, np.ndarray]],
-                  research: list[dict[str, np.ndarray]], reference_device: str, reference_precision: str, *,
-                  exporter: str, torch_info: TorchInfo | None, research_label: str,
-                  staged: list[StagedPreprocessing] | None = None, coverage: Coverage | None = None) -> Manifest:
+def _write_bundle(
+    writer: BundleWriter,
+    spec: ExportSpec,
+    groups: list[dict[str, np.ndarray]],
+    research: list[dict[str, np.ndarray]],
+    reference_device: str,
+    reference_precision: str,
+    *,
+    exporter: str,
+    torch_info: TorchInfo | None,
+    research_label: str,
+    staged: list[StagedPreprocessing] | None = None,
+    coverage: Coverage | None = None,
+) -> Manifest:
     """Validate the staged model.onnx against the research outputs in ONNX Runtime (fail closed),
     then stage everything else and return the manifest to commit.
 
@@ -224,8 +282,12 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
     names = list(research[0])
     for unknown in set(spec.per_output_tolerance) - set(names):
         raise SpecError(f"per_output_tolerance names {unknown!r}, but the outputs are {', '.join(names)}.")
-    policy = default_policy(reference_device, reference_precision, per_output=dict(spec.per_output_tolerance),
-                            min_decision_agreement=spec.min_decision_agreement if spec.serving_model is None else None)
+    policy = default_policy(
+        reference_device,
+        reference_precision,
+        per_output=dict(spec.per_output_tolerance),
+        min_decision_agreement=spec.min_decision_agreement if spec.serving_model is None else None,
+    )
     if spec.tolerance is not None:
         policy = policy.model_copy(update={"default": spec.tolerance})
     model_path = writer.path(MODEL_FILE)
@@ -249,40 +311,76 @@ def _write_bundle(writer: BundleWriter, spec: ExportSpec, groups: list[dict[str,
     # One session of the model for both probes below (a large model's session takes seconds to build); quiet,
     # since the longest-input search runs the graph on lengths it refuses.
     label = f"the model ({MODEL_FILE})"
-    model_runner = Runner(create_session(model_path, settings, label=label, at_export=True, quiet=True),
-                          model_specs, output_specs)
+    model_runner = Runner(
+        create_session(model_path, settings, label=label, at_export=True, quiet=True), model_specs, output_specs
+    )
     # One row per request: the model's rows must not depend on their batch-mates (before any validation,
     # which would otherwise blame the exporter for what the batch did).
     refuse_batch_dependence(model_runner, model_groups, policy, label)
     if staged is None:
         limits = find_max_lengths(model_runner, groups[0])
-        raw_specs = [s.model_copy(update={"max_dims": {d: limits[d] for d in s.shape if d in limits}})
-                     if any(d in limits for d in s.shape) else s for s in raw_specs]
+        raw_specs = [
+            s.model_copy(update={"max_dims": {d: limits[d] for d in s.shape if d in limits}})
+            if any(d in limits for d in s.shape)
+            else s
+            for s in raw_specs
+        ]
     if staged is not None:
         raw_specs, preprocessing = freeze_preprocessing(writer, staged, opset, feature_specs, policy.default, settings)
         # The model alone, on the research features: a failure here is the model's, not the preprocessing's.
-        validate_stage(writer.path(MODEL_FILE), feature_specs, output_specs, model_groups, research, policy,
-                       settings, f"the model ({MODEL_FILE}) on the research features", research_label)
-    comparisons = validate_stage(writer.path(PIPELINE_FILE), raw_specs, output_specs, groups, research, policy,
-                                 settings, "the exported model" if staged is None else f"the merged {PIPELINE_FILE}",
-                                 research_label)
+        validate_stage(
+            writer.path(MODEL_FILE),
+            feature_specs,
+            output_specs,
+            model_groups,
+            research,
+            policy,
+            settings,
+            f"the model ({MODEL_FILE}) on the research features",
+            research_label,
+        )
+    comparisons = validate_stage(
+        writer.path(PIPELINE_FILE),
+        raw_specs,
+        output_specs,
+        groups,
+        research,
+        policy,
+        settings,
+        "the exported model" if staged is None else f"the merged {PIPELINE_FILE}",
+        research_label,
+    )
     # Each output's tolerance scaled to its own values and the error just measured (parity/tolerance.py);
     # the export's comparisons pass under it by construction (it is never below 10x that error).
     set_by_caller = set(names) if spec.tolerance is not None else set(spec.per_output_tolerance)
     every_value = {name: np.concatenate([r[name].reshape(-1) for r in research]) for name in names}
     policy = scale_policy(policy, every_value, {c.name: c.stats.max_abs for c in comparisons if c.stats}, set_by_caller)
     if spec.serving_model is not None:  # research's graph is proven above; what serves is a declared approximation
-        approximation, comparisons = adopt_serving_graph(writer, spec, staged is not None, raw_specs, model_specs,
-                                                         output_specs, groups, research, policy, settings)
+        approximation, comparisons = adopt_serving_graph(
+            writer, spec, staged is not None, raw_specs, model_specs, output_specs, groups, research, policy, settings
+        )
         policy = policy.model_copy(update={"approximation": approximation})
     power = measure_power(writer.path(PIPELINE_FILE), raw_specs, output_specs, groups, research, policy, settings)
     report_power(power, spec.name, require=spec.require_power)
     write_reference_set(writer, groups, research, model_groups if staged is not None else None)
     write_environment(writer, torch_info, settings.providers, settings.custom_ops)
-    return assemble_manifest(writer, spec, input_specs=raw_specs, output_specs=output_specs, opset=opset,
-                             exporter=exporter, policy=policy, settings=settings, groups=groups,
-                             reference_device=reference_device, reference_precision=reference_precision,
-                             comparisons=comparisons, preprocessing=preprocessing, power=power, coverage=coverage)
+    return assemble_manifest(
+        writer,
+        spec,
+        input_specs=raw_specs,
+        output_specs=output_specs,
+        opset=opset,
+        exporter=exporter,
+        policy=policy,
+        settings=settings,
+        groups=groups,
+        reference_device=reference_device,
+        reference_precision=reference_precision,
+        comparisons=comparisons,
+        preprocessing=preprocessing,
+        power=power,
+        coverage=coverage,
+    )
 
 
 def _validate_common(spec: ExportSpec) -> None:

@@ -13,8 +13,14 @@ from .graphs import input_specs
 from .validation import validate_preprocessing
 
 
-def freeze_preprocessing(writer: BundleWriter, staged: list[Any], opset: int, feature_specs: list[TensorSpec],
-                         tolerance: Tolerance, settings: SessionSettings) -> tuple[list[TensorSpec], Preprocessing]:
+def freeze_preprocessing(
+    writer: BundleWriter,
+    staged: list[Any],
+    opset: int,
+    feature_specs: list[TensorSpec],
+    tolerance: Tolerance,
+    settings: SessionSettings,
+) -> tuple[list[TensorSpec], Preprocessing]:
     """Write preprocess.onnx, prove it reproduces the research features (per raw input, group by group), merge
     pipeline.onnx. ``staged``: the staged preprocessing of each group of reference shapes (images of several
     sizes): the graph's input dimensions that differ between groups are symbolic, as the steps allow.
@@ -37,8 +43,16 @@ def freeze_preprocessing(writer: BundleWriter, staged: list[Any], opset: int, fe
         rules = first.preprocessor.text_rules()
         raw_specs = [s.model_copy(update={"text": rules}) if s.dtype == "string" else s for s in raw_specs]
     for group in staged:
-        validate_preprocessing(writer.path(PREPROCESS_FILE), raw_specs, feature_specs, group.raw, group.features,
-                               described, tolerance, settings)
+        validate_preprocessing(
+            writer.path(PREPROCESS_FILE),
+            raw_specs,
+            feature_specs,
+            group.raw,
+            group.features,
+            described,
+            tolerance,
+            settings,
+        )
     merge_files(writer.path(PREPROCESS_FILE), writer.path(MODEL_FILE), writer.path(PIPELINE_FILE))
     return raw_specs, described
 

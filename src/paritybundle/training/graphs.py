@@ -14,8 +14,7 @@ from ..runtime.session import numpy_dtype_of_onnx
 from .coverage import is_score_like
 
 
-def input_specs(model: Any, label: str, arrays: Mapping[str, np.ndarray],
-                 replaces_nan: Any = None) -> list[TensorSpec]:
+def input_specs(model: Any, label: str, arrays: Mapping[str, np.ndarray], replaces_nan: Any = None) -> list[TensorSpec]:
     """The graph inputs of ``model`` (a loaded ModelProto, called ``label``) as specs, in the graph's
     order, named like ``arrays``.
 
@@ -46,8 +45,13 @@ def tensor_spec(value: Any, kind: str = "values") -> TensorSpec:
     return TensorSpec(name=value.name, dtype=numpy_dtype_of_onnx(tensor_type.elem_type), shape=shape, kind=kind)
 
 
-def graph_specs(model_path: Path, spec_inputs: Mapping[str, np.ndarray], output_names: list[str], spec: Any,
-                 research: Mapping[str, np.ndarray]) -> tuple[list[TensorSpec], list[TensorSpec], int]:
+def graph_specs(
+    model_path: Path,
+    spec_inputs: Mapping[str, np.ndarray],
+    output_names: list[str],
+    spec: Any,
+    research: Mapping[str, np.ndarray],
+) -> tuple[list[TensorSpec], list[TensorSpec], int]:
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)

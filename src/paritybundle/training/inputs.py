@@ -27,8 +27,10 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
         if array.size and all(isinstance(v, str) for v in array.ravel()):
             array = array.astype(str)  # category strings (e.g. from pandas) as a unicode array
         else:
-            raise SpecError(f"reference input {name!r} holds Python objects (not all strings); pass a numeric array, "
-                            "a tensor, or strings.")
+            raise SpecError(
+                f"reference input {name!r} holds Python objects (not all strings); pass a numeric array, "
+                "a tensor, or strings."
+            )
     if array.dtype.kind == "S":
         array = array.astype(str)
     if array.ndim == 0:
@@ -53,16 +55,20 @@ def raw_groups(spec: Any) -> list[Any]:
     raw = spec.reference_inputs
     if raw is None:
         raise SpecError("reference_inputs is required: the raw inputs the research outputs are computed on.")
-    if isinstance(raw, list) and raw and all(
-            is_tensor_like(g) or isinstance(g, (Mapping, tuple)) or is_dataframe(g) for g in raw):
+    if (
+        isinstance(raw, list)
+        and raw
+        and all(is_tensor_like(g) or isinstance(g, (Mapping, tuple)) or is_dataframe(g) for g in raw)
+    ):
         return list(raw)
     if isinstance(raw, list) and not raw:
         raise SpecError("reference_inputs is an empty list; pass at least one group of inputs.")
     return [raw]
 
 
-def normalise_group(raw: Any, names: Sequence[str] | None, input_names: Sequence[str] | None,
-                    label: str = "reference_inputs") -> dict[str, np.ndarray]:
+def normalise_group(
+    raw: Any, names: Sequence[str] | None, input_names: Sequence[str] | None, label: str = "reference_inputs"
+) -> dict[str, np.ndarray]:
     """One group of reference rows as named contiguous arrays.
 
     ``names`` names a tuple's items (and a lone array); a mapping names its own.
@@ -76,8 +82,10 @@ def normalise_group(raw: Any, names: Sequence[str] | None, input_names: Sequence
     elif isinstance(raw, tuple):
         tuple_names = list(names or input_names or [])
         if len(tuple_names) != len(raw):
-            raise SpecError(f"{label} is a tuple of {len(raw)} arrays; name them with input_names "
-                            "(or pass a mapping name -> array).")
+            raise SpecError(
+                f"{label} is a tuple of {len(raw)} arrays; name them with input_names "
+                "(or pass a mapping name -> array)."
+            )
         arrays = {name: to_numpy(v, name) for name, v in zip(tuple_names, raw, strict=True)}
     else:
         single = list(names or input_names or ["input"])
@@ -102,20 +110,30 @@ def normalise_inputs(spec: Any, names: Sequence[str] | None = None) -> list[dict
         SpecError: naming the group and what differs.
     """
     raws = raw_groups(spec)
-    groups = [normalise_group(raw, names, spec.input_names, f"reference group {k}" if len(raws) > 1 else "reference_inputs")
-              for k, raw in enumerate(raws)]
+    groups = [
+        normalise_group(raw, names, spec.input_names, f"reference group {k}" if len(raws) > 1 else "reference_inputs")
+        for k, raw in enumerate(raws)
+    ]
     first = groups[0]
     for k, group in enumerate(groups[1:], start=1):
         if list(group) != list(first):
-            raise SpecError(f"reference group {k} holds inputs {list(group)}, group 0 holds {list(first)}; "
-                            "every group needs the same inputs.")
+            raise SpecError(
+                f"reference group {k} holds inputs {list(group)}, group 0 holds {list(first)}; "
+                "every group needs the same inputs."
+            )
         for name, array in group.items():
-            if array.dtype.kind != first[name].dtype.kind or (array.dtype.kind != "U" and array.dtype != first[name].dtype):
-                raise SpecError(f"input {name!r} is {array.dtype} in reference group {k} but {first[name].dtype} in "
-                                "group 0; one dtype for every group.")
+            if array.dtype.kind != first[name].dtype.kind or (
+                array.dtype.kind != "U" and array.dtype != first[name].dtype
+            ):
+                raise SpecError(
+                    f"input {name!r} is {array.dtype} in reference group {k} but {first[name].dtype} in "
+                    "group 0; one dtype for every group."
+                )
             if array.ndim != first[name].ndim:
-                raise SpecError(f"input {name!r} has rank {array.ndim} in reference group {k} but {first[name].ndim} "
-                                "in group 0; groups differ in sizes, not in rank.")
+                raise SpecError(
+                    f"input {name!r} has rank {array.ndim} in reference group {k} but {first[name].ndim} "
+                    "in group 0; groups differ in sizes, not in rank."
+                )
     return groups
 
 
@@ -129,8 +147,9 @@ def output_names(spec: Any, derived: list[str]) -> list[str]:
     if spec.output_names is not None:
         names = [str(n) for n in spec.output_names]
         if len(names) != len(derived):
-            raise SpecError(f"{len(names)} output names given but the model returns {len(derived)} outputs "
-                            f"({', '.join(derived)}).")
+            raise SpecError(
+                f"{len(names)} output names given but the model returns {len(derived)} outputs ({', '.join(derived)})."
+            )
         if len(set(names)) != len(names):
             raise SpecError(f"output names must be distinct: {names}.")
         return names

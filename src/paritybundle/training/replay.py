@@ -31,9 +31,16 @@ from .inputs import output_names, raw_groups
 from .spec import ExportSpec, load_spec
 
 
-def replay(spec: ExportSpec | str, capture: str | os.PathLike[str], *, bundle: str | os.PathLike[str] | None = None,
-           tolerance: Tolerance | None = None, per_output_tolerance: TolerancesByOutput = None,
-           public_key: str | os.PathLike[str] | None = None, histograms: bool = False) -> CheckReport:
+def replay(
+    spec: ExportSpec | str,
+    capture: str | os.PathLike[str],
+    *,
+    bundle: str | os.PathLike[str] | None = None,
+    tolerance: Tolerance | None = None,
+    per_output_tolerance: TolerancesByOutput = None,
+    public_key: str | os.PathLike[str] | None = None,
+    histograms: bool = False,
+) -> CheckReport:
     """Research (rebuilt from ``spec``) on the captured inputs, against what production served.
 
     Raises:
@@ -48,8 +55,16 @@ def replay(spec: ExportSpec | str, capture: str | os.PathLike[str], *, bundle: s
     if not data.samples:
         raise UsageError(f"{capture} holds no captured samples; let the server answer some requests first.")
     research = research_outputs(spec, data, verified.manifest)
-    report = compare_replay(verified, data, research, tolerance=tolerance, per_output_tolerance=per_output_tolerance,
-                            capture=str(capture), histograms=histograms, started=started)
+    report = compare_replay(
+        verified,
+        data,
+        research,
+        tolerance=tolerance,
+        per_output_tolerance=per_output_tolerance,
+        capture=str(capture),
+        histograms=histograms,
+        started=started,
+    )
     update: dict[str, Any] = {"notices": notices + report.notices}
     if bundle is None:
         update["bundle"] = report.bundle.model_copy(update={"files_verified": 0})
@@ -60,8 +75,10 @@ def research_outputs(spec: ExportSpec, data: CaptureData, manifest: Manifest) ->
     """The research path's outputs for each group of captured inputs, named as the bundle's outputs."""
     model = spec.model
     if isinstance(model, (str, os.PathLike)):
-        raise SpecError("the export spec's model is an .onnx file: there is no research path to replay; replay needs "
-                        "the spec of a torch model.")
+        raise SpecError(
+            "the export spec's model is an .onnx file: there is no research path to replay; replay needs "
+            "the spec of a torch model."
+        )
     _torch.require_module(model)
     preprocessor = None
     if spec.preprocess is not None:
@@ -78,22 +95,27 @@ def research_outputs(spec: ExportSpec, data: CaptureData, manifest: Manifest) ->
         for group in data.groups:
             features = dict(group.inputs)
             if preprocessor is not None:
-                features = {name: np.ascontiguousarray(np.asarray(value))
-                            for name, value in preprocessor.research(preprocessor.prepare_raw(features)).items()}
+                features = {
+                    name: np.ascontiguousarray(np.asarray(value))
+                    for name, value in preprocessor.research(preprocessor.prepare_raw(features)).items()
+                }
             if plan is None:
                 if preprocessor is not None:
                     convention = calling.features_convention(model, preprocessor, features)
                 plan = _torch.plan_outputs(model, features, device, convention)
             names = output_names(spec, list(plan.names))
             if sorted(names) != sorted(expected):
-                raise SpecError(f"the spec's model returns {', '.join(names)}, but the bundle's outputs are "
-                                f"{', '.join(expected)}: it is not the spec this bundle was exported from.")
+                raise SpecError(
+                    f"the spec's model returns {', '.join(names)}, but the bundle's outputs are "
+                    f"{', '.join(expected)}: it is not the spec this bundle was exported from."
+                )
             results.append(dict(zip(names, _torch.run_model(model, features, device, convention, plan), strict=True)))
     return results
 
 
-def judging_bundle(capture: str | os.PathLike[str], bundle: str | os.PathLike[str] | None,
-                    public_key: str | os.PathLike[str] | None) -> tuple[VerifiedBundle, list[str]]:
+def judging_bundle(
+    capture: str | os.PathLike[str], bundle: str | os.PathLike[str] | None, public_key: str | os.PathLike[str] | None
+) -> tuple[VerifiedBundle, list[str]]:
     """The bundle whose policy judges: ``bundle`` verified, or the manifest recorded in the capture."""
     files = capture_files(capture)
     if bundle is not None:
@@ -102,10 +124,13 @@ def judging_bundle(capture: str | os.PathLike[str], bundle: str | os.PathLike[st
         recorded = {embedded_manifest(f)[1] for f in files}
         notices = []
         if recorded - {digest}:
-            notices.append(f"the capture was served by another bundle.json than {bundle}'s (sha256 "
-                           f"{', '.join(sorted(d[:12] for d in recorded - {digest}))}); it is judged under {bundle}'s policy.")
+            notices.append(
+                f"the capture was served by another bundle.json than {bundle}'s (sha256 "
+                f"{', '.join(sorted(d[:12] for d in recorded - {digest}))}); it is judged under {bundle}'s policy."
+            )
         return verified, notices
     raw, _ = embedded_manifest(files[-1])
     manifest = parse_manifest(raw, source=f"the manifest recorded in {files[-1]}")
     return VerifiedBundle(root=Path(capture), manifest=manifest, source=Path(capture)), [
-        "judged under the manifest the server recorded in the capture (pass --bundle to verify the bundle itself)."]
+        "judged under the manifest the server recorded in the capture (pass --bundle to verify the bundle itself)."
+    ]

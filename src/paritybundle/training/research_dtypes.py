@@ -31,8 +31,9 @@ from ..bundle.manifest import TensorSpec
 from ..errors import SpecError
 
 
-def in_graph_dtypes(groups: Sequence[Mapping[str, np.ndarray]], specs: Sequence[TensorSpec],
-                    what: str) -> tuple[list[dict[str, np.ndarray]], dict[str, str]]:
+def in_graph_dtypes(
+    groups: Sequence[Mapping[str, np.ndarray]], specs: Sequence[TensorSpec], what: str
+) -> tuple[list[dict[str, np.ndarray]], dict[str, str]]:
     """``groups`` (per reference group: name -> array) with each array in its spec's dtype.
 
     Args:
@@ -72,8 +73,10 @@ def _converted(array: np.ndarray, spec: TensorSpec, what: str) -> np.ndarray:
             return array.astype(object)
         if source.kind == "O" and all(isinstance(v, str) for v in array.reshape(-1)):
             return array
-        raise SpecError(f"{what} {spec.name!r} holds {source} values, but the graph's {spec.name!r} is text; pass "
-                        "the research values as strings.")
+        raise SpecError(
+            f"{what} {spec.name!r} holds {source} values, but the graph's {spec.name!r} is text; pass "
+            "the research values as strings."
+        )
     target = np.dtype(spec.dtype)
     if source == target:
         return array
@@ -86,13 +89,19 @@ def _converted(array: np.ndarray, spec: TensorSpec, what: str) -> np.ndarray:
         if exact:  # whole numbers as floats (some frameworks' predict()) included
             return np.ascontiguousarray(cast)
         if source.kind == "f":
-            raise SpecError(f"{what} {spec.name!r} holds {source} values, but the graph's {spec.name!r} is {target}: "
-                            "pass what research decided for it (e.g. scikit-learn's predict(), not predict_proba()), "
-                            f"as {target}.")
-        raise SpecError(f"{what} {spec.name!r} holds {source} values that {target} cannot hold exactly (the graph's "
-                        f"dtype); pass values within {target}'s range.")
-    raise SpecError(f"{what} {spec.name!r} holds {source} values, but the graph's {spec.name!r} is {spec.dtype}; "
-                    f"convert them to {spec.dtype}, or name the output research computed.")
+            raise SpecError(
+                f"{what} {spec.name!r} holds {source} values, but the graph's {spec.name!r} is {target}: "
+                "pass what research decided for it (e.g. scikit-learn's predict(), not predict_proba()), "
+                f"as {target}."
+            )
+        raise SpecError(
+            f"{what} {spec.name!r} holds {source} values that {target} cannot hold exactly (the graph's "
+            f"dtype); pass values within {target}'s range."
+        )
+    raise SpecError(
+        f"{what} {spec.name!r} holds {source} values, but the graph's {spec.name!r} is {spec.dtype}; "
+        f"convert them to {spec.dtype}, or name the output research computed."
+    )
 
 
 def with_research_dtypes(specs: list[TensorSpec], converted: Mapping[str, str]) -> list[TensorSpec]:

@@ -51,22 +51,33 @@ def dynamic_axes(spec: Any, groups: list[dict[str, np.ndarray]]) -> dict[str, di
         rank = first[name].ndim
         for axis, dim in by_axis.items():
             if not isinstance(axis, int) or not 0 <= axis < rank:
-                raise SpecError(f"dynamic_axes[{name!r}] names axis {axis!r}, but {name!r} has rank {rank} "
-                                f"(axes 0 to {rank - 1}).")
+                raise SpecError(
+                    f"dynamic_axes[{name!r}] names axis {axis!r}, but {name!r} has rank {rank} (axes 0 to {rank - 1})."
+                )
             if not isinstance(dim, str) or not dim.isidentifier():
-                raise SpecError(f"dynamic_axes[{name!r}][{axis}] is {dim!r}; name each axis with an identifier "
-                                "(letters, digits, _), e.g. 'seq'.")
+                raise SpecError(
+                    f"dynamic_axes[{name!r}][{axis}] is {dim!r}; name each axis with an identifier "
+                    "(letters, digits, _), e.g. 'seq'."
+                )
         axes[name] = {int(axis): str(dim) for axis, dim in by_axis.items()}
     for name, sizes in varying_axes(groups).items():
         for axis, seen in sizes.items():
             if axis not in axes.get(name, {}):
-                raise SpecError(f"the reference groups differ along axis {axis} of {name!r} ({seen}), which is not "
-                                f"dynamic; declare it: dynamic_axes={{{name!r}: {{{axis}: 'name'}}}}.")
+                raise SpecError(
+                    f"the reference groups differ along axis {axis} of {name!r} ({seen}), which is not "
+                    f"dynamic; declare it: dynamic_axes={{{name!r}: {{{axis}: 'name'}}}}."
+                )
     for name, by_axis in axes.items():
         for axis, dim in by_axis.items():
             sizes = sorted({int(g[name].shape[axis]) for g in groups})
             if axis > 0 and len(sizes) == 1:
-                log.warning("%s: dynamic axis %r (axis %d of %r) is exercised at one size only (%d); pass reference "
-                            "groups of other sizes too, so the check proves the exported graph at more than one.",
-                            spec.name, dim, axis, name, sizes[0])
+                log.warning(
+                    "%s: dynamic axis %r (axis %d of %r) is exercised at one size only (%d); pass reference "
+                    "groups of other sizes too, so the check proves the exported graph at more than one.",
+                    spec.name,
+                    dim,
+                    axis,
+                    name,
+                    sizes[0],
+                )
     return axes

@@ -129,8 +129,10 @@ def load_spec(reference: str) -> ExportSpec:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
             if exc.name and target.startswith(exc.name):
-                raise SpecError(f"module {target!r} cannot be imported (no module named {exc.name!r}); "
-                                "check the name or pass a file path.") from None
+                raise SpecError(
+                    f"module {target!r} cannot be imported (no module named {exc.name!r}); "
+                    "check the name or pass a file path."
+                ) from None
             raise
         source = getattr(module, "__file__", None)
     if not hasattr(module, attribute):

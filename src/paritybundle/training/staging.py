@@ -45,9 +45,11 @@ def stage_groups(spec: Any, groups: list[dict[str, np.ndarray]]) -> list[StagedP
     staged = [stage_preprocessing(preprocessor, inputs) for inputs in groups]
     shapes = [{name: list(a.shape[1:]) for name, a in s.features.items()} for s in staged]
     if any(shape != shapes[0] for shape in shapes):
-        raise SpecError(f"the preprocessing makes features of different shapes from the reference groups ({shapes[0]} "
-                        f"and {next(s for s in shapes if s != shapes[0])}); the model reads one shape, so resize to "
-                        "one size in the preprocessing.")
+        raise SpecError(
+            f"the preprocessing makes features of different shapes from the reference groups ({shapes[0]} "
+            f"and {next(s for s in shapes if s != shapes[0])}); the model reads one shape, so resize to "
+            "one size in the preprocessing."
+        )
     return staged
 
 
@@ -59,12 +61,16 @@ def stage_preprocessing(preprocessor: Any, inputs: dict[str, np.ndarray]) -> Sta
     except (SpecError, UsageError):
         raise
     except Exception as exc:
-        raise SpecError(f"the preprocessing raised on the reference inputs ({type(exc).__name__}: "
-                        f"{first_paragraph(exc)}); check them against what it was fitted on.") from None
+        raise SpecError(
+            f"the preprocessing raised on the reference inputs ({type(exc).__name__}: "
+            f"{first_paragraph(exc)}); check them against what it was fitted on."
+        ) from None
     features = {name: np.ascontiguousarray(to_numpy(value, name)) for name, value in features.items()}
     clash = set(features) & set(raw) - set(getattr(preprocessor, "passthrough", ()))
     if clash:
-        raise SpecError(f"the preprocessing output {sorted(clash)[0]!r} has the name of a raw input; rename one of them.")
+        raise SpecError(
+            f"the preprocessing output {sorted(clash)[0]!r} has the name of a raw input; rename one of them."
+        )
     if any(len(f) != length(raw) for f in features.values()):
         raise SpecError("the preprocessing returned a different number of rows than it was given.")
     return StagedPreprocessing(preprocessor, raw, features)
@@ -79,10 +85,14 @@ def take(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.nda
     return {name: np.ascontiguousarray(a[rows]) for name, a in arrays.items()}
 
 
-def cover(spec: Any, inputs: dict[str, np.ndarray], staged: StagedPreprocessing | None,
-           research: dict[str, np.ndarray], candidates: int,
-           run_model: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | None,
-           ) -> tuple[dict[str, np.ndarray], StagedPreprocessing | None, dict[str, np.ndarray], Coverage]:
+def cover(
+    spec: Any,
+    inputs: dict[str, np.ndarray],
+    staged: StagedPreprocessing | None,
+    research: dict[str, np.ndarray],
+    candidates: int,
+    run_model: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]] | None,
+) -> tuple[dict[str, np.ndarray], StagedPreprocessing | None, dict[str, np.ndarray], Coverage]:
     """Keep covering rows within the budget, then add probe rows for what they do not show of the
     fitted preprocessing (their outputs from the research path): see :mod:`.coverage`."""
     raw = staged.raw if staged is not None else inputs
@@ -93,27 +103,41 @@ def cover(spec: Any, inputs: dict[str, np.ndarray], staged: StagedPreprocessing 
     columns = staged.preprocessor.columns() if staged is not None else []
     probes = coverage.Probes()
     if staged is not None and run_model is not None:
-        probes = (coverage.Probes(*staged.preprocessor.probes(raw)) if hasattr(staged.preprocessor, "probes")
-                  else coverage.build_probes(raw, columns))
+        probes = (
+            coverage.Probes(*staged.preprocessor.probes(raw))
+            if hasattr(staged.preprocessor, "probes")
+            else coverage.build_probes(raw, columns)
+        )
     if staged is not None:
         features = take(staged.features, keep)
         if probes.rows:
-            probe_features = {name: np.ascontiguousarray(to_numpy(v, name))
-                              for name, v in staged.preprocessor.research(probes.raw).items()}
+            probe_features = {
+                name: np.ascontiguousarray(to_numpy(v, name))
+                for name, v in staged.preprocessor.research(probes.raw).items()
+            }
             probe_outputs = dict(zip(research, run_model(probe_features), strict=True))  # type: ignore[misc]
             raw = {name: np.concatenate([raw[name], probes.raw[name]]) for name in raw}
             features = {name: np.concatenate([features[name], probe_features[name]]) for name in features}
             research = {name: np.concatenate([research[name], probe_outputs[name]]) for name in research}
         staged = StagedPreprocessing(staged.preprocessor, raw, features, probes.reasons)
-    covered = coverage.describe(raw, research, scores, candidates=candidates, selected=len(keep), probes=probes,
-                                columns=columns, selection=selection)
+    covered = coverage.describe(
+        raw,
+        research,
+        scores,
+        candidates=candidates,
+        selected=len(keep),
+        probes=probes,
+        columns=columns,
+        selection=selection,
+    )
     if probes.rows:
         log.info("%s: %d probe rows added to the reference set (%s)", spec.name, probes.rows, "; ".join(probes.reasons))
     return (raw if staged is None else staged.raw), staged, research, covered
 
 
-def cover_groups(spec: Any, groups: list[dict[str, np.ndarray]], research: list[dict[str, np.ndarray]],
-                  candidates: int) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], Coverage]:
+def cover_groups(
+    spec: Any, groups: list[dict[str, np.ndarray]], research: list[dict[str, np.ndarray]], candidates: int
+) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], Coverage]:
     """Covering rows of each group (no preprocessing, so no probes), the budget shared by group size:
     every group keeps at least one row, so every shape stays proven."""
     if len(groups) == 1:
@@ -129,15 +153,29 @@ def cover_groups(spec: Any, groups: list[dict[str, np.ndarray]], research: list[
         inputs, outputs = take(inputs, keep), take(outputs, keep)
         kept_groups.append(inputs)
         kept_research.append(outputs)
-        described.append(coverage.describe(inputs, outputs, scores, candidates=length(inputs), selected=len(keep),
-                                           probes=coverage.Probes(), columns=[], selection="all"))
+        described.append(
+            coverage.describe(
+                inputs,
+                outputs,
+                scores,
+                candidates=length(inputs),
+                selected=len(keep),
+                probes=coverage.Probes(),
+                columns=[],
+                selection="all",
+            )
+        )
     selected = sum(length(g) for g in kept_groups)
     return kept_groups, kept_research, coverage.merge(described, candidates=candidates, selected=selected)
 
 
-def cover_staged(spec: Any, staged: list[StagedPreprocessing], research: list[dict[str, np.ndarray]], candidates: int,
-                 run_model: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]],
-                 ) -> tuple[list[StagedPreprocessing], list[dict[str, np.ndarray]], Coverage]:
+def cover_staged(
+    spec: Any,
+    staged: list[StagedPreprocessing],
+    research: list[dict[str, np.ndarray]],
+    candidates: int,
+    run_model: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]],
+) -> tuple[list[StagedPreprocessing], list[dict[str, np.ndarray]], Coverage]:
     """:func:`cover` for each group of staged preprocessing, the budget shared by group size (every group keeps
     at least one row, so every shape stays proven)."""
     if len(staged) == 1:
@@ -150,8 +188,14 @@ def cover_staged(spec: Any, staged: list[StagedPreprocessing], research: list[di
     kept_groups, kept_research, described = [], [], []
     for group, outputs in zip(staged, research, strict=True):
         share = None if budget is None else max(1, round(budget * length(group.raw) / total))
-        _, kept, outputs, covered = cover(dataclasses.replace(spec, max_reference_samples=share), group.raw, group,
-                                          outputs, length(group.raw), run_model)
+        _, kept, outputs, covered = cover(
+            dataclasses.replace(spec, max_reference_samples=share),
+            group.raw,
+            group,
+            outputs,
+            length(group.raw),
+            run_model,
+        )
         kept_groups.append(kept)
         kept_research.append(outputs)
         described.append(covered)

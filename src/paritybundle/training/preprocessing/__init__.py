@@ -12,6 +12,21 @@ from .steps import Step
 from .tabular import Clip, Impute, Index, Log1p, MinMaxScale, OneHot, Standardize
 
 __all__ = [
-    "ChannelOrder", "Clip", "Columns", "Impute", "Index", "Log1p", "MinMaxScale", "Normalize", "OneHot", "Pipeline",
-    "Preprocessor", "Resize", "Scale", "Standardize", "Step", "ToFloatCHW", "resize_weights",
+    "ChannelOrder",
+    "Clip",
+    "Columns",
+    "Impute",
+    "Index",
+    "Log1p",
+    "MinMaxScale",
+    "Normalize",
+    "OneHot",
+    "Pipeline",
+    "Preprocessor",
+    "Resize",
+    "Scale",
+    "Standardize",
+    "Step",
+    "ToFloatCHW",
+    "resize_weights",
 ]

@@ -32,8 +32,10 @@ def wrap(value: Any, input_names: list[str], spec: Any) -> Preprocessor:
     """
     if isinstance(value, Preprocessor):
         if not getattr(value, "fitted", True):
-            raise SpecError(f"the preprocessing {type(value).__name__} is not fitted; call .fit(training_data) "
-                            "before exporting (fit on training data, not on the reference inputs).")
+            raise SpecError(
+                f"the preprocessing {type(value).__name__} is not fitted; call .fit(training_data) "
+                "before exporting (fit on training data, not on the reference inputs)."
+            )
         return value
     from .tokenizer import TokenizerPreprocess, is_tokenizer
 
@@ -56,10 +58,13 @@ def wrap(value: Any, input_names: list[str], spec: Any) -> Preprocessor:
         try:
             check_is_fitted(value)
         except NotFittedError:
-            raise SpecError(f"the scikit-learn {type(value).__name__} is not fitted; fit it on training data "
-                            "before exporting.") from None
+            raise SpecError(
+                f"the scikit-learn {type(value).__name__} is not fitted; fit it on training data before exporting."
+            ) from None
         from .sklearn_adapter import SklearnPreprocess
 
         return SklearnPreprocess(value, DEFAULT_OUTPUT)
-    raise SpecError(f"preprocess={type(value).__name__} is not supported; pass a paritybundle.preprocess Pipeline or "
-                    "Columns, a fitted scikit-learn transformer, a torch.nn.Module, or a Hugging Face tokenizer.")
+    raise SpecError(
+        f"preprocess={type(value).__name__} is not supported; pass a paritybundle.preprocess Pipeline or "
+        "Columns, a fitted scikit-learn transformer, a torch.nn.Module, or a Hugging Face tokenizer."
+    )

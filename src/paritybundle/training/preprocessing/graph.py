@@ -48,8 +48,9 @@ class GraphBuilder:
         from onnx import helper
 
         output = self.name(hint)
-        self.nodes.append(helper.make_node(op, inputs, [output], name=self.name(f"{hint}/{op}"),
-                                           domain=domain, **attributes))
+        self.nodes.append(
+            helper.make_node(op, inputs, [output], name=self.name(f"{hint}/{op}"), domain=domain, **attributes)
+        )
         return output
 
     def identity(self, source: str, name: str) -> str:
@@ -74,9 +75,11 @@ def make_model(builder: GraphBuilder, inputs: list[Any], outputs: list[Any], ops
     from onnx import helper
 
     graph = helper.make_graph(builder.nodes, graph_name, inputs, outputs, builder.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, MIN_OPSET)),
-                                                    helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
-                              producer_name="paritybundle")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", max(opset, MIN_OPSET)), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+        producer_name="paritybundle",
+    )
     model.ir_version = min(model.ir_version, 10)  # readable by every onnxruntime we support
     onnx.checker.check_model(model, full_check=True)
     return model

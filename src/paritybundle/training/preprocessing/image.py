@@ -62,7 +62,9 @@ class ChannelOrder(Step):
 
     def __init__(self, source: str, target: str) -> None:
         if sorted(source) != sorted(target) or len(set(source)) != len(source):
-            raise SpecError(f"ChannelOrder({source!r}, {target!r}) must name the same distinct channels in a new order.")
+            raise SpecError(
+                f"ChannelOrder({source!r}, {target!r}) must name the same distinct channels in a new order."
+            )
         self.source, self.target = source, target
         self.order = [source.index(c) for c in target]
         super().__init__()
@@ -109,7 +111,9 @@ class Normalize(Step):
         return (x - self.mean[None, :, None, None]) / self.std[None, :, None, None]
 
     def _to_onnx(self, graph: GraphBuilder, x: str, where: str) -> str:
-        centred = graph.node("Sub", [x, graph.constant(self.mean.reshape(1, -1, 1, 1), f"{where}/mean")], f"{where}/centred")
+        centred = graph.node(
+            "Sub", [x, graph.constant(self.mean.reshape(1, -1, 1, 1), f"{where}/mean")], f"{where}/centred"
+        )
         return graph.node("Div", [centred, graph.constant(self.std.reshape(1, -1, 1, 1), f"{where}/std")], where)
 
     def _describe(self) -> dict[str, Any]:
@@ -158,8 +162,13 @@ class Resize(Step):
     def _to_onnx(self, graph: GraphBuilder, x: str, where: str) -> str:
         nearest = self.interpolation == "nearest"
         return graph.node(
-            "Resize", [x, "", "", graph.constant(list(self.size), f"{where}/size", np.int64)], where,
-            mode=self.interpolation, axes=[2, 3], antialias=int(self.antialias), cubic_coeff_a=-0.75,
+            "Resize",
+            [x, "", "", graph.constant(list(self.size), f"{where}/size", np.int64)],
+            where,
+            mode=self.interpolation,
+            axes=[2, 3],
+            antialias=int(self.antialias),
+            cubic_coeff_a=-0.75,
             coordinate_transformation_mode="asymmetric" if nearest else "half_pixel",
             nearest_mode="floor" if nearest else "round_prefer_floor",
         )

@@ -49,8 +49,10 @@ class PartialPreprocess(Preprocessor):
         features = self.inner.research(inner)
         clash = set(features) & set(passed)
         if clash:
-            raise SpecError(f"the preprocessing output {sorted(clash)[0]!r} has the name of an input it does not read; "
-                            "rename one of them.")
+            raise SpecError(
+                f"the preprocessing output {sorted(clash)[0]!r} has the name of an input it does not read; "
+                "rename one of them."
+            )
         return {**features, **passed}
 
     def to_onnx(self, raw: Mapping[str, np.ndarray], opset: int) -> Any:
@@ -63,15 +65,17 @@ class PartialPreprocess(Preprocessor):
         for name, value in passed.items():
             declared = value_info(name, value.dtype, ["batch", *value.shape[1:]])
             model.graph.input.append(declared)
-            model.graph.output.append(helper.make_tensor_value_info(
-                name, declared.type.tensor_type.elem_type, ["batch", *value.shape[1:]]))
+            model.graph.output.append(
+                helper.make_tensor_value_info(name, declared.type.tensor_type.elem_type, ["batch", *value.shape[1:]])
+            )
         return model
 
     def columns(self) -> list[PreprocessColumn]:
         # The inner columns feed the features no passed-through input claims (parity/localise.py).
         passing = PreprocessStep(kind="passthrough", nan="propagates")
-        return self.inner.columns() + [PreprocessColumn(input=name, features=None, outputs=[name], steps=[passing])
-                                       for name in self.passthrough]
+        return self.inner.columns() + [
+            PreprocessColumn(input=name, features=None, outputs=[name], steps=[passing]) for name in self.passthrough
+        ]
 
     def replaces_nan(self, input_name: str) -> bool:
         return input_name not in self.passthrough and self.inner.replaces_nan(input_name)
@@ -110,6 +114,8 @@ def inputs_read(preprocessor: Preprocessor, offered: list[str]) -> list[str]:
         return list(offered)
     missing = [name for name in named if name not in offered]
     if missing:
-        raise SpecError(f"the preprocessing reads {', '.join(map(repr, missing))}, which reference_inputs does not hold "
-                        f"(it holds {', '.join(offered)}).")
+        raise SpecError(
+            f"the preprocessing reads {', '.join(map(repr, missing))}, which reference_inputs does not hold "
+            f"(it holds {', '.join(offered)})."
+        )
     return list(named)

@@ -50,8 +50,9 @@ class Preprocessor:
         return False
 
     def describe(self, features: list[TensorSpec]) -> Preprocessing:
-        return Preprocessing(source=self.source, description=repr(self)[:4096], features=features,
-                             columns=self.columns())
+        return Preprocessing(
+            source=self.source, description=repr(self)[:4096], features=features, columns=self.columns()
+        )
 
 
 class _Chain:
@@ -61,8 +62,10 @@ class _Chain:
         steps = [steps] if isinstance(steps, Step) else list(steps)
         for step in steps:
             if not isinstance(step, Step):
-                raise SpecError(f"preprocessing for {name!r} holds {step!r}, which is not a paritybundle.preprocess "
-                                "step; use Standardize(), OneHot(), Resize(...), ...")
+                raise SpecError(
+                    f"preprocessing for {name!r} holds {step!r}, which is not a paritybundle.preprocess "
+                    "step; use Standardize(), OneHot(), Resize(...), ..."
+                )
         self.name, self.steps = name, steps
 
     @property
@@ -74,15 +77,21 @@ class _Chain:
         array = np.asarray(raw)
         if self.takes == "strings":
             if array.dtype.kind not in "USO":
-                raise SpecError(f"input {self.name!r} starts with a category step but holds {array.dtype}, not strings.")
+                raise SpecError(
+                    f"input {self.name!r} starts with a category step but holds {array.dtype}, not strings."
+                )
             if array.dtype.kind == "O" and not all(isinstance(v, str) for v in array.ravel()):
-                raise SpecError(f"input {self.name!r} holds values that are not strings (e.g. None or NaN); "
-                                "give missing categories a string of their own, such as ''.")
+                raise SpecError(
+                    f"input {self.name!r} holds values that are not strings (e.g. None or NaN); "
+                    "give missing categories a string of their own, such as ''."
+                )
             array = array.astype(str)
         elif self.takes == "images":
             if array.dtype != np.uint8 or array.ndim != 4:
-                raise SpecError(f"input {self.name!r} must be uint8 images [N, H, W, C] for {self.steps[0]!r}; "
-                                f"got {array.dtype} of shape {list(array.shape)}.")
+                raise SpecError(
+                    f"input {self.name!r} must be uint8 images [N, H, W, C] for {self.steps[0]!r}; "
+                    f"got {array.dtype} of shape {list(array.shape)}."
+                )
             return array
         else:
             if array.dtype.kind not in "biuf":
@@ -111,8 +120,9 @@ class _Chain:
         if self.takes == "numbers" and raw.dtype != np.float32:
             x = graph.node("Cast", [x], f"{self.name}/float", to=1)  # TensorProto.FLOAT
         if raw.ndim == 1:
-            x = graph.node("Unsqueeze", [x, graph.constant([1], f"{self.name}/column_axis", np.int64)],
-                           f"{self.name}/column")
+            x = graph.node(
+                "Unsqueeze", [x, graph.constant([1], f"{self.name}/column_axis", np.int64)], f"{self.name}/column"
+            )
         for position, step in enumerate(self.steps):
             x = step.to_onnx(graph, x, f"{self.name}/{position}_{step.kind}")
         return x
@@ -121,8 +131,11 @@ class _Chain:
         return any(step.nan == "replaced" for step in self.steps)
 
     def describe(self, features: list[int] | None) -> PreprocessColumn:
-        return PreprocessColumn(input=self.name, features=features, steps=[
-            PreprocessStep(kind=step.kind, nan=step.nan, params=step.describe()) for step in self.steps])
+        return PreprocessColumn(
+            input=self.name,
+            features=features,
+            steps=[PreprocessStep(kind=step.kind, nan=step.nan, params=step.describe()) for step in self.steps],
+        )
 
 
 def _single(data: Any, name: str) -> Any:
@@ -171,8 +184,13 @@ class Pipeline(Preprocessor):
         sample = np.asarray(_single(raw, self.input))
         result = graph.identity(self.chain.to_onnx(graph, sample), self._output)
         features = self.transform({self.input: sample[:1]})
-        return make_model(graph, [value_info(self.input, sample.dtype, ["batch", *sample.shape[1:]])],
-                          [value_info(result, features.dtype, ["batch", *features.shape[1:]])], opset, "preprocess")
+        return make_model(
+            graph,
+            [value_info(self.input, sample.dtype, ["batch", *sample.shape[1:]])],
+            [value_info(result, features.dtype, ["batch", *features.shape[1:]])],
+            opset,
+            "preprocess",
+        )
 
     def columns(self) -> list[PreprocessColumn]:
         return [self.chain.describe(None)]
@@ -233,8 +251,10 @@ class Columns(Preprocessor):
     @staticmethod
     def _block(chain: _Chain, values: np.ndarray) -> np.ndarray:
         if values.ndim != 2:
-            raise SpecError(f"column {chain.name!r} gives shape {list(values.shape)} after its steps; "
-                            "Columns concatenates [N, k] blocks.")
+            raise SpecError(
+                f"column {chain.name!r} gives shape {list(values.shape)} after its steps; "
+                "Columns concatenates [N, k] blocks."
+            )
         return values.astype(np.float32, copy=False)
 
     def transform(self, data: Any) -> np.ndarray:
@@ -250,8 +270,10 @@ class Columns(Preprocessor):
     def research(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         unknown = set(raw) - set(self.input_names)
         if unknown:
-            raise SpecError(f"reference input {sorted(unknown)[0]!r} is not a column of the preprocessing "
-                            f"({', '.join(self.input_names)}).")
+            raise SpecError(
+                f"reference input {sorted(unknown)[0]!r} is not a column of the preprocessing "
+                f"({', '.join(self.input_names)})."
+            )
         return {self._output: self.transform(raw)}
 
     def to_onnx(self, raw: Mapping[str, np.ndarray], opset: int) -> Any:
@@ -265,10 +287,17 @@ class Columns(Preprocessor):
             blocks.append(block)
         joined = graph.node("Concat", blocks, "concat", axis=1) if len(blocks) > 1 else blocks[0]
         result = graph.identity(joined, self._output)
-        inputs = [value_info(name, np.asarray(raw[name]).dtype, ["batch", *np.asarray(raw[name]).shape[1:]])
-                  for name in self.input_names]
-        return make_model(graph, inputs, [value_info(result, np.dtype(np.float32), ["batch", sum(self._widths or [])])],
-                          opset, "preprocess")
+        inputs = [
+            value_info(name, np.asarray(raw[name]).dtype, ["batch", *np.asarray(raw[name]).shape[1:]])
+            for name in self.input_names
+        ]
+        return make_model(
+            graph,
+            inputs,
+            [value_info(result, np.dtype(np.float32), ["batch", sum(self._widths or [])])],
+            opset,
+            "preprocess",
+        )
 
     def columns(self) -> list[PreprocessColumn]:
         described, start = [], 0

@@ -44,8 +44,15 @@ def _finite(value: Any) -> bool:
 def _sklearn_steps(estimator: Any) -> list[PreprocessStep]:
     """One step per stage of a scikit-learn Pipeline (or the estimator itself)."""
     stages = [s for _, s in estimator.steps] if hasattr(estimator, "steps") else [estimator]
-    return [PreprocessStep(kind=type(s).__name__[:64], nan="replaced" if type(s).__name__ in _IMPUTERS else "propagates",
-                           params=_fitted_state(s)) for s in stages if s not in (None, "passthrough")]
+    return [
+        PreprocessStep(
+            kind=type(s).__name__[:64],
+            nan="replaced" if type(s).__name__ in _IMPUTERS else "propagates",
+            params=_fitted_state(s),
+        )
+        for s in stages
+        if s not in (None, "passthrough")
+    ]
 
 
 _IMPUTERS = {"SimpleImputer", "KNNImputer", "IterativeImputer"}
@@ -85,11 +92,15 @@ class SklearnPreprocess(Preprocessor):
         if self.by_column:
             expected = [str(c) for c in self.transformer.feature_names_in_]
             if sorted(prepared) != sorted(expected):
-                raise SpecError(f"the transformer was fitted on columns {expected}; reference_inputs has {list(prepared)}.")
+                raise SpecError(
+                    f"the transformer was fitted on columns {expected}; reference_inputs has {list(prepared)}."
+                )
             prepared = {name: prepared[name] for name in expected}
         elif len(prepared) != 1:
-            raise SpecError("a transformer fitted on an array takes one reference input; fit it on a DataFrame "
-                            "to take named columns.")
+            raise SpecError(
+                "a transformer fitted on an array takes one reference input; fit it on a DataFrame "
+                "to take named columns."
+            )
         return prepared
 
     def _research_input(self, raw: Mapping[str, np.ndarray]) -> Any:
@@ -98,8 +109,9 @@ class SklearnPreprocess(Preprocessor):
         try:
             import pandas as pd
         except ImportError:
-            raise UsageError("a scikit-learn transformer fitted on named columns needs pandas; "
-                             "pip install 'paritybundle[sklearn]'.") from None
+            raise UsageError(
+                "a scikit-learn transformer fitted on named columns needs pandas; pip install 'paritybundle[sklearn]'."
+            ) from None
         return pd.DataFrame({name: np.asarray(a).reshape(len(a), -1)[:, 0] for name, a in raw.items()})
 
     def research(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,8 +125,10 @@ class SklearnPreprocess(Preprocessor):
             from skl2onnx import to_onnx
             from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
         except ImportError:
-            raise UsageError("scikit-learn preprocessing is converted with skl2onnx, which is not installed; "
-                             "pip install 'paritybundle[sklearn]'.") from None
+            raise UsageError(
+                "scikit-learn preprocessing is converted with skl2onnx, which is not installed; "
+                "pip install 'paritybundle[sklearn]'."
+            ) from None
         types = []
         for name, array in raw.items():
             shape = [None, *array.shape[1:]]
@@ -125,10 +139,14 @@ class SklearnPreprocess(Preprocessor):
         try:
             converted = to_onnx(self.transformer, initial_types=types, target_opset={"": opset, "ai.onnx.ml": 3})
         except Exception as exc:  # skl2onnx raises many types for unsupported estimators/options
-            raise SpecError(f"skl2onnx cannot convert {type(self.transformer).__name__}: {type(exc).__name__}: {exc}") from None
+            raise SpecError(
+                f"skl2onnx cannot convert {type(self.transformer).__name__}: {type(exc).__name__}: {exc}"
+            ) from None
         outputs = list(converted.graph.output)
         if len(outputs) != 1:
-            raise SpecError(f"the converted transformer has {len(outputs)} outputs; paritybundle expects one feature array.")
+            raise SpecError(
+                f"the converted transformer has {len(outputs)} outputs; paritybundle expects one feature array."
+            )
         old = outputs[0].name
         for node in converted.graph.node:
             node.output[:] = [self._output if o == old else o for o in node.output]
@@ -154,8 +172,9 @@ class SklearnPreprocess(Preprocessor):
         return [PreprocessColumn(input=n, features=None, steps=_sklearn_steps(transformer)) for n in inputs]
 
     def replaces_nan(self, input_name: str) -> bool:
-        return any(step.nan == "replaced" for column in self.columns() if column.input == input_name
-                   for step in column.steps)
+        return any(
+            step.nan == "replaced" for column in self.columns() if column.input == input_name for step in column.steps
+        )
 
     def __repr__(self) -> str:
         return " ".join(repr(self.transformer).split())

@@ -74,8 +74,9 @@ class Step:
 
     def _require_fitted(self) -> None:
         if not self._fitted:
-            raise SpecError(f"preprocessing step {self!r} is not fitted; call fit(training_data) on the "
-                            "pipeline before exporting.")
+            raise SpecError(
+                f"preprocessing step {self!r} is not fitted; call fit(training_data) on the pipeline before exporting."
+            )
 
     def _fit(self, x: np.ndarray) -> None:
         pass
@@ -102,6 +103,8 @@ def statistic(x: np.ndarray, reduce: Any, what: str) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     observed = (~np.isnan(x)).sum(axis=0)
     if (observed == 0).any():
-        raise SpecError(f"cannot fit {what}: feature {int(np.argmax(observed == 0))} has no observed "
-                        "(non-NaN) value in the training data.")
+        raise SpecError(
+            f"cannot fit {what}: feature {int(np.argmax(observed == 0))} has no observed "
+            "(non-NaN) value in the training data."
+        )
     return reduce(x, axis=0)

@@ -64,8 +64,7 @@ class MinMaxScale(Step):
         return graph.node("Add", [scaled, graph.constant(self.offset, f"{where}/offset")], where)
 
     def _describe(self) -> dict[str, Any]:
-        return {"feature_range": list(self.feature_range), "min": floats(self.data_min),
-                "max": floats(self.data_max)}
+        return {"feature_range": list(self.feature_range), "min": floats(self.data_min), "max": floats(self.data_max)}
 
     def __repr__(self) -> str:
         return f"MinMaxScale(feature_range={self.feature_range})"
@@ -79,8 +78,9 @@ class Clip(Step):
 
     kind = "clip"
 
-    def __init__(self, lower: float | None = None, upper: float | None = None,
-                 quantiles: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self, lower: float | None = None, upper: float | None = None, quantiles: tuple[float, float] | None = None
+    ) -> None:
         if quantiles is not None and (lower is not None or upper is not None):
             raise SpecError("Clip takes either fixed lower/upper bounds or quantiles, not both.")
         if quantiles is None and lower is None and upper is None:
@@ -98,8 +98,12 @@ class Clip(Step):
     def _fit(self, x: np.ndarray) -> None:
         if self.quantiles is None:
             return
-        self.lower = statistic(x, lambda a, axis: np.nanquantile(a, self.quantiles[0], axis=axis), "clip").astype(np.float32)
-        self.upper = statistic(x, lambda a, axis: np.nanquantile(a, self.quantiles[1], axis=axis), "clip").astype(np.float32)
+        self.lower = statistic(x, lambda a, axis: np.nanquantile(a, self.quantiles[0], axis=axis), "clip").astype(
+            np.float32
+        )
+        self.upper = statistic(x, lambda a, axis: np.nanquantile(a, self.quantiles[1], axis=axis), "clip").astype(
+            np.float32
+        )
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
         # np.minimum/np.maximum propagate NaN, as ONNX Min/Max do.
@@ -112,12 +116,18 @@ class Clip(Step):
     def _describe(self) -> dict[str, Any]:
         # A side left open (Clip(lower=0)) is an infinite bound in the graph and None here: the manifest holds
         # finite numbers only, and coverage and drift read a range only where both sides are set.
-        return {"quantiles": list(self.quantiles) if self.quantiles else None,
-                "lower": floats(self.lower) if np.isfinite(self.lower).all() else None,
-                "upper": floats(self.upper) if np.isfinite(self.upper).all() else None}
+        return {
+            "quantiles": list(self.quantiles) if self.quantiles else None,
+            "lower": floats(self.lower) if np.isfinite(self.lower).all() else None,
+            "upper": floats(self.upper) if np.isfinite(self.upper).all() else None,
+        }
 
     def __repr__(self) -> str:
-        return f"Clip(quantiles={self.quantiles})" if self.quantiles else f"Clip(lower={self.fixed[0]}, upper={self.fixed[1]})"
+        return (
+            f"Clip(quantiles={self.quantiles})"
+            if self.quantiles
+            else f"Clip(lower={self.fixed[0]}, upper={self.fixed[1]})"
+        )
 
 
 class Impute(Step):
@@ -152,8 +162,7 @@ class Impute(Step):
         return graph.node("Where", [missing, graph.constant(self.fill, f"{where}/fill"), x], where)
 
     def _describe(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "fill": floats(self.fill),
-                "missing_share_in_training": self.missing_share}
+        return {"strategy": self.strategy, "fill": floats(self.fill), "missing_share_in_training": self.missing_share}
 
     def __repr__(self) -> str:
         return f"Impute({self.strategy!r})"
@@ -202,7 +211,7 @@ class Index(Step):
         counts = Counter(str(v) for v in np.asarray(x).ravel())
         ranked = sorted((c for c in counts.items() if c[1] >= self.min_frequency), key=lambda item: (-item[1], item[0]))
         if self.max_categories is not None:
-            ranked = ranked[:self.max_categories]
+            ranked = ranked[: self.max_categories]
         if not ranked:
             raise SpecError("cannot fit a category vocabulary: no category is frequent enough in the training data.")
         self.vocabulary = [value for value, _ in ranked]
@@ -218,8 +227,15 @@ class Index(Step):
         return np.asarray(flat, dtype=np.int64).reshape(np.shape(x))
 
     def _to_onnx(self, graph: GraphBuilder, x: str, where: str) -> str:
-        return graph.node("LabelEncoder", [x], where, domain="ai.onnx.ml", keys_strings=self.vocabulary,
-                          values_int64s=list(range(len(self.vocabulary))), default_int64=self.oov_index)
+        return graph.node(
+            "LabelEncoder",
+            [x],
+            where,
+            domain="ai.onnx.ml",
+            keys_strings=self.vocabulary,
+            values_int64s=list(range(len(self.vocabulary))),
+            default_int64=self.oov_index,
+        )
 
     def _describe(self) -> dict[str, Any]:
         return {"vocabulary": self.vocabulary, "counts": self.counts, "oov_index": self.oov_index}
@@ -243,5 +259,13 @@ class OneHot(Index):
     def _to_onnx(self, graph: GraphBuilder, x: str, where: str) -> str:
         flat = graph.node("Reshape", [x, graph.constant([-1], f"{where}/flat_shape", np.int64)], f"{where}/flat")
         indices = super()._to_onnx(graph, flat, f"{where}/index")
-        return graph.node("OneHot", [indices, graph.constant(self.oov_index + 1, f"{where}/depth", np.int64),
-                                     graph.constant([0.0, 1.0], f"{where}/values")], where, axis=-1)
+        return graph.node(
+            "OneHot",
+            [
+                indices,
+                graph.constant(self.oov_index + 1, f"{where}/depth", np.int64),
+                graph.constant([0.0, 1.0], f"{where}/values"),
+            ],
+            where,
+            axis=-1,
+        )

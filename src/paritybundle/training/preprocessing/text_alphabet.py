@@ -87,23 +87,33 @@ def contexts(char: str) -> str:
     return f"{char} a{char} {char}a a{char}a"
 
 
-def prove_alphabet(frozen: Callable[[list[str]], list[list[int]]], research: Callable[[list[str]], list[list[int]]],
-                   codes: Sequence[int] | None = None) -> list[tuple[int, int]]:
+def prove_alphabet(
+    frozen: Callable[[list[str]], list[list[int]]],
+    research: Callable[[list[str]], list[list[int]]],
+    codes: Sequence[int] | None = None,
+) -> list[tuple[int, int]]:
     """The code points (as runs) whose texts the frozen tokenizer does not tokenize as research does, with
     everything untested: NUL, the surrogates, and all above :data:`TESTED_LIMIT`.
 
     ``frozen`` and ``research`` map texts to token ids without truncation.
     """
     codes = list(codes if codes is not None else tested_codepoints())
-    groups = [codes[k:k + GROUP] for k in range(0, len(codes), GROUP)]
+    groups = [codes[k : k + GROUP] for k in range(0, len(codes), GROUP)]
     texts = [" ".join(contexts(chr(c)) for c in group) for group in groups]
-    suspects = [c for group, same in zip(groups, _agree(frozen, research, texts), strict=True) if not same for c in group]
-    refused = [c for c, same in zip(suspects, _agree(frozen, research, [contexts(chr(c)) for c in suspects]), strict=True) if not same]
+    suspects = [
+        c for group, same in zip(groups, _agree(frozen, research, texts), strict=True) if not same for c in group
+    ]
+    refused = [
+        c
+        for c, same in zip(suspects, _agree(frozen, research, [contexts(chr(c)) for c in suspects]), strict=True)
+        if not same
+    ]
     return ranges([0, *range(SURROGATES[0], SURROGATES[1] + 1), *refused, *range(TESTED_LIMIT, 0x110000)])
 
 
-def _agree(frozen: Callable[[list[str]], list[list[int]]], research: Callable[[list[str]], list[list[int]]],
-           texts: list[str]) -> list[bool]:
+def _agree(
+    frozen: Callable[[list[str]], list[list[int]]], research: Callable[[list[str]], list[list[int]]], texts: list[str]
+) -> list[bool]:
     if not texts:
         return []
     return [list(a) == list(b) for a, b in zip(frozen(texts), research(texts), strict=True)]
@@ -116,7 +126,7 @@ def frozen_ids(session: object, text_input: str) -> Callable[[list[str]], list[l
     def run(texts: list[str]) -> list[list[int]]:
         found: list[list[int]] = []
         for start in range(0, len(texts), 256):
-            chunk = np.array(texts[start:start + 256], dtype=object)
+            chunk = np.array(texts[start : start + 256], dtype=object)
             outputs = dict(zip(names, session.run(None, {text_input: chunk}), strict=True))  # type: ignore[attr-defined]
             ids, mask = outputs["input_ids"], outputs["attention_mask"].astype(bool)
             found += [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)]
@@ -127,10 +137,14 @@ def frozen_ids(session: object, text_input: str) -> Callable[[list[str]], list[l
 
 def describe_refused(refused: str) -> str:
     """A line for people: how many characters below U+30000 are refused, the first few named."""
-    runs = [(a, b) for a, b in decode_refused(refused) if a < TESTED_LIMIT and not (a, b) == (0, 0)
-            and not (a, b) == SURROGATES]
+    runs = [
+        (a, b)
+        for a, b in decode_refused(refused)
+        if a < TESTED_LIMIT and not (a, b) == (0, 0) and not (a, b) == SURROGATES
+    ]
     count = sum(min(b, TESTED_LIMIT - 1) - a + 1 for a, b in runs)
     shown = ", ".join(f"U+{a:04X}" if a == b else f"U+{a:04X}-U+{min(b, TESTED_LIMIT - 1):04X}" for a, b in runs[:8])
     more = f" and {len(runs) - 8} more runs" if len(runs) > 8 else ""
-    return (f"NUL, surrogates, everything above U+2FFFF, and {count} characters below it"
-            + (f": {shown}{more}" if count else ""))
+    return f"NUL, surrogates, everything above U+2FFFF, and {count} characters below it" + (
+        f": {shown}{more}" if count else ""
+    )

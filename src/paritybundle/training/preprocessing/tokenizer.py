@@ -57,13 +57,13 @@ PROBES: dict[str, str] = {
 class TokenizerSettings:
     """What the frozen tokenizer does, recorded in the manifest and compared by ``bundle diff``."""
 
-    family: str                 # "wordpiece" (BERT family) or "byte-level-bpe" (GPT-2 family)
+    family: str  # "wordpiece" (BERT family) or "byte-level-bpe" (GPT-2 family)
     tokenizer_class: str
     lowercase: bool
     strip_accents: bool
     chinese_chars: bool
     subword_prefix: str
-    max_length: int             # rows are truncated and padded to this many tokens
+    max_length: int  # rows are truncated and padded to this many tokens
     truncation_side: str
     padding_side: str
     pad_id: int
@@ -72,8 +72,8 @@ class TokenizerSettings:
     vocab_sha256: str = ""
     model_max_positions: int | None = None
     features: tuple[str, ...] = ()
-    max_word_chars: int = 100   # WordPiece: a longer word is one [UNK]
-    unk_id: int | None = None   # the unknown token's id (WordPiece), for drift's unknown-token share
+    max_word_chars: int = 100  # WordPiece: a longer word is one [UNK]
+    unk_id: int | None = None  # the unknown token's id (WordPiece), for drift's unknown-token share
 
     def recorded(self) -> dict[str, Any]:
         values = asdict(self)
@@ -92,8 +92,10 @@ class TokenizerPreprocess(Preprocessor):
     def __init__(self, tokenizer: Any, input_names: list[str], model: Any, text: str | None = None) -> None:
         if text is None:
             if len(input_names) != 1 and "text" not in input_names:
-                raise SpecError(f"a tokenizer reads one text input, and reference_inputs has {len(input_names)} "
-                                f"({', '.join(input_names)}) with none named 'text'; name the text input 'text'.")
+                raise SpecError(
+                    f"a tokenizer reads one text input, and reference_inputs has {len(input_names)} "
+                    f"({', '.join(input_names)}) with none named 'text'; name the text input 'text'."
+                )
             text = input_names[0] if len(input_names) == 1 else "text"
         self.tokenizer, self.text = tokenizer, text
         self.kept_rows: list[int] | None = None  # the reference rows prepare_raw kept
@@ -119,8 +121,10 @@ class TokenizerPreprocess(Preprocessor):
             log.warning("reference text %d %s; it is left out of the reference set.", row, why.split(";")[0])
         keep = [row for row, why in enumerate(refusals) if why is None]
         if not keep:
-            raise SpecError("serving would refuse every reference text (a character the frozen tokenizer was not proven "
-                            f"on, over {MAX_TEXT_CHARS:,} characters, or empty); pass texts as production sends them.")
+            raise SpecError(
+                "serving would refuse every reference text (a character the frozen tokenizer was not proven "
+                f"on, over {MAX_TEXT_CHARS:,} characters, or empty); pass texts as production sends them."
+            )
         self.kept_rows = keep
         return {self.text: values[keep].astype(object)}
 
@@ -142,8 +146,13 @@ class TokenizerPreprocess(Preprocessor):
         return self.refused_chars
 
     def research(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        encoded = self.tokenizer([str(t) for t in raw[self.text]], padding="max_length", truncation=True,
-                                 max_length=self.settings.max_length, return_tensors="np")
+        encoded = self.tokenizer(
+            [str(t) for t in raw[self.text]],
+            padding="max_length",
+            truncation=True,
+            max_length=self.settings.max_length,
+            return_tensors="np",
+        )
         return {name: np.asarray(encoded[name], dtype=np.int64) for name in self.settings.features}
 
     def to_onnx(self, raw: Mapping[str, np.ndarray], opset: int) -> Any:
@@ -153,10 +162,17 @@ class TokenizerPreprocess(Preprocessor):
         from .tokenizer_graph import byte_level_graph, wordpiece_graph
 
         if settings.family == "wordpiece":
-            return wordpiece_graph(settings, self._vocab, self.text, features, opset, self._normalized,
-                                   self._placeholder)
-        return byte_level_graph(settings, json.dumps(dict(zip(self._vocab, range(len(self._vocab)), strict=True)),
-                                                     ensure_ascii=False), self._merges, self.text, features, opset)
+            return wordpiece_graph(
+                settings, self._vocab, self.text, features, opset, self._normalized, self._placeholder
+            )
+        return byte_level_graph(
+            settings,
+            json.dumps(dict(zip(self._vocab, range(len(self._vocab)), strict=True)), ensure_ascii=False),
+            self._merges,
+            self.text,
+            features,
+            opset,
+        )
 
     def probes(self, raw: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
         """The probe texts as raw rows, and why each exists (one longer than ``max_length`` included); a probe
@@ -166,8 +182,11 @@ class TokenizerPreprocess(Preprocessor):
         texts[f"past the maximum length ({self.settings.max_length} tokens)"] = words
         rules = self.text_rules()
         refusals = {name: text_refusal(rules, text) for name, text in texts.items()}
-        self.refused_probes = [f"text probe: {name} (refused at serving: it {why.split(';')[0].split(',')[0]})"
-                               for name, why in refusals.items() if why is not None]
+        self.refused_probes = [
+            f"text probe: {name} (refused at serving: it {why.split(';')[0].split(',')[0]})"
+            for name, why in refusals.items()
+            if why is not None
+        ]
         kept = {name: text for name, text in texts.items() if refusals[name] is None}
         return {self.text: np.array(list(kept.values()), dtype=object)}, [f"text probe: {name}" for name in kept]
 
@@ -176,8 +195,9 @@ class TokenizerPreprocess(Preprocessor):
         empty = self.tokenizer([""], add_special_tokens=True)["input_ids"][0]
         return TextRules(refused_chars=self._prove_alphabet(), empty_refused=not empty)
 
-    def prove_frozen(self, raw: Mapping[str, np.ndarray], features: Mapping[str, np.ndarray], reasons: list[str],
-                     session: Any) -> None:
+    def prove_frozen(
+        self, raw: Mapping[str, np.ndarray], features: Mapping[str, np.ndarray], reasons: list[str], session: Any
+    ) -> None:
         """Token for token: the frozen graph's ``session`` on every reference text and probe against research's
         ids, masks and token types (``reasons``: why each probe row exists, after the reference rows).
 
@@ -193,14 +213,15 @@ class TokenizerPreprocess(Preprocessor):
             if differs.size:
                 row = int(differs[0])
                 position = int(np.flatnonzero(frozen[name][row] != features[name][row])[0])
-                which = (f"reference text {row}" if row < first_probe else reasons[row - first_probe])
+                which = f"reference text {row}" if row < first_probe else reasons[row - first_probe]
                 shown = repr(str(texts[row]))
                 shown = shown if len(shown) <= 120 else shown[:117] + "..."
                 raise ExportParityError(
                     f"the frozen tokenizer disagrees with {self.settings.tokenizer_class} on {which} ({shown}): "
                     f"{name} at position {position} is {int(frozen[name][row][position])} where research has "
                     f"{int(features[name][row][position])}, so no bundle was written. The tokenizer's settings "
-                    "(normalisation, special or added tokens) are ones onnxruntime-extensions does not reproduce.")
+                    "(normalisation, special or added tokens) are ones onnxruntime-extensions does not reproduce."
+                )
 
     def columns(self) -> list[PreprocessColumn]:
         params = self.settings.recorded()
@@ -212,8 +233,10 @@ class TokenizerPreprocess(Preprocessor):
 
     def __repr__(self) -> str:
         s = self.settings
-        return (f"{s.tokenizer_class} ({s.family}, {'lower-cased' if s.lowercase else 'cased'}, "
-                f"max_length={s.max_length}, padding {s.padding_side}) frozen with {EXTENSIONS}")
+        return (
+            f"{s.tokenizer_class} ({s.family}, {'lower-cased' if s.lowercase else 'cased'}, "
+            f"max_length={s.max_length}, padding {s.padding_side}) frozen with {EXTENSIONS}"
+        )
 
 
 def is_tokenizer(value: Any) -> bool:
@@ -230,8 +253,10 @@ def read_settings(tokenizer: Any, model: Any) -> tuple[TokenizerSettings, list[s
     name = type(tokenizer).__name__
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise SpecError(f"{name} is a slow (Python) tokenizer, which cannot be frozen; load the fast one "
-                        "(AutoTokenizer.from_pretrained(..., use_fast=True)).")
+        raise SpecError(
+            f"{name} is a slow (Python) tokenizer, which cannot be frozen; load the fast one "
+            "(AutoTokenizer.from_pretrained(..., use_fast=True))."
+        )
     described = json.loads(backend.to_str())
     kind = (described.get("model") or {}).get("type")
     pre = (described.get("pre_tokenizer") or {}).get("type")
@@ -240,22 +265,35 @@ def read_settings(tokenizer: Any, model: Any) -> tuple[TokenizerSettings, list[s
     elif kind == "BPE" and pre == "ByteLevel":
         family = "byte-level-bpe"
     else:
-        what = {"Unigram": "a SentencePiece Unigram model (T5, XLM-R, ALBERT)", "BPE": f"a BPE model with a "
-                f"{pre or 'missing'} pre-tokenizer (SentencePiece BPE, e.g. Llama)"}.get(kind, f"a {kind} model")
-        raise SpecError(f"{name} is {what}; paritybundle freezes WordPiece (BERT family) and byte-level BPE "
-                        "(GPT-2 family) tokenizers, so tokenize this one outside the bundle and export the model "
-                        "on token ids.")
+        what = {
+            "Unigram": "a SentencePiece Unigram model (T5, XLM-R, ALBERT)",
+            "BPE": f"a BPE model with a {pre or 'missing'} pre-tokenizer (SentencePiece BPE, e.g. Llama)",
+        }.get(kind, f"a {kind} model")
+        raise SpecError(
+            f"{name} is {what}; paritybundle freezes WordPiece (BERT family) and byte-level BPE "
+            "(GPT-2 family) tokenizers, so tokenize this one outside the bundle and export the model "
+            "on token ids."
+        )
     vocab = _vocabulary(name, described["model"]["vocab"])
     normalizer = described.get("normalizer") or {}
-    special = {"unk": tokenizer.unk_token, "sep": tokenizer.sep_token, "cls": tokenizer.cls_token,
-               "pad": tokenizer.pad_token, "mask": tokenizer.mask_token}
+    special = {
+        "unk": tokenizer.unk_token,
+        "sep": tokenizer.sep_token,
+        "cls": tokenizer.cls_token,
+        "pad": tokenizer.pad_token,
+        "mask": tokenizer.mask_token,
+    }
     special = {k: str(v) for k, v in special.items() if v is not None}
     if family == "wordpiece":
         if normalizer.get("type") != "BertNormalizer" or not normalizer.get("clean_text", True):
-            raise SpecError(f"{name} normalises text with {normalizer.get('type') or 'nothing'} "
-                            f"{'(clean_text off)' if normalizer else ''}; the frozen WordPiece tokenizer reproduces "
-                            "BERT's normaliser with clean_text on.")
-        _require_template(name, described.get("post_processor"), tokenizer, [special.get("cls"), None, special.get("sep")])
+            raise SpecError(
+                f"{name} normalises text with {normalizer.get('type') or 'nothing'} "
+                f"{'(clean_text off)' if normalizer else ''}; the frozen WordPiece tokenizer reproduces "
+                "BERT's normaliser with clean_text on."
+            )
+        _require_template(
+            name, described.get("post_processor"), tokenizer, [special.get("cls"), None, special.get("sep")]
+        )
         lowercase = bool(normalizer.get("lowercase"))
         strip = normalizer.get("strip_accents")
         strip_accents = lowercase if strip is None else bool(strip)
@@ -264,11 +302,15 @@ def read_settings(tokenizer: Any, model: Any) -> tuple[TokenizerSettings, list[s
         merges = ""
     else:
         if normalizer:
-            raise SpecError(f"{name} normalises text ({normalizer.get('type')}); the frozen byte-level BPE tokenizer "
-                            "reproduces GPT-2's, which has none.")
+            raise SpecError(
+                f"{name} normalises text ({normalizer.get('type')}); the frozen byte-level BPE tokenizer "
+                "reproduces GPT-2's, which has none."
+            )
         if (described.get("pre_tokenizer") or {}).get("add_prefix_space"):
-            raise SpecError(f"{name} adds a prefix space; the frozen byte-level BPE tokenizer reproduces GPT-2's, "
-                            "which does not (set add_prefix_space=False).")
+            raise SpecError(
+                f"{name} adds a prefix space; the frozen byte-level BPE tokenizer reproduces GPT-2's, "
+                "which does not (set add_prefix_space=False)."
+            )
         _require_template(name, described.get("post_processor"), tokenizer, [None])
         lowercase = strip_accents = chinese = False
         prefix = ""
@@ -276,36 +318,60 @@ def read_settings(tokenizer: Any, model: Any) -> tuple[TokenizerSettings, list[s
     specials = set(tokenizer.all_special_tokens)
     added = [t["content"] for t in described.get("added_tokens", []) if t["content"] not in specials]
     if added:
-        raise SpecError(f"{name} has added tokens ({', '.join(map(repr, added[:5]))}) that the frozen tokenizer "
-                        "would split as words; export without them or tokenize outside the bundle.")
+        raise SpecError(
+            f"{name} has added tokens ({', '.join(map(repr, added[:5]))}) that the frozen tokenizer "
+            "would split as words; export without them or tokenize outside the bundle."
+        )
     if tokenizer.truncation_side != "right":
-        raise SpecError(f"{name} truncates on the {tokenizer.truncation_side}; the frozen tokenizer truncates on the "
-                        "right (set tokenizer.truncation_side = 'right').")
+        raise SpecError(
+            f"{name} truncates on the {tokenizer.truncation_side}; the frozen tokenizer truncates on the "
+            "right (set tokenizer.truncation_side = 'right')."
+        )
     if family == "byte-level-bpe" and tokenizer.padding_side != "right":
-        raise SpecError(f"{name} pads on the {tokenizer.padding_side}; the frozen byte-level BPE tokenizer pads on the "
-                        "right (set tokenizer.padding_side = 'right' for a classifier).")
+        raise SpecError(
+            f"{name} pads on the {tokenizer.padding_side}; the frozen byte-level BPE tokenizer pads on the "
+            "right (set tokenizer.padding_side = 'right' for a classifier)."
+        )
     if tokenizer.pad_token_id is None:
-        raise SpecError(f"{name} has no pad token, and every row is padded to max_length; set one "
-                        "(tokenizer.pad_token = tokenizer.eos_token for GPT-2, as research's batches need too).")
+        raise SpecError(
+            f"{name} has no pad token, and every row is padded to max_length; set one "
+            "(tokenizer.pad_token = tokenizer.eos_token for GPT-2, as research's batches need too)."
+        )
     positions = _max_positions(model)
     declared = int(tokenizer.model_max_length) if tokenizer.model_max_length < _UNSET_LENGTH else None
     lengths = [n for n in (declared, positions) if n]
     if not lengths:
-        raise SpecError(f"{name} has no model_max_length and the model no position table; set "
-                        "tokenizer.model_max_length to the length research truncates at.")
+        raise SpecError(
+            f"{name} has no model_max_length and the model no position table; set "
+            "tokenizer.model_max_length to the length research truncates at."
+        )
     features = tuple(n for n in tokenizer.model_input_names if n in TOKEN_FEATURES)
     unknown = [n for n in tokenizer.model_input_names if n not in TOKEN_FEATURES]
     if unknown or "input_ids" not in features:
-        raise SpecError(f"{name} gives the model {', '.join(tokenizer.model_input_names)}; the frozen tokenizer "
-                        f"gives {', '.join(TOKEN_FEATURES)}.")
+        raise SpecError(
+            f"{name} gives the model {', '.join(tokenizer.model_input_names)}; the frozen tokenizer "
+            f"gives {', '.join(TOKEN_FEATURES)}."
+        )
     digest = hashlib.sha256("\n".join(vocab).encode() + b"\0" + merges.encode()).hexdigest()
     settings = TokenizerSettings(
-        family=family, tokenizer_class=name, lowercase=lowercase, strip_accents=strip_accents, chinese_chars=chinese,
-        subword_prefix=prefix, max_length=min(lengths), truncation_side="right", padding_side=tokenizer.padding_side,
-        pad_id=int(tokenizer.pad_token_id), special_tokens=special, vocab_size=len(vocab), vocab_sha256=digest,
-        model_max_positions=positions, features=features,
+        family=family,
+        tokenizer_class=name,
+        lowercase=lowercase,
+        strip_accents=strip_accents,
+        chinese_chars=chinese,
+        subword_prefix=prefix,
+        max_length=min(lengths),
+        truncation_side="right",
+        padding_side=tokenizer.padding_side,
+        pad_id=int(tokenizer.pad_token_id),
+        special_tokens=special,
+        vocab_size=len(vocab),
+        vocab_sha256=digest,
+        model_max_positions=positions,
+        features=features,
         max_word_chars=int(described["model"].get("max_input_chars_per_word") or 100),
-        unk_id=int(tokenizer.unk_token_id) if family == "wordpiece" and tokenizer.unk_token_id is not None else None)
+        unk_id=int(tokenizer.unk_token_id) if family == "wordpiece" and tokenizer.unk_token_id is not None else None,
+    )
     return settings, vocab, merges
 
 
@@ -313,12 +379,16 @@ def _vocabulary(name: str, vocab: Mapping[str, int]) -> list[str]:
     """Tokens by id; the frozen tokenizer numbers them by position, so ids must be 0..V-1, each once."""
     ordered = sorted(vocab.items(), key=lambda item: item[1])
     if [i for _, i in ordered] != list(range(len(ordered))):
-        raise SpecError(f"{name}'s vocabulary ids are not 0..{len(ordered) - 1}, each once; the frozen tokenizer "
-                        "numbers tokens by line, so it would renumber them.")
+        raise SpecError(
+            f"{name}'s vocabulary ids are not 0..{len(ordered) - 1}, each once; the frozen tokenizer "
+            "numbers tokens by line, so it would renumber them."
+        )
     tokens = [t for t, _ in ordered]
     if any("\n" in t for t in tokens):
-        raise SpecError(f"{name}'s vocabulary holds a token with a line break, which the frozen tokenizer's "
-                        "one-token-per-line vocabulary cannot hold.")
+        raise SpecError(
+            f"{name}'s vocabulary holds a token with a line break, which the frozen tokenizer's "
+            "one-token-per-line vocabulary cannot hold."
+        )
     return tokens
 
 

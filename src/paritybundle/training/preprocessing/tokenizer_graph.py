@@ -29,8 +29,15 @@ from .graph import MIN_OPSET, ML_OPSET
 CONTRIB = "ai.onnx.contrib"
 
 
-def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[str], opset: int,
-                    normalized: dict[str, str], placeholder: str) -> Any:
+def wordpiece_graph(
+    settings: Any,
+    vocab: list[str],
+    text: str,
+    outputs: list[str],
+    opset: int,
+    normalized: dict[str, str],
+    placeholder: str,
+) -> Any:
     """The BERT-family tokenizer graph (``settings``: :class:`~.tokenizer.TokenizerSettings`).
 
     Research's normaliser is reproduced from what it does to each character (:mod:`.text_alphabet`): tab and
@@ -46,21 +53,34 @@ def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[st
     length, special = settings.max_length, settings.special_tokens
     ids = {token: index for index, token in enumerate(vocab)}
     string = lambda name, value: helper.make_tensor(name, TensorProto.STRING, [1], [value.encode()])  # noqa: E731
-    consts = [_tensor("zero", 0), string("line_breaks", "[\\t\\n]"), string("space", " "),
-              helper.make_tensor("keep_going", TensorProto.BOOL, [], [True])]
+    consts = [
+        _tensor("zero", 0),
+        string("line_breaks", "[\\t\\n]"),
+        string("space", " "),
+        helper.make_tensor("keep_going", TensorProto.BOOL, [], [True]),
+    ]
     # The loop body holds its own constants: onnx.compose's renaming (the merge's prefix) does not reach an
     # outer initializer read inside a subgraph.
-    row_consts = [_tensor("row_max_length", [length]), _tensor("row_zero_pad", [0]), _tensor("row_pad_id", settings.pad_id),
-                  _tensor("row_zero", 0), _tensor("row_axis0", [0]), _tensor("row_one", [1]), _tensor("row_one_scalar", 1),
-                  _tensor("row_unk", ids[special["unk"]]), _tensor("row_cls", [ids[special["cls"]]]),
-                  _tensor("row_sep", [ids[special["sep"]]]), _tensor("row_room", [length - 2]),
-                  _tensor("row_no_rows", np.zeros(0, np.int64)),
-                  helper.make_tensor("row_any_char", TensorProto.STRING, [], [b"(.)"]),
-                  helper.make_tensor("row_empty", TensorProto.STRING, [], [b""]),
-                  helper.make_tensor("row_space", TensorProto.STRING, [], [b" "]),
-                  helper.make_tensor("row_placeholder", TensorProto.STRING, [1], [f"\\x{{{ord(placeholder):x}}}".encode()]),
-                  helper.make_tensor("row_nothing", TensorProto.STRING, [1], [b""]),
-                  helper.make_tensor("row_skip_empty", TensorProto.BOOL, [], [True])]
+    row_consts = [
+        _tensor("row_max_length", [length]),
+        _tensor("row_zero_pad", [0]),
+        _tensor("row_pad_id", settings.pad_id),
+        _tensor("row_zero", 0),
+        _tensor("row_axis0", [0]),
+        _tensor("row_one", [1]),
+        _tensor("row_one_scalar", 1),
+        _tensor("row_unk", ids[special["unk"]]),
+        _tensor("row_cls", [ids[special["cls"]]]),
+        _tensor("row_sep", [ids[special["sep"]]]),
+        _tensor("row_room", [length - 2]),
+        _tensor("row_no_rows", np.zeros(0, np.int64)),
+        helper.make_tensor("row_any_char", TensorProto.STRING, [], [b"(.)"]),
+        helper.make_tensor("row_empty", TensorProto.STRING, [], [b""]),
+        helper.make_tensor("row_space", TensorProto.STRING, [], [b" "]),
+        helper.make_tensor("row_placeholder", TensorProto.STRING, [1], [f"\\x{{{ord(placeholder):x}}}".encode()]),
+        helper.make_tensor("row_nothing", TensorProto.STRING, [1], [b""]),
+        helper.make_tensor("row_skip_empty", TensorProto.BOOL, [], [True]),
+    ]
     table = "\n".join(f"{key}\t{value}" for key, value in sorted(normalized.items()))
     node = helper.make_node
     # Research pads after the text (right) or before it (left): the pads of a 1-D row are [before, after].
@@ -69,39 +89,98 @@ def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[st
         node("Gather", ["cleaned", "row"], ["row_text"], name="row/Gather"),
         node("Unsqueeze", ["row_text", "row_axis0"], ["row_one_text"], name="row/Unsqueeze"),
         # Normalise character by character: split, map, join.
-        node("StringRegexSplitWithOffsets", ["row_one_text", "row_any_char", "row_any_char"],
-             ["row_chars", "row_char_begins", "row_char_ends", "row_char_rows"], domain=CONTRIB, name="normalize/Split"),
-        node("StringMapping", ["row_chars"], ["row_mapped"], domain=CONTRIB, map=table or "\u0000\t\u0000",
-             name="normalize/StringMapping"),
-        node("StringJoin", ["row_mapped", "row_empty", "row_zero"], ["row_joined"], domain=CONTRIB, name="normalize/Join"),
+        node(
+            "StringRegexSplitWithOffsets",
+            ["row_one_text", "row_any_char", "row_any_char"],
+            ["row_chars", "row_char_begins", "row_char_ends", "row_char_rows"],
+            domain=CONTRIB,
+            name="normalize/Split",
+        ),
+        node(
+            "StringMapping",
+            ["row_chars"],
+            ["row_mapped"],
+            domain=CONTRIB,
+            map=table or "\u0000\t\u0000",
+            name="normalize/StringMapping",
+        ),
+        node(
+            "StringJoin", ["row_mapped", "row_empty", "row_zero"], ["row_joined"], domain=CONTRIB, name="normalize/Join"
+        ),
         node("Reshape", ["row_joined", "row_one"], ["row_mapped_text"], name="normalize/Reshape"),
-        node("StringRegexReplace", ["row_mapped_text", "row_placeholder", "row_nothing"], ["row_normalized"],
-             domain=CONTRIB, name="normalize/Removed"),
+        node(
+            "StringRegexReplace",
+            ["row_mapped_text", "row_placeholder", "row_nothing"],
+            ["row_normalized"],
+            domain=CONTRIB,
+            name="normalize/Removed",
+        ),
         # Words, then WordPiece per word (each word a row of its own, so its pieces are found by row).
-        node("StringSplit", ["row_normalized", "row_space", "row_skip_empty"], ["row_word_at", "row_words", "row_words_shape"],
-             domain=CONTRIB, name="words/StringSplit"),
-        node("WordpieceTokenizer", ["row_words", "row_no_rows"], ["row_pieces", "row_piece_rows", "row_word_begins",
-                                                                 "row_word_ends"], domain=CONTRIB, name="words/Wordpiece",
-             vocab=json.dumps(ids, ensure_ascii=False), suffix_indicator=settings.subword_prefix,
-             unknown_token=special["unk"], max_input_chars_per_word=settings.max_word_chars),
-        node("LabelEncoder", ["row_pieces"], ["row_piece_ids"], domain="ai.onnx.ml", name="ids/LabelEncoder",
-             keys_strings=list(ids), values_int64s=list(ids.values()), default_int64=ids[special["unk"]]),
+        node(
+            "StringSplit",
+            ["row_normalized", "row_space", "row_skip_empty"],
+            ["row_word_at", "row_words", "row_words_shape"],
+            domain=CONTRIB,
+            name="words/StringSplit",
+        ),
+        node(
+            "WordpieceTokenizer",
+            ["row_words", "row_no_rows"],
+            ["row_pieces", "row_piece_rows", "row_word_begins", "row_word_ends"],
+            domain=CONTRIB,
+            name="words/Wordpiece",
+            vocab=json.dumps(ids, ensure_ascii=False),
+            suffix_indicator=settings.subword_prefix,
+            unknown_token=special["unk"],
+            max_input_chars_per_word=settings.max_word_chars,
+        ),
+        node(
+            "LabelEncoder",
+            ["row_pieces"],
+            ["row_piece_ids"],
+            domain="ai.onnx.ml",
+            name="ids/LabelEncoder",
+            keys_strings=list(ids),
+            values_int64s=list(ids.values()),
+            default_int64=ids[special["unk"]],
+        ),
         # A word holding [UNK] becomes one [UNK], as research makes it.
         node("Equal", ["row_piece_ids", "row_unk"], ["row_is_unk"], name="unk/Equal"),
         node("Cast", ["row_is_unk"], ["row_unk_flag"], to=TensorProto.INT64, name="unk/Cast"),
         node("Shape", ["row_piece_ids"], ["row_pieces_count"], name="unk/Count"),
-        node("ConstantOfShape", ["row_pieces_count"], ["row_no_starts"], name="unk/Zeros",
-             value=helper.make_tensor("zero_value", TensorProto.INT64, [1], [0])),
+        node(
+            "ConstantOfShape",
+            ["row_pieces_count"],
+            ["row_no_starts"],
+            name="unk/Zeros",
+            value=helper.make_tensor("zero_value", TensorProto.INT64, [1], [0]),
+        ),
         node("Shape", ["row_word_begins"], ["row_word_begins_shape"], name="unk/WordCount"),
         node("Expand", ["row_one_scalar", "row_word_begins_shape"], ["row_ones_per_word"], name="unk/Ones"),
-        node("ScatterElements", ["row_no_starts", "row_word_begins", "row_ones_per_word"], ["row_starts"], axis=0,
-             name="unk/Starts"),
+        node(
+            "ScatterElements",
+            ["row_no_starts", "row_word_begins", "row_ones_per_word"],
+            ["row_starts"],
+            axis=0,
+            name="unk/Starts",
+        ),
         node("CumSum", ["row_starts", "row_zero"], ["row_word_number"], name="unk/CumSum"),
         node("Sub", ["row_word_number", "row_one_scalar"], ["row_word_of_piece"], name="unk/WordOfPiece"),
-        node("ConstantOfShape", ["row_word_begins_shape"], ["row_no_bad_words"], name="unk/NoBad",
-             value=helper.make_tensor("zero_value", TensorProto.INT64, [1], [0])),
-        node("ScatterElements", ["row_no_bad_words", "row_word_of_piece", "row_unk_flag"], ["row_bad_words"], axis=0,
-             reduction="max", name="unk/BadWords"),
+        node(
+            "ConstantOfShape",
+            ["row_word_begins_shape"],
+            ["row_no_bad_words"],
+            name="unk/NoBad",
+            value=helper.make_tensor("zero_value", TensorProto.INT64, [1], [0]),
+        ),
+        node(
+            "ScatterElements",
+            ["row_no_bad_words", "row_word_of_piece", "row_unk_flag"],
+            ["row_bad_words"],
+            axis=0,
+            reduction="max",
+            name="unk/BadWords",
+        ),
         node("Gather", ["row_bad_words", "row_word_of_piece"], ["row_in_bad_word"], name="unk/InBadWord"),
         node("Cast", ["row_in_bad_word"], ["row_in_bad"], to=TensorProto.BOOL, name="unk/InBad"),
         node("Cast", ["row_starts"], ["row_is_start"], to=TensorProto.BOOL, name="unk/IsStart"),
@@ -116,24 +195,39 @@ def wordpiece_graph(settings: Any, vocab: list[str], text: str, outputs: list[st
         node("Sub", ["row_max_length", "row_length"], ["row_pad"], name="row/Sub"),
         node("Concat", padding, ["row_pads"], axis=0, name="row/Pads"),
         node("Pad", ["row_ids", "row_pads", "row_pad_id"], ["ids_out"], name="ids/Pad"),
-        node("ConstantOfShape", ["row_length"], ["row_real"], name="mask/Ones",
-             value=helper.make_tensor("one_value", TensorProto.INT64, [1], [1])),
+        node(
+            "ConstantOfShape",
+            ["row_length"],
+            ["row_real"],
+            name="mask/Ones",
+            value=helper.make_tensor("one_value", TensorProto.INT64, [1], [1]),
+        ),
         node("Pad", ["row_real", "row_pads", "row_zero"], ["mask_out"], name="mask/Pad"),
         node("Mul", ["mask_out", "row_zero"], ["types_out"], name="types/Zeros"),
         node("Identity", ["cond_in"], ["cond_out"], name="cond/Identity"),
     ]
     row = helper.make_tensor_value_info
     body = helper.make_graph(
-        body_nodes, "one_row",
+        body_nodes,
+        "one_row",
         [row("row", TensorProto.INT64, []), row("cond_in", TensorProto.BOOL, [])],
-        [row("cond_out", TensorProto.BOOL, [])] + [row(n, TensorProto.INT64, [length])
-                                                    for n in ("ids_out", "types_out", "mask_out")], row_consts)
+        [row("cond_out", TensorProto.BOOL, [])]
+        + [row(n, TensorProto.INT64, [length]) for n in ("ids_out", "types_out", "mask_out")],
+        row_consts,
+    )
     nodes = [
-        node("StringRegexReplace", [text, "line_breaks", "space"], ["cleaned"], domain=CONTRIB, name="clean/Whitespace"),
+        node(
+            "StringRegexReplace", [text, "line_breaks", "space"], ["cleaned"], domain=CONTRIB, name="clean/Whitespace"
+        ),
         node("Shape", [text], ["batch_shape"], name="batch/Shape"),
         node("Gather", ["batch_shape", "zero"], ["batch_size"], name="batch/Gather"),
-        node("Loop", ["batch_size", "keep_going"], ["input_ids", "token_type_ids", "attention_mask"],
-             body=body, name="rows/Loop"),
+        node(
+            "Loop",
+            ["batch_size", "keep_going"],
+            ["input_ids", "token_type_ids", "attention_mask"],
+            body=body,
+            name="rows/Loop",
+        ),
     ]
     return _model(nodes, consts, text, outputs, length, opset)
 
@@ -143,12 +237,26 @@ def byte_level_graph(settings: Any, vocab_json: str, merges: str, text: str, out
     from onnx import TensorProto, helper
 
     length = settings.max_length
-    consts = [_tensor("max_length", [length]), _tensor("zero_pads", [0, 0, 0]), _tensor("pad_id", settings.pad_id),
-              _tensor("zero", 0), _tensor("starts", [0]), _tensor("axis1", [1]),
-              _tensor("axis1_end", [2])]
+    consts = [
+        _tensor("max_length", [length]),
+        _tensor("zero_pads", [0, 0, 0]),
+        _tensor("pad_id", settings.pad_id),
+        _tensor("zero", 0),
+        _tensor("starts", [0]),
+        _tensor("axis1", [1]),
+        _tensor("axis1_end", [2]),
+    ]
     nodes = [
-        helper.make_node("GPT2Tokenizer", [text], ["bpe_ids", "bpe_mask"], domain=CONTRIB, name="tokenize/GPT2Tokenizer",
-                         vocab=vocab_json, merges=merges, model_name="GPT2"),
+        helper.make_node(
+            "GPT2Tokenizer",
+            [text],
+            ["bpe_ids", "bpe_mask"],
+            domain=CONTRIB,
+            name="tokenize/GPT2Tokenizer",
+            vocab=vocab_json,
+            merges=merges,
+            model_name="GPT2",
+        ),
         helper.make_node("Cast", ["bpe_mask"], ["is_token"], to=TensorProto.BOOL, name="mask/Cast"),
         helper.make_node("Where", ["is_token", "bpe_ids", "pad_id"], ["padded_ids"], name="ids/Where"),
         helper.make_node("Slice", ["padded_ids", "starts", "max_length", "axis1"], ["cut_ids"], name="ids/Slice"),
@@ -177,11 +285,21 @@ def _model(nodes: list[Any], consts: list[Any], text: str, outputs: list[str], l
     produced = {"input_ids", "token_type_ids", "attention_mask"}
     for name in outputs:
         assert name in produced, name
-    graph = helper.make_graph(nodes, "tokenizer", [helper.make_tensor_value_info(text, TensorProto.STRING, ["batch"])],
-                              [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", length]) for n in outputs],
-                              consts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, MIN_OPSET)),
-                                                    helper.make_opsetid("ai.onnx.ml", ML_OPSET),
-                                                    helper.make_opsetid(CONTRIB, 1)], producer_name="paritybundle")
+    graph = helper.make_graph(
+        nodes,
+        "tokenizer",
+        [helper.make_tensor_value_info(text, TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", length]) for n in outputs],
+        consts,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[
+            helper.make_opsetid("", max(opset, MIN_OPSET)),
+            helper.make_opsetid("ai.onnx.ml", ML_OPSET),
+            helper.make_opsetid(CONTRIB, 1),
+        ],
+        producer_name="paritybundle",
+    )
     model.ir_version = min(model.ir_version, 10)
     return model

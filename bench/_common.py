@@ -6,7 +6,7 @@ import statistics
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
@@ -26,7 +26,7 @@ def median(values: list[float]) -> float:
 
 def print_table(
     title: str,
-    rows: list[tuple[str, ...]],
+    rows: Sequence[tuple[str, ...]],
     header: tuple[str, ...] = ("measure", "paritybundle", "baseline", "ratio (target)"),
 ) -> None:
     print(f"\n## {title}\n")

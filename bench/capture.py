@@ -79,10 +79,10 @@ def main() -> None:
         bundle = _mlp_bundle(work)
         capture_dir = work / "capture"
         for name, port in PORTS.items():
-            rate = name.split()[-1]
+            capture_rate = name.split()[-1]
             folder = capture_dir if name == "capture 1.0" else work / name.replace(" ", "-")
-            extra = ["--capture", str(folder), "--capture-rate", rate] if rate != "off" else []
-            env = {**os.environ, "PYTHONPATH": BASELINE} if name.startswith("baseline") else None
+            extra = ["--capture", str(folder), "--capture-rate", capture_rate] if capture_rate != "off" else []
+            env = {**os.environ, "PYTHONPATH": str(BASELINE)} if name.startswith("baseline") else None
             servers[name] = subprocess.Popen(
                 [
                     sys.executable,

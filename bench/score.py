@@ -53,6 +53,8 @@ def wine_bundle(folder: Path) -> Path:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("wine_train", ROOT / "examples" / "wine" / "train.py")
+
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     export_spec(module.make_spec(), folder / "wine", force=True)
@@ -98,7 +100,8 @@ def bare_loop(bundle: Path, source: Path, out: Path) -> int:
         writer = writer or pq.ParquetWriter(str(out), table.schema)
         writer.write_table(table)
         rows += batch.num_rows
-    writer.close()
+    if writer is not None:  # None only when the input had no batches
+        writer.close()
     return rows
 
 
@@ -236,7 +239,7 @@ def ray_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[str
         times = interleaved(candidates, reps)
         two, bare = median(times["ours-2"]), median(times["plain"])
         gates = [w.gate_seconds for r in reports[2] for w in r.workers]
-        result = [
+        result: list[tuple[str, ...]] = [
             (
                 f"ray, 2 workers, {rows:,} rows (s, median of {reps})",
                 f"{two:.2f}",
@@ -250,10 +253,10 @@ def ray_rows(bundle: Path, folder: Path, rows: int, reps: int) -> list[tuple[str
                 f"{len(gates) // max(len(reports[2]), 1)} gates per job, run in parallel",
             ),
         ]
-        one = median(times[f"ours-{WORKERS[0]}"])
+        one_worker = median(times[f"ours-{WORKERS[0]}"])
         for workers in WORKERS[1:]:
             took = median(times[f"ours-{workers}"])
-            speedup = one / took
+            speedup = one_worker / took
             efficiency = speedup / (workers / WORKERS[0])
             result.append(
                 (

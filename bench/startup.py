@@ -89,6 +89,7 @@ def _bare_export(spec, path: Path) -> None:
         dynamic_shapes=({0: torch.export.Dim("batch")},),
         verbose=False,
     )
+    assert program is not None, "torch.onnx.export(dynamo=True) returns the program"
     program.save(str(path))
 
 

@@ -1,4 +1,4 @@
-"""The README's tolerance tables, measured: ``python -m bench tolerance``.
+"""The tolerance tables of docs/concepts/parity.md, measured: ``python -m bench tolerance``.
 
 1. The digits CNN (examples/digits, logits up to ~29) under the default CPU policy: the export-time
    error, a sweep of ONNX Runtime threads x optimisation levels x batch sizes, and two defects
@@ -8,8 +8,8 @@
    four precisions) under the preset for their precision: the worst share of the tolerance that
    legitimate noise uses (so the headroom), and the smallest weight noise that fails.
 
-Not a timing: the numbers are properties of the policy. ``tests/test_tolerance_claims.py`` asserts
-the properties the README states from these tables.
+Not a timing: the numbers are properties of the policy. ``tests/test_gpu_references.py`` and ``tests/test_check.py`` assert
+the properties that page states from these tables.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 margin (the worst element's share of its tolerance: > 1 fails) and the smallest relative weight
 perturbation the bundle's reference set detects (0.1%, 1%, or neither).
 
-``python -m bench verdict`` prints the table in the closing note and the README. Not a timing:
+``python -m bench verdict`` prints the table in the closing note and docs/concepts/parity.md. Not a timing:
 what it measures is what the check can see.
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ from paritybundle.bundle.manifest import MANIFEST_NAME
 from paritybundle.bundle.store import read_manifest, sha256_file
 
 # Cases run by the hostile-input and crash tests, printed at the end of the session (conftest).
-HOSTILE_COUNTS: dict[str, object] = {}
+HOSTILE_COUNTS: dict[str, Any] = {}
 
 
 def copy_bundle(source: Path, target: Path) -> Path:

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason, allow_module_level=True)
 
 
-def require(module: str, reason: str | None = None):
+def require(module: str, reason: str | None = None) -> Any:
     """``pytest.importorskip`` that fails in CI: every optional library the tests use is in the dev extra."""
     try:
         return importlib.import_module(module)
@@ -48,6 +49,7 @@ def _prebuilt(name: str, tmp_path_factory) -> Path | None:
 
 def _load_example(name: str = "digits"):
     spec = importlib.util.spec_from_file_location(f"{name}_example", ROOT / "examples" / name / "train.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

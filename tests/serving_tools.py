@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -58,7 +59,7 @@ def wait_gone(pid: int, timeout: float = 30) -> None:
 
 def http(
     method: str, url: str, body: bytes | str | dict | None = None, timeout: float = 30, headers: dict | None = None
-) -> tuple[int, object]:
+) -> tuple[int, Any]:
     if isinstance(body, dict):
         body = json.dumps(body)
     if isinstance(body, str):

@@ -28,6 +28,7 @@ def _child(work: Path, target: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stdout is not None and process.stderr is not None
     assert process.stdout.readline().strip() == "READY", process.stderr.read()
     return process
 

@@ -34,7 +34,7 @@ SETTINGS = {
 }
 
 
-# The README's preset table, row by row: the worst share of its tolerance legitimate noise may use.
+# The preset table of docs/concepts/parity.md, row by row: the worst share of its tolerance legitimate noise may use.
 PRESET_ROW = {
     "cpu_torch": "cpu, fp32",
     "gpu_strict": "cuda, fp32",
@@ -44,28 +44,30 @@ PRESET_ROW = {
 }
 
 
-def _readme_shares() -> dict[str, float]:
+def _documented_shares() -> dict[str, float]:
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts" / "parity.md").read_text()
     shares = {}
     for row in set(PRESET_ROW.values()):
-        line = next(text for text in readme.splitlines() if text.startswith(f"| {row}"))
-        shares[row] = float(re.search(r"\| ([\d.]+)% / ", line).group(1)) / 100
+        line = next(text for text in page.splitlines() if text.startswith(f"| {row}"))
+        share = re.search(r"\| ([\d.]+)% / ", line)
+        assert share is not None, line
+        shares[row] = float(share.group(1)) / 100
     return shares
 
 
-README_SHARES = _readme_shares()
+DOCUMENTED_SHARES = _documented_shares()
 
 
-def test_the_readme_table_states_the_presets_and_at_least_2_8x_headroom():
+def test_the_documented_table_states_the_presets_and_at_least_2_8x_headroom():
     from paritybundle.parity.tolerance import default_tolerance
 
-    assert max(README_SHARES.values()) <= 1 / 2.8
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert max(DOCUMENTED_SHARES.values()) <= 1 / 2.8
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts" / "parity.md").read_text()
     for tag, (device, precision) in SETTINGS.items():
         preset = default_tolerance(device, precision)
-        line = next(text for text in readme.splitlines() if text.startswith(f"| {PRESET_ROW[tag]}"))
+        line = next(text for text in page.splitlines() if text.startswith(f"| {PRESET_ROW[tag]}"))
         atol, rtol = (float(cell) for cell in line.split("|")[2:4])
         assert (atol, rtol) == (preset.atol, preset.rtol), line
 
@@ -111,8 +113,8 @@ def test_gpu_references_pass_the_default_policy_for_their_precision(exported, ta
     manifest = paritybundle.load(bundle).manifest
     assert (manifest.reference.device, manifest.reference.precision) == SETTINGS[tag]
     assert report.passed, [o.stats for o in report.outputs]
-    # Headroom: legitimate noise uses at most the share of its preset the README's table states.
-    assert report.outputs[0].stats.max_tolerance_ratio <= README_SHARES[PRESET_ROW[tag]]
+    # Headroom: legitimate noise uses at most the share of its preset the documented table states.
+    assert report.outputs[0].stats.max_tolerance_ratio <= DOCUMENTED_SHARES[PRESET_ROW[tag]]
 
 
 @pytest.mark.parametrize("tag", list(SETTINGS))

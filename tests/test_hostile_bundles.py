@@ -15,6 +15,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -196,7 +197,7 @@ def test_a_key_in_the_wrong_format_is_a_usage_error_not_a_tampered_bundle(
 # --- archives: judged by what they declare, before they cost anything (item 4) --------------------
 
 
-def _archive(path: Path, members: list[tuple[tarfile.TarInfo, object]], fmt=tarfile.PAX_FORMAT) -> Path:
+def _archive(path: Path, members: list[tuple[tarfile.TarInfo, Any]], fmt=tarfile.PAX_FORMAT) -> Path:
     with gzip.open(path, "wb", compresslevel=1) as raw, tarfile.open(fileobj=raw, mode="w", format=fmt) as tar:
         for info, data in members:
             tar.addfile(info, data)

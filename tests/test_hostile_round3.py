@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
@@ -31,7 +33,7 @@ def small_answers(digits_bundle):
 
 def _pixels_body(digits_bundle, rows: int, outputs=None, **parameters) -> dict:
     pixels = np.load(digits_bundle / "reference" / "inputs.npz")["pixels"][:rows]
-    body = {
+    body: dict[str, Any] = {
         "inputs": [
             {"name": "pixels", "shape": list(pixels.shape), "datatype": "FP32", "data": pixels.reshape(-1).tolist()}
         ]

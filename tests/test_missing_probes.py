@@ -8,6 +8,7 @@ NaN in ``income``: check, ``check --url`` and ``diff`` all passed, diff even pri
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def _export(out, fill: str, *, probes: bool = True):
     pre = pp.Columns({"income": [impute], "age": [pp.Standardize()]}).fit(TRAIN)  # only the fill differs
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 3)).eval()
-    coverage = importlib.import_module("paritybundle.training.coverage")
+    coverage: Any = importlib.import_module("paritybundle.training.coverage")
     saved = coverage.missing_value_step
     if not probes:  # as exports made before the missing-value probes
         coverage.missing_value_step = lambda column: None

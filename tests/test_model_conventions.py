@@ -24,7 +24,7 @@ from paritybundle.parity.decision import decision_agreement  # noqa: E402
 Pair = collections.namedtuple("Pair", ["mean", "spread"])
 
 
-class _Structured(torch.nn.Module):
+class _Structured(torch.nn.Module):  # type: ignore[name-defined]  # torch from require(), a value
     """Returns a dict holding a tensor, a namedtuple, a nested tuple and a None."""
 
     def __init__(self) -> None:
@@ -95,7 +95,7 @@ def test_a_key_naming_no_parameter_is_exit_2_listing_the_parameters(tmp_path, ca
     assert "Traceback" not in err and not (tmp_path / "b").exists()
 
 
-class _Scalar(torch.nn.Module):
+class _Scalar(torch.nn.Module):  # type: ignore[name-defined]  # torch from require(), a value
     def __init__(self) -> None:
         super().__init__()
         self.linear = torch.nn.Linear(3, 2)
@@ -105,7 +105,7 @@ class _Scalar(torch.nn.Module):
         return y, y.sum()
 
 
-class _ClassesFirst(torch.nn.Module):
+class _ClassesFirst(torch.nn.Module):  # type: ignore[name-defined]  # torch from require(), a value
     def __init__(self) -> None:
         super().__init__()
         self.linear = torch.nn.Linear(3, 3)
@@ -136,7 +136,7 @@ def test_outputs_serving_cannot_split_are_exit_2_with_what_to_do(model, samples,
     assert not (tmp_path / "b").exists()
 
 
-class _Shaped(torch.nn.Module):
+class _Shaped(torch.nn.Module):  # type: ignore[name-defined]  # torch from require(), a value
     """An output of ``rank`` dims with the batch at ``batch_axis`` (the other dims 4, 5, 6...)."""
 
     def __init__(self, rank: int, batch_axis: int) -> None:

@@ -68,7 +68,7 @@ def test_groups_whose_features_differ_in_shape_are_refused(tmp_path):
 # --- preprocessing for some inputs, the others passed through ---------------------------------------------
 
 
-class ImageAndAge(torch.nn.Module):
+class ImageAndAge(torch.nn.Module):  # type: ignore[name-defined]  # torch from require(), a value
     """Reads the preprocessed image (``pixels``) and a raw tabular column (``age``) by name."""
 
     def __init__(self):
@@ -118,7 +118,7 @@ def test_an_image_is_preprocessed_and_a_tabular_column_passes_through(model_clas
     np.testing.assert_allclose(served, research, atol=1e-5, rtol=1e-4)
 
 
-class Tabular(torch.nn.Module):
+class Tabular(torch.nn.Module):  # type: ignore[name-defined]  # torch from require(), a value
     def __init__(self, width: int):
         super().__init__()
         torch.manual_seed(0)

@@ -144,7 +144,7 @@ def test_gpt2_exports_logits_per_token_and_drops_its_cache_with_a_notice(tmp_pat
     np.testing.assert_allclose(served["logits"], expected, atol=1e-4, rtol=1e-3)
 
 
-class _LSTMClassifier(torch.nn.Module):
+class _LSTMClassifier(torch.nn.Module):  # type: ignore[name-defined]  # torch from require(), a value
     def __init__(self) -> None:
         super().__init__()
         self.lstm = torch.nn.LSTM(4, 8, batch_first=True)
@@ -174,7 +174,7 @@ def test_lstm_exports_with_a_dynamic_time_axis(tmp_path):
     np.testing.assert_allclose(paritybundle.load(result.path).predict(unseen)["output"], expected, atol=1e-5)
 
 
-class _ResizingCNN(torch.nn.Module):
+class _ResizingCNN(torch.nn.Module):  # type: ignore[name-defined]  # torch from require(), a value
     """Images of any height and width, resized inside the model (an ONNX Resize on dynamic H/W)."""
 
     def __init__(self) -> None:

@@ -43,6 +43,7 @@ def _request(manifest, rows: dict, picks: list[int], request_id: str, *, unseen=
     inputs = []
     for spec in manifest.inputs:
         values = rows[spec.name][picks]
+        data: list[str] | list[float]
         if spec.dtype == "string":
             data = ["violet" if unseen else str(v) for v in values]
             datatype = "BYTES"

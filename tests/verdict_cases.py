@@ -207,6 +207,7 @@ def _digits(work: Path) -> Path:
 
     root = Path(__file__).resolve().parent.parent
     spec = importlib.util.spec_from_file_location("digits_train", root / "examples" / "digits" / "train.py")
+    assert spec is not None and spec.loader is not None
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
     from paritybundle.training import export_spec

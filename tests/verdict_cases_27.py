@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,7 +30,7 @@ def _batch_statistics_bundle(out: Path) -> Path:
         torch.nn.Linear(16, 5),
     ).eval()
     rows = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
-    export_module = importlib.import_module("paritybundle.training.export")
+    export_module: Any = importlib.import_module("paritybundle.training.export")
     saved = export_module.refuse_batch_dependence
     export_module.refuse_batch_dependence = lambda *args, **kwargs: None
     try:
@@ -54,7 +55,7 @@ def _imputer_bundle(out: Path, fill: str) -> Path:
     impute = pp.Impute("median") if fill == "median" else pp.Impute("constant", fill_value=0.0)
     pre = pp.Columns({"income": [impute], "age": [pp.Standardize()]}).fit(train)
     torch.manual_seed(0)
-    coverage = importlib.import_module("paritybundle.training.coverage")
+    coverage: Any = importlib.import_module("paritybundle.training.coverage")
     saved = coverage.missing_value_step
     coverage.missing_value_step = lambda column: None
     try:

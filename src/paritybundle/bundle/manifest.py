@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
 
@@ -37,7 +37,7 @@ __all__ = [
     "validation_summary",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION: Final = 1
 # Bounds on the numbers a manifest gives: each is far beyond any real bundle, and each keeps a
 # hostile value from reaching a loop or the runtime (100000 intra-op threads hung the check).
 MAX_FILE_BYTES = 2**50
@@ -51,6 +51,9 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 # The dtypes a bundle's tensors may declare (numpy names).
+OutputKind = Literal["values", "scores"]
+NanBehaviour = Literal["propagates", "replaced", "none"]  # what a preprocessing step does with a NaN
+PreprocessSource = Literal["paritybundle", "scikit-learn", "torch", "transformers"]
 TensorDType = Literal[
     "float16",
     "float32",
@@ -114,7 +117,7 @@ class TensorSpec(BundleDocument):
     dtype: TensorDType
     shape: list[int | str]
     # "scores": values over classes, also checked for decision agreement (argmax).
-    kind: Literal["values", "scores"] = "values"
+    kind: OutputKind = "values"
     # Inputs only: whether NaN/inf are legitimate values (e.g. missing tabular data).
     allow_nonfinite: bool = False
     # The dtype research's arrays had when it was not ``dtype``: they are stored, and compared, in ``dtype``
@@ -268,7 +271,7 @@ class PreprocessStep(BundleDocument):
 
     kind: str = Field(min_length=1, max_length=64)
     # What the step does with a missing value (NaN): see paritybundle.preprocess.
-    nan: Literal["propagates", "replaced", "none"]
+    nan: NanBehaviour
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -301,7 +304,7 @@ class PreprocessColumn(BundleDocument):
 class Preprocessing(BundleDocument):
     """What ``preprocess.onnx`` does: raw inputs -> the model's inputs (the features)."""
 
-    source: Literal["paritybundle", "scikit-learn", "torch", "transformers"]
+    source: PreprocessSource
     description: str = Field(max_length=4096)
     # The preprocessing outputs = model.onnx's inputs, stored in reference/features.npz.
     features: list[TensorSpec] = Field(min_length=1)

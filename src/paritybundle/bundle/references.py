@@ -11,7 +11,7 @@ import io
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -135,6 +135,7 @@ class ArrayStream:
         """Yield ``(first_row, {name: rows})`` for consecutive batches of ``batch_rows`` rows."""
         with zipfile.ZipFile(self.path) as archive:
             infos = {name: archive.getinfo(f"{name}.npy") for name in self.names}
+            members: dict[str, Any]  # a _StoredMember or zipfile's reader: both read() the member in order
             if all(info.compress_type == zipfile.ZIP_STORED for info in infos.values()):
                 # Stored members (what export writes) are read straight from the file: zipfile would CRC-32
                 # every byte again, bytes the bundle's sha256 has just verified (a tenth of a check's cost).
@@ -244,7 +245,7 @@ def open_reference_groups(
     sets = []
     for group in manifest.reference.all_groups():
         files = {"inputs": group.inputs, "outputs": group.outputs, "features": group.features}
-        streams = {}
+        streams: dict[str, ArrayStream] = {}
         for part in parts:
             file = files[part]
             if file is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -250,7 +251,7 @@ def check_testdata(
     manifest = runtime.manifest
     overrides = tolerance_overrides(manifest, tolerance, per_output_tolerance)
     order = [i.name for i in runtime.runner.session.get_inputs()]
-    source = TestdataReferences(folder, manifest.inputs, manifest.outputs, order)
+    source = TestdataReferences(Path(folder), manifest.inputs, manifest.outputs, order)
 
     def mismatch(name: str, served: np.ndarray, expected: np.ndarray, batch: Batch) -> None:
         raise BundleInvalid(
@@ -311,10 +312,12 @@ def compare_in_memory(
 ) -> list[OutputComparison]:
     """``runner`` on in-memory ``inputs`` against ``research``, judged under ``policy`` (export's
     fail-closed validation, before anything is written). Both may be lists of groups, pairwise."""
-    if isinstance(inputs, Mapping):
+    if isinstance(inputs, Mapping) and isinstance(research, Mapping):
         source = InMemoryReferences({"inputs": inputs, "outputs": research})
+    elif not isinstance(inputs, Mapping) and not isinstance(research, Mapping):
+        source = InMemoryReferences([{"inputs": i, "outputs": r} for i, r in zip(inputs, research, strict=True)])
     else:
-        source = InMemoryReferences([{"inputs": i, "outputs": r} for i, r in zip(inputs, research, strict=True)])  # type: ignore[arg-type]
+        raise TypeError("inputs and research must both be one group (a mapping) or both lists of groups")
     judges = {
         spec.name: judge_for(spec, policy, source.total_elements("outputs", spec.name)) for spec in runner.outputs
     }

@@ -66,7 +66,7 @@ class Target(Protocol):
 class Judge(Protocol):
     """Accumulates one array's verdict (an :class:`~paritybundle.parity.accumulator.OutputAccumulator`)."""
 
-    def add(self, actual: np.ndarray, expected: np.ndarray, first_sample: int = 0) -> None: ...
+    def add(self, actual: np.ndarray, expected: np.ndarray, first_sample: int, /) -> None: ...
 
 
 @dataclass(frozen=True)

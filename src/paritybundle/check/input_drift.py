@@ -21,7 +21,7 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -304,7 +304,8 @@ def _number_drift(
 ) -> ColumnDrift:
     nan, ref_nan = np.isnan(production), np.isnan(reference)
     prod, ref = production[~nan], reference[~ref_nan]
-    findings, result = [], {}
+    findings: list[str] = []
+    result: dict[str, Any] = {}  # ColumnDrift's optional fields, those this column has
     nan_share, ref_nan_share = _share(nan.sum(), production.size), _share(ref_nan.sum(), reference.size)
     if nan_share - ref_nan_share > thresholds.max_nan_increase:
         findings.append(

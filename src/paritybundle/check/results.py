@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Final, Literal
 
 from ..bundle.manifest import Coverage, Manifest, Power, Tolerance
 from ..bundle.store import VerifiedBundle
@@ -15,7 +15,7 @@ from ..parity.results import OutputComparison
 from ..parity.tolerance import tolerance_exceeds_outputs
 from ..runtime.drift import DriftReport
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION: Final = 1
 
 
 class BundleIdentity(StrictModel):
@@ -51,7 +51,7 @@ class CheckReport(StrictModel):
     """The result of a parity check; truthy when parity holds.
 
     Its JSON form (``--json``) is versioned by ``schema_version`` and documented
-    in the README.
+    in docs/jobs/check.md.
     """
 
     schema_version: Literal[1] = REPORT_SCHEMA_VERSION

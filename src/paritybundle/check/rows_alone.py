@@ -15,7 +15,7 @@ reference arrays are read once.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .engine import Comparison, Part, Run, Target
 from .sources import InMemoryReferences
 
 SAMPLED_ROWS = 16
-STAGE = "rows alone"
+STAGE: Final = "rows alone"
 
 
 def sampled_rows(rows: int, count: int = SAMPLED_ROWS) -> np.ndarray:

@@ -94,7 +94,7 @@ def plan_shards(capture: str | Path, manifest: Manifest) -> list[Shard]:
             flat = shapes.column(column("output", spec.name) + ".shape").combine_chunks().flatten()
             dims = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.int64).reshape(-1, rank)
             totals[spec.name] += int(np.prod(dims, axis=1).sum())
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int) if counts else []
+    starts: list[int] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist() if counts else []
     return [
         Shard(file=str(f), first=int(s), samples=n, totals=dict(totals))
         for f, s, n in zip(files, starts, counts, strict=True)

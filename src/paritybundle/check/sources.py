@@ -146,8 +146,9 @@ class TestdataReferences:
         self.rows = sum(_rows({"inputs": inputs}) for _, inputs, _ in self._loaded)
 
     def total_elements(self, part: str, name: str) -> int:
-        index = {"inputs": 1, "outputs": 2}[part]
-        return sum(int(np.asarray(loaded[index][name]).size) for loaded in self._loaded)
+        return sum(
+            int(np.asarray((inputs if part == "inputs" else outputs)[name]).size) for _, inputs, outputs in self._loaded
+        )
 
     def batches(self, rows_per_pass: int) -> Iterator[Batch]:
         first = 0

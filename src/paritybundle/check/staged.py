@@ -21,7 +21,7 @@ from ..parity.judge import export_baselines, judge_for
 from ..parity.localise import StageResult, column_accumulators, spanning_columns
 from ..parity.results import OutputComparison
 from ..runtime.load import ServingRuntime, stage_runner
-from .engine import Comparison, Part, Run, Target
+from .engine import Comparison, Judge, Part, Run, Target
 from .sources import BundleReferences
 from .targets import RunnerTarget
 
@@ -52,6 +52,7 @@ class StagedCheck:
         pre_info, files = manifest.preprocessing, manifest.stages
         assert pre_info is not None and files.preprocess is not None, "a bundle with preprocessing"
         self.files = files
+        self.preprocess_file: str = files.preprocess
         self.features = list(pre_info.features)
         policy = manifest.tolerance
         feature_tolerance = tolerance or policy.default
@@ -98,9 +99,10 @@ class StagedCheck:
         }
 
         served, features = Run(serve, Part("inputs")), Run(preprocess, Part("inputs"))
+        feature_judges: list[tuple[str, Judge]] = [*self.pre.items(), *((c.feature, c) for c in self.columns)]
         self.comparisons = [
             Comparison(served, Part("outputs"), list(self.pipeline.items())),
-            Comparison(features, Part("features"), list(self.pre.items()) + [(c.feature, c) for c in self.columns]),
+            Comparison(features, Part("features"), feature_judges),
             Comparison(Run(model, Part("features")), Part("outputs"), list(self.model.items())),
             Comparison(served, Run(model, features), list(self.merge.items())),
         ]
@@ -124,7 +126,7 @@ class StagedCheck:
         stages = [
             StageResult(
                 stage="preprocess",
-                file=files.preprocess,
+                file=self.preprocess_file,
                 outputs=pre,
                 columns=columns,
                 passed=all(pre) and all(c.comparison.passed for c in columns),

@@ -13,13 +13,16 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from ..errors import EXIT_INTERNAL, EXIT_OK, ParityBundleError, UsageError
 from ..version import __version__
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _switches_without_a_type(params: list[Any]) -> list[Any]:
@@ -73,7 +76,7 @@ class _LazyConsole:
 
     def __init__(self, **options: Any) -> None:
         self._options = options
-        self._console = None
+        self._console: Console | None = None
 
     def __getattr__(self, name: str) -> Any:
         if self._console is None:
@@ -86,8 +89,8 @@ class _LazyConsole:
 # markup=False: every string printed is literal. Paths, manifest fields and messages quoting them
 # may hold "[...]" (a directory named "[/oops]", a version "[/x]"), which rich would read as markup
 # (a MarkupError, or text silently eaten); control characters are stripped by rich itself.
-out = _LazyConsole(highlight=False, soft_wrap=False, width=160, markup=False)
-err = _LazyConsole(stderr=True, highlight=False, markup=False)
+out = cast("Console", _LazyConsole(highlight=False, soft_wrap=False, width=160, markup=False))
+err = cast("Console", _LazyConsole(stderr=True, highlight=False, markup=False))
 
 BundleArg = Annotated[Path, typer.Argument(help="The bundle directory.", show_default=False)]
 KeyOption = Annotated[

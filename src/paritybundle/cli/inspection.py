@@ -79,12 +79,17 @@ def env_command(
     diff = first == "diff" and second is not None
     if not diff and second is not None:
         raise UsageError(f"unexpected argument {str(second)!r}; use `bundle env BUNDLE` or `bundle env diff BUNDLE`.")
-    bundle = open_bundle(second if diff else Path(first))
-    result, render = (bundle_drift(bundle, env_policy), render_drift) if diff else (read_lock(bundle), render_lock)
-    if json_path is not None:
-        write_json(result.model_dump_json(indent=2) + "\n", json_path)
+    bundle = open_bundle(second if second is not None and diff else Path(first))
+    if diff:
+        drift = bundle_drift(bundle, env_policy)
+        text, show = drift.model_dump_json(indent=2), lambda: render_drift(drift, out)
     else:
-        render(result, out)
+        lock = read_lock(bundle)
+        text, show = lock.model_dump_json(indent=2), lambda: render_lock(lock, out)
+    if json_path is not None:
+        write_json(text + "\n", json_path)
+    else:
+        show()
     return EXIT_OK
 
 

@@ -80,7 +80,9 @@ def check_capture_on_ray(
     )
     comparisons, requests, samples = merge_shards(results)
     # What the first shard's worker ran under (every worker merged its own session settings the same way).
-    used = results[0].settings.model_copy(update={"samples": samples, "workers": _workers(results)})
+    worker_settings = results[0].settings
+    assert worker_settings is not None, "every worker's report carries its settings"
+    used = worker_settings.model_copy(update={"samples": samples, "workers": _workers(results)})
     return traffic_report(verified, requests, comparisons, overrides, used, None, started)
 
 
@@ -148,7 +150,7 @@ def absolute_spec(spec: str) -> str:
 
 
 def _shards(capture: str | os.PathLike[str], manifest: Manifest) -> list[Shard]:
-    shards = plan_shards(capture, manifest)
+    shards = plan_shards(Path(capture), manifest)
     if not sum(s.samples for s in shards):
         raise UsageError(f"{capture} holds no captured samples; let the server answer some requests first.")
     return [s for s in shards if s.samples]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 from ..bundle.manifest import TensorSpec
 from ..bundle.strict import StrictModel
 from ..parity.results import OutputComparison
 from ..runtime.drift import DriftItem
 
-DIFF_SCHEMA_VERSION = 1
+DIFF_SCHEMA_VERSION: Final = 1
 
 
 class BundleSide(StrictModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,7 +47,11 @@ def _shape_problem(a: TensorSpec, b: TensorSpec, role: str) -> str | None:
 def spec_differences(a: Manifest, b: Manifest) -> list[SpecDifference]:
     """Every input/output that differs, with whether it breaks a client of A."""
     found: list[SpecDifference] = []
-    for kind, specs_a, specs_b in (("input", a.inputs, b.inputs), ("output", a.outputs, b.outputs)):
+    roles: list[tuple[Literal["input", "output"], list[TensorSpec], list[TensorSpec]]] = [
+        ("input", a.inputs, b.inputs),
+        ("output", a.outputs, b.outputs),
+    ]
+    for kind, specs_a, specs_b in roles:
         by_a, by_b = {s.name: s for s in specs_a}, {s.name: s for s in specs_b}
         for name in list(by_a) + [n for n in by_b if n not in by_a]:
             sa, sb = by_a.get(name), by_b.get(name)
@@ -166,7 +170,9 @@ def preprocessing_diff(a: Preprocessing | None, b: Preprocessing | None) -> Prep
     statistics: list[StatisticChange] = []
     if a is None or b is None:
         structure.append(f"preprocessing {'added in B' if a is None else 'removed in B'}")
-        return PreprocessingDiff(a_source=a and a.source, b_source=b and b.source, structure=structure, statistics=[])
+        return PreprocessingDiff(
+            a_source=a.source if a else None, b_source=b.source if b else None, structure=structure, statistics=[]
+        )
     if a.source != b.source:
         structure.append(f"source {a.source} -> {b.source}")
     if [f.model_dump() for f in a.features] != [f.model_dump() for f in b.features]:
@@ -306,8 +312,9 @@ def strength_changes(a: Manifest, b: Manifest) -> list[FieldChange]:
     for name in sorted(
         set(a.coverage.categories if a.coverage else {}) | set(b.coverage.categories if b.coverage else {})
     ):
-        seen = [m.coverage and m.coverage.categories.get(name) for m in (a, b)]
-        pairs.append((f"categories of {name} in the rows", *[v and f"{v.seen} of {v.vocabulary}" for v in seen]))
+        seen = [m.coverage.categories.get(name) if m.coverage else None for m in (a, b)]
+        text = [f"{v.seen} of {v.vocabulary}" if v else None for v in seen]
+        pairs.append((f"categories of {name} in the rows", text[0], text[1]))
     return [
         FieldChange(what=what, a=None if va is None else str(va), b=None if vb is None else str(vb))
         for what, va, vb in pairs

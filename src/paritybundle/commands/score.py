@@ -131,7 +131,7 @@ def score(
             if engine == "ray":
                 from ..scoring.ray_engine import run_job
             else:
-                from ..scoring.spark_engine import run_job  # type: ignore[no-redef]
+                from ..scoring.spark_engine import run_job  # type: ignore[assignment]
             extra = (
                 {"address": ray_address, "workers": workers, "ray_remote_args": engine_options}
                 if engine == "ray"

@@ -111,10 +111,10 @@ def log_bundle(
     with _run(mlflow, run_id) as run:
         client = mlflow.MlflowClient()
         client.log_artifacts(run.info.run_id, str(verified.root), artifact_path)
-        for key, value in bundle_params(verified.manifest).items():
-            client.log_param(run.info.run_id, key, value)
-        for key, value in bundle_metrics(verified.manifest).items():
-            client.log_metric(run.info.run_id, key, value)
+        for key, param in bundle_params(verified.manifest).items():
+            client.log_param(run.info.run_id, key, param)
+        for key, metric in bundle_metrics(verified.manifest).items():
+            client.log_metric(run.info.run_id, key, metric)
         client.set_tag(run.info.run_id, "paritybundle.manifest_sha256", verified.manifest_sha256())
         client.set_tag(run.info.run_id, "paritybundle.verdict", "passed at export")
         return run.info.run_id

@@ -217,6 +217,7 @@ class OutputAccumulator:
 
         if batch_violations and abs_err.ndim:
             rows = abs_err.shape[0]
+            assert bad is not None, "a batch with violations marked them"
             per_sample_bad = bad.reshape(rows, -1).any(axis=1)
             self.failing_count += int(per_sample_bad.sum())
             errors = abs_err.reshape(rows, -1).max(axis=1)

@@ -59,7 +59,7 @@ DEFAULT_MAX_TIE_SHARE = 0.01
 # values), never below the noise floor (NOISE_FACTOR x the torch-vs-ONNX Runtime error measured
 # at export, and FLOAT32_ULPS float32 steps at the output's largest magnitude: the error a change
 # of threads or optimisation level may add where export saw none), never above the preset. The
-# measurements behind these numbers: README, "What parity holds means", and `python -m bench verdict`.
+# measurements behind these numbers: docs/concepts/parity.md ("What parity holds means"), and `python -m bench verdict`.
 SPREAD_SHARE = 0.001
 NOISE_FACTOR = 10.0
 FLOAT32_ULPS = 64

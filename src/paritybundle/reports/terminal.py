@@ -25,7 +25,7 @@ class SafeConsole(Console):
     renderable, table cells and titles included, passes through ``render_str``; rich's own styling
     codes are added after it, so they are untouched."""
 
-    def render_str(self, text: str, **options: Any) -> Text:  # type: ignore[override]
+    def render_str(self, text: str, **options: Any) -> Text:
         return super().render_str(printable(text), **options)
 
 
@@ -87,11 +87,11 @@ def check_table(report: CheckReport) -> Table:
         verdict = _text("PASS", style="bold green") if c.passed else _text("FAIL", style="bold red")
         table.add_row(
             c.name,
-            number_text(s and s.max_abs),
-            number_text(s and s.mean_abs),
-            number_text(s and s.p99_abs),
-            number_text(s and s.max_rel),
-            number_text(s and s.p99_rel),
+            number_text(s.max_abs if s else None),
+            number_text(s.mean_abs if s else None),
+            number_text(s.p99_abs if s else None),
+            number_text(s.max_rel if s else None),
+            number_text(s.p99_rel if s else None),
             f"{s.violations}/{s.elements}" if s else "-",
             _worst_sample(c),
             "-" if s is None else _share(s.max_tolerance_ratio),
@@ -116,8 +116,8 @@ def drift_table(drift: DriftReport) -> Table:
         f"{drift.count('notable')} notable, {drift.count('info')} info"
     )
     table = Table(title=title, title_justify="left")
-    for column in ("severity", "what", "locked", "here", "why it matters"):
-        table.add_column(column)
+    for heading in ("severity", "what", "locked", "here", "why it matters"):
+        table.add_column(heading)
     for item in drift.items:
         table.add_row(
             _text(item.severity, style=_SEVERITY_STYLE[item.severity]),
@@ -168,8 +168,8 @@ def stage_table(report: CheckReport, stages: list[StageResult] | None = None) ->
         "features; merged pipeline; merge = pipeline vs the two stages run in sequence",
         title_justify="left",
     )
-    for column in ("stage", "file", "compared", "max abs", "violations", "worst sample", "of tol", "verdict"):
-        table.add_column(column, justify="left" if column in ("stage", "file", "compared", "verdict") else "right")
+    for heading in ("stage", "file", "compared", "max abs", "violations", "worst sample", "of tol", "verdict"):
+        table.add_column(heading, justify="left" if heading in ("stage", "file", "compared", "verdict") else "right")
 
     def row(stage: str, file: str, what: str, c: OutputComparison) -> None:
         s = c.stats
@@ -177,7 +177,7 @@ def stage_table(report: CheckReport, stages: list[StageResult] | None = None) ->
             stage,
             file,
             _text(what),
-            number_text(s and s.max_abs),
+            number_text(s.max_abs if s else None),
             f"{s.violations}/{s.elements}" if s else "-",
             _worst_sample(c),
             "-" if s is None else _share(s.max_tolerance_ratio),
@@ -260,8 +260,8 @@ def render_check(report: CheckReport, console: Console) -> None:
 
 def _spec_table(title: str, specs) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("name", "dtype", "shape", "kind"):
-        table.add_column(column)
+    for heading in ("name", "dtype", "shape", "kind"):
+        table.add_column(heading)
     for s in specs:
         # Text, so rich does not read "[batch, 64]" as markup.
         # research in another dtype is stored and compared in the graph's (training/research_dtypes.py)
@@ -291,8 +291,8 @@ def preprocessing_table(manifest: Manifest) -> Table:
     assert pre is not None
     features = ", ".join(f"{f.name} {f.dtype}[{', '.join(map(str, f.shape))}]" for f in pre.features)
     table = Table(title=f"preprocessing ({pre.source}) -> {features}", title_justify="left")
-    for column in ("input", "features", "step", "NaN", "fitted state"):
-        table.add_column(column)
+    for heading in ("input", "features", "step", "NaN", "fitted state"):
+        table.add_column(heading)
     for column in pre.columns:
         where = f"{column.features[0]}..{column.features[1] - 1}" if column.features else "all"
         if not column.steps:
@@ -349,8 +349,8 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
         f"{', '.join(m.runtime.providers)}, optimization {m.runtime.graph_optimization_level}"
     )
     errors = Table(title=f"export-time error, {m.export_error_label()}", title_justify="left")
-    for column in ("output", "max abs", "mean abs", "max rel"):
-        errors.add_column(column)
+    for heading in ("output", "max abs", "mean abs", "max rel"):
+        errors.add_column(heading)
     for name, e in m.export_errors.items():
         errors.add_row(name, number_text(e.max_abs), number_text(e.mean_abs), number_text(e.max_rel))
     console.print(errors)
@@ -378,8 +378,8 @@ def render_manifest(manifest: Manifest, console: Console) -> None:
 
 def _field_table(title: str, changes, a_label: str = "A", b_label: str = "B") -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("what", a_label, b_label):
-        table.add_column(column)
+    for heading in ("what", a_label, b_label):
+        table.add_column(heading)
     for change in changes:
         table.add_row(
             _text(change.what),
@@ -406,8 +406,8 @@ def render_diff(report, console: Console) -> None:
         console.print(_text(f"  note: {note}", style="yellow"))
     if report.specs:
         table = Table(title="input/output specs that differ", title_justify="left")
-        for column in ("kind", "name", "A", "B", "breaks A's clients", "detail"):
-            table.add_column(column)
+        for heading in ("kind", "name", "A", "B", "breaks A's clients", "detail"):
+            table.add_column(heading)
         for d in report.specs:
 
             def text(spec) -> Text:
@@ -432,8 +432,8 @@ def render_diff(report, console: Console) -> None:
             console.print(_text(f"preprocessing: {line}", style="yellow"))
         if pre.statistics:
             table = Table(title="preprocessing statistics that moved", title_justify="left")
-            for column in ("input", "step", "what moved", "max abs", "max rel"):
-                table.add_column(column)
+            for heading in ("input", "step", "what moved", "max abs", "max rel"):
+                table.add_column(heading)
             for s in pre.statistics:
                 table.add_row(
                     _text(s.input),
@@ -466,8 +466,8 @@ def render_diff(report, console: Console) -> None:
     )
     if report.environment:
         table = Table(title="environment lock differences (A -> B)", title_justify="left")
-        for column in ("severity", "what", "A", "B", "why it matters"):
-            table.add_column(column)
+        for heading in ("severity", "what", "A", "B", "why it matters"):
+            table.add_column(heading)
         for item in report.environment:
             table.add_row(
                 _text(item.severity, style=_SEVERITY_STYLE[item.severity]),
@@ -485,8 +485,8 @@ def render_diff(report, console: Console) -> None:
         console.print(_field_table("how strong each verdict is", report.strength))
     if report.behaviour:
         table = Table(title="behaviour, judged by A's tolerance", title_justify="left")
-        for column in ("run", "samples", "output", "max abs", "violations", "of tol", "argmax flips", "verdict"):
-            table.add_column(column)
+        for heading in ("run", "samples", "output", "max abs", "violations", "of tol", "argmax flips", "verdict"):
+            table.add_column(heading)
         for run in report.behaviour:
             if run.problem:
                 table.add_row(
@@ -515,7 +515,7 @@ def render_diff(report, console: Console) -> None:
                     _text(run.description),
                     str(run.samples),
                     c.name,
-                    number_text(s and s.max_abs),
+                    number_text(s.max_abs if s else None),
                     f"{s.violations}/{s.elements}" if s else "-",
                     "-" if s is None else _share(s.max_tolerance_ratio),
                     _text(flips),

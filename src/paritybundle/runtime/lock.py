@@ -135,7 +135,7 @@ def installed_distributions() -> dict[str, str]:
         name, sep, version = stem.partition("-")
         if not (sep and name and version and "-" not in version):
             name, version = _name_and_version(dist)
-        if name:
+        if name and version:
             found.setdefault(canonical(name), version)
     return dict(sorted(found.items()))
 
@@ -223,7 +223,8 @@ def _self_version() -> str:
 
 def cpu_info() -> CpuInfo:
     """The CPU model and its numerics-relevant flags, from what the platform exposes."""
-    model, flags = None, set()
+    model: str | None = None
+    flags: set[str] = set()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:

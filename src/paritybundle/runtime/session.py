@@ -81,7 +81,7 @@ class SessionOverrides:
 
     def apply(self, recorded: SessionSettings) -> SessionSettings:
         """``recorded`` with these overrides applied (validated as any SessionSettings)."""
-        changes = {
+        changes: dict[str, Any] = {
             name: value
             for name, value in (
                 ("providers", tuple(self.providers) if self.providers else None),

@@ -70,7 +70,7 @@ def per_sample_shape(spec: TensorSpec, kind: str) -> tuple[int, ...]:
             f"{kind} {spec.name!r} has shape {spec.shape}: batch scoring needs every dimension but the "
             "first fixed (a variable-length input cannot be a column of a table)."
         )
-    return tuple(int(d) for d in rest)  # type: ignore[arg-type]
+    return tuple(int(d) for d in rest)
 
 
 def plan_columns(
@@ -172,7 +172,7 @@ def _require_type(spec: TensorSpec, values: Any, source: str) -> None:
 
 
 def _output_field(pa: Any, spec: TensorSpec) -> Any:
-    shape = tuple(int(d) for d in spec.shape[1:])  # type: ignore[arg-type]
+    shape = tuple(int(d) for d in spec.shape[1:])
     values = pa.string() if spec.dtype == "string" else pa.from_numpy_dtype(np.dtype(spec.dtype))
     metadata = {SHAPE_METADATA: json.dumps(list(shape)).encode()}
     if math.prod(shape) == 1:

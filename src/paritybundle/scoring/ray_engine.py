@@ -125,7 +125,9 @@ class GatedScorer:
 
         context = ray.get_runtime_context()
         self.ray, self.ledger = ray, ledger
-        where = Where(engine="ray", worker=f"ray-{context.get_actor_id()[:12]}", node=context.get_node_id()[:12])
+        where = Where(
+            engine="ray", worker=f"ray-{(context.get_actor_id() or '')[:12]}", node=context.get_node_id()[:12]
+        )
         try:
             gate = open_gate(shipment, where, settings=settings, env_policy=env_policy, public_key=public_key)
         except ParityBundleError as exc:

@@ -117,7 +117,8 @@ _LENGTH = struct.Struct("<I")
 
 
 def _decode_strings(name: str, data: memoryview, count: int) -> np.ndarray:
-    values, offset, raw = [], 0, bytes(data)
+    values: list[str] = []
+    offset, raw = 0, bytes(data)
     for _ in range(count):
         if offset + 4 > len(raw):
             raise BadRequest(f"input {name!r}: the BYTES data ends before element {len(values)} of {count}.")

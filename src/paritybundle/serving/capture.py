@@ -36,6 +36,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -234,7 +235,7 @@ class CaptureWriter:
         )
         assert self._process.stdin is not None
         send_settings(
-            self._process.stdin,
+            cast(BinaryIO, self._process.stdin),
             {
                 "directory": str(self.directory),
                 "manifest_bytes": self.manifest_bytes,

@@ -16,6 +16,7 @@ import math
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -199,7 +200,7 @@ class V2Client:
             ) from None
 
     def infer_all(
-        self, name: str, manifest: Manifest, inputs: dict[str, np.ndarray], batch: int
+        self, name: str, manifest: Manifest, inputs: Mapping[str, np.ndarray], batch: int
     ) -> dict[str, np.ndarray]:
         total = int(next(iter(inputs.values())).shape[0])
         parts: dict[str, list[np.ndarray]] = {spec.name: [] for spec in manifest.outputs}

@@ -174,7 +174,8 @@ async def read_body(request: Request, limit: int, budget: BodyBudget, held: list
             await _drain(request)
             raise _Busy()
         held.append(size)
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     # A body that trickles is cut off by the server's protocol (serving/limits.py): a ClientDisconnect here.
     async for chunk in request.stream():
         size += len(chunk)

@@ -24,6 +24,7 @@ its keep-alive timer only after a response.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -108,9 +109,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             )
         return cls._timeouts
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self._header_timer = None
+        self._header_timer: asyncio.TimerHandle | None = None
         self._arm()
 
     def on_message_begin(self) -> None:

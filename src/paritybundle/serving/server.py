@@ -7,6 +7,7 @@ import math
 import os
 import socket
 import time
+from typing import Any
 
 from ..bundle.store import open_bundle
 from ..errors import UsageError
@@ -101,7 +102,7 @@ def serve(
     os.environ[ENV_BODY_TIMEOUT] = repr(float(body_timeout_s))
     # ws="none": the V2 protocol has no websockets, and uvicorn's "auto" imports a websockets
     # implementation into every server (~9 ms of start-up) to serve none.
-    common = dict(
+    common: dict[str, Any] = dict(
         log_level=log_level,
         access_log=False,
         ws="none",

@@ -191,7 +191,9 @@ def plan_outputs(
             except Exception as exc:
                 raise _raised(exc) from exc
     result = results[0]
-    kept, names, dropped = [], [], []
+    kept: list[Any] = []
+    names: list[str] = []
+    dropped: list[str] = []
     for path, leaf in _leaves(result):
         name = output_name(result, path)
         if (path and isinstance(path[0], str) and path[0] in CACHE_KEYS) or type(leaf).__name__.endswith("Cache"):
@@ -305,7 +307,7 @@ def _adapter(model: Any, convention: Convention | None, plan: OutputPlan | None)
         return model
     torch = import_torch()
 
-    class Adapter(torch.nn.Module):
+    class Adapter(torch.nn.Module):  # type: ignore[name-defined]  # torch is imported lazily, as a value
         def __init__(self) -> None:
             super().__init__()
             self.model = model

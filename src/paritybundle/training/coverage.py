@@ -141,12 +141,13 @@ def _short(params: Mapping[str, object]) -> str:
 
 def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColumn]) -> Probes:
     """Probe rows for what the selected rows ``raw`` do not show of the fitted ``columns``."""
-    probes = Probes(raw={name: [] for name in raw})  # type: ignore[arg-type]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in raw}
+    probes = Probes()
     base = {name: values[:1] for name, values in raw.items()}
 
     def add(name: str, value: np.ndarray, reason: str) -> None:
         for other, values in base.items():
-            probes.raw[other].append(value if other == name else values)  # type: ignore[union-attr]
+            parts[other].append(value if other == name else values)
         probes.reasons.append(reason)
 
     for column in columns:
@@ -201,7 +202,7 @@ def build_probes(raw: Mapping[str, np.ndarray], columns: Sequence[PreprocessColu
                     add(column.input, row, f"{label} = {value:.6g}, {where} the fitted bound {bound:.6g}")
     if not probes.reasons:
         return Probes()
-    probes.raw = {name: np.concatenate(parts, axis=0) for name, parts in probes.raw.items()}  # type: ignore[arg-type]
+    probes.raw = {name: np.concatenate(rows, axis=0) for name, rows in parts.items()}
     return probes
 
 

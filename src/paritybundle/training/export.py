@@ -198,7 +198,7 @@ def _export_existing_onnx(spec: ExportSpec, out: str | Path, *, force: bool) -> 
             "on reference_inputs (name -> array), which the bundle will be held to."
         )
     groups = normalise_inputs(spec)
-    declared = spec.research_outputs
+    declared: Any = spec.research_outputs  # checked here: one mapping, or one per group
     if len(groups) > 1:
         if not isinstance(declared, (list, tuple)) or len(declared) != len(groups):
             raise SpecError(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from ..bundle.manifest import TensorSpec
+from ..bundle.manifest import OutputKind, TensorDType, TensorSpec
 from ..errors import ExportError, SpecError
 from ..runtime.session import numpy_dtype_of_onnx
 from .coverage import is_score_like
@@ -34,7 +34,7 @@ def input_specs(model: Any, label: str, arrays: Mapping[str, np.ndarray], replac
     return specs
 
 
-def tensor_spec(value: Any, kind: str = "values") -> TensorSpec:
+def tensor_spec(value: Any, kind: OutputKind = "values") -> TensorSpec:
     tensor_type = value.type.tensor_type
     shape: list[int | str] = []
     for axis, dim in enumerate(tensor_type.shape.dim):
@@ -42,7 +42,8 @@ def tensor_spec(value: Any, kind: str = "values") -> TensorSpec:
             shape.append(int(dim.dim_value))
         else:
             shape.append(dim.dim_param or f"dim_{axis}")
-    return TensorSpec(name=value.name, dtype=numpy_dtype_of_onnx(tensor_type.elem_type), shape=shape, kind=kind)
+    dtype = cast(TensorDType, numpy_dtype_of_onnx(tensor_type.elem_type))  # TensorSpec validates it
+    return TensorSpec(name=value.name, dtype=dtype, shape=shape, kind=kind)
 
 
 def graph_specs(
@@ -82,7 +83,7 @@ def looks_like_scores(spec: TensorSpec, research: np.ndarray) -> bool:
     return spec.dtype.startswith("float") and is_score_like(spec.name, research)
 
 
-def batch_first(outputs: list[TensorSpec], research: list[Mapping[str, np.ndarray]]) -> list[TensorSpec]:
+def batch_first(outputs: list[TensorSpec], research: Sequence[Mapping[str, np.ndarray]]) -> list[TensorSpec]:
     """Outputs whose graph declares a fixed first dimension that research's rows do not have (onnxmltools
     declares a label ``[1]``) get a symbolic batch axis: every output's first axis is the batch here, and
     ONNX Runtime answers one row per sample whatever the annotation says (export's validation proves it)."""

@@ -69,8 +69,8 @@ def dynamic_axes(spec: Any, groups: list[dict[str, np.ndarray]]) -> dict[str, di
                 )
     for name, by_axis in axes.items():
         for axis, dim in by_axis.items():
-            sizes = sorted({int(g[name].shape[axis]) for g in groups})
-            if axis > 0 and len(sizes) == 1:
+            seen_sizes = sorted({int(g[name].shape[axis]) for g in groups})
+            if axis > 0 and len(seen_sizes) == 1:
                 log.warning(
                     "%s: dynamic axis %r (axis %d of %r) is exercised at one size only (%d); pass reference "
                     "groups of other sizes too, so the check proves the exported graph at more than one.",
@@ -78,6 +78,6 @@ def dynamic_axes(spec: Any, groups: list[dict[str, np.ndarray]]) -> dict[str, di
                     dim,
                     axis,
                     name,
-                    sizes[0],
+                    seen_sizes[0],
                 )
     return axes

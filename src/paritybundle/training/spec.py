@@ -44,10 +44,15 @@ class ExportSpec:
             [batch, classes>=2], and [batch, ..., classes] ones named ``logits``/``scores``/``probabilities``.
         tolerance: replaces the default tolerance for every output.
         per_output_tolerance: tolerance per named output.
-        max_reference_samples: cap on reference samples kept (the first N).
-        reference_device / reference_precision: what produced the research outputs;
+        max_reference_samples: cap on reference samples kept, chosen for coverage (every class,
+            category, NaN column and extreme row first, then a seeded random rest).
+        reference_device: the device that produced the research outputs (``cpu``, ``cuda``);
             detected from the model when None.
-        params / metrics / data_hashes: provenance recorded in the manifest.
+        reference_precision: the precision they were produced in (``fp32``, ``tf32``, ``bf16``,
+            ``fp16``, ``int8``); detected from the model when None.
+        params: provenance recorded in the manifest: the training parameters.
+        metrics: provenance: the model's evaluation metrics.
+        data_hashes: provenance: hashes of the data it was trained on.
         exporter: ``"dynamo"`` (torch's default) or ``"torchscript"`` (legacy).
         opset: ONNX opset (None: the exporter's default).
         source_path: a file of the training code, for the git commit (default: cwd).
@@ -134,7 +139,7 @@ def load_spec(reference: str) -> ExportSpec:
                     "check the name or pass a file path."
                 ) from None
             raise
-        source = getattr(module, "__file__", None)
+        source = getattr(module, "__file__", None) or ""
     if not hasattr(module, attribute):
         raise SpecError(f"{target} has no attribute {attribute!r}; name the function that returns the export spec.")
     value = getattr(module, attribute)

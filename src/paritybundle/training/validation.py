@@ -5,7 +5,7 @@ means no bundle is written.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import numpy as np
 from ..bundle.manifest import Preprocessing, TensorSpec, Tolerance, TolerancePolicy
 from ..check import engine
 from ..check.checks import compare_in_memory
-from ..check.engine import Comparison, Part, Run
+from ..check.engine import Comparison, Judge, Part, Run
 from ..check.sources import InMemoryReferences
 from ..check.targets import RunnerTarget
 from ..errors import ExportError, ExportParityError, SpecError
@@ -29,8 +29,8 @@ def validate_stage(
     path: Path,
     input_specs: list[TensorSpec],
     output_specs: list[TensorSpec],
-    inputs: Mapping[str, np.ndarray],
-    research: Mapping[str, np.ndarray],
+    inputs: Sequence[Mapping[str, np.ndarray]],
+    research: Sequence[Mapping[str, np.ndarray]],
     policy: TolerancePolicy,
     settings: SessionSettings,
     label: str,
@@ -102,9 +102,8 @@ def validate_preprocessing(
         None,
         refuse=lambda exc: SpecError(f"the raw reference inputs do not fit the frozen preprocessing: {exc}"),
     )
-    comparison = Comparison(
-        Run(target, Part("inputs")), Part("features"), [(c.feature, c) for c in columns] + list(whole.items())
-    )
+    judges: list[tuple[str, Judge]] = [*((c.feature, c) for c in columns), *whole.items()]
+    comparison = Comparison(Run(target, Part("inputs")), Part("features"), judges)
     try:
         engine.run(source, [comparison], rows_per_pass=max(source.rows, 1))
     except KeyError as exc:

@@ -94,7 +94,7 @@ class PartialPreprocess(Preprocessor):
         if not hasattr(self.inner, "probes"):
             built = build_probes(raw, self.columns())
             return built.raw, built.reasons
-        rows, reasons = self.inner.probes(inner)  # type: ignore[attr-defined]
+        rows, reasons = self.inner.probes(inner)
         return {**rows, **{name: np.repeat(value[:1], len(reasons), axis=0) for name, value in passed.items()}}, reasons
 
     def __repr__(self) -> str:

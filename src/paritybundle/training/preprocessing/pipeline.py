@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ...bundle.manifest import PreprocessColumn, Preprocessing, PreprocessStep, TensorSpec
+from ...bundle.manifest import PreprocessColumn, Preprocessing, PreprocessSource, PreprocessStep, TensorSpec
 from ...errors import SpecError
 from .graph import GraphBuilder, make_model, value_info
 from .steps import Step
@@ -27,7 +27,7 @@ class Preprocessor:
     ``source`` names where it came from (``paritybundle``, ``scikit-learn``, ``torch``).
     """
 
-    source = "paritybundle"
+    source: PreprocessSource = "paritybundle"
 
     def prepare_raw(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw reference inputs in the layout the frozen graph takes (default: as given)."""

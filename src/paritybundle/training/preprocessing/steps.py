@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ...bundle.manifest import NanBehaviour
 from ...errors import SpecError
 from .graph import GraphBuilder
 
@@ -37,7 +38,7 @@ class Step:
 
     kind: ClassVar[str] = "step"
     takes: ClassVar[str] = "numbers"  # what it accepts: "numbers", "strings" or "images"
-    nan: ClassVar[str] = "propagates"
+    nan: ClassVar[NanBehaviour] = "propagates"
     #: whether ``fit`` learns anything (steps without state are fitted from the start)
     fits: bool = True
 

@@ -92,18 +92,16 @@ class Clip(Step):
         self.fits = quantiles is not None  # fixed bounds have nothing to learn
         super().__init__()
         if quantiles is None:
-            self.lower = np.float32(-np.inf if lower is None else lower)
-            self.upper = np.float32(np.inf if upper is None else upper)
+            # 0-d arrays, as fitted quantiles are arrays: one type for both ways of setting the bounds.
+            self.lower: np.ndarray = np.asarray(-np.inf if lower is None else lower, dtype=np.float32)
+            self.upper: np.ndarray = np.asarray(np.inf if upper is None else upper, dtype=np.float32)
 
     def _fit(self, x: np.ndarray) -> None:
         if self.quantiles is None:
             return
-        self.lower = statistic(x, lambda a, axis: np.nanquantile(a, self.quantiles[0], axis=axis), "clip").astype(
-            np.float32
-        )
-        self.upper = statistic(x, lambda a, axis: np.nanquantile(a, self.quantiles[1], axis=axis), "clip").astype(
-            np.float32
-        )
+        low, high = self.quantiles
+        self.lower = statistic(x, lambda a, axis: np.nanquantile(a, low, axis=axis), "clip").astype(np.float32)
+        self.upper = statistic(x, lambda a, axis: np.nanquantile(a, high, axis=axis), "clip").astype(np.float32)
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
         # np.minimum/np.maximum propagate NaN, as ONNX Min/Max do.

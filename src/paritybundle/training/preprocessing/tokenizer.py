@@ -268,7 +268,7 @@ def read_settings(tokenizer: Any, model: Any) -> tuple[TokenizerSettings, list[s
         what = {
             "Unigram": "a SentencePiece Unigram model (T5, XLM-R, ALBERT)",
             "BPE": f"a BPE model with a {pre or 'missing'} pre-tokenizer (SentencePiece BPE, e.g. Llama)",
-        }.get(kind, f"a {kind} model")
+        }.get(str(kind), f"a {kind} model")
         raise SpecError(
             f"{name} is {what}; paritybundle freezes WordPiece (BERT family) and byte-level BPE "
             "(GPT-2 family) tokenizers, so tokenize this one outside the bundle and export the model "

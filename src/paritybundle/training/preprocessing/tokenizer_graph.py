@@ -20,7 +20,7 @@ string at a NUL character: such text is refused at the serving boundary (``Tenso
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -74,11 +74,11 @@ def wordpiece_graph(
         _tensor("row_sep", [ids[special["sep"]]]),
         _tensor("row_room", [length - 2]),
         _tensor("row_no_rows", np.zeros(0, np.int64)),
-        helper.make_tensor("row_any_char", TensorProto.STRING, [], [b"(.)"]),
-        helper.make_tensor("row_empty", TensorProto.STRING, [], [b""]),
-        helper.make_tensor("row_space", TensorProto.STRING, [], [b" "]),
-        helper.make_tensor("row_placeholder", TensorProto.STRING, [1], [f"\\x{{{ord(placeholder):x}}}".encode()]),
-        helper.make_tensor("row_nothing", TensorProto.STRING, [1], [b""]),
+        _string_tensor("row_any_char", [], [b"(.)"]),
+        _string_tensor("row_empty", [], [b""]),
+        _string_tensor("row_space", [], [b" "]),
+        _string_tensor("row_placeholder", [1], [f"\\x{{{ord(placeholder):x}}}".encode()]),
+        _string_tensor("row_nothing", [1], [b""]),
         helper.make_tensor("row_skip_empty", TensorProto.BOOL, [], [True]),
     ]
     table = "\n".join(f"{key}\t{value}" for key, value in sorted(normalized.items()))
@@ -270,6 +270,13 @@ def byte_level_graph(settings: Any, vocab_json: str, merges: str, text: str, out
         helper.make_node("Mul", ["attention_mask", "zero"], ["token_type_ids"], name="types/Zeros"),
     ]
     return _model(nodes, consts, text, outputs, length, opset)
+
+
+def _string_tensor(name: str, shape: list[int], values: list[bytes]) -> Any:
+    """A STRING constant (onnx's type stubs say make_tensor takes numbers; a STRING tensor takes bytes)."""
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor(name, TensorProto.STRING, shape, cast(Any, values))
 
 
 def _tensor(name: str, value: Any) -> Any:

@@ -58,3 +58,14 @@ def test_readme_and_getting_started_snippets_run_as_written(snippet, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     bundles = [p for p in (tmp_path / "artifacts").iterdir() if (p / "bundle.json").is_file()]
     assert len(bundles) == 1, "each snippet writes one bundle (and its check passed: it asserts so)"
+
+
+def test_the_version_lives_in_one_place_and_the_changelog_names_it():
+    from importlib import metadata
+
+    from paritybundle.version import __version__
+
+    project = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[0]
+    assert 'dynamic = ["version"]' in project and "\nversion =" not in project
+    assert metadata.version("paritybundle") == __version__, "the installed metadata reads version.py"
+    assert f"## [{__version__}]" in (ROOT / "CHANGELOG.md").read_text()

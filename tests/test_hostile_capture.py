@@ -225,9 +225,13 @@ def test_a_link_planted_at_the_writers_name_is_never_followed(wine_bundle, tmp_p
         },
         events.append,
     )
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    for second in (stamp, time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() + 1))):
-        (directory / f".capture-{second}-{os.getpid()}-000001-guessed{PARTIAL_SUFFIX}").symlink_to(victim)
+    # The writer names its file by the second it opens it: that second is pinned, so the link sits at the
+    # very name the writer will choose however long the steps below take (a loaded CI machine once let the
+    # clock pass both seconds the test used to plant links for).
+    now, gmtime = time.gmtime(), time.gmtime
+    monkeypatch.setattr(time, "gmtime", lambda *seconds: gmtime(*seconds) if seconds else now)
+    stamp = time.strftime("%Y%m%dT%H%M%S", now)
+    (directory / f".capture-{stamp}-{os.getpid()}-000001-guessed{PARTIAL_SUFFIX}").symlink_to(victim)
     manifest = read_manifest(wine_bundle)
     raw = dict(np.load(wine_bundle / "reference" / "inputs.npz", allow_pickle=False))
     outputs = dict(np.load(wine_bundle / "reference" / "outputs.npz", allow_pickle=False))

@@ -65,3 +65,19 @@ def test_manifest_rejects_a_stage_not_listed_in_files(manifest_data):
 def test_manifest_rejects_non_json():
     with pytest.raises(BundleInvalid, match="not valid JSON"):
         parse_manifest(b"{not json")
+
+
+def test_optional_fields_are_written_only_when_set(manifest_data):
+    """A bundle that needs none of them stays what older readers (which refuse unknown keys) read."""
+    manifest = parse_manifest(json.dumps(manifest_data).encode())
+    written = json.loads(manifest.to_json())
+    assert "approximation" not in written["tolerance"] and "groups" not in written["reference"]
+    assert "custom_ops" not in written["runtime"]
+    assert all(key not in spec for spec in written["inputs"] for key in ("research_dtype", "max_dims", "text"))
+    # Set, they are written, and read back the same.
+    spec = manifest.inputs[0].model_copy(update={"max_dims": {"batch": 8}, "research_dtype": "float64"})
+    runtime = manifest.runtime.model_copy(update={"custom_ops": ["onnxruntime-extensions"]})
+    assert json.loads(spec.model_dump_json())["max_dims"] == {"batch": 8}
+    assert json.loads(spec.model_dump_json())["research_dtype"] == "float64"
+    assert json.loads(runtime.model_dump_json())["custom_ops"] == ["onnxruntime-extensions"]
+    assert parse_manifest(manifest.to_json().encode()) == manifest

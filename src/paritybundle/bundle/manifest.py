@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Final, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..errors import BundleInvalid
 from .layout import MANIFEST_NAME, UNLISTED_FILES
@@ -113,6 +113,8 @@ class TextRules(BundleDocument):
 class TensorSpec(BundleDocument):
     """One named input or output: dtype and shape, symbolic dims as strings."""
 
+    written_when_set = ("research_dtype", "max_dims", "text")
+
     name: str = Field(min_length=1, max_length=256)
     dtype: TensorDType
     shape: list[int | str]
@@ -137,17 +139,6 @@ class TensorSpec(BundleDocument):
                 raise ValueError(f"max_dims must name symbolic dimensions with sizes 1..{MAX_DIMENSION}")
         return value
 
-    @model_serializer(mode="wrap")
-    def _without_unset_fields(self, handler: Any) -> Any:
-        # Written only when set: a bundle that needs neither stays what older readers (which refuse unknown
-        # keys) read.
-        data = handler(self)
-        if isinstance(data, dict):
-            for key in ("research_dtype", "max_dims", "text"):
-                if data.get(key) is None:
-                    data.pop(key, None)
-        return data
-
     @field_validator("shape")
     @classmethod
     def _dims(cls, shape: list[int | str]) -> list[int | str]:
@@ -164,6 +155,8 @@ class TensorSpec(BundleDocument):
 class RuntimeSettings(BundleDocument):
     """The ONNX Runtime settings the export was validated with."""
 
+    written_when_set = ("custom_ops",)
+
     onnxruntime_version: str
     providers: list[str]
     graph_optimization_level: Literal["disable", "basic", "extended", "all"]
@@ -171,13 +164,6 @@ class RuntimeSettings(BundleDocument):
     # Custom-operator libraries the graphs need registered (a frozen tokenizer's onnxruntime-extensions);
     # written only when there is one, so other bundles stay what older readers read.
     custom_ops: list[Literal["onnxruntime-extensions"]] = Field(default_factory=list, max_length=1)
-
-    @model_serializer(mode="wrap")
-    def _without_empty_custom_ops(self, handler: Any) -> Any:
-        data = handler(self)
-        if isinstance(data, dict) and not data.get("custom_ops"):
-            data.pop("custom_ops", None)
-        return data
 
 
 class OutputError(BundleDocument):
@@ -216,6 +202,9 @@ class ReferenceSet(BundleDocument):
     several shapes, ``groups`` lists every group (the first naming the same files) and ``samples``
     counts them all."""
 
+    # A reference set of one shape is written as before groups existed.
+    written_when_set = ("groups",)
+
     inputs: str
     outputs: str
     features: str | None = None
@@ -240,15 +229,6 @@ class ReferenceSet(BundleDocument):
         if len(files) != len(set(files)):
             raise ValueError("reference groups must not share files")
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_empty_groups(self, handler: Any) -> Any:
-        # A reference set of one shape is written as before groups existed: readers that predate
-        # them (strict: unknown keys refused) still read it.
-        data = handler(self)
-        if not self.groups and isinstance(data, dict):
-            data.pop("groups", None)
-        return data
 
     def all_groups(self) -> list[ReferenceGroup]:
         """Every group; a set without ``groups`` is one group of the top-level files."""
@@ -278,6 +258,8 @@ class PreprocessStep(BundleDocument):
 class PreprocessColumn(BundleDocument):
     """The steps one raw input goes through, and where its features land in the output."""
 
+    written_when_set = ("outputs",)
+
     input: str
     # [start, stop) along the features' last axis; None: the whole output.
     features: list[int] | None = None
@@ -285,13 +267,6 @@ class PreprocessColumn(BundleDocument):
     # The feature arrays it feeds (an input passed through to the model feeds its own); None: those no other
     # column claims. Written only when set.
     outputs: list[str] | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_unset_outputs(self, handler: Any) -> Any:
-        data = handler(self)
-        if isinstance(data, dict) and data.get("outputs") is None:
-            data.pop("outputs", None)
-        return data
 
     @field_validator("features")
     @classmethod

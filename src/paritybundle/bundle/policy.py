@@ -7,9 +7,9 @@ the policy a verdict is judged under (parity/judge.py reads it; nothing else doe
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, model_validator
 
 from .strict import BundleDocument
 
@@ -86,6 +86,8 @@ class TolerancePolicy(BundleDocument):
     research outputs; the defaults are derived from them (see ``tolerance.py``).
     """
 
+    written_when_set = ("approximation",)
+
     reference_device: str
     reference_precision: str
     default: Tolerance
@@ -111,11 +113,3 @@ class TolerancePolicy(BundleDocument):
         if self.approximation is None:
             return None
         return self.approximation.score_error.get(name)
-
-    @model_serializer(mode="wrap")
-    def _without_unset_approximation(self, handler: Any) -> Any:
-        # Written only when set, so a bundle without one stays what older readers (which refuse unknown keys) read.
-        data = handler(self)
-        if isinstance(data, dict) and data.get("approximation") is None:
-            data.pop("approximation", None)
-        return data

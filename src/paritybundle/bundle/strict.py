@@ -9,9 +9,9 @@ and their JSON is read strictly (:func:`load_json_document`).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from ..errors import BundleInvalid
 
@@ -24,6 +24,18 @@ class BundleDocument(StrictModel):
     """A part of ``bundle.json``: strict like every document, and no NaN or infinity in any number."""
 
     model_config = ConfigDict(allow_inf_nan=False)
+    # Optional fields written only when they hold something (None, [] and {} are left out), so a bundle that
+    # needs none of them stays what older readers, which refuse unknown keys, read. Each document names its own.
+    written_when_set: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_unset_fields(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self.written_when_set and isinstance(data, dict):
+            for key in self.written_when_set:
+                if data.get(key) in (None, [], {}):
+                    data.pop(key, None)
+        return data
 
 
 def printable(text: object) -> str:

@@ -110,8 +110,8 @@ def diff_command(
 ) -> int:
     """Two bundles side by side (specs, preprocessing, graphs, tolerance, environment, provenance) and B on A's references."""
     from ..commands.diff import diff
+    from ..reports.diff_terminal import render_diff
     from ..reports.html_page import diff_page
-    from ..reports.terminal import render_diff
 
     report = diff(bundle_a, bundle_b, expect_change=expect_change, public_key=public_key(key, require_signature))
     if html_path is not None:

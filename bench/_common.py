@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import statistics
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
@@ -34,6 +36,22 @@ def print_table(
     print("|" + " --- |" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def serve_command(bundle: Path, port: int, *extra: str) -> list[str]:
+    """``bundle serve`` on ``port`` as every benchmark starts it: this interpreter, warnings only in its log."""
+    return [
+        sys.executable,
+        "-m",
+        "paritybundle.cli",
+        "serve",
+        str(bundle),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> None:

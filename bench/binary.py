@@ -18,14 +18,13 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._common import print_table, wait_ready
+from ._common import print_table, serve_command, wait_ready
 
 DURATION, WARMUP = float(os.environ.get("DURATION", "8")), float(os.environ.get("WARMUP", "2"))
 REPS, ROWS, CONCURRENCY = (
@@ -132,17 +131,7 @@ def main() -> None:
     try:
         bundle = _mlp_bundle(work)
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "paritybundle.cli",
-                "serve",
-                str(bundle),
-                "--port",
-                str(PORT),
-                "--log-level",
-                "warning",
-            ],
+            serve_command(bundle, PORT),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -21,14 +21,13 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._common import print_table, wait_ready
+from ._common import print_table, serve_command, wait_ready
 from .binary import _mlp_bundle
 
 DURATION, WARMUP = float(os.environ.get("DURATION", "8")), float(os.environ.get("WARMUP", "2"))
@@ -84,18 +83,7 @@ def main() -> None:
             extra = ["--capture", str(folder), "--capture-rate", capture_rate] if capture_rate != "off" else []
             env = {**os.environ, "PYTHONPATH": str(BASELINE)} if name.startswith("baseline") else None
             servers[name] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "paritybundle.cli",
-                    "serve",
-                    str(bundle),
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                    *extra,
-                ],
+                serve_command(bundle, port, *extra),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env=env,

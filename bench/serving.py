@@ -28,6 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ._common import serve_command
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER = Path(os.environ.get("PEER_BENCH", ROOT.parent / "shared" / "peer-bench"))
 VENV = Path(os.environ.get("MLFLOW_VENV", "/tmp/mlflow-venv"))
@@ -126,17 +128,7 @@ def main() -> None:
         bundle = _bundle(work)
         _assert_same_model(bundle / "pipeline.onnx", OUT / "mlflow_digits_mlp" / "model.onnx")
 
-        ours_cmd = [
-            sys.executable,
-            "-m",
-            "paritybundle.cli",
-            "serve",
-            str(bundle),
-            "--port",
-            str(OUR_PORT),
-            "--log-level",
-            "warning",
-        ]
+        ours_cmd = serve_command(bundle, OUR_PORT)
         mlflow_env = {**os.environ, "PATH": f"{VENV / 'bin'}:{os.environ['PATH']}"}
         theirs_cmd = [
             str(VENV / "bin" / "mlflow"),

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ._common import interleaved, median, print_table
+from ._common import interleaved, median, print_table, serve_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +102,7 @@ def _serve_to_ready(bundle: Path, port: int) -> tuple[float, subprocess.Popen, f
     from the end of its imports to ready, as its own `paritybundle_startup_seconds` says)."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "paritybundle.cli", "serve", str(bundle), "--port", str(port), "--log-level", "warning"],
+        serve_command(bundle, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

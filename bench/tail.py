@@ -19,14 +19,13 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._common import print_table
+from ._common import print_table, serve_command
 from .serving import OUT, PEER, _bundle, _start, _stop
 
 DURATION, WARMUP = float(os.environ.get("DURATION", "8")), float(os.environ.get("WARMUP", "2"))
@@ -72,17 +71,7 @@ def main() -> None:
         bundle = _bundle(work)
         commands = {
             "paritybundle": (
-                [
-                    sys.executable,
-                    "-m",
-                    "paritybundle.cli",
-                    "serve",
-                    str(bundle),
-                    "--port",
-                    str(PORTS["paritybundle"]),
-                    "--log-level",
-                    "warning",
-                ],
+                serve_command(bundle, PORTS["paritybundle"]),
                 None,
             ),
             "mlserver": (
@@ -92,17 +81,7 @@ def main() -> None:
         }
         if BASELINE:
             commands["baseline"] = (
-                [
-                    sys.executable,
-                    "-m",
-                    "paritybundle.cli",
-                    "serve",
-                    str(bundle),
-                    "--port",
-                    str(PORTS["baseline"]),
-                    "--log-level",
-                    "warning",
-                ],
+                serve_command(bundle, PORTS["baseline"]),
                 {**os.environ, "PYTHONPATH": BASELINE},
             )
         for name, (command, env) in commands.items():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import print_table, wait_ready
+from ._common import print_table, serve_command, wait_ready
 from .binary import CONCURRENCY, REPS, _load
 
 PORTS = {"raw text": 8398, "token ids": 8399}
@@ -82,17 +82,7 @@ def main() -> None:
             port = PORTS[name]
             servers.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "paritybundle.cli",
-                        "serve",
-                        str(bundle),
-                        "--port",
-                        str(port),
-                        "--log-level",
-                        "warning",
-                    ],
+                    serve_command(bundle, port),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

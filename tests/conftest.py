@@ -39,6 +39,18 @@ def require(module: str, reason: str | None = None) -> Any:
         skip_or_fail(reason or f"{module} is not installed")
 
 
+def installed_tool(name: str) -> str:
+    """The path of a command-line tool from the dev extra (ruff, mypy, mkdocs): beside this interpreter, else on
+    PATH. A missing one fails the test: the dev extra installs every one of them."""
+    import shutil
+
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: it is in the dev extra (pip install -e '.[dev]').")
+    return found
+
+
 def _prebuilt(name: str, tmp_path_factory) -> Path | None:
     if not PREBUILT:
         return None

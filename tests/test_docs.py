@@ -10,17 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import installed_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 
 def test_mkdocs_build_is_strict_and_clean(tmp_path):
-    mkdocs = Path(sys.executable).parent / "mkdocs"
-    if not mkdocs.exists():
-        pytest.fail("mkdocs is not installed: it is in the dev extra (pip install -e '.[dev]').")
     done = subprocess.run(
-        [str(mkdocs), "build", "--strict", "-d", str(tmp_path / "site")],
+        [installed_tool("mkdocs"), "build", "--strict", "-d", str(tmp_path / "site")],
         cwd=ROOT,
         capture_output=True,
         text=True,

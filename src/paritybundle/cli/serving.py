@@ -8,6 +8,15 @@ from typing import Annotated
 import typer
 
 from ..errors import EXIT_OK, UsageError
+from ..serving.defaults import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_MAX_REQUEST_BATCH,
+)
 from .app import BundleArg, EnvPolicyOption, KeyOption, RequireSignatureOption, command
 from .app import public_key as resolve_public_key
 
@@ -28,38 +37,38 @@ def serve_command(
     ] = 0.0,
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", help="Largest request body accepted (413 above).")
-    ] = 16 * 1024 * 1024,
+    ] = DEFAULT_MAX_BODY_BYTES,
     max_request_batch: Annotated[
         int, typer.Option("--max-request-batch", help="Largest batch one request may send (413 above).")
-    ] = 1024,
+    ] = DEFAULT_MAX_REQUEST_BATCH,
     max_inflight_bytes: Annotated[
         int,
         typer.Option(
             "--max-inflight-bytes", help="Request bytes read and decoded at once across connections (503 above)."
         ),
-    ] = 64 * 1024 * 1024,
+    ] = DEFAULT_MAX_INFLIGHT_BYTES,
     max_answer_bytes: Annotated[
         int,
         typer.Option(
             "--max-answer-bytes", help="Largest answer built for one request, judged before it is built (413 above)."
         ),
-    ] = 64 * 1024 * 1024,
+    ] = DEFAULT_MAX_ANSWER_BYTES,
     max_connections: Annotated[
         int, typer.Option("--max-connections", help="Connections or requests at once (503 above).")
-    ] = 1000,
+    ] = DEFAULT_MAX_CONNECTIONS,
     header_timeout: Annotated[
         float,
         typer.Option(
             "--header-timeout", help="Seconds for a request's headers to arrive; slower connections are closed."
         ),
-    ] = 10.0,
+    ] = DEFAULT_HEADER_TIMEOUT_S,
     body_timeout: Annotated[
         float,
         typer.Option(
             "--body-timeout",
             help="Seconds for a request's body to arrive after its headers; slower connections are closed.",
         ),
-    ] = 60.0,
+    ] = DEFAULT_BODY_TIMEOUT_S,
     threads: Annotated[
         int | None, typer.Option("--threads", help="ONNX Runtime intra-op threads (default: as validated).")
     ] = None,

@@ -30,13 +30,13 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .defaults import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+)
+
 ENV_HEADER_TIMEOUT = "PARITYBUNDLE_HEADER_TIMEOUT_S"
 ENV_BODY_TIMEOUT = "PARITYBUNDLE_BODY_TIMEOUT_S"
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_MAX_CONNECTIONS = 1000
-DEFAULT_MAX_INFLIGHT_BYTES = 64 * 1024 * 1024
-# The largest answer built for one request; the same as `check --url`'s cap on what it reads.
-DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 # The most bytes one element can take in a JSON answer: orjson writes a float's shortest round-trip
 # form (at most 24 characters, "-2.2250738585072014e-308"), an int64 at most 20, then a comma.
 _JSON_ELEMENT_BYTES = {
@@ -51,8 +51,6 @@ _JSON_ELEMENT_BYTES = {
     "uint64": 21,
 }
 _JSON_FLOAT_BYTES = 25
-# A request body must arrive within this of its headers, however it trickles.
-DEFAULT_BODY_TIMEOUT_S = 60.0
 
 
 def answer_bytes(arrays: list[Any], dtypes: list[str], as_bytes: list[bool]) -> int:

@@ -15,14 +15,8 @@ from ..runtime.load import ServingRuntime, environment_drift
 from ..runtime.session import session_settings
 from .app import ENV_LOG_LEVEL, ENV_OPTIONS, create_app
 from .capture import prepare_directory
-from .limits import (
-    DEFAULT_BODY_TIMEOUT_S,
-    DEFAULT_HEADER_TIMEOUT_S,
-    DEFAULT_MAX_CONNECTIONS,
-    ENV_BODY_TIMEOUT,
-    ENV_HEADER_TIMEOUT,
-    HeaderDeadlineProtocol,
-)
+from .defaults import DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
+from .limits import ENV_BODY_TIMEOUT, ENV_HEADER_TIMEOUT, HeaderDeadlineProtocol
 from .state import ServeOptions, open_serving_runtime
 
 # In-flight requests get this long to finish after SIGTERM before connections are closed.

@@ -29,12 +29,15 @@ from ..runtime.session import SessionOverrides
 from .batching import MicroBatcher
 from .capture import CaptureOptions, CaptureWriter
 from .decoding import InputDecoder
-from .limits import DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_INFLIGHT_BYTES, BodyBudget
+from .defaults import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_MAX_REQUEST_BATCH,
+)
+from .limits import BodyBudget
 
 log = logging.getLogger("paritybundle.serve")
-
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-DEFAULT_MAX_REQUEST_BATCH = 1024
 
 
 @dataclass(frozen=True)

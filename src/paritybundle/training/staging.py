@@ -135,6 +135,13 @@ def cover(
     return (raw if staged is None else staged.raw), staged, research, covered
 
 
+def group_budgets(budget: int | None, sizes: list[int]) -> list[int | None]:
+    """``max_reference_samples`` shared between groups by their size, every group keeping at least one row so
+    every shape stays proven (None: no budget, every row of every group)."""
+    total = sum(sizes)
+    return [None if budget is None else max(1, round(budget * size / total)) for size in sizes]
+
+
 def cover_groups(
     spec: Any, groups: list[dict[str, np.ndarray]], research: list[dict[str, np.ndarray]], candidates: int
 ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], Coverage]:
@@ -143,11 +150,9 @@ def cover_groups(
     if len(groups) == 1:
         inputs, _, kept, covered = cover(spec, groups[0], None, research[0], candidates, None)
         return [inputs], [kept], covered
-    total = sum(length(g) for g in groups)
-    budget = spec.max_reference_samples
+    shares = group_budgets(spec.max_reference_samples, [length(g) for g in groups])
     kept_groups, kept_research, described = [], [], []
-    for inputs, outputs in zip(groups, research, strict=True):
-        share = None if budget is None else max(1, round(budget * length(inputs) / total))
+    for inputs, outputs, share in zip(groups, research, shares, strict=True):
         scores = coverage.score_like(outputs, spec.score_outputs)
         keep = coverage.select_rows(inputs, outputs, scores, share)
         inputs, outputs = take(inputs, keep), take(outputs, keep)
@@ -183,11 +188,9 @@ def cover_staged(
         return [kept], [outputs], covered  # type: ignore[list-item]
     import dataclasses
 
-    total = sum(length(s.raw) for s in staged)
-    budget = spec.max_reference_samples
+    shares = group_budgets(spec.max_reference_samples, [length(s.raw) for s in staged])
     kept_groups, kept_research, described = [], [], []
-    for group, outputs in zip(staged, research, strict=True):
-        share = None if budget is None else max(1, round(budget * length(group.raw) / total))
+    for group, outputs, share in zip(staged, research, shares, strict=True):
         _, kept, outputs, covered = cover(
             dataclasses.replace(spec, max_reference_samples=share),
             group.raw,
